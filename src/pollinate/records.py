@@ -1,0 +1,160 @@
+"""Plain data that travels between hub and nodes: Arrays, Metrics, Config, Message.
+
+No I/O lives here; ``wire.py`` turns a Message into bytes and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Scalar = bool | int | float | str | bytes
+"""A value allowed in Config and Metrics."""
+
+Config = dict[str, Scalar]
+"""Settings sent to a client with an instruction (learning rate, local epochs, ...)."""
+
+Metrics = dict[str, Scalar]
+"""Numbers a client reports with a reply (accuracy, loss, ...)."""
+
+MessageKind = Literal["fit", "evaluate", "get_arrays"]
+MESSAGE_KINDS: tuple[str, ...] = ("fit", "evaluate", "get_arrays")
+
+_SCALAR_TYPES = (bool, int, float, str, bytes, np.integer, np.floating, np.bool_)
+
+
+class Arrays(Mapping[str, np.ndarray]):
+    """An ordered mapping from name to numpy array: a model's weights or an update.
+
+    >>> a = Arrays({"w": np.zeros((2, 3)), "b": np.zeros(3)})
+    >>> list(a), a.nbytes
+    (['w', 'b'], 72)
+    >>> Arrays.from_list([np.ones(2)]).names
+    ['0']
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, npt.ArrayLike] | None = None) -> None:
+        items = {} if data is None else data
+        if not isinstance(items, Mapping):
+            raise TypeError(
+                f"Arrays takes a mapping of name -> array, got {type(items).__name__}.\n"
+                "Hint: Arrays({'fc.weight': w}) or Arrays.from_list([w, b])"
+            )
+        self._data: dict[str, np.ndarray] = {}
+        for name, value in items.items():
+            if not isinstance(name, str):
+                raise TypeError(f"Arrays names must be str, got {name!r}")
+            self._data[name] = np.asarray(value)
+            if self._data[name].dtype.hasobject:
+                raise TypeError(f"array {name!r} has dtype object, which cannot travel")
+
+    @classmethod
+    def from_list(
+        cls, arrays: Sequence[npt.ArrayLike], names: Sequence[str] | None = None
+    ) -> Arrays:
+        """Name a list of arrays, by ``names`` or by position ("0", "1", ...)."""
+        keys = list(names) if names is not None else [str(i) for i in range(len(arrays))]
+        if len(keys) != len(arrays):
+            raise ValueError(f"got {len(arrays)} arrays but {len(keys)} names")
+        return cls(dict(zip(keys, arrays, strict=True)))
+
+    def to_list(self) -> list[np.ndarray]:
+        return list(self._data.values())
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._data.values())
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._data[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        parts = [f"{k}: {v.dtype}{list(v.shape)}" for k, v in self._data.items()]
+        shown = ", ".join(parts[:4]) + (f", ... ({len(parts)} arrays)" if len(parts) > 4 else "")
+        return f"Arrays({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Arrays) or self.names != other.names:
+            return False
+        return all(
+            a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+            for a, b in zip(self._data.values(), other._data.values(), strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def check_scalars(values: Mapping[str, Any], what: str) -> dict[str, Scalar]:
+    """Return ``values`` as a plain dict of Scalars, or raise TypeError naming the bad entry."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{what} must be a dict of str -> scalar, got {type(values).__name__}")
+    out: dict[str, Scalar] = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not isinstance(value, _SCALAR_TYPES):
+            raise TypeError(
+                f"{what} entry {key!r}: {value!r} is not allowed; keys are str and values are "
+                "bool, int, float, str or bytes.\nHint: convert arrays with float(x) or send "
+                "them as Arrays."
+            )
+        out[key] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One instruction from hub to node, or one reply back.
+
+    An instruction carries ``arrays`` (the global model) and ``config``; its reply carries the
+    same ``kind`` and ``task_id``, plus ``arrays`` (fit), ``loss`` (evaluate),
+    ``num_examples``, ``metrics``, or ``error`` if the client failed.
+    """
+
+    kind: str
+    task_id: str = ""
+    run_id: str = ""
+    round: int = 0
+    node_id: int = 0
+    is_reply: bool = False
+    arrays: Arrays = field(default_factory=Arrays)
+    config: Config = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=dict)
+    num_examples: int = 0
+    loss: float | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in MESSAGE_KINDS:
+            raise ValueError(f"Message kind {self.kind!r} is not one of {MESSAGE_KINDS}")
+
+    def reply(self, **fields: Any) -> Message:
+        """A reply to this instruction, with the same kind, task, run, round and node."""
+        return Message(
+            kind=self.kind,
+            task_id=self.task_id,
+            run_id=self.run_id,
+            round=self.round,
+            node_id=self.node_id,
+            is_reply=True,
+            **fields,
+        )
+
+
+def scalars_repr(values: Iterable[tuple[str, Scalar]]) -> str:
+    """A short human-readable rendering of a Config or Metrics, for logs."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)

@@ -1,0 +1,21 @@
+"""Server side: the run loop, the Grid it talks through, and the history it keeps."""
+
+from pollinate.server.app import ServerApp
+from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
+from pollinate.server.grid import Grid
+from pollinate.server.history import Failure, History, RoundRecord
+from pollinate.server.loop import RunResult, run
+
+__all__ = [
+    "Event",
+    "Failure",
+    "Grid",
+    "History",
+    "ReplyReceived",
+    "RoundFinished",
+    "RoundRecord",
+    "RunResult",
+    "ServerApp",
+    "StageStarted",
+    "run",
+]

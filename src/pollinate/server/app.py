@@ -1,0 +1,43 @@
+"""The server side of an app: which strategy, how many rounds, from which arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pollinate.records import Arrays
+from pollinate.strategy.base import Strategy
+
+
+@dataclass
+class ServerApp:
+    """What ``server_fn`` returns: the strategy and the shape of the run.
+
+    Args:
+        strategy: e.g. ``FedAvg(fraction_fit=0.5)``.
+        num_rounds: rounds of fit (+ evaluate) to run.
+        initial_arrays: the starting global model; when None, one client's
+            ``get_arrays`` / ``get_parameters`` provides it.
+        round_timeout: seconds each stage of a round waits for replies; replies later
+            than that count as failures. None waits for all.
+
+    >>> from pollinate import FedAvg
+    >>> app = ServerApp(FedAvg(), num_rounds=5)
+    """
+
+    strategy: Strategy
+    num_rounds: int = 3
+    initial_arrays: Arrays | None = None
+    round_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.strategy, Strategy):
+            raise TypeError(
+                f"ServerApp.strategy must be a Strategy, got {self.strategy!r}\n"
+                "Hint: ServerApp(strategy=FedAvg(), num_rounds=10)"
+            )
+        if isinstance(self.num_rounds, bool) or not isinstance(self.num_rounds, int):
+            raise TypeError(f"num_rounds must be an int, got {self.num_rounds!r}")
+        if self.num_rounds < 0:
+            raise ValueError(f"num_rounds must be >= 0, got {self.num_rounds!r}")
+        if self.round_timeout is not None and self.round_timeout <= 0:
+            raise ValueError(f"round_timeout must be > 0 seconds or None, got {self.round_timeout!r}")

@@ -1,0 +1,34 @@
+"""Events the run loop emits while it runs, for progress bars, logs and dashboards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pollinate.server.history import RoundRecord
+
+
+@dataclass(frozen=True, slots=True)
+class StageStarted:
+    """A stage (``fit`` or ``evaluate``) of ``round`` sent ``tasks`` instructions."""
+
+    round: int
+    stage: str
+    tasks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyReceived:
+    """One task of a stage ended: ``ok`` is False when the reply was a failure."""
+
+    round: int
+    stage: str
+    node_id: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoundFinished:
+    record: RoundRecord
+
+
+Event = StageStarted | ReplyReceived | RoundFinished

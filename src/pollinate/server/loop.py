@@ -1,0 +1,195 @@
+"""The run loop: rounds of sample -> configure -> dispatch -> collect -> aggregate -> evaluate.
+
+It talks to nodes only through a ``Grid`` and knows nothing of transport, so the same loop
+runs in simulation and in deployment.
+
+Invariants:
+- a reply is aggregated at most once, and only for a task of the current stage;
+- a stage closes at its deadline: replies later than ``round_timeout`` count as failures;
+- sampling in round ``r`` depends only on ``(seed, r)``, so a seeded run repeats exactly
+  and a resumed run samples as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pollinate.errors import RunError
+from pollinate.records import Arrays, Message, Metrics, Scalar
+from pollinate.server.app import ServerApp
+from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
+from pollinate.server.grid import Grid
+from pollinate.server.history import Failure, History, RoundRecord
+from pollinate.server.validate import evaluate_reply_problem, fit_reply_problem
+from pollinate.strategy.base import FitResult
+
+log = logging.getLogger("pollinate.server")
+
+EventHandler = Callable[[Event], None]
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: the final global arrays and the history."""
+
+    arrays: Arrays
+    history: History = field(default_factory=History)
+
+
+def run(
+    grid: Grid,
+    app: ServerApp,
+    *,
+    seed: int = 0,
+    run_id: str = "run",
+    on_event: EventHandler | None = None,
+) -> RunResult:
+    """Run ``app`` on the nodes behind ``grid`` for ``app.num_rounds`` rounds."""
+    loop = _Loop(grid, app, seed, run_id, on_event or (lambda event: None))
+    return loop.run()
+
+
+class _Loop:
+    def __init__(
+        self, grid: Grid, app: ServerApp, seed: int, run_id: str, emit: EventHandler
+    ) -> None:
+        self.grid, self.app, self.strategy = grid, app, app.strategy
+        self.seed, self.run_id, self.emit = seed, run_id, emit
+
+    def run(self) -> RunResult:
+        arrays = self.app.initial_arrays
+        if arrays is None:
+            arrays = self._initial_arrays()
+        history = History()
+        history.rounds.append(self._round_zero(arrays))
+        for rnd in range(1, self.app.num_rounds + 1):
+            arrays, record = self._round(rnd, arrays)
+            history.rounds.append(record)
+            self.emit(RoundFinished(record))
+        return RunResult(arrays, history)
+
+    # --- rounds ---------------------------------------------------------------------------
+
+    def _round_zero(self, arrays: Arrays) -> RoundRecord:
+        started = time.perf_counter()
+        record = RoundRecord(round=0, centralized=self._centralized(0, arrays))
+        record.seconds = time.perf_counter() - started
+        return record
+
+    def _round(self, rnd: int, arrays: Arrays) -> tuple[Arrays, RoundRecord]:
+        started = time.perf_counter()
+        record = RoundRecord(round=rnd)
+        arrays = self._fit(rnd, arrays, record)
+        record.centralized = self._centralized(rnd, arrays)
+        self._evaluate(rnd, arrays, record)
+        record.seconds = time.perf_counter() - started
+        log.info("run %s round %d: %d replies, %d failures", self.run_id, rnd,
+                 record.replies, record.failures)
+        return arrays, record
+
+    def _fit(self, rnd: int, arrays: Arrays, record: RoundRecord) -> Arrays:
+        nodes = self.strategy.sample_fit(self.grid.nodes(), self._rng(rnd, 0))
+        config = self.strategy.configure_fit(rnd)
+        aggregator = self.strategy.start_fit(rnd, arrays)
+        metrics: list[tuple[int, Metrics]] = []
+        for node, reply, problem in self._collect(rnd, "fit", nodes, arrays, config):
+            if problem is None:
+                problem = fit_reply_problem(reply, arrays)
+            self.emit(ReplyReceived(rnd, "fit", node, problem is None))
+            if problem is not None:
+                self._fail(record, rnd, node, "fit", problem)
+                continue
+            aggregator.add(FitResult(node, reply.arrays, reply.num_examples, reply.metrics))
+            metrics.append((reply.num_examples, reply.metrics))
+        record.replies, record.failures = len(metrics), len(record.failed)
+        record.fit = self.strategy.aggregate_fit_metrics(metrics)
+        tolerated = record.failures <= self.strategy.failure_tolerance * len(nodes)
+        if not metrics or not tolerated:
+            record.applied = False
+            log.warning(
+                "run %s round %d: %d of %d fit tasks failed, more than failure_tolerance=%s "
+                "allows; keeping the previous global model", self.run_id, rnd,
+                record.failures, len(nodes), self.strategy.failure_tolerance)
+            return arrays
+        return aggregator.finish()
+
+    def _evaluate(self, rnd: int, arrays: Arrays, record: RoundRecord) -> None:
+        nodes = self.strategy.sample_evaluate(self.grid.nodes(), self._rng(rnd, 1))
+        if not nodes:
+            return
+        config = self.strategy.configure_evaluate(rnd)
+        losses: list[tuple[int, float]] = []
+        metrics: list[tuple[int, Metrics]] = []
+        for node, reply, problem in self._collect(rnd, "evaluate", nodes, arrays, config):
+            if problem is None:
+                problem = evaluate_reply_problem(reply)
+            self.emit(ReplyReceived(rnd, "evaluate", node, problem is None))
+            if problem is not None:
+                self._fail(record, rnd, node, "evaluate", problem)
+                continue
+            losses.append((reply.num_examples, float(reply.loss or 0.0)))
+            metrics.append((reply.num_examples, reply.metrics))
+        total = sum(n for n, _ in losses)
+        if total > 0:
+            loss = sum(n * value for n, value in losses) / total
+            record.evaluate = {"loss": loss, **self.strategy.aggregate_evaluate_metrics(metrics)}
+
+    def _centralized(self, rnd: int, arrays: Arrays) -> dict[str, Scalar]:
+        result = self.strategy.evaluate(rnd, arrays)
+        if result is None:
+            return {}
+        loss, metrics = result
+        return {"loss": float(loss), **metrics}
+
+    # --- dispatch and collection -----------------------------------------------------------
+
+    def _collect(
+        self, rnd: int, stage: str, nodes: Sequence[int], arrays: Arrays, config: dict
+    ) -> Iterator[tuple[int, Message, str | None]]:
+        """Yield ``(node, reply, problem)`` once per task: a reply, or a timeout failure."""
+        pending = {
+            f"{self.run_id}:{rnd}:{stage}:{node}": Message(
+                kind=stage, task_id=f"{self.run_id}:{rnd}:{stage}:{node}", run_id=self.run_id,
+                round=rnd, node_id=node, arrays=arrays, config=config)
+            for node in nodes
+        }
+        self.emit(StageStarted(rnd, stage, len(pending)))
+        for reply in self.grid.dispatch(list(pending.values()), self.app.round_timeout):
+            task = pending.pop(reply.task_id, None)
+            if task is None or not reply.is_reply or reply.node_id != task.node_id:
+                log.warning("run %s round %d: dropped a reply for unknown or finished task "
+                            "%r from node %d", self.run_id, rnd, reply.task_id, reply.node_id)
+                continue
+            yield task.node_id, reply, None
+        for task in pending.values():
+            timeout = self.app.round_timeout
+            yield task.node_id, task, f"no reply within round_timeout={timeout}s"
+
+    def _initial_arrays(self) -> Arrays:
+        nodes = sorted(self.grid.nodes())
+        if not nodes:
+            raise RunError("no clients are available to provide the initial arrays")
+        node = int(self._rng(0, 2).choice(nodes))
+        task = Message("get_arrays", task_id=f"{self.run_id}:0:get_arrays:{node}",
+                       run_id=self.run_id, node_id=node)
+        for reply in self.grid.dispatch([task], self.app.round_timeout):
+            if reply.task_id == task.task_id and reply.error is None:
+                log.info("run %s: initial arrays from node %d", self.run_id, node)
+                return reply.arrays
+            raise RunError(f"node {node} could not provide the initial arrays: {reply.error}")
+        raise RunError(f"node {node} did not provide the initial arrays in time")
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _rng(self, rnd: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, rnd, stream])
+
+    def _fail(self, record: RoundRecord, rnd: int, node: int, stage: str, reason: str) -> None:
+        record.failed.append(Failure(node, stage, reason))
+        log.warning("run %s round %d: %s from node %d rejected: %s",
+                    self.run_id, rnd, stage, node, reason)

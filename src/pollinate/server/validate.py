@@ -1,0 +1,56 @@
+"""Checks of a node's reply against the global model, before it reaches a strategy.
+
+Invariant: a strategy only ever sees arrays with the global model's names, shapes and
+dtypes, holding finite values. Anything else is a failure of that node, with a reason that
+says what to fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pollinate.records import Arrays, Message
+
+
+def fit_reply_problem(reply: Message, reference: Arrays) -> str | None:
+    """Why ``reply`` cannot be aggregated into ``reference``, or None if it can."""
+    if reply.error is not None:
+        return f"client failed: {reply.error}"
+    if reply.num_examples <= 0:
+        return "reported num_examples=0, so its update has no weight"
+    return arrays_problem(reply.arrays, reference)
+
+
+def arrays_problem(arrays: Arrays, reference: Arrays) -> str | None:
+    """Why ``arrays`` do not fit ``reference`` (names, shapes, dtypes, finite values)."""
+    if arrays.names != reference.names:
+        missing = [n for n in reference.names if n not in arrays]
+        extra = [n for n in arrays.names if n not in reference]
+        detail = f"missing {missing}, unexpected {extra}" if missing or extra else "reordered"
+        return (
+            f"sent arrays {detail}: the node runs a different model; check that every node "
+            "has the same app version"
+        )
+    for name, ref in reference.items():
+        a = arrays[name]
+        if a.shape != ref.shape or a.dtype != ref.dtype:
+            return (
+                f"sent {a.dtype}{list(a.shape)} for {name!r}, expected {ref.dtype}"
+                f"{list(ref.shape)}: the node runs a different model version"
+            )
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            return (
+                f"sent {bad} non-finite values (NaN/inf) in {name!r}: its training diverged; "
+                "lower the learning rate or clip gradients"
+            )
+    return None
+
+
+def evaluate_reply_problem(reply: Message) -> str | None:
+    """Why an evaluate reply cannot be counted, or None if it can."""
+    if reply.error is not None:
+        return f"client failed: {reply.error}"
+    if reply.loss is None or not np.isfinite(reply.loss):
+        return f"reported loss {reply.loss!r}; expected a finite number"
+    return None

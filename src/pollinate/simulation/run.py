@@ -1,0 +1,45 @@
+"""run_simulation: the one call that runs an app on virtual clients."""
+
+from __future__ import annotations
+
+from pollinate.client.client import Client, ClientFn  # noqa: F401 (doctest)
+from pollinate.records import Config
+from pollinate.server.app import ServerApp
+from pollinate.server.loop import EventHandler, RunResult, run
+from pollinate.simulation.grid import NodeConfigFn, SimulationGrid
+
+
+def run_simulation(
+    server_app: ServerApp,
+    client_fn: ClientFn,
+    num_clients: int,
+    *,
+    seed: int = 0,
+    concurrency: int | None = None,
+    run_config: Config | None = None,
+    node_config_fn: NodeConfigFn | None = None,
+    on_event: EventHandler | None = None,
+) -> RunResult:
+    """Run ``server_app`` with ``num_clients`` virtual clients made by ``client_fn``.
+
+    >>> from pollinate import FedAvg, ServerApp, Arrays
+    >>> import numpy as np
+    >>> class Nudge(Client):
+    ...     def fit(self, arrays, config):
+    ...         return Arrays({"w": arrays["w"] + 1}), 1, {}
+    >>> app = ServerApp(FedAvg(fraction_evaluate=0), num_rounds=2,
+    ...                 initial_arrays=Arrays({"w": np.zeros(2)}))
+    >>> run_simulation(app, lambda ctx: Nudge(), num_clients=3).arrays["w"].tolist()
+    [2.0, 2.0]
+    """
+    grid = SimulationGrid(
+        client_fn,
+        num_clients,
+        concurrency=concurrency,
+        run_config=run_config,
+        node_config_fn=node_config_fn,
+    )
+    try:
+        return run(grid, server_app, seed=seed, run_id="simulation", on_event=on_event)
+    finally:
+        grid.close()

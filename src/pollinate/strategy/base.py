@@ -1,0 +1,195 @@
+"""What every strategy shares: sampling, per-round config, failure tolerance, metrics.
+
+A strategy is policy, not transport: the run loop asks it whom to sample and what to send,
+feeds it replies one at a time as they arrive, and asks for the new global arrays. The math
+lives in ``pollinate.aggregate``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pollinate.aggregate import WeightedMean, weighted_average
+from pollinate.errors import RunError
+from pollinate.records import Arrays, Config, Metrics
+
+EvaluateFn = Callable[[int, Arrays], "tuple[float, Metrics] | None"]
+ConfigFn = Callable[[int], Config]
+MetricsAggregationFn = Callable[[list[tuple[int, Metrics]]], Metrics]
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """One client's successful fit reply, already checked against the global model."""
+
+    node_id: int
+    arrays: Arrays
+    num_examples: int
+    metrics: Metrics
+
+
+class FitAggregator(Protocol):
+    """Folds fit results in as they arrive, then yields the next global arrays."""
+
+    def add(self, result: FitResult) -> None: ...
+    def finish(self) -> Arrays: ...
+
+
+class Strategy:
+    """Base strategy: FedAvg's sampling and configuration with a pluggable server update.
+
+    Args:
+        fraction_fit: fraction of available clients sampled for fit each round.
+        fraction_evaluate: fraction sampled for federated evaluation (0 turns it off).
+        min_fit_clients: sample at least this many for fit.
+        min_evaluate_clients: sample at least this many for evaluate (when it is on).
+        min_available_clients: a round does not start with fewer clients available.
+        failure_tolerance: largest fraction of a round's fit tasks that may fail (raise,
+            time out, send unusable arrays) for the round's aggregate to be applied.
+        evaluate_fn: centralized evaluation ``(round, arrays) -> (loss, metrics)`` on the
+            server side, run after every round (and on the initial arrays as round 0).
+        on_fit_config_fn / on_evaluate_config_fn: ``round -> Config`` sent to clients.
+        fit_metrics_aggregation_fn / evaluate_metrics_aggregation_fn: combine clients'
+            ``(num_examples, metrics)`` pairs; default: weighted average of numeric metrics.
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction_fit: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_fit_clients: int = 2,
+        min_evaluate_clients: int = 2,
+        min_available_clients: int = 2,
+        failure_tolerance: float = 0.5,
+        evaluate_fn: EvaluateFn | None = None,
+        on_fit_config_fn: ConfigFn | None = None,
+        on_evaluate_config_fn: ConfigFn | None = None,
+        fit_metrics_aggregation_fn: MetricsAggregationFn | None = weighted_average,
+        evaluate_metrics_aggregation_fn: MetricsAggregationFn | None = weighted_average,
+    ) -> None:
+        for name, value in [("fraction_fit", fraction_fit), ("fraction_evaluate",
+                            fraction_evaluate), ("failure_tolerance", failure_tolerance)]:
+            _check_fraction(name, value)
+        for name, count in [("min_fit_clients", min_fit_clients), ("min_evaluate_clients",
+                            min_evaluate_clients), ("min_available_clients",
+                            min_available_clients)]:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {count!r}")
+        self.fraction_fit = fraction_fit
+        self.fraction_evaluate = fraction_evaluate
+        self.min_fit_clients = min_fit_clients
+        self.min_evaluate_clients = min_evaluate_clients
+        self.min_available_clients = min_available_clients
+        self.failure_tolerance = failure_tolerance
+        self.evaluate_fn = evaluate_fn
+        self.on_fit_config_fn = on_fit_config_fn
+        self.on_evaluate_config_fn = on_evaluate_config_fn
+        self.fit_metrics_aggregation_fn = fit_metrics_aggregation_fn
+        self.evaluate_metrics_aggregation_fn = evaluate_metrics_aggregation_fn
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(fraction_fit={self.fraction_fit}, "
+            f"min_fit_clients={self.min_fit_clients}, failure_tolerance="
+            f"{self.failure_tolerance})"
+        )
+
+    # --- sampling and configuration ----------------------------------------------------
+
+    def sample_fit(self, available: Sequence[int], rng: np.random.Generator) -> list[int]:
+        """The node ids that train this round (sorted), drawn without replacement."""
+        return self._sample(available, self.fraction_fit, self.min_fit_clients, "fit", rng)
+
+    def sample_evaluate(self, available: Sequence[int], rng: np.random.Generator) -> list[int]:
+        """The node ids that evaluate this round; empty when federated evaluation is off."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        return self._sample(
+            available, self.fraction_evaluate, self.min_evaluate_clients, "evaluate", rng
+        )
+
+    def _sample(
+        self,
+        available: Sequence[int],
+        fraction: float,
+        minimum: int,
+        stage: str,
+        rng: np.random.Generator,
+    ) -> list[int]:
+        n = len(available)
+        wanted = max(math.ceil(fraction * n), minimum, 1)
+        if n < max(self.min_available_clients, wanted):
+            raise RunError(
+                f"{type(self).__name__} needs {max(self.min_available_clients, wanted)} "
+                f"clients for {stage} but only {n} are available.\nHint: lower "
+                f"min_{stage}_clients / min_available_clients, or run more clients "
+                "(--clients N in simulation)."
+            )
+        chosen = rng.choice(np.asarray(sorted(available)), size=wanted, replace=False)
+        return sorted(int(i) for i in chosen)
+
+    def configure_fit(self, round: int) -> Config:
+        """The config every fit instruction of ``round`` carries."""
+        return dict(self.on_fit_config_fn(round)) if self.on_fit_config_fn else {}
+
+    def configure_evaluate(self, round: int) -> Config:
+        return dict(self.on_evaluate_config_fn(round)) if self.on_evaluate_config_fn else {}
+
+    # --- aggregation ---------------------------------------------------------------------
+
+    def start_fit(self, round: int, current: Arrays) -> FitAggregator:
+        """An aggregator for ``round``'s fit replies; finishing it applies the server update."""
+        return _MeanThenUpdate(current, self)
+
+    def server_update(self, current: Arrays, mean: Arrays) -> Arrays:
+        """The next global arrays from the current ones and the clients' weighted mean."""
+        return mean
+
+    def aggregate_fit_metrics(self, results: list[tuple[int, Metrics]]) -> Metrics:
+        fn = self.fit_metrics_aggregation_fn
+        return fn(results) if fn else {}
+
+    def aggregate_evaluate_metrics(self, results: list[tuple[int, Metrics]]) -> Metrics:
+        fn = self.evaluate_metrics_aggregation_fn
+        return fn(results) if fn else {}
+
+    def evaluate(self, round: int, arrays: Arrays) -> tuple[float, Metrics] | None:
+        """Centralized evaluation with ``evaluate_fn``, or None when there is none."""
+        return self.evaluate_fn(round, arrays) if self.evaluate_fn else None
+
+    # --- state to resume from ------------------------------------------------------------
+
+    def state(self) -> Arrays:
+        """Arrays the strategy carries between rounds (momentum, moments); empty for FedAvg."""
+        return Arrays()
+
+    def load_state(self, state: Arrays) -> None:
+        """Restore what ``state`` returned."""
+
+
+class _MeanThenUpdate:
+    """Weighted mean by examples, streamed, followed by the strategy's server update."""
+
+    def __init__(self, current: Arrays, strategy: Strategy) -> None:
+        self._current = current
+        self._strategy = strategy
+        self._mean = WeightedMean(current)
+
+    def add(self, result: FitResult) -> None:
+        self._mean.add(result.arrays, result.num_examples)
+
+    def finish(self) -> Arrays:
+        return self._strategy.server_update(self._current, self._mean.result())
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(
+            f"{name} must be a number in [0, 1], got {value!r}\nHint: {name}=0.1 means 10%."
+        )

@@ -1,0 +1,36 @@
+"""FedAvg and FedProx: the weighted mean of client models as the next global model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pollinate.client.fedprox import PROXIMAL_MU_KEY
+from pollinate.records import Config
+from pollinate.strategy.base import Strategy
+
+
+class FedAvg(Strategy):
+    """Federated Averaging (McMahan et al. 2017, "Communication-Efficient Learning of Deep
+    Networks from Decentralized Data"): ``w_{t+1} = sum_k (n_k / n) w_{t+1}^k``, the mean of
+    the sampled clients' models weighted by their number of examples.
+
+    >>> strategy = FedAvg(fraction_fit=0.5, min_fit_clients=2)
+    """
+
+
+class FedProx(FedAvg):
+    """FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks").
+
+    Aggregates like FedAvg; each client adds ``(mu / 2) ||w - w_t||^2`` to its local loss.
+    ``mu`` travels in every fit config as ``proximal_mu``; clients apply it with
+    ``pollinate.client.proximal_gradient`` (NumPy) or ``proximal_term`` (PyTorch).
+    """
+
+    def __init__(self, *, proximal_mu: float, **kwargs: Any) -> None:
+        if proximal_mu < 0:
+            raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu!r}")
+        super().__init__(**kwargs)
+        self.proximal_mu = float(proximal_mu)
+
+    def configure_fit(self, round: int) -> Config:
+        return {**super().configure_fit(round), PROXIMAL_MU_KEY: self.proximal_mu}
