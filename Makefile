@@ -19,6 +19,7 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.demo-deps
 	$(BIN)/pollinate run examples/quickstart-numpy
+	$(BIN)/python examples/quickstart-numpy/centralized.py
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check src tests examples benchmarks

@@ -1,0 +1,1 @@
+"""Quickstart: softmax regression on scikit-learn's digits, federated with pollinate."""

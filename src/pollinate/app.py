@@ -1,0 +1,202 @@
+"""Loading an app from its directory: ``pyproject.toml``'s ``[tool.pollinate]`` table.
+
+::
+
+    [tool.pollinate]
+    server = "mypkg.server:server_fn"    # server_fn(run_config) -> ServerApp
+    client = "mypkg.client:client_fn"    # client_fn(context) -> Client
+
+    [tool.pollinate.config]              # the run config: defaults, overridable per run
+    learning-rate = 0.1
+
+    [tool.pollinate.simulation]
+    clients = 20                         # virtual clients
+    concurrency = 2                      # clients trained at once (default: CPU count)
+
+Every mistake (missing file, typo in a key, a function that does not exist, a config value
+of the wrong type) raises ``AppError`` that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import sys
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pollinate.client.client import ClientFn
+from pollinate.errors import AppError
+from pollinate.records import Config, Scalar, check_scalars
+from pollinate.server.app import ServerApp
+
+ServerFn = Callable[[Config], ServerApp]
+
+_APP_KEYS = ("server", "client", "config", "simulation")
+_SIMULATION_KEYS = ("clients", "concurrency")
+
+
+@dataclass(frozen=True)
+class App:
+    """An app read from its directory; ``config`` already carries any overrides."""
+
+    path: Path
+    name: str
+    server_fn: ServerFn
+    client_fn: ClientFn
+    config: Config = field(default_factory=dict)
+    clients: int = 10
+    concurrency: int | None = None
+
+    def server_app(self) -> ServerApp:
+        """Call ``server_fn`` with the run config and check what it returns."""
+        server_app = self.server_fn(dict(self.config))
+        if not isinstance(server_app, ServerApp):
+            raise AppError(
+                f"server_fn of app {self.name!r} returned {type(server_app).__name__}, "
+                "not a ServerApp.\nHint: return ServerApp(strategy=FedAvg(), num_rounds=...)"
+            )
+        return server_app
+
+
+def load_app(path: str | Path, overrides: Mapping[str, str] | None = None) -> App:
+    """Read the app in ``path``, apply ``key=value`` config overrides and import its code."""
+    root = Path(path).resolve()
+    table = _read_table(root)
+    _check_keys(table, _APP_KEYS, "[tool.pollinate]", root)
+    simulation = table.get("simulation", {})
+    _check_keys(simulation, _SIMULATION_KEYS, "[tool.pollinate.simulation]", root)
+    config = _apply_overrides(_defaults(table, root), overrides or {})
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return App(
+        path=root,
+        name=root.name,
+        server_fn=_import_ref(table, "server", root),
+        client_fn=_import_ref(table, "client", root),
+        config=config,
+        clients=_positive_int(simulation, "clients", 10),
+        concurrency=_positive_int(simulation, "concurrency", None),
+    )
+
+
+def app_hash(path: str | Path) -> str:
+    """SHA-256 over the app's pyproject.toml and Python files: the app's code identity."""
+    root = Path(path).resolve()
+    digest = hashlib.sha256()
+    files = sorted([root / "pyproject.toml", *root.rglob("*.py")])
+    for file in files:
+        if "__pycache__" in file.parts or not file.is_file():
+            continue
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        digest.update(file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _read_table(root: Path) -> dict[str, Any]:
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        raise AppError(
+            f"{root} has no pyproject.toml, so it is not a pollinate app.\n"
+            "Hint: point at the app's directory (the one with pyproject.toml), e.g. "
+            "`pollinate run examples/quickstart-numpy`."
+        )
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise AppError(f"{pyproject} is not valid TOML: {exc}") from None
+    table = data.get("tool", {}).get("pollinate")
+    if not isinstance(table, dict):
+        raise AppError(
+            f"{pyproject} has no [tool.pollinate] table.\nHint: add\n  [tool.pollinate]\n"
+            '  server = "mypkg.server:server_fn"\n  client = "mypkg.client:client_fn"'
+        )
+    return table
+
+
+def _check_keys(table: Any, known: Iterable[str], where: str, root: Path) -> None:
+    if not isinstance(table, dict):
+        raise AppError(f"{where} in {root / 'pyproject.toml'} must be a table")
+    for key in table:
+        if key not in known:
+            raise AppError(
+                f"unknown key {key!r} in {where} of {root / 'pyproject.toml'}."
+                f"{_did_you_mean(key, known)} Known keys: {', '.join(known)}."
+            )
+
+
+def _defaults(table: dict[str, Any], root: Path) -> Config:
+    try:
+        return check_scalars(table.get("config", {}), "[tool.pollinate.config]")
+    except TypeError as exc:
+        raise AppError(f"{root / 'pyproject.toml'}: {exc}") from None
+
+
+def _apply_overrides(defaults: Config, overrides: Mapping[str, str]) -> Config:
+    config = dict(defaults)
+    for key, text in overrides.items():
+        if key not in defaults:
+            raise AppError(
+                f"--config {key}={text}: the app has no config key {key!r}."
+                f"{_did_you_mean(key, defaults)} Known keys: {', '.join(defaults) or 'none'}."
+            )
+        config[key] = _parse_like(key, text, defaults[key])
+    return config
+
+
+def _parse_like(key: str, text: str, default: Scalar) -> Scalar:
+    """Parse ``text`` as a TOML value of the default's type (an int is fine for a float)."""
+    try:
+        value: Any = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word is a string
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default):
+        raise AppError(
+            f"--config {key}={text}: expected a {type(default).__name__} like the default "
+            f"{default!r}, got {type(value).__name__}."
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def _import_ref(table: dict[str, Any], key: str, root: Path) -> Any:
+    ref = table.get(key)
+    what = "server_fn(run_config) -> ServerApp" if key == "server" else "client_fn(context)"
+    if not isinstance(ref, str) or ":" not in ref:
+        raise AppError(
+            f"[tool.pollinate] {key} = {ref!r} in {root / 'pyproject.toml'}: expected "
+            f'"module:function" naming {what}.\nHint: {key} = "mypkg.{key}:{key}_fn"'
+        )
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise AppError(
+            f"[tool.pollinate] {key} = {ref!r}: cannot import {exc.name!r} from {root}.\n"
+            "Hint: module paths are relative to the app directory."
+        ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise AppError(
+            f"[tool.pollinate] {key} = {ref!r}: module {module_name!r} has no function "
+            f"{attr!r}.{_did_you_mean(attr, names)}"
+        )
+    return fn
+
+
+def _positive_int(table: dict[str, Any], key: str, default: int | None) -> Any:
+    value = table.get(key, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise AppError(f"[tool.pollinate.simulation] {key} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,98 @@
+"""Terminal rendering of a run: a progress bar per round, a line per round, a summary table."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pollinate.records import Scalar
+from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
+from pollinate.server.history import History, RoundRecord
+
+
+class RunProgress:
+    """Turns run-loop events into a live progress display; use as a context manager."""
+
+    def __init__(self, console: Console, num_rounds: int) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.rounds = self.progress.add_task("rounds", total=num_rounds, status="")
+        self.stage = self.progress.add_task("round 1", total=None, status="", visible=False)
+        self.failed = 0
+
+    def __enter__(self) -> RunProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.progress.__exit__(kind, exc, tb)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StageStarted):
+            self.failed = 0
+            self.progress.reset(
+                self.stage,
+                total=event.tasks,
+                visible=True,
+                status="",
+                description=f"round {event.round} {event.stage}",
+            )
+        elif isinstance(event, ReplyReceived):
+            self.failed += not event.ok
+            status = f"[red]{self.failed} failed" if self.failed else ""
+            self.progress.advance(self.stage)
+            self.progress.update(self.stage, status=status)
+        elif isinstance(event, RoundFinished):
+            self.progress.advance(self.rounds)
+            self.console.print(round_line(event.record))
+
+
+def round_line(record: RoundRecord) -> str:
+    """One line per round: replies, failures and the evaluation metrics."""
+    parts = [f"round {record.round:>3}", f"{record.replies} replies"]
+    if record.failures:
+        parts.append(f"[red]{record.failures} failed[/red]")
+    if not record.applied:
+        parts.append("[yellow]model kept: too many failures[/yellow]")
+    for section, label in (("evaluate", "federated"), ("centralized", "centralized")):
+        values = getattr(record, section)
+        if values:
+            parts.append(f"{label} " + " ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
+    parts.append(f"{record.seconds:.2f}s")
+    return "  ".join(parts)
+
+
+def summary_table(history: History, width: int = 80) -> Table:
+    """One row per round, a column per metric; fit metrics only when the terminal is wide."""
+    sections = [("evaluate", "fed."), ("centralized", "central.")]
+    if width >= 120:
+        sections.insert(0, ("fit", "fit"))
+    columns = [
+        (section, key, f"{label}\n{key}")
+        for section, label in sections
+        for key in dict.fromkeys(k for r in history.rounds for k in getattr(r, section))
+    ]
+    table = Table(title="run summary")
+    for name in ["round", "ok", "failed", *[c[2] for c in columns], "s"]:
+        table.add_column(name, justify="right", no_wrap=True)
+    for r in history.rounds:
+        cells = [_fmt(getattr(r, section).get(key, "")) for section, key, _ in columns]
+        table.add_row(str(r.round), str(r.replies), str(r.failures), *cells, f"{r.seconds:.2f}")
+    return table
+
+
+def _fmt(value: Scalar | str) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
