@@ -64,7 +64,9 @@ def _acc_dtype(dtype: np.dtype) -> np.dtype:
     return dtype if dtype.kind in "fc" else np.dtype(np.float64)
 
 
-def _fold(acc: np.ndarray, update: np.ndarray, weight: float, tmp: dict) -> None:
+def _fold(
+    acc: np.ndarray, update: np.ndarray, weight: float, tmp: dict[np.dtype, np.ndarray]
+) -> None:
     buf = tmp[acc.dtype]
     for start in range(0, acc.size, _BLOCK):
         a = acc[start : start + _BLOCK]

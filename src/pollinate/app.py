@@ -161,7 +161,7 @@ def _parse_like(key: str, text: str, default: Scalar) -> Scalar:
             f"--config {key}={text}: expected a {type(default).__name__} like the default "
             f"{default!r}, got {type(value).__name__}."
         )
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _import_ref(table: dict[str, Any], key: str, root: Path) -> Any:

@@ -5,7 +5,7 @@ No I/O lives here; ``wire.py`` turns a Message into bytes and back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -153,8 +153,3 @@ class Message:
             is_reply=True,
             **fields,
         )
-
-
-def scalars_repr(values: Iterable[tuple[str, Scalar]]) -> str:
-    """A short human-readable rendering of a Config or Metrics, for logs."""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)

@@ -75,12 +75,8 @@ class NumPyClient:
     ) -> tuple[list[np.ndarray], int, Metrics]:
         raise ClientError(f"{type(self).__name__} does not implement fit(parameters, config)")
 
-    def evaluate(
-        self, parameters: list[np.ndarray], config: Config
-    ) -> tuple[float, int, Metrics]:
-        raise ClientError(
-            f"{type(self).__name__} does not implement evaluate(parameters, config)"
-        )
+    def evaluate(self, parameters: list[np.ndarray], config: Config) -> tuple[float, int, Metrics]:
+        raise ClientError(f"{type(self).__name__} does not implement evaluate(parameters, config)")
 
     def to_client(self) -> Client:
         """Return a native Client that drives this one (Flower's ``.to_client()`` idiom)."""
@@ -194,7 +190,6 @@ def _cast_like(arrays: Arrays, like: Arrays) -> Arrays:
     float32 to float64); other mismatches are left for the hub to reject with a reason."""
     out = {}
     for name, a in arrays.items():
-        ref = like.get(name)
-        same_kind = ref is not None and a.dtype.kind == ref.dtype.kind == "f"
-        out[name] = a.astype(ref.dtype) if same_kind and a.dtype != ref.dtype else a
+        ref = like[name].dtype if name in like else a.dtype
+        out[name] = a.astype(ref) if a.dtype != ref and a.dtype.kind == ref.kind == "f" else a
     return Arrays(out)

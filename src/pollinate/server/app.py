@@ -40,4 +40,6 @@ class ServerApp:
         if self.num_rounds < 0:
             raise ValueError(f"num_rounds must be >= 0, got {self.num_rounds!r}")
         if self.round_timeout is not None and self.round_timeout <= 0:
-            raise ValueError(f"round_timeout must be > 0 seconds or None, got {self.round_timeout!r}")
+            raise ValueError(
+                f"round_timeout must be > 0 seconds or None, got {self.round_timeout!r}"
+            )

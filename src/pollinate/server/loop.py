@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pollinate.errors import RunError
-from pollinate.records import Arrays, Message, Metrics, Scalar
+from pollinate.records import Arrays, Config, Message, Metrics, Scalar
 from pollinate.server.app import ServerApp
 from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
 from pollinate.server.grid import Grid
@@ -88,8 +88,13 @@ class _Loop:
         record.centralized = self._centralized(rnd, arrays)
         self._evaluate(rnd, arrays, record)
         record.seconds = time.perf_counter() - started
-        log.info("run %s round %d: %d replies, %d failures", self.run_id, rnd,
-                 record.replies, record.failures)
+        log.info(
+            "run %s round %d: %d replies, %d failures",
+            self.run_id,
+            rnd,
+            record.replies,
+            record.failures,
+        )
         return arrays, record
 
     def _fit(self, rnd: int, arrays: Arrays, record: RoundRecord) -> Arrays:
@@ -113,8 +118,13 @@ class _Loop:
             record.applied = False
             log.warning(
                 "run %s round %d: %d of %d fit tasks failed, more than failure_tolerance=%s "
-                "allows; keeping the previous global model", self.run_id, rnd,
-                record.failures, len(nodes), self.strategy.failure_tolerance)
+                "allows; keeping the previous global model",
+                self.run_id,
+                rnd,
+                record.failures,
+                len(nodes),
+                self.strategy.failure_tolerance,
+            )
             return arrays
         return aggregator.finish()
 
@@ -149,21 +159,32 @@ class _Loop:
     # --- dispatch and collection -----------------------------------------------------------
 
     def _collect(
-        self, rnd: int, stage: str, nodes: Sequence[int], arrays: Arrays, config: dict
+        self, rnd: int, stage: str, nodes: Sequence[int], arrays: Arrays, config: Config
     ) -> Iterator[tuple[int, Message, str | None]]:
         """Yield ``(node, reply, problem)`` once per task: a reply, or a timeout failure."""
         pending = {
             f"{self.run_id}:{rnd}:{stage}:{node}": Message(
-                kind=stage, task_id=f"{self.run_id}:{rnd}:{stage}:{node}", run_id=self.run_id,
-                round=rnd, node_id=node, arrays=arrays, config=config)
+                kind=stage,
+                task_id=f"{self.run_id}:{rnd}:{stage}:{node}",
+                run_id=self.run_id,
+                round=rnd,
+                node_id=node,
+                arrays=arrays,
+                config=config,
+            )
             for node in nodes
         }
         self.emit(StageStarted(rnd, stage, len(pending)))
         for reply in self.grid.dispatch(list(pending.values()), self.app.round_timeout):
             task = pending.pop(reply.task_id, None)
             if task is None or not reply.is_reply or reply.node_id != task.node_id:
-                log.warning("run %s round %d: dropped a reply for unknown or finished task "
-                            "%r from node %d", self.run_id, rnd, reply.task_id, reply.node_id)
+                log.warning(
+                    "run %s round %d: dropped a reply for unknown or finished task %r from node %d",
+                    self.run_id,
+                    rnd,
+                    reply.task_id,
+                    reply.node_id,
+                )
                 continue
             yield task.node_id, reply, None
         for task in pending.values():
@@ -175,8 +196,12 @@ class _Loop:
         if not nodes:
             raise RunError("no clients are available to provide the initial arrays")
         node = int(self._rng(0, 2).choice(nodes))
-        task = Message("get_arrays", task_id=f"{self.run_id}:0:get_arrays:{node}",
-                       run_id=self.run_id, node_id=node)
+        task = Message(
+            "get_arrays",
+            task_id=f"{self.run_id}:0:get_arrays:{node}",
+            run_id=self.run_id,
+            node_id=node,
+        )
         for reply in self.grid.dispatch([task], self.app.round_timeout):
             if reply.task_id == task.task_id and reply.error is None:
                 log.info("run %s: initial arrays from node %d", self.run_id, node)
@@ -191,5 +216,6 @@ class _Loop:
 
     def _fail(self, record: RoundRecord, rnd: int, node: int, stage: str, reason: str) -> None:
         record.failed.append(Failure(node, stage, reason))
-        log.warning("run %s round %d: %s from node %d rejected: %s",
-                    self.run_id, rnd, stage, node, reason)
+        log.warning(
+            "run %s round %d: %s from node %d rejected: %s", self.run_id, rnd, stage, node, reason
+        )

@@ -73,12 +73,17 @@ class Strategy:
         fit_metrics_aggregation_fn: MetricsAggregationFn | None = weighted_average,
         evaluate_metrics_aggregation_fn: MetricsAggregationFn | None = weighted_average,
     ) -> None:
-        for name, value in [("fraction_fit", fraction_fit), ("fraction_evaluate",
-                            fraction_evaluate), ("failure_tolerance", failure_tolerance)]:
+        for name, value in [
+            ("fraction_fit", fraction_fit),
+            ("fraction_evaluate", fraction_evaluate),
+            ("failure_tolerance", failure_tolerance),
+        ]:
             _check_fraction(name, value)
-        for name, count in [("min_fit_clients", min_fit_clients), ("min_evaluate_clients",
-                            min_evaluate_clients), ("min_available_clients",
-                            min_available_clients)]:
+        for name, count in [
+            ("min_fit_clients", min_fit_clients),
+            ("min_evaluate_clients", min_evaluate_clients),
+            ("min_available_clients", min_available_clients),
+        ]:
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {count!r}")
         self.fraction_fit = fraction_fit

@@ -62,7 +62,10 @@ class FedOpt(FedAvg):
 
     def state(self) -> Arrays:
         return Arrays(
-            {**{f"m/{k}": v for k, v in self._m.items()}, **{f"v/{k}": v for k, v in self._v.items()}}
+            {
+                **{f"m/{k}": v for k, v in self._m.items()},
+                **{f"v/{k}": v for k, v in self._v.items()},
+            }
         )
 
     def load_state(self, state: Arrays) -> None:
