@@ -158,8 +158,8 @@ def _parse_like(key: str, text: str, default: Scalar) -> Scalar:
         value = float(value)
     if type(value) is not type(default):
         raise AppError(
-            f"--config {key}={text}: expected a {type(default).__name__} like the default "
-            f"{default!r}, got {type(value).__name__}."
+            f"--config {key}={text}: expected {type(default).__name__} (like the default "
+            f"{default!r}), got {type(value).__name__}."
         )
     return value
 

@@ -108,6 +108,11 @@ class SimulationGrid(Grid):
 
 def _with_arrays(message: Message, arrays: Arrays) -> Message:
     return Message(
-        kind=message.kind, task_id=message.task_id, run_id=message.run_id,
-        round=message.round, node_id=message.node_id, arrays=arrays, config=message.config,
+        kind=message.kind,
+        task_id=message.task_id,
+        run_id=message.run_id,
+        round=message.round,
+        node_id=message.node_id,
+        arrays=arrays,
+        config=message.config,
     )

@@ -1,0 +1,5 @@
+"""``python -m pollinate`` is the ``pollinate`` command."""
+
+from pollinate.cli import main
+
+main()

@@ -1,0 +1,199 @@
+"""The run loop, driven through a scripted Grid that injects faults.
+
+Each test names the invariant it checks (see server/loop.py's docstring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pytest
+
+from pollinate import Arrays, Client, FedAvg, RunError, ServerApp
+from pollinate.client import Context, handle
+from pollinate.records import Message
+from pollinate.server import Grid, ReplyReceived, RoundFinished, StageStarted, run
+
+Fault = Callable[[Message, Message], list[Message]]
+
+
+class AddOne(Client):
+    """Adds 1 to every weight; reports its node id as a metric."""
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+
+    def fit(self, arrays, config):
+        return Arrays({k: v + 1 for k, v in arrays.items()}), 10, {"node": float(self.node)}
+
+    def evaluate(self, arrays, config):
+        return float(arrays["w"][0]), 5, {"acc": 0.5}
+
+
+class ScriptedGrid(Grid):
+    """Answers each instruction at once; ``faults[node]`` may rewrite the reply list."""
+
+    def __init__(self, num_nodes: int, faults: dict[int, Fault] | None = None) -> None:
+        self.num_nodes = num_nodes
+        self.faults = faults or {}
+        self.sent: list[Message] = []
+
+    def nodes(self) -> list[int]:
+        return list(range(self.num_nodes))
+
+    def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
+        for task in instructions:
+            self.sent.append(task)
+            reply = handle(lambda ctx: AddOne(ctx.node_id), _context(task.node_id), task)
+            fault = self.faults.get(task.node_id)
+            yield from fault(task, reply) if fault else [reply]
+
+
+def _context(node: int) -> Context:
+    return Context(node_id=node, partition_id=node, num_partitions=4)
+
+
+def _app(rounds: int = 1, **strategy: object) -> ServerApp:
+    return ServerApp(
+        FedAvg(**strategy),  # type: ignore[arg-type]
+        num_rounds=rounds,
+        initial_arrays=Arrays({"w": np.zeros(3, np.float32)}),
+    )
+
+
+def test_rounds_apply_the_weighted_mean_and_record_history() -> None:
+    result = run(ScriptedGrid(4), _app(rounds=3))
+    assert result.arrays["w"].tolist() == [3.0, 3.0, 3.0]
+    assert result.arrays["w"].dtype == np.float32
+    rounds = result.history.rounds
+    assert [r.round for r in rounds] == [0, 1, 2, 3]
+    assert rounds[1].replies == 4 and rounds[1].failures == 0
+    assert rounds[1].fit == {"node": 1.5}
+    assert rounds[2].evaluate == {"loss": 2.0, "acc": 0.5}
+
+
+def test_a_reply_is_aggregated_at_most_once() -> None:
+    twice: Fault = lambda task, reply: [reply, reply]  # noqa: E731
+    result = run(ScriptedGrid(2, {0: twice}), _app(fraction_evaluate=0))
+    # Node 0's duplicate is dropped: the mean is still over two distinct replies.
+    assert result.history.rounds[1].replies == 2
+    assert result.arrays["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_replies_for_unknown_tasks_or_from_the_wrong_node_are_dropped() -> None:
+    def forged(task: Message, reply: Message) -> list[Message]:
+        evil = Arrays({"w": np.full(3, 1e6, np.float32)})
+        return [
+            Message(
+                "fit", task_id="not-a-task", node_id=1, is_reply=True, arrays=evil, num_examples=10
+            ),
+            Message(
+                "fit",
+                task_id=task.task_id.replace(":1", ":0"),
+                node_id=1,
+                is_reply=True,
+                arrays=evil,
+                num_examples=10,
+            ),
+            reply,
+        ]
+
+    result = run(ScriptedGrid(2, {1: forged}), _app(fraction_evaluate=0))
+    assert result.arrays["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_missing_reply_counts_as_a_failure_of_that_node() -> None:
+    silent: Fault = lambda task, reply: []  # noqa: E731
+    result = run(ScriptedGrid(4, {2: silent}), _app(fraction_evaluate=0))
+    record = result.history.rounds[1]
+    assert (record.replies, record.failures) == (3, 1)
+    assert record.failed[0].node_id == 2 and "no reply" in record.failed[0].reason
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (Arrays({"w": np.zeros(4, np.float32)}), "expected float32[3]"),
+        (Arrays({"w": np.zeros(3, np.int32)}), "expected float32[3]"),
+        (Arrays({"w": np.array([0, np.nan, 0], np.float32)}), "non-finite"),
+        (Arrays({"v": np.zeros(3, np.float32)}), "missing ['w']"),
+    ],
+)
+def test_unusable_arrays_are_rejected_with_a_reason(bad: Arrays, reason: str) -> None:
+    def corrupt(task: Message, reply: Message) -> list[Message]:
+        return [task.reply(arrays=bad, num_examples=10)] if task.kind == "fit" else [reply]
+
+    result = run(ScriptedGrid(4, {3: corrupt}), _app())
+    record = result.history.rounds[1]
+    assert record.failures == 1
+    assert reason in record.failed[0].reason
+    assert np.isfinite(result.arrays["w"]).all() and result.arrays["w"].shape == (3,)
+
+
+def test_a_round_over_the_failure_tolerance_keeps_the_model() -> None:
+    silent: Fault = lambda task, reply: []  # noqa: E731
+    grid = ScriptedGrid(4, {0: silent, 1: silent, 2: silent})
+    result = run(grid, _app(rounds=2, failure_tolerance=0.5, fraction_evaluate=0))
+    assert [r.applied for r in result.history.rounds[1:]] == [False, False]
+    assert result.arrays["w"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_sampling_depends_only_on_seed_and_round() -> None:
+    def sampled(seed: int) -> list[list[int]]:
+        grid = ScriptedGrid(10)
+        run(grid, _app(rounds=3, fraction_fit=0.3, fraction_evaluate=0), seed=seed)
+        return [[m.node_id for m in grid.sent if m.round == r] for r in (1, 2, 3)]
+
+    assert sampled(7) == sampled(7)
+    assert sampled(7) != sampled(8)
+    assert all(len(nodes) == 3 for nodes in sampled(7))
+
+
+def test_too_few_nodes_stops_the_run_with_a_hint() -> None:
+    with pytest.raises(RunError, match="needs 5 clients for fit but only 2") as info:
+        run(ScriptedGrid(2), _app(min_fit_clients=5))
+    assert "Hint:" in str(info.value)
+
+
+def test_initial_arrays_come_from_a_client_when_the_server_has_none() -> None:
+    class WithArrays(AddOne):
+        def get_arrays(self, config):
+            return Arrays({"w": np.full(2, 5.0)})
+
+    class Grid1(ScriptedGrid):
+        def dispatch(self, instructions, timeout):
+            for task in instructions:
+                yield handle(lambda ctx: WithArrays(0), _context(task.node_id), task)
+
+    result = run(Grid1(2), ServerApp(FedAvg(fraction_evaluate=0), num_rounds=1))
+    assert result.arrays["w"].tolist() == [6.0, 6.0]
+
+
+def test_initial_arrays_failure_is_a_clear_run_error() -> None:
+    with pytest.raises(RunError, match="initial arrays.*get_arrays"):
+        run(ScriptedGrid(2), ServerApp(FedAvg(), num_rounds=1))
+
+
+def test_events_trace_every_stage_and_reply() -> None:
+    events: list[object] = []
+    run(ScriptedGrid(3), _app(rounds=2), on_event=events.append)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.count("StageStarted") == 4  # fit + evaluate, two rounds
+    assert kinds.count("ReplyReceived") == 12
+    assert kinds.count("RoundFinished") == 2
+    assert isinstance(events[0], StageStarted) and events[0].tasks == 3
+    assert all(e.ok for e in events if isinstance(e, ReplyReceived))
+    assert isinstance(events[-1], RoundFinished) and events[-1].record.round == 2
+
+
+def test_centralized_evaluation_runs_on_round_zero_and_every_round() -> None:
+    seen: list[tuple[int, float]] = []
+
+    def evaluate_fn(rnd: int, arrays: Arrays) -> tuple[float, dict]:
+        seen.append((rnd, float(arrays["w"][0])))
+        return float(arrays["w"][0]), {"acc": 1.0}
+
+    result = run(ScriptedGrid(2), _app(rounds=2, evaluate_fn=evaluate_fn))
+    assert seen == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert result.history.rounds[2].centralized == {"loss": 2.0, "acc": 1.0}
