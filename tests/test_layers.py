@@ -60,7 +60,7 @@ def test_every_module_has_a_layer() -> None:
     for path in SRC.iterdir():
         if path.name.startswith("_") and path.name not in ("__init__.py", "__main__.py"):
             continue
-        if path.suffix == ".py" or path.is_dir() and (path / "__init__.py").exists():
+        if path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists()):
             assert path.stem in LAYERS, f"{path.name} has no layer in tests/test_layers.py"
 
 
