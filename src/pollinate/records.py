@@ -26,6 +26,12 @@ MESSAGE_KINDS: tuple[str, ...] = ("fit", "evaluate", "get_arrays")
 
 _SCALAR_TYPES = (bool, int, float, str, bytes, np.integer, np.floating, np.bool_)
 
+ARRAY_DTYPES: tuple[str, ...] = (
+    *("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"),
+    *("float16", "float32", "float64", "complex64", "complex128"),
+)
+"""The dtypes an array may have: numbers with a fixed size that every node can read."""
+
 
 class Arrays(Mapping[str, np.ndarray]):
     """An ordered mapping from name to numpy array: a model's weights or an update.
@@ -50,9 +56,14 @@ class Arrays(Mapping[str, np.ndarray]):
         for name, value in items.items():
             if not isinstance(name, str):
                 raise TypeError(f"Arrays names must be str, got {name!r}")
-            self._data[name] = np.asarray(value)
-            if self._data[name].dtype.hasobject:
-                raise TypeError(f"array {name!r} has dtype object, which cannot travel")
+            array = np.asarray(value)
+            if array.dtype.name not in ARRAY_DTYPES or array.dtype.kind not in "biufc":
+                raise TypeError(
+                    f"array {name!r} has dtype {array.dtype}, which cannot travel; allowed "
+                    f"dtypes are {', '.join(ARRAY_DTYPES)}.\nHint: convert it first, e.g. "
+                    "array.astype(np.float32)"
+                )
+            self._data[name] = array
 
     @classmethod
     def from_list(
@@ -93,7 +104,9 @@ class Arrays(Mapping[str, np.ndarray]):
         if not isinstance(other, Arrays) or self.names != other.names:
             return False
         return all(
-            a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
             for a, b in zip(self._data.values(), other._data.values(), strict=True)
         )
 
@@ -141,6 +154,17 @@ class Message:
     def __post_init__(self) -> None:
         if self.kind not in MESSAGE_KINDS:
             raise ValueError(f"Message kind {self.kind!r} is not one of {MESSAGE_KINDS}")
+        for name in ("round", "node_id", "num_examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Message.{name} must be an int, got {value!r}")
+            if value < 0:
+                raise ValueError(f"Message.{name} must be >= 0, got {value!r}")
+        # Catch mistakes where they are made, not later when the message is encoded.
+        if not isinstance(self.arrays, Arrays):
+            object.__setattr__(self, "arrays", Arrays(self.arrays))
+        object.__setattr__(self, "config", check_scalars(self.config, "Message.config"))
+        object.__setattr__(self, "metrics", check_scalars(self.metrics, "Message.metrics"))
 
     def reply(self, **fields: Any) -> Message:
         """A reply to this instruction, with the same kind, task, run, round and node."""

@@ -138,8 +138,15 @@ def handle(client_fn: ClientFn, context: Context, instruction: Message) -> Messa
         return _run(client, instruction)
     except Exception as exc:  # a user's client may raise anything: it fails this task only
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        error = f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
+        error = f"{type(exc).__name__}: {_text(exc)} (at {where.filename}:{where.lineno})"
         return instruction.reply(error=error)
+
+
+def _text(exc: Exception) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a user's exception class may fail even at this
+        return "<str() of the exception failed>"
 
 
 def _run(client: Client, instruction: Message) -> Message:
@@ -165,7 +172,7 @@ def _unpack(result: Any, method: str) -> tuple[Any, int, Metrics]:
     first, n, metrics = result
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise ClientError(f"{method} returned num_examples={n!r}; expected an int >= 0")
-    return first, int(n), check_scalars(metrics or {}, f"{method} metrics")
+    return first, int(n), check_scalars({} if metrics is None else metrics, f"{method} metrics")
 
 
 def _as_list(value: Any, method: str) -> list[np.ndarray]:
@@ -181,8 +188,9 @@ def _as_arrays(value: Any, method: str, like: Arrays | None = None) -> Arrays:
         return value
     if isinstance(value, dict):
         return Arrays(value)
-    names = like.names if like is not None and len(like) == len(value) else None
-    return Arrays.from_list(_as_list(value, method), names)
+    items = _as_list(value, method)
+    names = like.names if like is not None and len(like) == len(items) else None
+    return Arrays.from_list(items, names)
 
 
 def _cast_like(arrays: Arrays, like: Arrays) -> Arrays:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Protocol
 
 import numpy as np
@@ -128,7 +129,8 @@ class Strategy:
         rng: np.random.Generator,
     ) -> list[int]:
         n = len(available)
-        wanted = max(math.ceil(fraction * n), minimum, 1)
+        # the decimal the user wrote: 0.14 * 50 is 7.000000000000001 in floats, not 8 clients
+        wanted = max(math.ceil(Fraction(str(fraction)) * n), minimum, 1)
         if n < max(self.min_available_clients, wanted):
             raise RunError(
                 f"{type(self).__name__} needs {max(self.min_available_clients, wanted)} "
