@@ -153,6 +153,9 @@ def test_float32_models_stay_float32_and_the_moments_are_float64() -> None:
         {"beta_1": 1.0},
         {"beta_1": -0.1},
         {"beta_2": 1.0},
+        {"eta": float("nan")},
+        {"tau": float("nan")},
+        {"beta_1": float("nan")},
     ],
 )
 def test_impossible_hyperparameters_are_rejected(kwargs: dict[str, float]) -> None:
@@ -267,3 +270,13 @@ def test_fedavg_carries_no_state() -> None:
     run_rounds(strategy, X0, MEANS)
     assert len(strategy.state()) == 0
     strategy.load_state(Arrays())  # accepted, a no-op
+
+
+@pytest.mark.parametrize("mu", [-0.1, float("nan"), float("inf"), True])
+def test_fedprox_refuses_a_proximal_mu_that_is_not_a_finite_non_negative_number(
+    mu: float,
+) -> None:
+    from pollinate.strategy import FedProx
+
+    with pytest.raises(ValueError, match="proximal_mu must be a finite number >= 0"):
+        FedProx(proximal_mu=mu)

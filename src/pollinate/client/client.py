@@ -158,7 +158,7 @@ def _run(client: Client, instruction: Message) -> Message:
         arrays = _cast_like(_as_arrays(arrays, "fit", instruction.arrays), instruction.arrays)
         return instruction.reply(arrays=arrays, num_examples=n, metrics=metrics)
     loss, n, metrics = _unpack(client.evaluate(instruction.arrays, config), "evaluate")
-    if not isinstance(loss, int | float | np.floating | np.integer):
+    if isinstance(loss, bool) or not isinstance(loss, int | float | np.floating | np.integer):
         raise ClientError(f"evaluate returned loss {loss!r}; expected a float")
     return instruction.reply(loss=float(loss), num_examples=n, metrics=metrics)
 

@@ -27,8 +27,11 @@ class FedProx(FedAvg):
     """
 
     def __init__(self, *, proximal_mu: float, **kwargs: Any) -> None:
-        if proximal_mu < 0:
-            raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu!r}")
+        if isinstance(proximal_mu, bool) or not proximal_mu >= 0 or proximal_mu == float("inf"):
+            raise ValueError(
+                f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}\n"
+                "Hint: FedProx(proximal_mu=0.01); 0 behaves like FedAvg."
+            )
         super().__init__(**kwargs)
         self.proximal_mu = float(proximal_mu)
 

@@ -37,7 +37,8 @@ class FedOpt(FedAvg):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if eta <= 0 or tau <= 0 or not 0 <= beta_1 < 1 or not 0 <= beta_2 < 1:
+        # written so that NaN fails every check
+        if not (eta > 0 and tau > 0 and 0 <= beta_1 < 1 and 0 <= beta_2 < 1):
             raise ValueError(
                 f"need eta > 0, tau > 0 and betas in [0, 1); got eta={eta!r}, tau={tau!r}, "
                 f"beta_1={beta_1!r}, beta_2={beta_2!r}"
