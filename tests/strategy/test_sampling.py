@@ -181,7 +181,9 @@ def test_client_minimums_must_be_non_negative_ints(name: str, value: object) -> 
 
 
 def test_fedprox_rejects_a_negative_mu() -> None:
-    with pytest.raises(ValueError, match=re.escape("proximal_mu must be >= 0, got -0.5")):
+    with pytest.raises(
+        ValueError, match=re.escape("proximal_mu must be a finite number >= 0, got -0.5")
+    ):
         FedProx(proximal_mu=-0.5)
 
 
