@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(VENV)/.test-deps lint
 bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/aggregate.py
 	$(BIN)/python benchmarks/simulation.py
+
+proto: $(VENV)/.test-deps
+	cd src && ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
+		--pyi_out=. pollinate/transport/fleet.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

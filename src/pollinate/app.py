@@ -75,7 +75,7 @@ def load_app(path: str | Path, overrides: Mapping[str, str] | None = None) -> Ap
         sys.path.insert(0, str(root))
     return App(
         path=root,
-        name=root.name,
+        name=_app_name(root),
         server_fn=_import_ref(table, "server", root),
         client_fn=_import_ref(table, "client", root),
         config=config,
@@ -95,6 +95,13 @@ def app_hash(path: str | Path) -> str:
         digest.update(str(file.relative_to(root)).encode() + b"\0")
         digest.update(file.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def _app_name(root: Path) -> str:
+    """``[project] name`` from pyproject.toml, else the directory's name."""
+    project = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {})
+    name = project.get("name") if isinstance(project, dict) else None
+    return name if isinstance(name, str) and name else root.name
 
 
 def _read_table(root: Path) -> dict[str, Any]:

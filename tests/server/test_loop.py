@@ -181,8 +181,8 @@ def test_events_trace_every_stage_and_reply() -> None:
     kinds = [type(e).__name__ for e in events]
     assert kinds.count("StageStarted") == 4  # fit + evaluate, two rounds
     assert kinds.count("ReplyReceived") == 12
-    assert kinds.count("RoundFinished") == 2
-    assert isinstance(events[0], StageStarted) and events[0].tasks == 3
+    assert kinds.count("RoundFinished") == 3  # round 0 (initial model) and two rounds
+    assert isinstance(events[1], StageStarted) and events[1].tasks == 3
     assert all(e.ok for e in events if isinstance(e, ReplyReceived))
     assert isinstance(events[-1], RoundFinished) and events[-1].record.round == 2
 

@@ -81,13 +81,22 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log every failed reply and round.")
     ] = False,
+    hub: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Run on a hub's fleet instead of in simulation: the hub's control address.",
+        ),
+    ] = None,
 ) -> None:
-    """Run an app in simulation: virtual clients train on their own data partitions."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.ERROR,
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        format="%(message)s",
-    )
+    """Run an app: in simulation (virtual clients), or on a hub's nodes with --hub."""
+    setup_logging(verbose)
+    if hub is not None:
+        from pollinate.cli.deploy import run_on_hub
+
+        overrides = _parse_overrides(config or [])
+        run_on_hub(app_dir, hub, overrides, rounds, seed, out)
+        return
     try:
         loaded = load_app(app_dir, _parse_overrides(config or []))
         server_app = _server_app(loaded, rounds)
@@ -107,11 +116,24 @@ def run(
                 on_event=progress,
             )
     except PollinateError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     console.print(summary_table(result.history, console.width))
     if out is not None:
         console.print(f"history written to {result.history.save(out)}")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.ERROR,
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        format="%(message)s",
+    )
+
+
+def fail(exc: Exception) -> typer.Exit:
+    """Print a user error (no traceback) and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/bold red] {exc}")
+    return typer.Exit(2)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
@@ -141,4 +163,6 @@ def _server_app(loaded: App, rounds: int | None) -> ServerApp:
 
 
 def main() -> None:
+    import pollinate.cli.deploy  # noqa: F401  (registers hub, node, ls, log, stop)
+
     app()

@@ -56,7 +56,8 @@ class RunProgress:
             self.progress.advance(self.stage)
             self.progress.update(self.stage, status=status)
         elif isinstance(event, RoundFinished):
-            self.progress.advance(self.rounds)
+            if event.record.round > 0:
+                self.progress.advance(self.rounds)
             self.console.print(round_line(event.record))
 
 

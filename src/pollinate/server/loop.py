@@ -60,6 +60,8 @@ class _Loop:
     ) -> None:
         self.grid, self.app, self.strategy = grid, app, app.strategy
         self.seed, self.run_id, self.emit = seed, run_id, emit
+        # every record carries the run id, so a hub can route it to that run's log
+        self.log = logging.LoggerAdapter(log, {"run_id": run_id})
 
     def run(self) -> RunResult:
         arrays = self.app.initial_arrays
@@ -67,6 +69,7 @@ class _Loop:
             arrays = self._initial_arrays()
         history = History()
         history.rounds.append(self._round_zero(arrays))
+        self.emit(RoundFinished(history.rounds[0]))
         for rnd in range(1, self.app.num_rounds + 1):
             arrays, record = self._round(rnd, arrays)
             history.rounds.append(record)
@@ -88,7 +91,7 @@ class _Loop:
         record.centralized = self._centralized(rnd, arrays)
         self._evaluate(rnd, arrays, record)
         record.seconds = time.perf_counter() - started
-        log.info(
+        self.log.info(
             "run %s round %d: %d replies, %d failures",
             self.run_id,
             rnd,
@@ -116,7 +119,7 @@ class _Loop:
         tolerated = record.failures <= self.strategy.failure_tolerance * len(nodes)
         if not metrics or not tolerated:
             record.applied = False
-            log.warning(
+            self.log.warning(
                 "run %s round %d: %d of %d fit tasks failed, more than failure_tolerance=%s "
                 "allows; keeping the previous global model",
                 self.run_id,
@@ -178,7 +181,7 @@ class _Loop:
         for reply in self.grid.dispatch(list(pending.values()), self.app.round_timeout):
             task = pending.pop(reply.task_id, None)
             if task is None or not reply.is_reply or reply.node_id != task.node_id:
-                log.warning(
+                self.log.warning(
                     "run %s round %d: dropped a reply for unknown or finished task %r from node %d",
                     self.run_id,
                     rnd,
@@ -204,7 +207,7 @@ class _Loop:
         )
         for reply in self.grid.dispatch([task], self.app.round_timeout):
             if reply.task_id == task.task_id and reply.error is None:
-                log.info("run %s: initial arrays from node %d", self.run_id, node)
+                self.log.info("run %s: initial arrays from node %d", self.run_id, node)
                 return reply.arrays
             raise RunError(f"node {node} could not provide the initial arrays: {reply.error}")
         raise RunError(f"node {node} did not provide the initial arrays in time")
@@ -216,6 +219,6 @@ class _Loop:
 
     def _fail(self, record: RoundRecord, rnd: int, node: int, stage: str, reason: str) -> None:
         record.failed.append(Failure(node, stage, reason))
-        log.warning(
+        self.log.warning(
             "run %s round %d: %s from node %d rejected: %s", self.run_id, rnd, stage, node, reason
         )

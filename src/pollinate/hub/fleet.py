@@ -1,0 +1,171 @@
+"""The fleet: which nodes are alive, and the tasks waiting for each of them.
+
+Invariants:
+- a reply is accepted at most once, only from the node its task was given to, and only while
+  the task is outstanding (not after its round closed);
+- a node silent for longer than ``heartbeat_timeout`` has its tasks failed, so no round waits
+  for a dead node;
+- the hub never dials a node: nodes long-poll ``next_task``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from pollinate.errors import PollinateError
+from pollinate.records import Config, Message
+
+log = logging.getLogger("pollinate.hub")
+
+
+class Refused(PollinateError):
+    """The hub refused what a node sent; the message says why."""
+
+
+@dataclass
+class Task:
+    """An instruction on its way to a node, and where its reply goes."""
+
+    message: Message
+    app_hash: str
+    run_config: Config
+    replies: queue.Queue[Message]
+    sent: bool = False
+
+
+@dataclass
+class _Node:
+    last_seen: float
+    app_hash: str = ""
+    node_config: dict[str, str] = field(default_factory=dict)
+    queue: deque[Task] = field(default_factory=deque)
+
+
+class Fleet:
+    """Live nodes and their task queues; thread-safe."""
+
+    def __init__(self, heartbeat_timeout: float = 30.0) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self._nodes: dict[int, _Node] = {}
+        self._outstanding: dict[str, Task] = {}
+        self._changed = threading.Condition()
+
+    def heartbeat(self, node_id: int, app_hash: str, node_config: dict[str, str]) -> None:
+        with self._changed:
+            node = self._nodes.setdefault(node_id, _Node(time.monotonic()))
+            if node.last_seen == 0.0:
+                log.info("node %d is back", node_id)
+            node.last_seen, node.app_hash, node.node_config = (
+                time.monotonic(),
+                app_hash,
+                node_config,
+            )
+            self._changed.notify_all()
+
+    def seen(self, node_id: int) -> None:
+        """A sign of life other than a heartbeat (a pull)."""
+        with self._changed:
+            node = self._nodes.get(node_id)
+            if node is not None:
+                node.last_seen = time.monotonic()
+
+    def alive(self) -> list[int]:
+        """Ids of nodes heard from within the heartbeat timeout."""
+        now = time.monotonic()
+        with self._changed:
+            return sorted(
+                n
+                for n, node in self._nodes.items()
+                if now - node.last_seen <= self.heartbeat_timeout
+            )
+
+    def node_config(self, node_id: int) -> dict[str, str]:
+        with self._changed:
+            node = self._nodes.get(node_id)
+            return dict(node.node_config) if node else {}
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    def enqueue(self, task: Task) -> None:
+        node_id = task.message.node_id
+        with self._changed:
+            node = self._nodes.setdefault(node_id, _Node(0.0))
+            node.queue.append(task)
+            self._outstanding[task.message.task_id] = task
+            self._changed.notify_all()
+
+    def next_task(self, node_id: int, wait: float) -> Task | None:
+        """The node's next task, waiting up to ``wait`` seconds for one (a long-poll)."""
+        deadline = time.monotonic() + wait
+        with self._changed:
+            while True:
+                node = self._nodes.get(node_id)
+                if node is not None and node.queue:
+                    task = node.queue.popleft()
+                    task.sent = True
+                    return task
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def claim(self, node_id: int, message: Message) -> Task:
+        """The outstanding task ``message`` replies to, removed; Refused if there is none."""
+        with self._changed:
+            task = self._outstanding.get(message.task_id)
+            if task is None:
+                raise Refused(
+                    f"reply for task {message.task_id!r}, which is unknown or already closed "
+                    "(answered, or its round ended)"
+                )
+            if task.message.node_id != node_id:
+                raise Refused(
+                    f"node {node_id} replied to task {message.task_id!r}, which was given to "
+                    f"node {task.message.node_id}"
+                )
+            if not task.sent:
+                raise Refused(f"task {message.task_id!r} was never sent to node {node_id}")
+            if message.kind != task.message.kind or message.round != task.message.round:
+                raise Refused(f"reply does not match task {message.task_id!r} (kind or round)")
+            del self._outstanding[message.task_id]
+            return task
+
+    def cancel(self, task_ids: list[str]) -> None:
+        """Close tasks whose round ended: their late replies are refused."""
+        with self._changed:
+            for task_id in task_ids:
+                task = self._outstanding.pop(task_id, None)
+                if task is None:
+                    continue
+                node = self._nodes.get(task.message.node_id)
+                if node is not None and task in node.queue:
+                    node.queue.remove(task)
+
+    def fail_silent_nodes(self) -> list[int]:
+        """Fail every outstanding task of nodes past the heartbeat timeout; return them."""
+        now = time.monotonic()
+        failed: list[tuple[Task, str]] = []
+        silent: list[int] = []
+        with self._changed:
+            for node_id, node in self._nodes.items():
+                quiet = now - node.last_seen
+                if node.last_seen == 0.0 or quiet <= self.heartbeat_timeout:
+                    continue
+                silent.append(node_id)
+                node.last_seen = 0.0
+                reason = f"node {node_id} went silent: no heartbeat for {quiet:.0f}s"
+                for task_id, task in list(self._outstanding.items()):
+                    if task.message.node_id == node_id:
+                        del self._outstanding[task_id]
+                        failed.append((task, reason))
+                node.queue.clear()
+        for task, reason in failed:
+            task.replies.put(task.message.reply(error=reason))
+        for node_id in silent:
+            log.warning("node %d went silent; its tasks failed", node_id)
+        return silent

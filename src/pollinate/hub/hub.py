@@ -1,0 +1,105 @@
+"""The Hub: state, fleet and runs behind one object that the transport serves.
+
+Everything here is plain Python; ``pollinate.transport`` turns RPCs into these calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from pollinate.hub.fleet import Fleet, Refused, Task
+from pollinate.hub.runs import Runs
+from pollinate.hub.state import HubState, LogRow, RunRow
+from pollinate.records import Message
+
+log = logging.getLogger("pollinate.hub")
+
+
+class Hub:
+    """A hub over ``data_dir``: serves many runs over its life.
+
+    Args:
+        data_dir: where state (SQLite), blobs and certificates live.
+        heartbeat_timeout: seconds of silence after which a node's tasks fail.
+        heartbeat_interval: how often nodes are told to send heartbeats.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        heartbeat_timeout: float = 30.0,
+        heartbeat_interval: float = 5.0,
+    ) -> None:
+        self.state = HubState(data_dir)
+        self.fleet = Fleet(heartbeat_timeout)
+        self.runs = Runs(self.state, self.fleet)
+        self.heartbeat_interval = heartbeat_interval
+        self._closed = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="hub-watchdog", daemon=True)
+        self._watchdog.start()
+
+    # --- fleet API --------------------------------------------------------------------------
+
+    def node_id_for_name(self, name: str) -> int:
+        return self.state.node_for_name(name)
+
+    def heartbeat(self, node_id: int, app_hash: str, node_config: dict[str, str]) -> None:
+        self.fleet.heartbeat(node_id, app_hash, node_config)
+
+    def next_task(self, node_id: int, wait: float) -> Task | None:
+        # a pull is a sign of life too: a node busy pulling is not silent
+        self.fleet.seen(node_id)
+        return self.fleet.next_task(node_id, wait)
+
+    def accept_reply(self, node_id: int, message: Message) -> None:
+        """Route a node's reply to its run; Refused (with the reason) if it has no place."""
+        if not message.is_reply:
+            raise Refused("the message is not a reply")
+        try:
+            task = self.fleet.claim(node_id, message)
+        except Refused as exc:
+            log.warning("refused a reply from node %d: %s", node_id, exc)
+            raise
+        task.replies.put(message)
+
+    # --- control API ------------------------------------------------------------------------
+
+    def submit_run(
+        self, archive: bytes, app_hash: str, overrides: dict[str, str], rounds: int, seed: int
+    ) -> str:
+        return self.runs.submit(archive, app_hash, overrides, rounds, seed)
+
+    def list_runs(self) -> list[RunRow]:
+        return self.state.runs()
+
+    def run_info(self, run_id: str) -> RunRow | None:
+        return self.state.run(run_id)
+
+    def stop_run(self, run_id: str) -> str | None:
+        return self.runs.stop(run_id)
+
+    def wait_log(self, run_id: str, after: int, wait: float) -> list[LogRow]:
+        """Log entries after ``after``, waiting up to ``wait`` seconds for new ones."""
+        deadline = time.monotonic() + wait
+        with self.runs.changed:
+            while True:
+                rows = self.state.log_after(run_id, after)
+                remaining = deadline - time.monotonic()
+                if rows or remaining <= 0:
+                    return rows
+                self.runs.changed.wait(remaining)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._watchdog.join(timeout=5)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        period = min(1.0, self.fleet.heartbeat_timeout / 4)
+        while not self._closed.wait(period):
+            self.fleet.fail_silent_nodes()

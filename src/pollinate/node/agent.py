@@ -1,0 +1,129 @@
+"""NodeAgent: pulls tasks from the hub, runs the app's client on local data, pushes replies.
+
+The node dials out; the hub never dials in. When the hub is away the agent retries with
+exponential backoff (with jitter, so a fleet does not reconnect in lockstep).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import tomllib
+from pathlib import Path
+
+from pollinate.app import app_hash, load_app
+from pollinate.client.client import Context, handle
+from pollinate.errors import PollinateError
+from pollinate.records import Config, Message
+from pollinate.transport.client import FleetClient, HubRefused, HubUnavailable, PulledTask
+
+log = logging.getLogger("pollinate.node")
+
+PULL_WAIT = 20.0
+
+
+class NodeAgent:
+    """Serves one app's client to the hub at ``hub_address`` until ``stop`` is set.
+
+    ``node_config`` holds TOML literals (``partition-id = "3"``); ``partition-id`` and
+    ``num-partitions`` fill the client's Context.
+    """
+
+    def __init__(
+        self,
+        hub_address: str,
+        app_dir: str | Path,
+        node_config: dict[str, str] | None = None,
+        *,
+        name: str = "",
+        client: FleetClient | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.app = load_app(app_dir)
+        self.app_hash = app_hash(app_dir)
+        self.node_config_text = dict(node_config or {})
+        self.node_config = parse_node_config(self.node_config_text)
+        self.name = name
+        self.client = client or FleetClient(hub_address)
+        self.max_backoff = max_backoff
+        self.stop = threading.Event()
+        self.interval = 5.0
+
+    def run(self) -> None:
+        """Serve until ``self.stop`` is set, reconnecting whenever the hub is away."""
+        threading.Thread(target=self._beat, name="node-heartbeat", daemon=True).start()
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                self._serve()
+                backoff = 0.5
+            except HubUnavailable as exc:
+                delay = backoff * random.uniform(0.5, 1.5)
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                self.stop.wait(delay)
+                backoff = min(backoff * 2, self.max_backoff)
+
+    def _serve(self) -> None:
+        self._heartbeat()
+        log.info("node %s connected as node %d", self.name, self.client.node_id)
+        while not self.stop.is_set():
+            task = self.client.pull_task(PULL_WAIT)
+            if task is not None:
+                self._push(self._answer(task))
+
+    def _heartbeat(self) -> None:
+        self.interval = self.client.heartbeat(self.app_hash, self.node_config_text, self.name)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            if self.client.node_id is None:
+                continue  # not connected yet: run() says hello first
+            try:
+                self._heartbeat()
+            except PollinateError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _answer(self, task: PulledTask) -> Message:
+        if task.app_hash != self.app_hash:
+            reason = (
+                f"node {self.client.node_id} refuses the task: the run needs app "
+                f"{task.app_hash[:12]} but this node has {self.app_hash[:12]} "
+                f"({self.app.path}); install the same app version on every node"
+            )
+            log.error(reason)
+            return task.message.reply(error=reason)
+        node_id = self.client.node_id or 0
+        context = Context(
+            node_id=node_id,
+            partition_id=int(self.node_config.get("partition-id", node_id)),
+            num_partitions=int(self.node_config.get("num-partitions", 1)),
+            node_config=self.node_config,
+            run_config=task.run_config,
+        )
+        return handle(self.app.client_fn, context, task.message)
+
+    def _push(self, reply: Message) -> None:
+        """Push, retrying while the hub is away; a refusal is logged, not retried."""
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                self.client.push_reply(reply)
+                return
+            except HubRefused as exc:
+                log.warning("hub refused the reply to %s: %s", reply.task_id, exc)
+                return
+            except HubUnavailable:
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+
+
+def parse_node_config(items: dict[str, str]) -> Config:
+    """TOML literals to typed values; a bare word is a string."""
+    config: Config = {}
+    for key, text in items.items():
+        try:
+            config[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            config[key] = text
+    return config

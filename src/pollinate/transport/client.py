@@ -1,0 +1,162 @@
+"""Clients of the hub's two APIs: ``FleetClient`` for nodes, ``ControlClient`` for users.
+
+gRPC errors become pollinate errors here: ``HubUnavailable`` when the hub cannot be reached
+(the caller retries), ``PollinateError`` with the hub's reason otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from pollinate import wire
+from pollinate.errors import PollinateError
+from pollinate.records import Config, Message
+from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER
+from pollinate.transport import fleet_pb2 as pb
+from pollinate.transport import fleet_pb2_grpc as rpc
+
+
+class HubUnavailable(PollinateError):
+    """The hub cannot be reached now; try again later."""
+
+
+class HubRefused(PollinateError):
+    """The hub answered, and said no; the message says why."""
+
+
+@dataclass(frozen=True)
+class PulledTask:
+    message: Message
+    app_hash: str
+    run_config: Config
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except grpc.RpcError as exc:
+        raise _translate(exc) from None
+
+
+def _translate(exc: grpc.RpcError) -> PollinateError:
+    code, details = exc.code(), exc.details()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return HubUnavailable(f"hub unavailable: {details}")
+    return HubRefused(details or str(code))
+
+
+class FleetClient:
+    """A node's connection to the hub's fleet API."""
+
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        options = [("grpc.keepalive_time_ms", 20_000)]
+        self.channel = (
+            grpc.insecure_channel(address, options)
+            if credentials is None
+            else grpc.secure_channel(address, credentials, options)
+        )
+        self.stub = rpc.FleetStub(self.channel)
+        self.node_id: int | None = None
+
+    def heartbeat(self, app_hash: str, node_config: dict[str, str], name: str = "") -> float:
+        """Report life; learn this node's id. Returns the interval for the next heartbeat."""
+        request = pb.HeartbeatRequest(app_hash=app_hash, node_config=node_config, name=name)
+        reply = _call(self.stub.Heartbeat, request, metadata=self._metadata(), timeout=10)
+        self.node_id = int(reply.node_id)
+        return float(reply.interval_seconds)
+
+    def pull_task(self, wait: float) -> PulledTask | None:
+        """The next task (waiting up to ``wait`` seconds for one), or None."""
+        stream = self.stub.PullTask(
+            pb.PullTaskRequest(wait_seconds=wait), metadata=self._metadata(), timeout=wait + 30
+        )
+        try:
+            return _assemble(stream)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+
+    def push_reply(self, message: Message) -> None:
+        """Send a reply in chunks; HubRefused with the hub's reason if it is not accepted."""
+        chunks = (pb.Chunk(data=bytes(p)) for p in wire.iter_encode(message, CHUNK_BYTES))
+        ack = _call(self.stub.PushReply, chunks, metadata=self._metadata(), timeout=3600)
+        if not ack.accepted:
+            raise HubRefused(ack.reason)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        return [] if self.node_id is None else [(NODE_ID_HEADER, str(self.node_id))]
+
+
+def _assemble(stream: Iterator[Any]) -> PulledTask | None:
+    first = next(stream, None)
+    if first is None:
+        return None
+    run_config = wire.decode(first.run_config).config
+    decoder = wire.Decoder()
+    for chunk in stream:
+        decoder.feed(chunk.data)
+    return PulledTask(decoder.finish(), first.app_hash, run_config)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    app: str
+    status: str
+    round: int
+    rounds: int
+    created: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class LogLine:
+    seq: int
+    time: float
+    kind: str
+    text: str
+
+
+class ControlClient:
+    """A user's connection to the hub's control API."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = rpc.ControlStub(self.channel)
+
+    def submit_run(
+        self, archive: bytes, app_hash: str, overrides: dict[str, str], rounds: int, seed: int
+    ) -> str:
+        request = pb.SubmitRunRequest(
+            app_archive=archive, app_hash=app_hash, config=overrides, rounds=rounds, seed=seed
+        )
+        return str(_call(self.stub.SubmitRun, request, timeout=120).run_id)
+
+    def list_runs(self) -> list[RunSummary]:
+        reply = _call(self.stub.ListRuns, pb.ListRunsRequest(), timeout=30)
+        return [
+            RunSummary(r.run_id, r.app, r.status, r.round, r.rounds, r.created, r.detail)
+            for r in reply.runs
+        ]
+
+    def follow_log(self, run_id: str, follow: bool = True, after: int = 0) -> Iterator[LogLine]:
+        stream = self.stub.FollowLog(pb.FollowLogRequest(run_id=run_id, follow=follow, after=after))
+        try:
+            for entry in stream:
+                yield LogLine(entry.seq, entry.time, entry.kind, entry.text)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+
+    def stop_run(self, run_id: str) -> None:
+        reply = _call(self.stub.StopRun, pb.StopRunRequest(run_id=run_id), timeout=30)
+        if not reply.stopped:
+            raise HubRefused(reply.reason)
+
+    def close(self) -> None:
+        self.channel.close()

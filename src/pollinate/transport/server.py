@@ -1,0 +1,168 @@
+"""The hub's gRPC servers: the fleet API for nodes and the control API for users.
+
+This package is the only place that imports ``grpc``; it turns RPCs into calls on a ``Hub``
+and back. Messages travel as wire chunks of at most ``CHUNK_BYTES``, so no transfer needs a
+whole-message gRPC limit and memory per transfer stays about one copy of the arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from pollinate import wire
+from pollinate.errors import PollinateError, WireError
+from pollinate.hub.fleet import Refused
+from pollinate.hub.hub import Hub
+from pollinate.hub.state import RunRow
+from pollinate.records import Message
+from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER
+from pollinate.transport import fleet_pb2 as pb
+from pollinate.transport import fleet_pb2_grpc as rpc
+
+log = logging.getLogger("pollinate.transport")
+
+MAX_PULL_WAIT = 30.0
+
+
+@dataclass
+class HubServers:
+    """The two running gRPC servers and the ports they bound."""
+
+    fleet: grpc.Server
+    control: grpc.Server
+    fleet_port: int
+    control_port: int
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.fleet.stop(grace).wait()
+        self.control.stop(grace).wait()
+
+
+def serve(
+    hub: Hub,
+    fleet_address: str,
+    control_address: str,
+    *,
+    fleet_credentials: grpc.ServerCredentials | None = None,
+    max_nodes: int = 256,
+) -> HubServers:
+    """Start the fleet server (TLS when credentials are given) and the control server."""
+    fleet = grpc.server(ThreadPoolExecutor(max_nodes, thread_name_prefix="fleet"))
+    rpc.add_FleetServicer_to_server(_FleetService(hub, fleet_credentials is not None), fleet)
+    if fleet_credentials is None:
+        fleet_port = fleet.add_insecure_port(fleet_address)
+    else:
+        fleet_port = fleet.add_secure_port(fleet_address, fleet_credentials)
+    control = grpc.server(ThreadPoolExecutor(16, thread_name_prefix="control"))
+    rpc.add_ControlServicer_to_server(_ControlService(hub), control)
+    control_port = control.add_insecure_port(control_address)
+    fleet.start()
+    control.start()
+    return HubServers(fleet, control, fleet_port, control_port)
+
+
+class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
+    def __init__(self, hub: Hub, secure: bool) -> None:
+        self.hub = hub
+        self.secure = secure
+
+    def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.secure or not request.name:
+            node_id = self._identify(context)
+        else:
+            node_id = self.hub.node_id_for_name(request.name)
+        self.hub.heartbeat(node_id, request.app_hash, dict(request.node_config))
+        return pb.HeartbeatReply(node_id=node_id, interval_seconds=self.hub.heartbeat_interval)
+
+    def PullTask(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        node_id = self._identify(context)
+        task = self.hub.next_task(node_id, min(max(request.wait_seconds, 0.0), MAX_PULL_WAIT))
+        if task is None:
+            return
+        config = wire.encode(Message("get_arrays", config=task.run_config))
+        yield pb.TaskChunk(app_hash=task.app_hash, run_config=config)
+        for piece in wire.iter_encode(task.message, CHUNK_BYTES):
+            yield pb.TaskChunk(data=bytes(piece))
+
+    def PushReply(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        node_id = self._identify(context)
+        decoder = wire.Decoder()
+        try:
+            for chunk in request_iterator:
+                decoder.feed(chunk.data)
+            self.hub.accept_reply(node_id, decoder.finish())
+        except (WireError, Refused) as exc:
+            log.warning("refused a reply from node %d: %s", node_id, exc)
+            return pb.PushReplyAck(accepted=False, reason=str(exc))
+        return pb.PushReplyAck(accepted=True)
+
+    def _identify(self, context: grpc.ServicerContext) -> int:
+        for key, value in context.invocation_metadata():
+            if key == NODE_ID_HEADER and str(value).isdigit():
+                return int(value)
+        context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "no node identity: send a Heartbeat with a name first (insecure mode)",
+        )
+        raise AssertionError("unreachable")  # abort raises
+
+
+class _ControlService(rpc.ControlServicer):  # type: ignore[misc]
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def SubmitRun(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            run_id = self.hub.submit_run(
+                request.app_archive,
+                request.app_hash,
+                dict(request.config),
+                request.rounds,
+                request.seed,
+            )
+        except PollinateError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.SubmitRunReply(run_id=run_id)
+
+    def ListRuns(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ListRunsReply(runs=[_run_info(row) for row in self.hub.list_runs()])
+
+    def FollowLog(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if self.hub.run_info(request.run_id) is None:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no run {request.run_id!r}; `pollinate ls` lists the runs",
+            )
+        after = request.after
+        while context.is_active():
+            for row in self.hub.wait_log(request.run_id, after, wait=1.0):
+                after = row.seq
+                yield pb.LogEntry(seq=row.seq, time=row.time, kind=row.kind, text=row.text)
+            info = self.hub.run_info(request.run_id)
+            if not request.follow or (info is not None and info.status != "running"):
+                rest = self.hub.wait_log(request.run_id, after, wait=0.0)
+                for row in rest:
+                    yield pb.LogEntry(seq=row.seq, time=row.time, kind=row.kind, text=row.text)
+                return
+
+    def StopRun(self, request: Any, context: grpc.ServicerContext) -> Any:
+        reason = self.hub.stop_run(request.run_id)
+        return pb.StopRunReply(stopped=reason is None, reason=reason or "")
+
+
+def _run_info(row: RunRow) -> Any:
+    return pb.RunInfo(
+        run_id=row.run_id,
+        app=row.app,
+        status=row.status,
+        round=row.round,
+        rounds=row.rounds,
+        created=row.created,
+        detail=row.detail,
+    )
