@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import threading
@@ -17,11 +18,13 @@ from pollinate.app import app_hash, load_app
 from pollinate.cli.main import _parse_overrides, app, console, err_console, fail, setup_logging
 from pollinate.cli.render import round_line, summary_table
 from pollinate.errors import PollinateError
+from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import Hub
 from pollinate.hub.runs import pack_app
 from pollinate.node.agent import NodeAgent
+from pollinate.security import NodeCredentials, SecurityError
 from pollinate.server.history import Failure, History, RoundRecord
-from pollinate.transport.client import ControlClient
+from pollinate.transport.client import ControlClient, enrol
 from pollinate.transport.server import serve
 
 HubOption = Annotated[
@@ -34,11 +37,25 @@ DEFAULT_CONTROL = "127.0.0.1:9093"
 def hub_command(
     data_dir: Annotated[Path, typer.Option(help="Where the hub keeps its state (created).")],
     address: Annotated[
-        str, typer.Option(metavar="HOST:PORT", help="Fleet API address, for nodes.")
+        str, typer.Option(metavar="HOST:PORT", help="Fleet API address, for nodes (mTLS).")
     ] = "0.0.0.0:9092",
+    enrol_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Enrolment address, for nodes with a join token (default: the fleet port - 1).",
+        ),
+    ] = None,
     control_address: Annotated[
         str, typer.Option(metavar="HOST:PORT", help="Control API address, for users.")
     ] = DEFAULT_CONTROL,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(help="A name nodes use to reach the hub (certificate SAN); repeatable."),
+    ] = None,
+    cert_lifetime: Annotated[
+        int, typer.Option(help="Seconds a node certificate lives; nodes renew at 2/3.")
+    ] = 86400,
     insecure: Annotated[
         bool, typer.Option(help="No TLS: for local experiments only. Anyone can join.")
     ] = False,
@@ -46,27 +63,30 @@ def hub_command(
         float, typer.Option(help="Seconds of silence after which a node's tasks fail.")
     ] = 30.0,
 ) -> None:
-    """Start a hub: nodes connect to its fleet API, users to its control API."""
+    """Start a hub: nodes enrol and connect to its fleet API, users to its control API."""
     setup_logging(True)
-    if not insecure:
-        raise fail(
-            PollinateError(
-                "TLS enrolment is not available yet in this build.\n"
-                "Hint: pass --insecure for a local experiment (no authentication at all)."
-            )
+    credentials = None
+    if insecure:
+        err_console.print(
+            "[bold yellow]WARNING: --insecure: no TLS, no authentication. Anyone who can "
+            f"reach {address} can join this fleet and read its models. Local experiments "
+            "only.[/]"
         )
-    err_console.print(
-        "[bold yellow]WARNING: --insecure: no TLS, no authentication. Anyone who can reach "
-        f"{address} can join this fleet and read its models. Local experiments only.[/]"
-    )
+    else:
+        host = address.rpartition(":")[0]
+        ips = ["127.0.0.1"] + ([host] if _is_ip(host) and host != "0.0.0.0" else [])
+        names = ["localhost", *(hostname or [])] + ([] if _is_ip(host) else [host])
+        credentials = HubCredentials.load_or_create(_mkdir(data_dir), names, ips, cert_lifetime)
     hub = Hub(
         data_dir,
         heartbeat_timeout=heartbeat_timeout,
         heartbeat_interval=max(heartbeat_timeout / 6, 0.2),
+        credentials=credentials,
     )
-    servers = serve(hub, address, control_address)
+    servers = serve(hub, address, control_address, enrol_address or _next_to(address, -1))
+    enrol = f", enrolment on port {servers.enrol_port}" if servers.enrol_port else ""
     console.print(
-        f"hub serving: fleet on port {servers.fleet_port}, control on "
+        f"hub serving: fleet on port {servers.fleet_port}{enrol}, control on "
         f"port {servers.control_port}, state in {data_dir}"
     )
     stop = threading.Event()
@@ -87,30 +107,80 @@ def node_command(
             help="Node config, e.g. partition-id=0 num-partitions=3; repeatable.",
         ),
     ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="A join token from `pollinate token create`.")
+    ] = None,
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the node keeps its key and certificate.")
+    ] = Path(".pollinate-node"),
+    enrol_address: Annotated[
+        str | None,
+        typer.Option(metavar="HOST:PORT", help="Hub enrolment address (default: port - 1)."),
+    ] = None,
     name: Annotated[str, typer.Option(help="Stable node name (insecure mode).")] = "",
     insecure: Annotated[bool, typer.Option(help="No TLS: local experiments only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a node: it dials out to the hub and trains the app's client on local data."""
     setup_logging(verbose)
-    if not insecure:
-        raise fail(
-            PollinateError(
-                "TLS enrolment is not available yet in this build.\n"
-                "Hint: pass --insecure for a local experiment."
-            )
-        )
-    err_console.print(
-        "[bold yellow]WARNING: --insecure: this node talks to the hub without "
-        "TLS. Local experiments only.[/]"
-    )
     try:
         overrides = _parse_overrides(node_config or [])
-        agent = NodeAgent(hub, app_dir, overrides, name=name or _default_name(overrides))
+        credentials = None
+        if insecure:
+            err_console.print(
+                "[bold yellow]WARNING: --insecure: this node talks to the hub "
+                "without TLS. Local experiments only.[/]"
+            )
+        else:
+            credentials = _node_credentials(data_dir, token, enrol_address or _next_to(hub, -1))
+        agent = NodeAgent(
+            hub,
+            app_dir,
+            overrides,
+            name=name or _default_name(overrides),
+            credentials=credentials,
+            credentials_dir=data_dir,
+        )
     except PollinateError as exc:
         raise fail(exc) from None
     _on_signal(agent.stop.set)
     agent.run()
+
+
+token_app = typer.Typer(help="Join tokens for new nodes.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    hub: HubOption = DEFAULT_CONTROL,
+    ttl: Annotated[float, typer.Option(help="Seconds until the token expires.")] = 3600.0,
+) -> None:
+    """Print a one-time join token; a node starts with --token TOKEN to enrol."""
+    try:
+        token, expires = ControlClient(hub).create_token(ttl)
+    except PollinateError as exc:
+        raise fail(exc) from None
+    err_console.print(
+        f"one-time join token, valid until "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(expires))}:"
+    )
+    print(token)
+
+
+def _node_credentials(data_dir: Path, token: str | None, enrol_address: str) -> NodeCredentials:
+    saved = NodeCredentials.load(data_dir)
+    if saved is not None and token is None:
+        saved.check_not_expired()
+        return saved
+    if token is None:
+        raise SecurityError(
+            f"this node has no certificate in {data_dir}.\nHint: create a token on the hub "
+            "(`pollinate token create`) and start the node with --token TOKEN."
+        )
+    credentials = enrol(enrol_address, token)
+    credentials.save(data_dir)
+    return credentials
 
 
 @app.command("ls")
@@ -205,6 +275,24 @@ def _print_line(kind: str, text: str) -> None:
 def _record(data: dict) -> RoundRecord:  # type: ignore[type-arg]
     failed = [Failure(**f) for f in data.pop("failed", [])]
     return RoundRecord(**data, failed=failed)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _next_to(address: str, offset: int) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + offset}"
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _default_name(config: dict[str, str]) -> str:

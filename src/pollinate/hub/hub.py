@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.fleet import Fleet, Refused, Task
 from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState, LogRow, RunRow
@@ -33,8 +34,10 @@ class Hub:
         *,
         heartbeat_timeout: float = 30.0,
         heartbeat_interval: float = 5.0,
+        credentials: HubCredentials | None = None,
     ) -> None:
         self.state = HubState(data_dir)
+        self.credentials = credentials
         self.fleet = Fleet(heartbeat_timeout)
         self.runs = Runs(self.state, self.fleet)
         self.heartbeat_interval = heartbeat_interval
@@ -66,6 +69,23 @@ class Hub:
             raise
         task.replies.put(message)
 
+    def enrol(self, token: str, csr_pem: bytes) -> tuple[bytes, bytes, int]:
+        """(certificate, CA certificate, node id) for a node redeeming a join token."""
+        credentials = self._require_tls()
+        credentials.tokens.redeem(token)
+        node_id = self.state.new_node()
+        certificate = credentials.ca.sign_node_csr(csr_pem, node_id, credentials.cert_lifetime)
+        log.info("node %d enrolled", node_id)
+        return certificate, credentials.ca.ca_pem, node_id
+
+    def renew(self, node_id: int, csr_pem: bytes) -> bytes:
+        return self._require_tls().renew(node_id, csr_pem)
+
+    def _require_tls(self) -> HubCredentials:
+        if self.credentials is None:
+            raise Refused("this hub runs with --insecure: there is nothing to enrol in")
+        return self.credentials
+
     # --- control API ------------------------------------------------------------------------
 
     def submit_run(
@@ -81,6 +101,9 @@ class Hub:
 
     def stop_run(self, run_id: str) -> str | None:
         return self.runs.stop(run_id)
+
+    def create_token(self, ttl_seconds: float) -> tuple[str, float]:
+        return self._require_tls().create_token(ttl_seconds)
 
     def wait_log(self, run_id: str, after: int, wait: float) -> list[LogRow]:
         """Log entries after ``after``, waiting up to ``wait`` seconds for new ones."""

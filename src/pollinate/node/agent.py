@@ -16,6 +16,7 @@ from pollinate.app import app_hash, load_app
 from pollinate.client.client import Context, handle
 from pollinate.errors import PollinateError
 from pollinate.records import Config, Message
+from pollinate.security import NodeCredentials, should_renew
 from pollinate.transport.client import FleetClient, HubRefused, HubUnavailable, PulledTask
 
 log = logging.getLogger("pollinate.node")
@@ -37,7 +38,8 @@ class NodeAgent:
         node_config: dict[str, str] | None = None,
         *,
         name: str = "",
-        client: FleetClient | None = None,
+        credentials: NodeCredentials | None = None,
+        credentials_dir: Path | None = None,
         max_backoff: float = 30.0,
     ) -> None:
         self.app = load_app(app_dir)
@@ -45,7 +47,9 @@ class NodeAgent:
         self.node_config_text = dict(node_config or {})
         self.node_config = parse_node_config(self.node_config_text)
         self.name = name
-        self.client = client or FleetClient(hub_address)
+        self.credentials = credentials
+        self.credentials_dir = credentials_dir
+        self.client = FleetClient(hub_address, credentials)
         self.max_backoff = max_backoff
         self.stop = threading.Event()
         self.interval = 5.0
@@ -81,8 +85,22 @@ class NodeAgent:
                 continue  # not connected yet: run() says hello first
             try:
                 self._heartbeat()
+                self._renew_if_due()
             except PollinateError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    def _renew_if_due(self) -> None:
+        """Swap in a renewed certificate before the old one expires; a task in flight keeps
+        the old channel until it ends, so a run is not interrupted."""
+        if self.credentials is None or not should_renew(self.credentials.cert_pem):
+            return
+        renewed = self.client.renew(self.credentials)
+        if self.credentials_dir is not None:
+            renewed.save(self.credentials_dir)
+        client = FleetClient(self.client.address, renewed)
+        client.node_id = self.client.node_id
+        self.credentials, self.client = renewed, client
+        log.info("node %s renewed its certificate", client.node_id)
 
     def _answer(self, task: PulledTask) -> Message:
         if task.app_hash != self.app_hash:

@@ -15,6 +15,9 @@ import grpc
 from pollinate import wire
 from pollinate.errors import PollinateError
 from pollinate.records import Config, Message
+from pollinate.security import make_key_and_csr, parse_token
+from pollinate.security.credentials import NodeCredentials
+from pollinate.security.enrolment import fetch_pinned_certificate
 from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import fleet_pb2_grpc as rpc
@@ -49,18 +52,47 @@ def _translate(exc: grpc.RpcError) -> PollinateError:
     return HubRefused(details or str(code))
 
 
-class FleetClient:
-    """A node's connection to the hub's fleet API."""
+def enrol(enrol_address: str, token: str) -> NodeCredentials:
+    """Redeem a join token at the hub's enrolment port: a new key, and a certificate for it.
 
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
-        options = [("grpc.keepalive_time_ms", 20_000)]
-        self.channel = (
-            grpc.insecure_channel(address, options)
-            if credentials is None
-            else grpc.secure_channel(address, credentials, options)
+    The token pins the enrolment port's certificate, so the token and CSR only ever travel
+    over TLS to the hub that made the token.
+    """
+    parsed = parse_token(token)
+    host, _, port = enrol_address.rpartition(":")
+    root = fetch_pinned_certificate(host, int(port), parsed.ca_pin)
+    key_pem, csr_pem = make_key_and_csr()
+    channel = grpc.secure_channel(enrol_address, grpc.ssl_channel_credentials(root))
+    try:
+        reply = _call(
+            rpc.FleetStub(channel).Enrol, pb.EnrolRequest(token=token, csr_pem=csr_pem), timeout=30
         )
+    finally:
+        channel.close()
+    return NodeCredentials(key_pem, bytes(reply.certificate_pem), bytes(reply.ca_pem))
+
+
+class FleetClient:
+    """A node's connection to the hub's fleet API (mutual TLS with ``credentials``)."""
+
+    def __init__(self, address: str, credentials: NodeCredentials | None = None) -> None:
+        options = [("grpc.keepalive_time_ms", 20_000)]
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options)
+        else:
+            tls = grpc.ssl_channel_credentials(
+                credentials.ca_pem, credentials.key_pem, credentials.cert_pem
+            )
+            self.channel = grpc.secure_channel(address, tls, options)
+        self.address = address
         self.stub = rpc.FleetStub(self.channel)
         self.node_id: int | None = None
+
+    def renew(self, credentials: NodeCredentials) -> NodeCredentials:
+        """New credentials (new key, new certificate) from the hub, over the current mTLS."""
+        key_pem, csr_pem = make_key_and_csr()
+        reply = _call(self.stub.Renew, pb.RenewRequest(csr_pem=csr_pem), timeout=30)
+        return NodeCredentials(key_pem, bytes(reply.certificate_pem), credentials.ca_pem)
 
     def heartbeat(self, app_hash: str, node_config: dict[str, str], name: str = "") -> float:
         """Report life; learn this node's id. Returns the interval for the next heartbeat."""
@@ -152,6 +184,12 @@ class ControlClient:
                 yield LogLine(entry.seq, entry.time, entry.kind, entry.text)
         except grpc.RpcError as exc:
             raise _translate(exc) from None
+
+    def create_token(self, ttl_seconds: float) -> tuple[str, float]:
+        reply = _call(
+            self.stub.CreateToken, pb.CreateTokenRequest(ttl_seconds=ttl_seconds), timeout=30
+        )
+        return str(reply.token), float(reply.expires)
 
     def stop_run(self, run_id: str) -> None:
         reply = _call(self.stub.StopRun, pb.StopRunRequest(run_id=run_id), timeout=30)

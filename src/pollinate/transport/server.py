@@ -21,6 +21,7 @@ from pollinate.hub.fleet import Refused
 from pollinate.hub.hub import Hub
 from pollinate.hub.state import RunRow
 from pollinate.records import Message
+from pollinate.security import node_id_from_certificate
 from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import fleet_pb2_grpc as rpc
@@ -32,39 +33,68 @@ MAX_PULL_WAIT = 30.0
 
 @dataclass
 class HubServers:
-    """The two running gRPC servers and the ports they bound."""
+    """The running gRPC servers and the ports they bound (enrol_port 0 when insecure)."""
 
-    fleet: grpc.Server
-    control: grpc.Server
+    servers: list[grpc.Server]
     fleet_port: int
     control_port: int
+    enrol_port: int = 0
 
     def stop(self, grace: float = 1.0) -> None:
-        self.fleet.stop(grace).wait()
-        self.control.stop(grace).wait()
+        for server in self.servers:
+            server.stop(grace).wait()
 
 
 def serve(
     hub: Hub,
     fleet_address: str,
     control_address: str,
+    enrol_address: str | None = None,
     *,
-    fleet_credentials: grpc.ServerCredentials | None = None,
     max_nodes: int = 256,
 ) -> HubServers:
-    """Start the fleet server (TLS when credentials are given) and the control server."""
+    """Start the fleet, control and (with TLS) enrolment servers.
+
+    With ``hub.credentials`` the fleet port speaks mutual TLS (a node's id is the one its
+    certificate names) and the enrolment port server-side TLS with the pinned identity;
+    without them (``--insecure``) the fleet port is plain text and there is no enrolment.
+    """
+    tls = hub.credentials
     fleet = grpc.server(ThreadPoolExecutor(max_nodes, thread_name_prefix="fleet"))
-    rpc.add_FleetServicer_to_server(_FleetService(hub, fleet_credentials is not None), fleet)
-    if fleet_credentials is None:
-        fleet_port = fleet.add_insecure_port(fleet_address)
-    else:
-        fleet_port = fleet.add_secure_port(fleet_address, fleet_credentials)
+    rpc.add_FleetServicer_to_server(_FleetService(hub, tls is not None), fleet)
     control = grpc.server(ThreadPoolExecutor(16, thread_name_prefix="control"))
     rpc.add_ControlServicer_to_server(_ControlService(hub), control)
-    control_port = control.add_insecure_port(control_address)
-    fleet.start()
-    control.start()
-    return HubServers(fleet, control, fleet_port, control_port)
+    servers = HubServers([fleet, control], 0, control.add_insecure_port(control_address))
+    if tls is None:
+        servers.fleet_port = fleet.add_insecure_port(fleet_address)
+    else:
+        mutual = grpc.ssl_server_credentials(
+            [(tls.server_key, tls.server_cert)], tls.ca.ca_pem, require_client_auth=True
+        )
+        servers.fleet_port = fleet.add_secure_port(fleet_address, mutual)
+        enrol = grpc.server(ThreadPoolExecutor(8, thread_name_prefix="enrol"))
+        rpc.add_FleetServicer_to_server(_EnrolService(hub), enrol)
+        server_only = grpc.ssl_server_credentials([(tls.enrol_key, tls.enrol_cert)])
+        servers.enrol_port = enrol.add_secure_port(enrol_address or "127.0.0.1:0", server_only)
+        servers.servers.append(enrol)
+    for server in servers.servers:
+        server.start()
+    return servers
+
+
+class _EnrolService(rpc.FleetServicer):  # type: ignore[misc]
+    """The enrolment port: only Enrol, over TLS that the join token pins."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def Enrol(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            cert, ca_pem, node_id = self.hub.enrol(request.token, request.csr_pem)
+        except PollinateError as exc:
+            log.warning("refused an enrolment: %s", exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        return pb.EnrolReply(certificate_pem=cert, ca_pem=ca_pem, node_id=node_id)
 
 
 class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
@@ -79,6 +109,14 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
             node_id = self.hub.node_id_for_name(request.name)
         self.hub.heartbeat(node_id, request.app_hash, dict(request.node_config))
         return pb.HeartbeatReply(node_id=node_id, interval_seconds=self.hub.heartbeat_interval)
+
+    def Renew(self, request: Any, context: grpc.ServicerContext) -> Any:
+        node_id = self._identify(context)
+        try:
+            cert = self.hub.renew(node_id, request.csr_pem)
+        except PollinateError as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        return pb.EnrolReply(certificate_pem=cert, node_id=node_id)
 
     def PullTask(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         node_id = self._identify(context)
@@ -103,6 +141,13 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
         return pb.PushReplyAck(accepted=True)
 
     def _identify(self, context: grpc.ServicerContext) -> int:
+        if self.secure:
+            # mutual TLS verified the chain; the id is what the hub wrote into the certificate
+            pems = context.auth_context().get("x509_pem_cert") or []
+            try:
+                return node_id_from_certificate(pems[0])
+            except (IndexError, PollinateError):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid node certificate")
         for key, value in context.invocation_metadata():
             if key == NODE_ID_HEADER and str(value).isdigit():
                 return int(value)
@@ -154,6 +199,13 @@ class _ControlService(rpc.ControlServicer):  # type: ignore[misc]
     def StopRun(self, request: Any, context: grpc.ServicerContext) -> Any:
         reason = self.hub.stop_run(request.run_id)
         return pb.StopRunReply(stopped=reason is None, reason=reason or "")
+
+    def CreateToken(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            token, expires = self.hub.create_token(request.ttl_seconds or 3600.0)
+        except PollinateError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.CreateTokenReply(token=token, expires=expires)
 
 
 def _run_info(row: RunRow) -> Any:

@@ -1,0 +1,33 @@
+"""Security: the hub's CA, node enrolment with one-time join tokens, certificate renewal.
+
+The hub issues every certificate itself (``ca.py``); a node earns its first one by redeeming a
+join token that also pins the hub's CA (``tokens.py``). From then on hub and node speak mutual
+TLS, and a node's id is the one its certificate names.
+"""
+
+from pollinate.security.ca import (
+    CertificateAuthority,
+    SecurityError,
+    certificate_expiry,
+    certificate_fingerprint,
+    make_key_and_csr,
+    node_id_from_certificate,
+    should_renew,
+)
+from pollinate.security.credentials import NodeCredentials
+from pollinate.security.tokens import JoinToken, TokenStore, ca_matches_pin, parse_token
+
+__all__ = [
+    "CertificateAuthority",
+    "JoinToken",
+    "NodeCredentials",
+    "SecurityError",
+    "TokenStore",
+    "ca_matches_pin",
+    "certificate_expiry",
+    "certificate_fingerprint",
+    "make_key_and_csr",
+    "node_id_from_certificate",
+    "parse_token",
+    "should_renew",
+]

@@ -1,0 +1,49 @@
+"""A node's key and certificate, kept in its data dir between starts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pollinate.security.ca import SecurityError, certificate_expiry
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """The node's private key, its certificate from the hub, and the hub's CA certificate."""
+
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+    @classmethod
+    def load(cls, directory: Path) -> NodeCredentials | None:
+        """The saved credentials, or None when the node has not enrolled yet."""
+        files = [directory / name for name in ("node.key", "node.pem", "ca.pem")]
+        if not all(f.exists() for f in files):
+            return None
+        return cls(*(f.read_bytes() for f in files))
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data, mode in (
+            ("node.key", self.key_pem, 0o600),
+            ("node.pem", self.cert_pem, 0o644),
+            ("ca.pem", self.ca_pem, 0o644),
+        ):
+            partial = directory / f"{name}.partial"
+            partial.touch(mode=mode)
+            partial.write_bytes(data)
+            os.replace(partial, directory / name)
+
+    def check_not_expired(self) -> None:
+        """SecurityError that says what to do when the certificate has expired."""
+        expiry = certificate_expiry(self.cert_pem)
+        if expiry <= datetime.now(UTC):
+            raise SecurityError(
+                f"this node's certificate expired at {expiry:%Y-%m-%d %H:%M:%S} UTC; the hub "
+                "will refuse it. Re-enrol: create a token on the hub (`pollinate token "
+                "create`) and start the node with --token."
+            )

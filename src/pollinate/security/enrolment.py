@@ -1,0 +1,90 @@
+"""The enrolment endpoint's identity, and how a new node learns to trust the hub.
+
+A node that holds only a join token cannot verify the hub's CA yet, and gRPC cannot connect
+without verifying. So the enrolment port presents a self-signed certificate whose fingerprint
+the join token pins (as kubeadm pins its CA): the node fetches that certificate, checks the
+pin, and then uses it as the root for a verified TLS channel over which it sends the token and
+its CSR. The token never travels in plain text, and a man in the middle fails the pin check.
+"""
+
+from __future__ import annotations
+
+import ssl
+from datetime import timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pollinate.security.ca import (
+    CLOCK_SKEW,
+    SecurityError,
+    _private_pem,
+    _subject_alt_names,
+    _utc_now,
+    certificate_fingerprint,
+)
+from pollinate.security.tokens import ca_matches_pin
+
+CERT_FILE = "enrol.pem"
+KEY_FILE = "enrol.key"
+
+
+def self_signed_server_certificate(
+    hostnames: list[str], ips: list[str], valid_days: int = 3650
+) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM): a self-signed TLS server identity named by its SANs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pollinate hub enrolment")])
+    now = _utc_now()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + timedelta(days=valid_days))
+        .add_extension(x509.SubjectAlternativeName(_subject_alt_names(hostnames, ips)), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), _private_pem(key)
+
+
+def load_or_create_enrolment_identity(
+    directory: Path, hostnames: list[str], ips: list[str]
+) -> tuple[bytes, bytes]:
+    """The hub's enrolment identity, kept in ``directory`` so that tokens stay valid."""
+    cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
+    if cert_path.exists() and key_path.exists():
+        return cert_path.read_bytes(), key_path.read_bytes()
+    cert, key = self_signed_server_certificate(hostnames, ips)
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key)
+    cert_path.write_bytes(cert)
+    return cert, key
+
+
+def enrolment_pin(cert_pem: bytes) -> str:
+    """What a join token pins: the enrolment certificate's SHA-256 fingerprint."""
+    return certificate_fingerprint(cert_pem)
+
+
+def fetch_pinned_certificate(host: str, port: int, pin: str, timeout: float = 10.0) -> bytes:
+    """The certificate the enrolment port presents, if it matches ``pin``; else SecurityError."""
+    try:
+        pem = ssl.get_server_certificate((host, port), timeout=timeout).encode()
+    except OSError as exc:
+        raise SecurityError(f"cannot reach the hub's enrolment port {host}:{port}: {exc}") from None
+    if not ca_matches_pin(pem, pin):
+        raise SecurityError(
+            f"the hub at {host}:{port} presented a certificate that does not match the join "
+            "token's pin: this is not the hub that made the token (wrong address, or someone "
+            "in between). Check the address, or create a token on the right hub."
+        )
+    return pem
