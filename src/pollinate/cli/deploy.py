@@ -132,7 +132,8 @@ def node_command(
                 "without TLS. Local experiments only.[/]"
             )
         else:
-            credentials = _node_credentials(data_dir, token, enrol_address or _next_to(hub, -1))
+            enrol_address = enrol_address or _next_to(hub, -1)
+            credentials = _node_credentials(data_dir, token, enrol_address)
         agent = NodeAgent(
             hub,
             app_dir,
@@ -140,11 +141,12 @@ def node_command(
             name=name or _default_name(overrides),
             credentials=credentials,
             credentials_dir=data_dir,
+            enrol_address=enrol_address or "",
         )
+        _on_signal(agent.stop.set)
+        agent.run()
     except PollinateError as exc:
         raise fail(exc) from None
-    _on_signal(agent.stop.set)
-    agent.run()
 
 
 token_app = typer.Typer(help="Join tokens for new nodes.", no_args_is_help=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from pathlib import Path
 from typing import Annotated
@@ -163,6 +164,8 @@ def _server_app(loaded: App, rounds: int | None) -> ServerApp:
 
 
 def main() -> None:
-    import pollinate.cli.deploy  # noqa: F401  (registers hub, node, ls, log, stop)
+    # gRPC's core logs every refused TLS handshake to stderr; pollinate explains them itself
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    import pollinate.cli.deploy  # noqa: F401  (registers hub, node, ls, log, stop, token)
 
     app()

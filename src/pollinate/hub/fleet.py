@@ -4,8 +4,9 @@ Invariants:
 - a reply is accepted at most once, only from the node its task was given to, and only while
   the task is outstanding (not after its round closed);
 - a node silent for longer than ``heartbeat_timeout`` has its tasks failed, so no round waits
-  for a dead node;
-- the hub never dials a node: nodes long-poll ``next_task``.
+  for a dead node (nor for one it sampled just before the node fell silent);
+- the hub never dials a node: nodes long-poll ``next_task``, one poll at a time, so a newer
+  poll from a node supersedes an older one still waiting.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pollinate.errors import PollinateError
@@ -53,6 +55,8 @@ class Fleet:
         self.heartbeat_timeout = heartbeat_timeout
         self._nodes: dict[int, _Node] = {}
         self._outstanding: dict[str, Task] = {}
+        self._polls: dict[int, int] = {}
+        self._closed = False
         self._changed = threading.Condition()
 
     def heartbeat(self, node_id: int, app_hash: str, node_config: dict[str, str]) -> None:
@@ -99,11 +103,25 @@ class Fleet:
             self._outstanding[task.message.task_id] = task
             self._changed.notify_all()
 
-    def next_task(self, node_id: int, wait: float) -> Task | None:
-        """The node's next task, waiting up to ``wait`` seconds for one (a long-poll)."""
+    def next_task(
+        self, node_id: int, wait: float, active: Callable[[], bool] | None = None
+    ) -> Task | None:
+        """The node's next task, waiting up to ``wait`` seconds for one (a long-poll).
+
+        Returns None at the end of the wait, when the fleet closes, when ``active`` (if given)
+        says the caller stopped listening, or when a newer poll of the same node supersedes
+        this one: a node restarted under its old id must not find its first task taken by
+        the dead process's poll, still waiting here.
+        """
         deadline = time.monotonic() + wait
         with self._changed:
+            ticket = self._polls[node_id] = self._polls.get(node_id, 0) + 1
+            self._changed.notify_all()
             while True:
+                if self._closed or self._polls[node_id] != ticket:
+                    return None
+                if active is not None and not active():
+                    return None
                 node = self._nodes.get(node_id)
                 if node is not None and node.queue:
                     task = node.queue.popleft()
@@ -130,8 +148,12 @@ class Fleet:
                 )
             if not task.sent:
                 raise Refused(f"task {message.task_id!r} was never sent to node {node_id}")
-            if message.kind != task.message.kind or message.round != task.message.round:
-                raise Refused(f"reply does not match task {message.task_id!r} (kind or round)")
+            expected, got = _identity(task.message), _identity(message)
+            if got != expected:
+                raise Refused(
+                    f"reply does not match task {message.task_id!r}: it says (kind, round, run, "
+                    f"node) = {got}, the task is {expected}"
+                )
             del self._outstanding[message.task_id]
             return task
 
@@ -147,25 +169,43 @@ class Fleet:
                     node.queue.remove(task)
 
     def fail_silent_nodes(self) -> list[int]:
-        """Fail every outstanding task of nodes past the heartbeat timeout; return them."""
+        """Fail every outstanding task of nodes past the heartbeat timeout.
+
+        Returns the nodes that fell silent since the last call. Tasks given to a node already
+        silent (or never heard from) fail too: a round that sampled a node just before the
+        node fell silent would otherwise wait for it forever.
+        """
         now = time.monotonic()
-        failed: list[tuple[Task, str]] = []
-        silent: list[int] = []
+        newly_silent: list[int] = []
         with self._changed:
+            silent = set()
             for node_id, node in self._nodes.items():
-                quiet = now - node.last_seen
-                if node.last_seen == 0.0 or quiet <= self.heartbeat_timeout:
+                if node.last_seen != 0.0 and now - node.last_seen <= self.heartbeat_timeout:
                     continue
-                silent.append(node_id)
-                node.last_seen = 0.0
-                reason = f"node {node_id} went silent: no heartbeat for {quiet:.0f}s"
-                for task_id, task in list(self._outstanding.items()):
-                    if task.message.node_id == node_id:
-                        del self._outstanding[task_id]
-                        failed.append((task, reason))
+                silent.add(node_id)
+                if node.last_seen != 0.0:
+                    newly_silent.append(node_id)
+                    node.last_seen = 0.0
                 node.queue.clear()
-        for task, reason in failed:
+            failed = [t for t in self._outstanding.values() if t.message.node_id in silent]
+            for task in failed:
+                del self._outstanding[task.message.task_id]
+        for task in failed:
+            node_id = task.message.node_id
+            reason = (
+                f"node {node_id} went silent: no heartbeat for over {self.heartbeat_timeout:g}s"
+            )
             task.replies.put(task.message.reply(error=reason))
-        for node_id in silent:
+        for node_id in newly_silent:
             log.warning("node %d went silent; its tasks failed", node_id)
-        return silent
+        return newly_silent
+
+    def close(self) -> None:
+        """Wake every waiting long-poll with no task: the hub is shutting down."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
+def _identity(message: Message) -> tuple[str, int, str, int]:
+    return (message.kind, message.round, message.run_id, message.node_id)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from pollinate.errors import PollinateError
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.fleet import Fleet, Refused, Task
 from pollinate.hub.runs import Runs
@@ -53,10 +55,13 @@ class Hub:
     def heartbeat(self, node_id: int, app_hash: str, node_config: dict[str, str]) -> None:
         self.fleet.heartbeat(node_id, app_hash, node_config)
 
-    def next_task(self, node_id: int, wait: float) -> Task | None:
+    def next_task(
+        self, node_id: int, wait: float, active: Callable[[], bool] | None = None
+    ) -> Task | None:
+        """The node's next task, or None; ``active`` says whether the node still listens."""
         # a pull is a sign of life too: a node busy pulling is not silent
         self.fleet.seen(node_id)
-        return self.fleet.next_task(node_id, wait)
+        return self.fleet.next_task(node_id, wait, active)
 
     def accept_reply(self, node_id: int, message: Message) -> None:
         """Route a node's reply to its run; Refused (with the reason) if it has no place."""
@@ -77,6 +82,15 @@ class Hub:
         certificate = credentials.ca.sign_node_csr(csr_pem, node_id, credentials.cert_lifetime)
         log.info("node %d enrolled", node_id)
         return certificate, credentials.ca.ca_pem, node_id
+
+    def diagnose(self, certificate_pem: bytes) -> str | None:
+        """Why the fleet port would refuse this node certificate, or None if it would not."""
+        try:
+            self._require_tls().ca.verify_node_certificate(certificate_pem)
+        except PollinateError as exc:
+            log.warning("a node's certificate is refused: %s", exc)
+            return str(exc)
+        return None
 
     def renew(self, node_id: int, csr_pem: bytes) -> bytes:
         return self._require_tls().renew(node_id, csr_pem)
@@ -118,6 +132,8 @@ class Hub:
 
     def close(self) -> None:
         self._closed.set()
+        # waiting long-polls hold server threads that the interpreter joins at exit
+        self.fleet.close()
         self._watchdog.join(timeout=5)
 
     # --- internals --------------------------------------------------------------------------

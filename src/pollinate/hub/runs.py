@@ -7,10 +7,14 @@ database, so ``pollinate log`` can replay and follow it.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
+import os
 import secrets
+import shutil
+import sys
 import threading
 import time
 import zipfile
@@ -27,6 +31,7 @@ from pollinate.server.loop import run
 log = logging.getLogger("pollinate.hub")
 
 MAX_ARCHIVE_BYTES = 64 << 20
+MAX_UNPACKED_BYTES = 256 << 20
 
 
 class Runs:
@@ -57,7 +62,7 @@ class Runs:
         actual = app_hash(root)
         if actual != declared_hash:
             raise AppError(f"app archive hashes to {actual[:12]}, not {declared_hash[:12]}")
-        app = load_app(root, overrides)
+        app = _load_isolated(root, self.state.data_dir / "apps", overrides)
         run_id = secrets.token_hex(4)
         self.state.add_run(
             RunRow(
@@ -140,8 +145,14 @@ class Runs:
             self.log(run_id, "round", json.dumps(record.to_dict()))
 
     def _finish(self, run_id: str, status: str, detail: str) -> None:
+        # the last line goes in before the status changes: a follower that sees the run ended
+        # reads the log once more and must find that line there
+        self.state.append_log(
+            run_id, "status", f"run {run_id} {status}" + (f": {detail}" if detail else "")
+        )
         self.state.update_run(run_id, status=status, detail=detail)
-        self.log(run_id, "status", f"run {run_id} {status}" + (f": {detail}" if detail else ""))
+        with self.changed:
+            self.changed.notify_all()
 
 
 class _RunLogHandler(logging.Handler):
@@ -166,14 +177,58 @@ def _unpack(archive: bytes, target: Path) -> Path:
                     raise AppError(f"app archive holds an unsafe path {name!r}")
             if "pyproject.toml" not in names:
                 raise AppError("app archive has no pyproject.toml at its top")
+            unpacked = sum(info.file_size for info in zf.infolist())
+            if unpacked > MAX_UNPACKED_BYTES:
+                raise AppError(
+                    f"app archive unpacks to {unpacked} bytes; the limit is {MAX_UNPACKED_BYTES}"
+                )
             root = target / "app"
             if not root.exists():
                 partial = target / f"partial-{secrets.token_hex(4)}"
                 zf.extractall(partial)
-                partial.rename(root)
+                try:
+                    partial.rename(root)
+                except OSError:
+                    if not root.exists():
+                        raise
+                    shutil.rmtree(partial)  # the same app, unpacked by a concurrent submit
             return root
     except zipfile.BadZipFile as exc:
         raise AppError(f"app archive is not a valid zip file: {exc}") from None
+
+
+_IMPORTS = threading.Lock()
+
+
+def _load_isolated(root: Path, apps: Path, overrides: dict[str, str]) -> App:
+    """``load_app``, after forgetting the modules and import path of every other app here.
+
+    Two versions of one app share module names (``mypkg.server``) and Python caches modules
+    by name: without this, a hub that ran version 1 would run version 1's code for version 2.
+    A run already going keeps the module objects it holds.
+    """
+    root, apps = root.resolve(), apps.resolve()
+    with _IMPORTS:
+        for name, module in list(sys.modules.items()):
+            where = _module_paths(module)
+            if any(_inside(w, apps) and not _inside(w, root) for w in where):
+                del sys.modules[name]
+        sys.path[:] = [p for p in sys.path if not _inside(p, apps) or p == str(root)]
+        importlib.invalidate_caches()
+        return load_app(root, overrides)
+
+
+def _module_paths(module: object) -> list[object]:
+    paths = getattr(module, "__path__", None)
+    try:
+        return [getattr(module, "__file__", None), *(paths or [])]
+    except TypeError:  # a module with an odd __path__ is no app's package
+        return []
+
+
+def _inside(path: object, directory: Path) -> bool:
+    # app modules were imported from resolved roots (load_app resolves), so prefixes suffice
+    return isinstance(path, str) and path.startswith(f"{directory}{os.sep}")
 
 
 def pack_app(path: str | Path) -> bytes:

@@ -16,8 +16,14 @@ from pollinate.app import app_hash, load_app
 from pollinate.client.client import Context, handle
 from pollinate.errors import PollinateError
 from pollinate.records import Config, Message
-from pollinate.security import NodeCredentials, should_renew
-from pollinate.transport.client import FleetClient, HubRefused, HubUnavailable, PulledTask
+from pollinate.security import NodeCredentials, SecurityError, should_renew
+from pollinate.transport.client import (
+    FleetClient,
+    HubRefused,
+    HubUnavailable,
+    PulledTask,
+    diagnose,
+)
 
 log = logging.getLogger("pollinate.node")
 
@@ -40,6 +46,7 @@ class NodeAgent:
         name: str = "",
         credentials: NodeCredentials | None = None,
         credentials_dir: Path | None = None,
+        enrol_address: str = "",
         max_backoff: float = 30.0,
     ) -> None:
         self.app = load_app(app_dir)
@@ -49,6 +56,7 @@ class NodeAgent:
         self.name = name
         self.credentials = credentials
         self.credentials_dir = credentials_dir
+        self.enrol_address = enrol_address
         self.client = FleetClient(hub_address, credentials)
         self.max_backoff = max_backoff
         self.stop = threading.Event()
@@ -63,10 +71,28 @@ class NodeAgent:
                 self._serve()
                 backoff = 0.5
             except HubUnavailable as exc:
+                self._raise_if_refused(exc)
                 delay = backoff * random.uniform(0.5, 1.5)
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 self.stop.wait(delay)
                 backoff = min(backoff * 2, self.max_backoff)
+
+    def _raise_if_refused(self, exc: HubUnavailable) -> None:
+        """Tell a refused certificate apart from a hub that is away: the first is final."""
+        if self.credentials is None:
+            return
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise SecurityError(
+                "the hub's certificate is not signed by the CA this node enrolled with: the "
+                "hub's CA changed, or this is another hub. Re-enrol with a new token "
+                "(`pollinate token create` on the hub, then --token)."
+            )
+        try:
+            reason = diagnose(self.enrol_address, self.credentials)
+        except PollinateError:
+            return  # the hub is really away: retry
+        if reason is not None:
+            raise SecurityError(f"the hub refuses this node's certificate: {reason}")
 
     def _serve(self) -> None:
         self._heartbeat()

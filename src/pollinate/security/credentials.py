@@ -17,6 +17,7 @@ class NodeCredentials:
     key_pem: bytes
     cert_pem: bytes
     ca_pem: bytes
+    enrol_pem: bytes = b""  # the hub's pinned enrolment certificate, to ask it for diagnoses
 
     @classmethod
     def load(cls, directory: Path) -> NodeCredentials | None:
@@ -24,7 +25,9 @@ class NodeCredentials:
         files = [directory / name for name in ("node.key", "node.pem", "ca.pem")]
         if not all(f.exists() for f in files):
             return None
-        return cls(*(f.read_bytes() for f in files))
+        key, cert, ca = (f.read_bytes() for f in files)
+        enrol = directory / "enrol.pem"
+        return cls(key, cert, ca, enrol.read_bytes() if enrol.exists() else b"")
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -32,6 +35,7 @@ class NodeCredentials:
             ("node.key", self.key_pem, 0o600),
             ("node.pem", self.cert_pem, 0o644),
             ("ca.pem", self.ca_pem, 0o644),
+            ("enrol.pem", self.enrol_pem, 0o644),
         ):
             partial = directory / f"{name}.partial"
             partial.touch(mode=mode)

@@ -69,7 +69,22 @@ def enrol(enrol_address: str, token: str) -> NodeCredentials:
         )
     finally:
         channel.close()
-    return NodeCredentials(key_pem, bytes(reply.certificate_pem), bytes(reply.ca_pem))
+    return NodeCredentials(key_pem, bytes(reply.certificate_pem), bytes(reply.ca_pem), root)
+
+
+def diagnose(enrol_address: str, credentials: NodeCredentials) -> str | None:
+    """Ask the hub why its fleet port refuses this node's certificate (None: it does not)."""
+    if not credentials.enrol_pem:
+        return None
+    channel = grpc.secure_channel(
+        enrol_address, grpc.ssl_channel_credentials(credentials.enrol_pem)
+    )
+    try:
+        request = pb.DiagnoseRequest(certificate_pem=credentials.cert_pem)
+        reply = _call(rpc.FleetStub(channel).Diagnose, request, timeout=10)
+    finally:
+        channel.close()
+    return None if reply.accepted else str(reply.reason)
 
 
 class FleetClient:
@@ -92,7 +107,9 @@ class FleetClient:
         """New credentials (new key, new certificate) from the hub, over the current mTLS."""
         key_pem, csr_pem = make_key_and_csr()
         reply = _call(self.stub.Renew, pb.RenewRequest(csr_pem=csr_pem), timeout=30)
-        return NodeCredentials(key_pem, bytes(reply.certificate_pem), credentials.ca_pem)
+        return NodeCredentials(
+            key_pem, bytes(reply.certificate_pem), credentials.ca_pem, credentials.enrol_pem
+        )
 
     def heartbeat(self, app_hash: str, node_config: dict[str, str], name: str = "") -> float:
         """Report life; learn this node's id. Returns the interval for the next heartbeat."""

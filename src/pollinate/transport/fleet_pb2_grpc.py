@@ -40,6 +40,11 @@ class FleetStub:
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.SerializeToString,
                 response_deserializer=pollinate_dot_transport_dot_fleet__pb2.EnrolReply.FromString,
                 _registered_method=True)
+        self.Diagnose = channel.unary_unary(
+                '/pollinate.v1.Fleet/Diagnose',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.DiagnoseRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.DiagnoseReply.FromString,
+                _registered_method=True)
         self.Renew = channel.unary_unary(
                 '/pollinate.v1.Fleet/Renew',
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.RenewRequest.SerializeToString,
@@ -68,6 +73,14 @@ class FleetServicer:
 
     def Enrol(self, request, context):
         """A node with a join token and a CSR gets its certificate (TLS, no client certificate yet).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Diagnose(self, request, context):
+        """Why the fleet port's TLS handshake refuses a certificate (enrolment port; the certificate
+        is public, so this only explains, it authenticates nothing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,6 +121,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.Enrol,
                     request_deserializer=pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.FromString,
                     response_serializer=pollinate_dot_transport_dot_fleet__pb2.EnrolReply.SerializeToString,
+            ),
+            'Diagnose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Diagnose,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.DiagnoseRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.DiagnoseReply.SerializeToString,
             ),
             'Renew': grpc.unary_unary_rpc_method_handler(
                     servicer.Renew,
@@ -158,6 +176,33 @@ class Fleet:
             '/pollinate.v1.Fleet/Enrol',
             pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.SerializeToString,
             pollinate_dot_transport_dot_fleet__pb2.EnrolReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Diagnose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Fleet/Diagnose',
+            pollinate_dot_transport_dot_fleet__pb2.DiagnoseRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.DiagnoseReply.FromString,
             options,
             channel_credentials,
             insecure,

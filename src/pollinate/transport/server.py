@@ -96,6 +96,10 @@ class _EnrolService(rpc.FleetServicer):  # type: ignore[misc]
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return pb.EnrolReply(certificate_pem=cert, ca_pem=ca_pem, node_id=node_id)
 
+    def Diagnose(self, request: Any, context: grpc.ServicerContext) -> Any:
+        reason = self.hub.diagnose(request.certificate_pem)
+        return pb.DiagnoseReply(accepted=reason is None, reason=reason or "")
+
 
 class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
     def __init__(self, hub: Hub, secure: bool) -> None:
