@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 
 import numpy as np
 
@@ -103,16 +104,4 @@ class SimulationGrid(Grid):
         # Every virtual client gets its own copy, as a real node would: a client that
         # trains in place must not change the global model or its neighbours' inputs.
         own = Arrays({k: np.array(v) for k, v in instruction.arrays.items()})
-        return handle(self.client_fn, context, _with_arrays(instruction, own))
-
-
-def _with_arrays(message: Message, arrays: Arrays) -> Message:
-    return Message(
-        kind=message.kind,
-        task_id=message.task_id,
-        run_id=message.run_id,
-        round=message.round,
-        node_id=message.node_id,
-        arrays=arrays,
-        config=message.config,
-    )
+        return handle(self.client_fn, context, replace(instruction, arrays=own))
