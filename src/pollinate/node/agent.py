@@ -61,10 +61,10 @@ class NodeAgent:
         self.max_backoff = max_backoff
         self.stop = threading.Event()
         self.interval = 5.0
+        self._beating: threading.Thread | None = None
 
     def run(self) -> None:
         """Serve until ``self.stop`` is set, reconnecting whenever the hub is away."""
-        threading.Thread(target=self._beat, name="node-heartbeat", daemon=True).start()
         backoff = 0.5
         while not self.stop.is_set():
             try:
@@ -96,6 +96,9 @@ class NodeAgent:
 
     def _serve(self) -> None:
         self._heartbeat()
+        if self._beating is None:  # one heartbeat thread for the agent's life, paced by the hub
+            self._beating = threading.Thread(target=self._beat, name="node-heartbeat", daemon=True)
+            self._beating.start()
         log.info("node %s connected as node %d", self.name, self.client.node_id)
         while not self.stop.is_set():
             task = self.client.pull_task(PULL_WAIT)
@@ -107,8 +110,6 @@ class NodeAgent:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
-            if self.client.node_id is None:
-                continue  # not connected yet: run() says hello first
             try:
                 self._heartbeat()
                 self._renew_if_due()
