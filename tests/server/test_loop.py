@@ -103,6 +103,24 @@ def test_replies_for_unknown_tasks_or_from_the_wrong_node_are_dropped() -> None:
     assert result.arrays["w"].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_a_reply_from_the_wrong_node_does_not_close_the_real_task() -> None:
+    def impostor_first(task: Message, reply: Message) -> list[Message]:
+        impostor = Message(
+            "fit",
+            task_id=task.task_id,
+            node_id=1,
+            is_reply=True,
+            arrays=Arrays({"w": np.full(3, 1e6, np.float32)}),
+            num_examples=10,
+        )
+        return [impostor, reply]
+
+    result = run(ScriptedGrid(2, {0: impostor_first}), _app(fraction_evaluate=0))
+    record = result.history.rounds[1]
+    assert (record.replies, record.failures) == (2, 0)
+    assert result.arrays["w"].tolist() == [1.0, 1.0, 1.0]
+
+
 def test_a_missing_reply_counts_as_a_failure_of_that_node() -> None:
     silent: Fault = lambda task, reply: []  # noqa: E731
     result = run(ScriptedGrid(4, {2: silent}), _app(fraction_evaluate=0))

@@ -1,8 +1,10 @@
-"""The server side: FedAvg, with the global model evaluated on the held-out test set."""
+"""The server side: FedAvg (or the strategy the run config names), with the global model
+evaluated on the held-out test set."""
 
 from __future__ import annotations
 
-from pollinate import Arrays, Config, FedAvg, Metrics, ServerApp
+from pollinate import AppError, Arrays, Config, Metrics, ServerApp
+from pollinate.strategy import strategy_class
 from quickstart_numpy import task
 
 
@@ -17,7 +19,16 @@ def server_fn(run_config: Config) -> ServerApp:
         keys = ("local-epochs", "batch-size", "learning-rate")
         return {"round": round, **{k: run_config[k] for k in keys}}
 
-    strategy = FedAvg(
+    try:
+        strategy_type = strategy_class(str(run_config["strategy"]))
+    except ValueError as exc:
+        raise AppError(f"--config strategy: {exc}") from None
+    if strategy_type.__name__ not in ("FedAvg", "FedAvgM"):
+        raise AppError(
+            f"--config strategy={run_config['strategy']}: this demo runs FedAvg or FedAvgM; "
+            "FedProx and the FedOpt family need settings it does not set (mu, eta)."
+        )
+    strategy = strategy_type(
         fraction_fit=float(run_config["fraction-fit"]),
         fraction_evaluate=0.5,
         evaluate_fn=evaluate_test_set,

@@ -179,7 +179,7 @@ class _Loop:
         }
         self.emit(StageStarted(rnd, stage, len(pending)))
         for reply in self.grid.dispatch(list(pending.values()), self.app.round_timeout):
-            task = pending.pop(reply.task_id, None)
+            task = pending.get(reply.task_id)
             if task is None or not reply.is_reply or reply.node_id != task.node_id:
                 self.log.warning(
                     "run %s round %d: dropped a reply for unknown or finished task %r from node %d",
@@ -189,6 +189,7 @@ class _Loop:
                     reply.node_id,
                 )
                 continue
+            del pending[reply.task_id]
             yield task.node_id, reply, None
         for task in pending.values():
             timeout = self.app.round_timeout

@@ -6,6 +6,7 @@ from pollinate.strategy.fedavgm import FedAvgM
 from pollinate.strategy.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 
 __all__ = [
+    "STRATEGIES",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
@@ -16,4 +17,31 @@ __all__ = [
     "FitAggregator",
     "FitResult",
     "Strategy",
+    "strategy_class",
 ]
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedprox": FedProx,
+    "fedadagrad": FedAdagrad,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+}
+"""Strategies by the name a run config may give them (lower case)."""
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The strategy a config names, e.g. ``strategy_class("FedAdam")``; ValueError if unknown.
+
+    >>> strategy_class("fedavgm").__name__
+    'FedAvgM'
+    """
+    import difflib
+
+    key = name.strip().lower()
+    if key in STRATEGIES:
+        return STRATEGIES[key]
+    close = difflib.get_close_matches(key, list(STRATEGIES), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown strategy {name!r}.{hint} Known: {', '.join(STRATEGIES)}.")

@@ -1,0 +1,203 @@
+"""Runs at the hub: an uploaded app is unpacked safely, checked, and run by its own code."""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pollinate.app import app_hash
+from pollinate.errors import AppError
+from pollinate.hub import runs as runs_module
+from pollinate.hub.fleet import Fleet
+from pollinate.hub.runs import Runs, _unpack, pack_app
+from pollinate.hub.state import HubState
+from tests.deployment.apps import write_tiny_app
+
+TIMEOUT = 30.0
+PYPROJECT = b'[tool.pollinate]\nserver = "m:s"\nclient = "m:c"\n'
+
+
+@pytest.fixture(autouse=True)
+def isolated_imports() -> Iterator[None]:
+    """Apps loaded here import ``tiny_app``: leave no trace of it for other tests."""
+    modules, path = set(sys.modules), list(sys.path)
+    yield
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]
+    sys.path[:] = path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[Runs]:
+    state = HubState(tmp_path / "hub")
+    runs = Runs(state, Fleet())
+    yield runs
+    runs.join(TIMEOUT)
+    state.close()
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def submit(runs: Runs, app: Path, rounds: int = 0, **overrides: str) -> str:
+    return runs.submit(pack_app(app), app_hash(app), overrides, rounds, seed=0)
+
+
+def ended(runs: Runs, run_id: str) -> Any:
+    runs.join(TIMEOUT)
+    row = runs.state.run(run_id)
+    assert row is not None and row.status != "running", "the run did not end"
+    return row
+
+
+# --- unpacking an uploaded archive ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "/tmp/evil.py", "pkg/../../evil.py"])
+def test_unpack_refuses_a_path_that_escapes_the_target(tmp_path: Path, name: str) -> None:
+    archive = zip_of({"pyproject.toml": PYPROJECT, name: b"print('owned')"})
+    with pytest.raises(AppError, match=f"unsafe path '{name}'"):
+        _unpack(archive, tmp_path / "apps" / "x")
+    assert not any(p.name == "evil.py" for p in tmp_path.rglob("*"))
+
+
+def test_unpack_refuses_an_archive_without_pyproject_at_its_top(tmp_path: Path) -> None:
+    archive = zip_of({"app/pyproject.toml": PYPROJECT, "app/m.py": b""})
+    with pytest.raises(AppError, match="no pyproject.toml at its top"):
+        _unpack(archive, tmp_path / "x")
+
+
+def test_unpack_refuses_what_is_not_a_zip(tmp_path: Path) -> None:
+    with pytest.raises(AppError, match="not a valid zip file"):
+        _unpack(b"PK\x03\x04 but not really", tmp_path / "x")
+
+
+def test_unpack_refuses_an_archive_that_unpacks_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs_module, "MAX_UNPACKED_BYTES", 1000)
+    archive = zip_of({"pyproject.toml": PYPROJECT, "big.py": b"#" * 2000})
+    assert len(archive) < 1000  # small on the wire, large on disk
+    with pytest.raises(AppError, match=r"unpacks to \d+ bytes; the limit is 1000"):
+        _unpack(archive, tmp_path / "x")
+
+
+def test_a_packed_app_unpacks_to_the_same_app_hash(tmp_path: Path) -> None:
+    app = write_tiny_app(tmp_path / "app")
+    (app / "tiny_app" / "__pycache__").mkdir()
+    (app / "tiny_app" / "__pycache__" / "junk.py").write_text("not part of the app")
+    root = _unpack(pack_app(app), tmp_path / "apps" / "digest")
+    assert app_hash(root) == app_hash(app)
+    assert not (root / "tiny_app" / "__pycache__").exists()
+    assert _unpack(pack_app(app), tmp_path / "apps" / "digest") == root  # unpacked once
+
+
+# --- submitting -------------------------------------------------------------------------------
+
+
+def test_an_archive_that_is_not_the_declared_app_is_refused(runs: Runs, tmp_path: Path) -> None:
+    app = write_tiny_app(tmp_path / "app")
+    with pytest.raises(AppError, match=f"hashes to {app_hash(app)[:12]}, not 000000000000"):
+        runs.submit(pack_app(app), "0" * 64, {}, 0, 0)
+    assert runs.state.runs() == []
+
+
+def test_an_oversized_archive_is_refused(
+    runs: Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs_module, "MAX_ARCHIVE_BYTES", 100)
+    with pytest.raises(AppError, match="the limit is 100"):
+        submit(runs, write_tiny_app(tmp_path / "app"))
+
+
+def test_an_unknown_override_is_refused_with_a_suggestion(runs: Runs, tmp_path: Path) -> None:
+    with pytest.raises(AppError, match="Did you mean 'num-rounds'"):
+        submit(runs, write_tiny_app(tmp_path / "app"), **{"num-round": "3"})
+
+
+def test_a_run_is_recorded_and_logged_to_its_end(runs: Runs, tmp_path: Path) -> None:
+    run_id = submit(runs, write_tiny_app(tmp_path / "app"), rounds=0)
+    row = ended(runs, run_id)
+    assert (row.status, row.app, row.rounds, row.detail) == ("finished", "tiny-app", 0, "")
+    log = runs.state.log_after(run_id, 0)
+    assert [entry.kind for entry in log] == ["status", "round", "status"]
+    assert log[-1].text == f"run {run_id} finished"
+
+
+def test_a_server_fn_that_raises_fails_the_run_with_the_reason(runs: Runs, tmp_path: Path) -> None:
+    run_id = submit(runs, write_tiny_app(tmp_path / "app"), strategy="FedNope")
+    row = ended(runs, run_id)
+    assert (row.status, row.detail) == ("failed", "ValueError: unknown strategy 'FedNope'")
+    assert runs.state.log_after(run_id, 0)[-1].text == f"run {run_id} failed: {row.detail}"
+
+
+def test_a_run_that_ended_has_its_last_line_in_the_log_before_its_status_changes(
+    runs: Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a follower stops once it sees the status change: the line must already be there
+    last_line_then: list[str] = []
+    update_run = runs.state.update_run
+
+    def spying_update_run(run_id: str, **fields: Any) -> None:
+        if fields.get("status") not in (None, "running"):
+            last_line_then.append(runs.state.log_after(run_id, 0)[-1].text)
+        update_run(run_id, **fields)
+
+    monkeypatch.setattr(runs.state, "update_run", spying_update_run)
+    run_id = submit(runs, write_tiny_app(tmp_path / "app"))
+    ended(runs, run_id)
+    assert last_line_then == [f"run {run_id} finished"]
+
+
+def test_each_version_of_an_app_runs_its_own_code(runs: Runs, tmp_path: Path) -> None:
+    # two versions share module names; Python's module cache must not hand version 2 the
+    # code of version 1
+    first = write_tiny_app(tmp_path / "v1")
+    second = write_tiny_app(tmp_path / "v2")
+    server = second / "tiny_app" / "server.py"
+    server.write_text(
+        server.read_text().replace(
+            "def server_fn(run_config):\n",
+            "def server_fn(run_config):\n    raise ValueError('this is version 2')\n",
+        )
+    )
+    assert ended(runs, submit(runs, first)).status == "finished"
+    assert ended(runs, submit(runs, second)).detail == "ValueError: this is version 2"
+    assert ended(runs, submit(runs, first)).status == "finished"
+
+
+def test_stop_says_why_a_run_cannot_be_stopped(runs: Runs, tmp_path: Path) -> None:
+    assert runs.stop("nope") == "no run 'nope'; `pollinate ls` lists the runs"
+    run_id = submit(runs, write_tiny_app(tmp_path / "app"))
+    ended(runs, run_id)
+    assert runs.stop(run_id) == f"run {run_id} is finished, not running"
+
+
+def test_runs_that_were_running_when_the_hub_stopped_are_marked_interrupted(
+    tmp_path: Path,
+) -> None:
+    state = HubState(tmp_path / "hub")
+    runs = Runs(state, Fleet())
+    app = write_tiny_app(tmp_path / "app")
+    finished = submit(runs, app)
+    ended(runs, finished)
+    state.update_run(finished, status="running")  # as if the hub died mid-run
+    state.close()
+
+    state = HubState(tmp_path / "hub")
+    Runs(state, Fleet())
+    row = state.run(finished)
+    assert row is not None and row.status == "interrupted"
+    assert "the hub stopped while this run was running" in row.detail
+    state.close()
