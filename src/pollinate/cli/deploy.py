@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -143,7 +145,7 @@ def node_command(
             credentials_dir=data_dir,
             enrol_address=enrol_address or "",
         )
-        _on_signal(agent.stop.set)
+        _on_signal(agent.shutdown)
         agent.run()
     except PollinateError as exc:
         raise fail(exc) from None
@@ -298,7 +300,10 @@ def _mkdir(path: Path) -> Path:
 
 
 def _default_name(config: dict[str, str]) -> str:
-    return f"partition-{config['partition-id']}" if "partition-id" in config else ""
+    """Insecure mode names a node; a restarted node with the same name keeps its id."""
+    if "partition-id" in config:
+        return f"partition-{config['partition-id']}"
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _on_signal(callback: Callable[[], None]) -> None:

@@ -71,11 +71,22 @@ class NodeAgent:
                 self._serve()
                 backoff = 0.5
             except HubUnavailable as exc:
+                if self.stop.is_set():
+                    return  # shutdown() closed the channel under a waiting pull
                 self._raise_if_refused(exc)
                 delay = backoff * random.uniform(0.5, 1.5)
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 self.stop.wait(delay)
                 backoff = min(backoff * 2, self.max_backoff)
+            except HubRefused:
+                if self.stop.is_set():
+                    return
+                raise
+
+    def shutdown(self) -> None:
+        """Stop now: a pull waiting at the hub is cancelled rather than waited out."""
+        self.stop.set()
+        self.client.close()
 
     def _raise_if_refused(self, exc: HubUnavailable) -> None:
         """Tell a refused certificate apart from a hub that is away: the first is final."""
