@@ -592,6 +592,19 @@ def test_decoder_arrays_are_its_own_writable_copies() -> None:
     assert array.flags.writeable and not array.any()
 
 
+def test_decoder_tells_the_array_bytes_its_header_declares_once_the_header_is_in() -> None:
+    message = Message("fit", arrays=Arrays({"w": np.zeros(5, np.float32), "b": np.zeros(3)}))
+    head, *rest = iter_encode(message)
+    decoder = Decoder()
+    decoder.feed(head[:-1])
+    assert decoder.array_bytes is None
+    decoder.feed(head[-1:])
+    assert decoder.array_bytes == 5 * 4 + 3 * 8
+    for piece in rest:
+        decoder.feed(piece)
+    assert decoder.finish().arrays["w"].shape == (5,)
+
+
 # --- errors that teach, and stay short ----------------------------------------------------------
 
 

@@ -337,6 +337,11 @@ class Decoder:
             self._error = error
             raise
 
+    @property
+    def array_bytes(self) -> int | None:
+        """Bytes of array data the message declares, once its header is in (None before)."""
+        return None if self._header is None else sum(s.nbytes for s in self._header.specs)
+
     def finish(self) -> Message:
         """The message, if exactly one whole message was fed; else WireError."""
         self._check_usable()

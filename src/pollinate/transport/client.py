@@ -18,7 +18,7 @@ from pollinate.records import Config, Message
 from pollinate.security import make_key_and_csr, parse_token
 from pollinate.security.credentials import NodeCredentials
 from pollinate.security.enrolment import fetch_pinned_certificate
-from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER
+from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import fleet_pb2_grpc as rpc
 
@@ -101,6 +101,12 @@ class FleetClient:
             self.channel = grpc.secure_channel(address, tls, options)
         self.address = address
         self.stub = rpc.FleetStub(self.channel)
+        # PushReply with chunks serialized by data_chunk (protobuf's serializer is slow)
+        self._push = self.channel.stream_unary(
+            f"/{FLEET_SERVICE}/PushReply",
+            response_deserializer=pb.PushReplyAck.FromString,
+            _registered_method=True,
+        )
         self.node_id: int | None = None
 
     def renew(self, credentials: NodeCredentials) -> NodeCredentials:
@@ -130,8 +136,8 @@ class FleetClient:
 
     def push_reply(self, message: Message) -> None:
         """Send a reply in chunks; HubRefused with the hub's reason if it is not accepted."""
-        chunks = (pb.Chunk(data=bytes(p)) for p in wire.iter_encode(message, CHUNK_BYTES))
-        ack = _call(self.stub.PushReply, chunks, metadata=self._metadata(), timeout=3600)
+        chunks = (data_chunk(p) for p in wire.iter_encode(message, CHUNK_BYTES))
+        ack = _call(self._push, chunks, metadata=self._metadata(), timeout=3600)
         if not ack.accepted:
             raise HubRefused(ack.reason)
 

@@ -8,8 +8,10 @@ whole-message gRPC limit and memory per transfer stays about one copy of the arr
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +24,15 @@ from pollinate.hub.hub import Hub
 from pollinate.hub.state import RunRow
 from pollinate.records import Message
 from pollinate.security import node_id_from_certificate
-from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER
+from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import fleet_pb2_grpc as rpc
 
 log = logging.getLogger("pollinate.transport")
 
 MAX_PULL_WAIT = 30.0
+DECODING_BYTES = 1 << 30
+"""Replies are decoded concurrently while the arrays they declare fit in this many bytes."""
 
 
 @dataclass
@@ -61,7 +65,7 @@ def serve(
     """
     tls = hub.credentials
     fleet = grpc.server(ThreadPoolExecutor(max_nodes, thread_name_prefix="fleet"))
-    rpc.add_FleetServicer_to_server(_FleetService(hub, tls is not None), fleet)
+    _add_fleet_servicer(_FleetService(hub, tls is not None), fleet)
     control = grpc.server(ThreadPoolExecutor(16, thread_name_prefix="control"))
     rpc.add_ControlServicer_to_server(_ControlService(hub), control)
     servers = HubServers([fleet, control], 0, control.add_insecure_port(control_address))
@@ -73,13 +77,43 @@ def serve(
         )
         servers.fleet_port = fleet.add_secure_port(fleet_address, mutual)
         enrol = grpc.server(ThreadPoolExecutor(8, thread_name_prefix="enrol"))
-        rpc.add_FleetServicer_to_server(_EnrolService(hub), enrol)
+        _add_fleet_servicer(_EnrolService(hub), enrol)
         server_only = grpc.ssl_server_credentials([(tls.enrol_key, tls.enrol_cert)])
         servers.enrol_port = enrol.add_secure_port(enrol_address or "127.0.0.1:0", server_only)
         servers.servers.append(enrol)
     for server in servers.servers:
         server.start()
     return servers
+
+
+def _add_fleet_servicer(servicer: rpc.FleetServicer, server: grpc.Server) -> None:
+    """``rpc.add_FleetServicer_to_server``, except that PullTask's chunks leave as the bytes
+    ``PullTask`` yields, already serialized (``data_chunk``: protobuf's serializer is slow)."""
+    unary: dict[str, tuple[Any, Any]] = {
+        "Enrol": (pb.EnrolRequest, pb.EnrolReply),
+        "Diagnose": (pb.DiagnoseRequest, pb.DiagnoseReply),
+        "Renew": (pb.RenewRequest, pb.EnrolReply),
+        "Heartbeat": (pb.HeartbeatRequest, pb.HeartbeatReply),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=request.FromString,
+            response_serializer=reply.SerializeToString,
+        )
+        for name, (request, reply) in unary.items()
+    }
+    handlers["PullTask"] = grpc.unary_stream_rpc_method_handler(
+        servicer.PullTask, request_deserializer=pb.PullTaskRequest.FromString
+    )
+    handlers["PushReply"] = grpc.stream_unary_rpc_method_handler(
+        servicer.PushReply,
+        request_deserializer=pb.Chunk.FromString,
+        response_serializer=pb.PushReplyAck.SerializeToString,
+    )
+    generic = grpc.method_handlers_generic_handler(FLEET_SERVICE, handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(FLEET_SERVICE, handlers)
 
 
 class _EnrolService(rpc.FleetServicer):  # type: ignore[misc]
@@ -101,10 +135,45 @@ class _EnrolService(rpc.FleetServicer):  # type: ignore[misc]
         return pb.DiagnoseReply(accepted=reason is None, reason=reason or "")
 
 
+class _ByteBudget:
+    """Admits holders while the bytes they hold fit in ``limit``; a holder larger than the
+    limit is admitted alone, and one of no bytes at once."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit, self._held = limit, 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._fits(nbytes))
+            self._held += nbytes
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= nbytes
+                self._changed.notify_all()
+
+    def _fits(self, nbytes: int) -> bool:
+        return nbytes == 0 or self._held == 0 or self._held + nbytes <= self._limit
+
+
 class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
+    """The fleet port.
+
+    Invariant: the replies being decoded at once declare at most ``DECODING_BYTES`` of arrays
+    (or are one reply, however large), so the hub's memory does not grow with the number of
+    nodes: small replies decode side by side, large ones one at a time, and replies without
+    arrays never wait. A waiting reply waits in gRPC flow control, so a node that sends a
+    large reply slowly delays other large replies. (Decoded replies queue for the run loop,
+    which folds one far faster than the next arrives.)
+    """
+
     def __init__(self, hub: Hub, secure: bool) -> None:
         self.hub = hub
         self.secure = secure
+        self._decoding = _ByteBudget(DECODING_BYTES)
 
     def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
         if self.secure or not request.name:
@@ -122,23 +191,27 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return pb.EnrolReply(certificate_pem=cert, node_id=node_id)
 
-    def PullTask(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def PullTask(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """The task as serialized TaskChunks: app hash and run config first, then data."""
         node_id = self._identify(context)
         task = self.hub.next_task(node_id, min(max(request.wait_seconds, 0.0), MAX_PULL_WAIT))
         if task is None:
             return
         config = wire.encode(Message("get_arrays", config=task.run_config))
-        yield pb.TaskChunk(app_hash=task.app_hash, run_config=config)
+        yield pb.TaskChunk(app_hash=task.app_hash, run_config=config).SerializeToString()
         for piece in wire.iter_encode(task.message, CHUNK_BYTES):
-            yield pb.TaskChunk(data=bytes(piece))
+            yield data_chunk(piece)
 
     def PushReply(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         node_id = self._identify(context)
         decoder = wire.Decoder()
+        chunks = iter(request_iterator)
         try:
-            for chunk in request_iterator:
-                decoder.feed(chunk.data)
-            self.hub.accept_reply(node_id, decoder.finish())
+            _feed_header(decoder, chunks)
+            with self._decoding.hold(decoder.array_bytes or 0):
+                for chunk in chunks:
+                    decoder.feed(chunk.data)
+                self.hub.accept_reply(node_id, decoder.finish())
         except (WireError, Refused) as exc:
             log.warning("refused a reply from node %d: %s", node_id, exc)
             return pb.PushReplyAck(accepted=False, reason=str(exc))
@@ -160,6 +233,14 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
             "no node identity: send a Heartbeat with a name first (insecure mode)",
         )
         raise AssertionError("unreachable")  # abort raises
+
+
+def _feed_header(decoder: wire.Decoder, chunks: Iterator[Any]) -> None:
+    """Feed ``chunks`` until the message's header is in (or they end)."""
+    for chunk in chunks:
+        decoder.feed(chunk.data)
+        if decoder.array_bytes is not None:
+            return
 
 
 class _ControlService(rpc.ControlServicer):  # type: ignore[misc]

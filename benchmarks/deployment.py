@@ -1,0 +1,454 @@
+"""What a deployment round costs against moving its bytes over a plain socket, and hub memory.
+
+What is measured, per configuration of K node processes and a model of P float32 parameters
+(4P bytes), on 127.0.0.1:
+
+- seconds per round of a real deployment: ``pollinate hub`` (with its CA: mutual TLS) and K
+  ``pollinate node`` processes enrolled with join tokens, as a user starts them, then
+  ``pollinate run --hub`` for 3 rounds of FedAvg whose client returns the arrays it received
+  plus one (no training), so what remains is the framework: the model down to K nodes, K
+  updates back, decoding, reply checks, folding. The figure is the hub's own timing of each
+  round (``history.json``): best and median of the 3 rounds. The CPU seconds per round of
+  the hub and of all nodes together come with it: here they share 2 cores;
+- the time to move the same bytes, 2 x K x 4P (the model down to each node, each update back),
+  from one Python process to another over a loopback TCP socket with large ``sendall`` /
+  ``recv_into`` buffers (best of 3): the floor for any transport here. Target: a round costs
+  at most 2x that ("ratio");
+- the same bytes as 1 MiB messages over gRPC with TLS between two processes, with nothing of
+  pollinate (no protobuf, no wire format, no arrays): the floor for pollinate's transport;
+- the hub's peak RSS (VmHWM, read just before it is stopped) minus its RSS before the run,
+  and the largest node's peak RSS, as multiples of the model. Target: the hub's does not grow
+  with K (O(model), not O(K x model));
+- once per run, how fast this machine hands out fresh memory (a new process fills a new 1 GB
+  array): every round allocates several models' worth of it (decoded replies, the
+  accumulator, the result; at each node the decoded model and the client's output), and on
+  some virtual machines that, not the network, is the bottleneck.
+
+Configurations: K in {2, 10}, P in {1e6, 1e7, 2.5e8}, skipping any whose estimated memory
+(hub and nodes together) exceeds 16 GB, and saying so. Each runs in fresh processes, all
+killed at the end. Run ``python benchmarks/deployment.py`` (about 2 minutes) or ``--quick``
+(K=2, P=1e6; about 10 seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from pollinate.security import CertificateAuthority
+from pollinate.transport import CHUNK_BYTES
+from pollinate.transport.server import DECODING_BYTES
+
+ROUNDS = 3
+REPEATS = 3  # of each floor
+RAW_BUFFER = 4 << 20  # bytes per sendall / recv_into
+MEMORY_CAP = 16e9
+# Peak RSS of a hub and of a node, in models, for the memory estimate (measured, rounded up):
+# the hub holds the initial and the global model, the accumulator, the result and a reply,
+# plus the replies it decodes at once (up to DECODING_BYTES of them); a node holds the model
+# it got and the client's output.
+HUB_MODELS, NODE_MODELS, PROCESS_BYTES = 5, 3, 150e6
+TIMEOUT = 600.0
+POLLINATE = [sys.executable, "-m", "pollinate"]
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+SPAWN = multiprocessing.get_context("spawn")
+
+PYPROJECT = """\
+[project]
+name = "bench-app"
+version = "0.1.0"
+
+[tool.pollinate]
+server = "bench_app.server:server_fn"
+client = "bench_app.client:client_fn"
+
+[tool.pollinate.config]
+parameters = 1000
+nodes = 2
+"""
+
+SERVER = """\
+import numpy as np
+
+from pollinate import Arrays, FedAvg, ServerApp
+
+
+def server_fn(run_config):
+    k = int(run_config["nodes"])
+    strategy = FedAvg(min_fit_clients=k, min_available_clients=k, fraction_evaluate=0.0)
+    model = Arrays({"w": np.ones(int(run_config["parameters"]), np.float32)})
+    return ServerApp(strategy, num_rounds=3, initial_arrays=model)
+"""
+
+CLIENT = """\
+from pollinate import Arrays, Client
+
+
+class Echo(Client):
+    def fit(self, arrays, config):
+        return Arrays({name: a + 1 for name, a in arrays.items()}), 1, {}
+
+
+def client_fn(context):
+    return Echo()
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """What one configuration measured."""
+
+    k: int
+    p: int
+    round_seconds: list[float]
+    hub_cpu: float  # CPU seconds over the whole run: 3 rounds, round 0, starting the run
+    nodes_cpu: float
+    hub_growth: int
+    node_peak: int
+    raw_seconds: float = 0.0
+    grpc_seconds: float = 0.0
+
+    @property
+    def model_bytes(self) -> int:
+        return 4 * self.p
+
+    def ratio(self) -> float:
+        return statistics.median(self.round_seconds) / self.raw_seconds
+
+
+# --- the deployment --------------------------------------------------------------------------
+
+
+def write_app(directory: Path) -> Path:
+    package = directory / "bench_app"
+    package.mkdir(parents=True)
+    (directory / "pyproject.toml").write_text(PYPROJECT)
+    (package / "__init__.py").write_text("")
+    (package / "server.py").write_text(SERVER)
+    (package / "client.py").write_text(CLIENT)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def accepts(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _listening(address: str, process: subprocess.Popen[bytes]) -> bool:
+    """Whether ``address`` accepts; True too if ``process`` exited (the caller checks)."""
+    return accepts(address) or process.poll() is not None
+
+
+def memory(pid: int, field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a live process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Fleet:
+    """A hub and its nodes, each a ``pollinate`` process; ``close`` kills them all."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.fleet, self.enrol, self.control = (f"127.0.0.1:{free_port()}" for _ in range(3))
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with (self.directory / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen([*POLLINATE, *args], stdout=log, stderr=log, env=ENV)
+        self.processes.append(process)
+        return process
+
+    def start_hub(self) -> int:
+        hub = self.spawn(
+            "hub",
+            *("hub", "--data-dir", str(self.directory / "hub"), "--address", self.fleet),
+            *("--enrol-address", self.enrol, "--control-address", self.control),
+        )
+        for address in (self.fleet, self.enrol, self.control):
+            wait_for(partial(_listening, address, hub), f"the hub to listen on {address}")
+        if hub.poll() is not None:
+            raise RuntimeError(f"the hub exited:\n{self.log('hub')}")
+        return hub.pid
+
+    def start_node(self, app: Path, index: int) -> int:
+        token = self.pollinate("token", "create", "--hub", self.control).strip()
+        name = f"node-{index}"
+        node = self.spawn(
+            name,
+            *("node", "--hub", self.fleet, "--enrol-address", self.enrol, "--app", str(app)),
+            *("--token", token, "--data-dir", str(self.directory / name), "--verbose"),
+        )
+        connected = re.compile(r"connected as node \d+")
+        wait_for(lambda: connected.search(self.log(name)) or node.poll() is not None, name)
+        if node.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{self.log(name)}")
+        return node.pid
+
+    def pollinate(self, *args: str) -> str:
+        done = subprocess.run(
+            [*POLLINATE, *args], capture_output=True, text=True, env=ENV, timeout=TIMEOUT
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"`pollinate {' '.join(args)}` failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes:
+            process.wait(timeout=30)
+
+
+@contextmanager
+def fleet_of(k: int, app: Path, directory: Path) -> Iterator[tuple[Fleet, int, list[int]]]:
+    """A hub and ``k`` nodes; yields the fleet, the hub's pid and the nodes' pids."""
+    fleet = Fleet(directory)
+    try:
+        hub = fleet.start_hub()
+        yield fleet, hub, [fleet.start_node(app, i) for i in range(k)]
+    finally:
+        fleet.close()
+
+
+def deployment(k: int, p: int, directory: Path) -> Figures:
+    """Run the app on a fresh hub and ``k`` fresh nodes; the figures but the floors."""
+    app = write_app(directory / "app")
+    out = directory / "out"
+    with fleet_of(k, app, directory) as (fleet, hub, nodes):
+        hub_idle = memory(hub, "VmRSS")
+        before = [cpu_seconds(pid) for pid in (hub, *nodes)]
+        fleet.pollinate(
+            *("run", str(app), "--hub", fleet.control, "--out", str(out)),
+            *("--config", f"parameters={p}", "--config", f"nodes={k}"),
+        )
+        cpu = [cpu_seconds(pid) - b for pid, b in zip((hub, *nodes), before, strict=True)]
+        hub_growth = memory(hub, "VmHWM") - hub_idle
+        node_peak = max(memory(pid, "VmHWM") for pid in nodes)
+    records = [r for r in json.loads((out / "history.json").read_text()) if r["round"] > 0]
+    if len(records) != ROUNDS or any(r["replies"] != k for r in records):
+        raise RuntimeError(f"the run did not finish {ROUNDS} rounds with {k} replies: {records}")
+    seconds = [float(r["seconds"]) for r in records]
+    return Figures(k, p, seconds, cpu[0], sum(cpu[1:]), hub_growth, node_peak)
+
+
+# --- floor 1: the same bytes over a plain socket --------------------------------------------
+
+
+def receive(total: int, pipe: Connection) -> None:
+    """Say on which port, receive ``total`` bytes into one reused buffer, then say how many
+    arrived (runs in its own process)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        pipe.send(listener.getsockname()[1])
+        connection, _ = listener.accept()
+    buffer = memoryview(bytearray(RAW_BUFFER))
+    received = 0
+    with connection:
+        while received < total:
+            count = connection.recv_into(buffer)
+            if count == 0:
+                break
+            received += count
+    pipe.send(received)
+
+
+def raw_seconds(model: memoryview, copies: int) -> float:
+    """Best seconds to send ``copies`` times ``model`` to another process over TCP."""
+    best = float("inf")
+    for _ in range(REPEATS):
+        ours, theirs = SPAWN.Pipe()
+        receiver = SPAWN.Process(target=receive, args=(len(model) * copies, theirs))
+        receiver.start()
+        try:
+            best = min(best, _send(model, copies, ours))
+        finally:
+            receiver.kill()
+            receiver.join()
+    return best
+
+
+def _send(model: memoryview, copies: int, pipe: Connection) -> float:
+    with socket.create_connection(("127.0.0.1", _answer(pipe))) as sender:
+        started = time.perf_counter()
+        for _ in range(copies):
+            for start in range(0, len(model), RAW_BUFFER):
+                sender.sendall(model[start : start + RAW_BUFFER])
+    if _answer(pipe) != len(model) * copies:
+        raise RuntimeError("the receiver did not get every byte")
+    return time.perf_counter() - started
+
+
+def _answer(pipe: Connection) -> int:
+    if not pipe.poll(TIMEOUT):
+        raise RuntimeError(f"no answer from the other process within {TIMEOUT:.0f}s")
+    return int(pipe.recv())
+
+
+# --- floor 2: the same bytes over gRPC with TLS, without pollinate ---------------------------
+
+
+def serve_grpc(certificate: bytes, key: bytes, pipe: Connection) -> None:
+    """A gRPC server (TLS) whose one method counts the bytes streamed to it; says its port,
+    then serves until killed (runs in its own process)."""
+
+    def count(chunks: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        return str(sum(len(chunk) for chunk in chunks)).encode()
+
+    handlers = {"Count": grpc.stream_unary_rpc_method_handler(count)}
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench", handlers),))
+    tls = grpc.ssl_server_credentials([(key, certificate)])
+    pipe.send(server.add_secure_port("127.0.0.1:0", tls))
+    server.start()
+    server.wait_for_termination()
+
+
+def grpc_seconds(model: memoryview, copies: int) -> float:
+    """Best seconds to stream ``copies`` times ``model`` to another process, one gRPC call per
+    copy, in messages of ``CHUNK_BYTES`` as bytes (a copy each, as a gRPC sender makes)."""
+    ca = CertificateAuthority.create()
+    certificate, key = ca.issue_server_certificate(["localhost"], ["127.0.0.1"])
+    ours, theirs = SPAWN.Pipe()
+    server = SPAWN.Process(target=serve_grpc, args=(certificate, key, theirs))
+    server.start()
+    try:
+        address = f"127.0.0.1:{_answer(ours)}"
+        with grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.ca_pem)) as channel:
+            push = channel.stream_unary("/bench/Count")
+            return min(_stream(push, model, copies) for _ in range(REPEATS))
+    finally:
+        server.kill()
+        server.join()
+
+
+def _stream(push: grpc.StreamUnaryMultiCallable, model: memoryview, copies: int) -> float:
+    started = time.perf_counter()
+    for _ in range(copies):
+        chunks = (bytes(model[s : s + CHUNK_BYTES]) for s in range(0, len(model), CHUNK_BYTES))
+        if int(push(chunks, timeout=TIMEOUT)) != len(model):
+            raise RuntimeError("the gRPC server did not get every byte")
+    return time.perf_counter() - started
+
+
+# --- one configuration, and the machine ------------------------------------------------------
+
+
+def measure(k: int, p: int) -> Figures:
+    with tempfile.TemporaryDirectory(prefix="pollinate-bench-") as directory:
+        figures = deployment(k, p, Path(directory))
+    model = np.ones(p, np.float32).data.cast("B")
+    return dataclasses.replace(
+        figures, raw_seconds=raw_seconds(model, 2 * k), grpc_seconds=grpc_seconds(model, 2 * k)
+    )
+
+
+def estimated_memory(k: int, p: int) -> float:
+    decoding = min(k * 4 * p, max(DECODING_BYTES, 4 * p))
+    return float((HUB_MODELS + NODE_MODELS * k) * 4 * p + decoding + (k + 1) * PROCESS_BYTES)
+
+
+def _fill_fresh(nbytes: int) -> float:
+    started = time.perf_counter()
+    np.ones(nbytes // 4, np.float32)
+    return nbytes / (time.perf_counter() - started) / 1e9
+
+
+def fresh_memory_rate(nbytes: int = 10**9) -> float:
+    """GB/s at which a new process fills a new array (page faults included)."""
+    with SPAWN.Pool(1) as pool:
+        return float(pool.apply(_fill_fresh, (nbytes,)))
+
+
+# --- report ----------------------------------------------------------------------------------
+
+HEADER = (
+    f"{'K':>3} {'P':>7} {'model MB':>8} {'round s':>8} {'median s':>8} {'raw s':>7} "
+    f"{'ratio':>6} {'grpc s':>7} {'grpc/raw':>8} {'hub cpu s':>9} {'nodes cpu s':>11} "
+    f"{'hub growth MB':>13} {'x model':>7} {'node peak MB':>12} {'x model':>7}"
+)
+
+
+def row(f: Figures) -> str:
+    model = f.model_bytes / 1e6
+    hub, node = f.hub_growth / 1e6, f.node_peak / 1e6
+    return (
+        f"{f.k:>3} {f.p:>7.1e} {model:>8.0f} {min(f.round_seconds):>8.3f} "
+        f"{statistics.median(f.round_seconds):>8.3f} {f.raw_seconds:>7.3f} {f.ratio():>5.1f}x "
+        f"{f.grpc_seconds:>7.3f} {f.grpc_seconds / f.raw_seconds:>7.1f}x "
+        f"{f.hub_cpu / ROUNDS:>9.2f} {f.nodes_cpu / ROUNDS:>11.2f} "
+        f"{hub:>13.0f} {hub / model:>7.1f} {node:>12.0f} {node / model:>7.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="K = 2, P = 1e6 only")
+    parser.add_argument("--nodes", type=int, nargs="+", default=[2, 10], help="values of K")
+    parser.add_argument(
+        "--parameters", type=float, nargs="+", default=[1e6, 1e7, 2.5e8], help="values of P"
+    )
+    args = parser.parse_args()
+    ks, ps = ([2], [10**6]) if args.quick else (args.nodes, [int(p) for p in args.parameters])
+    print(f"fresh memory (a new process fills a new 1 GB array): {fresh_memory_rate():.2f} GB/s")
+    print("ratio = median round / raw; raw and grpc move the round's bytes (see the docstring)")
+    print(HEADER)
+    for p in ps:
+        for k in ks:
+            need = estimated_memory(k, p)
+            if need > MEMORY_CAP:
+                print(f"{k:>3} {p:>7.1e}  skipped: needs about {need / 1e9:.0f} GB (cap 16 GB)")
+                continue
+            print(row(measure(k, p)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
