@@ -19,7 +19,7 @@ from tests.deployment.conftest import Deployment, Process, free_ports, wait_for
 
 PARAMETERS = 250_000_000
 MODEL_BYTES = 4 * PARAMETERS  # float32: 1 GB
-# Generous for this machine (2 cores): a round took 15-25 s, the whole test 30-45 s.
+# Generous: on this machine (2 cores) the round took 12-25 s and the whole test 17-35 s.
 TIMEOUT = 180.0
 # The hub's peak RSS, in models (M = 1 GB), for one round, whatever the number of nodes:
 #   the global model (the initial arrays; the ServerApp keeps them for the run)    1
