@@ -194,7 +194,8 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
     def PullTask(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         """The task as serialized TaskChunks: app hash and run config first, then data."""
         node_id = self._identify(context)
-        task = self.hub.next_task(node_id, min(max(request.wait_seconds, 0.0), MAX_PULL_WAIT))
+        wait = min(max(request.wait_seconds, 0.0), MAX_PULL_WAIT)
+        task = self.hub.next_task(node_id, wait, active=context.is_active)
         if task is None:
             return
         config = wire.encode(Message("get_arrays", config=task.run_config))
