@@ -56,7 +56,6 @@ from pollinate.records import (
     Arrays,
     Message,
     Scalar,
-    check_scalars,
 )
 
 __all__ = [
@@ -145,11 +144,12 @@ def _chunks(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[bytes |
 
 def _plan(message: Message) -> tuple[bytes, list[np.ndarray]]:
     """Check ``message`` and return its prefix + header, and its arrays."""
-    arrays = {name: _sendable(name, value) for name, value in message.arrays.items()}
+    # Message checked its arrays' dtypes and its config and metrics when it was made.
+    arrays = message.arrays
     header = {
         **{name: _field_value(message, name) for name in _FIELDS},
-        "config": {k: _tag(v) for k, v in check_scalars(message.config, "config").items()},
-        "metrics": {k: _tag(v) for k, v in check_scalars(message.metrics, "metrics").items()},
+        "config": {k: _tag(v) for k, v in message.config.items()},
+        "metrics": {k: _tag(v) for k, v in message.metrics.items()},
         "arrays": [
             {"name": name, "dtype": a.dtype.name, "shape": list(a.shape)}
             for name, a in arrays.items()
@@ -171,18 +171,6 @@ def _pieces(head: bytes, arrays: list[np.ndarray]) -> Iterator[bytes | memoryvie
         yield bytes(padding)
         yield data
         position += padding + len(data)
-
-
-def _sendable(name: object, value: Any) -> np.ndarray:
-    array = np.asarray(value)
-    if type(name) is not str:
-        raise TypeError(f"array names must be str, got {name!r}")
-    if array.dtype.name not in _LITTLE or array.dtype.kind not in "biufc":
-        raise TypeError(
-            f"array {name!r} has dtype {array.dtype}, which cannot travel; allowed dtypes are "
-            f"{', '.join(DTYPES)}.\nHint: convert it first, e.g. array.astype(np.float32)"
-        )
-    return array
 
 
 def _field_value(message: Message, name: str) -> Any:
