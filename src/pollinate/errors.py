@@ -7,7 +7,8 @@ hierarchy::
     ├── WireError (ValueError)     bytes that do not decode to a valid Message
     ├── AppError                   an app or its config cannot be loaded or is inconsistent
     ├── ClientError                a client raised, or replied with something unusable
-    └── RunError                   a run cannot go on (too few clients, too many failures)
+    ├── RunError                   a run cannot go on (too few clients, too many failures)
+    └── StorageError               the hub cannot write its data dir (full, read-only)
 
 Misuse of the Python API (wrong types, impossible arguments) raises plain ``TypeError`` or
 ``ValueError`` with the bad value shown and a ``Hint:`` line.
@@ -34,3 +35,11 @@ class ClientError(PollinateError):
 
 class RunError(PollinateError):
     """A run cannot go on: too few clients available, or a round lost too many replies."""
+
+
+class StorageError(PollinateError):
+    """The hub cannot write to its data dir (disk full, read-only, gone).
+
+    What is already recorded stays intact; the hub takes no new work until writes succeed
+    again, and runs go on from their last recorded round.
+    """

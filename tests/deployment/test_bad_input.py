@@ -121,8 +121,8 @@ def test_replies_with_no_place_are_refused_with_the_reason_and_the_run_goes_on(
     )
     assert not junk.accepted and "not a pollinate message" in junk.reason
     alice.client.push_reply(good)
-    with pytest.raises(HubRefused, match="unknown or already closed"):
-        alice.client.push_reply(good)  # the same reply twice
+    # the same reply again (as after a lost "accepted"): acknowledged, recorded once
+    alice.client.push_reply(good)
 
     bob_task = bob.pull(run).message
     bob.client.push_reply(answer(bob_task))
@@ -134,5 +134,5 @@ def test_replies_with_no_place_are_refused_with_the_reason_and_the_run_goes_on(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.history is not None
-    for record in result.history[1:]:
+    for record in result.history[1:]:  # alice's reply pushed twice counts once
         assert (record["replies"], record["failures"]) == (2, 0)

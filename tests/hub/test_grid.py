@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -14,6 +17,9 @@ from pollinate.client import ClientFn
 from pollinate.client.client import Context, handle
 from pollinate.hub.fleet import Fleet, Refused, Task
 from pollinate.hub.grid import HubGrid, RunStopped
+from pollinate.hub.journal import Journal
+from pollinate.hub.state import HubState
+from pollinate.records import Config
 from tests.server.grid_contract import GridContract, fit_task
 
 TIMEOUT = 10.0
@@ -48,13 +54,22 @@ class PlayedNodes:
             thread.join(TIMEOUT)
 
 
+def hub_grid(fleet: Fleet, run_config: Config | None = None) -> HubGrid:
+    """A HubGrid whose journal lives in a temporary data dir (removed with the process)."""
+    state = HubState(tempfile.mkdtemp(prefix="pollinate-grid-"))
+    weakref.finalize(state, shutil.rmtree, state.data_dir, True)
+    return HubGrid(fleet, Journal(state), "run", "apphash", run_config or {})
+
+
 class GridWithPlayedNodes(HubGrid):
     def __init__(self, client_fn: ClientFn, num_nodes: int) -> None:
-        super().__init__(Fleet(heartbeat_timeout=60), "apphash", {"lr": 0.1})
+        made = hub_grid(Fleet(heartbeat_timeout=60), {"lr": 0.1})
+        super().__init__(made.fleet, made.journal, "run", "apphash", {"lr": 0.1})
         self.played = PlayedNodes(self.fleet, client_fn, range(num_nodes))
 
     def close(self) -> None:
         self.played.close()
+        self.journal.state.close()
 
 
 class TestHubGrid(GridContract):
@@ -80,7 +95,7 @@ def pulled(fleet: Fleet, node: int) -> Task:
 def test_a_task_carries_the_runs_app_hash_and_config_and_its_reply_comes_back() -> None:
     fleet = Fleet()
     fleet.heartbeat(1, "apphash", {})
-    grid = HubGrid(fleet, "apphash", {"lr": 0.1})
+    grid = hub_grid(fleet, {"lr": 0.1})
     seen: list[Task] = []
 
     def node() -> None:
@@ -102,7 +117,7 @@ def test_the_deadline_ends_dispatch_and_a_late_reply_is_refused() -> None:
     fleet = Fleet()
     fleet.heartbeat(1, "apphash", {})
     fleet.heartbeat(2, "apphash", {})
-    grid = HubGrid(fleet, "apphash", {})
+    grid = hub_grid(fleet, {})
     taken: list[Task] = []
     thread = in_thread(lambda: taken.append(pulled(fleet, 1)))  # takes its task, never answers
 
@@ -120,7 +135,7 @@ def test_the_deadline_ends_dispatch_and_a_late_reply_is_refused() -> None:
 def test_stopping_the_run_ends_dispatch_with_run_stopped() -> None:
     fleet = Fleet()
     fleet.heartbeat(1, "apphash", {})
-    grid = HubGrid(fleet, "apphash", {})
+    grid = hub_grid(fleet, {})
 
     def node() -> None:
         pulled(fleet, 1)
@@ -137,7 +152,7 @@ def test_stopping_the_run_ends_dispatch_with_run_stopped() -> None:
 def test_a_node_gone_silent_fails_its_task_instead_of_holding_the_stage() -> None:
     fleet = Fleet(heartbeat_timeout=0.2)
     fleet.heartbeat(1, "apphash", {})
-    grid = HubGrid(fleet, "apphash", {})
+    grid = hub_grid(fleet, {})
 
     def dying_node() -> None:
         pulled(fleet, 1)
@@ -152,4 +167,4 @@ def test_a_node_gone_silent_fails_its_task_instead_of_holding_the_stage() -> Non
 
 
 def test_dispatch_of_nothing_returns_at_once() -> None:
-    assert list(HubGrid(Fleet(), "apphash", {}).dispatch([], timeout=None)) == []
+    assert list(hub_grid(Fleet()).dispatch([], timeout=None)) == []

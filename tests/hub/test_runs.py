@@ -13,9 +13,11 @@ import pytest
 
 from pollinate.app import app_hash
 from pollinate.errors import AppError
-from pollinate.hub import runs as runs_module
+from pollinate.hub import apps as apps_module
+from pollinate.hub.apps import pack_app
 from pollinate.hub.fleet import Fleet
-from pollinate.hub.runs import Runs, _unpack, pack_app
+from pollinate.hub.journal import Journal
+from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState
 from tests.deployment.apps import write_tiny_app
 
@@ -36,7 +38,7 @@ def isolated_imports() -> Iterator[None]:
 @pytest.fixture
 def runs(tmp_path: Path) -> Iterator[Runs]:
     state = HubState(tmp_path / "hub")
-    runs = Runs(state, Fleet())
+    runs = Runs(state, Fleet(), Journal(state))
     yield runs
     runs.join(TIMEOUT)
     state.close()
@@ -61,48 +63,6 @@ def ended(runs: Runs, run_id: str) -> Any:
     return row
 
 
-# --- unpacking an uploaded archive ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["../evil.py", "/tmp/evil.py", "pkg/../../evil.py"])
-def test_unpack_refuses_a_path_that_escapes_the_target(tmp_path: Path, name: str) -> None:
-    archive = zip_of({"pyproject.toml": PYPROJECT, name: b"print('owned')"})
-    with pytest.raises(AppError, match=f"unsafe path '{name}'"):
-        _unpack(archive, tmp_path / "apps" / "x")
-    assert not any(p.name == "evil.py" for p in tmp_path.rglob("*"))
-
-
-def test_unpack_refuses_an_archive_without_pyproject_at_its_top(tmp_path: Path) -> None:
-    archive = zip_of({"app/pyproject.toml": PYPROJECT, "app/m.py": b""})
-    with pytest.raises(AppError, match="no pyproject.toml at its top"):
-        _unpack(archive, tmp_path / "x")
-
-
-def test_unpack_refuses_what_is_not_a_zip(tmp_path: Path) -> None:
-    with pytest.raises(AppError, match="not a valid zip file"):
-        _unpack(b"PK\x03\x04 but not really", tmp_path / "x")
-
-
-def test_unpack_refuses_an_archive_that_unpacks_too_large(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(runs_module, "MAX_UNPACKED_BYTES", 1000)
-    archive = zip_of({"pyproject.toml": PYPROJECT, "big.py": b"#" * 2000})
-    assert len(archive) < 1000  # small on the wire, large on disk
-    with pytest.raises(AppError, match=r"unpacks to \d+ bytes; the limit is 1000"):
-        _unpack(archive, tmp_path / "x")
-
-
-def test_a_packed_app_unpacks_to_the_same_app_hash(tmp_path: Path) -> None:
-    app = write_tiny_app(tmp_path / "app")
-    (app / "tiny_app" / "__pycache__").mkdir()
-    (app / "tiny_app" / "__pycache__" / "junk.py").write_text("not part of the app")
-    root = _unpack(pack_app(app), tmp_path / "apps" / "digest")
-    assert app_hash(root) == app_hash(app)
-    assert not (root / "tiny_app" / "__pycache__").exists()
-    assert _unpack(pack_app(app), tmp_path / "apps" / "digest") == root  # unpacked once
-
-
 # --- submitting -------------------------------------------------------------------------------
 
 
@@ -116,7 +76,7 @@ def test_an_archive_that_is_not_the_declared_app_is_refused(runs: Runs, tmp_path
 def test_an_oversized_archive_is_refused(
     runs: Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runs_module, "MAX_ARCHIVE_BYTES", 100)
+    monkeypatch.setattr(apps_module, "MAX_ARCHIVE_BYTES", 100)
     with pytest.raises(AppError, match="the limit is 100"):
         submit(runs, write_tiny_app(tmp_path / "app"))
 
@@ -184,20 +144,22 @@ def test_stop_says_why_a_run_cannot_be_stopped(runs: Runs, tmp_path: Path) -> No
     assert runs.stop(run_id) == f"run {run_id} is finished, not running"
 
 
-def test_runs_that_were_running_when_the_hub_stopped_are_marked_interrupted(
+def test_a_run_that_was_running_when_the_hub_stopped_resumes_after_its_last_round(
     tmp_path: Path,
 ) -> None:
     state = HubState(tmp_path / "hub")
-    runs = Runs(state, Fleet())
-    app = write_tiny_app(tmp_path / "app")
-    finished = submit(runs, app)
-    ended(runs, finished)
-    state.update_run(finished, status="running")  # as if the hub died mid-run
+    runs = Runs(state, Fleet(), Journal(state))
+    run_id = submit(runs, write_tiny_app(tmp_path / "app"))
+    ended(runs, run_id)
+    state.update_run(run_id, status="running")  # as if the hub died before it noted the end
     state.close()
 
     state = HubState(tmp_path / "hub")
-    Runs(state, Fleet())
-    row = state.run(finished)
-    assert row is not None and row.status == "interrupted"
-    assert "the hub stopped while this run was running" in row.detail
+    runs = Runs(state, Fleet(), Journal(state))
+    runs.resume_all()
+    row = ended(runs, run_id)
+    assert row.status == "finished"
+    log = [(e.kind, e.text) for e in state.log_after(run_id, 0)]
+    assert ("resume", f"hub restarted (restart 1): run {run_id} resumes after round 0") in log
+    assert len([text for kind, text in log if kind == "round"]) == 1  # nothing ran twice
     state.close()

@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -20,19 +20,21 @@ from pollinate.app import app_hash, load_app
 from pollinate.cli.main import _parse_overrides, app, console, err_console, fail, setup_logging
 from pollinate.cli.render import round_line, summary_table
 from pollinate.errors import PollinateError
+from pollinate.hub.apps import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import Hub
-from pollinate.hub.runs import pack_app
 from pollinate.node.agent import NodeAgent
 from pollinate.security import NodeCredentials, SecurityError
-from pollinate.server.history import Failure, History, RoundRecord
-from pollinate.transport.client import ControlClient, enrol
+from pollinate.server.history import History, RoundRecord
+from pollinate.transport.client import ControlClient, HubUnavailable, LogLine, enrol
 from pollinate.transport.server import serve
 
 HubOption = Annotated[
     str, typer.Option("--hub", metavar="HOST:PORT", help="The hub's control address.")
 ]
 DEFAULT_CONTROL = "127.0.0.1:9093"
+RECONNECT_PATIENCE = 600.0
+"""Seconds ``run --hub`` and ``log`` wait for a hub that went away before they give up."""
 
 
 @app.command("hub")
@@ -211,7 +213,7 @@ def log_command(
     """Replay a run's log, then follow it until the run ends."""
     client = ControlClient(hub)
     try:
-        for line in client.follow_log(run_id, follow=follow):
+        for line in follow_run(client, run_id, follow):
             _print_line(line.kind, line.text)
     except PollinateError as exc:
         raise fail(exc) from None
@@ -252,10 +254,12 @@ def run_on_hub(
         )
         console.print(f"[bold]{loaded.name}[/bold]: run {run_id} submitted to {hub}")
         status = ""
-        for line in client.follow_log(run_id, follow=True):
+        for line in follow_run(client, run_id, follow=True):
             _print_line(line.kind, line.text)
             if line.kind == "round":
-                history.rounds.append(_record(json.loads(line.text)))
+                record = RoundRecord.from_dict(json.loads(line.text))
+                history.rounds = [r for r in history.rounds if r.round < record.round]
+                history.rounds.append(record)
             if line.kind == "status":
                 status = line.text
     except PollinateError as exc:
@@ -267,18 +271,46 @@ def run_on_hub(
         raise typer.Exit(1)
 
 
+def follow_run(client: ControlClient, run_id: str, follow: bool) -> Iterator[LogLine]:
+    """The run's log, line by line, until the run ends (``follow``) or the log does.
+
+    A hub that goes away mid-run (a restart) is waited for, up to ``RECONNECT_PATIENCE``
+    seconds, and the log picked up after the last line shown: nothing twice, nothing missed.
+    """
+    after, away_since = 0, None
+    while True:
+        try:
+            for line in client.follow_log(run_id, follow=follow, after=after):
+                after, away_since = line.seq, None
+                yield line
+            if not follow or _ended(client, run_id):
+                return
+        except HubUnavailable as exc:
+            if away_since is None:
+                away_since = time.monotonic()
+                err_console.print(f"[yellow]{exc}; waiting for the hub to come back...[/]")
+            elif time.monotonic() - away_since > RECONNECT_PATIENCE:
+                raise HubUnavailable(
+                    f"{exc}; gave up after {RECONNECT_PATIENCE:g}s.\nHint: the run goes on "
+                    f"when the hub is back; `pollinate log {run_id}` shows it then."
+                ) from None
+        time.sleep(1.0)
+
+
+def _ended(client: ControlClient, run_id: str) -> bool:
+    """The run is over (a log stream can also end because its hub is shutting down)."""
+    return any(r.run_id == run_id and r.status != "running" for r in client.list_runs())
+
+
 def _print_line(kind: str, text: str) -> None:
     if kind == "round":
-        console.print(round_line(_record(json.loads(text))))
+        console.print(round_line(RoundRecord.from_dict(json.loads(text))))
     elif kind == "status":
         console.print(f"[bold]{text}[/bold]")
+    elif kind == "resume":
+        console.print(f"[bold yellow]{text}[/bold yellow]")
     else:
         console.print(f"[dim]{text}[/dim]")
-
-
-def _record(data: dict) -> RoundRecord:  # type: ignore[type-arg]
-    failed = [Failure(**f) for f in data.pop("failed", [])]
-    return RoundRecord(**data, failed=failed)
 
 
 def _is_ip(host: str) -> bool:

@@ -68,6 +68,8 @@ def round_line(record: RoundRecord) -> str:
         parts.append(f"[red]{record.failures} failed[/red]")
     if not record.applied:
         parts.append("[yellow]model kept: too many failures[/yellow]")
+    if record.resumed:
+        parts.append("[yellow]resumed after a hub restart[/yellow]")
     for section, label in (("evaluate", "federated"), ("centralized", "centralized")):
         values = getattr(record, section)
         if values:

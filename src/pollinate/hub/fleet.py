@@ -6,7 +6,12 @@ Invariants:
 - a node silent for longer than ``heartbeat_timeout`` has its tasks failed, so no round waits
   for a dead node (nor for one it sampled just before the node fell silent);
 - the hub never dials a node: nodes long-poll ``next_task``, one poll at a time, so a newer
-  poll from a node supersedes an older one still waiting.
+  poll from a node supersedes an older one still waiting;
+- a node that restarted (a heartbeat with a new session) gets the tasks its previous process
+  took and cannot answer any more: a round needs replies, not the process that left;
+- after a hub restart, the nodes alive before it are presumed alive for one heartbeat
+  timeout: a resumed round samples the fleet it had, and a node that does not come back
+  fails its tasks as any silent node does.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ class Refused(PollinateError):
     """The hub refused what a node sent; the message says why."""
 
 
-@dataclass
+class TryLater(PollinateError):
+    """The hub cannot take what a node sent now, but may soon: the node sends it again."""
+
+
+class UnknownTask(Refused):
+    """A reply to a task this process is not waiting for (closed, or not sent again yet)."""
+
+
+@dataclass(eq=False)  # a task is itself, not its contents: queues look tasks up by identity
 class Task:
     """An instruction on its way to a node, and where its reply goes."""
 
@@ -38,6 +51,8 @@ class Task:
     run_config: Config
     replies: queue.Queue[Message]
     sent: bool = False
+    """Taken by the node; a task sent again after a hub restart may have been taken before
+    it, so it counts as sent (and stays queued) until its reply comes."""
 
 
 @dataclass
@@ -45,6 +60,7 @@ class _Node:
     last_seen: float
     app_hash: str = ""
     node_config: dict[str, str] = field(default_factory=dict)
+    session: str = ""
     queue: deque[Task] = field(default_factory=deque)
 
 
@@ -59,17 +75,49 @@ class Fleet:
         self._closed = False
         self._changed = threading.Condition()
 
-    def heartbeat(self, node_id: int, app_hash: str, node_config: dict[str, str]) -> None:
+    def heartbeat(
+        self, node_id: int, app_hash: str, node_config: dict[str, str], session: str = ""
+    ) -> bool:
+        """A sign of life; ``session`` names the node's process, so a restart shows.
+        True if the node was not counted alive until now (new, back, or restarted)."""
         with self._changed:
-            node = self._nodes.setdefault(node_id, _Node(time.monotonic()))
-            if node.last_seen == 0.0:
+            node = self._nodes.get(node_id)
+            arrived = node is None or node.last_seen == 0.0 or session != node.session
+            if node is None:
+                node = self._nodes[node_id] = _Node(time.monotonic())
+            elif node.last_seen == 0.0:
                 log.info("node %d is back", node_id)
+            if session and node.session and session != node.session:
+                self._resend_taken(node_id, node)
             node.last_seen, node.app_hash, node.node_config = (
                 time.monotonic(),
                 app_hash,
                 node_config,
             )
+            node.session = session or node.session
             self._changed.notify_all()
+            return arrived
+
+    def _resend_taken(self, node_id: int, node: _Node) -> None:
+        taken = [
+            t
+            for t in self._outstanding.values()
+            if t.message.node_id == node_id and t.sent and t not in node.queue
+        ]
+        for task in taken:
+            task.sent = False
+            node.queue.appendleft(task)
+        log.warning(
+            "node %d restarted; %d task(s) its previous process took are sent again",
+            node_id,
+            len(taken),
+        )
+
+    def presume_alive(self, node_ids: list[int]) -> None:
+        """Count these nodes alive from now (until they miss the heartbeat timeout)."""
+        with self._changed:
+            for node_id in node_ids:
+                self._nodes.setdefault(node_id, _Node(time.monotonic()))
 
     def seen(self, node_id: int) -> None:
         """A sign of life other than a heartbeat (a pull)."""
@@ -99,7 +147,8 @@ class Fleet:
         node_id = task.message.node_id
         with self._changed:
             node = self._nodes.setdefault(node_id, _Node(0.0))
-            node.queue.append(task)
+            if task not in node.queue:
+                node.queue.append(task)
             self._outstanding[task.message.task_id] = task
             self._changed.notify_all()
 
@@ -137,7 +186,7 @@ class Fleet:
         with self._changed:
             task = self._outstanding.get(message.task_id)
             if task is None:
-                raise Refused(
+                raise UnknownTask(
                     f"reply for task {message.task_id!r}, which is unknown or already closed "
                     "(answered, or its round ended)"
                 )
@@ -155,7 +204,15 @@ class Fleet:
                     f"node) = {got}, the task is {expected}"
                 )
             del self._outstanding[message.task_id]
+            node = self._nodes.get(node_id)
+            if node is not None and task in node.queue:  # sent again, answered before taken
+                node.queue.remove(task)
             return task
+
+    def unclaim(self, task: Task) -> None:
+        """Put back a task whose reply could not be recorded: the node will push again."""
+        with self._changed:
+            self._outstanding.setdefault(task.message.task_id, task)
 
     def cancel(self, task_ids: list[str]) -> None:
         """Close tasks whose round ended: their late replies are refused."""

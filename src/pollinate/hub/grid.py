@@ -1,16 +1,30 @@
-"""HubGrid: the run loop's Grid over the hub's fleet of real nodes."""
+"""HubGrid: the run loop's Grid over the hub's fleet of real nodes.
+
+Every instruction is noted in the journal before it is queued, and every reply is recorded
+there before its node hears "accepted" (``Hub.accept_reply``), so a round interrupted by a
+crash of the hub is resumed with the replies it already had.
+"""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
-from pollinate.errors import RunError
+from pollinate.errors import RunError, StorageError
 from pollinate.hub.fleet import Fleet, Task
+from pollinate.hub.journal import Journal
 from pollinate.records import Config, Message
 from pollinate.server.grid import Grid
+
+log = logging.getLogger("pollinate.hub")
+
+T = TypeVar("T")
+
+STORAGE_RETRY_SECONDS = 2.0
 
 
 class RunStopped(RunError):
@@ -20,11 +34,17 @@ class RunStopped(RunError):
 class HubGrid(Grid):
     """Dispatches one run's instructions to its nodes and yields their replies as they come."""
 
-    def __init__(self, fleet: Fleet, app_hash: str, run_config: Config) -> None:
+    def __init__(
+        self, fleet: Fleet, journal: Journal, run_id: str, app_hash: str, run_config: Config
+    ) -> None:
         self.fleet = fleet
+        self.journal = journal
+        self.run_id = run_id
         self.app_hash = app_hash
         self.run_config = run_config
         self.stopped = threading.Event()
+        self.storage_problem = ""
+        """Why the run waits for its data dir (empty while writes succeed)."""
 
     def nodes(self) -> list[int]:
         return self.fleet.alive()
@@ -32,8 +52,16 @@ class HubGrid(Grid):
     def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
         replies: queue.Queue[Message] = queue.Queue()
         task_ids = [m.task_id for m in instructions]
+        known = self.until_stored(lambda: self.journal.open(instructions))
         for message in instructions:
-            self.fleet.enqueue(Task(message, self.app_hash, self.run_config, replies))
+            recorded = known.get(message.task_id, False)
+            if isinstance(recorded, Message):
+                replies.put(recorded)  # answered before the hub restarted
+                continue
+            # a task known from before a restart may be in its node's hands already
+            self.fleet.enqueue(
+                Task(message, self.app_hash, self.run_config, replies, sent=recorded is None)
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             for _ in instructions:
@@ -43,6 +71,28 @@ class HubGrid(Grid):
                 yield reply
         finally:
             self.fleet.cancel(task_ids)
+            try:
+                self.journal.close_unanswered(task_ids)
+            except StorageError:
+                pass  # the next checkpoint forgets them anyway
+
+    def until_stored(self, action: Callable[[], T]) -> T:
+        """``action()``, retried while the data dir refuses writes: a full or read-only disk
+        pauses the run, with one error in its log, instead of failing it."""
+        while True:
+            try:
+                result = action()
+            except StorageError as exc:
+                if not self.storage_problem:
+                    log.error("run %s paused: %s", self.run_id, exc, extra={"run_id": self.run_id})
+                self.storage_problem = str(exc)
+                if self.stopped.wait(STORAGE_RETRY_SECONDS):
+                    raise RunStopped("the run was stopped") from None
+                continue
+            if self.storage_problem:
+                self.storage_problem = ""
+                log.warning("run %s goes on: its data dir takes writes again", self.run_id)
+            return result
 
     def _next(self, replies: queue.Queue[Message], deadline: float | None) -> Message | None:
         while True:

@@ -1,6 +1,9 @@
 """The Hub: state, fleet and runs behind one object that the transport serves.
 
 Everything here is plain Python; ``pollinate.transport`` turns RPCs into these calls.
+
+A hub started on the data dir of one that stopped (cleanly or not) takes up where it left
+off: the nodes it knew are expected back, and its unfinished runs resume (``runs.py``).
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from pollinate.errors import PollinateError
 from pollinate.hub.credentials import HubCredentials
-from pollinate.hub.fleet import Fleet, Refused, Task
+from pollinate.hub.fleet import Fleet, Refused, Task, TryLater, UnknownTask
+from pollinate.hub.journal import Journal
 from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState, LogRow, RunRow
 from pollinate.records import Message
@@ -41,7 +46,10 @@ class Hub:
         self.state = HubState(data_dir)
         self.credentials = credentials
         self.fleet = Fleet(heartbeat_timeout)
-        self.runs = Runs(self.state, self.fleet)
+        self.fleet.presume_alive(self.state.alive_at_last_note(heartbeat_timeout))
+        self.journal = Journal(self.state)
+        self.runs = Runs(self.state, self.fleet, self.journal)
+        self.runs.resume_all()
         self.heartbeat_interval = heartbeat_interval
         self._closed = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="hub-watchdog", daemon=True)
@@ -52,8 +60,16 @@ class Hub:
     def node_id_for_name(self, name: str) -> int:
         return self.state.node_for_name(name)
 
-    def heartbeat(self, node_id: int, app_hash: str, node_config: dict[str, str]) -> None:
-        self.fleet.heartbeat(node_id, app_hash, node_config)
+    def heartbeat(
+        self, node_id: int, app_hash: str, node_config: dict[str, str], session: str = ""
+    ) -> None:
+        if self.fleet.heartbeat(node_id, app_hash, node_config, session):
+            # noted at once (the watchdog notes the rest): a hub restarted a moment from now
+            # must expect this node back
+            try:
+                self.state.mark_alive([node_id])
+            except PollinateError as exc:
+                log.warning("could not note node %d as alive: %s", node_id, exc)
 
     def next_task(
         self, node_id: int, wait: float, active: Callable[[], bool] | None = None
@@ -64,15 +80,32 @@ class Hub:
         return self.fleet.next_task(node_id, wait, active)
 
     def accept_reply(self, node_id: int, message: Message) -> None:
-        """Route a node's reply to its run; Refused (with the reason) if it has no place."""
+        """Record a node's reply and route it to its run.
+
+        Refused (with the reason) if it has no place; TryLater if it may have one soon (its
+        run is resuming) or cannot be recorded now (StorageError): the node pushes again.
+        A reply recorded before (the node did not hear "accepted") is accepted again.
+        """
         if not message.is_reply:
             raise Refused("the message is not a reply")
         try:
             task = self.fleet.claim(node_id, message)
-        except Refused as exc:
-            log.warning("refused a reply from node %d: %s", node_id, exc)
+        except UnknownTask:
+            if self.journal.recorded(message.task_id):
+                log.info("node %d sent the reply to %s again", node_id, message.task_id)
+                return
+            if self.journal.pending(message.task_id):
+                raise TryLater(
+                    f"task {message.task_id!r} belongs to a run that is resuming; push again"
+                ) from None
             raise
-        task.replies.put(message)
+        try:
+            recorded = self.journal.record(message)
+        except PollinateError:
+            self.fleet.unclaim(task)
+            raise
+        if recorded:
+            task.replies.put(message)
 
     def enrol(self, token: str, csr_pem: bytes) -> tuple[bytes, bytes, int]:
         """(certificate, CA certificate, node id) for a node redeeming a join token."""
@@ -108,7 +141,13 @@ class Hub:
         return self.runs.submit(archive, app_hash, overrides, rounds, seed)
 
     def list_runs(self) -> list[RunRow]:
-        return self.state.runs()
+        rows = self.state.runs()
+        return [
+            replace(row, detail=f"paused: {problem}")
+            if (problem := self.runs.storage_problem(row.run_id))
+            else row
+            for row in rows
+        ]
 
     def run_info(self, run_id: str) -> RunRow | None:
         return self.state.run(run_id)
@@ -139,6 +178,14 @@ class Hub:
     # --- internals --------------------------------------------------------------------------
 
     def _watch(self) -> None:
+        """Fail silent nodes' tasks; note the live fleet, which a restarted hub expects back."""
         period = min(1.0, self.fleet.heartbeat_timeout / 4)
+        noted = 0.0
         while not self._closed.wait(period):
             self.fleet.fail_silent_nodes()
+            if time.monotonic() - noted >= self.fleet.heartbeat_timeout / 3:
+                noted = time.monotonic()
+                try:
+                    self.state.mark_alive(self.fleet.alive())
+                except PollinateError as exc:
+                    log.warning("could not note the live nodes: %s", exc)

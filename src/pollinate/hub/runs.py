@@ -1,68 +1,55 @@
-"""Runs at the hub: an uploaded app, unpacked and checked, run by the run loop in a thread.
+"""Runs at the hub: an uploaded app run by the run loop in a thread, checkpointed every round.
 
 The server side of the app (strategy, rounds, centralized evaluation) runs here; its client
-side runs at the nodes. A run's log (rounds, warnings, status changes) is kept in the state
-database, so ``pollinate log`` can replay and follow it.
+side runs at the nodes. A run's log (rounds, warnings, restarts, status changes) is kept in
+the state database, so ``pollinate log`` can replay and follow it.
+
+Invariant: a run that was running when its hub stopped (SIGKILL, power loss) is resumed when
+a hub starts on the same data dir, from its last completed round, and says so in its log.
 """
 
 from __future__ import annotations
 
-import importlib
-import io
-import json
 import logging
-import os
 import secrets
-import shutil
-import sys
 import threading
 import time
-import zipfile
-from pathlib import Path
+from collections.abc import Callable
 
-from pollinate.app import App, app_hash, load_app
-from pollinate.errors import AppError, PollinateError
+from pollinate.app import App
+from pollinate.errors import PollinateError, StorageError
+from pollinate.hub.apps import check_archive, load_archive
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.grid import HubGrid, RunStopped
+from pollinate.hub.journal import Journal
 from pollinate.hub.state import HubState, RunRow
-from pollinate.server.events import Event, RoundFinished
+from pollinate.server.app import ServerApp
+from pollinate.server.checkpoint import Checkpoint
 from pollinate.server.loop import run
 
 log = logging.getLogger("pollinate.hub")
 
-MAX_ARCHIVE_BYTES = 64 << 20
-MAX_UNPACKED_BYTES = 256 << 20
-
 
 class Runs:
-    """Starts, tracks and stops the hub's runs."""
+    """Starts, resumes, tracks and stops the hub's runs."""
 
-    def __init__(self, state: HubState, fleet: Fleet) -> None:
+    def __init__(self, state: HubState, fleet: Fleet, journal: Journal) -> None:
         self.state = state
         self.fleet = fleet
+        self.journal = journal
         self._grids: dict[str, HubGrid] = {}
         self._threads: dict[str, threading.Thread] = {}
         self.changed = threading.Condition()
-        for row in state.runs():
-            if row.status == "running":
-                state.update_run(
-                    row.run_id,
-                    status="interrupted",
-                    detail="the hub stopped while this run was running",
-                )
 
     def submit(
         self, archive: bytes, declared_hash: str, overrides: dict[str, str], rounds: int, seed: int
     ) -> str:
-        """Unpack and check the app, record the run and start it; AppError if it is unusable."""
-        if len(archive) > MAX_ARCHIVE_BYTES:
-            raise AppError(f"app archive is {len(archive)} bytes; the limit is {MAX_ARCHIVE_BYTES}")
+        """Unpack and check the app, record the run and start it; AppError if it is unusable,
+        StorageError if the hub cannot record it."""
+        apps = self.state.data_dir / "apps"
         digest = self.state.put_blob(archive)
-        root = _unpack(archive, self.state.data_dir / "apps" / digest)
-        actual = app_hash(root)
-        if actual != declared_hash:
-            raise AppError(f"app archive hashes to {actual[:12]}, not {declared_hash[:12]}")
-        app = _load_isolated(root, self.state.data_dir / "apps", overrides)
+        actual = check_archive(archive, declared_hash, apps, digest)
+        app = load_archive(archive, apps, digest, overrides)
         run_id = secrets.token_hex(4)
         self.state.add_run(
             RunRow(
@@ -79,17 +66,52 @@ class Runs:
                 detail="",
             )
         )
-        grid = HubGrid(self.fleet, actual, app.config)
+        self.log(run_id, "status", f"run {run_id} of app {app.name} submitted")
+        self._start(run_id, app, actual, rounds, seed, None)
+        return run_id
+
+    def resume_all(self) -> None:
+        """Resume every run the last hub on this data dir left running."""
+        for row in self.state.runs():
+            if row.status == "running":
+                self._resume(row)
+
+    def _resume(self, row: RunRow) -> None:
+        restart = 1 + sum(e.kind == "resume" for e in self.state.log_after(row.run_id, 0))
+        try:
+            archive = self.state.blob_path(row.archive).read_bytes()
+            apps = self.state.data_dir / "apps"
+            app = load_archive(archive, apps, row.archive, row.overrides)
+            checkpoint = self.journal.load(row.run_id)
+            where = "from the start" if checkpoint is None else f"after round {checkpoint.round}"
+            self.log(
+                row.run_id,
+                "resume",
+                f"hub restarted (restart {restart}): run {row.run_id} resumes {where}",
+            )
+            self._start(row.run_id, app, row.app_hash, row.rounds, row.seed, checkpoint)
+        except (PollinateError, OSError) as exc:
+            log.exception("run %s cannot resume", row.run_id)
+            self._finish(row.run_id, "failed", f"cannot resume after a hub restart: {exc}")
+
+    def _start(
+        self,
+        run_id: str,
+        app: App,
+        app_hash: str,
+        rounds: int,
+        seed: int,
+        resume_from: Checkpoint | None,
+    ) -> None:
+        grid = HubGrid(self.fleet, self.journal, run_id, app_hash, app.config)
         thread = threading.Thread(
             target=self._run,
-            args=(run_id, app, grid, rounds, seed),
+            args=(run_id, app.server_app, grid, rounds, seed, resume_from),
             name=f"run-{run_id}",
             daemon=True,
         )
         self._grids[run_id], self._threads[run_id] = grid, thread
-        self.log(run_id, "status", f"run {run_id} of app {app.name} submitted")
         thread.start()
-        return run_id
 
     def stop(self, run_id: str) -> str | None:
         """Stop a run; None if stopped, else why not."""
@@ -102,6 +124,11 @@ class Runs:
         grid.stopped.set()
         return None
 
+    def storage_problem(self, run_id: str) -> str:
+        """Why the run waits for its data dir, or an empty string."""
+        grid = self._grids.get(run_id)
+        return grid.storage_problem if grid else ""
+
     def log(self, run_id: str, kind: str, text: str) -> None:
         self.state.append_log(run_id, kind, text)
         with self.changed:
@@ -111,20 +138,29 @@ class Runs:
         for thread in list(self._threads.values()):
             thread.join(timeout)
 
-    def _run(self, run_id: str, app: App, grid: HubGrid, rounds: int, seed: int) -> None:
+    def _run(
+        self,
+        run_id: str,
+        server_app_fn: Callable[[], ServerApp],
+        grid: HubGrid,
+        rounds: int,
+        seed: int,
+        resume_from: Checkpoint | None,
+    ) -> None:
         handler = _RunLogHandler(self, run_id)
         logging.getLogger("pollinate").addHandler(handler)
         try:
-            server_app = app.server_app()
+            server_app = server_app_fn()
             if rounds >= 0:
                 server_app.num_rounds = rounds
-            self.state.update_run(run_id, rounds=server_app.num_rounds)
+            grid.until_stored(lambda: self.state.update_run(run_id, rounds=server_app.num_rounds))
             run(
                 grid,
                 server_app,
                 seed=seed,
                 run_id=run_id,
-                on_event=lambda event: self._on_event(run_id, event),
+                on_checkpoint=lambda checkpoint: self._checkpoint(grid, run_id, checkpoint),
+                resume_from=resume_from,
             )
             self._finish(run_id, "finished", "")
         except RunStopped:
@@ -138,19 +174,25 @@ class Runs:
             logging.getLogger("pollinate").removeHandler(handler)
             self._grids.pop(run_id, None)
 
-    def _on_event(self, run_id: str, event: Event) -> None:
-        if isinstance(event, RoundFinished):
-            record = event.record
-            self.state.update_run(run_id, round=record.round)
-            self.log(run_id, "round", json.dumps(record.to_dict()))
+    def _checkpoint(self, grid: HubGrid, run_id: str, checkpoint: Checkpoint) -> None:
+        record = checkpoint.history.rounds[-1]
+        grid.until_stored(lambda: self.journal.save(run_id, checkpoint, record))
+        with self.changed:
+            self.changed.notify_all()
 
     def _finish(self, run_id: str, status: str, detail: str) -> None:
-        # the last line goes in before the status changes: a follower that sees the run ended
-        # reads the log once more and must find that line there
-        self.state.append_log(
-            run_id, "status", f"run {run_id} {status}" + (f": {detail}" if detail else "")
-        )
-        self.state.update_run(run_id, status=status, detail=detail)
+        try:
+            # the last line goes in before the status changes: a follower that sees the run
+            # ended reads the log once more and must find that line there
+            self.state.append_log(
+                run_id, "status", f"run {run_id} {status}" + (f": {detail}" if detail else "")
+            )
+            self.state.update_run(run_id, status=status, detail=detail)
+            self.journal.forget(run_id)
+        except StorageError as exc:
+            # still "running" on disk: the next hub on this data dir resumes it from its
+            # last checkpoint and ends it again
+            log.error("run %s %s, but the hub could not record it: %s", run_id, status, exc)
         with self.changed:
             self.changed.notify_all()
 
@@ -164,79 +206,7 @@ class _RunLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "run_id", None) == self.run_id:
-            self.runs.log(self.run_id, "log", record.getMessage())
-
-
-def _unpack(archive: bytes, target: Path) -> Path:
-    """Extract a zip of an app directory; refuses paths that would escape ``target``."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(archive)) as zf:
-            names = zf.namelist()
-            for name in names:
-                if name.startswith("/") or ".." in Path(name).parts:
-                    raise AppError(f"app archive holds an unsafe path {name!r}")
-            if "pyproject.toml" not in names:
-                raise AppError("app archive has no pyproject.toml at its top")
-            unpacked = sum(info.file_size for info in zf.infolist())
-            if unpacked > MAX_UNPACKED_BYTES:
-                raise AppError(
-                    f"app archive unpacks to {unpacked} bytes; the limit is {MAX_UNPACKED_BYTES}"
-                )
-            root = target / "app"
-            if not root.exists():
-                partial = target / f"partial-{secrets.token_hex(4)}"
-                zf.extractall(partial)
-                try:
-                    partial.rename(root)
-                except OSError:
-                    if not root.exists():
-                        raise
-                    shutil.rmtree(partial)  # the same app, unpacked by a concurrent submit
-            return root
-    except zipfile.BadZipFile as exc:
-        raise AppError(f"app archive is not a valid zip file: {exc}") from None
-
-
-_IMPORTS = threading.Lock()
-
-
-def _load_isolated(root: Path, apps: Path, overrides: dict[str, str]) -> App:
-    """``load_app``, after forgetting the modules and import path of every other app here.
-
-    Two versions of one app share module names (``mypkg.server``) and Python caches modules
-    by name: without this, a hub that ran version 1 would run version 1's code for version 2.
-    A run already going keeps the module objects it holds.
-    """
-    root, apps = root.resolve(), apps.resolve()
-    with _IMPORTS:
-        for name, module in list(sys.modules.items()):
-            where = _module_paths(module)
-            if any(_inside(w, apps) and not _inside(w, root) for w in where):
-                del sys.modules[name]
-        sys.path[:] = [p for p in sys.path if not _inside(p, apps) or p == str(root)]
-        importlib.invalidate_caches()
-        return load_app(root, overrides)
-
-
-def _module_paths(module: object) -> list[object]:
-    paths = getattr(module, "__path__", None)
-    try:
-        return [getattr(module, "__file__", None), *(paths or [])]
-    except TypeError:  # a module with an odd __path__ is no app's package
-        return []
-
-
-def _inside(path: object, directory: Path) -> bool:
-    # app modules were imported from resolved roots (load_app resolves), so prefixes suffice
-    return isinstance(path, str) and path.startswith(f"{directory}{os.sep}")
-
-
-def pack_app(path: str | Path) -> bytes:
-    """Zip an app directory (pyproject.toml and Python files) for submission to a hub."""
-    root = Path(path).resolve()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for file in sorted([root / "pyproject.toml", *root.rglob("*.py")]):
-            if file.is_file() and "__pycache__" not in file.parts:
-                zf.write(file, str(file.relative_to(root)))
-    return buffer.getvalue()
+            try:
+                self.runs.log(self.run_id, "log", record.getMessage())
+            except StorageError:
+                pass  # the hub's own log (stderr) has the record; the disk takes nothing now

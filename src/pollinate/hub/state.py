@@ -1,12 +1,17 @@
-"""The hub's durable state: SQLite (WAL) for rows, content-addressed files for big bytes.
+"""The hub's durable state: SQLite (WAL) for rows, files for big bytes.
 
 Layout of a data dir::
 
-    hub.db              runs, nodes, log entries (and the security module's tables)
+    hub.db              runs, nodes, log entries, tasks, checkpoints (and the security tables)
     blobs/ab/abcd...    content-addressed files (app archives), named by SHA-256
+    runs/RUN/...        each run's checkpoint and the replies of its current round (journal.py)
 
 One connection, guarded by a lock: the hub's threads take turns; SQLite's WAL lets readers in
-other processes look at the database while the hub writes.
+other processes look at the database while the hub writes. Transactions are synchronous=FULL:
+a committed round survives a crash of the process and of the machine.
+
+Invariant: a write that cannot reach the disk (full, read-only, I/O error) raises
+``StorageError`` and changes nothing; what was committed before stays as it was.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pollinate.errors import StorageError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -52,7 +59,23 @@ CREATE TABLE IF NOT EXISTS log (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS log_by_run ON log (run_id, seq);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    reply TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_by_run ON tasks (run_id, round);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT PRIMARY KEY,
+    round INTEGER NOT NULL,
+    path TEXT NOT NULL
+);
 """
+
+# SQLite's names for a disk that takes no more writes; any other error is a bug, not the disk.
+_STORAGE_FAILURES = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,17 @@ class RunRow:
     round: int
     created: float
     detail: str
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task the hub sent, and the file holding its reply once one was recorded."""
+
+    task_id: str
+    run_id: str
+    round: int
+    node_id: int
+    reply: str | None
 
 
 @dataclass(frozen=True)
@@ -89,20 +123,40 @@ class HubState:
             self.data_dir / "hub.db", check_same_thread=False, isolation_level=None
         )
         self.connection.execute("PRAGMA journal_mode=WAL")
-        self.connection.execute("PRAGMA synchronous=NORMAL")
+        self.connection.execute("PRAGMA synchronous=FULL")
         self.connection.executescript(_SCHEMA)
         self.lock = threading.RLock()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self.lock:
+        """One atomic write; StorageError (and nothing written) if the disk refuses it."""
+        with self.lock, self._storage_errors():
             self.connection.execute("BEGIN IMMEDIATE")
             try:
                 yield self.connection
+                self.connection.execute("COMMIT")
             except BaseException:
-                self.connection.execute("ROLLBACK")
+                if self.connection.in_transaction:
+                    self.connection.execute("ROLLBACK")
                 raise
-            self.connection.execute("COMMIT")
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if not getattr(exc, "sqlite_errorname", "").startswith(_STORAGE_FAILURES):
+                raise
+            raise self.storage_error(exc) from exc
+        except OSError as exc:
+            raise self.storage_error(exc) from exc
+
+    def storage_error(self, cause: BaseException) -> StorageError:
+        return StorageError(
+            f"the hub cannot write to its data dir {self.data_dir}: {cause}.\nHint: free disk "
+            f"space or make {self.data_dir} writable again; the hub goes on by itself once "
+            "writes succeed, and nothing it recorded before is lost."
+        )
 
     def close(self) -> None:
         with self.lock:
@@ -115,11 +169,29 @@ class HubState:
         digest = hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
-            partial.write_bytes(data)
-            os.replace(partial, path)
+            self.write_file(path, [data])
         return digest
+
+    def write_file(self, path: Path, pieces: Iterable[bytes | memoryview]) -> None:
+        """Write ``path`` whole or not at all, and on the disk (not only in a cache) when this
+        returns: a crash leaves the old file or the new one, never a torn one."""
+        with self._storage_errors():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+            try:
+                with partial.open("wb") as out:
+                    for piece in pieces:
+                        out.write(piece)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def blob_path(self, digest: str) -> Path:
         return self.data_dir / "blobs" / digest[:2] / digest
@@ -177,14 +249,113 @@ class HubState:
         with self.transaction() as db:
             return int(db.execute("INSERT INTO nodes DEFAULT VALUES").lastrowid or 0)
 
-    def touch_node(self, node_id: int, app_hash: str, node_config: dict[str, str]) -> None:
+    def mark_alive(self, node_ids: Sequence[int]) -> None:
+        """Note that these nodes are alive now (the hub does this every few seconds)."""
+        now = time.time()
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO nodes (node_id, app_hash, node_config, last_seen) VALUES (?,?,?,?) "
-                "ON CONFLICT(node_id) DO UPDATE SET app_hash = excluded.app_hash, "
-                "node_config = excluded.node_config, last_seen = excluded.last_seen",
-                (node_id, app_hash, json.dumps(node_config), time.time()),
+            db.executemany(
+                "INSERT INTO nodes (node_id, last_seen) VALUES (?, ?) "
+                "ON CONFLICT(node_id) DO UPDATE SET last_seen = excluded.last_seen",
+                [(node_id, now) for node_id in node_ids],
             )
+
+    def alive_at_last_note(self, window: float) -> list[int]:
+        """The nodes noted alive within ``window`` seconds of the newest note: the fleet as
+        it was when the hub last looked, which a restarted hub expects back."""
+        with self.lock:
+            rows = self.connection.execute(
+                "SELECT node_id FROM nodes WHERE last_seen > 0 AND "
+                "last_seen >= (SELECT MAX(last_seen) FROM nodes) - ? ORDER BY node_id",
+                (window,),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    # --- tasks and checkpoints (journal.py gives them their meaning) ---------------------
+
+    def open_tasks(self, tasks: Sequence[tuple[str, str, int, int]]) -> None:
+        """Record ``(task_id, run_id, round, node_id)`` tasks as sent; known ones stay."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO tasks (task_id, run_id, round, node_id) VALUES (?,?,?,?)",
+                tasks,
+            )
+
+    def task(self, task_id: str) -> TaskRow | None:
+        with self.lock:
+            row = self.connection.execute(
+                "SELECT * FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
+        return None if row is None else TaskRow(*row)
+
+    def tasks(self, task_ids: Sequence[str]) -> list[TaskRow]:
+        with self.lock:
+            rows = [
+                self.connection.execute("SELECT * FROM tasks WHERE task_id = ?", (t,)).fetchone()
+                for t in task_ids
+            ]
+        return [TaskRow(*row) for row in rows if row is not None]
+
+    def answer_task(self, task_id: str, reply_path: str) -> bool:
+        """Record the reply of an open task; False if the task is unknown or answered."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET reply = ? WHERE task_id = ? AND reply IS NULL",
+                (reply_path, task_id),
+            )
+            return cursor.rowcount == 1
+
+    def reopen_task(self, task_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE tasks SET reply = NULL WHERE task_id = ?", (task_id,))
+
+    def close_unanswered(self, task_ids: Sequence[str]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "DELETE FROM tasks WHERE task_id = ? AND reply IS NULL",
+                [(t,) for t in task_ids],
+            )
+
+    def save_checkpoint(
+        self, run_id: str, round: int, path: str, log: tuple[str, str] | None
+    ) -> tuple[str | None, list[str]]:
+        """Make ``path`` the run's checkpoint at ``round``, note the round (and ``log``, a
+        (kind, text) entry) in the same transaction, and forget the tasks of rounds up to it.
+        Returns the files no longer needed: the previous checkpoint and those replies."""
+        with self.transaction() as db:
+            old = db.execute("SELECT path FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
+            db.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?) ON CONFLICT(run_id) DO UPDATE "
+                "SET round = excluded.round, path = excluded.path",
+                (run_id, round, path),
+            )
+            db.execute("UPDATE runs SET round = ? WHERE run_id = ?", (round, run_id))
+            if log is not None:
+                db.execute(
+                    "INSERT INTO log (run_id, time, kind, text) VALUES (?, ?, ?, ?)",
+                    (run_id, time.time(), *log),
+                )
+            replies = self._forget_tasks(db, run_id, round)
+        return (old[0] if old and old[0] != path else None), replies
+
+    def forget_tasks(self, run_id: str) -> list[str]:
+        """Forget all of a run's tasks (it ended); returns the reply files to delete."""
+        with self.transaction() as db:
+            return self._forget_tasks(db, run_id, None)
+
+    def _forget_tasks(self, db: sqlite3.Connection, run_id: str, up_to: int | None) -> list[str]:
+        where = "run_id = ?" + ("" if up_to is None else " AND round <= ?")
+        params = (run_id,) if up_to is None else (run_id, up_to)
+        rows = db.execute(f"SELECT reply FROM tasks WHERE {where}", params).fetchall()
+        db.execute(f"DELETE FROM tasks WHERE {where}", params)
+        return [row[0] for row in rows if row[0]]
+
+    def checkpoint(self, run_id: str) -> tuple[int, str] | None:
+        """``(round, path)`` of the run's newest checkpoint, if it has one."""
+        with self.lock:
+            row = self.connection.execute(
+                "SELECT round, path FROM checkpoints WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
     # --- log --------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import threading
 import tomllib
 from pathlib import Path
@@ -60,6 +61,7 @@ class NodeAgent:
         self.client = FleetClient(hub_address, credentials)
         self.max_backoff = max_backoff
         self.stop = threading.Event()
+        self.session = secrets.token_hex(8)  # tells the hub this process from an earlier one
         self.interval = 5.0
         self._beating: threading.Thread | None = None
 
@@ -117,7 +119,9 @@ class NodeAgent:
                 self._push(self._answer(task))
 
     def _heartbeat(self) -> None:
-        self.interval = self.client.heartbeat(self.app_hash, self.node_config_text, self.name)
+        self.interval = self.client.heartbeat(
+            self.app_hash, self.node_config_text, self.name, self.session
+        )
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):

@@ -27,8 +27,9 @@ class RoundRecord:
     ``fit`` holds the aggregated fit metrics; ``evaluate`` the federated evaluation (``loss``
     plus aggregated metrics); ``centralized`` the server-side evaluation. ``replies`` and
     ``failures`` count fit tasks; ``applied`` is False when the round lost more replies than
-    the strategy's failure tolerance and the global model was kept. Round 0 records the
-    centralized evaluation of the initial model.
+    the strategy's failure tolerance and the global model was kept. ``resumed`` is True for
+    the round a run went on with after its hub restarted (the round that was interrupted).
+    Round 0 records the centralized evaluation of the initial model.
     """
 
     round: int
@@ -40,9 +41,17 @@ class RoundRecord:
     seconds: float = 0.0
     applied: bool = True
     failed: list[Failure] = field(default_factory=list)
+    resumed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundRecord:
+        """The record ``to_dict`` (or a line of ``history.json``) describes."""
+        data = dict(data)
+        failed = [Failure(**f) for f in data.pop("failed", [])]
+        return cls(**data, failed=failed)
 
 
 @dataclass

@@ -7,7 +7,11 @@ Invariants:
 - a reply is aggregated at most once, and only for a task of the current stage;
 - a stage closes at its deadline: replies later than ``round_timeout`` count as failures;
 - sampling in round ``r`` depends only on ``(seed, r)``, so a seeded run repeats exactly
-  and a resumed run samples as the uninterrupted one would have.
+  and a resumed run samples as the uninterrupted one would have;
+- task ids depend only on ``(run, round, stage, node)``, so a resumed round asks for the same
+  tasks again and a grid that kept their replies across a crash can hand them back;
+- ``on_checkpoint`` sees every completed round (round 0 included) before anyone else does:
+  a round that was reported was recorded first.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from pollinate.errors import RunError
 from pollinate.records import Arrays, Config, Message, Metrics, Scalar
 from pollinate.server.app import ServerApp
+from pollinate.server.checkpoint import Checkpoint
 from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
 from pollinate.server.grid import Grid
 from pollinate.server.history import Failure, History, RoundRecord
@@ -31,6 +36,7 @@ from pollinate.strategy.base import FitResult
 log = logging.getLogger("pollinate.server")
 
 EventHandler = Callable[[Event], None]
+CheckpointHandler = Callable[[Checkpoint], None]
 
 
 @dataclass
@@ -48,10 +54,17 @@ def run(
     seed: int = 0,
     run_id: str = "run",
     on_event: EventHandler | None = None,
+    on_checkpoint: CheckpointHandler | None = None,
+    resume_from: Checkpoint | None = None,
 ) -> RunResult:
-    """Run ``app`` on the nodes behind ``grid`` for ``app.num_rounds`` rounds."""
+    """Run ``app`` on the nodes behind ``grid`` for ``app.num_rounds`` rounds.
+
+    ``on_checkpoint`` receives the run's state after every completed round, to store it;
+    ``resume_from`` is such a state: the run goes on with the round after it, as if it had
+    never stopped (the first round it runs is marked ``resumed`` in the history).
+    """
     loop = _Loop(grid, app, seed, run_id, on_event or (lambda event: None))
-    return loop.run()
+    return loop.run(on_checkpoint or (lambda checkpoint: None), resume_from)
 
 
 class _Loop:
@@ -63,18 +76,30 @@ class _Loop:
         # every record carries the run id, so a hub can route it to that run's log
         self.log = logging.LoggerAdapter(log, {"run_id": run_id})
 
-    def run(self) -> RunResult:
+    def run(self, checkpoint: CheckpointHandler, resume_from: Checkpoint | None) -> RunResult:
+        if resume_from is None:
+            arrays, history = self._start(checkpoint)
+            first = 1
+        else:
+            arrays, history = resume_from.arrays, resume_from.history
+            self.strategy.load_state(resume_from.strategy_state)
+            first = resume_from.round + 1
+        for rnd in range(first, self.app.num_rounds + 1):
+            arrays, record = self._round(rnd, arrays)
+            record.resumed = resume_from is not None and rnd == first
+            history.rounds.append(record)
+            checkpoint(Checkpoint(rnd, arrays, self.strategy.state(), history))
+            self.emit(RoundFinished(record))
+        return RunResult(arrays, history)
+
+    def _start(self, checkpoint: CheckpointHandler) -> tuple[Arrays, History]:
         arrays = self.app.initial_arrays
         if arrays is None:
             arrays = self._initial_arrays()
-        history = History()
-        history.rounds.append(self._round_zero(arrays))
+        history = History([self._round_zero(arrays)])
+        checkpoint(Checkpoint(0, arrays, self.strategy.state(), history))
         self.emit(RoundFinished(history.rounds[0]))
-        for rnd in range(1, self.app.num_rounds + 1):
-            arrays, record = self._round(rnd, arrays)
-            history.rounds.append(record)
-            self.emit(RoundFinished(record))
-        return RunResult(arrays, history)
+        return arrays, history
 
     # --- rounds ---------------------------------------------------------------------------
 

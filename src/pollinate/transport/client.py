@@ -117,9 +117,15 @@ class FleetClient:
             key_pem, bytes(reply.certificate_pem), credentials.ca_pem, credentials.enrol_pem
         )
 
-    def heartbeat(self, app_hash: str, node_config: dict[str, str], name: str = "") -> float:
-        """Report life; learn this node's id. Returns the interval for the next heartbeat."""
-        request = pb.HeartbeatRequest(app_hash=app_hash, node_config=node_config, name=name)
+    def heartbeat(
+        self, app_hash: str, node_config: dict[str, str], name: str = "", session: str = ""
+    ) -> float:
+        """Report life; learn this node's id. Returns the interval for the next heartbeat.
+
+        ``session`` is new with every start of the node: the hub sees a restart by it."""
+        request = pb.HeartbeatRequest(
+            app_hash=app_hash, node_config=node_config, name=name, session=session
+        )
         reply = _call(self.stub.Heartbeat, request, metadata=self._metadata(), timeout=10)
         self.node_id = int(reply.node_id)
         return float(reply.interval_seconds)

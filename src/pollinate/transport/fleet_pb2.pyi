@@ -61,7 +61,7 @@ class EnrolReply(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., node_id: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("app_hash", "node_config", "name")
+    __slots__ = ("app_hash", "node_config", "name", "session")
     class NodeConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,10 +72,12 @@ class HeartbeatRequest(_message.Message):
     APP_HASH_FIELD_NUMBER: _ClassVar[int]
     NODE_CONFIG_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     app_hash: str
     node_config: _containers.ScalarMap[str, str]
     name: str
-    def __init__(self, app_hash: _Optional[str] = ..., node_config: _Optional[_Mapping[str, str]] = ..., name: _Optional[str] = ...) -> None: ...
+    session: str
+    def __init__(self, app_hash: _Optional[str] = ..., node_config: _Optional[_Mapping[str, str]] = ..., name: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("node_id", "interval_seconds")

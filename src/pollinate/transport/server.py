@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 
 from pollinate import wire
-from pollinate.errors import PollinateError, WireError
-from pollinate.hub.fleet import Refused
+from pollinate.errors import PollinateError, StorageError, WireError
+from pollinate.hub.fleet import Refused, TryLater
 from pollinate.hub.hub import Hub
 from pollinate.hub.state import RunRow
 from pollinate.records import Message
@@ -180,7 +180,7 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
             node_id = self._identify(context)
         else:
             node_id = self.hub.node_id_for_name(request.name)
-        self.hub.heartbeat(node_id, request.app_hash, dict(request.node_config))
+        self.hub.heartbeat(node_id, request.app_hash, dict(request.node_config), request.session)
         return pb.HeartbeatReply(node_id=node_id, interval_seconds=self.hub.heartbeat_interval)
 
     def Renew(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -216,6 +216,9 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
         except (WireError, Refused) as exc:
             log.warning("refused a reply from node %d: %s", node_id, exc)
             return pb.PushReplyAck(accepted=False, reason=str(exc))
+        except (TryLater, StorageError) as exc:
+            log.warning("a reply from node %d must wait: %s", node_id, exc)
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return pb.PushReplyAck(accepted=True)
 
     def _identify(self, context: grpc.ServicerContext) -> int:
@@ -257,6 +260,8 @@ class _ControlService(rpc.ControlServicer):  # type: ignore[misc]
                 request.rounds,
                 request.seed,
             )
+        except StorageError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except PollinateError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.SubmitRunReply(run_id=run_id)
