@@ -7,6 +7,7 @@ crash of the hub is resumed with the replies it already had.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -71,10 +72,8 @@ class HubGrid(Grid):
                 yield reply
         finally:
             self.fleet.cancel(task_ids)
-            try:
+            with contextlib.suppress(StorageError):  # the next checkpoint forgets them anyway
                 self.journal.close_unanswered(task_ids)
-            except StorageError:
-                pass  # the next checkpoint forgets them anyway
 
     def until_stored(self, action: Callable[[], T]) -> T:
         """``action()``, retried while the data dir refuses writes: a full or read-only disk

@@ -10,6 +10,7 @@ a hub starts on the same data dir, from its last completed round, and says so in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -206,7 +207,6 @@ class _RunLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "run_id", None) == self.run_id:
-            try:
+            # when the disk takes nothing, the hub's own log (stderr) still has the record
+            with contextlib.suppress(StorageError):
                 self.runs.log(self.run_id, "log", record.getMessage())
-            except StorageError:
-                pass  # the hub's own log (stderr) has the record; the disk takes nothing now
