@@ -1,11 +1,12 @@
 """A tiny app for deployment tests: four numbers for a model, behaviour set by its run config.
 
 Every fit of partition ``p`` adds ``p + 1`` to the model and weighs ``p + 1`` examples, so
-the aggregate is known in advance. The config can make one partition slow from a given round
-on (``slow-partition``, ``slow-round``, ``slow-seconds``), leave a file per fit in
-``marker-dir`` (``fit-p{partition}-r{round}``, written before any sleeping: a test knows the
-fit has started), and name the strategy (``strategy``; an unknown name makes ``server_fn``
-raise).
+the aggregate is known in advance. The config can make every fit take ``fit-seconds``, make
+one partition slow from a given round on (``slow-partition``, ``slow-round``,
+``slow-seconds``), leave a file per fit in ``marker-dir`` (``fit-p{partition}-r{round}``, a
+line per fit, written before any sleeping: a test knows the fit has started, and how often it
+ran), set the strategy's ``round_timeout`` (``round-timeout``, 0: none) and name the strategy
+(``strategy``; an unknown name makes ``server_fn`` raise).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ DEFAULTS: dict[str, Scalar] = {
     "slow-partition": -1,
     "slow-round": 1,
     "slow-seconds": 0.0,
+    "fit-seconds": 0.0,
     "marker-dir": "",
+    "round-timeout": 0.0,
 }
 
 PYPROJECT = """\
@@ -60,6 +63,7 @@ def server_fn(run_config):
         strategy,
         num_rounds=int(run_config["num-rounds"]),
         initial_arrays=Arrays({"w": np.zeros(4)}),
+        round_timeout=float(run_config["round-timeout"]) or None,
     )
 """
 
@@ -78,7 +82,9 @@ class TinyClient(Client):
         rnd = int(config["round"])
         markers = self.run_config["marker-dir"]
         if markers:
-            (Path(markers) / f"fit-p{self.partition}-r{rnd}").touch()
+            with (Path(markers) / f"fit-p{self.partition}-r{rnd}").open("a") as marker:
+                marker.write("fit\\n")
+        time.sleep(self.run_config["fit-seconds"])
         slow = self.partition == self.run_config["slow-partition"]
         if slow and rnd >= self.run_config["slow-round"]:
             time.sleep(self.run_config["slow-seconds"])

@@ -159,6 +159,10 @@ class Deployment:
     def start_hub(self, *, heartbeat_timeout: float = 30.0) -> Process:
         """A hub on free ports; returns once both its ports accept connections."""
         self.fleet, self.control = (f"127.0.0.1:{port}" for port in free_ports(2))
+        return self.restart_hub(heartbeat_timeout=heartbeat_timeout)
+
+    def restart_hub(self, *, heartbeat_timeout: float = 30.0) -> Process:
+        """A hub on the ports and data dir of the last one (which must be gone)."""
         hub = self.spawn(
             "hub",
             "hub",
