@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench proto clean
+.PHONY: demo test lint bench proto clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy
 
-test: $(VENV)/.test-deps lint
+# tests/faults shape traffic with nftables inside network namespaces; as root, install it
+system-deps:
+	@command -v nft >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		apt-get install -y -qq nftables >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq nftables >/dev/null)
+
+test: $(VENV)/.test-deps lint system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test-deps

@@ -5,8 +5,9 @@ the aggregate is known in advance. The config can make every fit take ``fit-seco
 one partition slow from a given round on (``slow-partition``, ``slow-round``,
 ``slow-seconds``), leave a file per fit in ``marker-dir`` (``fit-p{partition}-r{round}``, a
 line per fit, written before any sleeping: a test knows the fit has started, and how often it
-ran), set the strategy's ``round_timeout`` (``round-timeout``, 0: none) and name the strategy
-(``strategy``; an unknown name makes ``server_fn`` raise).
+ran), hold every fit of round ``r`` until a file ``r{r}`` appears in ``gate-dir`` (so a test paces
+the rounds), set the strategy's ``round_timeout`` (``round-timeout``, 0: none) and name the
+strategy (``strategy``; an unknown name makes ``server_fn`` raise).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ DEFAULTS: dict[str, Scalar] = {
     "slow-seconds": 0.0,
     "fit-seconds": 0.0,
     "marker-dir": "",
+    "gate-dir": "",
     "round-timeout": 0.0,
 }
 
@@ -84,6 +86,11 @@ class TinyClient(Client):
         if markers:
             with (Path(markers) / f"fit-p{self.partition}-r{rnd}").open("a") as marker:
                 marker.write("fit\\n")
+        gate = self.run_config["gate-dir"]
+        waited = 0.0
+        while gate and not (Path(gate) / f"r{rnd}").exists() and waited < 300:
+            time.sleep(0.05)
+            waited += 0.05
         time.sleep(self.run_config["fit-seconds"])
         slow = self.partition == self.run_config["slow-partition"]
         if slow and rnd >= self.run_config["slow-round"]:

@@ -66,13 +66,15 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = START_TIM
 class Process:
     """A background ``pollinate`` process whose output goes to files."""
 
-    def __init__(self, name: str, args: Sequence[str], directory: Path) -> None:
+    def __init__(
+        self, name: str, args: Sequence[str], directory: Path, prefix: Sequence[str] = ()
+    ) -> None:
         self.name = name
         self.stdout_path = directory / f"{name}.stdout"
         self.stderr_path = directory / f"{name}.stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.popen = subprocess.Popen(
-                [*POLLINATE, *args], stdout=out, stderr=err, env=ENV, cwd=directory
+                [*prefix, *POLLINATE, *args], stdout=out, stderr=err, env=ENV, cwd=directory
             )
 
     @property
@@ -95,7 +97,7 @@ class Process:
     def report(self) -> str:
         status = "running" if self.alive() else f"exit {self.popen.returncode}"
         return (
-            f"===== {self.name} ({status}): {' '.join(self.popen.args[2:])}\n"
+            f"===== {self.name} ({status}): {' '.join(map(str, self.popen.args))}\n"
             f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
         )
 
@@ -151,8 +153,10 @@ class Deployment:
 
     # --- processes ------------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str) -> Process:
-        process = Process(f"{name}-{next(self._names)}", args, self.directory)
+    def spawn(self, name: str, *args: str, prefix: Sequence[str] = ()) -> Process:
+        """``pollinate ARGS`` in the background, run through ``prefix`` (e.g. ``ip netns
+        exec NS``) if given."""
+        process = Process(f"{name}-{next(self._names)}", args, self.directory, prefix)
         self.processes.append(process)
         return process
 
@@ -186,16 +190,28 @@ class Deployment:
         started = [self._spawn_node(app, p, len(apps)) for p, app in enumerate(apps)]
         return [Node(process, p, self._node_id(process)) for p, process in enumerate(started)]
 
-    def start_node(self, app: Path, partition: int, partitions: int) -> Node:
-        process = self._spawn_node(app, partition, partitions)
+    def start_node(
+        self,
+        app: Path,
+        partition: int,
+        partitions: int,
+        *,
+        hub: str = "",
+        prefix: Sequence[str] = (),
+    ) -> Node:
+        """A node serving ``partition``, dialling ``hub`` (default: the hub's fleet address)
+        from inside ``prefix`` (e.g. a network namespace)."""
+        process = self._spawn_node(app, partition, partitions, hub, prefix)
         return Node(process, partition, self._node_id(process))
 
-    def _spawn_node(self, app: Path, partition: int, partitions: int) -> Process:
+    def _spawn_node(
+        self, app: Path, partition: int, partitions: int, hub: str = "", prefix: Sequence[str] = ()
+    ) -> Process:
         return self.spawn(
             f"node-p{partition}",
             "node",
             "--hub",
-            self.fleet,
+            hub or self.fleet,
             "--app",
             str(app),
             "--node-config",
@@ -204,6 +220,7 @@ class Deployment:
             f"num-partitions={partitions}",
             "--insecure",
             "--verbose",
+            prefix=prefix,
         )
 
     def _node_id(self, process: Process) -> int:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.network import DelayProxy, Namespace, namespaces_supported, network
+from tests.faults.network import Namespace, namespaces_supported, network
+from tests.faults.proxy import DelayProxy
 
 # TCP echo on HOST:PORT (PORT 0: any); with a third argument, also UDP on the same port: it
 # counts datagrams and echoes them, and answers b"count?" with the count. Prints its port, and

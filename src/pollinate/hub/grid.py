@@ -88,15 +88,30 @@ class HubGrid(Grid):
                 if self.stopped.wait(STORAGE_RETRY_SECONDS):
                     raise RunStopped("the run was stopped") from None
                 continue
-            if self.storage_problem:
-                self.storage_problem = ""
-                log.warning("run %s goes on: its data dir takes writes again", self.run_id)
+            self._storage_ok()
             return result
+
+    def _note_unrecorded(self) -> None:
+        """A round whose replies the hub cannot record waits for the disk, not for its
+        nodes (they push again later): the run is paused, as when a checkpoint fails."""
+        problem = self.journal.unrecorded(self.run_id)
+        if problem:
+            if not self.storage_problem:
+                log.error("run %s paused: %s", self.run_id, problem, extra={"run_id": self.run_id})
+            self.storage_problem = problem
+        else:
+            self._storage_ok()
+
+    def _storage_ok(self) -> None:
+        if self.storage_problem:
+            self.storage_problem = ""
+            log.warning("run %s goes on: its data dir takes writes again", self.run_id)
 
     def _next(self, replies: queue.Queue[Message], deadline: float | None) -> Message | None:
         while True:
             if self.stopped.is_set():
                 raise RunStopped("the run was stopped")
+            self._note_unrecorded()
             wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if wait <= 0:
                 return None

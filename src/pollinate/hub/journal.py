@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pollinate import wire
-from pollinate.errors import WireError
+from pollinate.errors import StorageError, WireError
 from pollinate.hub.state import HubState
 from pollinate.records import Message
 from pollinate.server import checkpoint as checkpoints
@@ -37,6 +37,9 @@ class Journal:
     def __init__(self, state: HubState) -> None:
         self.state = state
         self._recording = threading.Lock()
+        self._unrecorded: dict[str, str] = {}
+        """By run id: why the last reply to it could not be recorded (cleared by the next
+        one that is). A run waiting for replies learns here that it waits for its disk."""
 
     # --- tasks and their replies ---------------------------------------------------------
 
@@ -65,11 +68,21 @@ class Journal:
             task = self.state.task(reply.task_id)
             if task is None or task.reply is not None:
                 return False
-            self.state.write_file(path, wire.iter_encode(reply))
-            if not self.state.answer_task(reply.task_id, str(path)):
+            try:
+                self.state.write_file(path, wire.iter_encode(reply))
+                answered = self.state.answer_task(reply.task_id, str(path))
+            except StorageError as exc:
+                self._unrecorded[reply.run_id] = str(exc)
+                raise
+            self._unrecorded.pop(reply.run_id, None)
+            if not answered:
                 path.unlink(missing_ok=True)
                 return False
         return True
+
+    def unrecorded(self, run_id: str) -> str:
+        """Why the run's last reply could not be recorded, or "" if it was."""
+        return self._unrecorded.get(run_id, "")
 
     def recorded(self, task_id: str) -> bool:
         task = self.state.task(task_id)

@@ -8,6 +8,19 @@ NODE_ID_HEADER = "pollinate-node-id"
 
 FLEET_SERVICE = "pollinate.v1.Fleet"
 
+# A node finds out within ~15 s that its connection died (a partition, a hub restarted behind
+# a NAT) rather than waiting on TCP's retransmission backoff, and redials at most 5 s apart
+# once it did; the hub accepts the pings this takes.
+NODE_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+]
+FLEET_SERVER_OPTIONS = [
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
 
 def data_chunk(piece: bytes | memoryview) -> bytes:
     """The protobuf bytes of ``Chunk(data=piece)``, which are also those of

@@ -18,7 +18,13 @@ from pollinate.records import Config, Message
 from pollinate.security import make_key_and_csr, parse_token
 from pollinate.security.credentials import NodeCredentials
 from pollinate.security.enrolment import fetch_pinned_certificate
-from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
+from pollinate.transport import (
+    CHUNK_BYTES,
+    FLEET_SERVICE,
+    NODE_CHANNEL_OPTIONS,
+    NODE_ID_HEADER,
+    data_chunk,
+)
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import fleet_pb2_grpc as rpc
 
@@ -91,7 +97,7 @@ class FleetClient:
     """A node's connection to the hub's fleet API (mutual TLS with ``credentials``)."""
 
     def __init__(self, address: str, credentials: NodeCredentials | None = None) -> None:
-        options = [("grpc.keepalive_time_ms", 20_000)]
+        options = NODE_CHANNEL_OPTIONS
         if credentials is None:
             self.channel = grpc.insecure_channel(address, options)
         else:

@@ -24,7 +24,13 @@ from pollinate.hub.hub import Hub
 from pollinate.hub.state import RunRow
 from pollinate.records import Message
 from pollinate.security import node_id_from_certificate
-from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
+from pollinate.transport import (
+    CHUNK_BYTES,
+    FLEET_SERVER_OPTIONS,
+    FLEET_SERVICE,
+    NODE_ID_HEADER,
+    data_chunk,
+)
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import fleet_pb2_grpc as rpc
 
@@ -64,7 +70,9 @@ def serve(
     without them (``--insecure``) the fleet port is plain text and there is no enrolment.
     """
     tls = hub.credentials
-    fleet = grpc.server(ThreadPoolExecutor(max_nodes, thread_name_prefix="fleet"))
+    fleet = grpc.server(
+        ThreadPoolExecutor(max_nodes, thread_name_prefix="fleet"), options=FLEET_SERVER_OPTIONS
+    )
     _add_fleet_servicer(_FleetService(hub, tls is not None), fleet)
     control = grpc.server(ThreadPoolExecutor(16, thread_name_prefix="control"))
     rpc.add_ControlServicer_to_server(_ControlService(hub), control)
