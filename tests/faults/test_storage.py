@@ -326,6 +326,9 @@ def test_a_read_only_data_dir_pauses_the_run_and_a_restarted_hub_resumes_it(
 
     _hub(deployment).kill()
     ext4_disk.repair()
+    print("DEBUG mounts", [l for l in open("/proc/mounts") if "hub-data" in l])
+    print("DEBUG files", sorted((p.name, p.stat().st_size) for p in ext4_disk.data_dir.iterdir()))
+    print("DEBUG dmesg", subprocess.run(["dmesg"], capture_output=True, text=True).stdout[-1500:])
     after = recorded_rounds(deployment, run_id)
     assert after[: len(before)] == before
     resumed_round = progress(deployment, run_id)

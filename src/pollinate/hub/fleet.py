@@ -71,6 +71,7 @@ class Fleet:
         self.heartbeat_timeout = heartbeat_timeout
         self._nodes: dict[int, _Node] = {}
         self._outstanding: dict[str, Task] = {}
+        self._claimed: dict[str, Task] = {}  # claimed, reply not yet recorded
         self._polls: dict[int, int] = {}
         self._closed = False
         self._changed = threading.Condition()
@@ -82,7 +83,8 @@ class Fleet:
         True if the node was not counted alive until now (new, back, or restarted)."""
         with self._changed:
             node = self._nodes.get(node_id)
-            arrived = node is None or node.last_seen == 0.0 or session != node.session
+            restarted = bool(session) and node is not None and session != node.session
+            arrived = node is None or node.last_seen == 0.0 or restarted
             if node is None:
                 node = self._nodes[node_id] = _Node(time.monotonic())
             elif node.last_seen == 0.0:
@@ -106,7 +108,7 @@ class Fleet:
         ]
         for task in taken:
             task.sent = False
-            node.queue.appendleft(task)
+        node.queue.extendleft(reversed(taken))  # ahead of the untaken ones, in their order
         log.warning(
             "node %d restarted; %d task(s) its previous process took are sent again",
             node_id,
@@ -203,21 +205,29 @@ class Fleet:
                     f"reply does not match task {message.task_id!r}: it says (kind, round, run, "
                     f"node) = {got}, the task is {expected}"
                 )
-            del self._outstanding[message.task_id]
+            self._claimed[message.task_id] = self._outstanding.pop(message.task_id)
             node = self._nodes.get(node_id)
             if node is not None and task in node.queue:  # sent again, answered before taken
                 node.queue.remove(task)
             return task
 
-    def unclaim(self, task: Task) -> None:
-        """Put back a task whose reply could not be recorded: the node will push again."""
+    def settle(self, task: Task) -> None:
+        """The claimed task's reply is recorded: it is done with."""
         with self._changed:
-            self._outstanding.setdefault(task.message.task_id, task)
+            self._claimed.pop(task.message.task_id, None)
+
+    def unclaim(self, task: Task) -> None:
+        """Put back a task whose reply could not be recorded, so the node's next push is
+        taken; not if its stage closed meanwhile."""
+        with self._changed:
+            if self._claimed.pop(task.message.task_id, None) is not None:
+                self._outstanding[task.message.task_id] = task
 
     def cancel(self, task_ids: list[str]) -> None:
         """Close tasks whose round ended: their late replies are refused."""
         with self._changed:
             for task_id in task_ids:
+                self._claimed.pop(task_id, None)
                 task = self._outstanding.pop(task_id, None)
                 if task is None:
                     continue

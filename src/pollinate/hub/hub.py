@@ -104,6 +104,7 @@ class Hub:
         except PollinateError:
             self.fleet.unclaim(task)
             raise
+        self.fleet.settle(task)
         if recorded:
             task.replies.put(message)
 

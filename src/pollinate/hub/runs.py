@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable
 
 from pollinate.app import App
-from pollinate.errors import PollinateError, StorageError
+from pollinate.errors import AppError, PollinateError, StorageError
 from pollinate.hub.apps import check_archive, load_archive
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.grid import HubGrid, RunStopped
@@ -48,6 +49,7 @@ class Runs:
         """Unpack and check the app, record the run and start it; AppError if it is unusable,
         StorageError if the hub cannot record it."""
         apps = self.state.data_dir / "apps"
+        self.state.check_writable()  # the archive may be stored already: nothing new written
         digest = self.state.put_blob(archive)
         actual = check_archive(archive, declared_hash, apps, digest)
         app = load_archive(archive, apps, digest, overrides)
@@ -82,6 +84,13 @@ class Runs:
         try:
             archive = self.state.blob_path(row.archive).read_bytes()
             apps = self.state.data_dir / "apps"
+            try:
+                check_archive(archive, row.app_hash, apps, row.archive)
+            except AppError:
+                # unpacked files are not synced (the archive is): after a crash of the machine
+                # or a disk that failed, they may be empty; unpack them again
+                shutil.rmtree(apps / row.archive, ignore_errors=True)
+                check_archive(archive, row.app_hash, apps, row.archive)
             app = load_archive(archive, apps, row.archive, row.overrides)
             checkpoint = self.journal.load(row.run_id)
             where = "from the start" if checkpoint is None else f"after round {checkpoint.round}"

@@ -193,6 +193,12 @@ class HubState:
             finally:
                 os.close(directory)
 
+    def check_writable(self) -> None:
+        """StorageError unless the data dir takes a new file now. On a full disk SQLite may
+        still commit, into WAL pages it allocated before a checkpoint, while every new file
+        (checkpoint, reply) fails: new work asks for what it will need first."""
+        self.write_file(self.data_dir / "writable", [b"the hub writes here\n"])
+
     def blob_path(self, digest: str) -> Path:
         return self.data_dir / "blobs" / digest[:2] / digest
 

@@ -88,7 +88,9 @@ class _Loop:
             arrays, record = self._round(rnd, arrays)
             record.resumed = resume_from is not None and rnd == first
             history.rounds.append(record)
-            checkpoint(Checkpoint(rnd, arrays, self.strategy.state(), history))
+            checkpoint(
+                Checkpoint(rnd, arrays, self.strategy.state(), History(list(history.rounds)))
+            )
             self.emit(RoundFinished(record))
         return RunResult(arrays, history)
 
@@ -97,7 +99,7 @@ class _Loop:
         if arrays is None:
             arrays = self._initial_arrays()
         history = History([self._round_zero(arrays)])
-        checkpoint(Checkpoint(0, arrays, self.strategy.state(), history))
+        checkpoint(Checkpoint(0, arrays, self.strategy.state(), History(list(history.rounds))))
         self.emit(RoundFinished(history.rounds[0]))
         return arrays, history
 

@@ -1,0 +1,325 @@
+"""The journal: what a run needs to survive a crash of its hub, on a real data dir.
+
+Each test names an invariant of hub/journal.py: a reply is recorded at most once per task,
+a recorded reply is handed back when its task is sent again, and a checkpoint (with its
+history, from the run's log) is what a restarted hub resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pollinate.hub.journal import Journal
+from pollinate.hub.state import HubState
+from pollinate.records import Arrays, Message
+from pollinate.server.checkpoint import Checkpoint
+from pollinate.server.history import History, RoundRecord
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[HubState]:
+    state = HubState(tmp_path / "hub")
+    yield state
+    state.close()
+
+
+@pytest.fixture
+def journal(state: HubState) -> Journal:
+    return Journal(state)
+
+
+def instruction(node: int, rnd: int = 1, run: str = "r", kind: str = "fit") -> Message:
+    return Message(
+        kind,
+        task_id=f"{run}:{rnd}:{kind}:{node}",
+        run_id=run,
+        round=rnd,
+        node_id=node,
+        arrays=Arrays({"w": np.zeros(3, np.float32)}),
+    )
+
+
+def reply_to(task: Message, value: float = 1.0) -> Message:
+    arrays = Arrays(
+        {"w": np.full(3, value, np.float32), "layer/b": np.arange(4, dtype=np.int64).reshape(2, 2)}
+    )
+    return task.reply(arrays=arrays, num_examples=7, metrics={"acc": value})
+
+
+def reply_file(state: HubState, task: Message) -> Path:
+    row = state.task(task.task_id)
+    assert row is not None and row.reply is not None, f"{task.task_id} has no recorded reply"
+    return Path(row.reply)
+
+
+def replies_on_disk(state: HubState, run: str = "r") -> set[Path]:
+    return set((state.data_dir / "runs" / run / "replies").glob("*.pln"))
+
+
+def assert_same_reply(got: Message | None, expected: Message) -> None:
+    assert got is not None
+    assert (got.task_id, got.run_id, got.round, got.node_id, got.kind, got.is_reply) == (
+        expected.task_id,
+        expected.run_id,
+        expected.round,
+        expected.node_id,
+        expected.kind,
+        True,
+    )
+    assert (got.num_examples, got.metrics) == (expected.num_examples, expected.metrics)
+    assert list(got.arrays) == list(expected.arrays)
+    for name, array in expected.arrays.items():
+        assert got.arrays[name].dtype == array.dtype
+        np.testing.assert_array_equal(got.arrays[name], array)
+
+
+# --- a reply is recorded at most once per task id ---------------------------------------------
+
+
+def test_a_reply_is_recorded_at_most_once_per_task_and_the_first_one_stays(
+    state: HubState, journal: Journal
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    first, second = reply_to(task, 1.0), reply_to(task, 2.0)
+
+    assert journal.record(first) is True
+    assert journal.record(second) is False
+
+    assert journal.recorded(task.task_id) and not journal.pending(task.task_id)
+    assert len(replies_on_disk(state)) == 1
+    known = journal.open([task])
+    assert_same_reply(known[task.task_id], first)
+
+
+def test_a_reply_to_a_task_never_opened_is_not_recorded(state: HubState, journal: Journal) -> None:
+    assert journal.record(reply_to(instruction(1))) is False
+    assert state.task("r:1:fit:1") is None
+    assert not journal.recorded("r:1:fit:1") and not journal.pending("r:1:fit:1")
+    assert replies_on_disk(state) == set()
+
+
+def test_an_opened_task_is_pending_until_its_reply_is_recorded(journal: Journal) -> None:
+    task = instruction(1)
+    journal.open([task])
+    assert journal.pending(task.task_id) and not journal.recorded(task.task_id)
+    journal.record(reply_to(task))
+    assert journal.recorded(task.task_id) and not journal.pending(task.task_id)
+
+
+# --- open(): what a resumed round gets back ----------------------------------------------------
+
+
+def test_open_hands_back_recorded_replies_and_names_unanswered_tasks_but_not_new_ones(
+    journal: Journal,
+) -> None:
+    answered, unanswered, new = instruction(1), instruction(2), instruction(3)
+    assert journal.open([answered, unanswered]) == {}  # nothing was sent before
+    reply = reply_to(answered, 4.5)
+    journal.record(reply)
+
+    known = journal.open([answered, unanswered, new])  # the round, sent again after a restart
+
+    assert set(known) == {answered.task_id, unanswered.task_id}
+    assert_same_reply(known[answered.task_id], reply)
+    assert known[unanswered.task_id] is None
+    assert journal.pending(new.task_id)  # noted as sent now
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_bytes(b"not a wire message"),
+        lambda path: path.write_bytes(path.read_bytes()[:40]),
+        lambda path: path.write_bytes(b""),
+        lambda path: path.unlink(),
+    ],
+    ids=["garbage", "torn", "empty", "missing"],
+)
+def test_a_recorded_reply_that_cannot_be_read_is_asked_for_again(
+    state: HubState, journal: Journal, damage: Callable[[Path], object]
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    journal.record(reply_to(task, 1.0))
+    damage(reply_file(state, task))
+
+    assert journal.open([task]) == {task.task_id: None}
+
+    assert journal.pending(task.task_id)  # reopened: a reply is welcome again
+    again = reply_to(task, 2.0)
+    assert journal.record(again) is True
+    assert_same_reply(journal.open([task])[task.task_id], again)
+
+
+def test_closing_unanswered_tasks_keeps_the_answered_ones(journal: Journal) -> None:
+    answered, unanswered = instruction(1), instruction(2)
+    journal.open([answered, unanswered])
+    journal.record(reply_to(answered))
+
+    journal.close_unanswered([answered.task_id, unanswered.task_id])
+
+    assert journal.recorded(answered.task_id)
+    assert not journal.pending(unanswered.task_id)
+    assert journal.record(reply_to(unanswered)) is False  # its round ended
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def checkpoint(rnd: int, rounds: list[RoundRecord] | None = None) -> Checkpoint:
+    return Checkpoint(
+        rnd,
+        Arrays({"w": np.full((2, 3), rnd, np.float32), "conv/b": np.arange(3) + rnd}),
+        Arrays({"m/w": np.full((2, 3), 0.1 * rnd), "v/w": np.full((2, 3), 0.01 * rnd)}),
+        History(rounds or []),
+    )
+
+
+def record(rnd: int, replies: int | None = None) -> RoundRecord:
+    return RoundRecord(
+        round=rnd, replies=rnd + 1 if replies is None else replies, fit={"acc": rnd / 10}
+    )
+
+
+def saved_rounds(journal: Journal, run: str, last: int) -> None:
+    for rnd in range(last + 1):
+        journal.save(run, checkpoint(rnd), record(rnd))
+
+
+def test_a_run_without_a_checkpoint_loads_none(journal: Journal) -> None:
+    assert journal.load("r") is None
+
+
+def test_a_saved_checkpoint_loads_with_its_arrays_state_and_history(journal: Journal) -> None:
+    saved_rounds(journal, "r", 2)
+
+    loaded = journal.load("r")
+
+    assert loaded is not None and loaded.round == 2
+    expected = checkpoint(2)
+    for got, want in [
+        (loaded.arrays, expected.arrays),
+        (loaded.strategy_state, expected.strategy_state),
+    ]:
+        assert list(got) == list(want)
+        for name in want:
+            assert got[name].dtype == want[name].dtype
+            np.testing.assert_array_equal(got[name], want[name])
+    assert loaded.history.rounds == [record(0), record(1), record(2)]
+
+
+def test_the_history_has_each_round_once_and_the_later_line_of_a_round_wins(
+    state: HubState, journal: Journal
+) -> None:
+    saved_rounds(journal, "r", 1)
+    state.append_log("r", "round", json.dumps(record(1, replies=9).to_dict()))  # written twice
+    state.append_log("r", "status", "a line of another kind")
+    journal.save("r", checkpoint(2), record(2))
+
+    loaded = journal.load("r")
+
+    assert loaded is not None
+    assert [r.round for r in loaded.history.rounds] == [0, 1, 2]
+    assert loaded.history.rounds[1].replies == 9
+
+
+def test_the_history_ends_at_the_checkpoint_round(state: HubState, journal: Journal) -> None:
+    saved_rounds(journal, "r", 1)
+    state.append_log("r", "round", json.dumps(record(2).to_dict()))  # no checkpoint behind it
+    loaded = journal.load("r")
+    assert loaded is not None and loaded.round == 1
+    assert [r.round for r in loaded.history.rounds] == [0, 1]
+
+
+def test_the_history_is_per_run(journal: Journal) -> None:
+    saved_rounds(journal, "a", 2)
+    saved_rounds(journal, "b", 0)
+    b = journal.load("b")
+    assert b is not None and [r.round for r in b.history.rounds] == [0]
+
+
+def test_saving_a_checkpoint_replaces_the_previous_file(state: HubState, journal: Journal) -> None:
+    run_dir = state.data_dir / "runs" / "r"
+    journal.save("r", checkpoint(0), record(0))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-000000.pln"]
+    journal.save("r", checkpoint(1), record(1))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-000001.pln"]
+    assert state.run("r") is None  # the journal does not invent runs
+
+
+def test_saving_round_k_deletes_the_replies_of_rounds_up_to_k_and_keeps_later_ones(
+    state: HubState, journal: Journal
+) -> None:
+    round_one = [instruction(1, rnd=1), instruction(2, rnd=1, kind="evaluate")]
+    round_two = [instruction(1, rnd=2)]
+    journal.open([*round_one, *round_two])
+    for task in [*round_one, *round_two]:
+        journal.record(reply_to(task))
+    round_one_files = {reply_file(state, t) for t in round_one}
+    round_two_file = reply_file(state, round_two[0])
+
+    journal.save("r", checkpoint(1), record(1))
+
+    assert replies_on_disk(state) == {round_two_file}
+    assert not any(path.exists() for path in round_one_files)
+    assert all(state.task(t.task_id) is None for t in round_one)
+    assert journal.recorded(round_two[0].task_id)
+    assert_same_reply(journal.open(round_two)[round_two[0].task_id], reply_to(round_two[0]))
+
+
+def test_forgetting_a_run_deletes_its_replies_and_keeps_its_last_checkpoint(
+    state: HubState, journal: Journal
+) -> None:
+    mine, other = instruction(1, rnd=3), instruction(1, rnd=3, run="other")
+    journal.open([mine, other])
+    journal.record(reply_to(mine))
+    journal.record(reply_to(other))
+    saved_rounds(journal, "r", 2)
+
+    journal.forget("r")
+
+    assert replies_on_disk(state, "r") == set()
+    assert state.task(mine.task_id) is None
+    assert journal.recorded(other.task_id) and len(replies_on_disk(state, "other")) == 1
+    loaded = journal.load("r")
+    assert loaded is not None and loaded.round == 2
+    assert (state.data_dir / "runs" / "r" / "checkpoint-000002.pln").exists()
+
+
+# --- across a crash ----------------------------------------------------------------------------
+
+
+def test_a_hub_restarted_on_the_data_dir_sees_everything_that_was_recorded(
+    tmp_path: Path,
+) -> None:
+    before = HubState(tmp_path / "hub")
+    journal = Journal(before)
+    saved_rounds(journal, "r", 1)
+    answered, unanswered = instruction(1, rnd=2), instruction(2, rnd=2)
+    journal.open([answered, unanswered])
+    reply = reply_to(answered, 3.0)
+    journal.record(reply)
+    before.close()  # the process dies; nothing is written after this
+
+    after = HubState(tmp_path / "hub")
+    try:
+        again = Journal(after)
+        assert again.recorded(answered.task_id) and again.pending(unanswered.task_id)
+        assert again.record(reply_to(answered, 9.0)) is False  # at most once, across restarts
+
+        loaded = again.load("r")
+        assert loaded is not None and loaded.round == 1
+        assert [r.round for r in loaded.history.rounds] == [0, 1]
+        np.testing.assert_array_equal(loaded.arrays["w"], checkpoint(1).arrays["w"])
+
+        known = again.open([answered, unanswered])
+        assert_same_reply(known[answered.task_id], reply)
+        assert known[unanswered.task_id] is None
+    finally:
+        after.close()
