@@ -76,3 +76,27 @@ def test_killing_30_percent_of_the_nodes_in_every_round_costs_no_round(
         + f" s (deadline {ROUND_TIMEOUT:g} s); replies "
         + ", ".join(f"{r['replies']}/{NODES}" for r in history[1:])
     )
+
+
+def test_a_node_that_joins_mid_run_trains_from_the_next_round(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    app = write_tiny_app(tmp_path / "app", **{"num-rounds": 3, "gate-dir": str(gates)})
+    deployment.start_hub()
+    deployment.start_nodes([app, app])
+    run = deployment.start_run(app)
+    (gates / "r1").touch()
+    run.wait_for_output("round   1")
+    # round 2 was sampled from the two nodes as round 1 ended; the newcomer joins now
+    deployment.start_node(app, partition=2, partitions=3)
+    (gates / "r2").touch()
+    run.wait_for_output("round   2")
+    (gates / "r3").touch()
+    result = run.finish()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.history is not None
+    assert [r["replies"] for r in result.history[1:]] == [2, 2, 3]
+    assert all(r["failures"] == 0 for r in result.history)
