@@ -1,4 +1,4 @@
-"""The fleet across restarts: of a node (a new session) and of the hub (tasks sent again).
+"""The fleet across restarts: of a node (it asks for work again) and of the hub (tasks sent again).
 
 Heartbeat timeouts run on a virtual clock, so they are exact and instant. Each test names an
 invariant of hub/fleet.py.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pollinate.hub import fleet as fleet_module
-from pollinate.hub.fleet import Fleet, Refused, Task, UnknownTask
+from pollinate.hub.fleet import Fleet, Task, UnknownTask
 from pollinate.records import Arrays, Message
 
 
@@ -56,83 +56,73 @@ def taken(fleet: Fleet, *tasks: Task) -> None:
         assert fleet.next_task(t.message.node_id, 0) is t
 
 
-def queue_of(fleet: Fleet, node: int) -> list[Task]:
-    """Everything the node would pull now, in order (pulling it)."""
-    pulled = []
-    while (t := fleet.next_task(node, 0)) is not None:
-        pulled.append(t)
-    return pulled
+def pull(fleet: Fleet, node: int) -> Task | None:
+    """The node asks for work (and so says it holds none)."""
+    return fleet.next_task(node, 0)
 
 
 def reply_to(t: Task) -> Message:
     return t.message.reply(arrays=t.message.arrays, num_examples=1)
 
 
-# --- a restarted node gets the tasks its previous process took -----------------------------
+# --- a node that asks for work holds none -----------------------------------------------------
 
 
-def test_a_new_session_requeues_exactly_the_tasks_the_previous_process_took(
-    clock: Clock,
-) -> None:
+def test_a_task_taken_and_not_answered_is_given_again_ahead_of_the_queue(clock: Clock) -> None:
+    # the task was lost on its way to the node, or with the node's process (a restart)
     fleet = Fleet(heartbeat_timeout=30)
     fleet.heartbeat(1, "h", {}, session="first")
     fleet.heartbeat(2, "h", {}, session="other")
-    took_fit, took_eval, answered = task(1), task(1, "evaluate"), task(1, rnd=0)
-    waiting_a, waiting_b = task(1, rnd=2), task(1, "evaluate", rnd=2)
-    others = task(2)
-    taken(fleet, answered, took_fit, took_eval, others)
-    assert fleet.claim(1, reply_to(answered)) is answered
-    fleet.enqueue(waiting_a)
-    fleet.enqueue(waiting_b)
+    took, waiting, others = task(1), task(1, rnd=2), task(2)
+    taken(fleet, took, others)
+    fleet.enqueue(waiting)
 
-    fleet.heartbeat(1, "h", {}, session="second")  # node 1 was killed and started again
-
-    pulled = queue_of(fleet, 1)
-    assert set(pulled[:2]) == {took_fit, took_eval}  # what the dead process held comes first
-    assert pulled[2:] == [waiting_a, waiting_b]  # then the queue, in its order
-    assert queue_of(fleet, 2) == []  # another node's task stays where it is
-    assert fleet.claim(2, reply_to(others)) is others
-    for t in (took_fit, took_eval):  # the new process answers them
-        assert fleet.claim(1, reply_to(t)) is t
+    fleet.heartbeat(1, "h", {}, session="second")  # restarted (heartbeats alone change nothing)
+    assert pull(fleet, 1) is took
+    assert fleet.claim(1, reply_to(took)) is took
+    assert pull(fleet, 1) is waiting  # then the queue, in its order
+    assert fleet.claim(2, reply_to(others)) is others  # another node's task stays with it
 
 
-def test_a_requeued_task_waits_for_the_new_process_to_take_it(clock: Clock) -> None:
+def test_a_task_answered_is_not_given_again(clock: Clock) -> None:
     fleet = Fleet(heartbeat_timeout=30)
-    fleet.heartbeat(1, "h", {}, session="first")
+    fleet.heartbeat(1, "h", {})
     t = task(1)
     taken(fleet, t)
-    fleet.heartbeat(1, "h", {}, session="second")
-    assert not t.sent
-    with pytest.raises(Refused, match="never sent"):
-        fleet.claim(1, reply_to(t))  # not until the new process has it
-    assert queue_of(fleet, 1) == [t]
     assert fleet.claim(1, reply_to(t)) is t
+    assert pull(fleet, 1) is None
 
 
-@pytest.mark.parametrize("session", ["first", ""], ids=["same session", "no session"])
-def test_a_heartbeat_of_the_same_process_requeues_nothing(clock: Clock, session: str) -> None:
-    fleet = Fleet(heartbeat_timeout=30)
-    fleet.heartbeat(1, "h", {}, session="first")
-    t = task(1)
-    taken(fleet, t)
-
-    fleet.heartbeat(1, "h", {}, session=session)
-    fleet.heartbeat(1, "h", {}, session="first")  # a missing session does not forget the old
-
-    assert queue_of(fleet, 1) == []
-    assert t.sent
-    assert fleet.claim(1, reply_to(t)) is t
-
-
-def test_a_node_first_seen_without_a_session_requeues_nothing_when_one_appears(
+def test_a_task_a_node_takes_three_times_without_answering_fails_with_the_reason(
     clock: Clock,
 ) -> None:
     fleet = Fleet(heartbeat_timeout=30)
     fleet.heartbeat(1, "h", {})
     t = task(1)
-    taken(fleet, t)
+    fleet.enqueue(t)
+    for _ in range(fleet_module.MAX_SENDS):
+        assert pull(fleet, 1) is t
+    assert t.replies.empty()
+
+    assert pull(fleet, 1) is None  # not a fourth time: the node cannot answer it
+
+    failure = t.replies.get_nowait()
+    assert failure.task_id == t.message.task_id
+    assert failure.error == "node 1 took this task 3 times and never answered"
+    with pytest.raises(UnknownTask):
+        fleet.claim(1, reply_to(t))
+
+
+@pytest.mark.parametrize("session", ["first", "second", ""])
+def test_heartbeats_give_nothing_again(clock: Clock, session: str) -> None:
+    # a node busy with its task heartbeats: that says nothing about what it holds
+    fleet = Fleet(heartbeat_timeout=30)
     fleet.heartbeat(1, "h", {}, session="first")
-    assert queue_of(fleet, 1) == []
+    t = task(1)
+    taken(fleet, t)
+    fleet.heartbeat(1, "h", {}, session=session)
+    assert t.sent and t.sends == 1
+    assert fleet.claim(1, reply_to(t)) is t
 
 
 # --- heartbeat() says when a node arrives ---------------------------------------------------
@@ -221,7 +211,7 @@ def test_presuming_a_node_alive_does_not_reset_one_heard_from(clock: Clock) -> N
     fleet.presume_alive([1])
     assert fleet.node_config(1) == {"partition-id": "0"}
     assert fleet.heartbeat(1, "h", {}, session="a") is False
-    assert queue_of(fleet, 1) == []
+    assert t.sent and fleet.claim(1, reply_to(t)) is t
 
 
 # --- tasks sent before a hub restart -------------------------------------------------------
@@ -236,7 +226,7 @@ def test_a_task_sent_before_a_restart_can_be_answered_before_it_is_pulled(clock:
 
     assert fleet.claim(1, reply_to(t)) is t
 
-    assert queue_of(fleet, 1) == []  # answered: no node pulls it again
+    assert pull(fleet, 1) is None  # answered: no node pulls it again
     with pytest.raises(UnknownTask):
         fleet.claim(1, reply_to(t))
 
@@ -247,7 +237,8 @@ def test_a_task_sent_before_a_restart_stays_queued_until_its_reply_comes(clock: 
     fleet.heartbeat(1, "h", {}, session="a")
     t = task(1, sent=True)
     fleet.enqueue(t)
-    assert queue_of(fleet, 1) == [t]
+    assert pull(fleet, 1) is t
+    assert pull(fleet, 2) is None
     assert fleet.claim(1, reply_to(t)) is t
 
 
@@ -259,7 +250,9 @@ def test_a_task_sent_before_a_restart_is_queued_once_when_its_node_restarts(
     t = task(1, sent=True)
     fleet.enqueue(t)
     fleet.heartbeat(1, "h", {}, session="b")
-    assert queue_of(fleet, 1) == [t]
+    assert pull(fleet, 1) is t
+    assert fleet.claim(1, reply_to(t)) is t
+    assert pull(fleet, 1) is None
 
 
 # --- a reply that could not be recorded ----------------------------------------------------
@@ -274,7 +267,6 @@ def test_an_unclaimed_task_can_be_claimed_again(clock: Clock) -> None:
 
     fleet.unclaim(t)  # the hub could not record the reply: the node pushes it again
 
-    assert queue_of(fleet, 1) == []  # pushed again, not trained again
     assert fleet.claim(1, reply_to(t)) is t
     with pytest.raises(UnknownTask):
         fleet.claim(1, reply_to(t))

@@ -7,8 +7,9 @@ Invariants:
   for a dead node (nor for one it sampled just before the node fell silent);
 - the hub never dials a node: nodes long-poll ``next_task``, one poll at a time, so a newer
   poll from a node supersedes an older one still waiting;
-- a node that restarted (a heartbeat with a new session) gets the tasks its previous process
-  took and cannot answer any more: a round needs replies, not the process that left;
+- a node that asks for work holds none (a node works one task at a time, and pushes its
+  reply before it pulls again): tasks it took and did not answer were lost on the way, or
+  with a process that restarted, and are given to it again;
 - after a hub restart, the nodes alive before it are presumed alive for one heartbeat
   timeout: a resumed round samples the fleet it had, and a node that does not come back
   fails its tasks as any silent node does.
@@ -28,6 +29,10 @@ from pollinate.errors import PollinateError
 from pollinate.records import Config, Message
 
 log = logging.getLogger("pollinate.hub")
+
+
+MAX_SENDS = 3
+"""A task a node took this often without answering fails, rather than being sent again."""
 
 
 class Refused(PollinateError):
@@ -53,6 +58,7 @@ class Task:
     sent: bool = False
     """Taken by the node; a task sent again after a hub restart may have been taken before
     it, so it counts as sent (and stays queued) until its reply comes."""
+    sends: int = 0
 
 
 @dataclass
@@ -90,7 +96,7 @@ class Fleet:
             elif node.last_seen == 0.0:
                 log.info("node %d is back", node_id)
             if session and node.session and session != node.session:
-                self._resend_taken(node_id, node)
+                log.info("node %d restarted", node_id)
             node.last_seen, node.app_hash, node.node_config = (
                 time.monotonic(),
                 app_hash,
@@ -99,21 +105,6 @@ class Fleet:
             node.session = session or node.session
             self._changed.notify_all()
             return arrived
-
-    def _resend_taken(self, node_id: int, node: _Node) -> None:
-        taken = [
-            t
-            for t in self._outstanding.values()
-            if t.message.node_id == node_id and t.sent and t not in node.queue
-        ]
-        for task in taken:
-            task.sent = False
-        node.queue.extendleft(reversed(taken))  # ahead of the untaken ones, in their order
-        log.warning(
-            "node %d restarted; %d task(s) its previous process took are sent again",
-            node_id,
-            len(taken),
-        )
 
     def presume_alive(self, node_ids: list[int]) -> None:
         """Count these nodes alive from now (until they miss the heartbeat timeout)."""
@@ -167,6 +158,7 @@ class Fleet:
         deadline = time.monotonic() + wait
         with self._changed:
             ticket = self._polls[node_id] = self._polls.get(node_id, 0) + 1
+            self._take_back(node_id)
             self._changed.notify_all()
             while True:
                 if self._closed or self._polls[node_id] != ticket:
@@ -177,11 +169,39 @@ class Fleet:
                 if node is not None and node.queue:
                     task = node.queue.popleft()
                     task.sent = True
+                    task.sends += 1
                     return task
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._changed.wait(remaining)
+
+    def _take_back(self, node_id: int) -> None:
+        """Queue again, ahead of the rest and in order, what the node took and did not
+        answer: it asks for work, so it holds none."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return
+        taken = [
+            t
+            for t in self._outstanding.values()
+            if t.message.node_id == node_id and t.sent and t not in node.queue
+        ]
+        for task in taken:
+            task.sent = False
+            if task.sends >= MAX_SENDS:  # not lost: the node cannot answer it
+                del self._outstanding[task.message.task_id]
+                reason = f"node {node_id} took this task {task.sends} times and never answered"
+                task.replies.put(task.message.reply(error=reason))
+        again = [t for t in taken if t.message.task_id in self._outstanding]
+        node.queue.extendleft(reversed(again))
+        if again:
+            log.warning(
+                "node %d asks for work without answering %s: sent again (lost on the way, "
+                "or the node restarted)",
+                node_id,
+                ", ".join(t.message.task_id for t in again),
+            )
 
     def claim(self, node_id: int, message: Message) -> Task:
         """The outstanding task ``message`` replies to, removed; Refused if there is none."""
