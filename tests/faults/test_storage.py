@@ -66,7 +66,7 @@ def _skip_unless_mounted(done: subprocess.CompletedProcess[str], what: str) -> N
 
 
 @pytest.fixture
-def full_disk(deployment: Deployment) -> Iterator[Path]:
+def tmpfs(deployment: Deployment) -> Iterator[Path]:
     """The hub's data dir on an 8 MiB tmpfs, mounted before the hub starts and unmounted after
     every process of the deployment is gone."""
     data_dir = deployment.directory / "hub-data"
@@ -102,7 +102,12 @@ class Ext4:
     def repair(self) -> None:
         """Unmount, check and mount again, as an administrator does (the kernel keeps a file
         system it switched to read-only so until it is unmounted)."""
-        _unmount(self.data_dir)
+        r = subprocess.run(["umount", str(self.data_dir)], capture_output=True, text=True)
+        print("DEBUG umount", r.returncode, r.stderr, subprocess.run(["losetup", "-j", str(self.image)], capture_output=True, text=True).stdout)
+        if r.returncode:
+            print("DEBUG fuser", subprocess.run(["fuser", "-vm", str(self.data_dir)], capture_output=True, text=True))
+            print("DEBUG lsof", subprocess.run(f"ls -l /proc/*/fd 2>/dev/null | grep hub-data; grep hub-data /proc/*/maps", shell=True, capture_output=True, text=True).stdout[:3000])
+            _unmount(self.data_dir)
         fsck = subprocess.run(
             ["e2fsck", "-fy", str(self.image)], capture_output=True, text=True, check=False
         )
@@ -249,7 +254,7 @@ def _hub(deployment: Deployment) -> Process:
 
 
 def test_a_full_disk_pauses_the_run_refuses_new_work_and_the_run_goes_on_once_freed(
-    deployment: Deployment, full_disk: Path, tmp_path: Path
+    deployment: Deployment, tmpfs: Path, tmp_path: Path
 ) -> None:
     """Fault: the hub's data dir (a tmpfs) is filled to its last page after round 2 of an
     8-round run is recorded, for a few seconds, then the filler is deleted.
@@ -263,12 +268,12 @@ def test_a_full_disk_pauses_the_run_refuses_new_work_and_the_run_goes_on_once_fr
     the disk was freed.
     """
     app, run, run_id = start_run(deployment, tmp_path)
-    db = sqlite3.connect(full_disk / "hub.db", timeout=10)
+    db = sqlite3.connect(tmpfs / "hub.db", timeout=10)
     try:
         print("DEBUG ckpt", db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall())
     finally:
         db.close()
-    filler = fill(full_disk)
+    filler = fill(tmpfs)
     filled = time.monotonic()
     before = recorded_rounds(deployment, run_id)
     assert len(before) >= FAULT_AFTER_ROUND + 1
@@ -345,3 +350,42 @@ def test_a_read_only_data_dir_pauses_the_run_and_a_restarted_hub_resumes_it(
         f"{len(after)} rounds on disk after the repair; the restarted hub resumed after round "
         f"{resumed_round[1]} and the run finished with every round once and the predicted model"
     )
+
+
+def test_a_hub_started_on_a_read_only_data_dir_resumes_its_run_once_the_dir_is_writable(
+    deployment: Deployment, tmpfs: Path, tmp_path: Path
+) -> None:
+    """Fault: after round 2 of an 8-round run is recorded, the hub is SIGKILLed, its data dir
+    (a tmpfs) remounted read-only, and a new hub started on it; later remounted read-write
+    under the running hub.
+
+    Expectation: the hub starts and serves; submissions are refused with the clear error;
+    ``pollinate ls`` shows the run paused with the reason; once the data dir is writable the
+    run resumes by itself (no other restart) from its last recorded round and finishes with
+    every round once and each entry of the model at 8 * 14/6.
+
+    Measured: how long the run took to go on after the remount.
+    """
+    app, run, run_id = start_run(deployment, tmp_path)
+    _hub(deployment).kill()
+    remounted = _mount("-o", "remount,ro", str(tmpfs))
+    assert remounted.returncode == 0, remounted.stderr
+    recorded = progress(deployment, run_id)
+    deployment.restart_hub()
+    detail = paused_detail(deployment, run_id)
+    print("DEBUG", detail)
+    check_refused(deployment, app, tmp_path)
+    remounted = _mount("-o", "remount,rw", str(tmpfs))
+    assert remounted.returncode == 0, remounted.stderr
+    writable = time.monotonic()
+    wait_for(
+        lambda: progress(deployment, run_id)[1] > recorded[1],
+        "the run to record a round after the remount",
+        timeout=30,
+    )
+    went_on = time.monotonic() - writable
+    check_finished(deployment, run, run_id)
+    log = deployment.cli("log", run_id, "--hub", deployment.control)
+    expected = f"hub restarted (restart 1): run {run_id} resumes after round {recorded[1]}"
+    assert expected in log.stdout, log.stdout + log.stderr
+    print(f"measured: {went_on:.1f}")
