@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,17 +77,25 @@ def hub_command(
             f"reach {address} can join this fleet and read its models. Local experiments "
             "only.[/]"
         )
-    else:
-        host = address.rpartition(":")[0]
-        ips = ["127.0.0.1"] + ([host] if _is_ip(host) and host != "0.0.0.0" else [])
-        names = ["localhost", *(hostname or [])] + ([] if _is_ip(host) else [host])
-        credentials = HubCredentials.load_or_create(_mkdir(data_dir), names, ips, cert_lifetime)
-    hub = Hub(
-        data_dir,
-        heartbeat_timeout=heartbeat_timeout,
-        heartbeat_interval=max(heartbeat_timeout / 6, 0.2),
-        credentials=credentials,
-    )
+    try:
+        if not insecure:
+            host = address.rpartition(":")[0]
+            ips = ["127.0.0.1"] + ([host] if _is_ip(host) and host != "0.0.0.0" else [])
+            names = ["localhost", *(hostname or [])] + ([] if _is_ip(host) else [host])
+            credentials = HubCredentials.load_or_create(_mkdir(data_dir), names, ips, cert_lifetime)
+        hub = Hub(
+            data_dir,
+            heartbeat_timeout=heartbeat_timeout,
+            heartbeat_interval=max(heartbeat_timeout / 6, 0.2),
+            credentials=credentials,
+        )
+    except (PollinateError, OSError, sqlite3.Error) as exc:
+        raise fail(
+            PollinateError(
+                f"the hub cannot start on its data dir {data_dir}: {exc}.\nHint: the data dir "
+                "must be writable when the hub starts (it creates its database and CA there)."
+            )
+        ) from None
     servers = serve(hub, address, control_address, enrol_address or _next_to(address, -1))
     enrol = f", enrolment on port {servers.enrol_port}" if servers.enrol_port else ""
     console.print(

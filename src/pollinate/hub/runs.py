@@ -22,7 +22,7 @@ from pollinate.app import App
 from pollinate.errors import AppError, PollinateError, StorageError
 from pollinate.hub.apps import check_archive, load_archive
 from pollinate.hub.fleet import Fleet
-from pollinate.hub.grid import HubGrid, RunStopped
+from pollinate.hub.grid import STORAGE_RETRY_SECONDS, HubGrid, RunStopped
 from pollinate.hub.journal import Journal
 from pollinate.hub.state import HubState, RunRow
 from pollinate.server.app import ServerApp
@@ -94,15 +94,12 @@ class Runs:
             app = load_archive(archive, apps, row.archive, row.overrides)
             checkpoint = self.journal.load(row.run_id)
             where = "from the start" if checkpoint is None else f"after round {checkpoint.round}"
-            self.log(
-                row.run_id,
-                "resume",
-                f"hub restarted (restart {restart}): run {row.run_id} resumes {where}",
-            )
-            self._start(row.run_id, app, row.app_hash, row.rounds, row.seed, checkpoint)
+            note = f"hub restarted (restart {restart}): run {row.run_id} resumes {where}"
+            self._start(row.run_id, app, row.app_hash, row.rounds, row.seed, checkpoint, note)
         except (PollinateError, OSError) as exc:
             log.exception("run %s cannot resume", row.run_id)
-            self._finish(row.run_id, "failed", f"cannot resume after a hub restart: {exc}")
+            with contextlib.suppress(StorageError):  # else the next hub tries again
+                self._record_end(row.run_id, "failed", f"cannot resume after a hub restart: {exc}")
 
     def _start(
         self,
@@ -112,11 +109,12 @@ class Runs:
         rounds: int,
         seed: int,
         resume_from: Checkpoint | None,
+        resume_note: str = "",
     ) -> None:
         grid = HubGrid(self.fleet, self.journal, run_id, app_hash, app.config)
         thread = threading.Thread(
             target=self._run,
-            args=(run_id, app.server_app, grid, rounds, seed, resume_from),
+            args=(run_id, app.server_app, grid, rounds, seed, resume_from, resume_note),
             name=f"run-{run_id}",
             daemon=True,
         )
@@ -156,10 +154,13 @@ class Runs:
         rounds: int,
         seed: int,
         resume_from: Checkpoint | None,
+        resume_note: str,
     ) -> None:
         handler = _RunLogHandler(self, run_id)
         logging.getLogger("pollinate").addHandler(handler)
         try:
+            if resume_note:  # a hub started on a data dir that takes no writes waits for it
+                grid.until_stored(lambda: self.log(run_id, "resume", resume_note))
             server_app = server_app_fn()
             if rounds >= 0:
                 server_app.num_rounds = rounds
@@ -191,18 +192,27 @@ class Runs:
             self.changed.notify_all()
 
     def _finish(self, run_id: str, status: str, detail: str) -> None:
-        try:
-            # the last line goes in before the status changes: a follower that sees the run
-            # ended reads the log once more and must find that line there
-            self.state.append_log(
-                run_id, "status", f"run {run_id} {status}" + (f": {detail}" if detail else "")
-            )
-            self.state.update_run(run_id, status=status, detail=detail)
-            self.journal.forget(run_id)
-        except StorageError as exc:
-            # still "running" on disk: the next hub on this data dir resumes it from its
-            # last checkpoint and ends it again
-            log.error("run %s %s, but the hub could not record it: %s", run_id, status, exc)
+        """Record that the run ended, retrying while the data dir refuses writes: a run shown
+        "running" with no thread behind it would hold its followers forever."""
+        warned = False
+        while True:
+            try:
+                self._record_end(run_id, status, detail)
+                return
+            except StorageError as exc:
+                if not warned:
+                    log.error("run %s %s; recording it waits for the disk: %s", run_id, status, exc)
+                warned = True
+                time.sleep(STORAGE_RETRY_SECONDS)
+
+    def _record_end(self, run_id: str, status: str, detail: str) -> None:
+        # the last line goes in before the status changes: a follower that sees the run
+        # ended reads the log once more and must find that line there
+        self.state.append_log(
+            run_id, "status", f"run {run_id} {status}" + (f": {detail}" if detail else "")
+        )
+        self.state.update_run(run_id, status=status, detail=detail)
+        self.journal.forget(run_id)
         with self.changed:
             self.changed.notify_all()
 

@@ -5,6 +5,7 @@ Layout of a data dir::
     hub.db              runs, nodes, log entries, tasks, checkpoints (and the security tables)
     blobs/ab/abcd...    content-addressed files (app archives), named by SHA-256
     runs/RUN/...        each run's checkpoint and the replies of its current round (journal.py)
+    writable            a probe: new work first checks that the data dir takes a new file
 
 One connection, guarded by a lock: the hub's threads take turns; SQLite's WAL lets readers in
 other processes look at the database while the hub writes. Transactions are synchronous=FULL:
@@ -119,13 +120,17 @@ class HubState:
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.connection = sqlite3.connect(
-            self.data_dir / "hub.db", check_same_thread=False, isolation_level=None
-        )
-        self.connection.execute("PRAGMA journal_mode=WAL")
-        self.connection.execute("PRAGMA synchronous=FULL")
+        self.connection = self._connect()
         self.connection.executescript(_SCHEMA)
         self.lock = threading.RLock()
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.data_dir / "hub.db", check_same_thread=False, isolation_level=None
+        )
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        return connection
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -145,8 +150,16 @@ class HubState:
         try:
             yield
         except sqlite3.OperationalError as exc:
-            if not getattr(exc, "sqlite_errorname", "").startswith(_STORAGE_FAILURES):
+            name = getattr(exc, "sqlite_errorname", "")
+            if not name.startswith(_STORAGE_FAILURES):
                 raise
+            if name == "SQLITE_READONLY":
+                # opened while the data dir was read-only, the database stays read-only for
+                # this connection: open it again, so the next try writes if the dir allows
+                # (closed first: connections of one process share its read-only -shm)
+                with self.lock:
+                    self.connection.close()
+                    self.connection = self._connect()
             raise self.storage_error(exc) from exc
         except OSError as exc:
             raise self.storage_error(exc) from exc

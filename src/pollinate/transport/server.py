@@ -187,7 +187,10 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
         if self.secure or not request.name:
             node_id = self._identify(context)
         else:
-            node_id = self.hub.node_id_for_name(request.name)
+            try:
+                node_id = self.hub.node_id_for_name(request.name)
+            except StorageError as exc:  # a new name needs a row: the node tries again later
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         self.hub.heartbeat(node_id, request.app_hash, dict(request.node_config), request.session)
         return pb.HeartbeatReply(node_id=node_id, interval_seconds=self.hub.heartbeat_interval)
 
