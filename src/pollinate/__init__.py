@@ -9,23 +9,32 @@ from pollinate.aggregate import weighted_average
 from pollinate.client import Client, Context, NumPyClient
 from pollinate.errors import AppError, ClientError, PollinateError, RunError, WireError
 from pollinate.records import Arrays, Config, Message, Metrics
-from pollinate.server import Grid, History, RoundRecord, RunResult, ServerApp
-from pollinate.simulation import SimulationGrid, run_simulation
+from pollinate.server import Grid, History, RoundRecord, RunResult, ServerApp, Validation
+from pollinate.simulation import Adversaries, SimulationGrid, Stragglers, run_simulation
 from pollinate.strategy import (
+    Bulyan,
     FedAdagrad,
     FedAdam,
     FedAvg,
     FedAvgM,
+    FedBuff,
+    FedMedian,
     FedProx,
+    FedTrimmedAvg,
     FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
     Strategy,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adversaries",
     "AppError",
     "Arrays",
+    "Bulyan",
     "Client",
     "ClientError",
     "Config",
@@ -34,20 +43,28 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBuff",
+    "FedMedian",
     "FedProx",
+    "FedTrimmedAvg",
     "FedYogi",
     "Grid",
     "History",
+    "Krum",
     "Message",
     "Metrics",
+    "MultiKrum",
     "NumPyClient",
     "PollinateError",
+    "QFedAvg",
     "RoundRecord",
     "RunError",
     "RunResult",
     "ServerApp",
     "SimulationGrid",
+    "Stragglers",
     "Strategy",
+    "Validation",
     "WireError",
     "__version__",
     "run_simulation",

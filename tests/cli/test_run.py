@@ -70,6 +70,17 @@ def test_overrides_change_the_run(tmp_path: Path) -> None:
         (["--config", "learning_rate=1"], "Did you mean 'learning-rate'"),
         (["--config", "learning-rate"], "is not KEY=VALUE"),
         (["--clients", "1"], "needs 2 clients for fit but only 1"),
+        (["--adversaries", "1.5", "--attack", "sign-flip"], "in [0, 1], got 1.5"),
+        (["--adversaries", "nan", "--attack", "scale"], "in [0, 1], got nan"),
+        (["--adversaries", "0.2", "--attack", "sign-flp"], "(did you mean 'sign-flip'?)"),
+        (["--adversaries", "0.2"], "--adversaries 0.2 needs --attack NAME, one of sign-flip"),
+        (["--attack", "scale"], "need --adversaries FRACTION"),
+        (["--adversaries", "0.2", "--attack", "scale", "--attack-scale", "-1"], "> 0, got -1.0"),
+        (
+            ["--adversaries", "0.2", "--attack", "label-flip", "--attack-noise-std", "2"],
+            "noise_std 2.0 has no effect on attack 'label-flip'",
+        ),
+        (["--adversaries", "0.2", "--attack", "scale", "--hub", "h:1"], "cannot be combined"),
     ],
 )
 def test_user_errors_get_a_message_and_no_traceback(args: list[str], message: str) -> None:
@@ -77,6 +88,27 @@ def test_user_errors_get_a_message_and_no_traceback(args: list[str], message: st
     assert done.returncode == 2
     assert message in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_adversaries_attack_and_the_run_says_who_and_how(tmp_path: Path) -> None:
+    done = pollinate(
+        "run",
+        str(DEMO),
+        *("--rounds", "2", "--adversaries", "0.3", "--attack", "scale", "--attack-scale", "4"),
+        *("--out", str(tmp_path)),
+    )
+    assert done.returncode == 0, done.stderr
+    line = "adversaries: 6 of 20 clients ("
+    assert line in done.stdout and "attack with scale (scale 4.0)" in done.stdout
+    assert done.stdout.rindex(line) > done.stdout.index("run summary")
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 3
+
+
+def test_an_attack_error_is_one_line_without_the_python_hint() -> None:
+    done = pollinate("run", str(DEMO), "--adversaries", "0.2", "--attack", "gaussian")
+    assert done.returncode == 2
+    assert "did you mean 'gaussian-noise'?" in " ".join(done.stderr.split())
+    assert "Hint" not in done.stderr and done.stderr.count("error:") == 1
 
 
 def test_a_missing_app_directory_is_explained(tmp_path: Path) -> None:
@@ -88,5 +120,9 @@ def test_a_missing_app_directory_is_explained(tmp_path: Path) -> None:
 def test_help_explains_every_option() -> None:
     done = pollinate("run", "--help")
     assert done.returncode == 0
-    for option in ("--rounds", "--clients", "--seed", "--config", "--out", "--concurrency"):
+    options = ("--rounds", "--clients", "--seed", "--config", "--out", "--concurrency")
+    attacks = ("--adversaries", "--attack", "--attack-scale", "--attack-noise-std")
+    for option in (*options, *attacks):
         assert option in done.stdout
+    for attack in ("sign-flip", "scale", "gaussian-noise", "label-flip"):
+        assert attack in done.stdout

@@ -6,7 +6,8 @@ one partition slow from a given round on (``slow-partition``, ``slow-round``,
 ``slow-seconds``), leave a file per fit in ``marker-dir`` (``fit-p{partition}-r{round}``, a
 line per fit, written before any sleeping: a test knows the fit has started, and how often it
 ran), hold every fit of round ``r`` until a file ``r{r}`` appears in ``gate-dir`` (so a test paces
-the rounds), set the strategy's ``round_timeout`` (``round-timeout``, 0: none) and name the
+the rounds), set the strategy's ``round_timeout`` (``round-timeout``, 0: none), bound the update norm
+(``max-norm``, 0: none; partition ``p``'s update has norm ``2 (p + 1)``) and name the
 strategy (``strategy``; an unknown name makes ``server_fn`` raise).
 """
 
@@ -27,6 +28,7 @@ DEFAULTS: dict[str, Scalar] = {
     "marker-dir": "",
     "gate-dir": "",
     "round-timeout": 0.0,
+    "max-norm": 0.0,
 }
 
 PYPROJECT = """\
@@ -49,7 +51,7 @@ SERVER = """\
 import numpy as np
 
 import pollinate
-from pollinate import Arrays, ServerApp
+from pollinate import Arrays, ServerApp, Validation
 
 
 def server_fn(run_config):
@@ -66,6 +68,7 @@ def server_fn(run_config):
         num_rounds=int(run_config["num-rounds"]),
         initial_arrays=Arrays({"w": np.zeros(4)}),
         round_timeout=float(run_config["round-timeout"]) or None,
+        validation=Validation(max_norm=float(run_config["max-norm"]) or None),
     )
 """
 

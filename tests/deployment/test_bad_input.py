@@ -136,3 +136,26 @@ def test_replies_with_no_place_are_refused_with_the_reason_and_the_run_goes_on(
     assert result.history is not None
     for record in result.history[1:]:  # alice's reply pushed twice counts once
         assert (record["replies"], record["failures"]) == (2, 0)
+
+
+def test_an_update_that_fails_validation_is_rejected_and_the_log_says_why(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # partition p adds p + 1 to four entries: update norms 2, 4 and 6; the bound is 5
+    app = write_tiny_app(tmp_path / "app", **{"num-rounds": 2, "max-norm": 5.0})
+    deployment.start_hub()
+    nodes = deployment.start_nodes([app] * 3)
+    result = deployment.run(app)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.history is not None
+    for record in result.history[1:]:
+        assert (record["replies"], record["failures"], record["rejected"]) == (2, 1, 1)
+        [rejection] = record["failed"]
+        assert rejection["node_id"] == nodes[2].node_id
+    assert "1 rejected" in result.stdout
+    log = deployment.cli("log", result.run_id, "--hub", deployment.control).stdout
+    assert f"update from node {nodes[2].node_id} rejected: update norm 6 exceeds max_norm=5" in log
+    # the two accepted updates moved the model: (1 * 1 + 2 * 2) / 3 per entry and round
+    losses = [r["centralized"]["loss"] for r in result.history]
+    assert losses[2] - losses[1] == pytest.approx(4 * 5 / 3)

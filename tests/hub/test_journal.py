@@ -1,24 +1,30 @@
 """The journal: what a run needs to survive a crash of its hub, on a real data dir.
 
-Each test names an invariant of hub/journal.py: a reply is recorded at most once per task,
-a recorded reply is handed back when its task is sent again, and a checkpoint (with its
-history, from the run's log) is what a restarted hub resumes from.
+Each test names an invariant of hub/journal.py: a reply is recorded at most once per task
+(also when two pushes of it race), a recorded reply is handed back when its task is sent
+again, and a checkpoint (with its history, from the run's log) is what a restarted hub
+resumes from.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pollinate.hub.journal import Journal
+from pollinate import wire
+from pollinate.errors import StorageError, WireError
+from pollinate.hub.journal import Journal, Opened
 from pollinate.hub.state import HubState
 from pollinate.records import Arrays, Message
 from pollinate.server.checkpoint import Checkpoint
 from pollinate.server.history import History, RoundRecord
+
+TIMEOUT = 10.0
 
 
 @pytest.fixture
@@ -57,6 +63,11 @@ def reply_file(state: HubState, task: Message) -> Path:
     return Path(row.reply)
 
 
+def has_reply(journal: Journal, task: Message) -> bool:
+    row = journal.task(task.task_id)
+    return row is not None and row.reply is not None
+
+
 def replies_on_disk(state: HubState, run: str = "r") -> set[Path]:
     return set((state.data_dir / "runs" / run / "replies").glob("*.pln"))
 
@@ -89,27 +100,58 @@ def test_a_reply_is_recorded_at_most_once_per_task_and_the_first_one_stays(
     first, second = reply_to(task, 1.0), reply_to(task, 2.0)
 
     assert journal.record(first) is True
-    assert journal.record(second) is False
+    assert journal.record(second) is True  # the task has its reply: the push is not refused
 
-    assert journal.recorded(task.task_id) and not journal.pending(task.task_id)
     assert len(replies_on_disk(state)) == 1
-    known = journal.open([task])
-    assert_same_reply(known[task.task_id], first)
+    assert_same_reply(journal.open([task]).answered[task.task_id], first)
 
 
 def test_a_reply_to_a_task_never_opened_is_not_recorded(state: HubState, journal: Journal) -> None:
     assert journal.record(reply_to(instruction(1))) is False
-    assert state.task("r:1:fit:1") is None
-    assert not journal.recorded("r:1:fit:1") and not journal.pending("r:1:fit:1")
+    assert journal.task("r:1:fit:1") is None
     assert replies_on_disk(state) == set()
 
 
-def test_an_opened_task_is_pending_until_its_reply_is_recorded(journal: Journal) -> None:
+def test_an_opened_task_has_no_reply_until_one_is_recorded(journal: Journal) -> None:
     task = instruction(1)
     journal.open([task])
-    assert journal.pending(task.task_id) and not journal.recorded(task.task_id)
+    row = journal.task(task.task_id)
+    assert row is not None and (row.run_id, row.round, row.node_id, row.reply) == ("r", 1, 1, None)
     journal.record(reply_to(task))
-    assert journal.recorded(task.task_id) and not journal.pending(task.task_id)
+    assert has_reply(journal, task)
+
+
+def test_two_pushes_of_one_reply_recorded_at_once_leave_one_file_and_one_reply(
+    state: HubState, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    both_written = threading.Barrier(2, timeout=TIMEOUT)
+    written: list[Path] = []
+    write_file = state.write_file
+
+    def write_then_wait(path: Path, pieces: Iterable[bytes | memoryview]) -> None:
+        write_file(path, pieces)
+        written.append(path)
+        both_written.wait()  # neither push notes its file before both are on disk
+
+    monkeypatch.setattr(state, "write_file", write_then_wait)
+    pushes = {1.0: reply_to(task, 1.0), 2.0: reply_to(task, 2.0)}
+    results: dict[float, bool] = {}
+    threads = [
+        threading.Thread(target=lambda v=v: results.update({v: journal.record(pushes[v])}))
+        for v in pushes
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+
+    assert results == {1.0: True, 2.0: True}  # each push is told its task has its reply
+    assert len(set(written)) == 2  # each wrote its own file...
+    assert replies_on_disk(state) == {reply_file(state, task)}  # ...and the loser deleted its
+    recorded = journal.open([task]).answered[task.task_id]
+    assert_same_reply(recorded, pushes[recorded.metrics["acc"]])
 
 
 # --- open(): what a resumed round gets back ----------------------------------------------------
@@ -119,16 +161,17 @@ def test_open_hands_back_recorded_replies_and_names_unanswered_tasks_but_not_new
     journal: Journal,
 ) -> None:
     answered, unanswered, new = instruction(1), instruction(2), instruction(3)
-    assert journal.open([answered, unanswered]) == {}  # nothing was sent before
+    assert journal.open([answered, unanswered]) == Opened()  # nothing was sent before
     reply = reply_to(answered, 4.5)
     journal.record(reply)
 
-    known = journal.open([answered, unanswered, new])  # the round, sent again after a restart
+    opened = journal.open([answered, unanswered, new])  # the round, sent again after a restart
 
-    assert set(known) == {answered.task_id, unanswered.task_id}
-    assert_same_reply(known[answered.task_id], reply)
-    assert known[unanswered.task_id] is None
-    assert journal.pending(new.task_id)  # noted as sent now
+    assert list(opened.answered) == [answered.task_id]
+    assert_same_reply(opened.answered[answered.task_id], reply)
+    assert opened.sent_before == {unanswered.task_id}
+    assert journal.task(new.task_id) is not None  # noted as sent now
+    assert journal.open([new]).sent_before == {new.task_id}
 
 
 @pytest.mark.parametrize(
@@ -149,12 +192,12 @@ def test_a_recorded_reply_that_cannot_be_read_is_asked_for_again(
     journal.record(reply_to(task, 1.0))
     damage(reply_file(state, task))
 
-    assert journal.open([task]) == {task.task_id: None}
+    assert journal.open([task]) == Opened(sent_before=frozenset({task.task_id}))
 
-    assert journal.pending(task.task_id)  # reopened: a reply is welcome again
+    assert not has_reply(journal, task)  # reopened: a reply is welcome again
     again = reply_to(task, 2.0)
     assert journal.record(again) is True
-    assert_same_reply(journal.open([task])[task.task_id], again)
+    assert_same_reply(journal.open([task]).answered[task.task_id], again)
 
 
 def test_closing_unanswered_tasks_keeps_the_answered_ones(journal: Journal) -> None:
@@ -164,9 +207,37 @@ def test_closing_unanswered_tasks_keeps_the_answered_ones(journal: Journal) -> N
 
     journal.close_unanswered([answered.task_id, unanswered.task_id])
 
-    assert journal.recorded(answered.task_id)
-    assert not journal.pending(unanswered.task_id)
+    assert has_reply(journal, answered)
+    assert journal.task(unanswered.task_id) is None
     assert journal.record(reply_to(unanswered)) is False  # its round ended
+
+
+# --- a run waiting for its disk ------------------------------------------------------------------
+
+
+def test_a_reply_the_disk_refuses_is_not_recorded_and_pauses_its_run_until_the_disk_takes_writes(
+    state: HubState, journal: Journal
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    run_dir = state.data_dir / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "replies").write_text("a file where the replies' folder goes")  # writes fail
+    (state.data_dir / "writable").mkdir()  # and so does the probe of the data dir
+
+    with pytest.raises(StorageError, match="cannot write to its data dir"):
+        journal.record(reply_to(task))
+
+    assert not has_reply(journal, task)
+    problem = journal.unrecorded("r")
+    assert "cannot write to its data dir" in problem
+    assert journal.unrecorded("r") == problem  # still refused: still paused
+    assert journal.unrecorded("other") == ""  # other runs are not paused by it
+
+    (state.data_dir / "writable").rmdir()  # the disk takes writes again (replies: not yet)
+
+    assert journal.unrecorded("r") == ""  # no new reply needed to find out
+    assert not has_reply(journal, task)  # the node pushes it again
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -212,6 +283,31 @@ def test_a_saved_checkpoint_loads_with_its_arrays_state_and_history(journal: Jou
             assert got[name].dtype == want[name].dtype
             np.testing.assert_array_equal(got[name], want[name])
     assert loaded.history.rounds == [record(0), record(1), record(2)]
+
+
+def test_a_checkpoint_larger_than_a_node_may_send_saves_and_loads(
+    state: HubState, journal: Journal
+) -> None:
+    # 5,000 layers and FedAdam's two moments of each: a header over the wire's default limit
+    names = [f"encoder.layers.{i:04d}.attention.query.weight" for i in range(5_000)]
+    model = Arrays({n: np.full((2, 2), i, np.float32) for i, n in enumerate(names)})
+    moments = Arrays(
+        {f"{m}/{n}": np.full((2, 2), i / 10, np.float32) for m in "mv" for i, n in enumerate(names)}
+    )
+    journal.save("r", Checkpoint(3, model, moments), record(3))
+    found = state.checkpoint("r")
+    assert found is not None
+    with pytest.raises(WireError, match="max_header_bytes"):  # what a node's message may be
+        wire.decode(Path(found[1]).read_bytes())
+
+    loaded = journal.load("r")
+
+    assert loaded is not None and loaded.round == 3
+    for got, want in [(loaded.arrays, model), (loaded.strategy_state, moments)]:
+        assert list(got) == list(want)
+        for name in [*list(want)[:3], *list(want)[-3:]]:
+            np.testing.assert_array_equal(got[name], want[name])
+    assert loaded.history.rounds == [record(3)]
 
 
 def test_the_history_has_each_round_once_and_the_later_line_of_a_round_wins(
@@ -268,9 +364,11 @@ def test_saving_round_k_deletes_the_replies_of_rounds_up_to_k_and_keeps_later_on
 
     assert replies_on_disk(state) == {round_two_file}
     assert not any(path.exists() for path in round_one_files)
-    assert all(state.task(t.task_id) is None for t in round_one)
-    assert journal.recorded(round_two[0].task_id)
-    assert_same_reply(journal.open(round_two)[round_two[0].task_id], reply_to(round_two[0]))
+    assert all(journal.task(t.task_id) is None for t in round_one)
+    assert has_reply(journal, round_two[0])
+    assert_same_reply(
+        journal.open(round_two).answered[round_two[0].task_id], reply_to(round_two[0])
+    )
 
 
 def test_forgetting_a_run_deletes_its_replies_and_keeps_its_last_checkpoint(
@@ -285,8 +383,8 @@ def test_forgetting_a_run_deletes_its_replies_and_keeps_its_last_checkpoint(
     journal.forget("r")
 
     assert replies_on_disk(state, "r") == set()
-    assert state.task(mine.task_id) is None
-    assert journal.recorded(other.task_id) and len(replies_on_disk(state, "other")) == 1
+    assert journal.task(mine.task_id) is None
+    assert has_reply(journal, other) and len(replies_on_disk(state, "other")) == 1
     loaded = journal.load("r")
     assert loaded is not None and loaded.round == 2
     assert (state.data_dir / "runs" / "r" / "checkpoint-000002.pln").exists()
@@ -310,16 +408,17 @@ def test_a_hub_restarted_on_the_data_dir_sees_everything_that_was_recorded(
     after = HubState(tmp_path / "hub")
     try:
         again = Journal(after)
-        assert again.recorded(answered.task_id) and again.pending(unanswered.task_id)
-        assert again.record(reply_to(answered, 9.0)) is False  # at most once, across restarts
+        assert has_reply(again, answered) and not has_reply(again, unanswered)
+        assert again.record(reply_to(answered, 9.0)) is True  # answered already: not again
+        assert len(replies_on_disk(after)) == 1  # at most once, across restarts
 
         loaded = again.load("r")
         assert loaded is not None and loaded.round == 1
         assert [r.round for r in loaded.history.rounds] == [0, 1]
         np.testing.assert_array_equal(loaded.arrays["w"], checkpoint(1).arrays["w"])
 
-        known = again.open([answered, unanswered])
-        assert_same_reply(known[answered.task_id], reply)
-        assert known[unanswered.task_id] is None
+        opened = again.open([answered, unanswered])
+        assert_same_reply(opened.answered[answered.task_id], reply)
+        assert opened.sent_before == {unanswered.task_id}
     finally:
         after.close()

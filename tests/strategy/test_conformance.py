@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -13,27 +14,75 @@ from hypothesis import strategies as st
 
 from pollinate.records import Arrays
 from pollinate.strategy import (
+    Bulyan,
     FedAdagrad,
     FedAdam,
     FedAvg,
     FedAvgM,
+    FedMedian,
     FedProx,
+    FedTrimmedAvg,
     FedYogi,
     FitAggregator,
     FitResult,
+    Krum,
+    MultiKrum,
+    QFedAvg,
     Strategy,
 )
 
-STRATEGIES: dict[str, Callable[[], Strategy]] = {
-    "FedAvg": FedAvg,
-    "FedProx": lambda: FedProx(proximal_mu=0.1),
-    "FedAvgM": FedAvgM,
-    "FedAdagrad": FedAdagrad,
-    "FedAdam": FedAdam,
-    "FedYogi": FedYogi,
+LOSS_KEY = "loss_before"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A strategy as the suite makes it, and how many replies a round gives it: Krum and
+    Bulyan need enough replies for ``num_malicious`` (2f + 3 and 4f + 3)."""
+
+    make: Callable[[], Strategy]
+    count: int = 5
+
+
+CASES: dict[str, Case] = {
+    "FedAvg": Case(FedAvg),
+    "FedProx": Case(lambda: FedProx(proximal_mu=0.1)),
+    "FedAvgM": Case(FedAvgM),
+    "FedAdagrad": Case(FedAdagrad),
+    "FedAdam": Case(FedAdam),
+    "FedYogi": Case(FedYogi),
+    "FedMedian": Case(FedMedian),
+    "FedTrimmedAvg": Case(lambda: FedTrimmedAvg(beta=0.2)),
+    "Krum": Case(lambda: Krum(num_malicious=1)),
+    "MultiKrum": Case(lambda: MultiKrum(num_malicious=1, num_selected=3)),
+    "Bulyan": Case(lambda: Bulyan(num_malicious=1), count=7),
+    "QFedAvg": Case(lambda: QFedAvg(q=0.5, lipschitz=10.0)),
+    "QFedAvg-q0": Case(lambda: QFedAvg(q=0.0, lipschitz=10.0)),
 }
 
-every_strategy = pytest.mark.parametrize("make", STRATEGIES.values(), ids=STRATEGIES.keys())
+# Whose result is a statistic of the replies, so that equal replies give that reply. Not
+# FedOpt's: its server optimizer steps eta m / (sqrt(v) + tau) towards them. Not q-FedAvg's
+# with q > 0: its step shrinks by 1 / (1 + q ||L (w - w_k)||^2 / (L F_k)).
+LOCATION = [
+    "FedAvg",
+    "FedProx",
+    "FedAvgM",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "MultiKrum",
+    "Bulyan",
+    "QFedAvg-q0",
+]
+
+# Whose result is a mean of the replies (weighted by examples, or for q = 0 uniformly).
+MEAN = ["FedAvg", "FedProx", "FedAvgM", "FedAdagrad", "FedAdam", "FedYogi", "QFedAvg-q0"]
+
+
+def cases(names: list[str]) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("case", [CASES[n] for n in names], ids=names)
+
+
+every_strategy = cases(list(CASES))
 
 
 def model() -> Arrays:
@@ -46,6 +95,11 @@ def model() -> Arrays:
             "scale": np.zeros((), np.float32),
         }
     )
+
+
+def fit(node: int, arrays: Arrays, num_examples: int) -> FitResult:
+    """A fit reply with the loss before training that q-FedAvg asks every client for."""
+    return FitResult(node, arrays, num_examples, {LOSS_KEY: 0.5 + (node % 4) / 4})
 
 
 def replies(count: int = 5, seed: int = 0) -> list[FitResult]:
@@ -64,7 +118,7 @@ def replies(count: int = 5, seed: int = 0) -> list[FitResult]:
                 for name, a in model().items()
             }
         )
-        out.append(FitResult(node_id=k + 1, arrays=arrays, num_examples=10 * k + 3, metrics={}))
+        out.append(fit(k + 1, arrays, 10 * k + 3))
     return out
 
 
@@ -89,42 +143,42 @@ def assert_arrays_close(a: Arrays, b: Arrays, rtol: float = 1e-5) -> None:
 
 @every_strategy
 @settings(max_examples=20, deadline=None)
-@given(order=st.permutations(range(5)))
-def test_reply_order_does_not_change_the_result(
-    make: Callable[[], Strategy], order: list[int]
-) -> None:
-    results = replies()
-    in_order = aggregate(make(), results)
-    shuffled = aggregate(make(), [results[i] for i in order])
+@given(data=st.data())
+def test_reply_order_does_not_change_the_result(case: Case, data: st.DataObject) -> None:
+    results = replies(case.count)
+    order = data.draw(st.permutations(range(case.count)))
+    in_order = aggregate(case.make(), results)
+    shuffled = aggregate(case.make(), [results[i] for i in order])
     # float addition is not associative, so only close, not equal
     assert_arrays_close(in_order, shuffled)
 
 
-@every_strategy
-def test_equal_weights_act_like_the_arithmetic_mean_sent_as_one_reply(
-    make: Callable[[], Strategy],
-) -> None:
+@cases(LOCATION)
+def test_equal_replies_give_that_reply(case: Case) -> None:
+    update = replies(count=1)[0].arrays
+    results = [fit(k, update, 3 * k + 1) for k in range(case.count)]
+    assert_arrays_close(aggregate(case.make(), results), update)
+
+
+@cases(MEAN)
+def test_equal_weights_act_like_the_arithmetic_mean_sent_as_one_reply(case: Case) -> None:
     # integer entries: offsets around 20 that cancel, so the arithmetic mean is exact
     offsets = [-6, 1, 5]
     base = replies(count=1)[0].arrays
     results = [
-        FitResult(k, Arrays({n: (a + off).astype(a.dtype) for n, a in base.items()}), 8, {})
+        fit(k, Arrays({n: (a + off).astype(a.dtype) for n, a in base.items()}), 8)
         for k, off in enumerate(offsets)
     ]
     assert sum(offsets) == 0
-    from_three = aggregate(make(), results)
-    from_mean = aggregate(make(), [FitResult(9, base, 1, {})])
+    from_three = aggregate(case.make(), results)
+    from_mean = aggregate(case.make(), [fit(9, base, 1)])
     assert_arrays_close(from_three, from_mean)
 
 
-@pytest.mark.parametrize(
-    "make", [FedAvg, lambda: FedProx(proximal_mu=0.1)], ids=["FedAvg", "FedProx"]
-)
-def test_fedavg_with_equal_weights_gives_the_arithmetic_mean(
-    make: Callable[[], Strategy],
-) -> None:
-    results = [FitResult(r.node_id, r.arrays, 4, {}) for r in replies()]
-    got = aggregate(make(), results)
+@cases(["FedAvg", "FedProx"])
+def test_fedavg_with_equal_weights_gives_the_arithmetic_mean(case: Case) -> None:
+    results = [fit(r.node_id, r.arrays, 4) for r in replies()]
+    got = aggregate(case.make(), results)
     for name in got:
         stacked = np.stack([r.arrays[name].astype(np.float64) for r in results])
         expected = stacked.mean(axis=0)
@@ -133,14 +187,10 @@ def test_fedavg_with_equal_weights_gives_the_arithmetic_mean(
         np.testing.assert_allclose(got[name], expected, rtol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize(
-    "make", [FedAvg, lambda: FedProx(proximal_mu=0.1)], ids=["FedAvg", "FedProx"]
-)
-def test_fedavg_weights_each_reply_by_its_number_of_examples(
-    make: Callable[[], Strategy],
-) -> None:
+@cases(["FedAvg", "FedProx"])
+def test_fedavg_weights_each_reply_by_its_number_of_examples(case: Case) -> None:
     results = replies()
-    got = aggregate(make(), results)
+    got = aggregate(case.make(), results)
     weights = [r.num_examples for r in results]
     for name in got:
         stacked = np.stack([r.arrays[name].astype(np.float64) for r in results])
@@ -151,74 +201,69 @@ def test_fedavg_weights_each_reply_by_its_number_of_examples(
 
 
 @every_strategy
-def test_names_dtypes_and_shapes_are_preserved(make: Callable[[], Strategy]) -> None:
-    got = aggregate(make(), replies())
+def test_names_dtypes_and_shapes_are_preserved(case: Case) -> None:
+    got = aggregate(case.make(), replies(case.count))
     assert got.names == model().names
     for name, a in model().items():
         assert (got[name].dtype, got[name].shape) == (a.dtype, a.shape), name
 
 
 @every_strategy
-def test_float32_stays_float32(make: Callable[[], Strategy]) -> None:
+def test_float32_stays_float32(case: Case) -> None:
     current = Arrays({"w": np.full(4, 0.5, np.float32)})
     results = [
-        FitResult(k, Arrays({"w": np.full(4, 1.0 + k, np.float32)}), k + 1, {}) for k in range(3)
+        fit(k, Arrays({"w": np.full(4, 1.0 + k, np.float32)}), k + 1) for k in range(case.count)
     ]
-    assert aggregate(make(), results, current)["w"].dtype == np.float32
+    assert aggregate(case.make(), results, current)["w"].dtype == np.float32
 
 
 @every_strategy
-def test_the_result_is_finite(make: Callable[[], Strategy]) -> None:
-    got = aggregate(make(), replies())
+def test_the_result_is_finite(case: Case) -> None:
+    got = aggregate(case.make(), replies(case.count))
     assert all(np.isfinite(a).all() for a in got.values())
 
 
 @every_strategy
-def test_zero_replies_make_finish_raise_value_error(make: Callable[[], Strategy]) -> None:
+def test_zero_replies_make_finish_raise_value_error(case: Case) -> None:
     with pytest.raises(ValueError):
-        aggregate(make(), [])
+        aggregate(case.make(), [])
 
 
 @every_strategy
-def test_replies_with_zero_examples_only_make_finish_raise_value_error(
-    make: Callable[[], Strategy],
-) -> None:
-    results = [FitResult(r.node_id, r.arrays, 0, {}) for r in replies(count=2)]
+def test_replies_with_zero_examples_only_make_finish_raise_value_error(case: Case) -> None:
+    results = [fit(r.node_id, r.arrays, 0) for r in replies(count=2)]
     with pytest.raises(ValueError):
-        aggregate(make(), results)
+        aggregate(case.make(), results)
 
 
 @every_strategy
-def test_a_failed_round_leaves_the_strategy_as_it_was(make: Callable[[], Strategy]) -> None:
+def test_a_failed_round_leaves_the_strategy_as_it_was(case: Case) -> None:
     # the run loop keeps the previous model when finish() raises; the next round must be
     # the same as if the failed round never happened
-    strategy = make()
+    strategy = case.make()
     with pytest.raises(ValueError):
         aggregate(strategy, [])
-    assert_arrays_close(aggregate(strategy, replies()), aggregate(make(), replies()), rtol=0)
+    got = aggregate(strategy, replies(case.count))
+    assert_arrays_close(got, aggregate(case.make(), replies(case.count)), rtol=0)
 
 
 @every_strategy
-def test_aggregation_mutates_neither_the_current_model_nor_the_replies(
-    make: Callable[[], Strategy],
-) -> None:
-    current, results = model(), replies()
+def test_aggregation_mutates_neither_the_current_model_nor_the_replies(case: Case) -> None:
+    current, results = model(), replies(case.count)
     for a in [*current.values(), *(a for r in results for a in r.arrays.values())]:
         a.setflags(write=False)  # numpy raises if anything writes into them
-    aggregate(make(), results, current)
+    aggregate(case.make(), results, current)
     assert current == model()
-    assert all(r.arrays == e.arrays for r, e in zip(results, replies(), strict=True))
+    assert all(r.arrays == e.arrays for r, e in zip(results, replies(case.count), strict=True))
 
 
 @every_strategy
-def test_each_round_gets_its_own_aggregator_from_the_current_model(
-    make: Callable[[], Strategy],
-) -> None:
-    strategy = make()
+def test_each_round_gets_its_own_aggregator_from_the_current_model(case: Case) -> None:
+    strategy = case.make()
     current = model()
     for rnd in range(1, 4):
         aggregator = strategy.start_fit(rnd, current)
-        for result in replies(seed=rnd):
+        for result in replies(case.count, seed=rnd):
             aggregator.add(result)
         current = aggregator.finish()
         assert current.names == model().names

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from pollinate import Arrays, Client, Config, Context, Metrics
+from pollinate.simulation import flip_labels
 from quickstart_numpy import task
 
 
 class DigitsClient(Client):
-    def __init__(self, x, y, partition_id: int) -> None:
-        # Each client keeps 20% of its own data for federated evaluation.
-        split = int(0.8 * len(x))
-        self.x_train, self.y_train = x[:split], y[:split]
-        self.x_val, self.y_val = x[split:], y[split:]
+    def __init__(
+        self,
+        train: tuple[np.ndarray, np.ndarray],
+        val: tuple[np.ndarray, np.ndarray],
+        partition_id: int,
+    ) -> None:
+        self.x_train, self.y_train = train
+        self.x_val, self.y_val = val
         self.partition_id = partition_id
 
     def fit(self, arrays: Arrays, config: Config) -> tuple[Arrays, int, Metrics]:
@@ -39,4 +45,12 @@ def client_fn(context: Context) -> DigitsClient:
         context.num_partitions, float(cfg["dirichlet-alpha"]), int(cfg["data-seed"])
     )
     idx = parts[context.partition_id]
-    return DigitsClient(x_train[idx], y_train[idx], context.partition_id)
+    x, y = x_train[idx], y_train[idx]
+    # Each client keeps 20% of its own data for federated evaluation.
+    split = int(0.8 * len(x))
+    y_fit = y[:split]
+    if context.node_config.get("attack") == "label-flip":
+        # An adversary (`pollinate run --adversaries 0.3 --attack label-flip`) poisons the
+        # labels it trains on; it evaluates honestly, so only training is attacked.
+        y_fit = flip_labels(y_fit, task.NUM_CLASSES)
+    return DigitsClient((x[:split], y_fit), (x[split:], y[split:]), context.partition_id)

@@ -3,7 +3,7 @@ evaluated on the held-out test set."""
 
 from __future__ import annotations
 
-from pollinate import AppError, Arrays, Config, Metrics, ServerApp
+from pollinate import AppError, Arrays, Config, Metrics, ServerApp, Validation
 from pollinate.strategy import strategy_class
 from quickstart_numpy import task
 
@@ -34,6 +34,13 @@ def server_fn(run_config: Config) -> ServerApp:
         evaluate_fn=evaluate_test_set,
         on_fit_config_fn=fit_config,
     )
+    validation = Validation(
+        anomaly_threshold=float(run_config["anomaly-threshold"]) or None,
+        max_norm=float(run_config["max-norm"]) or None,
+    )
     return ServerApp(
-        strategy, num_rounds=int(run_config["num-rounds"]), initial_arrays=task.initial_arrays()
+        strategy,
+        num_rounds=int(run_config["num-rounds"]),
+        initial_arrays=task.initial_arrays(),
+        validation=validation,
     )

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -89,7 +88,7 @@ def hub_command(
             heartbeat_interval=max(heartbeat_timeout / 6, 0.2),
             credentials=credentials,
         )
-    except (PollinateError, OSError, sqlite3.Error) as exc:
+    except (PollinateError, OSError) as exc:
         raise fail(
             PollinateError(
                 f"the hub cannot start on its data dir {data_dir}: {exc}.\nHint: the data dir "
@@ -97,6 +96,7 @@ def hub_command(
             )
         ) from None
     servers = serve(hub, address, control_address, enrol_address or _next_to(address, -1))
+    hub.start()
     enrol = f", enrolment on port {servers.enrol_port}" if servers.enrol_port else ""
     console.print(
         f"hub serving: fleet on port {servers.fleet_port}{enrol}, control on "

@@ -16,6 +16,7 @@ from pollinate.app import App, load_app
 from pollinate.cli.render import RunProgress, summary_table
 from pollinate.errors import AppError, PollinateError
 from pollinate.server.app import ServerApp
+from pollinate.simulation.adversary import ATTACKS, Adversaries
 from pollinate.simulation.run import run_simulation
 
 app = typer.Typer(
@@ -89,12 +90,53 @@ def run(
             help="Run on a hub's fleet instead of in simulation: the hub's control address.",
         ),
     ] = None,
+    adversaries: Annotated[
+        float | None,
+        typer.Option(
+            "--adversaries",
+            metavar="FRACTION",
+            help="Fraction of the virtual clients (0 to 1) that attack with --attack, in every "
+            "round they are sampled; chosen once from --seed.",
+        ),
+    ] = None,
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="What the adversaries do: sign-flip (send the reversed update), scale (send "
+            "the update boosted by --attack-scale), gaussian-noise (send the global model plus "
+            "Gaussian noise), label-flip (train on flipped labels; the app must honour "
+            "context.node_config['attack'], as examples/quickstart-numpy does).",
+        ),
+    ] = None,
+    attack_scale: Annotated[
+        float | None,
+        typer.Option(
+            metavar="X",
+            help="sign-flip sends global - X * update (default 1); scale sends "
+            "global + X * update (default 10). Updates are taken relative to the global model.",
+        ),
+    ] = None,
+    attack_noise_std: Annotated[
+        float | None,
+        typer.Option(
+            metavar="S",
+            help="gaussian-noise: standard deviation of the noise added to each weight "
+            "(default 1.0).",
+        ),
+    ] = None,
 ) -> None:
     """Run an app: in simulation (virtual clients), or on a hub's nodes with --hub."""
     setup_logging(verbose)
+    attackers = _adversaries(adversaries, attack, attack_scale, attack_noise_std, seed)
     if hub is not None:
         from pollinate.cli.deploy import run_on_hub
 
+        if attackers is not None:
+            raise fail(
+                "--adversaries simulates attackers among virtual clients; it cannot be "
+                "combined with --hub, where each node runs its own code"
+            )
         overrides = _parse_overrides(config or [])
         run_on_hub(app_dir, hub, overrides, rounds, seed, out)
         return
@@ -106,6 +148,8 @@ def run(
             f"[bold]{loaded.name}[/bold]: {type(server_app.strategy).__name__}, "
             f"{server_app.num_rounds} rounds, {num_clients} virtual clients, seed {seed}"
         )
+        if attackers is not None:
+            console.print(_attackers_line(attackers, num_clients))
         with RunProgress(console, server_app.num_rounds) as progress:
             result = run_simulation(
                 server_app,
@@ -115,10 +159,13 @@ def run(
                 concurrency=concurrency or loaded.concurrency,
                 run_config=loaded.config,
                 on_event=progress,
+                adversaries=attackers,
             )
     except PollinateError as exc:
         raise fail(exc) from None
     console.print(summary_table(result.history, console.width))
+    if attackers is not None:
+        console.print(_attackers_line(attackers, num_clients))
     if out is not None:
         console.print(f"history written to {result.history.save(out)}")
 
@@ -131,7 +178,7 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def fail(exc: Exception) -> typer.Exit:
+def fail(exc: Exception | str) -> typer.Exit:
     """Print a user error (no traceback) and return the exit to raise."""
     err_console.print(f"[bold red]error:[/bold red] {exc}")
     return typer.Exit(2)
@@ -145,6 +192,44 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE, e.g. --config lr=0.05")
         overrides[key.strip()] = value.strip()
     return overrides
+
+
+def _adversaries(
+    fraction: float | None,
+    attack: str | None,
+    scale: float | None,
+    noise_std: float | None,
+    seed: int,
+) -> Adversaries | None:
+    """The attack options as Adversaries, or None; a bad combination exits with status 2."""
+    if fraction is None:
+        if attack is not None or scale is not None or noise_std is not None:
+            raise fail(
+                "--attack, --attack-scale and --attack-noise-std need --adversaries "
+                "FRACTION, e.g. --adversaries 0.2 --attack sign-flip"
+            )
+        return None
+    if attack is None:
+        raise fail(f"--adversaries {fraction} needs --attack NAME, one of {', '.join(ATTACKS)}")
+    try:
+        return Adversaries(fraction, attack, scale=scale, noise_std=noise_std, seed=seed)
+    except (TypeError, ValueError) as exc:
+        # The first line says what is wrong; the Hint after it shows Python, not options.
+        raise fail(str(exc).splitlines()[0]) from None
+
+
+def _attackers_line(adversaries: Adversaries, num_clients: int) -> str:
+    """E.g. "adversaries: 6 of 20 clients (1, 4, 7, 8, 13, 19) attack with scale (scale 10.0)"."""
+    ids = sorted(adversaries.clients(num_clients))
+    who = f"{len(ids)} of {num_clients} clients"
+    if ids:
+        who += " (" + ", ".join(map(str, ids[:20])) + (", ...)" if len(ids) > 20 else ")")
+    how = adversaries.attack
+    if adversaries.scale is not None:
+        how += f" (scale {adversaries.scale})"
+    if adversaries.noise_std is not None:
+        how += f" (noise std {adversaries.noise_std})"
+    return f"adversaries: {who} attack with {how}"
 
 
 def _server_app(loaded: App, rounds: int | None) -> ServerApp:

@@ -64,8 +64,10 @@ class RunProgress:
 def round_line(record: RoundRecord) -> str:
     """One line per round: replies, failures and the evaluation metrics."""
     parts = [f"round {record.round:>3}", f"{record.replies} replies"]
-    if record.failures:
-        parts.append(f"[red]{record.failures} failed[/red]")
+    if record.failures - record.rejected:
+        parts.append(f"[red]{record.failures - record.rejected} failed[/red]")
+    if record.rejected:
+        parts.append(f"[red]{record.rejected} rejected[/red]")
     if not record.applied:
         parts.append("[yellow]model kept: too many failures[/yellow]")
     if record.resumed:

@@ -67,6 +67,7 @@ class _Node:
     app_hash: str = ""
     node_config: dict[str, str] = field(default_factory=dict)
     session: str = ""
+    heard: bool = False  # by this process (not only presumed alive after a restart)
     queue: deque[Task] = field(default_factory=deque)
 
 
@@ -103,6 +104,7 @@ class Fleet:
                 node_config,
             )
             node.session = session or node.session
+            node.heard = True
             self._changed.notify_all()
             return arrived
 
@@ -128,6 +130,13 @@ class Fleet:
                 for n, node in self._nodes.items()
                 if now - node.last_seen <= self.heartbeat_timeout
             )
+
+    def heard(self) -> list[int]:
+        """Alive nodes this process heard from: a node only presumed alive after a restart
+        is not noted again, so a hub restarting in a loop stops expecting a dead node."""
+        alive = set(self.alive())
+        with self._changed:
+            return sorted(n for n, node in self._nodes.items() if node.heard and n in alive)
 
     def node_config(self, node_id: int) -> dict[str, str]:
         with self._changed:
@@ -230,6 +239,11 @@ class Fleet:
             if node is not None and task in node.queue:  # sent again, answered before taken
                 node.queue.remove(task)
             return task
+
+    def claimed(self, task_id: str) -> bool:
+        """A reply to this task is being recorded now."""
+        with self._changed:
+            return task_id in self._claimed
 
     def settle(self, task: Task) -> None:
         """The claimed task's reply is recorded: it is done with."""

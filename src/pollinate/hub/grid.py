@@ -44,6 +44,8 @@ class HubGrid(Grid):
         self.app_hash = app_hash
         self.run_config = run_config
         self.stopped = threading.Event()
+        self._waiting: set[str] = set()  # ids of the tasks dispatch calls wait for now
+        self._lock = threading.Lock()
         self.storage_problem = ""
         """Why the run waits for its data dir (empty while writes succeed)."""
 
@@ -53,16 +55,11 @@ class HubGrid(Grid):
     def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
         replies: queue.Queue[Message] = queue.Queue()
         task_ids = [m.task_id for m in instructions]
-        known = self.until_stored(lambda: self.journal.open(instructions))
-        for message in instructions:
-            recorded = known.get(message.task_id, False)
-            if isinstance(recorded, Message):
-                replies.put(recorded)  # answered before the hub restarted
-                continue
-            # a task known from before a restart may be in its node's hands already
-            self.fleet.enqueue(
-                Task(message, self.app_hash, self.run_config, replies, sent=recorded is None)
-            )
+        with self._lock:
+            if self.stopped.is_set():  # closed: a task queued now would wait for nobody
+                raise RunStopped("the run was stopped")
+            self._waiting.update(task_ids)
+        self.until_stored(lambda: self._open(instructions, replies))
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             for _ in instructions:
@@ -71,9 +68,33 @@ class HubGrid(Grid):
                     return
                 yield reply
         finally:
+            with self._lock:
+                self._waiting.difference_update(task_ids)
             self.fleet.cancel(task_ids)
-            with contextlib.suppress(StorageError):  # the next checkpoint forgets them anyway
+            with contextlib.suppress(StorageError):  # the run's end forgets them anyway
                 self.journal.close_unanswered(task_ids)
+
+    def close(self) -> None:
+        """End the dispatch calls still waiting (an asynchronous run ends with tasks in
+        flight): their tasks are withdrawn from the nodes now, and the calls return."""
+        self.stopped.set()
+        with self._lock:
+            waiting = list(self._waiting)
+        self.fleet.cancel(waiting)
+        with contextlib.suppress(StorageError):  # the run's end forgets them anyway
+            self.journal.close_unanswered(waiting)
+
+    def _open(self, instructions: Sequence[Message], replies: queue.Queue[Message]) -> None:
+        """Note the tasks, hand back replies recorded before a restart, queue the rest."""
+        with self.journal.lock:
+            opened = self.journal.open(instructions)
+            for message in instructions:
+                if message.task_id in opened.answered:
+                    replies.put(opened.answered[message.task_id])
+                    continue
+                # a task sent before a restart may be in its node's hands already
+                sent = message.task_id in opened.sent_before
+                self.fleet.enqueue(Task(message, self.app_hash, self.run_config, replies, sent))
 
     def until_stored(self, action: Callable[[], T]) -> T:
         """``action()``, retried while the data dir refuses writes: a full or read-only disk
@@ -104,15 +125,25 @@ class HubGrid(Grid):
 
     def _storage_ok(self) -> None:
         if self.storage_problem:
+            log.warning(
+                "run %s goes on: its data dir takes writes again (it was paused: %s)",
+                self.run_id,
+                self.storage_problem.split("\n")[0],
+                extra={"run_id": self.run_id},  # this line reaches the run's log
+            )
             self.storage_problem = ""
-            log.warning("run %s goes on: its data dir takes writes again", self.run_id)
 
     def _next(self, replies: queue.Queue[Message], deadline: float | None) -> Message | None:
+        last = time.monotonic()
         while True:
             if self.stopped.is_set():
                 raise RunStopped("the run was stopped")
             self._note_unrecorded()
-            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            now = time.monotonic()
+            if self.storage_problem and deadline is not None:
+                deadline += now - last  # a pause for the disk is not the nodes' time
+            last = now
+            wait = 0.5 if deadline is None else min(0.5, deadline - now)
             if wait <= 0:
                 return None
             try:

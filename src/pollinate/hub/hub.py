@@ -8,6 +8,7 @@ off: the nodes it knew are expected back, and its unfinished runs resume (``runs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -49,7 +50,6 @@ class Hub:
         self.fleet.presume_alive(self.state.alive_at_last_note(heartbeat_timeout))
         self.journal = Journal(self.state)
         self.runs = Runs(self.state, self.fleet, self.journal)
-        self.runs.resume_all()
         self.heartbeat_interval = heartbeat_interval
         self._closed = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="hub-watchdog", daemon=True)
@@ -80,33 +80,51 @@ class Hub:
         return self.fleet.next_task(node_id, wait, active)
 
     def accept_reply(self, node_id: int, message: Message) -> None:
-        """Record a node's reply and route it to its run.
+        """Record a node's reply, then route it to its run.
 
-        Refused (with the reason) if it has no place; TryLater if it may have one soon (its
-        run is resuming) or cannot be recorded now (StorageError): the node pushes again.
-        A reply recorded before (the node did not hear "accepted") is accepted again.
+        Refused (with the reason) if it has no place; TryLater if it cannot be recorded now
+        (StorageError) or another push of it is being recorded: the node pushes again. A
+        reply recorded before (the node did not hear "accepted") is accepted again, once.
         """
         if not message.is_reply:
             raise Refused("the message is not a reply")
         try:
             task = self.fleet.claim(node_id, message)
         except UnknownTask:
-            if self.journal.recorded(message.task_id):
-                log.info("node %d sent the reply to %s again", node_id, message.task_id)
+            queued = self._accept_unqueued(node_id, message)
+            if queued is None:
                 return
-            if self.journal.pending(message.task_id):
-                raise TryLater(
-                    f"task {message.task_id!r} belongs to a run that is resuming; push again"
-                ) from None
-            raise
+            task = queued
+        recorded = False
         try:
             recorded = self.journal.record(message)
-        except PollinateError:
-            self.fleet.unclaim(task)
-            raise
-        self.fleet.settle(task)
-        if recorded:
-            task.replies.put(message)
+        finally:
+            (self.fleet.settle if recorded else self.fleet.unclaim)(task)
+        if not recorded:
+            raise Refused(f"task {message.task_id!r} closed (its stage ended) as its reply came")
+        task.replies.put(message)
+
+    def _accept_unqueued(self, node_id: int, message: Message) -> Task | None:
+        """A reply to a task this process has not queued: one recorded before (its node did
+        not hear "accepted"), or one sent before a restart that its round has not sent again
+        yet, which is recorded now and handed back when the round asks. Returns the task
+        instead if its round queued it meanwhile: the caller records and routes it."""
+        if self.fleet.claimed(message.task_id):
+            raise TryLater(f"another push of the reply to {message.task_id!r} is being recorded")
+        with self.journal.lock:  # the round cannot open its tasks meanwhile
+            with contextlib.suppress(UnknownTask):
+                return self.fleet.claim(node_id, message)
+            row = self.journal.task(message.task_id)
+            said = (node_id, message.node_id, message.run_id, message.round)
+            if row is None or said != (row.node_id, row.node_id, row.run_id, row.round):
+                raise UnknownTask(
+                    f"reply for task {message.task_id!r}, which is unknown or already closed "
+                    "(answered, or its round ended)"
+                )
+            if not self.journal.record(message):
+                raise Refused(f"task {message.task_id!r} closed (its stage ended)")
+        log.info("node %d: reply to %s recorded", node_id, message.task_id)
+        return None
 
     def enrol(self, token: str, csr_pem: bytes) -> tuple[bytes, bytes, int]:
         """(certificate, CA certificate, node id) for a node redeeming a join token."""
@@ -170,6 +188,11 @@ class Hub:
                     return rows
                 self.runs.changed.wait(remaining)
 
+    def start(self) -> None:
+        """Resume the runs the last hub on this data dir left running; call once this hub
+        serves (a hub that cannot bind its ports must not touch them)."""
+        self.runs.resume_all()
+
     def close(self) -> None:
         self._closed.set()
         # waiting long-polls hold server threads that the interpreter joins at exit
@@ -187,6 +210,6 @@ class Hub:
             if time.monotonic() - noted >= self.fleet.heartbeat_timeout / 3:
                 noted = time.monotonic()
                 try:
-                    self.state.mark_alive(self.fleet.alive())
+                    self.state.mark_alive(self.fleet.heard())
                 except PollinateError as exc:
                     log.warning("could not note the live nodes: %s", exc)

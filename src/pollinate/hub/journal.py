@@ -15,20 +15,32 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import mmap
+import secrets
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pollinate import wire
 from pollinate.errors import StorageError, WireError
-from pollinate.hub.state import HubState
+from pollinate.hub.state import HubState, TaskRow
 from pollinate.records import Message
 from pollinate.server import checkpoint as checkpoints
 from pollinate.server.checkpoint import Checkpoint
 from pollinate.server.history import History, RoundRecord
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What ``Journal.open`` found of a stage's tasks from before a hub restart."""
+
+    answered: dict[str, Message] = field(default_factory=dict)
+    """Replies recorded before, by task id: handed back, not asked for again."""
+    sent_before: frozenset[str] = frozenset()
+    """Tasks sent before and unanswered: they may be in their node's hands."""
 
 
 class Journal:
@@ -36,63 +48,72 @@ class Journal:
 
     def __init__(self, state: HubState) -> None:
         self.state = state
-        self._recording = threading.Lock()
+        self.lock = threading.Lock()
+        """Held while a stage's tasks are opened and queued, and while a reply to a task that
+        is not queued in this process is recorded, so that the two never interleave."""
         self._unrecorded: dict[str, str] = {}
         """By run id: why the last reply to it could not be recorded (cleared by the next
         one that is). A run waiting for replies learns here that it waits for its disk."""
 
     # --- tasks and their replies ---------------------------------------------------------
 
-    def open(self, instructions: Sequence[Message]) -> dict[str, Message | None]:
-        """Note ``instructions`` as sent. Returns, by task id, those that were sent before
-        (a round resumed after a restart): with their recorded reply, or None if unanswered."""
-        known: dict[str, Message | None] = {
-            row.task_id: None for row in self.state.tasks([m.task_id for m in instructions])
-        }
+    def open(self, instructions: Sequence[Message]) -> Opened:
+        """Note ``instructions`` as sent; say which were sent before (a resumed round)."""
+        rows = self.state.tasks([m.task_id for m in instructions])
         self.state.open_tasks([(m.task_id, m.run_id, m.round, m.node_id) for m in instructions])
-        for row in self.state.tasks(list(known)):
-            if row.reply is None:
-                continue
-            try:
-                known[row.task_id] = wire.decode(_map(Path(row.reply)))
-            except (OSError, WireError):
-                # a recorded reply that cannot be read is one never received: ask again
-                self.state.reopen_task(row.task_id)
-        return known
+        answered, sent_before = {}, set()
+        for row in rows:
+            reply = self._read_reply(row.task_id, row.reply) if row.reply else None
+            if reply is None:
+                sent_before.add(row.task_id)
+            else:
+                answered[row.task_id] = reply
+        return Opened(answered, frozenset(sent_before))
+
+    def _read_reply(self, task_id: str, path: str) -> Message | None:
+        try:
+            return wire.decode(Path(path).read_bytes())
+        except (OSError, WireError):
+            # a recorded reply that cannot be read is one never received: ask again
+            self.state.reopen_task(task_id)
+            return None
+
+    def task(self, task_id: str) -> TaskRow | None:
+        return self.state.task(task_id)
 
     def record(self, reply: Message) -> bool:
-        """Put ``reply`` on disk and note it against its task; False (and nothing kept) if
-        the task already has a reply. StorageError if the disk refuses."""
-        path = self._reply_path(reply)
-        with self._recording:  # two pushes of one reply must not write one file together
-            task = self.state.task(reply.task_id)
-            if task is None or task.reply is not None:
-                return False
-            try:
-                self.state.write_file(path, wire.iter_encode(reply))
-                answered = self.state.answer_task(reply.task_id, str(path))
-            except StorageError as exc:
-                self._unrecorded[reply.run_id] = str(exc)
-                raise
-            self._unrecorded.pop(reply.run_id, None)
-            if not answered:
-                path.unlink(missing_ok=True)
-                return False
-        return True
-
-    def unrecorded(self, run_id: str) -> str:
-        """Why the run's last reply could not be recorded, or "" if it was."""
-        return self._unrecorded.get(run_id, "")
-
-    def recorded(self, task_id: str) -> bool:
-        task = self.state.task(task_id)
+        """Put ``reply`` on disk and note it against its task. True if the task has this
+        reply now (recorded by this call or an earlier push of it); False if the task is
+        unknown or closed (its stage ended). StorageError if the disk refuses."""
+        task = self.state.task(reply.task_id)
+        if task is None or task.reply is not None:
+            return task is not None
+        path = self._reply_path(reply)  # its own file: pushes of one reply never share one
+        try:
+            self.state.write_file(path, wire.iter_encode(reply))
+            answered = self.state.answer_task(reply.task_id, str(path))
+        except StorageError as exc:
+            self._unrecorded[reply.run_id] = str(exc)
+            _remove(path)
+            raise
+        self._unrecorded.pop(reply.run_id, None)
+        if answered:
+            return True
+        _remove(path)
+        task = self.state.task(reply.task_id)
         return task is not None and task.reply is not None
 
-    def pending(self, task_id: str) -> bool:
-        """The task was sent and is waiting for its reply (in the database, not necessarily
-        in this process: after a restart its run sends it again)."""
-        task = self.state.task(task_id)
-        return task is not None and task.reply is None
+    def unrecorded(self, run_id: str) -> str:
+        """Why the run's last reply could not be recorded, or "" if it was (or the disk
+        takes writes again)."""
+        problem = self._unrecorded.get(run_id, "")
+        if problem:
+            try:
+                self.state.check_writable()
+            except StorageError:
+                return problem
+            self._unrecorded.pop(run_id, None)
+        return ""
 
     def close_unanswered(self, task_ids: Sequence[str]) -> None:
         self.state.close_unanswered(task_ids)
@@ -108,7 +129,7 @@ class Journal:
         old, replies = self.state.save_checkpoint(run_id, checkpoint.round, str(path), line)
         for stale in [old, *replies]:
             if stale:
-                Path(stale).unlink(missing_ok=True)
+                _remove(Path(stale))
 
     def load(self, run_id: str) -> Checkpoint | None:
         """The run's newest checkpoint with its history, or None if it has none yet."""
@@ -123,13 +144,13 @@ class Journal:
                 if record.round <= round:
                     history.rounds = [r for r in history.rounds if r.round < record.round]
                     history.rounds.append(record)
-        data = _map(Path(path))
-        return checkpoints.decode(data, history)
+        # read, not mapped: the run outlives this file (the next checkpoint deletes it)
+        return checkpoints.decode(Path(path).read_bytes(), history)
 
     def forget(self, run_id: str) -> None:
         """The run ended: its replies are of no more use (its last checkpoint stays)."""
         for path in self.state.forget_tasks(run_id):
-            Path(path).unlink(missing_ok=True)
+            _remove(Path(path))
 
     # --- files -----------------------------------------------------------------------------
 
@@ -138,12 +159,10 @@ class Journal:
 
     def _reply_path(self, reply: Message) -> Path:
         name = hashlib.sha256(reply.task_id.encode()).hexdigest()[:32]
-        return self._run_dir(reply.run_id) / "replies" / f"{name}.pln"
+        return self._run_dir(reply.run_id) / "replies" / f"{name}-{secrets.token_hex(4)}.pln"
 
 
-def _map(path: Path) -> memoryview:
-    """The file's bytes, mapped read-only: arrays decode as views, not copies."""
-    with path.open("rb") as file:
-        if path.stat().st_size == 0:
-            return memoryview(b"")
-        return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+def _remove(path: Path) -> None:
+    """Delete a file no longer needed; a disk that refuses leaves it, which costs space only."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

@@ -173,6 +173,7 @@ class Runs:
                 on_checkpoint=lambda checkpoint: self._checkpoint(grid, run_id, checkpoint),
                 resume_from=resume_from,
             )
+            grid.close()  # an asynchronous run ends with tasks in flight: withdraw them
             self._finish(run_id, "finished", "")
         except RunStopped:
             self._finish(run_id, "stopped", "stopped by a user")
@@ -182,6 +183,7 @@ class Runs:
             log.exception("run %s failed", run_id)
             self._finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
         finally:
+            grid.close()
             logging.getLogger("pollinate").removeHandler(handler)
             self._grids.pop(run_id, None)
 

@@ -17,6 +17,7 @@ Invariant: a write that cannot reach the disk (full, read-only, I/O error) raise
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -27,9 +28,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from pollinate.errors import StorageError
+from pollinate.errors import PollinateError, StorageError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -119,10 +120,12 @@ class HubState:
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.connection = self._connect()
-        self.connection.executescript(_SCHEMA)
         self.lock = threading.RLock()
+        with self._storage_errors():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._owner = _lock_data_dir(self.data_dir)
+            self.connection = self._connect()
+            self.connection.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(
@@ -153,7 +156,7 @@ class HubState:
             name = getattr(exc, "sqlite_errorname", "")
             if not name.startswith(_STORAGE_FAILURES):
                 raise
-            if name == "SQLITE_READONLY":
+            if name == "SQLITE_READONLY" and hasattr(self, "connection"):
                 # opened while the data dir was read-only, the database stays read-only for
                 # this connection: open it again, so the next try writes if the dir allows
                 # (closed first: connections of one process share its read-only -shm)
@@ -174,6 +177,13 @@ class HubState:
     def close(self) -> None:
         with self.lock:
             self.connection.close()
+            self._owner.close()  # and with it the data dir's lock
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads; StorageError if the disk fails them."""
+        with self.lock, self._storage_errors():
+            yield self.connection
 
     # --- blobs ------------------------------------------------------------------------------
 
@@ -242,21 +252,23 @@ class HubState:
             db.execute(f"UPDATE runs SET {columns} WHERE run_id = ?", (*fields.values(), run_id))
 
     def runs(self) -> list[RunRow]:
-        with self.lock:
-            rows = self.connection.execute("SELECT * FROM runs ORDER BY created").fetchall()
+        with self.reading() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created").fetchall()
         return [_run_row(row) for row in rows]
 
     def run(self, run_id: str) -> RunRow | None:
-        with self.lock:
-            row = self.connection.execute(
-                "SELECT * FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
+        with self.reading() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else _run_row(row)
 
     # --- nodes ------------------------------------------------------------------------------
 
     def node_for_name(self, name: str) -> int:
         """The node id of a named node (insecure mode), created on first sight."""
+        with self.reading() as db:  # a heartbeat's lookup; only a new name needs a write
+            row = db.execute("SELECT node_id FROM nodes WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            return int(row[0])
         with self.transaction() as db:
             row = db.execute("SELECT node_id FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is not None:
@@ -281,8 +293,8 @@ class HubState:
     def alive_at_last_note(self, window: float) -> list[int]:
         """The nodes noted alive within ``window`` seconds of the newest note: the fleet as
         it was when the hub last looked, which a restarted hub expects back."""
-        with self.lock:
-            rows = self.connection.execute(
+        with self.reading() as db:
+            rows = db.execute(
                 "SELECT node_id FROM nodes WHERE last_seen > 0 AND "
                 "last_seen >= (SELECT MAX(last_seen) FROM nodes) - ? ORDER BY node_id",
                 (window,),
@@ -300,16 +312,14 @@ class HubState:
             )
 
     def task(self, task_id: str) -> TaskRow | None:
-        with self.lock:
-            row = self.connection.execute(
-                "SELECT * FROM tasks WHERE task_id = ?", (task_id,)
-            ).fetchone()
+        with self.reading() as db:
+            row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else TaskRow(*row)
 
     def tasks(self, task_ids: Sequence[str]) -> list[TaskRow]:
-        with self.lock:
+        with self.reading() as db:
             rows = [
-                self.connection.execute("SELECT * FROM tasks WHERE task_id = ?", (t,)).fetchone()
+                db.execute("SELECT * FROM tasks WHERE task_id = ?", (t,)).fetchone()
                 for t in task_ids
             ]
         return [TaskRow(*row) for row in rows if row is not None]
@@ -338,8 +348,10 @@ class HubState:
         self, run_id: str, round: int, path: str, log: tuple[str, str] | None
     ) -> tuple[str | None, list[str]]:
         """Make ``path`` the run's checkpoint at ``round``, note the round (and ``log``, a
-        (kind, text) entry) in the same transaction, and forget the tasks of rounds up to it.
-        Returns the files no longer needed: the previous checkpoint and those replies."""
+        (kind, text) entry) in the same transaction, and forget the answered tasks of rounds
+        up to it (an unanswered one is closed by its stage, or is an asynchronous run's task
+        still in flight, whose reply is still wanted). Returns the files no longer needed:
+        the previous checkpoint and those replies."""
         with self.transaction() as db:
             old = db.execute("SELECT path FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
             db.execute(
@@ -362,7 +374,7 @@ class HubState:
             return self._forget_tasks(db, run_id, None)
 
     def _forget_tasks(self, db: sqlite3.Connection, run_id: str, up_to: int | None) -> list[str]:
-        where = "run_id = ?" + ("" if up_to is None else " AND round <= ?")
+        where = "run_id = ?" + ("" if up_to is None else " AND round <= ? AND reply IS NOT NULL")
         params = (run_id,) if up_to is None else (run_id, up_to)
         rows = db.execute(f"SELECT reply FROM tasks WHERE {where}", params).fetchall()
         db.execute(f"DELETE FROM tasks WHERE {where}", params)
@@ -370,8 +382,8 @@ class HubState:
 
     def checkpoint(self, run_id: str) -> tuple[int, str] | None:
         """``(round, path)`` of the run's newest checkpoint, if it has one."""
-        with self.lock:
-            row = self.connection.execute(
+        with self.reading() as db:
+            row = db.execute(
                 "SELECT round, path FROM checkpoints WHERE run_id = ?", (run_id,)
             ).fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
@@ -387,8 +399,8 @@ class HubState:
             return int(cursor.lastrowid or 0)
 
     def log_after(self, run_id: str, after: int) -> list[LogRow]:
-        with self.lock:
-            rows = self.connection.execute(
+        with self.reading() as db:
+            rows = db.execute(
                 "SELECT seq, run_id, time, kind, text FROM log WHERE run_id = ? AND seq > ? "
                 "ORDER BY seq",
                 (run_id, after),
@@ -400,3 +412,25 @@ def _run_row(row: tuple[Any, ...]) -> RunRow:
     values = list(row)
     values[4] = json.loads(values[4])
     return RunRow(*values)
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``data_dir/hub.lock`` for the life of the process: two hubs on one data dir would
+    run the same rounds and write the same files. The kernel drops the lock when the holder
+    dies, however it dies."""
+    owner = (data_dir / "hub.lock").open("a+")
+    try:
+        fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner.seek(0)
+        holder = owner.read().strip() or "another process"
+        owner.close()
+        raise PollinateError(
+            f"another hub ({holder}) runs on the data dir {data_dir}.\nHint: stop it first, or "
+            "give this hub its own --data-dir."
+        ) from None
+    owner.seek(0)
+    owner.truncate()
+    owner.write(f"pid {os.getpid()}")
+    owner.flush()
+    return owner

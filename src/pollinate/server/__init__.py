@@ -1,10 +1,17 @@
 """Server side: the run loop, the Grid it talks through, and the history it keeps."""
 
 from pollinate.server.app import ServerApp
-from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
+from pollinate.server.events import (
+    Event,
+    ReplyReceived,
+    RoundFinished,
+    StageStarted,
+    UpdateRejected,
+)
 from pollinate.server.grid import Grid
 from pollinate.server.history import Failure, History, RoundRecord
 from pollinate.server.loop import RunResult, run
+from pollinate.server.screen import Validation
 
 __all__ = [
     "Event",
@@ -17,5 +24,7 @@ __all__ = [
     "RunResult",
     "ServerApp",
     "StageStarted",
+    "UpdateRejected",
+    "Validation",
     "run",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pollinate.records import Arrays
+from pollinate.server.screen import Validation
 from pollinate.strategy.base import Strategy
 
 
@@ -19,6 +20,8 @@ class ServerApp:
             ``get_arrays`` / ``get_parameters`` provides it.
         round_timeout: seconds each stage of a round waits for replies; replies later
             than that count as failures. None waits for all.
+        validation: how fit updates are screened before the strategy sees them (on by
+            default; see ``Validation``).
 
     >>> from pollinate import FedAvg
     >>> app = ServerApp(FedAvg(), num_rounds=5)
@@ -28,6 +31,7 @@ class ServerApp:
     num_rounds: int = 3
     initial_arrays: Arrays | None = None
     round_timeout: float | None = None
+    validation: Validation = field(default_factory=Validation)
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, Strategy):
@@ -39,6 +43,11 @@ class ServerApp:
             raise TypeError(f"num_rounds must be an int, got {self.num_rounds!r}")
         if self.num_rounds < 0:
             raise ValueError(f"num_rounds must be >= 0, got {self.num_rounds!r}")
+        if not isinstance(self.validation, Validation):
+            raise TypeError(
+                f"ServerApp.validation must be a Validation, got {self.validation!r}\n"
+                "Hint: ServerApp(strategy, validation=Validation(anomaly_threshold=None))"
+            )
         if self.round_timeout is not None and self.round_timeout <= 0:
             raise ValueError(
                 f"round_timeout must be > 0 seconds or None, got {self.round_timeout!r}"

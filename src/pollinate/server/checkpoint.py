@@ -50,7 +50,10 @@ def iter_encode(checkpoint: Checkpoint, chunk_size: int = 4 << 20) -> Iterator[b
 
 def decode(data: bytes | memoryview, history: History | None = None) -> Checkpoint:
     """The checkpoint ``iter_encode`` wrote; WireError if the bytes are not one."""
-    message = wire.decode(data)
+    # the hub's own file, as large as the model and the strategy's state together (FedAdam's
+    # is twice the model): bounded by its size, not by the limits for untrusted messages
+    size = len(data)
+    message = wire.decode(data, wire.Limits(size, size, size))
     names = list(message.arrays)
     if message.kind != "get_arrays" or any(not n.startswith((_MODEL, _STRATEGY)) for n in names):
         raise WireError("these bytes are a wire message but not a checkpoint")

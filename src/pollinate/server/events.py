@@ -27,8 +27,17 @@ class ReplyReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateRejected:
+    """A node's fit update of ``round`` arrived and failed validation, for ``reason``."""
+
+    round: int
+    node_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoundFinished:
     record: RoundRecord
 
 
-Event = StageStarted | ReplyReceived | RoundFinished
+Event = StageStarted | ReplyReceived | UpdateRejected | RoundFinished

@@ -27,7 +27,9 @@ class RoundRecord:
     ``fit`` holds the aggregated fit metrics; ``evaluate`` the federated evaluation (``loss``
     plus aggregated metrics); ``centralized`` the server-side evaluation. ``replies`` and
     ``failures`` count fit tasks; ``applied`` is False when the round lost more replies than
-    the strategy's failure tolerance and the global model was kept. ``resumed`` is True for
+    the strategy's failure tolerance and the global model was kept. ``rejected`` counts the
+    failures whose update arrived but failed validation (``screen.py``: misfit, non-finite,
+    too large, or quarantined as an anomaly). ``resumed`` is True for
     the round a run went on with after its hub restarted (the round that was interrupted).
     Round 0 records the centralized evaluation of the initial model.
     """
@@ -41,6 +43,7 @@ class RoundRecord:
     seconds: float = 0.0
     applied: bool = True
     failed: list[Failure] = field(default_factory=list)
+    rejected: int = 0
     resumed: bool = False
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,12 +26,21 @@ import numpy as np
 from pollinate.errors import RunError
 from pollinate.records import Arrays, Config, Message, Metrics, Scalar
 from pollinate.server.app import ServerApp
+from pollinate.server.buffered import BufferedLoop
 from pollinate.server.checkpoint import Checkpoint
-from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
+from pollinate.server.events import (
+    Event,
+    ReplyReceived,
+    RoundFinished,
+    StageStarted,
+    UpdateRejected,
+)
 from pollinate.server.grid import Grid
 from pollinate.server.history import Failure, History, RoundRecord
-from pollinate.server.validate import evaluate_reply_problem, fit_reply_problem
-from pollinate.strategy.base import FitResult
+from pollinate.server.screen import Screen
+from pollinate.server.validate import evaluate_reply_problem
+from pollinate.strategy.base import FitAggregator, FitResult
+from pollinate.strategy.fedbuff import FedBuff
 
 log = logging.getLogger("pollinate.server")
 
@@ -84,6 +93,12 @@ class _Loop:
             arrays, history = resume_from.arrays, resume_from.history
             self.strategy.load_state(resume_from.strategy_state)
             first = resume_from.round + 1
+        if isinstance(self.strategy, FedBuff):  # asynchronous: steps, not rounds
+            steps = BufferedLoop(
+                self.grid, self.app, self.strategy, self.seed, self.run_id, self.emit
+            )
+            arrays = steps.run(arrays, history, first, checkpoint, resume_from is not None)
+            return RunResult(arrays, history)
         for rnd in range(first, self.app.num_rounds + 1):
             arrays, record = self._round(rnd, arrays)
             record.resumed = resume_from is not None and rnd == first
@@ -131,24 +146,35 @@ class _Loop:
         nodes = self.strategy.sample_fit(self.grid.nodes(), self._rng(rnd, 0))
         config = self.strategy.configure_fit(rnd)
         aggregator = self.strategy.start_fit(rnd, arrays)
+        screen = Screen(self.app.validation, arrays, len(nodes))
+        # (examples, metrics) of the folded updates: not the updates, which must go once folded
         metrics: list[tuple[int, Metrics]] = []
         for node, reply, problem in self._collect(rnd, "fit", nodes, arrays, config):
-            if problem is None:
-                problem = fit_reply_problem(reply, arrays)
-            self.emit(ReplyReceived(rnd, "fit", node, problem is None))
+            if problem is None and reply.error is not None:
+                problem = f"client failed: {reply.error}"
             if problem is not None:
+                self.emit(ReplyReceived(rnd, "fit", node, False))
                 self._fail(record, rnd, node, "fit", problem)
                 continue
-            aggregator.add(FitResult(node, reply.arrays, reply.num_examples, reply.metrics))
-            metrics.append((reply.num_examples, reply.metrics))
+            rejected = screen.problem(reply)
+            self.emit(ReplyReceived(rnd, "fit", node, rejected is None))
+            if rejected is not None:
+                self._reject(record, rnd, node, rejected)
+                continue
+            result = FitResult(node, reply.arrays, reply.num_examples, reply.metrics)
+            metrics += self._fold(aggregator, screen.admit(result))
+        held, quarantined = screen.close()
+        for node, reason in quarantined:
+            self._reject(record, rnd, node, reason)
+        metrics += self._fold(aggregator, held)
         record.replies, record.failures = len(metrics), len(record.failed)
         record.fit = self.strategy.aggregate_fit_metrics(metrics)
         tolerated = record.failures <= self.strategy.failure_tolerance * len(nodes)
         if not metrics or not tolerated:
             record.applied = False
             self.log.warning(
-                "run %s round %d: %d of %d fit tasks failed, more than failure_tolerance=%s "
-                "allows; keeping the previous global model",
+                "run %s round %d: %d of %d fit tasks failed or were rejected, more than "
+                "failure_tolerance=%s allows; keeping the previous global model",
                 self.run_id,
                 rnd,
                 record.failures,
@@ -157,6 +183,12 @@ class _Loop:
             )
             return arrays
         return aggregator.finish()
+
+    @staticmethod
+    def _fold(aggregator: FitAggregator, results: list[FitResult]) -> list[tuple[int, Metrics]]:
+        for result in results:
+            aggregator.add(result)
+        return [(r.num_examples, r.metrics) for r in results]
 
     def _evaluate(self, rnd: int, arrays: Arrays, record: RoundRecord) -> None:
         nodes = self.strategy.sample_evaluate(self.grid.nodes(), self._rng(rnd, 1))
@@ -248,5 +280,14 @@ class _Loop:
     def _fail(self, record: RoundRecord, rnd: int, node: int, stage: str, reason: str) -> None:
         record.failed.append(Failure(node, stage, reason))
         self.log.warning(
-            "run %s round %d: %s from node %d rejected: %s", self.run_id, rnd, stage, node, reason
+            "run %s round %d: %s from node %d failed: %s", self.run_id, rnd, stage, node, reason
+        )
+
+    def _reject(self, record: RoundRecord, rnd: int, node: int, reason: str) -> None:
+        """An update that arrived and did not pass validation (screen.py)."""
+        record.failed.append(Failure(node, "fit", reason))
+        record.rejected += 1
+        self.emit(UpdateRejected(rnd, node, reason))
+        self.log.warning(
+            "run %s round %d: update from node %d rejected: %s", self.run_id, rnd, node, reason
         )

@@ -2,10 +2,15 @@
 
 A client object exists only while it handles one task (``client_fn`` creates it on demand),
 and at most ``2 * concurrency`` tasks are in flight, so memory grows with concurrency, not
-with the number of virtual clients.
+with the number of virtual clients. (A straggler's reply held back for its slowdown,
+``client_speed``, does not count: its client is gone, and the others go on meanwhile.)
 
 Threads, not processes: numpy and PyTorch release the GIL in their kernels, and a thread
 hands arrays over without serialising them (benchmarks/simulation.py measures the overhead).
+
+With ``adversaries``, a chosen fraction of the clients attacks (``adversary.py``): their
+Context's ``node_config["attack"]`` names the attack, and their fit replies are poisoned
+after they trained honestly, with an RNG seeded by ``(adversary seed, round, node)``.
 
 Invariant: replies are yielded in the order of the instructions, whatever order the threads
 finish in, so a seeded simulation gives the same history twice.
@@ -14,27 +19,37 @@ finish in, so a seeded simulation gives the same history twice.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
 from pollinate.client.client import ClientFn, Context, handle
 from pollinate.records import Arrays, Config, Message
 from pollinate.server.grid import Grid
+from pollinate.simulation.adversary import Adversaries
+from pollinate.simulation.speed import ClientSpeed, Stragglers, slowdowns
 
 NodeConfigFn = Callable[[int], Config]
+
+
+class _Done(NamedTuple):
+    reply: Message
+    ready: float  # time.monotonic() from which the reply may be yielded
 
 
 class SimulationGrid(Grid):
     """``num_clients`` virtual clients with ids ``0 .. num_clients - 1``.
 
     Each client's Context has ``partition_id == node_id`` and ``num_partitions ==
-    num_clients``; ``node_config_fn(partition_id)`` gives its node config.
+    num_clients``; ``node_config_fn(partition_id)`` gives its node config. ``attackers``
+    holds the ids that ``adversaries`` chose (empty without). ``client_speed`` makes clients
+    slow (``speed.py``): ``Stragglers(0.2, slowdown=10.0)``, or ``node_id -> slowdown``.
     """
 
     def __init__(
@@ -45,6 +60,8 @@ class SimulationGrid(Grid):
         concurrency: int | None = None,
         run_config: Config | None = None,
         node_config_fn: NodeConfigFn | None = None,
+        adversaries: Adversaries | None = None,
+        client_speed: Stragglers | ClientSpeed | None = None,
     ) -> None:
         if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
             raise ValueError(f"num_clients must be an int >= 1, got {num_clients!r}")
@@ -53,7 +70,13 @@ class SimulationGrid(Grid):
         self.concurrency = max(1, concurrency or os.cpu_count() or 1)
         self.run_config = dict(run_config or {})
         self.node_config_fn = node_config_fn
+        self.adversaries = adversaries
+        self.attackers = adversaries.clients(num_clients) if adversaries else frozenset[int]()
+        self.slowdowns = slowdowns(client_speed, num_clients) if client_speed else None
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="pollinate-client")
+        self._closed = False
+        self._waiting: set[threading.Event] = set()  # woken by close()
+        self._lock = threading.Lock()
 
     def nodes(self) -> list[int]:
         return list(range(self.num_clients))
@@ -61,36 +84,80 @@ class SimulationGrid(Grid):
     def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
         deadline = None if timeout is None else time.monotonic() + timeout
         todo = iter(instructions)
-        window: deque[Future[Message]] = deque()
-        self._refill(window, todo)
-        while window:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                reply = window[0].result(timeout=remaining)
-            except FutureTimeout:
-                yield from self._abandon(window)
-                return
-            window.popleft()
-            self._refill(window, todo)
-            yield reply
+        window: deque[Future[_Done]] = deque()
+        wake = threading.Event()  # set when a task of this call is done, or by close()
+        with self._lock:
+            self._waiting.add(wake)
+        try:
+            while True:
+                wake.clear()
+                self._refill(window, todo, wake)
+                if not window:
+                    return
+                wait = self._head_wait(window[0], deadline)
+                if wait == 0.0:
+                    yield window.popleft().result().reply
+                elif self._closed or (wait is not None and wait < 0):
+                    yield from self._abandon(window)
+                    return
+                else:
+                    wake.wait(wait)
+        finally:
+            with self._lock:
+                self._waiting.discard(wake)
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for wake in self._waiting:
+                wake.set()
 
-    def _refill(self, window: deque[Future[Message]], todo: Iterator[Message]) -> None:
-        while len(window) < 2 * self.concurrency:
+    def _refill(
+        self, window: deque[Future[_Done]], todo: Iterator[Message], wake: threading.Event
+    ) -> None:
+        now = time.monotonic()
+        working = sum(not _held_back(future, now) for future in window)
+        while working < 2 * self.concurrency and not self._closed:
             instruction = next(todo, None)
             if instruction is None:
                 return
-            window.append(self._pool.submit(self._handle, instruction))
+            future = self._pool.submit(self._timed, instruction)
+            future.add_done_callback(lambda _: wake.set())
+            window.append(future)
+            working += 1
 
-    def _abandon(self, window: deque[Future[Message]]) -> Iterator[Message]:
+    def _head_wait(self, head: Future[_Done], deadline: float | None) -> float | None:
+        """0 if the first reply may be yielded now; else seconds to wait for it (None:
+        until a task is done), negative when the deadline passed first."""
+        now = time.monotonic()
+        # result() raises what the task raised, as a grid error (clients' errors are replies)
+        ready = head.result().ready if head.done() and not head.cancelled() else None
+        if ready is not None and ready <= now:
+            return 0.0
+        if deadline is not None and deadline <= now:
+            return -1.0
+        until = min(t for t in (ready, deadline, float("inf")) if t is not None)
+        return None if until == float("inf") else until - now
+
+    def _abandon(self, window: deque[Future[_Done]]) -> Iterator[Message]:
         """At the deadline: yield what is already done, cancel the rest."""
+        now = time.monotonic()
         for future in window:
-            if future.done():
-                yield future.result()
+            if future.done() and _succeeded(future) and future.result().ready <= now:
+                yield future.result().reply
             else:
                 future.cancel()
+
+    def _timed(self, instruction: Message) -> _Done:
+        """Handle the instruction; a slow client's reply is ready ``slowdown`` times its real
+        time after the task started."""
+        started = time.monotonic()
+        reply = self._handle(instruction)
+        done = time.monotonic()
+        node = instruction.node_id
+        slowdown = self.slowdowns[node] if self.slowdowns and 0 <= node < self.num_clients else 1.0
+        return _Done(reply, done + (slowdown - 1.0) * (done - started))
 
     def _handle(self, instruction: Message) -> Message:
         node = instruction.node_id
@@ -98,10 +165,32 @@ class SimulationGrid(Grid):
             node_id=node,
             partition_id=node,
             num_partitions=self.num_clients,
-            node_config=self.node_config_fn(node) if self.node_config_fn else {},
+            node_config=self._node_config(node),
             run_config=self.run_config,
         )
         # Every virtual client gets its own copy, as a real node would: a client that
         # trains in place must not change the global model or its neighbours' inputs.
         own = Arrays({k: np.array(v) for k, v in instruction.arrays.items()})
-        return handle(self.client_fn, context, replace(instruction, arrays=own))
+        reply = handle(self.client_fn, context, replace(instruction, arrays=own))
+        if self.adversaries is None or node not in self.attackers:
+            return reply
+        if instruction.kind != "fit" or reply.error is not None:
+            return reply  # only updates are poisoned; a client's failure stays its failure
+        rng = np.random.default_rng([self.adversaries.seed, instruction.round, node])
+        return replace(reply, arrays=self.adversaries.poison(instruction.arrays, reply.arrays, rng))
+
+    def _node_config(self, node: int) -> Config:
+        config = self.node_config_fn(node) if self.node_config_fn else {}
+        if self.adversaries is not None and node in self.attackers:
+            # Every attacker is told, so an app can see it; label-flip needs the app to act.
+            config = {**config, "attack": self.adversaries.attack}
+        return config
+
+
+def _succeeded(future: Future[_Done]) -> bool:
+    return not future.cancelled() and future.exception() is None
+
+
+def _held_back(future: Future[_Done], now: float) -> bool:
+    """Done, and its reply held back for its client's slowdown."""
+    return future.done() and _succeeded(future) and future.result().ready > now

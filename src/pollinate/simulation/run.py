@@ -6,7 +6,9 @@ from pollinate.client.client import Client, ClientFn  # noqa: F401 (doctest)
 from pollinate.records import Config
 from pollinate.server.app import ServerApp
 from pollinate.server.loop import EventHandler, RunResult, run
+from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.grid import NodeConfigFn, SimulationGrid
+from pollinate.simulation.speed import ClientSpeed, Stragglers
 
 
 def run_simulation(
@@ -19,8 +21,13 @@ def run_simulation(
     run_config: Config | None = None,
     node_config_fn: NodeConfigFn | None = None,
     on_event: EventHandler | None = None,
+    adversaries: Adversaries | None = None,
+    client_speed: Stragglers | ClientSpeed | None = None,
 ) -> RunResult:
     """Run ``server_app`` with ``num_clients`` virtual clients made by ``client_fn``.
+
+    ``adversaries=Adversaries(0.2, "sign-flip")`` makes a fifth of them attack;
+    ``client_speed=Stragglers(0.2, slowdown=10.0)`` makes a fifth of them ten times slower.
 
     >>> from pollinate import FedAvg, ServerApp, Arrays
     >>> import numpy as np
@@ -38,6 +45,8 @@ def run_simulation(
         concurrency=concurrency,
         run_config=run_config,
         node_config_fn=node_config_fn,
+        adversaries=adversaries,
+        client_speed=client_speed,
     )
     try:
         return run(grid, server_app, seed=seed, run_id="simulation", on_event=on_event)

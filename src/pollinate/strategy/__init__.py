@@ -1,21 +1,34 @@
 """Strategies: who trains with what, and how results become the next global model."""
 
 from pollinate.strategy.base import FitAggregator, FitResult, Strategy
+from pollinate.strategy.bulyan import Bulyan
 from pollinate.strategy.fedavg import FedAvg, FedProx
 from pollinate.strategy.fedavgm import FedAvgM
+from pollinate.strategy.fedbuff import FedBuff
+from pollinate.strategy.fedmedian import FedMedian
 from pollinate.strategy.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from pollinate.strategy.fedtrimmedavg import FedTrimmedAvg
+from pollinate.strategy.krum import Krum, MultiKrum
+from pollinate.strategy.qfedavg import QFedAvg
 
 __all__ = [
     "STRATEGIES",
+    "Bulyan",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBuff",
+    "FedMedian",
     "FedOpt",
     "FedProx",
+    "FedTrimmedAvg",
     "FedYogi",
     "FitAggregator",
     "FitResult",
+    "Krum",
+    "MultiKrum",
+    "QFedAvg",
     "Strategy",
     "strategy_class",
 ]
@@ -27,6 +40,13 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "fedadagrad": FedAdagrad,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+    "qfedavg": QFedAvg,
+    "fedbuff": FedBuff,
 }
 """Strategies by the name a run config may give them (lower case)."""
 

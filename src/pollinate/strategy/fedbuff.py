@@ -1,0 +1,124 @@
+"""FedBuff: buffered asynchronous aggregation, so that no step waits for the slowest node."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from pollinate.aggregate.staleness import BufferedStep, staleness_weight
+from pollinate.records import Arrays
+from pollinate.strategy.base import Strategy
+
+
+class FedBuff(Strategy):
+    """FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous
+    Aggregation", AISTATS, Algorithm 1): nodes train continuously, each from the model version
+    current when its task was sent; the hub folds each update in as it arrives, weighted by
+    its staleness ``tau`` (steps taken since its version), and every ``buffer_size`` = K
+    updates applies one step:
+
+        w_{t+1} = w_t + eta_g * sum_i n_i s(tau_i) (w_i - w_{t - tau_i}) / sum_i n_i,
+        s(tau) = (1 + tau) ** -staleness_exponent    (1 / sqrt(1 + tau) by default)
+
+    (the paper's ``(1/K) sum_i s(tau_i) Delta_i`` when every node has as many examples;
+    ``pollinate.aggregate.staleness`` has the math). ``ServerApp.num_rounds`` counts steps,
+    and each step is one record in the history, with the mean staleness of its updates as
+    ``fit["staleness"]``. The run loop is ``pollinate.server.buffered``.
+
+    Args:
+        buffer_size: K, updates per step. Smaller steps sooner on fewer (and noisier)
+            updates; a straggler holds no step up as long as K fast nodes can fill it.
+        concurrency: nodes training at once. None: ``fraction_fit`` of the available nodes
+            (at least ``min_fit_clients``), by default all of them.
+        server_learning_rate: ``eta_g``; 1.0 moves the model to the buffer's weighted mean
+            of client models when no update is stale.
+        staleness_exponent: ``a`` in ``s(tau) = (1 + tau)^-a``; 0 weighs stale updates
+            fully.
+        **kwargs: the other ``Strategy`` arguments (``evaluate_fn``, ``on_fit_config_fn``,
+            ``failure_tolerance``, ``min_available_clients``, ...). Federated evaluation is
+            off (``fraction_evaluate=0``): every node is busy training; use ``evaluate_fn``.
+
+    >>> strategy = FedBuff(buffer_size=10, concurrency=50, server_learning_rate=1.0)
+    >>> strategy.staleness_weight(3)
+    0.5
+    """
+
+    def __init__(
+        self,
+        *,
+        buffer_size: int = 10,
+        concurrency: int | None = None,
+        server_learning_rate: float = 1.0,
+        staleness_exponent: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("fraction_evaluate", 0.0)
+        if kwargs["fraction_evaluate"] != 0:
+            raise ValueError(
+                f"FedBuff evaluates centrally only, got fraction_evaluate="
+                f"{kwargs['fraction_evaluate']!r}: its nodes never stop training to evaluate.\n"
+                "Hint: FedBuff(evaluate_fn=evaluate_on_test_set) evaluates every step."
+            )
+        super().__init__(**kwargs)
+        _check_count("buffer_size", buffer_size)
+        if concurrency is not None:
+            _check_count("concurrency", concurrency)
+        if not _is_number(server_learning_rate) or server_learning_rate <= 0:
+            raise ValueError(
+                f"server_learning_rate must be a finite number > 0, got {server_learning_rate!r}"
+            )
+        if not _is_number(staleness_exponent) or staleness_exponent < 0:
+            raise ValueError(
+                f"staleness_exponent must be a finite number >= 0, got {staleness_exponent!r}\n"
+                "Hint: 0.5 is the paper's 1 / sqrt(1 + tau); 0 weighs stale updates fully."
+            )
+        self.buffer_size = buffer_size
+        self.concurrency = concurrency
+        self.server_learning_rate = float(server_learning_rate)
+        self.staleness_exponent = float(staleness_exponent)
+
+    def __repr__(self) -> str:
+        return (
+            f"FedBuff(buffer_size={self.buffer_size}, concurrency={self.concurrency}, "
+            f"server_learning_rate={self.server_learning_rate}, staleness_exponent="
+            f"{self.staleness_exponent})"
+        )
+
+    def training_slots(self, available: int) -> int:
+        """How many of ``available`` nodes train at once."""
+        if self.concurrency is not None:
+            return min(self.concurrency, available)
+        # the decimal the user wrote, as in sampling: 0.14 * 50 is 7 nodes, not 8
+        wanted = max(math.ceil(Fraction(str(self.fraction_fit)) * available), self.min_fit_clients)
+        return min(max(wanted, 1), available)
+
+    def choose(self, idle: Sequence[int], count: int, rng: np.random.Generator) -> list[int]:
+        """``count`` of the ``idle`` nodes to send a task to now, drawn without replacement."""
+        count = min(count, len(idle))
+        if count <= 0:
+            return []
+        chosen = rng.choice(np.asarray(sorted(idle)), size=count, replace=False)
+        return sorted(int(i) for i in chosen)
+
+    def staleness_weight(self, staleness: int) -> float:
+        """``s(tau)``: how much an update ``staleness`` steps old counts."""
+        return staleness_weight(staleness, self.staleness_exponent)
+
+    def start_step(self, current: Arrays) -> BufferedStep:
+        """The buffer of the step that moves ``current``."""
+        return BufferedStep(current, self.server_learning_rate)
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}\nHint: FedBuff({name}=10)")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)

@@ -1,0 +1,38 @@
+"""FedTrimmedAvg: the coordinate-wise trimmed mean of the clients' models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pollinate.aggregate import trimmed_mean
+from pollinate.records import Arrays
+from pollinate.strategy.robust import RobustStrategy
+
+
+class FedTrimmedAvg(RobustStrategy):
+    """The coordinate-wise beta-trimmed mean of the round's models (Yin et al. 2018,
+    "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML,
+    Definition 2): per coordinate, drop the ``floor(beta n)`` largest and smallest of the n
+    values and average the rest, ``1 / ((1 - 2 beta) n) sum_{x in U_j} x``, unweighted.
+
+    When to use: up to a ``beta`` fraction of the clients may send wrong or hostile updates.
+    It keeps more of the honest information than the median (for ``beta`` near 1/2 it is the
+    median, for 0 the plain mean); with ``beta = 0.2`` nothing is dropped below 5 replies.
+
+    Cost: the round's updates are kept until it ends (memory: one copy per update, n x model;
+    it cannot stream), plus an 8 MB working block; time O(n log n x model).
+
+    >>> strategy = FedTrimmedAvg(beta=0.1, min_fit_clients=10)
+    """
+
+    def __init__(self, *, beta: float = 0.2, **kwargs: Any) -> None:
+        hint = "Hint: FedTrimmedAvg(beta=0.1) drops the 10% largest and smallest of each value."
+        if isinstance(beta, bool) or not isinstance(beta, int | float):
+            raise TypeError(f"beta must be a number, got {beta!r}\n{hint}")
+        if not 0 <= beta < 0.5:
+            raise ValueError(f"beta must be in [0, 0.5), got {beta!r}\n{hint}")
+        self.beta = beta
+        super().__init__(**kwargs)
+
+    def combine(self, updates: list[Arrays], weights: list[int]) -> Arrays:
+        return trimmed_mean(updates, self.beta)

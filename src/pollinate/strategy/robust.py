@@ -1,0 +1,93 @@
+"""What the robust strategies share: an aggregator that keeps the round's updates.
+
+Medians, trimmed means, Krum and Bulyan are statistics of all of a round's updates at once;
+they cannot fold updates in as they arrive the way FedAvg's mean does.
+
+Invariant: a robust strategy's aggregator holds a reference to every accepted update of the
+round until ``finish`` (one copy per update: O(clients x model) memory where FedAvg needs
+O(model)), and hands them over sorted by node id, so the result does not depend on the order
+replies arrived in, bit for bit. Replies with zero examples are left out, as FedAvg gives
+them no weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pollinate.errors import RunError
+from pollinate.records import Arrays
+from pollinate.strategy.base import FitAggregator, FitResult, Strategy
+
+
+class RobustStrategy(Strategy):
+    """Base of strategies that aggregate the round's updates all at once.
+
+    A subclass sets its own parameters, then calls ``super().__init__(**kwargs)``, and
+    implements ``combine``; it overrides ``min_replies`` when it needs more than one update.
+    ``min_fit_clients`` defaults to ``min_replies``, and less is refused: a round could never
+    be aggregated.
+    """
+
+    requirement = "n >= 1"
+    """The condition on the number of updates n, as the paper states it (for messages)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        needed = self.min_replies
+        given = kwargs.setdefault("min_fit_clients", needed)
+        super().__init__(**kwargs)
+        if given < needed:
+            raise ValueError(
+                f"{type(self).__name__} needs {self.requirement} updates per round, at least "
+                f"{needed} here, but min_fit_clients={given!r}.\nHint: leave min_fit_clients "
+                f"out (it defaults to {needed}), or set it higher to leave room for failures."
+            )
+
+    @property
+    def min_replies(self) -> int:
+        """The fewest usable replies a round can be aggregated from."""
+        return 1
+
+    def combine(self, updates: list[Arrays], weights: list[int]) -> Arrays:
+        """The aggregate of ``updates`` (in node-id order) with their example counts."""
+        raise NotImplementedError
+
+    def start_fit(self, round: int, current: Arrays) -> FitAggregator:
+        return _KeepAll(current, self)
+
+
+class _KeepAll:
+    """Keeps every result with examples; at finish, combines them in node-id order."""
+
+    def __init__(self, current: Arrays, strategy: RobustStrategy) -> None:
+        self._current = current
+        self._strategy = strategy
+        self._results: list[FitResult] = []
+
+    def add(self, result: FitResult) -> None:
+        if result.num_examples > 0:
+            self._results.append(result)
+
+    def finish(self) -> Arrays:
+        strategy = self._strategy
+        results = sorted(self._results, key=lambda r: r.node_id)
+        if not results:
+            raise ValueError("no update with examples was added; the aggregate is undefined")
+        if len(results) < strategy.min_replies:
+            raise RunError(
+                f"{type(strategy).__name__} got {len(results)} usable replies this round but "
+                f"needs {strategy.requirement}, at least {strategy.min_replies} here.\nHint: "
+                "sample more clients per round (min_fit_clients) so that failures leave "
+                "enough, or lower failure_tolerance so that such a round is skipped."
+            )
+        combined = strategy.combine([r.arrays for r in results], [r.num_examples for r in results])
+        return strategy.server_update(self._current, combined)
+
+
+def check_malicious(strategy: str, value: int) -> int:
+    """``num_malicious`` checked: an int >= 0."""
+    hint = f"Hint: {strategy}(num_malicious=1) tolerates one client that sends anything."
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"num_malicious must be an int, got {value!r}\n{hint}")
+    if value < 0:
+        raise ValueError(f"num_malicious must be >= 0, got {value!r}\n{hint}")
+    return value

@@ -1,0 +1,174 @@
+"""Update validation: the strategy sees only updates that passed every check that is on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pollinate import Arrays, Client, FedAvg, ServerApp, Validation, run_simulation
+from pollinate.records import Message
+from pollinate.server.events import Event, UpdateRejected
+from pollinate.server.screen import Screen, anomaly_scores, change_norm
+from pollinate.strategy.base import FitResult
+
+ZERO = Arrays({"w": np.zeros(3, np.float32), "steps": np.zeros(1, np.int64)})
+
+
+def update(*values: float) -> Arrays:
+    return Arrays({"w": np.array(values, np.float32), "steps": np.ones(1, np.int64)})
+
+
+def reply(arrays: Arrays, examples: int = 1) -> Message:
+    return Message("fit", is_reply=True, arrays=arrays, num_examples=examples)
+
+
+def result(node: int, arrays: Arrays) -> FitResult:
+    return FitResult(node, arrays, 1, {})
+
+
+# --- the pure parts ----------------------------------------------------------------------------
+
+
+def test_change_norm_is_the_l2_norm_of_the_float_arrays_change() -> None:
+    assert change_norm(update(3.0, 4.0, 0.0), ZERO) == pytest.approx(5.0)
+
+
+def test_anomaly_scores_are_distances_to_the_coordinate_median_in_median_distances() -> None:
+    ups = [update(1, 1, 0), update(1, 2, 0), update(2, 1, 0), update(9, 9, 0)]
+    # median (1.5, 1.5, 0); distances sqrt(.5) x 3 and sqrt(2 * 7.5^2); median sqrt(.5)
+    assert anomaly_scores(ups, ZERO) == pytest.approx([1.0, 1.0, 1.0, 15.0])
+
+
+def test_anomaly_scores_do_not_depend_on_the_order_of_the_updates() -> None:
+    rng = np.random.default_rng(0)
+    ups = [update(*rng.normal(size=3)) for _ in range(7)]
+    scores = anomaly_scores(ups, ZERO)
+    assert anomaly_scores(ups[::-1], ZERO) == pytest.approx(scores[::-1])
+
+
+def test_when_most_updates_are_the_median_any_other_is_infinitely_far() -> None:
+    ups = [update(1, 1, 1)] * 3 + [update(1, 1, 1.001)]
+    assert anomaly_scores(ups, ZERO) == [0.0, 0.0, 0.0, math.inf]
+
+
+def test_scores_are_computed_in_blocks_as_if_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pollinate.server import screen as screen_module
+
+    rng = np.random.default_rng(1)
+    big = [Arrays({"w": rng.normal(size=1000)}) for _ in range(6)]
+    zero = Arrays({"w": np.zeros(1000)})
+    whole = anomaly_scores(big, zero)
+    monkeypatch.setattr(screen_module, "_STACK_ELEMENTS", 6 * 7)  # blocks of 7 coordinates
+    assert anomaly_scores(big, zero) == pytest.approx(whole)
+
+
+# --- Screen -------------------------------------------------------------------------------------
+
+
+def test_a_misfit_or_weightless_update_is_rejected_with_the_reason() -> None:
+    screen = Screen(Validation(), ZERO, expected=3)
+    wrong_shape = Arrays({"w": np.zeros(4, np.float32), "steps": np.ones(1, np.int64)})
+    assert "expected float32[3]" in (screen.problem(reply(wrong_shape)) or "")
+    nan = update(1.0, float("nan"), 0.0)
+    assert "non-finite" in (screen.problem(reply(nan)) or "")
+    assert "num_examples=0" in (screen.problem(reply(update(1, 1, 1), examples=0)) or "")
+    assert screen.problem(reply(update(1, 1, 1))) is None
+
+
+def test_an_update_beyond_max_norm_is_rejected() -> None:
+    screen = Screen(Validation(max_norm=4.0), ZERO, expected=3)
+    assert screen.problem(reply(update(3.0, 0.0, 0.0))) is None
+    problem = screen.problem(reply(update(3.0, 4.0, 0.0))) or ""
+    assert problem.startswith("update norm 5 exceeds max_norm=4")
+
+
+def test_with_the_anomaly_score_on_a_round_holds_its_updates_and_quarantines_outliers() -> None:
+    screen = Screen(Validation(anomaly_threshold=3.0), ZERO, expected=5)
+    honest = [result(n, update(1 + 0.1 * n, 1, 1)) for n in range(4)]
+    flipped = result(9, update(-1, -1, -1))
+    for r in [*honest, flipped]:
+        assert screen.admit(r) == []  # nothing reaches the strategy before the round closes
+    passed, quarantined = screen.close()
+    assert passed == honest
+    [(node, reason)] = quarantined
+    assert node == 9 and reason.startswith("quarantined: anomaly score")
+
+
+def test_small_rounds_and_a_switched_off_score_stream() -> None:
+    small = Screen(Validation(), ZERO, expected=4)  # min_updates=5
+    off = Screen(Validation(anomaly_threshold=None), ZERO, expected=100)
+    r = result(1, update(1, 1, 1))
+    assert small.admit(r) == [r] and off.admit(r) == [r]
+    assert small.close() == ([], []) and off.close() == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_norm": 0}, "max_norm must be a number > 0 or None"),
+        ({"anomaly_threshold": float("nan")}, "anomaly_threshold must be a number > 0"),
+        ({"anomaly_threshold": True}, "anomaly_threshold must be a number > 0"),
+        ({"min_updates": 2}, "min_updates must be >= 3"),
+    ],
+)
+def test_impossible_settings_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        Validation(**kwargs)  # type: ignore[arg-type]
+
+
+def test_server_app_takes_only_a_validation() -> None:
+    with pytest.raises(TypeError, match="must be a Validation"):
+        ServerApp(FedAvg(), validation={"max_norm": 1})  # type: ignore[arg-type]
+
+
+# --- in a run ------------------------------------------------------------------------------------
+
+
+class Towards(Client):
+    """Moves the model towards its target; the attacker moves it the other way, far."""
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+
+    def fit(self, arrays: Arrays, config: dict) -> tuple[Arrays, int, dict]:  # type: ignore[type-arg]
+        w = arrays["w"] + (1.0 + 0.01 * self.node)
+        if self.node == 0:
+            w = arrays["w"] - 50.0  # sign flipped and boosted
+        return Arrays({"w": w}), 10, {}
+
+    def evaluate(self, arrays: Arrays, config: dict) -> tuple[float, int, dict]:  # type: ignore[type-arg]
+        return 0.0, 1, {}
+
+
+def run_towards(validation: Validation) -> tuple[np.ndarray, list[Event], list]:  # type: ignore[type-arg]
+    events: list[Event] = []
+    app = ServerApp(
+        FedAvg(fraction_evaluate=0.0),
+        num_rounds=2,
+        initial_arrays=Arrays({"w": np.zeros(2)}),
+        validation=validation,
+    )
+    result = run_simulation(
+        app, lambda ctx: Towards(ctx.node_id), num_clients=8, on_event=events.append
+    )
+    return result.arrays["w"], events, result.history.rounds
+
+
+def test_a_quarantined_update_never_reaches_the_model_and_is_counted_and_reported() -> None:
+    w, events, rounds = run_towards(Validation())
+
+    honest_mean = np.mean([1.0 + 0.01 * n for n in range(1, 8)])
+    assert w == pytest.approx(2 * honest_mean)
+    rejected = [e for e in events if isinstance(e, UpdateRejected)]
+    assert [(e.round, e.node_id) for e in rejected] == [(1, 0), (2, 0)]
+    for record in rounds[1:]:
+        assert (record.replies, record.failures, record.rejected) == (7, 1, 1)
+        assert record.failed[0].reason.startswith("quarantined: anomaly score")
+
+
+def test_without_the_anomaly_score_the_attacker_moves_the_model() -> None:
+    w, _, rounds = run_towards(Validation(anomaly_threshold=None))
+    assert w[0] < 0  # one boosted, flipped update outweighs seven honest ones
+    assert all(r.rejected == 0 for r in rounds)
