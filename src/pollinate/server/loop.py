@@ -39,7 +39,7 @@ from pollinate.server.grid import Grid
 from pollinate.server.history import Failure, History, RoundRecord
 from pollinate.server.screen import Screen
 from pollinate.server.validate import evaluate_reply_problem
-from pollinate.strategy.base import FitAggregator, FitResult
+from pollinate.strategy.base import FitAggregator, FitResult, TooFewReplies
 from pollinate.strategy.fedbuff import FedBuff
 
 log = logging.getLogger("pollinate.server")
@@ -70,7 +70,8 @@ def run(
 
     ``on_checkpoint`` receives the run's state after every completed round, to store it;
     ``resume_from`` is such a state: the run goes on with the round after it, as if it had
-    never stopped (the first round it runs is marked ``resumed`` in the history).
+    never stopped (the first round it runs is marked ``resumed`` in the history). An
+    asynchronous strategy (``FedBuff``) runs steps instead of rounds: ``server/buffered.py``.
     """
     loop = _Loop(grid, app, seed, run_id, on_event or (lambda event: None))
     return loop.run(on_checkpoint or (lambda checkpoint: None), resume_from)
@@ -182,7 +183,14 @@ class _Loop:
                 self.strategy.failure_tolerance,
             )
             return arrays
-        return aggregator.finish()
+        try:
+            return aggregator.finish()
+        except TooFewReplies as exc:
+            record.applied = False
+            self.log.warning(
+                "run %s round %d: %s; keeping the previous global model", self.run_id, rnd, exc
+            )
+            return arrays
 
     @staticmethod
     def _fold(aggregator: FitAggregator, results: list[FitResult]) -> list[tuple[int, Metrics]]:

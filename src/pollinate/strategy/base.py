@@ -34,6 +34,11 @@ class FitResult:
     metrics: Metrics
 
 
+class TooFewReplies(RunError):
+    """A round's usable replies are too few for the strategy to aggregate: the round keeps
+    the previous global model, as when too many fail."""
+
+
 class FitAggregator(Protocol):
     """Folds fit results in as they arrive, then yields the next global arrays."""
 

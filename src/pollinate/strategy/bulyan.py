@@ -6,7 +6,7 @@ from typing import Any
 
 from pollinate.aggregate import bulyan
 from pollinate.records import Arrays
-from pollinate.strategy.robust import RobustStrategy, check_malicious
+from pollinate.strategy.robust import RobustStrategy, check_malicious, tolerable
 
 
 class Bulyan(RobustStrategy):
@@ -37,5 +37,10 @@ class Bulyan(RobustStrategy):
     def min_replies(self) -> int:
         return 4 * self.num_malicious + 3
 
+    @property
+    def fewest_replies(self) -> int:
+        return 3  # f = 0 needs n >= 3
+
     def combine(self, updates: list[Arrays], weights: list[int]) -> Arrays:
-        return bulyan(updates, self.num_malicious)
+        n = len(updates)
+        return bulyan(updates, tolerable(type(self).__name__, self.num_malicious, (n - 3) // 4, n))

@@ -6,7 +6,7 @@ from typing import Any
 
 from pollinate.aggregate import multi_krum
 from pollinate.records import Arrays
-from pollinate.strategy.robust import RobustStrategy, check_malicious
+from pollinate.strategy.robust import RobustStrategy, check_malicious, tolerable
 
 
 class MultiKrum(RobustStrategy):
@@ -42,8 +42,14 @@ class MultiKrum(RobustStrategy):
     def min_replies(self) -> int:
         return max(2 * self.num_malicious + 3, self.num_selected)
 
+    @property
+    def fewest_replies(self) -> int:
+        return 3  # f = 0 needs n > 2
+
     def combine(self, updates: list[Arrays], weights: list[int]) -> Arrays:
-        return multi_krum(updates, weights, self.num_malicious, self.num_selected)
+        n = len(updates)
+        f = tolerable(type(self).__name__, self.num_malicious, (n - 3) // 2, n)
+        return multi_krum(updates, weights, f, min(self.num_selected, n))
 
 
 class Krum(MultiKrum):

@@ -12,11 +12,13 @@ them no weight.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from pollinate.errors import RunError
 from pollinate.records import Arrays
-from pollinate.strategy.base import FitAggregator, FitResult, Strategy
+from pollinate.strategy.base import FitAggregator, FitResult, Strategy, TooFewReplies
+
+log = logging.getLogger("pollinate.strategy")
 
 
 class RobustStrategy(Strategy):
@@ -44,8 +46,14 @@ class RobustStrategy(Strategy):
 
     @property
     def min_replies(self) -> int:
-        """The fewest usable replies a round can be aggregated from."""
+        """The replies a round needs for the strategy's full guarantee."""
         return 1
+
+    @property
+    def fewest_replies(self) -> int:
+        """The fewest usable replies a round can be aggregated from at all (a strategy may
+        tolerate fewer malicious clients with fewer replies, and says so when it does)."""
+        return self.min_replies
 
     def combine(self, updates: list[Arrays], weights: list[int]) -> Arrays:
         """The aggregate of ``updates`` (in node-id order) with their example counts."""
@@ -72,12 +80,11 @@ class _KeepAll:
         results = sorted(self._results, key=lambda r: r.node_id)
         if not results:
             raise ValueError("no update with examples was added; the aggregate is undefined")
-        if len(results) < strategy.min_replies:
-            raise RunError(
+        if len(results) < strategy.fewest_replies:
+            raise TooFewReplies(
                 f"{type(strategy).__name__} got {len(results)} usable replies this round but "
-                f"needs {strategy.requirement}, at least {strategy.min_replies} here.\nHint: "
-                "sample more clients per round (min_fit_clients) so that failures leave "
-                "enough, or lower failure_tolerance so that such a round is skipped."
+                f"needs {strategy.requirement}, at least {strategy.fewest_replies} here.\nHint: "
+                "sample more clients per round (min_fit_clients) so that failures leave enough."
             )
         combined = strategy.combine([r.arrays for r in results], [r.num_examples for r in results])
         return strategy.server_update(self._current, combined)
@@ -91,3 +98,20 @@ def check_malicious(strategy: str, value: int) -> int:
     if value < 0:
         raise ValueError(f"num_malicious must be >= 0, got {value!r}\n{hint}")
     return value
+
+
+def tolerable(strategy: str, wanted: int, feasible: int, n: int) -> int:
+    """``wanted`` malicious clients, or fewer if ``n`` updates cannot tolerate that many (as
+    when validation quarantined some): said in the run's log."""
+    if wanted <= feasible:
+        return wanted
+    log.warning(
+        "%s: %d updates tolerate at most f=%d malicious clients, not num_malicious=%d; "
+        "aggregating with f=%d",
+        strategy,
+        n,
+        feasible,
+        wanted,
+        feasible,
+    )
+    return feasible
