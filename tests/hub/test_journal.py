@@ -422,3 +422,33 @@ def test_a_hub_restarted_on_the_data_dir_sees_everything_that_was_recorded(
         assert opened.sent_before == {unanswered.task_id}
     finally:
         after.close()
+
+
+def test_the_sweep_deletes_what_a_crash_left_and_keeps_what_the_database_points_at(
+    tmp_path: Path,
+) -> None:
+    from pollinate.hub.state import HubState as State
+
+    state = State(tmp_path / "hub")
+    journal = Journal(state)
+    task = Message("fit", task_id="r:1:fit:1", run_id="r", round=1, node_id=1)
+    journal.open([task])
+    assert journal.record(task.reply(num_examples=1))
+    kept = [Path(p) for p in (state.task(task.task_id).reply,) if p]  # type: ignore[union-attr]
+    replies = kept[0].parent
+    leftovers = [
+        replies / "orphan.pln",
+        state.data_dir / "runs" / "r" / "checkpoint-000007.pln",
+        state.data_dir / "blobs" / "ab" / "abc.123.456.partial",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left by a crash")
+    unpacking = state.data_dir / "apps" / "digest" / "partial-1234"
+    unpacking.mkdir(parents=True)
+
+    assert journal.sweep() == 3
+
+    assert all(not p.exists() for p in leftovers) and not unpacking.exists()
+    assert kept[0].exists()
+    state.close()

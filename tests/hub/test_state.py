@@ -45,8 +45,8 @@ def test_the_database_is_in_wal_mode(state: HubState) -> None:
 
 
 def test_runs_are_stored_updated_and_listed_in_creation_order(state: HubState) -> None:
-    state.add_run(row("second", created=20.0))
-    state.add_run(row("first", created=10.0))
+    state.add_run(row("second", created=20.0), ("status", "submitted"))
+    state.add_run(row("first", created=10.0), ("status", "submitted"))
     state.update_run("second", status="finished", round=3, detail="done")
 
     assert [r.run_id for r in state.runs()] == ["first", "second"]
@@ -58,16 +58,15 @@ def test_runs_are_stored_updated_and_listed_in_creation_order(state: HubState) -
 
 
 def test_a_run_id_is_unique(state: HubState) -> None:
-    state.add_run(row("a", created=1.0))
+    state.add_run(row("a", created=1.0), ("status", "submitted"))
     with pytest.raises(sqlite3.IntegrityError):
-        state.add_run(row("a", created=2.0))
+        state.add_run(row("a", created=2.0), ("status", "submitted"))
     assert state.run("a") == row("a", created=1.0)  # the failed insert left nothing behind
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     first = HubState(tmp_path)
-    first.add_run(row("a", created=1.0))
-    first.append_log("a", "status", "submitted")
+    first.add_run(row("a", created=1.0), ("status", "submitted"))
     node = first.node_for_name("site-a")
     first.close()
 

@@ -53,7 +53,11 @@ def unpack(archive: bytes, target: Path) -> Path:
             root = target / "app"
             if not root.exists():
                 partial = target / f"partial-{secrets.token_hex(4)}"
-                zf.extractall(partial)
+                try:
+                    zf.extractall(partial)
+                except OSError:
+                    shutil.rmtree(partial, ignore_errors=True)  # no half-unpacked app stays
+                    raise
                 try:
                     partial.rename(root)
                 except OSError:

@@ -49,6 +49,9 @@ class Hub:
         self.fleet = Fleet(heartbeat_timeout)
         self.fleet.presume_alive(self.state.alive_at_last_note(heartbeat_timeout))
         self.journal = Journal(self.state)
+        with contextlib.suppress(PollinateError):  # leftovers cost space, not correctness
+            if swept := self.journal.sweep():
+                log.info("deleted %d files a previous hub left half-written or unused", swept)
         self.runs = Runs(self.state, self.fleet, self.journal)
         self.heartbeat_interval = heartbeat_interval
         self._closed = threading.Event()

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,23 @@ class Journal:
         """The run ended: its replies are of no more use (its last checkpoint stays)."""
         for path in self.state.forget_tasks(run_id):
             _remove(Path(path))
+
+    def sweep(self) -> int:
+        """Delete what a crash left behind: half-written files, replies and checkpoints the
+        database does not point at, half-unpacked apps. Call only while holding the data
+        dir's lock (no other hub writes there). Returns how many were deleted."""
+        with self.state.reading() as db:
+            kept = {row[0] for row in db.execute("SELECT reply FROM tasks WHERE reply NOT NULL")}
+            kept |= {row[0] for row in db.execute("SELECT path FROM checkpoints")}
+        root = self.state.data_dir
+        stale = [p for p in root.rglob("*.partial") if p.is_file()]
+        stale += [p for p in root.glob("runs/*/replies/*.pln") if str(p) not in kept]
+        stale += [p for p in root.glob("runs/*/checkpoint-*.pln") if str(p) not in kept]
+        for path in stale:
+            _remove(path)
+        for partial in root.glob("apps/*/partial-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        return len(stale)
 
     # --- files -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ a hub starts on the same data dir, from its last completed round, and says so in
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import secrets
 import shutil
@@ -51,8 +52,11 @@ class Runs:
         apps = self.state.data_dir / "apps"
         self.state.check_writable()  # the archive may be stored already: nothing new written
         digest = self.state.put_blob(archive)
-        actual = check_archive(archive, declared_hash, apps, digest)
-        app = load_archive(archive, apps, digest, overrides)
+        try:
+            actual = check_archive(archive, declared_hash, apps, digest)
+            app = load_archive(archive, apps, digest, overrides)
+        except OSError as exc:  # unpacking onto a disk that refuses
+            raise self.state.storage_error(exc) from exc
         run_id = secrets.token_hex(4)
         self.state.add_run(
             RunRow(
@@ -67,39 +71,64 @@ class Runs:
                 round=0,
                 created=time.time(),
                 detail="",
-            )
+            ),
+            first_log=("status", f"run {run_id} of app {app.name} submitted"),
         )
-        self.log(run_id, "status", f"run {run_id} of app {app.name} submitted")
+        with self.changed:
+            self.changed.notify_all()
         self._start(run_id, app, actual, rounds, seed, None)
         return run_id
 
     def resume_all(self) -> None:
-        """Resume every run the last hub on this data dir left running."""
+        """Resume every run the last hub on this data dir left running (each in a thread:
+        one that waits for its disk must not hold up the others, nor the hub's start)."""
         for row in self.state.runs():
             if row.status == "running":
-                self._resume(row)
+                thread = threading.Thread(
+                    target=self._resume, args=(row,), name=f"resume-{row.run_id}", daemon=True
+                )
+                self._threads[thread.name] = thread
+                thread.start()
 
     def _resume(self, row: RunRow) -> None:
-        restart = 1 + sum(e.kind == "resume" for e in self.state.log_after(row.run_id, 0))
-        try:
-            archive = self.state.blob_path(row.archive).read_bytes()
-            apps = self.state.data_dir / "apps"
+        """Load the run's app and checkpoint and start it; a disk that fails meanwhile is
+        waited for (the run stays running), an app that cannot load fails the run."""
+        warned = False
+        while True:
             try:
-                check_archive(archive, row.app_hash, apps, row.archive)
-            except AppError:
-                # unpacked files are not synced (the archive is): after a crash of the machine
-                # or a disk that failed, they may be empty; unpack them again
-                shutil.rmtree(apps / row.archive, ignore_errors=True)
-                check_archive(archive, row.app_hash, apps, row.archive)
-            app = load_archive(archive, apps, row.archive, row.overrides)
-            checkpoint = self.journal.load(row.run_id)
-            where = "from the start" if checkpoint is None else f"after round {checkpoint.round}"
-            note = f"hub restarted (restart {restart}): run {row.run_id} resumes {where}"
-            self._start(row.run_id, app, row.app_hash, row.rounds, row.seed, checkpoint, note)
-        except (PollinateError, OSError) as exc:
-            log.exception("run %s cannot resume", row.run_id)
-            with contextlib.suppress(StorageError):  # else the next hub tries again
-                self._record_end(row.run_id, "failed", f"cannot resume after a hub restart: {exc}")
+                app, checkpoint = self._reload(row)
+                break
+            except (StorageError, OSError) as exc:
+                if not _transient(exc):
+                    return self._cannot_resume(row, exc)
+                if not warned:
+                    log.error("run %s waits for its data dir to resume: %s", row.run_id, exc)
+                warned = True
+                time.sleep(STORAGE_RETRY_SECONDS)
+            except PollinateError as exc:
+                return self._cannot_resume(row, exc)
+        restart = 1 + sum(e.kind == "resume" for e in self.state.log_after(row.run_id, 0))
+        where = "from the start" if checkpoint is None else f"after round {checkpoint.round}"
+        note = f"hub restarted (restart {restart}): run {row.run_id} resumes {where}"
+        self._start(row.run_id, app, row.app_hash, row.rounds, row.seed, checkpoint, note)
+
+    def _reload(self, row: RunRow) -> tuple[App, Checkpoint | None]:
+        archive = self.state.blob_path(row.archive).read_bytes()
+        apps = self.state.data_dir / "apps"
+        try:
+            check_archive(archive, row.app_hash, apps, row.archive)
+        except AppError:
+            # unpacked files are not synced (the archive is): after a crash of the machine or
+            # a disk that failed, they may be empty; unpack them again
+            shutil.rmtree(apps / row.archive, ignore_errors=True)
+            check_archive(archive, row.app_hash, apps, row.archive)
+        app = load_archive(archive, apps, row.archive, row.overrides)
+        return app, self.journal.load(row.run_id)
+
+    def _cannot_resume(self, row: RunRow, exc: BaseException) -> None:
+        log.error("run %s cannot resume: %s", row.run_id, exc)
+        with contextlib.suppress(StorageError):  # else the next hub tries again
+            self._record_end(row.run_id, "failed", f"cannot resume after a hub restart: {exc}")
 
     def _start(
         self,
@@ -143,8 +172,14 @@ class Runs:
             self.changed.notify_all()
 
     def join(self, timeout: float | None = None) -> None:
-        for thread in list(self._threads.values()):
-            thread.join(timeout)
+        """Wait for every run (and resumption) thread to end, at most ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while alive := [t for t in list(self._threads.values()) if t.is_alive()]:
+            for thread in alive:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                thread.join(left)
+            if deadline is not None and time.monotonic() >= deadline:
+                return
 
     def _run(
         self,
@@ -231,3 +266,15 @@ class _RunLogHandler(logging.Handler):
             # when the disk takes nothing, the hub's own log (stderr) still has the record
             with contextlib.suppress(StorageError):
                 self.runs.log(self.run_id, "log", record.getMessage())
+
+
+def _transient(exc: BaseException) -> bool:
+    """A disk that is full, read-only or failing: it may take writes again later."""
+    if isinstance(exc, StorageError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EIO,
+        errno.EDQUOT,
+    )

@@ -227,8 +227,14 @@ class HubState:
 
     # --- runs -------------------------------------------------------------------------------
 
-    def add_run(self, run: RunRow) -> None:
+    def add_run(self, run: RunRow, first_log: tuple[str, str]) -> None:
+        """Record a new run and the first (kind, text) line of its log, at once: a run is
+        never recorded without a log that says how it came to be."""
         with self.transaction() as db:
+            db.execute(
+                "INSERT INTO log (run_id, time, kind, text) VALUES (?, ?, ?, ?)",
+                (run.run_id, time.time(), *first_log),
+            )
             db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
