@@ -77,3 +77,28 @@ def test_steps_complete_without_waiting_for_the_slow_node(
     # with three fast nodes and two updates a step, a fast node's task was in flight across a
     # step's checkpoint, and its update still counted, as a stale one
     assert max(step["fit"]["staleness"] for step in history[1:]) > 0
+
+
+def test_a_hub_killed_mid_run_resumes_the_asynchronous_run_from_its_last_step(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    app = write_tiny_app(tmp_path / "app", **{"num-rounds": 10, "fit-seconds": 0.3})
+    (app / "tiny_app" / "server.py").write_text(ASYNC_SERVER)
+    deployment.start_hub()
+    deployment.start_nodes([app] * 3)
+    run = deployment.start_run(app)
+    run.wait_for_output("round   3")  # the CLI's line for step 3
+
+    [hub] = [p for p in deployment.processes if p.name.startswith("hub") and p.alive()]
+    hub.kill()
+    deployment.restart_hub()
+    result = run.finish()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hub restarted (restart 1)" in result.stdout
+    history = result.history
+    assert history is not None and [r["round"] for r in history] == list(range(11))
+    assert sum(r["resumed"] for r in history) == 1
+    # no node was left pushing a reply to a task of before the crash: every step after the
+    # restart has its two updates
+    assert all(r["replies"] == 2 and r["applied"] for r in history[1:])

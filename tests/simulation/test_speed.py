@@ -11,8 +11,10 @@ import threading
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
+import pollinate
 from pollinate import Arrays, Client, Grid, SimulationGrid
 from pollinate.client import ClientFn
 from pollinate.simulation import Adversaries, Stragglers
@@ -198,3 +200,15 @@ class TestSimulationGridWithStragglers(GridContract):
         return SimulationGrid(
             client_fn, num_nodes, concurrency=2, client_speed=Stragglers(0.4, slowdown=3.0)
         )
+
+
+def test_run_simulation_passes_the_speeds_to_its_grid() -> None:
+    app = pollinate.ServerApp(
+        pollinate.FedAvg(fraction_evaluate=0.0),
+        num_rounds=1,
+        initial_arrays=Arrays({"w": np.zeros(2)}),
+    )
+    result = pollinate.run_simulation(
+        app, sleepers(0.02), num_clients=3, client_speed=lambda n: 25.0 if n == 2 else 1.0
+    )
+    assert result.history.rounds[1].seconds >= 0.45  # the round waited 25 x 0.02 s

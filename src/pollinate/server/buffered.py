@@ -8,10 +8,11 @@ once it holds K updates. A step is what a round is to the synchronous loop: one
 ``RoundRecord`` (``replies`` = updates in it, ``fit["staleness"]`` their mean staleness), one
 centralized evaluation, one checkpoint, one ``RoundFinished``; ``num_rounds`` counts steps.
 
-It runs on any Grid, with one ``dispatch`` call per task, each from a thread of its own: a
-reply is seen as soon as its node sends it, where a call with many tasks may yield them in
-the order they were sent (SimulationGrid does) and so make a fast node's reply wait behind a
-slow one's.
+It runs on any Grid, with one ``dispatch`` call per task, made on a worker thread: a reply
+is seen as soon as its node sends it, where a call with many tasks may yield them in the
+order they were sent (SimulationGrid does) and so make a fast node's reply wait behind a
+slow one's. Memory: one buffer the size of the model, plus the model of every version a
+task in flight trained from (at most ``concurrency`` of them; a fresh run needs one or two).
 
 Invariants:
 - a node trains at most once from each model version: a fast node cannot fill a step with
@@ -37,6 +38,7 @@ update lands in which step depends on when replies arrive.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -222,7 +224,7 @@ class BufferedLoop:
             )
             self._in_flight[task_id] = _Task(message, version)
             self._trained_from[node] = version
-            self._workers.run(lambda message=message: self._dispatch(message))
+            self._workers.run(functools.partial(self._dispatch, message))
 
     def _dispatch(self, message: Message) -> None:
         """One task's dispatch, on its own thread: everything it yields goes to the loop."""
@@ -245,7 +247,9 @@ class BufferedLoop:
         node = task.message.node_id
         if outcome is None:
             del self._in_flight[task_id]
-            self._fail(step, node, f"no reply within round_timeout={self.app.round_timeout}s")
+            timeout = self.app.round_timeout
+            reason = f"no reply within round_timeout={timeout}s" if timeout else "no reply"
+            self._fail(step, node, reason)
             return
         if outcome.task_id != task_id or not outcome.is_reply or outcome.node_id != node:
             self.log.warning(

@@ -18,12 +18,14 @@ finish in, so a seeded simulation gives the same history twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -85,7 +87,7 @@ class SimulationGrid(Grid):
         deadline = None if timeout is None else time.monotonic() + timeout
         todo = iter(instructions)
         window: deque[Future[_Done]] = deque()
-        wake = threading.Event()  # set when a task of this call is done, or by close()
+        wake = threading.Event()  # set as a task of this call is done, and by close()
         with self._lock:
             self._waiting.add(wake)
         try:
@@ -94,14 +96,22 @@ class SimulationGrid(Grid):
                 self._refill(window, todo, wake)
                 if not window:
                     return
-                wait = self._head_wait(window[0], deadline)
-                if wait == 0.0:
+                head, now = window[0], time.monotonic()
+                # result() raises what the task raised, as a grid error (clients' errors
+                # are replies)
+                ready = head.result().ready if head.done() and not head.cancelled() else None
+                if ready is not None and ready <= now:
                     yield window.popleft().result().reply
-                elif self._closed or (wait is not None and wait < 0):
+                    continue
+                if self._closed or (deadline is not None and deadline <= now):
                     yield from self._abandon(window)
                     return
+                until = min((t for t in (ready, deadline) if t is not None), default=None)
+                wait = None if until is None else until - now
+                if ready is None:
+                    _wait_done(head, wait)  # the head's end is the next thing to act on
                 else:
-                    wake.wait(wait)
+                    wake.wait(wait)  # a held-back head: refill as other tasks end meanwhile
         finally:
             with self._lock:
                 self._waiting.discard(wake)
@@ -116,29 +126,19 @@ class SimulationGrid(Grid):
     def _refill(
         self, window: deque[Future[_Done]], todo: Iterator[Message], wake: threading.Event
     ) -> None:
-        now = time.monotonic()
-        working = sum(not _held_back(future, now) for future in window)
+        working = len(window)
+        if self.slowdowns:  # a reply held back does not count: its client is gone
+            now = time.monotonic()
+            working -= sum(_held_back(future, now) for future in window)
         while working < 2 * self.concurrency and not self._closed:
             instruction = next(todo, None)
             if instruction is None:
                 return
             future = self._pool.submit(self._timed, instruction)
-            future.add_done_callback(lambda _: wake.set())
+            if self.slowdowns:
+                future.add_done_callback(lambda _: wake.set())
             window.append(future)
             working += 1
-
-    def _head_wait(self, head: Future[_Done], deadline: float | None) -> float | None:
-        """0 if the first reply may be yielded now; else seconds to wait for it (None:
-        until a task is done), negative when the deadline passed first."""
-        now = time.monotonic()
-        # result() raises what the task raised, as a grid error (clients' errors are replies)
-        ready = head.result().ready if head.done() and not head.cancelled() else None
-        if ready is not None and ready <= now:
-            return 0.0
-        if deadline is not None and deadline <= now:
-            return -1.0
-        until = min(t for t in (ready, deadline, float("inf")) if t is not None)
-        return None if until == float("inf") else until - now
 
     def _abandon(self, window: deque[Future[_Done]]) -> Iterator[Message]:
         """At the deadline: yield what is already done, cancel the rest."""
@@ -194,3 +194,10 @@ def _succeeded(future: Future[_Done]) -> bool:
 def _held_back(future: Future[_Done], now: float) -> bool:
     """Done, and its reply held back for its client's slowdown."""
     return future.done() and _succeeded(future) and future.result().ready > now
+
+
+def _wait_done(future: Future[_Done], timeout: float | None) -> None:
+    """Until ``future`` is done, cancelled, or ``timeout`` seconds passed (as cheap a wait
+    as ``result()``, unlike ``concurrent.futures.wait``)."""
+    with contextlib.suppress(FutureTimeout, CancelledError):
+        future.exception(timeout)

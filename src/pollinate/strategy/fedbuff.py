@@ -27,11 +27,18 @@ class FedBuff(Strategy):
     (the paper's ``(1/K) sum_i s(tau_i) Delta_i`` when every node has as many examples;
     ``pollinate.aggregate.staleness`` has the math). ``ServerApp.num_rounds`` counts steps,
     and each step is one record in the history, with the mean staleness of its updates as
-    ``fit["staleness"]``. The run loop is ``pollinate.server.buffered``.
+    ``fit["staleness"]``; ``ServerApp.round_timeout`` bounds each task. The run loop is
+    ``pollinate.server.buffered``.
+
+    One departure from the paper, for fleets smaller than its thousands of devices: a node
+    trains at most once from each model version. Otherwise a fast node would send update
+    after update from one version, the same data counted again and again in one step; and
+    so, with every node equally fast and K = the number of nodes, FedBuff is FedAvg with a
+    server learning rate. A straggler holds no step up as long as K other nodes can fill it.
 
     Args:
-        buffer_size: K, updates per step. Smaller steps sooner on fewer (and noisier)
-            updates; a straggler holds no step up as long as K fast nodes can fill it.
+        buffer_size: K, updates per step (10 in the paper). Smaller steps sooner on fewer,
+            noisier updates; keep it at most the number of nodes that are not stragglers.
         concurrency: nodes training at once. None: ``fraction_fit`` of the available nodes
             (at least ``min_fit_clients``), by default all of them.
         server_learning_rate: ``eta_g``; 1.0 moves the model to the buffer's weighted mean
