@@ -7,6 +7,7 @@ Strategies are thin policy on top of this package. One module per kind of aggreg
 - ``robust``: coordinate-wise median and trimmed mean, Krum, Multi-Krum and Bulyan; these
   need every update of a round at once (the caller holds one copy per update).
 - ``fair``: q-FedAvg's step, streamed like the mean.
+- ``staleness``: FedBuff's staleness weights and buffered step, streamed like the mean.
 """
 
 from pollinate.aggregate.fair import QFedAvgStep
