@@ -38,6 +38,8 @@ test: $(VENV)/.test-deps lint system-deps
 bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/aggregate.py
 	$(BIN)/python benchmarks/simulation.py
+	$(BIN)/python benchmarks/robustness.py
+	$(BIN)/python benchmarks/async.py
 
 proto: $(VENV)/.test-deps
 	cd src && ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
