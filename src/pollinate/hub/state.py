@@ -17,6 +17,7 @@ Invariant: a write that cannot reach the disk (full, read-only, I/O error) raise
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pollinate.errors import PollinateError, StorageError
 
@@ -177,7 +178,9 @@ class HubState:
     def close(self) -> None:
         with self.lock:
             self.connection.close()
-            self._owner.close()  # and with it the data dir's lock
+            if self._owner >= 0:  # closing twice is fine
+                os.close(self._owner)  # and with it the data dir's lock
+                self._owner = -1
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -420,23 +423,24 @@ def _run_row(row: tuple[Any, ...]) -> RunRow:
     return RunRow(*values)
 
 
-def _lock_data_dir(data_dir: Path) -> IO[str]:
-    """Hold ``data_dir/hub.lock`` for the life of the process: two hubs on one data dir would
-    run the same rounds and write the same files. The kernel drops the lock when the holder
-    dies, however it dies."""
-    owner = (data_dir / "hub.lock").open("a+")
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold a lock on ``data_dir`` for the life of the process: two hubs on one data dir would
+    run the same rounds and write the same files. The lock is on the directory itself, so a
+    read-only data dir can be locked too; the kernel drops it when the holder dies, however
+    it dies. Returns the descriptor that holds it."""
+    owner = os.open(data_dir, os.O_RDONLY)
     try:
-        fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        owner.seek(0)
-        holder = owner.read().strip() or "another process"
-        owner.close()
+        os.close(owner)
+        try:
+            holder = (data_dir / "hub.lock").read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
         raise PollinateError(
             f"another hub ({holder}) runs on the data dir {data_dir}.\nHint: stop it first, or "
             "give this hub its own --data-dir."
         ) from None
-    owner.seek(0)
-    owner.truncate()
-    owner.write(f"pid {os.getpid()}")
-    owner.flush()
+    with contextlib.suppress(OSError):  # who holds it, for the message above; read-only: no
+        (data_dir / "hub.lock").write_text(f"pid {os.getpid()}")
     return owner
