@@ -57,8 +57,8 @@ def reply_to(task: Message, value: float = 1.0) -> Message:
     return task.reply(arrays=arrays, num_examples=7, metrics={"acc": value})
 
 
-def reply_file(state: HubState, task: Message) -> Path:
-    row = state.task(task.task_id)
+def reply_file(journal: Journal, task: Message) -> Path:
+    row = journal.task(task.task_id)
     assert row is not None and row.reply is not None, f"{task.task_id} has no recorded reply"
     return Path(row.reply)
 
@@ -149,7 +149,7 @@ def test_two_pushes_of_one_reply_recorded_at_once_leave_one_file_and_one_reply(
 
     assert results == {1.0: True, 2.0: True}  # each push is told its task has its reply
     assert len(set(written)) == 2  # each wrote its own file...
-    assert replies_on_disk(state) == {reply_file(state, task)}  # ...and the loser deleted its
+    assert replies_on_disk(state) == {reply_file(journal, task)}  # ...and the loser deleted its
     recorded = journal.open([task]).answered[task.task_id]
     assert_same_reply(recorded, pushes[recorded.metrics["acc"]])
 
@@ -190,7 +190,7 @@ def test_a_recorded_reply_that_cannot_be_read_is_asked_for_again(
     task = instruction(1)
     journal.open([task])
     journal.record(reply_to(task, 1.0))
-    damage(reply_file(state, task))
+    damage(reply_file(journal, task))
 
     assert journal.open([task]) == Opened(sent_before=frozenset({task.task_id}))
 
@@ -295,7 +295,7 @@ def test_a_checkpoint_larger_than_a_node_may_send_saves_and_loads(
         {f"{m}/{n}": np.full((2, 2), i / 10, np.float32) for m in "mv" for i, n in enumerate(names)}
     )
     journal.save("r", Checkpoint(3, model, moments), record(3))
-    found = state.checkpoint("r")
+    found = journal._checkpoint("r")
     assert found is not None
     with pytest.raises(WireError, match="max_header_bytes"):  # what a node's message may be
         wire.decode(Path(found[1]).read_bytes())
@@ -357,8 +357,8 @@ def test_saving_round_k_deletes_the_replies_of_rounds_up_to_k_and_keeps_later_on
     journal.open([*round_one, *round_two])
     for task in [*round_one, *round_two]:
         journal.record(reply_to(task))
-    round_one_files = {reply_file(state, t) for t in round_one}
-    round_two_file = reply_file(state, round_two[0])
+    round_one_files = {reply_file(journal, t) for t in round_one}
+    round_two_file = reply_file(journal, round_two[0])
 
     journal.save("r", checkpoint(1), record(1))
 
@@ -434,7 +434,7 @@ def test_the_sweep_deletes_what_a_crash_left_and_keeps_what_the_database_points_
     task = Message("fit", task_id="r:1:fit:1", run_id="r", round=1, node_id=1)
     journal.open([task])
     assert journal.record(task.reply(num_examples=1))
-    kept = [Path(p) for p in (state.task(task.task_id).reply,) if p]  # type: ignore[union-attr]
+    kept = [Path(p) for p in (journal.task(task.task_id).reply,) if p]  # type: ignore[union-attr]
     replies = kept[0].parent
     leftovers = [
         replies / "orphan.pln",

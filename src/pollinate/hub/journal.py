@@ -20,7 +20,9 @@ import hashlib
 import json
 import secrets
 import shutil
+import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +62,8 @@ class Journal:
 
     def open(self, instructions: Sequence[Message]) -> Opened:
         """Note ``instructions`` as sent; say which were sent before (a resumed round)."""
-        rows = self.state.tasks([m.task_id for m in instructions])
-        self.state.open_tasks([(m.task_id, m.run_id, m.round, m.node_id) for m in instructions])
+        rows = self._tasks([m.task_id for m in instructions])
+        self._open_tasks([(m.task_id, m.run_id, m.round, m.node_id) for m in instructions])
         answered, sent_before = {}, set()
         for row in rows:
             reply = self._read_reply(row.task_id, row.reply) if row.reply else None
@@ -76,23 +78,23 @@ class Journal:
             return wire.decode(Path(path).read_bytes())
         except (OSError, WireError):
             # a recorded reply that cannot be read is one never received: ask again
-            self.state.reopen_task(task_id)
+            self._reopen_task(task_id)
             return None
 
     def task(self, task_id: str) -> TaskRow | None:
-        return self.state.task(task_id)
+        return self._task(task_id)
 
     def record(self, reply: Message) -> bool:
         """Put ``reply`` on disk and note it against its task. True if the task has this
         reply now (recorded by this call or an earlier push of it); False if the task is
         unknown or closed (its stage ended). StorageError if the disk refuses."""
-        task = self.state.task(reply.task_id)
+        task = self._task(reply.task_id)
         if task is None or task.reply is not None:
             return task is not None
         path = self._reply_path(reply)  # its own file: pushes of one reply never share one
         try:
             self.state.write_file(path, wire.iter_encode(reply))
-            answered = self.state.answer_task(reply.task_id, str(path))
+            answered = self._answer_task(reply.task_id, str(path))
         except StorageError as exc:
             self._unrecorded[reply.run_id] = str(exc)
             _remove(path)
@@ -101,7 +103,7 @@ class Journal:
         if answered:
             return True
         _remove(path)
-        task = self.state.task(reply.task_id)
+        task = self._task(reply.task_id)
         return task is not None and task.reply is not None
 
     def unrecorded(self, run_id: str) -> str:
@@ -117,7 +119,7 @@ class Journal:
         return ""
 
     def close_unanswered(self, task_ids: Sequence[str]) -> None:
-        self.state.close_unanswered(task_ids)
+        self._close_unanswered(task_ids)
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -127,14 +129,14 @@ class Journal:
         path = self._run_dir(run_id) / f"checkpoint-{checkpoint.round:06d}.pln"
         self.state.write_file(path, checkpoints.iter_encode(checkpoint))
         line = ("round", json.dumps(record.to_dict()))
-        old, replies = self.state.save_checkpoint(run_id, checkpoint.round, str(path), line)
+        old, replies = self._save_checkpoint(run_id, checkpoint.round, str(path), line)
         for stale in [old, *replies]:
             if stale:
                 _remove(Path(stale))
 
     def load(self, run_id: str) -> Checkpoint | None:
         """The run's newest checkpoint with its history, or None if it has none yet."""
-        found = self.state.checkpoint(run_id)
+        found = self._checkpoint(run_id)
         if found is None:
             return None
         round, path = found
@@ -150,7 +152,7 @@ class Journal:
 
     def forget(self, run_id: str) -> None:
         """The run ended: its replies are of no more use (its last checkpoint stays)."""
-        for path in self.state.forget_tasks(run_id):
+        for path in self._forget_run_tasks(run_id):
             _remove(Path(path))
 
     def sweep(self) -> int:
@@ -169,6 +171,93 @@ class Journal:
         for partial in root.glob("apps/*/partial-*"):
             shutil.rmtree(partial, ignore_errors=True)
         return len(stale)
+
+    # --- the tasks and checkpoints tables (this module gives them their meaning) -------
+
+    def _open_tasks(self, tasks: Sequence[tuple[str, str, int, int]]) -> None:
+        """Record ``(task_id, run_id, round, node_id)`` tasks as sent; known ones stay."""
+        with self.state.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO tasks (task_id, run_id, round, node_id) VALUES (?,?,?,?)",
+                tasks,
+            )
+
+    def _task(self, task_id: str) -> TaskRow | None:
+        with self.state.reading() as db:
+            row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else TaskRow(*row)
+
+    def _tasks(self, task_ids: Sequence[str]) -> list[TaskRow]:
+        with self.state.reading() as db:
+            rows = [
+                db.execute("SELECT * FROM tasks WHERE task_id = ?", (t,)).fetchone()
+                for t in task_ids
+            ]
+        return [TaskRow(*row) for row in rows if row is not None]
+
+    def _answer_task(self, task_id: str, reply_path: str) -> bool:
+        """Record the reply of an open task; False if the task is unknown or answered."""
+        with self.state.transaction() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET reply = ? WHERE task_id = ? AND reply IS NULL",
+                (reply_path, task_id),
+            )
+            return cursor.rowcount == 1
+
+    def _reopen_task(self, task_id: str) -> None:
+        with self.state.transaction() as db:
+            db.execute("UPDATE tasks SET reply = NULL WHERE task_id = ?", (task_id,))
+
+    def _close_unanswered(self, task_ids: Sequence[str]) -> None:
+        with self.state.transaction() as db:
+            db.executemany(
+                "DELETE FROM tasks WHERE task_id = ? AND reply IS NULL",
+                [(t,) for t in task_ids],
+            )
+
+    def _save_checkpoint(
+        self, run_id: str, round: int, path: str, log: tuple[str, str] | None
+    ) -> tuple[str | None, list[str]]:
+        """Make ``path`` the run's checkpoint at ``round``, note the round (and ``log``, a
+        (kind, text) entry) in the same transaction, and forget the answered tasks of rounds
+        up to it (an unanswered one is closed by its stage, or is an asynchronous run's task
+        still in flight, whose reply is still wanted). Returns the files no longer needed:
+        the previous checkpoint and those replies."""
+        with self.state.transaction() as db:
+            old = db.execute("SELECT path FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
+            db.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?) ON CONFLICT(run_id) DO UPDATE "
+                "SET round = excluded.round, path = excluded.path",
+                (run_id, round, path),
+            )
+            db.execute("UPDATE runs SET round = ? WHERE run_id = ?", (round, run_id))
+            if log is not None:
+                db.execute(
+                    "INSERT INTO log (run_id, time, kind, text) VALUES (?, ?, ?, ?)",
+                    (run_id, time.time(), *log),
+                )
+            replies = self._forget_tasks(db, run_id, round)
+        return (old[0] if old and old[0] != path else None), replies
+
+    def _forget_run_tasks(self, run_id: str) -> list[str]:
+        """Forget all of a run's tasks (it ended); returns the reply files to delete."""
+        with self.state.transaction() as db:
+            return self._forget_tasks(db, run_id, None)
+
+    def _forget_tasks(self, db: sqlite3.Connection, run_id: str, up_to: int | None) -> list[str]:
+        where = "run_id = ?" + ("" if up_to is None else " AND round <= ? AND reply IS NOT NULL")
+        params = (run_id,) if up_to is None else (run_id, up_to)
+        rows = db.execute(f"SELECT reply FROM tasks WHERE {where}", params).fetchall()
+        db.execute(f"DELETE FROM tasks WHERE {where}", params)
+        return [row[0] for row in rows if row[0]]
+
+    def _checkpoint(self, run_id: str) -> tuple[int, str] | None:
+        """``(round, path)`` of the run's newest checkpoint, if it has one."""
+        with self.state.reading() as db:
+            row = db.execute(
+                "SELECT round, path FROM checkpoints WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
     # --- files -----------------------------------------------------------------------------
 

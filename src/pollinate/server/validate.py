@@ -12,15 +12,6 @@ import numpy as np
 from pollinate.records import Arrays, Message
 
 
-def fit_reply_problem(reply: Message, reference: Arrays) -> str | None:
-    """Why ``reply`` cannot be aggregated into ``reference``, or None if it can."""
-    if reply.error is not None:
-        return f"client failed: {reply.error}"
-    if reply.num_examples <= 0:
-        return "reported num_examples=0, so its update has no weight"
-    return arrays_problem(reply.arrays, reference)
-
-
 def arrays_problem(arrays: Arrays, reference: Arrays) -> str | None:
     """Why ``arrays`` do not fit ``reference`` (names, shapes, dtypes, finite values)."""
     if arrays.names != reference.names:
