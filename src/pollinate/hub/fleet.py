@@ -86,7 +86,8 @@ class Fleet:
     def heartbeat(
         self, node_id: int, app_hash: str, node_config: dict[str, str], session: str = ""
     ) -> bool:
-        """A sign of life; ``session`` names the node's process, so a restart shows.
+        """A sign of life. ``session`` names the node's process: a new one is a restart,
+        which the log shows (what the old process took is sent again at its first pull).
         True if the node was not counted alive until now (new, back, or restarted)."""
         with self._changed:
             node = self._nodes.get(node_id)
@@ -96,7 +97,7 @@ class Fleet:
                 node = self._nodes[node_id] = _Node(time.monotonic())
             elif node.last_seen == 0.0:
                 log.info("node %d is back", node_id)
-            if session and node.session and session != node.session:
+            if restarted and node.session:
                 log.info("node %d restarted", node_id)
             node.last_seen, node.app_hash, node.node_config = (
                 time.monotonic(),

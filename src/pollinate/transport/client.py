@@ -128,7 +128,7 @@ class FleetClient:
     ) -> float:
         """Report life; learn this node's id. Returns the interval for the next heartbeat.
 
-        ``session`` is new with every start of the node: the hub sees a restart by it."""
+        ``session`` is new with every start of the node: the hub's log shows restarts."""
         request = pb.HeartbeatRequest(
             app_hash=app_hash, node_config=node_config, name=name, session=session
         )
