@@ -126,3 +126,29 @@ def test_help_explains_every_option() -> None:
         assert option in done.stdout
     for attack in ("sign-flip", "scale", "gaussian-noise", "label-flip"):
         assert attack in done.stdout
+
+
+def test_the_demo_with_dp_reports_epsilon_and_stops_at_its_budget(tmp_path: Path) -> None:
+    done = pollinate(
+        "run",
+        str(DEMO),
+        "--config",
+        "dp-noise-multiplier=2.0",
+        "--config",
+        "dp-epsilon-budget=6",
+        "--out",
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    history = json.loads((tmp_path / "history.json").read_text())
+    spent = [r["fit"]["dp_epsilon"] for r in history[1:]]
+    assert 0 < len(spent) < 20 and spent == sorted(spent) and spent[-1] <= 6
+    assert "epsilon" in done.stdout and "stopped early: privacy budget" in done.stdout
+
+
+def test_the_demo_refuses_an_unsafe_dp_setting() -> None:
+    done = pollinate(
+        "run", str(DEMO), "--config", "dp-noise-multiplier=1", "--config", "dp-delta=0.1"
+    )
+    assert done.returncode == 2
+    assert "too large" in done.stderr and "Hint:" in done.stderr

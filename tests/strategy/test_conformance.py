@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pollinate.privacy import DifferentialPrivacy
 from pollinate.records import Arrays
 from pollinate.strategy import (
     Bulyan,
@@ -57,6 +58,13 @@ CASES: dict[str, Case] = {
     "Bulyan": Case(lambda: Bulyan(num_malicious=1), count=7),
     "QFedAvg": Case(lambda: QFedAvg(q=0.5, lipschitz=10.0)),
     "QFedAvg-q0": Case(lambda: QFedAvg(q=0.0, lipschitz=10.0)),
+    # noise small enough for the checks' tolerance, seeded so that two runs draw the same;
+    # an equal-weight mean, so not in MEAN (which weighs by examples)
+    "DP-FedAvg": Case(
+        lambda: DifferentialPrivacy(
+            FedAvg(), noise_multiplier=1e-12, clipping_norm=1e6, noise_seed=0
+        )
+    ),
 }
 
 # Whose result is a statistic of the replies, so that equal replies give that reply. Not
@@ -72,6 +80,7 @@ LOCATION = [
     "MultiKrum",
     "Bulyan",
     "QFedAvg-q0",
+    "DP-FedAvg",
 ]
 
 # Whose result is a mean of the replies (weighted by examples, or for q = 0 uniformly).

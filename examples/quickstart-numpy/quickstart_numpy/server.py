@@ -3,7 +3,7 @@ evaluated on the held-out test set."""
 
 from __future__ import annotations
 
-from pollinate import AppError, Arrays, Config, Metrics, ServerApp, Validation
+from pollinate import AppError, Arrays, Config, Metrics, ServerApp, Strategy, Validation
 from pollinate.strategy import strategy_class
 from quickstart_numpy import task
 
@@ -34,6 +34,9 @@ def server_fn(run_config: Config) -> ServerApp:
         evaluate_fn=evaluate_test_set,
         on_fit_config_fn=fit_config,
     )
+    noise = float(run_config.get("dp-noise-multiplier", 0.0))
+    if noise > 0:
+        strategy = with_dp(strategy, noise, run_config)
     validation = Validation(
         anomaly_threshold=float(run_config["anomaly-threshold"]) or None,
         max_norm=float(run_config["max-norm"]) or None,
@@ -44,3 +47,20 @@ def server_fn(run_config: Config) -> ServerApp:
         initial_arrays=task.initial_arrays(),
         validation=validation,
     )
+
+
+def with_dp(strategy: Strategy, noise_multiplier: float, run_config: Config) -> Strategy:
+    """Hub-side DP-FedAvg around the strategy (needs the ``dp`` extra: dp-accounting)."""
+    from pollinate.privacy import DifferentialPrivacy
+
+    budget = float(run_config.get("dp-epsilon-budget", 0.0))
+    try:
+        return DifferentialPrivacy(
+            strategy,
+            noise_multiplier=noise_multiplier,
+            clipping_norm=float(run_config.get("dp-clipping-norm", 1.0)),
+            delta=float(run_config.get("dp-delta", 1e-5)),
+            epsilon_budget=budget or None,
+        )
+    except ValueError as exc:
+        raise AppError(f"--config dp-*: {exc}") from None

@@ -164,6 +164,8 @@ def run(
     except PollinateError as exc:
         raise fail(exc) from None
     console.print(summary_table(result.history, console.width))
+    if result.stopped is not None:
+        console.print(f"[yellow]stopped early: {result.stopped}[/yellow]")
     if attackers is not None:
         console.print(_attackers_line(attackers, num_clients))
     if out is not None:

@@ -12,6 +12,9 @@ from pollinate.records import Scalar
 from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
 from pollinate.server.history import History, RoundRecord
 
+# the fit metric DifferentialPrivacy reports each round (pollinate.privacy)
+_EPSILON = "dp_epsilon"
+
 
 class RunProgress:
     """Turns run-loop events into a live progress display; use as a context manager."""
@@ -76,6 +79,8 @@ def round_line(record: RoundRecord) -> str:
         values = getattr(record, section)
         if values:
             parts.append(f"{label} " + " ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
+    if _EPSILON in record.fit:
+        parts.append(f"epsilon {_fmt(record.fit[_EPSILON])}")
     parts.append(f"{record.seconds:.2f}s")
     return "  ".join(parts)
 
@@ -90,6 +95,9 @@ def summary_table(history: History, width: int = 80) -> Table:
         for section, label in sections
         for key in dict.fromkeys(k for r in history.rounds for k in getattr(r, section))
     ]
+    if width < 120 and any(_EPSILON in r.fit for r in history.rounds):
+        # the privacy spent matters on any terminal, unlike the other fit metrics
+        columns.insert(0, ("fit", _EPSILON, "DP\nepsilon"))
     table = Table(title="run summary")
     for name in ["round", "ok", "failed", *[c[2] for c in columns], "s"]:
         table.add_column(name, justify="right", no_wrap=True)

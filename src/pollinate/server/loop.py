@@ -10,6 +10,8 @@ Invariants:
   and a resumed run samples as the uninterrupted one would have;
 - task ids depend only on ``(run, round, stage, node)``, so a resumed round asks for the same
   tasks again and a grid that kept their replies across a crash can hand them back;
+- the strategy is asked before every round whether the run is finished (``finished``); a
+  run it stops ends normally, with the rounds done;
 - ``on_checkpoint`` sees every completed round (round 0 included) before anyone else does:
   a round that was reported was recorded first.
 """
@@ -50,10 +52,12 @@ CheckpointHandler = Callable[[Checkpoint], None]
 
 @dataclass
 class RunResult:
-    """What a finished run leaves: the final global arrays and the history."""
+    """What a finished run leaves: the final global arrays, the history, and why the run
+    stopped before ``num_rounds`` if the strategy ended it (``Strategy.finished``)."""
 
     arrays: Arrays
     history: History = field(default_factory=History)
+    stopped: str | None = None
 
 
 def run(
@@ -101,6 +105,10 @@ class _Loop:
             arrays = steps.run(arrays, history, first, checkpoint, resume_from is not None)
             return RunResult(arrays, history)
         for rnd in range(first, self.app.num_rounds + 1):
+            reason = self.strategy.finished(rnd - 1)
+            if reason is not None:
+                self.log.warning("run %s stops after round %d: %s", self.run_id, rnd - 1, reason)
+                return RunResult(arrays, history, stopped=reason)
             arrays, record = self._round(rnd, arrays)
             record.resumed = resume_from is not None and rnd == first
             history.rounds.append(record)

@@ -175,6 +175,11 @@ class Strategy:
         """Centralized evaluation with ``evaluate_fn``, or None when there is none."""
         return self.evaluate_fn(round, arrays) if self.evaluate_fn else None
 
+    def finished(self, rounds_done: int) -> str | None:
+        """Why the run should stop after ``rounds_done`` rounds (e.g. a privacy budget is
+        spent), or None to go on; asked before every round. The run then ends normally."""
+        return None
+
     # --- state to resume from ------------------------------------------------------------
 
     def state(self) -> Arrays:

@@ -1,0 +1,62 @@
+"""Secure aggregation in the manner of SecAgg+: the server learns only the sum of the updates.
+
+Bell et al. 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead" (CCS'20),
+building on Bonawitz et al. 2017, "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning" (CCS'17). This module is the public face; the parts live beside it:
+
+- ``secagg_config``: :class:`SecAggConfig` and the inequalities it enforces;
+- ``secagg_math``: quantization into ``Z / 2**b``, AES-CTR mask expansion;
+- ``secagg_graph``: the sparse random neighbour graph;
+- ``secagg_crypto``: X25519, AES-GCM, node-key signatures, Shamir sharing (pycryptodome);
+- ``secagg_messages``: what travels, and :class:`SecAggError`;
+- ``secagg_client`` / ``secagg_server``: the two state machines.
+
+Needs the ``secagg`` extra (``pip install 'pollinate[secagg]'``) for pycryptodome's Shamir.
+So far this is the protocol core, run in-process; wiring it into strategies and deployment
+comes next (docs/privacy-secagg.md).
+
+>>> from cryptography.hazmat.primitives.asymmetric import ed25519
+>>> import numpy as np
+>>> ids, seed = [1, 2, 3], bytes(32)
+>>> keys = {u: ed25519.Ed25519PrivateKey.generate() for u in ids}
+>>> peers = {u: k.public_key() for u, k in keys.items()}
+>>> config = SecAggConfig(threshold_fraction=1.0, max_dropout_fraction=0.0)
+>>> clients = [SecAggClient(u, keys[u], peers, ids, seed, config) for u in ids]
+>>> server = SecAggServer(ids, seed, config)
+>>> adverts = server.relay_adverts([c.advertise_keys() for c in clients])
+>>> inbox = server.relay_shares([s for c in clients for s in c.share_keys(adverts[c.client])])
+>>> for c in clients:
+...     server.receive_masked(c.masked_input(np.array([0.5, -1.0]), inbox[c.client]))
+>>> request = server.unmask_request()
+>>> result = server.finish(request, [c.unmask(request) for c in clients])
+>>> np.round(result.values, 4).tolist()
+[1.5, -3.0]
+"""
+
+from __future__ import annotations
+
+from pollinate.privacy.secagg_client import SecAggClient
+from pollinate.privacy.secagg_config import SecAggConfig
+from pollinate.privacy.secagg_messages import (
+    AggregateSum,
+    EncryptedShare,
+    KeyAdvert,
+    MaskedInput,
+    SecAggError,
+    ShareReveal,
+    UnmaskRequest,
+)
+from pollinate.privacy.secagg_server import SecAggServer
+
+__all__ = [
+    "AggregateSum",
+    "EncryptedShare",
+    "KeyAdvert",
+    "MaskedInput",
+    "SecAggClient",
+    "SecAggConfig",
+    "SecAggError",
+    "SecAggServer",
+    "ShareReveal",
+    "UnmaskRequest",
+]
