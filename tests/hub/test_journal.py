@@ -452,3 +452,23 @@ def test_the_sweep_deletes_what_a_crash_left_and_keeps_what_the_database_points_
     assert all(not p.exists() for p in leftovers) and not unpacking.exists()
     assert kept[0].exists()
     state.close()
+
+
+def test_while_the_disk_refuses_replies_the_journal_says_so_until_it_takes_writes(
+    state: HubState, journal: Journal
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    replies = state.data_dir / "runs" / task.run_id / "replies"
+    replies.parent.mkdir(parents=True, exist_ok=True)
+    replies.write_bytes(b"")  # a file where the folder goes: every reply write fails
+    probe = state.data_dir / "writable"
+    probe.mkdir()  # and so does the probe
+    with pytest.raises(StorageError):
+        journal.record(reply_to(task))
+    assert journal.refusing().startswith("the hub cannot write to its data dir")
+
+    replies.unlink()
+    probe.rmdir()
+    assert journal.refusing() == ""
+    assert journal.record(reply_to(task))

@@ -118,6 +118,14 @@ class Journal:
             self._unrecorded.pop(run_id, None)
         return ""
 
+    def refusing(self) -> str:
+        """Why replies cannot be recorded now, or "": a node told at once, before it sends
+        its arrays, need not upload them again and again while the disk is full."""
+        for run_id in list(self._unrecorded):
+            if problem := self.unrecorded(run_id):
+                return problem
+        return ""
+
     def close_unanswered(self, task_ids: Sequence[str]) -> None:
         self._close_unanswered(task_ids)
 

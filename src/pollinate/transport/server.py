@@ -220,6 +220,8 @@ class _FleetService(rpc.FleetServicer):  # type: ignore[misc]
         chunks = iter(request_iterator)
         try:
             _feed_header(decoder, chunks)
+            if problem := self.hub.journal.refusing():
+                raise StorageError(problem)
             with self._decoding.hold(decoder.array_bytes or 0):
                 for chunk in chunks:
                     decoder.feed(chunk.data)
