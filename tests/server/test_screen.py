@@ -38,30 +38,29 @@ def test_change_norm_is_the_l2_norm_of_the_float_arrays_change() -> None:
 def test_anomaly_scores_are_distances_to_the_coordinate_median_in_median_distances() -> None:
     ups = [update(1, 1, 0), update(1, 2, 0), update(2, 1, 0), update(9, 9, 0)]
     # median (1.5, 1.5, 0); distances sqrt(.5) x 3 and sqrt(2 * 7.5^2); median sqrt(.5)
-    assert anomaly_scores(ups, ZERO) == pytest.approx([1.0, 1.0, 1.0, 15.0])
+    assert anomaly_scores(ups) == pytest.approx([1.0, 1.0, 1.0, 15.0])
 
 
 def test_anomaly_scores_do_not_depend_on_the_order_of_the_updates() -> None:
     rng = np.random.default_rng(0)
     ups = [update(*rng.normal(size=3)) for _ in range(7)]
-    scores = anomaly_scores(ups, ZERO)
-    assert anomaly_scores(ups[::-1], ZERO) == pytest.approx(scores[::-1])
+    scores = anomaly_scores(ups)
+    assert anomaly_scores(ups[::-1]) == pytest.approx(scores[::-1])
 
 
 def test_when_most_updates_are_the_median_any_other_is_infinitely_far() -> None:
     ups = [update(1, 1, 1)] * 3 + [update(1, 1, 1.001)]
-    assert anomaly_scores(ups, ZERO) == [0.0, 0.0, 0.0, math.inf]
+    assert anomaly_scores(ups) == [0.0, 0.0, 0.0, math.inf]
 
 
 def test_scores_are_computed_in_blocks_as_if_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pollinate.server import screen as screen_module
+    from pollinate.aggregate import robust
 
     rng = np.random.default_rng(1)
     big = [Arrays({"w": rng.normal(size=1000)}) for _ in range(6)]
-    zero = Arrays({"w": np.zeros(1000)})
-    whole = anomaly_scores(big, zero)
-    monkeypatch.setattr(screen_module, "_STACK_ELEMENTS", 6 * 7)  # blocks of 7 coordinates
-    assert anomaly_scores(big, zero) == pytest.approx(whole)
+    whole = anomaly_scores(big)
+    monkeypatch.setattr(robust, "_STACK", 6 * 7)  # blocks of 7 coordinates
+    assert anomaly_scores(big) == pytest.approx(whole)
 
 
 # --- Screen -------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pollinate.aggregate.robust import (
     bulyan,
     coordinate_median,
     krum_scores,
+    median_distances,
     multi_krum,
     trimmed_mean,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "coordinate_median",
     "first_moment",
     "krum_scores",
+    "median_distances",
     "momentum_step",
     "multi_krum",
     "trimmed_mean",

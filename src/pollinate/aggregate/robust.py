@@ -141,6 +141,22 @@ def bulyan(updates: Sequence[Arrays], f: int) -> Arrays:
     return _per_coordinate([updates[i] for i in selected], lambda s: _nearest_median(s, beta))
 
 
+def median_distances(updates: Sequence[Arrays]) -> np.ndarray:
+    """Each update's L2 distance to the coordinate-wise median update (Yin et al. 2018's
+    median as a robust centre), over the float arrays, in blocks of coordinates.
+
+    >>> ups = [Arrays({"w": np.array(v)}) for v in ([1., 1.], [1., 2.], [2., 1.], [9., 9.])]
+    >>> np.round(median_distances(ups) ** 2, 2).tolist()
+    [0.5, 0.5, 0.5, 112.5]
+    """
+    squared = np.zeros(len(updates))
+    for name, _, stack in _stacks(updates):
+        if updates[0][name].dtype.kind == "f":
+            stack -= _median(stack.copy())  # _median sorts what it gets
+            squared += np.einsum("ij,ij->i", stack, stack)
+    return np.sqrt(squared)
+
+
 # --- per-block statistics --------------------------------------------------------------------
 
 

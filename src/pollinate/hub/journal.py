@@ -81,14 +81,11 @@ class Journal:
             self._reopen_task(task_id)
             return None
 
-    def task(self, task_id: str) -> TaskRow | None:
-        return self._task(task_id)
-
     def record(self, reply: Message) -> bool:
         """Put ``reply`` on disk and note it against its task. True if the task has this
         reply now (recorded by this call or an earlier push of it); False if the task is
         unknown or closed (its stage ended). StorageError if the disk refuses."""
-        task = self._task(reply.task_id)
+        task = self.task(reply.task_id)
         if task is None or task.reply is not None:
             return task is not None
         path = self._reply_path(reply)  # its own file: pushes of one reply never share one
@@ -103,7 +100,7 @@ class Journal:
         if answered:
             return True
         _remove(path)
-        task = self._task(reply.task_id)
+        task = self.task(reply.task_id)
         return task is not None and task.reply is not None
 
     def unrecorded(self, run_id: str) -> str:
@@ -190,7 +187,8 @@ class Journal:
                 tasks,
             )
 
-    def _task(self, task_id: str) -> TaskRow | None:
+    def task(self, task_id: str) -> TaskRow | None:
+        """The task as the database knows it, or None."""
         with self.state.reading() as db:
             row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return None if row is None else TaskRow(*row)

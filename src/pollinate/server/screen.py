@@ -22,12 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pollinate.aggregate.robust import median_distances
 from pollinate.records import Arrays, Message
 from pollinate.server.validate import arrays_problem
 from pollinate.strategy.base import FitResult
-
-_STACK_ELEMENTS = 1 << 22
-"""Coordinates x updates stacked at once for the median: ~32 MB of float64, whatever n."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ class Screen:
         threshold = self.validation.anomaly_threshold
         if threshold is None or len(held) < self.validation.min_updates:
             return held, []
-        scores = anomaly_scores([r.arrays for r in held], self.current)
+        scores = anomaly_scores([r.arrays for r in held])
         passed = [r for r, s in zip(held, scores, strict=True) if s <= threshold]
         quarantined = [
             (
@@ -135,28 +133,16 @@ def change_norm(arrays: Arrays, current: Arrays) -> float:
     return math.sqrt(total)
 
 
-def anomaly_scores(updates: list[Arrays], current: Arrays) -> list[float]:
+def anomaly_scores(updates: list[Arrays]) -> list[float]:
     """Each update's distance to the coordinate-wise median update, over the median of those
-    distances (float arrays only; computed in blocks of coordinates, so temporary memory is
-    bounded whatever the model size).
+    distances (float arrays only).
 
     >>> import numpy as np
-    >>> zero = Arrays({"w": np.zeros(2)})
     >>> ups = [Arrays({"w": np.array(v)}) for v in ([1., 1.], [1., 2.], [2., 1.], [9., 9.])]
-    >>> [round(s, 2) for s in anomaly_scores(ups, zero)]
+    >>> [round(s, 2) for s in anomaly_scores(ups)]
     [1.0, 1.0, 1.0, 15.0]
     """
-    squared = np.zeros(len(updates))
-    block = max(1, _STACK_ELEMENTS // len(updates))
-    for name, ref in current.items():
-        if ref.dtype.kind != "f":
-            continue
-        flats = [u[name].reshape(-1) for u in updates]
-        for start in range(0, ref.size, block):
-            stack = np.stack([f[start : start + block] for f in flats]).astype(np.float64)
-            stack -= np.median(stack, axis=0)
-            squared += np.einsum("ij,ij->i", stack, stack)
-    distances = np.sqrt(squared)
+    distances = median_distances(updates)
     scale = float(np.median(distances))
     if scale == 0.0:  # most updates are the median itself: any other is out
         return [0.0 if d == 0.0 else math.inf for d in distances]
