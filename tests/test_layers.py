@@ -16,6 +16,7 @@ LAYERS = {
     "datasets": 1,
     "wire": 2,
     "client": 3,
+    "frameworks": 3,
     "aggregate": 4,
     "strategy": 4,
     "server": 5,
