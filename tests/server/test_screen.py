@@ -171,3 +171,15 @@ def test_without_the_anomaly_score_the_attacker_moves_the_model() -> None:
     w, _, rounds = run_towards(Validation(anomaly_threshold=None))
     assert w[0] < 0  # one boosted, flipped update outweighs seven honest ones
     assert all(r.rejected == 0 for r in rounds)
+
+
+def test_updates_shaped_unlike_the_model_are_checked_only_for_examples_and_finite_values() -> None:
+    # a strategy with updates_like_model = False (trees that grow the model) gets such updates
+    grown = Arrays({"model": np.arange(7, dtype=np.uint8)})
+    screen = Screen(Validation(), ZERO, expected=10, like_model=False)
+    assert screen.problem(reply(grown)) is None
+    assert screen.admit(result(1, grown)) == [result(1, grown)]  # never held for the score
+    assert "num_examples=0" in str(screen.problem(reply(grown, examples=0)))
+    nan = Arrays({"leaf": np.array([np.nan], np.float32)})
+    assert "non-finite" in str(screen.problem(reply(nan)))
+    assert "different model" in str(Screen(Validation(), ZERO, 10).problem(reply(grown)))

@@ -155,7 +155,7 @@ class _Loop:
         nodes = self.strategy.sample_fit(self.grid.nodes(), self._rng(rnd, 0))
         config = self.strategy.configure_fit(rnd)
         aggregator = self.strategy.start_fit(rnd, arrays)
-        screen = Screen(self.app.validation, arrays, len(nodes))
+        screen = Screen(self.app.validation, arrays, len(nodes), self.strategy.updates_like_model)
         # (examples, metrics) of the folded updates: not the updates, which must go once folded
         metrics: list[tuple[int, Metrics]] = []
         for node, reply, problem in self._collect(rnd, "fit", nodes, arrays, config):

@@ -24,7 +24,7 @@ import numpy as np
 
 from pollinate.aggregate.robust import median_distances
 from pollinate.records import Arrays, Message
-from pollinate.server.validate import arrays_problem
+from pollinate.server.validate import arrays_problem, finite_problem
 from pollinate.strategy.base import FitResult
 
 
@@ -74,11 +74,17 @@ class Screen:
     held ones that pass, and the quarantined ones with their reasons.
     """
 
-    def __init__(self, validation: Validation, current: Arrays, expected: int) -> None:
+    def __init__(
+        self, validation: Validation, current: Arrays, expected: int, like_model: bool = True
+    ) -> None:
         self.validation = validation
         self.current = current
+        # updates shaped otherwise (Strategy.updates_like_model) are not compared to the model
+        self.like_model = like_model
         self._holding = (
-            validation.anomaly_threshold is not None and expected >= validation.min_updates
+            like_model
+            and validation.anomaly_threshold is not None
+            and expected >= validation.min_updates
         )
         self._held: list[FitResult] = []
 
@@ -86,6 +92,8 @@ class Screen:
         """Why the update in ``reply`` is rejected at once (layers 1 and 2), or None."""
         if reply.num_examples <= 0:
             return "reported num_examples=0, so its update has no weight"
+        if not self.like_model:
+            return finite_problem(reply.arrays)
         problem = arrays_problem(reply.arrays, self.current)
         if problem is not None or self.validation.max_norm is None:
             return problem

@@ -29,6 +29,12 @@ def arrays_problem(arrays: Arrays, reference: Arrays) -> str | None:
                 f"sent {a.dtype}{list(a.shape)} for {name!r}, expected {ref.dtype}"
                 f"{list(ref.shape)}: the node runs a different model version"
             )
+    return finite_problem(arrays)
+
+
+def finite_problem(arrays: Arrays) -> str | None:
+    """Which float array of ``arrays`` holds NaN or inf, or None when all values are finite."""
+    for name, a in arrays.items():
         if a.dtype.kind in "fc" and not _all_finite(a):
             bad = int(a.size - np.count_nonzero(np.isfinite(a)))
             return (

@@ -64,6 +64,12 @@ class Strategy:
             ``(num_examples, metrics)`` pairs; default: weighted average of numeric metrics.
     """
 
+    #: Fit replies carry arrays with the global model's names, shapes and dtypes, so the hub
+    #: validates each against the model (``server/screen.py``). Strategies whose updates are
+    #: another shape (trees that grow the model, for instance) set it False: the hub then
+    #: checks only that the reply has examples and finite arrays.
+    updates_like_model: bool = True
+
     def __init__(
         self,
         *,
