@@ -16,7 +16,7 @@ import time
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pollinate.privacy.secagg import SecAggClient, SecAggConfig, SecAggServer
+from pollinate.secagg import SecAggClient, SecAggConfig, SecAggServer
 
 
 def one_round(n: int, size: int, dropout: float) -> tuple[float, float, float]:

@@ -17,6 +17,7 @@ LAYERS = {
     "wire": 2,
     "client": 3,
     "frameworks": 3,
+    "secagg": 3,
     "aggregate": 4,
     "strategy": 4,
     "server": 5,

@@ -23,11 +23,11 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from pollinate.privacy.secagg_client import mask_seed
-from pollinate.privacy.secagg_config import SecAggConfig
-from pollinate.privacy.secagg_crypto import combine_secret
-from pollinate.privacy.secagg_graph import neighbour_graph
-from pollinate.privacy.secagg_math import (
+from pollinate.secagg.client import mask_seed
+from pollinate.secagg.config import SecAggConfig
+from pollinate.secagg.crypto import combine_secret
+from pollinate.secagg.graph import neighbour_graph
+from pollinate.secagg.field import (
     FieldVector,
     add_mod,
     dequantize_sum,
@@ -35,7 +35,7 @@ from pollinate.privacy.secagg_math import (
     levels_for,
     sub_mod,
 )
-from pollinate.privacy.secagg_messages import (
+from pollinate.secagg.messages import (
     AggregateSum,
     EncryptedShare,
     KeyAdvert,

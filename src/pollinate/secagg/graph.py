@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pollinate.privacy.secagg_math import expand_mask
+from pollinate.secagg.field import expand_mask
 
 __all__ = ["neighbour_graph"]
 

@@ -4,12 +4,12 @@ Bell et al. 2020, "Secure Single-Server Aggregation with (Poly)Logarithmic Overh
 building on Bonawitz et al. 2017, "Practical Secure Aggregation for Privacy-Preserving Machine
 Learning" (CCS'17). This module is the public face; the parts live beside it:
 
-- ``secagg_config``: :class:`SecAggConfig` and the inequalities it enforces;
-- ``secagg_math``: quantization into ``Z / 2**b``, AES-CTR mask expansion;
-- ``secagg_graph``: the sparse random neighbour graph;
-- ``secagg_crypto``: X25519, AES-GCM, node-key signatures, Shamir sharing (pycryptodome);
-- ``secagg_messages``: what travels, and :class:`SecAggError`;
-- ``secagg_client`` / ``secagg_server``: the two state machines.
+- ``config``: :class:`SecAggConfig` and the inequalities it enforces;
+- ``field``: quantization into ``Z / 2**b``, AES-CTR mask expansion;
+- ``graph``: the sparse random neighbour graph;
+- ``crypto``: X25519, AES-GCM, node-key signatures, Shamir sharing (pycryptodome);
+- ``messages``: what travels, and :class:`SecAggError`;
+- ``client`` / ``server``: the two state machines.
 
 Needs the ``secagg`` extra (``pip install 'pollinate[secagg]'``) for pycryptodome's Shamir.
 So far this is the protocol core, run in-process; wiring it into strategies and deployment
@@ -35,9 +35,9 @@ comes next (docs/privacy-secagg.md).
 
 from __future__ import annotations
 
-from pollinate.privacy.secagg_client import SecAggClient
-from pollinate.privacy.secagg_config import SecAggConfig
-from pollinate.privacy.secagg_messages import (
+from pollinate.secagg.client import SecAggClient
+from pollinate.secagg.config import SecAggConfig
+from pollinate.secagg.messages import (
     AggregateSum,
     EncryptedShare,
     KeyAdvert,
@@ -46,7 +46,7 @@ from pollinate.privacy.secagg_messages import (
     ShareReveal,
     UnmaskRequest,
 )
-from pollinate.privacy.secagg_server import SecAggServer
+from pollinate.secagg.server import SecAggServer
 
 __all__ = [
     "AggregateSum",

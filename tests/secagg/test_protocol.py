@@ -16,23 +16,23 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from pollinate.privacy.secagg_client import SecAggClient
-from pollinate.privacy.secagg_config import SecAggConfig
-from pollinate.privacy.secagg_graph import neighbour_graph
-from pollinate.privacy.secagg_math import (
+from pollinate.secagg.client import SecAggClient
+from pollinate.secagg.config import SecAggConfig
+from pollinate.secagg.graph import neighbour_graph
+from pollinate.secagg.field import (
     dequantize_sum,
     expand_mask,
     levels_for,
     quantize,
 )
-from pollinate.privacy.secagg_messages import (
+from pollinate.secagg.messages import (
     AggregateSum,
     KeyAdvert,
     MaskedInput,
     SecAggError,
     UnmaskRequest,
 )
-from pollinate.privacy.secagg_server import SecAggServer
+from pollinate.secagg.server import SecAggServer
 
 SEED = bytes(range(32))
 
@@ -306,7 +306,7 @@ def test_only_the_secagg_modules_import_pycryptodome() -> None:
             for node in ast.walk(ast.parse(path.read_text()))
         )
     }
-    assert importers == {"privacy/secagg_crypto.py"}
+    assert importers == {"secagg/crypto.py"}
 
 
 def test_importing_pollinate_privacy_does_not_need_pycryptodome() -> None:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from pollinate.privacy.secagg_messages import SecAggError, Share
+from pollinate.secagg.messages import SecAggError, Share
 
 __all__ = [
     "NodeSigningKey",

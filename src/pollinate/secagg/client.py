@@ -25,8 +25,8 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from pollinate.privacy.secagg_config import SecAggConfig
-from pollinate.privacy.secagg_crypto import (
+from pollinate.secagg.config import SecAggConfig
+from pollinate.secagg.crypto import (
     NodeSigningKey,
     NodeVerifyingKey,
     agree,
@@ -37,8 +37,8 @@ from pollinate.privacy.secagg_crypto import (
     split_secret,
     verify,
 )
-from pollinate.privacy.secagg_graph import neighbour_graph
-from pollinate.privacy.secagg_math import (
+from pollinate.secagg.graph import neighbour_graph
+from pollinate.secagg.field import (
     SEED_BYTES,
     add_mod,
     expand_mask,
@@ -46,7 +46,7 @@ from pollinate.privacy.secagg_math import (
     quantize,
     sub_mod,
 )
-from pollinate.privacy.secagg_messages import (
+from pollinate.secagg.messages import (
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
