@@ -488,7 +488,7 @@ def test_malformed_input_is_rejected(data: bytes, match: str) -> None:
 
 
 BAD_FIELDS = [
-    ("kind", "train", "must be one of fit, evaluate, get_arrays"),
+    ("kind", "train", "must be one of fit, evaluate, get_arrays, secagg"),
     ("kind", 1, "must be str, got int"),
     ("task_id", None, "must be str, got NoneType"),
     ("run_id", ["r"], "must be str, got list"),

@@ -22,7 +22,7 @@ Metrics = dict[str, Scalar]
 """Numbers a client reports with a reply (accuracy, loss, ...)."""
 
 MessageKind = Literal["fit", "evaluate", "get_arrays"]
-MESSAGE_KINDS: tuple[str, ...] = ("fit", "evaluate", "get_arrays")
+MESSAGE_KINDS: tuple[str, ...] = ("fit", "evaluate", "get_arrays", "secagg")
 
 _SCALAR_TYPES = (bool, int, float, str, bytes, np.integer, np.floating, np.bool_)
 

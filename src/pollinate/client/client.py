@@ -157,6 +157,11 @@ def _run(client: Client, instruction: Message) -> Message:
         arrays, n, metrics = _unpack(client.fit(instruction.arrays, config), "fit")
         arrays = _cast_like(_as_arrays(arrays, "fit", instruction.arrays), instruction.arrays)
         return instruction.reply(arrays=arrays, num_examples=n, metrics=metrics)
+    if instruction.kind != "evaluate":
+        raise ClientError(
+            f"a {instruction.kind!r} task reached the client itself; the engine (simulation "
+            "or node) answers those.\nHint: upgrade pollinate on this node"
+        )
     loss, n, metrics = _unpack(client.evaluate(instruction.arrays, config), "evaluate")
     if isinstance(loss, bool) or not isinstance(loss, int | float | np.floating | np.integer):
         raise ClientError(f"evaluate returned loss {loss!r}; expected a float")

@@ -17,6 +17,8 @@ from pollinate.app import app_hash, load_app
 from pollinate.client.client import Context, handle
 from pollinate.errors import PollinateError
 from pollinate.records import Config, Message
+from pollinate.secagg.identity import certificate_identity
+from pollinate.secagg.node import SecAggNode
 from pollinate.security import NodeCredentials, SecurityError, should_renew
 from pollinate.transport.client import (
     FleetClient,
@@ -64,6 +66,7 @@ class NodeAgent:
         self.session = secrets.token_hex(8)  # tells the hub this process from an earlier one
         self.interval = 5.0
         self._beating: threading.Thread | None = None
+        self._secagg: SecAggNode | None = None
 
     def run(self) -> None:
         """Serve until ``self.stop`` is set, reconnecting whenever the hub is away."""
@@ -161,7 +164,23 @@ class NodeAgent:
             node_config=self.node_config,
             run_config=task.run_config,
         )
+        if task.message.kind == "secagg":  # secure aggregation: the fit runs inside its stages
+            return self._secure(task.message, context)
         return handle(self.app.client_fn, context, task.message)
+
+    def _secure(self, message: Message, context: Context) -> Message:
+        """Answer a secure-aggregation stage, signing with this node's certificate key."""
+        if self.credentials is None:
+            return message.reply(
+                error="SecAggError: this node has no certificate to sign its keys with; "
+                "secure aggregation needs nodes enrolled over mTLS (`pollinate node --token`)"
+            )
+        if self._secagg is None or self._secagg.identity.credential != self.credentials.cert_pem:
+            node = SecAggNode(context.node_id, certificate_identity(self.credentials))
+            if self._secagg is not None:  # a renewed certificate: keep the rounds under way
+                node.adopt(self._secagg)
+            self._secagg = node
+        return self._secagg.handle(message, lambda fit: handle(self.app.client_fn, context, fit))
 
     def _push(self, reply: Message) -> None:
         """Push, retrying while the hub is away; a refusal is logged, not retried."""

@@ -37,7 +37,6 @@ from pollinate.secagg.crypto import (
     split_secret,
     verify,
 )
-from pollinate.secagg.graph import neighbour_graph
 from pollinate.secagg.field import (
     SEED_BYTES,
     add_mod,
@@ -46,9 +45,11 @@ from pollinate.secagg.field import (
     quantize,
     sub_mod,
 )
+from pollinate.secagg.graph import neighbour_graph
 from pollinate.secagg.messages import (
     EncryptedShare,
     KeyAdvert,
+    KeySubstituted,
     MaskedInput,
     SecAggError,
     Share,
@@ -128,9 +129,17 @@ class SecAggClient:
         signature = sign(self._node_key, advert_payload(self._round_seed, unsigned))
         return KeyAdvert(unsigned.client, unsigned.cipher_key, unsigned.mask_key, signature)
 
-    def share_keys(self, adverts: Mapping[int, KeyAdvert]) -> list[EncryptedShare]:
-        """Step 2: check the neighbours' keys, then send each a share of ``b_u`` and ``s_u``."""
+    def share_keys(
+        self,
+        adverts: Mapping[int, KeyAdvert],
+        peer_keys: Mapping[int, NodeVerifyingKey] | None = None,
+    ) -> list[EncryptedShare]:
+        """Step 2: check the neighbours' keys, then send each a share of ``b_u`` and ``s_u``.
+
+        ``peer_keys`` adds node identity keys learnt with the adverts (from credentials the
+        caller verified, such as node certificates)."""
         self._advance(_Step.SHARE)
+        self._peer_keys.update(peer_keys or {})
         for v in self._neighbours:
             if v in adverts:
                 self._adverts[v] = self._checked(v, adverts[v])
@@ -196,7 +205,7 @@ class SecAggClient:
             or key is None
             or not verify(key, advert.signature, advert_payload(self._round_seed, advert))
         ):
-            raise SecAggError(
+            raise KeySubstituted(
                 f"client {self.client}: the public keys relayed for client {v} are not signed "
                 f"by client {v}'s node key. The server, or someone between, substituted them; "
                 "the round is aborted before any secret is shared.\n"

@@ -33,6 +33,11 @@ class SecAggConfig:
     ``neighbours`` is ``k`` (even, or ``None`` for about ``3 log2 n``); ``threshold_fraction``
     sets ``t = ceil(fraction * k)``; ``clipping_range`` ``c`` bounds every update value to
     ``[-c, c]`` before quantization; the field is ``Z / 2**modulus_bits``.
+
+    Run over the Grid (``ServerApp(secure_aggregation=...)``), each client sends its change to
+    the global model weighted by ``min(examples, max_weight) / max_weight``, and that weight,
+    so the hub gets the example-weighted mean of the changes without seeing any one of them.
+    ``max_weight=None`` weighs every client alike (what DP-FedAvg assumes).
     """
 
     neighbours: int | None = None
@@ -40,9 +45,18 @@ class SecAggConfig:
     max_dropout_fraction: float = 0.3
     clipping_range: float = 8.0
     modulus_bits: int = 32
+    max_weight: float | None = 10_000.0
 
     def __post_init__(self) -> None:
         self._check_fractions()
+        if self.max_weight is not None and not (
+            math.isfinite(self.max_weight) and self.max_weight >= 1
+        ):
+            raise ValueError(
+                f"max_weight={self.max_weight!r} must be a number >= 1 (the example count at "
+                "which a client's weight stops growing), or None for equal weights.\n"
+                "Hint: SecAggConfig(max_weight=10_000)"
+            )
         if self.neighbours is not None and (self.neighbours < 2 or self.neighbours % 2):
             raise ValueError(
                 f"neighbours={self.neighbours!r}: the neighbour graph is a ring with k/2 "

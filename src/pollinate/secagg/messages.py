@@ -25,6 +25,7 @@ __all__ = [
     "AggregateSum",
     "EncryptedShare",
     "KeyAdvert",
+    "KeySubstituted",
     "MaskedInput",
     "SecAggError",
     "ShareReveal",
@@ -40,6 +41,11 @@ class SecAggError(PollinateError):
 
     The round is aborted; nothing about any client's update has been revealed.
     """
+
+
+class KeySubstituted(SecAggError):
+    """A neighbour's relayed keys are not signed by that neighbour: the hub, or someone
+    between, substituted them. The round aborts before any secret is shared."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from pollinate.secagg.client import mask_seed
 from pollinate.secagg.config import SecAggConfig
 from pollinate.secagg.crypto import combine_secret
-from pollinate.secagg.graph import neighbour_graph
 from pollinate.secagg.field import (
     FieldVector,
     add_mod,
@@ -35,6 +34,7 @@ from pollinate.secagg.field import (
     levels_for,
     sub_mod,
 )
+from pollinate.secagg.graph import neighbour_graph
 from pollinate.secagg.messages import (
     AggregateSum,
     EncryptedShare,

@@ -13,6 +13,7 @@ from pollinate.security.ca import (
     make_key_and_csr,
     node_id_from_certificate,
     should_renew,
+    verify_peer_certificate,
 )
 from pollinate.security.credentials import NodeCredentials
 from pollinate.security.tokens import JoinToken, TokenStore, ca_matches_pin, parse_token
@@ -30,4 +31,5 @@ __all__ = [
     "node_id_from_certificate",
     "parse_token",
     "should_renew",
+    "verify_peer_certificate",
 ]

@@ -244,6 +244,24 @@ def node_id_from_certificate(cert_pem_or_der: bytes) -> int:
     return _node_id(_load_certificate(cert_pem_or_der))
 
 
+def verify_peer_certificate(
+    cert_pem_or_der: bytes, ca_pem: bytes, now: datetime | None = None
+) -> tuple[int, PublicKey]:
+    """(node id, public key) of a peer node's certificate, checked with only the CA certificate
+    (a node checking another node's identity); ``SecurityError`` saying why it fails."""
+    certificate = _load_certificate(cert_pem_or_der)
+    try:
+        certificate.verify_directly_issued_by(_load_certificate(ca_pem))
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        raise SecurityError(
+            f"certificate of {certificate.subject.rfc4514_string()!r} was not issued by this "
+            "fleet's CA"
+        ) from None
+    _check_valid_at(certificate, _aware(now))
+    _check_client_usage(certificate)
+    return _node_id(certificate), _strong_key(certificate.public_key())
+
+
 def make_key_and_csr() -> tuple[bytes, bytes]:
     """For a node: (private key PEM, CSR PEM) with a new EC P-256 key. Keep the key on the node."""
     key = ec.generate_private_key(ec.SECP256R1())

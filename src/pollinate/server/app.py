@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pollinate.records import Arrays
+from pollinate.secagg.config import SecAggConfig
 from pollinate.server.screen import Validation
 from pollinate.strategy.base import Strategy
 
@@ -22,6 +23,9 @@ class ServerApp:
             than that count as failures. None waits for all.
         validation: how fit updates are screened before the strategy sees them (on by
             default; see ``Validation``).
+        secure_aggregation: ``SecAggConfig(...)`` runs every fit as SecAgg+ (``server/
+            secure.py``): the hub learns only the weighted mean of the updates. Needs a
+            strategy that aggregates by that mean (FedAvg, FedAvgM, FedProx, FedAdam...).
 
     >>> from pollinate import FedAvg
     >>> app = ServerApp(FedAvg(), num_rounds=5)
@@ -32,8 +36,10 @@ class ServerApp:
     initial_arrays: Arrays | None = None
     round_timeout: float | None = None
     validation: Validation = field(default_factory=Validation)
+    secure_aggregation: SecAggConfig | None = None
 
     def __post_init__(self) -> None:
+        self._check_secure_aggregation()
         if not isinstance(self.strategy, Strategy):
             raise TypeError(
                 f"ServerApp.strategy must be a Strategy, got {self.strategy!r}\n"
@@ -51,4 +57,20 @@ class ServerApp:
         if self.round_timeout is not None and self.round_timeout <= 0:
             raise ValueError(
                 f"round_timeout must be > 0 seconds or None, got {self.round_timeout!r}"
+            )
+
+    def _check_secure_aggregation(self) -> None:
+        secure = self.secure_aggregation
+        if secure is None:
+            return
+        if not isinstance(secure, SecAggConfig):
+            raise TypeError(
+                f"ServerApp.secure_aggregation must be a SecAggConfig or None, got {secure!r}\n"
+                "Hint: ServerApp(strategy, secure_aggregation=SecAggConfig())"
+            )
+        if type(self.strategy).start_fit is not Strategy.start_fit:
+            raise ValueError(
+                f"{type(self.strategy).__name__} cannot run with secure aggregation: the hub "
+                "then learns only the weighted mean of the updates, and this strategy needs "
+                "each update.\nHint: FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi"
             )

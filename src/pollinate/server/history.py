@@ -31,6 +31,7 @@ class RoundRecord:
     failures whose update arrived but failed validation (``screen.py``: misfit, non-finite,
     too large, or quarantined as an anomaly). ``resumed`` is True for
     the round a run went on with after its hub restarted (the round that was interrupted).
+    ``aborted`` says why secure aggregation gave up on the round (e.g. substituted keys).
     Round 0 records the centralized evaluation of the initial model.
     """
 
@@ -45,6 +46,7 @@ class RoundRecord:
     failed: list[Failure] = field(default_factory=list)
     rejected: int = 0
     resumed: bool = False
+    aborted: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +40,8 @@ from pollinate.server.events import (
 from pollinate.server.grid import Grid
 from pollinate.server.history import Failure, History, RoundRecord
 from pollinate.server.screen import Screen
-from pollinate.server.validate import evaluate_reply_problem
+from pollinate.server.secure import SecureFit
+from pollinate.server.validate import arrays_problem, evaluate_reply_problem
 from pollinate.strategy.base import FitAggregator, FitResult, TooFewReplies
 from pollinate.strategy.fedbuff import FedBuff
 
@@ -155,10 +156,14 @@ class _Loop:
         nodes = self.strategy.sample_fit(self.grid.nodes(), self._rng(rnd, 0))
         config = self.strategy.configure_fit(rnd)
         aggregator = self.strategy.start_fit(rnd, arrays)
+        if self.app.secure_aggregation is not None:
+            return self._secure_fit(rnd, nodes, arrays, config, record, aggregator)
         screen = Screen(self.app.validation, arrays, len(nodes), self.strategy.updates_like_model)
         # (examples, metrics) of the folded updates: not the updates, which must go once folded
         metrics: list[tuple[int, Metrics]] = []
-        for node, reply, problem in self._collect(rnd, "fit", nodes, arrays, config):
+        for node, reply, problem in self._collect(
+            rnd, "fit", dict.fromkeys(nodes, (arrays, config))
+        ):
             if problem is None and reply.error is not None:
                 problem = f"client failed: {reply.error}"
             if problem is not None:
@@ -178,8 +183,20 @@ class _Loop:
         metrics += self._fold(aggregator, held)
         record.replies, record.failures = len(metrics), len(record.failed)
         record.fit = self.strategy.aggregate_fit_metrics(metrics)
-        tolerated = record.failures <= self.strategy.failure_tolerance * len(nodes)
-        if not metrics or not tolerated:
+        return self._apply(rnd, arrays, record, len(nodes), aggregator, bool(metrics))
+
+    def _apply(
+        self,
+        rnd: int,
+        arrays: Arrays,
+        record: RoundRecord,
+        sampled: int,
+        aggregator: FitAggregator,
+        any_folded: bool,
+    ) -> Arrays:
+        """The aggregate, unless the round lost more than the strategy tolerates."""
+        tolerated = record.failures <= self.strategy.failure_tolerance * sampled
+        if not any_folded or not tolerated:
             record.applied = False
             self.log.warning(
                 "run %s round %d: %d of %d fit tasks failed or were rejected, more than "
@@ -187,7 +204,7 @@ class _Loop:
                 self.run_id,
                 rnd,
                 record.failures,
-                len(nodes),
+                sampled,
                 self.strategy.failure_tolerance,
             )
             return arrays
@@ -199,6 +216,46 @@ class _Loop:
                 "run %s round %d: %s; keeping the previous global model", self.run_id, rnd, exc
             )
             return arrays
+
+    def _secure_fit(
+        self,
+        rnd: int,
+        nodes: list[int],
+        arrays: Arrays,
+        config: Config,
+        record: RoundRecord,
+        aggregator: FitAggregator,
+    ) -> Arrays:
+        """The fit as SecAgg+ (``secure.py``): the aggregator gets the mean as one result."""
+        assert self.app.secure_aggregation is not None
+        secure = SecureFit(
+            self.app.secure_aggregation,
+            self.run_id,
+            lambda stage, tasks: self._collect(rnd, stage, tasks, kind="secagg"),
+        )
+        outcome = secure.run(rnd, nodes, arrays, config)
+        for node, reason in outcome.failures:
+            self._fail(record, rnd, node, "fit", reason)
+        record.failures = len(record.failed)
+        record.fit = self.strategy.aggregate_fit_metrics(outcome.metrics)
+        if outcome.arrays is None:
+            record.applied, record.aborted = False, outcome.aborted
+            self.log.error(
+                "run %s round %d: secure aggregation aborted, keeping the previous global "
+                "model: %s",
+                self.run_id,
+                rnd,
+                outcome.aborted,
+            )
+            return arrays
+        problem = arrays_problem(outcome.arrays, arrays)
+        if problem is not None:
+            record.applied, record.aborted = False, f"the securely summed mean {problem}"
+            self.log.error("run %s round %d: %s", self.run_id, rnd, record.aborted)
+            return arrays
+        record.replies = outcome.clients
+        aggregator.add(FitResult(0, outcome.arrays, outcome.examples, {}))
+        return self._apply(rnd, arrays, record, len(nodes), aggregator, outcome.clients > 0)
 
     @staticmethod
     def _fold(aggregator: FitAggregator, results: list[FitResult]) -> list[tuple[int, Metrics]]:
@@ -213,7 +270,8 @@ class _Loop:
         config = self.strategy.configure_evaluate(rnd)
         losses: list[tuple[int, float]] = []
         metrics: list[tuple[int, Metrics]] = []
-        for node, reply, problem in self._collect(rnd, "evaluate", nodes, arrays, config):
+        tasks = dict.fromkeys(nodes, (arrays, config))
+        for node, reply, problem in self._collect(rnd, "evaluate", tasks):
             if problem is None:
                 problem = evaluate_reply_problem(reply)
             self.emit(ReplyReceived(rnd, "evaluate", node, problem is None))
@@ -237,12 +295,16 @@ class _Loop:
     # --- dispatch and collection -----------------------------------------------------------
 
     def _collect(
-        self, rnd: int, stage: str, nodes: Sequence[int], arrays: Arrays, config: Config
+        self, rnd: int, stage: str, tasks: Mapping[int, tuple[Arrays, Config]], kind: str = ""
     ) -> Iterator[tuple[int, Message, str | None]]:
-        """Yield ``(node, reply, problem)`` once per task: a reply, or a timeout failure."""
+        """Yield ``(node, reply, problem)`` once per task: a reply, or a timeout failure.
+
+        ``tasks`` maps each node to its instruction's arrays and config; ``kind`` is the
+        messages' kind when it is not the stage's name (the stages of secure aggregation).
+        """
         pending = {
             f"{self.run_id}:{rnd}:{stage}:{node}": Message(
-                kind=stage,
+                kind=kind or stage,
                 task_id=f"{self.run_id}:{rnd}:{stage}:{node}",
                 run_id=self.run_id,
                 round=rnd,
@@ -250,7 +312,7 @@ class _Loop:
                 arrays=arrays,
                 config=config,
             )
-            for node in nodes
+            for node, (arrays, config) in tasks.items()
         }
         self.emit(StageStarted(rnd, stage, len(pending)))
         for reply in self.grid.dispatch(list(pending.values()), self.app.round_timeout):

@@ -33,6 +33,8 @@ import numpy as np
 
 from pollinate.client.client import ClientFn, Context, handle
 from pollinate.records import Arrays, Config, Message
+from pollinate.secagg.identity import KeyRing
+from pollinate.secagg.node import SecAggNode
 from pollinate.server.grid import Grid
 from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.speed import ClientSpeed, Stragglers, slowdowns
@@ -79,6 +81,8 @@ class SimulationGrid(Grid):
         self._closed = False
         self._waiting: set[threading.Event] = set()  # woken by close()
         self._lock = threading.Lock()
+        self._keys = KeyRing()  # the virtual fleet's identities, for secure aggregation
+        self._secagg_nodes: dict[int, SecAggNode] = {}
 
     def nodes(self) -> list[int]:
         return list(range(self.num_clients))
@@ -170,14 +174,30 @@ class SimulationGrid(Grid):
         )
         # Every virtual client gets its own copy, as a real node would: a client that
         # trains in place must not change the global model or its neighbours' inputs.
-        own = Arrays({k: np.array(v) for k, v in instruction.arrays.items()})
-        reply = handle(self.client_fn, context, replace(instruction, arrays=own))
+        own = replace(
+            instruction, arrays=Arrays({k: np.array(v) for k, v in instruction.arrays.items()})
+        )
+        if instruction.kind == "secagg":  # secure aggregation: the fit runs inside its stages
+            return self._secagg(node).handle(own, lambda fit: self._client(context, fit))
+        return self._client(context, own)
+
+    def _client(self, context: Context, instruction: Message) -> Message:
+        """The app's client's reply, poisoned if the client is an adversary."""
+        node = instruction.node_id
+        reply = handle(self.client_fn, context, instruction)
         if self.adversaries is None or node not in self.attackers:
             return reply
         if instruction.kind != "fit" or reply.error is not None:
             return reply  # only updates are poisoned; a client's failure stays its failure
         rng = np.random.default_rng([self.adversaries.seed, instruction.round, node])
         return replace(reply, arrays=self.adversaries.poison(instruction.arrays, reply.arrays, rng))
+
+    def _secagg(self, node: int) -> SecAggNode:
+        """The virtual client's side of secure aggregation, with a key from the grid's ring."""
+        with self._lock:
+            if node not in self._secagg_nodes:
+                self._secagg_nodes[node] = SecAggNode(node, self._keys.identity(node))
+            return self._secagg_nodes[node]
 
     def _node_config(self, node: int) -> Config:
         config = self.node_config_fn(node) if self.node_config_fn else {}

@@ -1,0 +1,184 @@
+"""A round's fit as SecAgg+ over the Grid: the hub learns the weighted mean change, no update.
+
+``ServerApp(secure_aggregation=SecAggConfig(...))`` turns it on; the loop then runs the four
+stages of ``pollinate.secagg.codec`` as four dispatches to the round's sampled nodes:
+
+1. advertise: every node makes fresh keys and signs them with its identity key;
+2. share: each node gets its neighbours' keys, checks their signatures, and sends Shamir shares
+   of its secrets, encrypted for each neighbour;
+3. mask: each node gets the shares sent to it and the global model, trains (the app's own fit),
+   and sends its weighted change to the model, masked;
+4. unmask: the survivors reveal what removes the masks, and the hub reads the exact sum.
+
+A node that fails or times out in a stage drops out of the round, as in a plain round. A node
+that reports substituted keys (``KeySubstituted``) aborts the round: the hub, or someone
+between, tampered with the key exchange, and the round keeps the previous model.
+
+The hub cannot screen single updates here (it never sees one): validation applies to the
+mean only, and each client's fit metrics still travel in the clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pollinate.records import Arrays, Config, Message, Metrics
+from pollinate.secagg import codec
+from pollinate.secagg.config import SecAggConfig
+from pollinate.secagg.messages import (
+    EncryptedShare,
+    KeyAdvert,
+    MaskedInput,
+    SecAggError,
+    ShareReveal,
+)
+from pollinate.secagg.server import SecAggServer
+from pollinate.secagg.update import mean_model, vector_length
+
+Task = tuple[Arrays, Config]
+Collect = Callable[[str, Mapping[int, Task]], Iterator[tuple[int, Message, "str | None"]]]
+"""``(stage, {node: (arrays, config)}) -> (node, reply, problem)`` once per task."""
+
+
+@dataclass
+class SecureOutcome:
+    """What a secure round leaves: the mean model (None if aborted), failures, metrics."""
+
+    arrays: Arrays | None = None
+    examples: int = 0
+    clients: int = 0
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    metrics: list[tuple[int, Metrics]] = field(default_factory=list)
+    aborted: str | None = None
+
+
+class SecureFit:
+    """Runs rounds' fits as SecAgg+ through ``collect`` (the loop's dispatch)."""
+
+    def __init__(self, config: SecAggConfig, run_id: str, collect: Collect) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.collect = collect
+
+    def run(
+        self, rnd: int, nodes: Sequence[int], current: Arrays, fit_config: Config
+    ) -> SecureOutcome:
+        out = SecureOutcome()
+        try:
+            out.arrays = self._protocol(rnd, sorted(nodes), current, fit_config, out)
+        except SecAggError as exc:
+            out.aborted = str(exc)
+        return out
+
+    def _protocol(
+        self, rnd: int, nodes: list[int], current: Arrays, fit_config: Config, out: SecureOutcome
+    ) -> Arrays:
+        server = SecAggServer(nodes, codec.round_seed(self.run_id, rnd, nodes), self.config)
+        everyone = {codec.PREFIX + "participants": codec.ids(nodes)}
+        adverts = self._adverts(self._stage("advertise", {u: everyone for u in nodes}, out), out)
+        relay = server.relay_adverts(advert for advert, _ in adverts.values())
+        tasks = {
+            u: {
+                f"{codec.PREFIX}advert/{v}": codec.encode_advert(advert, adverts[v][1])
+                for v, advert in neighbours.items()
+            }
+            for u, neighbours in relay.items()
+        }
+        shares = [s for node, p in self._stage("share", tasks, out) for s in _shares(node, p)]
+        inbox = server.relay_shares(shares)
+        senders = sorted({s.sender for s in shares})
+        tasks = {
+            u: {
+                **current,
+                **{
+                    f"{codec.PREFIX}share/{s.sender}": codec.encode_share(s)
+                    for s in inbox.get(u, [])
+                },
+            }
+            for u in senders
+        }
+        length = vector_length(current)
+        for node, reply in self._replies("mask", tasks, out, fit_config):
+            masked = codec.split(reply.arrays)[1].get("masked")
+            if masked is None:
+                out.failures.append((node, "sent no masked vector"))
+                continue
+            server.receive_masked(MaskedInput(node, codec.decode_masked(masked, length)))
+            out.metrics.append((reply.num_examples, reply.metrics))
+            out.examples += reply.num_examples
+        request = server.unmask_request()
+        lists = {
+            codec.PREFIX + "survivors": codec.ids(request.survivors),
+            codec.PREFIX + "dropped": codec.ids(request.dropped),
+        }
+        reveals = [
+            _reveal(node, protocol)
+            for node, protocol in self._stage(
+                "unmask", dict.fromkeys(request.survivors, lists), out
+            )
+        ]
+        total = server.finish(request, reveals)
+        out.clients = total.count
+        return mean_model(total.values, current)
+
+    @staticmethod
+    def _adverts(
+        replies: Iterator[tuple[int, dict[str, np.ndarray]]], out: SecureOutcome
+    ) -> dict[int, tuple[KeyAdvert, bytes]]:
+        adverts = {}
+        for node, protocol in replies:
+            try:
+                advert, credential = codec.decode_advert(_need(protocol, "advert", node))
+            except SecAggError as exc:
+                out.failures.append((node, f"secure aggregation (advertise): {exc}"))
+                continue
+            if advert.client == node:  # a node speaks only for itself
+                adverts[node] = (advert, credential)
+        return adverts
+
+    def _stage(
+        self, stage: str, tasks: Mapping[int, Mapping[str, np.ndarray]], out: SecureOutcome
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        for node, reply in self._replies(stage, tasks, out):
+            yield node, codec.split(reply.arrays)[1]
+
+    def _replies(
+        self,
+        stage: str,
+        tasks: Mapping[int, Mapping[str, np.ndarray]],
+        out: SecureOutcome,
+        extra: Config | None = None,
+    ) -> Iterator[tuple[int, Message]]:
+        """Each node's good reply to ``stage``; failures are noted, substituted keys abort."""
+        config = {**(extra or {}), **codec.config_items(self.config), codec.STAGE_KEY: stage}
+        instructions = {u: (Arrays(dict(arrays)), config) for u, arrays in tasks.items()}
+        for node, reply, problem in self.collect(f"secagg-{stage}", instructions):
+            if problem is None and reply.error is not None:
+                if reply.error.startswith("KeySubstituted"):
+                    raise SecAggError(f"node {node} reports: {reply.error}")
+                problem = f"secure aggregation ({stage}): {reply.error}"
+            if problem is not None:
+                out.failures.append((node, problem))
+                continue
+            yield node, reply
+
+
+def _need(protocol: dict[str, np.ndarray], name: str, node: int) -> np.ndarray:
+    array = protocol.get(name)
+    if array is None:
+        raise SecAggError(f"node {node}'s reply lacks {codec.PREFIX}{name}")
+    return array
+
+
+def _shares(node: int, protocol: dict[str, np.ndarray]) -> list[EncryptedShare]:
+    shares = [codec.decode_share(a) for a in codec.keyed(protocol, "share").values()]
+    return [s for s in shares if s.sender == node]  # a node speaks only for itself
+
+
+def _reveal(node: int, protocol: dict[str, np.ndarray]) -> ShareReveal:
+    seeds = {v: codec.decode_reveal(a) for v, a in codec.keyed(protocol, "seed").items()}
+    keys = {v: codec.decode_reveal(a) for v, a in codec.keyed(protocol, "key").items()}
+    return ShareReveal(node, seeds, keys)
