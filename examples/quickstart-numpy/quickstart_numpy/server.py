@@ -4,6 +4,7 @@ evaluated on the held-out test set."""
 from __future__ import annotations
 
 from pollinate import AppError, Arrays, Config, Metrics, ServerApp, Strategy, Validation
+from pollinate.secagg import SecAggConfig
 from pollinate.strategy import strategy_class
 from quickstart_numpy import task
 
@@ -41,11 +42,13 @@ def server_fn(run_config: Config) -> ServerApp:
         anomaly_threshold=float(run_config["anomaly-threshold"]) or None,
         max_norm=float(run_config["max-norm"]) or None,
     )
+    secure = bool(run_config.get("secure-aggregation", False))
     return ServerApp(
         strategy,
         num_rounds=int(run_config["num-rounds"]),
         initial_arrays=task.initial_arrays(),
         validation=validation,
+        secure_aggregation=SecAggConfig() if secure else None,
     )
 
 
