@@ -223,3 +223,14 @@ def _config_items() -> dict:
     from pollinate.secagg.codec import config_items
 
     return dict(config_items(SecAggConfig()))
+
+
+def test_the_run_config_turns_it_on_and_a_typo_or_unsafe_value_says_what_to_do() -> None:
+    assert SecAggConfig.from_run_config({"secagg-clipping-range": 2.0}) is None  # off
+    on = {"secure-aggregation": True, "secagg-max-dropout-fraction": 0.2}
+    assert SecAggConfig.from_run_config(on) == SecAggConfig(max_dropout_fraction=0.2)
+    with pytest.raises(ValueError, match="(?s)unknown.*secagg-max-dropout.*Hint.*fraction"):
+        SecAggConfig.from_run_config({"secure-aggregation": True, "secagg-max-dropout": 0.2})
+    unsafe = {"secure-aggregation": True, "secagg-threshold-fraction": 0.5}
+    with pytest.raises(ValueError, match="(?s)threshold_fraction=0.5.*Hint"):
+        SecAggConfig.from_run_config(unsafe)

@@ -42,13 +42,16 @@ def server_fn(run_config: Config) -> ServerApp:
         anomaly_threshold=float(run_config["anomaly-threshold"]) or None,
         max_norm=float(run_config["max-norm"]) or None,
     )
-    secure = bool(run_config.get("secure-aggregation", False))
+    try:
+        secure = SecAggConfig.from_run_config(run_config)
+    except ValueError as exc:
+        raise AppError(f"--config: {exc}") from None
     return ServerApp(
         strategy,
         num_rounds=int(run_config["num-rounds"]),
         initial_arrays=task.initial_arrays(),
         validation=validation,
-        secure_aggregation=SecAggConfig() if secure else None,
+        secure_aggregation=secure,
     )
 
 

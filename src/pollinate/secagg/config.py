@@ -21,7 +21,8 @@ break them:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 __all__ = ["SecAggConfig"]
 
@@ -75,6 +76,29 @@ class SecAggConfig:
                 "are clipped to [-c, c] before quantization.\n"
                 "Hint: SecAggConfig(clipping_range=8.0)"
             )
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, object]) -> SecAggConfig | None:
+        """The config a run's ``secure-aggregation = true`` and ``secagg-*`` keys ask for
+        (``secagg-max-dropout-fraction = 0.2``...), or None when it is off.
+
+        >>> SecAggConfig.from_run_config({"secure-aggregation": True, "secagg-neighbours": 8})
+        SecAggConfig(neighbours=8, threshold_fraction=0.6, max_dropout_fraction=0.3, \
+clipping_range=8.0, modulus_bits=32, max_weight=10000.0)
+        """
+        names = {f"secagg-{f.name.replace('_', '-')}": f for f in fields(cls)}
+        unknown = sorted(k for k in run_config if k.startswith("secagg-") and k not in names)
+        if unknown:
+            raise ValueError(
+                f"unknown secure-aggregation setting {', '.join(unknown)}.\n"
+                f"Hint: the settings are {', '.join(names)}"
+            )
+        if not run_config.get("secure-aggregation", False):
+            return None
+        given = {f.name: run_config[key] for key, f in names.items() if key in run_config}
+        if given.get("neighbours") == 0 or given.get("max_weight") == 0:  # 0: the default
+            given = {k: v for k, v in given.items() if v != 0}
+        return cls(**given)  # type: ignore[arg-type]
 
     def _check_fractions(self) -> None:
         if not 0.5 < self.threshold_fraction <= 1:
