@@ -44,6 +44,7 @@ from pollinate.privacy.clip import (
     clip_factor,
 )
 from pollinate.records import Arrays, Config, Metrics
+from pollinate.secagg.config import SecAggConfig
 from pollinate.strategy.base import FitAggregator, FitResult, Strategy
 from pollinate.strategy.fedbuff import FedBuff
 
@@ -234,6 +235,27 @@ class DifferentialPrivacy(Strategy):
             rng = np.random.default_rng([self.noise_seed, round])
         return _ClippedNoisedMean(self, current, rng)
 
+    def secure_aggregation_problem(self, config: SecAggConfig) -> str | None:
+        """DP-FedAvg on a securely summed mean: clients clip (``side="client"``), with a
+        fixed bound, weighed equally; the hub noises the mean it is given."""
+        if self.side != "client":
+            return (
+                "DifferentialPrivacy clips at the hub, which needs each update; with secure "
+                "aggregation the clients must clip.\nHint: DifferentialPrivacy(..., "
+                "side='client') and clip_update in the client"
+            )
+        if self.adaptive is not None:
+            return (
+                "adaptive clipping counts the clients whose update was within the bound, "
+                "which secure aggregation hides.\nHint: a fixed clipping_norm"
+            )
+        if config.max_weight is not None:
+            return (
+                "DP-FedAvg weighs every client alike, and secure aggregation weighs them by "
+                "examples.\nHint: SecAggConfig(max_weight=None)"
+            )
+        return None
+
     # --- state to resume from --------------------------------------------------------------
 
     def state(self) -> Arrays:
@@ -272,11 +294,13 @@ class _ClippedNoisedMean:
         }
         norm = math.sqrt(sum(float(np.dot(d.ravel(), d.ravel())) for d in delta.values()))
         bound = self._dp.clipping_norm
-        factor = clip_factor(norm, bound)
+        # a securely summed mean of `count` clipped updates is within the bound already
+        factor = clip_factor(norm, bound) * result.count
         for name, d in delta.items():
             self._sum[name] += factor * d
-        self._count += 1
-        self._below += self._within_bound(result, norm, bound)
+        self._count += result.count
+        if result.count == 1:
+            self._below += self._within_bound(result, norm, bound)
 
     def _within_bound(self, result: FitResult, norm: float, bound: float) -> int:
         # client side: the hub sees clipped updates, so only the client knows the bit

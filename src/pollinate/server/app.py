@@ -68,9 +68,6 @@ class ServerApp:
                 f"ServerApp.secure_aggregation must be a SecAggConfig or None, got {secure!r}\n"
                 "Hint: ServerApp(strategy, secure_aggregation=SecAggConfig())"
             )
-        if type(self.strategy).start_fit is not Strategy.start_fit:
-            raise ValueError(
-                f"{type(self.strategy).__name__} cannot run with secure aggregation: the hub "
-                "then learns only the weighted mean of the updates, and this strategy needs "
-                "each update.\nHint: FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi"
-            )
+        problem = self.strategy.secure_aggregation_problem(secure)
+        if problem is not None:
+            raise ValueError(problem)

@@ -254,7 +254,7 @@ class _Loop:
             self.log.error("run %s round %d: %s", self.run_id, rnd, record.aborted)
             return arrays
         record.replies = outcome.clients
-        aggregator.add(FitResult(0, outcome.arrays, outcome.examples, {}))
+        aggregator.add(FitResult(0, outcome.arrays, outcome.examples, {}, outcome.clients))
         return self._apply(rnd, arrays, record, len(nodes), aggregator, outcome.clients > 0)
 
     @staticmethod

@@ -18,6 +18,7 @@ import numpy as np
 from pollinate.aggregate import WeightedMean, weighted_average
 from pollinate.errors import RunError
 from pollinate.records import Arrays, Config, Metrics
+from pollinate.secagg.config import SecAggConfig
 
 EvaluateFn = Callable[[int, Arrays], "tuple[float, Metrics] | None"]
 ConfigFn = Callable[[int], Config]
@@ -26,12 +27,17 @@ MetricsAggregationFn = Callable[[list[tuple[int, Metrics]]], Metrics]
 
 @dataclass(frozen=True, slots=True)
 class FitResult:
-    """One client's successful fit reply, already checked against the global model."""
+    """One client's successful fit reply, already checked against the global model.
+
+    With secure aggregation the hub sees no single reply: the round's mean then arrives as
+    one result, with ``count`` the number of clients it is the mean of.
+    """
 
     node_id: int
     arrays: Arrays
     num_examples: int
     metrics: Metrics
+    count: int = 1
 
 
 class TooFewReplies(RunError):
@@ -185,6 +191,17 @@ class Strategy:
         """Why the run should stop after ``rounds_done`` rounds (e.g. a privacy budget is
         spent), or None to go on; asked before every round. The run then ends normally."""
         return None
+
+    def secure_aggregation_problem(self, config: SecAggConfig) -> str | None:
+        """Why this strategy cannot run with secure aggregation ``config``, or None if it can:
+        the hub then learns only the mean of the updates, which mean-based strategies need."""
+        if type(self).start_fit is Strategy.start_fit:
+            return None
+        return (
+            f"{type(self).__name__} cannot run with secure aggregation: the hub then learns "
+            "only the weighted mean of the updates, and this strategy needs each update.\n"
+            "Hint: FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam or FedYogi"
+        )
 
     # --- state to resume from ------------------------------------------------------------
 
