@@ -54,7 +54,15 @@ def same(a: Partitions, b: Partitions) -> bool:
 
 
 def test_public_api_is_pinned() -> None:
-    assert pollinate.datasets.__all__ == ["by_group", "dirichlet", "iid", "label_counts", "shards"]
+    assert pollinate.datasets.__all__ == [
+        "by_group",
+        "dirichlet",
+        "iid",
+        "label_counts",
+        "partition_summary",
+        "shards",
+        "split_dataset",
+    ]
 
 
 def test_docstring_examples_run() -> None:

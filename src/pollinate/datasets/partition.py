@@ -7,28 +7,41 @@ test in ``tests/datasets/test_partition.py``:
 - the arrays are disjoint and together cover ``range(n_samples)``;
 - the result depends only on the arguments and ``seed`` (``np.random.default_rng(seed)``),
   never on global random state.
+
+Labels and groups may also be a Hugging Face ``datasets.Dataset`` with ``column=`` naming the
+column to read (``dirichlet(ds, 10, alpha=0.5, column="label")``); the result is the same as
+for that column as a NumPy array. See :mod:`pollinate.datasets.huggingface`.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+from pollinate.datasets.huggingface import as_array, class_names, is_dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 Partitions = list[npt.NDArray[np.int64]]
 
 _MAX_ATTEMPTS = 100
 
 
-def iid(n_samples: int, num_partitions: int, seed: int = 0) -> Partitions:
+def iid(n_samples: int | Dataset, num_partitions: int, seed: int = 0) -> Partitions:
     """Shuffle ``range(n_samples)`` and split it into partitions whose sizes differ by at most 1.
+
+    ``n_samples`` may be a Hugging Face ``Dataset``: its rows are split.
 
     Example:
         >>> [len(p) for p in iid(10, num_partitions=3, seed=0)]
         [4, 3, 3]
     """
+    if is_dataset(n_samples):
+        n_samples = len(n_samples)
     _check_int("n_samples", n_samples, minimum=1)
     _check_partitions(num_partitions, n_samples)
     order = np.random.default_rng(seed).permutation(n_samples)
@@ -36,7 +49,13 @@ def iid(n_samples: int, num_partitions: int, seed: int = 0) -> Partitions:
 
 
 def dirichlet(
-    labels: npt.ArrayLike, num_partitions: int, alpha: float, seed: int = 0, min_size: int = 1
+    labels: npt.ArrayLike | Dataset,
+    num_partitions: int,
+    alpha: float,
+    seed: int = 0,
+    min_size: int = 1,
+    *,
+    column: str | None = None,
 ) -> Partitions:
     """Label skew: each class is spread over partitions by proportions drawn from a Dirichlet.
 
@@ -59,7 +78,7 @@ def dirichlet(
         >>> sum(len(p) for p in parts), min(len(p) for p in parts) >= 1
         (60, True)
     """
-    y = _check_labels(labels)
+    y = _check_labels(labels, column=column)
     _check_partitions(num_partitions, y.size)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a number, got {alpha!r}.\nHint: pass e.g. alpha=0.5.")
@@ -99,7 +118,12 @@ def dirichlet(
 
 
 def shards(
-    labels: npt.ArrayLike, num_partitions: int, classes_per_partition: int, seed: int = 0
+    labels: npt.ArrayLike | Dataset,
+    num_partitions: int,
+    classes_per_partition: int,
+    seed: int = 0,
+    *,
+    column: str | None = None,
 ) -> Partitions:
     """Pathological non-IID: label-sorted shards, ``classes_per_partition`` per partition.
 
@@ -125,7 +149,7 @@ def shards(
         >>> [sorted(set(labels[p].tolist())) for p in parts]
         [[2, 3], [0, 1]]
     """
-    y = _check_labels(labels)
+    y = _check_labels(labels, column=column)
     _check_int("classes_per_partition", classes_per_partition, minimum=1)
     _check_partitions(num_partitions, y.size)
     num_shards = num_partitions * classes_per_partition
@@ -144,7 +168,9 @@ def shards(
     return [np.sort(np.concatenate([pieces[s] for s in row])) for row in dealt]
 
 
-def by_group(groups: npt.ArrayLike) -> tuple[npt.NDArray[Any], Partitions]:
+def by_group(
+    groups: npt.ArrayLike | Dataset, *, column: str | None = None
+) -> tuple[npt.NDArray[Any], Partitions]:
     """Natural partition by an id column (hospital id, user id): one partition per group.
 
     Returns ``(values, partitions)``: ``values`` holds the distinct group values in sorted order
@@ -156,7 +182,7 @@ def by_group(groups: npt.ArrayLike) -> tuple[npt.NDArray[Any], Partitions]:
         >>> values.tolist(), [p.tolist() for p in parts]
         (['a', 'b', 'c'], [[1], [0, 2], [3]])
     """
-    g = _check_labels(groups, name="groups")
+    g = _check_labels(groups, name="groups", column=column)
     if g.dtype.kind in "fc" and bool(np.isnan(g).any()):
         raise ValueError(
             f"groups contains NaN at index {int(np.flatnonzero(np.isnan(g))[0])}: a sample "
@@ -168,25 +194,33 @@ def by_group(groups: npt.ArrayLike) -> tuple[npt.NDArray[Any], Partitions]:
 
 
 def label_counts(
-    labels: npt.ArrayLike, partitions: Partitions, num_classes: int | None = None
+    labels: npt.ArrayLike | Dataset,
+    partitions: Partitions,
+    num_classes: int | None = None,
+    *,
+    column: str | None = None,
 ) -> npt.NDArray[np.int64]:
     """Count labels per partition: ``counts[k, c]`` = samples of class ``c`` in partition ``k``.
 
     ``labels`` must be non-negative integer class ids; there are ``num_classes`` columns
-    (default ``labels.max() + 1``, taken over all labels so every row has the same width).
+    (default ``labels.max() + 1``, taken over all labels so every row has the same width; for a
+    ``ClassLabel`` column of a Dataset, its number of classes). ``partition_summary`` counts
+    labels of any kind (strings too) and prints them.
 
     Example:
         >>> label_counts(np.array([0, 1, 1, 2]), [np.array([0, 1]), np.array([2, 3])]).tolist()
         [[1, 1, 0], [0, 1, 1]]
     """
-    y = _check_labels(labels)
+    y = _check_labels(labels, column=column)
     if y.dtype.kind not in "iu" or int(y.min()) < 0:
+        smallest = f" with minimum {y.min().item()!r}" if y.dtype.kind in "iufb" else ""
         raise ValueError(
-            f"labels must be non-negative integer class ids, got dtype {y.dtype} with minimum "
-            f"{y.min().item()!r}.\nHint: map them first: _, labels = np.unique(labels, "
-            "return_inverse=True)."
+            f"labels must be non-negative integer class ids, got dtype {y.dtype}{smallest}.\n"
+            f"Hint: {_encode_hint(labels, column, y)}"
         )
-    width = int(y.max()) + 1 if num_classes is None else num_classes
+    names = class_names(labels, column)
+    default = int(y.max()) + 1 if names is None else len(names)
+    width = default if num_classes is None else num_classes
     _check_int("num_classes", width, minimum=int(y.max()) + 1)
     counts = np.zeros((len(partitions), width), dtype=np.int64)
     for k, part in enumerate(partitions):
@@ -207,8 +241,16 @@ def _split_by_owner(owner: npt.NDArray[np.int64], num_partitions: int) -> Partit
     return list(np.split(order, ends))
 
 
-def _check_labels(labels: npt.ArrayLike, name: str = "labels") -> npt.NDArray[Any]:
-    y = np.asarray(labels)
+def _encode_hint(labels: object, column: str | None, y: npt.NDArray[Any]) -> str:
+    if not is_dataset(labels):
+        return "map them first: _, labels = np.unique(labels, return_inverse=True)."
+    if y.dtype.kind in "iu":  # a ClassLabel column marks unlabelled rows (test splits) with -1
+        return f"drop unlabelled rows first: ds.filter(lambda row: row[{column!r}] >= 0)."
+    return f"turn the column into class ids first: ds = ds.class_encode_column({column!r})."
+
+
+def _check_labels(labels: Any, name: str = "labels", column: str | None = None) -> npt.NDArray[Any]:
+    y = as_array(labels, column, name)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(
             f"{name} must be a non-empty 1-D array, got shape {y.shape!r}.\n"
