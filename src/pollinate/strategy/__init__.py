@@ -10,6 +10,7 @@ from pollinate.strategy.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from pollinate.strategy.fedtrimmedavg import FedTrimmedAvg
 from pollinate.strategy.krum import Krum, MultiKrum
 from pollinate.strategy.qfedavg import QFedAvg
+from pollinate.strategy.xgboost import FedXgbBagging, FedXgbCyclic
 
 __all__ = [
     "STRATEGIES",
@@ -23,6 +24,8 @@ __all__ = [
     "FedOpt",
     "FedProx",
     "FedTrimmedAvg",
+    "FedXgbBagging",
+    "FedXgbCyclic",
     "FedYogi",
     "FitAggregator",
     "FitResult",
@@ -47,6 +50,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "bulyan": Bulyan,
     "qfedavg": QFedAvg,
     "fedbuff": FedBuff,
+    "fedxgbbagging": FedXgbBagging,
+    "fedxgbcyclic": FedXgbCyclic,
 }
 """Strategies by the name a run config may give them (lower case)."""
 

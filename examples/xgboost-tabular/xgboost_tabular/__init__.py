@@ -1,0 +1,1 @@
+"""Federated XGBoost on a generated tabular binary task: bagging or cyclic training."""
