@@ -1,0 +1,1 @@
+"""Breast-cancer diagnosis by logistic regression, federated across hospitals with pollinate."""
