@@ -12,6 +12,7 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from pollinate import ServerApp, run_simulation, wire
+from pollinate.aggregate.trees import empty_booster
 from pollinate.client import Context
 from pollinate.frameworks.xgboost import (
     BOOSTER,
@@ -25,7 +26,6 @@ from pollinate.frameworks.xgboost import (
 )
 from pollinate.records import Arrays, Message
 from pollinate.strategy import FedXgbBagging, FedXgbCyclic, FitResult
-from pollinate.strategy.xgboost import empty_booster
 
 PARAMS = {"objective": "binary:logistic", "eta": 0.3, "max_depth": 3, "nthread": 1}
 

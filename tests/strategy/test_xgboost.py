@@ -1,9 +1,8 @@
 """The XGBoost strategies alone, without xgboost: the hub edits booster JSON as plain data.
 
-Boosters here are hand-built stumps in xgboost's JSON model format; a small predictor in this
-file reads them the way xgboost does (margin = sum of the leaves each tree sends x to), so the
-merge is checked on what a model predicts. tests/frameworks/test_xgboost.py checks the same
-merges with real xgboost.
+Boosters here are the hand-built stumps of tests/aggregate/test_trees.py (which specifies the
+JSON math itself), and merges are checked on what a model predicts, with its small predictor.
+tests/frameworks/test_xgboost.py checks the same merges with real xgboost.
 """
 
 from __future__ import annotations
@@ -15,83 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pollinate.aggregate.trees import empty_booster
 from pollinate.errors import RunError
 from pollinate.records import Arrays
 from pollinate.strategy import STRATEGIES, FedXgbBagging, FedXgbCyclic, FitResult, strategy_class
 from pollinate.strategy.base import TooFewReplies
-from pollinate.strategy.xgboost import (
-    append_trees,
-    empty_booster,
-    mean_base_score,
-    parse_booster,
-)
-
-NUM_FEATURE = 3
-
-
-def stump(feature: int, threshold: float, left: float, right: float) -> dict[str, Any]:
-    """One split: x[feature] < threshold goes to the left leaf."""
-    return {
-        "base_weights": [0.0, left, right],
-        "categories": [],
-        "categories_nodes": [],
-        "categories_segments": [],
-        "categories_sizes": [],
-        "default_left": [0, 0, 0],
-        "id": 0,
-        "left_children": [1, -1, -1],
-        "loss_changes": [1.0, 0.0, 0.0],
-        "parents": [2147483647, 0, 0],
-        "right_children": [2, -1, -1],
-        "split_conditions": [threshold, left, right],
-        "split_indices": [feature, 0, 0],
-        "split_type": [0, 0, 0],
-        "sum_hessian": [2.0, 1.0, 1.0],
-        "tree_param": {
-            "num_deleted": "0",
-            "num_feature": str(NUM_FEATURE),
-            "num_nodes": "3",
-            "size_leaf_vector": "1",
-        },
-    }
-
-
-def booster(
-    trees: list[dict[str, Any]],
-    *,
-    base_score: str = "[5E-1]",
-    per_round: int = 1,
-    objective: str = "binary:logistic",
-    num_feature: int = NUM_FEATURE,
-) -> dict[str, Any]:
-    """A booster JSON model holding ``trees``, ``per_round`` of them per boosting round."""
-    trees = [{**tree, "id": i} for i, tree in enumerate(trees)]
-    return {
-        "learner": {
-            "attributes": {"best_iteration": "1"},
-            "feature_names": [],
-            "feature_types": [],
-            "gradient_booster": {
-                "model": {
-                    "cats": {"enc": [], "feature_segments": [], "sorted_idx": []},
-                    "gbtree_model_param": {"num_parallel_tree": "1", "num_trees": str(len(trees))},
-                    "iteration_indptr": list(range(0, len(trees) + 1, per_round)),
-                    "tree_info": [i % per_round for i in range(len(trees))],
-                    "trees": trees,
-                },
-                "name": "gbtree",
-            },
-            "learner_model_param": {
-                "base_score": base_score,
-                "boost_from_average": "1",
-                "num_class": "0" if per_round == 1 else str(per_round),
-                "num_feature": str(num_feature),
-                "num_target": "1",
-            },
-            "objective": {"name": objective, "reg_loss_param": {"scale_pos_weight": "1"}},
-        },
-        "version": [3, 2, 0],
-    }
+from tests.aggregate.test_trees import CLIENT_A, CLIENT_B, GLOBAL, X, booster, margin, stump
 
 
 def as_arrays(doc: dict[str, Any] | bytes) -> Arrays:
@@ -103,27 +31,8 @@ def model_of(arrays: Arrays) -> dict[str, Any]:
     return json.loads(arrays["booster"].tobytes())  # type: ignore[no-any-return]
 
 
-def margin(doc: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    """What xgboost adds to the base margin: each tree's leaf for each row of x."""
-    out = np.zeros(len(x))
-    for tree in doc["learner"]["gradient_booster"]["model"]["trees"]:
-        for row, features in enumerate(x):
-            node = 0
-            while tree["left_children"][node] != -1:
-                go_left = features[tree["split_indices"][node]] < tree["split_conditions"][node]
-                node = tree["left_children" if go_left else "right_children"][node]
-            out[row] += tree["split_conditions"][node]
-    return out
-
-
 def fit(node: int, doc: dict[str, Any] | bytes, examples: int = 10) -> FitResult:
     return FitResult(node, as_arrays(doc), examples, {})
-
-
-X = np.random.default_rng(0).normal(size=(50, NUM_FEATURE))
-GLOBAL = booster([stump(0, 0.0, -0.2, 0.3), stump(1, 0.5, 0.1, -0.1)])
-CLIENT_A = booster([stump(2, -0.3, 0.05, -0.05)])
-CLIENT_B = booster([stump(0, 1.0, -0.02, 0.2), stump(1, 0.0, 0.04, 0.0)])
 
 
 def bagged(current: dict[str, Any] | None, results: list[FitResult]) -> Arrays:
@@ -156,16 +65,6 @@ def test_merged_trees_are_renumbered_and_the_bookkeeping_follows() -> None:
     assert "best_iteration" not in merged["learner"]["attributes"]
 
 
-def test_rounds_of_several_trees_stay_rounds_of_the_merged_model() -> None:
-    # three classes: each boosting round grows one tree per class
-    three = [stump(0, 0.0, 0.1 * i, -0.1 * i) for i in range(1, 7)]
-    base = booster(three, per_round=3, objective="multi:softprob")
-    extra = booster(three[:3], per_round=3, objective="multi:softprob")
-    model = append_trees(base, [extra])["learner"]["gradient_booster"]["model"]
-    assert model["iteration_indptr"] == [0, 3, 6, 9]
-    assert model["tree_info"] == [0, 1, 2] * 3
-
-
 def test_the_merge_does_not_depend_on_the_order_replies_arrive_in() -> None:
     replies = [fit(5, CLIENT_B), fit(2, CLIENT_A), fit(9, CLIENT_A)]
     first = bagged(GLOBAL, replies)
@@ -182,13 +81,6 @@ def test_round_one_starts_from_the_first_learner_with_the_mean_base_score() -> N
     assert merged["learner"]["learner_model_param"]["base_score"] == "[0.5]"  # (2 + 18) / 40
     np.testing.assert_allclose(margin(merged, X), margin(a, X) + margin(b, X), atol=1e-12)
     assert merged["learner"]["gradient_booster"]["model"]["iteration_indptr"] == [0, 1, 2]
-
-
-def test_the_base_score_keeps_the_format_of_its_xgboost_version() -> None:
-    old = [booster([], base_score="4E-1"), booster([], base_score="6E-1")]
-    assert float(mean_base_score(old, [1, 1])) == pytest.approx(0.5)
-    vectors = [booster([], base_score="[1E0,2E0]"), booster([], base_score="[3E0,4E0]")]
-    assert mean_base_score(vectors, [1, 3]) == "[2.5,3.5]"
 
 
 def edited(doc: dict[str, Any], path: str, value: Any) -> bytes:
@@ -257,12 +149,6 @@ def test_a_global_model_that_is_no_booster_is_a_usage_error() -> None:
         FedXgbBagging().start_fit(1, Arrays({"w": np.zeros(3)}))
     with pytest.raises(ValueError, match="the global model is not a booster"):
         FedXgbBagging().start_fit(1, as_arrays(b"junk"))
-
-
-def test_parse_booster_explains_what_to_send() -> None:
-    with pytest.raises(ValueError, match=r"Hint: send Booster.save_raw\('json'\)"):
-        parse_booster(b"{L\x00")
-    assert parse_booster(json.dumps(GLOBAL).encode()) == GLOBAL
 
 
 # --- cyclic --------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ evaluation needs xgboost on the server."""
 from __future__ import annotations
 
 from pollinate import AppError, Arrays, Config, Metrics, ServerApp
+from pollinate.aggregate.trees import empty_booster
 from pollinate.strategy import FedXgbBagging, FedXgbCyclic
-from pollinate.strategy.xgboost import empty_booster
 from xgboost_tabular import task
 
 MODES = {"bagging": FedXgbBagging, "cyclic": FedXgbCyclic}

@@ -8,6 +8,7 @@ Strategies are thin policy on top of this package. One module per kind of aggreg
   need every update of a round at once (the caller holds one copy per update).
 - ``fair``: q-FedAvg's step, streamed like the mean.
 - ``staleness``: FedBuff's staleness weights and buffered step, streamed like the mean.
+- ``trees``: XGBoost boosters as JSON, checked and merged by appending trees, without xgboost.
 """
 
 from pollinate.aggregate.fair import QFedAvgStep
