@@ -1,0 +1,1 @@
+"""Quickstart: a small CNN on scikit-learn's digits, federated with pollinate's PyTorch adapter."""
