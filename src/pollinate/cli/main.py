@@ -253,6 +253,7 @@ def _server_app(loaded: App, rounds: int | None) -> ServerApp:
 def main() -> None:
     # gRPC's core logs every refused TLS handshake to stderr; pollinate explains them itself
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    import pollinate.cli.deploy  # noqa: F401  (registers hub, node, ls, log, stop, token)
+    import pollinate.cli.deploy
+    import pollinate.cli.new  # noqa: F401  (registers new)
 
     app()
