@@ -35,6 +35,8 @@ def test_a_new_app_runs_as_generated(framework: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert [r["replies"] for r in history[1:]] == [5, 5]
+    assert all(r["failures"] == 0 for r in history), [r["failed"] for r in history]
+    assert "accuracy" in history[-1]["evaluate"]  # the clients' own evaluation works too
     assert history[-1]["centralized"]["accuracy"] >= FLOOR, history[-1]
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import xgboost as xgb
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 
 from pollinate import ServerApp, run_simulation, wire
 from pollinate.aggregate.trees import empty_booster
@@ -23,6 +23,7 @@ from pollinate.frameworks.xgboost import (
     booster_from_arrays,
     booster_to_arrays,
     empty_arrays,
+    multiclass_metrics,
 )
 from pollinate.records import Arrays, Message
 from pollinate.strategy import FedXgbBagging, FedXgbCyclic, FitResult
@@ -180,6 +181,24 @@ def test_binary_metrics_match_scikit_learn_with_ties() -> None:
     assert metrics["accuracy"] == pytest.approx(np.mean((p > 0.5) == y))
     q = p.astype(np.float64)
     assert loss == pytest.approx(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)), rel=1e-6)
+
+
+def test_a_multiclass_client_scores_log_loss_and_accuracy_as_scikit_learn_does() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(240, 5))
+    y = np.digitize(x[:, 0] + 0.3 * rng.normal(size=240), [-0.5, 0.5]).astype(np.float32)
+    train, valid = xgb.DMatrix(x[:160], label=y[:160]), xgb.DMatrix(x[160:], label=y[160:])
+    params = {"objective": "multi:softprob", "num_class": 3, "max_depth": 2, "nthread": 1}
+    client = XgbBaggingClient(train, valid, params, local_rounds=3)
+    arrays, _, _ = client.fit(empty_arrays(), {})
+    loss, n, metrics = client.evaluate(arrays, {})
+    p = booster_from_arrays(arrays).predict(valid)  # type: ignore[union-attr]
+    assert n == 80 and p.shape == (80, 3)
+    assert loss == pytest.approx(log_loss(y[160:], p, labels=[0, 1, 2]), rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(np.mean(p.argmax(axis=1) == y[160:]))
+    assert multiclass_metrics(None, valid, 3)[0] == pytest.approx(np.log(3))
+    with pytest.raises(ValueError, match="multi:softprob"):
+        multiclass_metrics(xgb.train(PARAMS, data(0), 1), TEST, 3)
 
 
 def test_auc_is_left_out_for_one_class() -> None:

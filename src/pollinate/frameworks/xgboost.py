@@ -16,8 +16,9 @@ from scratch. The hub merges boosters as JSON and needs no xgboost: pair the cli
 - ``XgbCyclicClient`` does the same and sends back the whole booster, which becomes the
   global model.
 
-Both evaluate a binary classifier: log loss, ``auc`` and ``accuracy`` on the validation
-split (override ``evaluate`` for other objectives).
+Both evaluate a classifier on the validation split: log loss, ``auc`` and ``accuracy`` for
+``binary:logistic``, log loss and ``accuracy`` for ``multi:softprob`` (override ``evaluate``
+for other objectives).
 
 >>> arrays = empty_arrays()
 >>> arrays["booster"].dtype, booster_from_arrays(arrays) is None
@@ -44,6 +45,7 @@ __all__ = [
     "booster_from_arrays",
     "booster_to_arrays",
     "empty_arrays",
+    "multiclass_metrics",
 ]
 
 BOOSTER = "booster"
@@ -107,6 +109,27 @@ def binary_metrics(booster: xgb.Booster | None, data: xgb.DMatrix) -> tuple[floa
     return loss, metrics
 
 
+def multiclass_metrics(
+    booster: xgb.Booster | None, data: xgb.DMatrix, num_class: int
+) -> tuple[float, Metrics]:
+    """Log loss and ``accuracy`` of a ``multi:softprob`` classifier on ``data`` (labels
+    0..num_class-1). The empty model predicts every class alike."""
+    y = data.get_label().astype(np.int64)
+    if booster is None:
+        p = np.full((len(y), num_class), 1.0 / num_class)
+    else:
+        p = booster.predict(data).astype(np.float64)
+    if p.shape != (len(y), num_class):
+        raise ValueError(
+            f"the booster predicts {p.shape[1:]} values per example, not {num_class} class "
+            "probabilities.\nHint: multiclass_metrics scores multi:softprob boosters."
+        )
+    if not len(y):
+        return 0.0, {"accuracy": 0.0}
+    loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, None))))
+    return loss, {"accuracy": float(np.mean(p.argmax(axis=1) == y))}
+
+
 class XgbClient(Client):
     """Boosts ``local_rounds`` more trees on the global booster with the client's data.
 
@@ -166,7 +189,12 @@ class XgbClient(Client):
         raise NotImplementedError
 
     def evaluate(self, arrays: Arrays, config: Config) -> tuple[float, int, Metrics]:
-        loss, metrics = binary_metrics(booster_from_arrays(arrays), self.valid)
+        booster = booster_from_arrays(arrays)
+        if str(self.params.get("objective", "")).startswith("multi:softprob"):
+            num_class = int(self.params["num_class"])
+            loss, metrics = multiclass_metrics(booster, self.valid, num_class)
+        else:
+            loss, metrics = binary_metrics(booster, self.valid)
         return loss, self.valid.num_row(), metrics
 
 
