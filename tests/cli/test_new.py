@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pollinate.cli.new import FRAMEWORKS
+from tests.cli_runner import pollinate
 
-POLLINATE = [sys.executable, "-m", "pollinate"]
 # after two rounds of five clients each template scores 0.80-0.86 on the digits (measured)
 FLOOR = 0.75
-
-
-def pollinate(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1"}
-    return subprocess.run(
-        [*POLLINATE, *map(str, args)], capture_output=True, text=True, timeout=600, env=env,
-        cwd=cwd, check=False,
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "jax"
-POLLINATE = [sys.executable, "-m", "pollinate"]
+from tests.cli_runner import EXAMPLES, run_app
+
+APP = EXAMPLES / "jax"
 
 
 def test_the_flax_mlp_learns_the_digits_in_five_rounds(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*POLLINATE, "run", str(APP), "--rounds", "5", "--clients", "5", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "120", "NO_COLOR": "1"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = run_app(APP, tmp_path, "--rounds", "5", "--clients", "5")
     assert [r["round"] for r in history] == list(range(6))
     first, last = history[0], history[-1]
     assert last["replies"] == 5 and last["failures"] == 0

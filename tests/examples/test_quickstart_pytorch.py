@@ -3,28 +3,15 @@ history.json."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "quickstart-pytorch"
-POLLINATE = [sys.executable, "-m", "pollinate"]
+from tests.cli_runner import EXAMPLES, run_app
+
+APP = EXAMPLES / "quickstart-pytorch"
 
 
 def test_the_cnn_learns_the_digits_in_three_rounds(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*POLLINATE, "run", str(APP), "--rounds", "3", "--clients", "4", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "120", "NO_COLOR": "1"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = run_app(APP, tmp_path, "--rounds", "3", "--clients", "4")
     assert [r["round"] for r in history] == list(range(4))
     first, last = history[0], history[-1]
     assert last["replies"] == 4 and last["failures"] == 0

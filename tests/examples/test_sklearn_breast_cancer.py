@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "sklearn-breast-cancer"
+from tests.cli_runner import EXAMPLES, run_app
+
+APP = EXAMPLES / "sklearn-breast-cancer"
 
 
 def test_five_hospitals_reach_the_pooled_models_accuracy(tmp_path: Path) -> None:
-    env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1"}
-    args = ["run", str(APP), "--rounds", "4", "--clients", "5", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "pollinate", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = run_app(APP, tmp_path, "--rounds", "4", "--clients", "5")
     assert [r["round"] for r in history] == [0, 1, 2, 3, 4]
     assert all(r["replies"] == 5 and r["failures"] == 0 for r in history[1:])
     # README: 0.986 after 4 rounds, as the model trained on all patients pooled (0.986).

@@ -3,32 +3,13 @@ history.json, in both modes."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "xgboost-tabular"
-POLLINATE = [sys.executable, "-m", "pollinate"]
+from tests.cli_runner import EXAMPLES, pollinate, run_app
 
-
-def run(tmp_path: Path, *args: str) -> list[dict[str, Any]]:
-    few = ["--rounds", "5", "--clients", "3", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [*POLLINATE, "run", str(APP), *few, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "120", "NO_COLOR": "1"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads((tmp_path / "history.json").read_text())
+APP = EXAMPLES / "xgboost-tabular"
 
 
 @pytest.mark.parametrize(
@@ -36,7 +17,7 @@ def run(tmp_path: Path, *args: str) -> list[dict[str, Any]]:
     [("bagging", 3), ("cyclic", 1)],  # bagging: every client; cyclic: one client per round
 )
 def test_the_trees_learn_the_task_in_five_rounds(tmp_path: Path, mode: str, replies: int) -> None:
-    history = run(tmp_path, "--config", f"mode={mode}")
+    history = run_app(APP, tmp_path, "--rounds", "5", "--clients", "3", "--config", f"mode={mode}")
     assert [r["round"] for r in history] == list(range(6))
     first, last = history[0], history[-1]
     assert [r["replies"] for r in history[1:]] == [replies] * 5
@@ -51,12 +32,6 @@ def test_the_trees_learn_the_task_in_five_rounds(tmp_path: Path, mode: str, repl
 
 
 def test_an_unknown_mode_is_refused(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*POLLINATE, "run", str(APP), "--config", "mode=boosting", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = pollinate("run", APP, "--config", "mode=boosting", "--out", tmp_path)
     assert done.returncode == 2
     assert "mode=boosting: expected one of bagging, cyclic" in done.stdout + done.stderr

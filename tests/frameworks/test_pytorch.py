@@ -118,7 +118,7 @@ def test_set_arrays_names_missing_and_unexpected_entries_and_leaves_the_module_a
 
 def test_set_arrays_names_mis_shaped_entries() -> None:
     narrow, wide = nn.Linear(4, 3), nn.Linear(4, 5)
-    with pytest.raises(ValueError, match=r"mis-shaped 'weight' \[5, 4\] \(module \[3, 4\]\)"):
+    with pytest.raises(ValueError, match=r"mis-shaped 'weight' \[5, 4\] \(model \[3, 4\]\)"):
         set_arrays(narrow, get_arrays(wide))
 
 

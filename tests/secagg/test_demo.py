@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "examples" / "quickstart-numpy"
+from tests.cli_runner import EXAMPLES, run_app
+
+DEMO = EXAMPLES / "quickstart-numpy"
 
 
-def final_accuracy(tmp: Path, *config: str) -> tuple[float, list[dict]]:
-    args = [sys.executable, "-m", "pollinate", "run", str(DEMO), "--out", str(tmp)]
-    for item in config:
-        args += ["--config", item]
-    env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1"}
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr
-    history = json.loads((tmp / "history.json").read_text())
+def final_accuracy(tmp: Path, *config: str) -> tuple[float, list[dict[str, Any]]]:
+    history = run_app(DEMO, tmp, *(arg for item in config for arg in ("--config", item)))
     return float(history[-1]["centralized"]["accuracy"]), history
 
 

@@ -77,6 +77,7 @@ import keras  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
 from pollinate.client.client import Client  # noqa: E402
+from pollinate.frameworks.shapes import mismatch  # noqa: E402
 from pollinate.records import ARRAY_DTYPES, Arrays, Config, Metrics  # noqa: E402
 
 __all__ = ["KerasClient", "get_arrays", "set_arrays"]
@@ -106,7 +107,8 @@ def set_arrays(model: keras.Model, arrays: Mapping[str, np.ndarray]) -> None:
     each missing, unexpected and mis-shaped entry, and leave the model unchanged.
     """
     variables = {_name(i, v): v for i, v in enumerate(model.weights)}
-    problem = _mismatch(variables, arrays)
+    shapes = {name: tuple(v.shape) for name, v in variables.items()}
+    problem = mismatch(shapes, arrays, {name: f", {v.path!r}" for name, v in variables.items()})
     if problem:
         raise ValueError(
             f"set_arrays: the arrays do not fit model {model.name!r} ({problem}): they come "
@@ -222,28 +224,3 @@ def _check_data(data: Data, what: str) -> Data:
             "many targets as inputs, at least one of each."
         )
     return x, y
-
-
-def _mismatch(variables: Mapping[str, keras.Variable], arrays: Mapping[str, np.ndarray]) -> str:
-    missing = [repr(name) for name in variables if name not in arrays]
-    unexpected = [repr(name) for name in arrays if name not in variables]
-    misshaped = [
-        f"{name!r} {list(np.shape(arrays[name]))} (model {list(v.shape)}, {v.path!r})"
-        for name, v in variables.items()
-        if name in arrays and tuple(np.shape(arrays[name])) != tuple(v.shape)
-    ]
-    parts = [
-        f"{what} {_some(items)}"
-        for what, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("mis-shaped", misshaped),
-        )
-        if items
-    ]
-    return "; ".join(parts)
-
-
-def _some(items: list[str], shown: int = 5) -> str:
-    more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return ", ".join(items[:shown]) + more

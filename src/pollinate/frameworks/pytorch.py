@@ -35,6 +35,7 @@ from torch import nn
 
 from pollinate.client.client import Client
 from pollinate.client.fedprox import proximal_mu, proximal_term
+from pollinate.frameworks.shapes import mismatch
 from pollinate.records import Arrays, Config, Metrics
 
 __all__ = ["TorchClient", "evaluate", "get_arrays", "set_arrays", "train"]
@@ -71,7 +72,7 @@ def set_arrays(module: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
     naming each missing, unexpected and mis-shaped entry, and leave the module unchanged.
     """
     state = module.state_dict()
-    problem = _mismatch(state, arrays)
+    problem = mismatch({name: tuple(t.shape) for name, t in state.items()}, arrays)
     if problem:
         raise ValueError(
             f"set_arrays: the arrays do not fit this {type(module).__name__} ({problem}): "
@@ -298,28 +299,3 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     # from_numpy shares memory, which torch will not do with a read-only array (a decoded
     # message's view): copy those. load_state_dict copies into the module either way.
     return torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
-
-
-def _mismatch(state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
-    missing = [repr(name) for name in state if name not in arrays]
-    unexpected = [repr(name) for name in arrays if name not in state]
-    misshaped = [
-        f"{name!r} {list(np.shape(arrays[name]))} (module {list(state[name].shape)})"
-        for name in state
-        if name in arrays and tuple(np.shape(arrays[name])) != tuple(state[name].shape)
-    ]
-    parts = [
-        f"{what} {_some(items)}"
-        for what, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("mis-shaped", misshaped),
-        )
-        if items
-    ]
-    return "; ".join(parts)
-
-
-def _some(items: list[str], shown: int = 5) -> str:
-    more = f" and {len(items) - shown} more" if len(items) > shown else ""
-    return ", ".join(items[:shown]) + more

@@ -57,6 +57,7 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 
 from pollinate.client.client import Client
+from pollinate.frameworks.shapes import mismatch
 from pollinate.records import Arrays, Config, Metrics
 
 __all__ = ["SklearnClient", "evaluate", "get_arrays", "initial_arrays", "set_arrays", "train"]
@@ -93,7 +94,7 @@ def set_arrays(model: BaseEstimator, arrays: Mapping[str, np.ndarray]) -> None:
     missing, unexpected and mis-shaped entry, and leave the model unchanged.
     """
     current = get_arrays(model)
-    problem = _mismatch(current, arrays)
+    problem = mismatch({name: a.shape for name, a in current.items()}, arrays)
     if problem:
         raise ValueError(
             f"set_arrays: the arrays do not fit this {type(model).__name__} ({problem}): "
@@ -353,23 +354,3 @@ def _warm_fit(model: BaseEstimator, x: np.ndarray, y: np.ndarray) -> None:
     x = np.concatenate([x, np.zeros((missing.size, x.shape[1]), dtype=x.dtype)])
     weight = np.concatenate([np.ones(len(y)), np.zeros(missing.size)])
     model.fit(x, np.concatenate([y, missing]), sample_weight=weight)
-
-
-def _mismatch(current: Arrays, arrays: Mapping[str, np.ndarray]) -> str:
-    missing = [repr(name) for name in current if name not in arrays]
-    unexpected = [repr(name) for name in arrays if name not in current]
-    misshaped = [
-        f"{name!r} {list(np.shape(arrays[name]))} (model {list(current[name].shape)})"
-        for name in current
-        if name in arrays and np.shape(arrays[name]) != current[name].shape
-    ]
-    parts = [
-        f"{what} {', '.join(items)}"
-        for what, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("mis-shaped", misshaped),
-        )
-        if items
-    ]
-    return "; ".join(parts)
