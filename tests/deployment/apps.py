@@ -7,8 +7,9 @@ one partition slow from a given round on (``slow-partition``, ``slow-round``,
 line per fit, written before any sleeping: a test knows the fit has started, and how often
 it ran), hold every fit of round ``r`` until a file ``r{r}`` appears in ``gate-dir`` (a test
 paces the rounds), set the strategy's ``round_timeout`` (``round-timeout``, 0: none), bound
-the update norm (``max-norm``, 0: none; partition ``p``'s update has norm ``2 (p + 1)``) and
-name the strategy (``strategy``; an unknown name makes ``server_fn`` raise).
+the update norm (``max-norm``, 0: none; partition ``p``'s update has norm ``2 (p + 1)``),
+turn on SecAgg+ (``secure-aggregation``) and name the strategy (``strategy``; an unknown name
+makes ``server_fn`` raise).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DEFAULTS: dict[str, Scalar] = {
     "gate-dir": "",
     "round-timeout": 0.0,
     "max-norm": 0.0,
+    "secure-aggregation": False,
 }
 
 PYPROJECT = """\
@@ -52,6 +54,7 @@ import numpy as np
 
 import pollinate
 from pollinate import Arrays, ServerApp, Validation
+from pollinate.secagg import SecAggConfig
 
 
 def server_fn(run_config):
@@ -69,6 +72,7 @@ def server_fn(run_config):
         initial_arrays=Arrays({"w": np.zeros(4)}),
         round_timeout=float(run_config["round-timeout"]) or None,
         validation=Validation(max_norm=float(run_config["max-norm"]) or None),
+        secure_aggregation=SecAggConfig() if run_config["secure-aggregation"] else None,
     )
 """
 
