@@ -120,6 +120,14 @@ def test_more_dropouts_than_configured_abort_the_round_and_keep_the_model() -> N
     np.testing.assert_array_equal(result.arrays["w"], INITIAL["w"])
 
 
+def test_a_round_of_two_clients_aborts_at_once_with_the_fix() -> None:
+    result, grid = simulate(SecAggConfig(), clients=2)
+    record = result.history.rounds[1]
+    assert not record.applied and "at least 3 clients" in str(record.aborted)
+    assert "Hint: min_fit_clients=3" in str(record.aborted)
+    assert grid.replies == []  # nothing was asked of the clients
+
+
 # --- what the hub sees ---------------------------------------------------------------------------
 
 

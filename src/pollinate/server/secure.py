@@ -76,6 +76,12 @@ class SecureFit:
     def _protocol(
         self, rnd: int, nodes: list[int], current: Arrays, fit_config: Config, out: SecureOutcome
     ) -> Arrays:
+        if len(nodes) < 3:
+            raise SecAggError(
+                f"secure aggregation needs at least 3 clients in a round, and {len(nodes)} "
+                "were sampled: with 2, each could read the other's update off the sum.\n"
+                "Hint: min_fit_clients=3 (or more) on the strategy, and at least 3 clients"
+            )
         server = SecAggServer(nodes, codec.round_seed(self.run_id, rnd, nodes), self.config)
         everyone = {codec.PREFIX + "participants": codec.ids(nodes)}
         adverts = self._adverts(self._stage("advertise", {u: everyone for u in nodes}, out), out)
