@@ -3,11 +3,13 @@
 Both engines keep one ``SecAggNode`` per node (the simulation one per virtual client) and
 hand it every ``secagg`` instruction with a way to run the app's own fit. The round's secrets
 (X25519 keys, the self-mask seed, the shares held for neighbours) live only in this object's
-memory, never on disk, and are dropped when the round ends or a later round of the run begins.
+memory, never on disk, and are dropped when the node has revealed its shares (the round is
+over for it); what is left of a round goes when a later round of the run begins.
 
 Invariants:
 - a stage asked again (a resent task, a hub that restarted) gets the same answer, never a
-  second set of keys or a second masked input;
+  second set of keys or a second masked input (two masked inputs under the same masks would
+  give away the difference of two updates);
 - the node signs its keys with its own identity key and checks each neighbour's signature
   against that neighbour's credential, verified by ``NodeIdentity.peer_key`` (in deployment:
   the node certificate, checked against the fleet's CA), never against anything the hub vouches
@@ -52,17 +54,27 @@ class NodeIdentity:
 
 class _Session:
     def __init__(self, client: SecAggClient) -> None:
-        self.client = client
+        self.client: SecAggClient | None = client  # None once the round is over here
         self.replies: dict[str, Message] = {}
 
 
 class SecAggNode:
     """Answers one node's ``secagg`` tasks; safe to call from several threads."""
 
-    def __init__(self, node_id: int, identity: NodeIdentity, max_sessions: int = 4) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        identity: NodeIdentity,
+        max_sessions: int = 4,
+        keep_masked: bool = True,
+    ) -> None:
         self.node_id = node_id
         self.identity = identity
         self.max_sessions = max_sessions
+        # A deployed node keeps its masked reply until the round ends, to send the same one
+        # if the task comes again; the simulation never asks twice, and keeps no copies of
+        # thousands of clients' model-sized vectors.
+        self.keep_masked = keep_masked
         self._sessions: OrderedDict[tuple[str, int], _Session] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -78,9 +90,16 @@ class SecAggNode:
             reply = self._step(session, stage, instruction, fit)
         except SecAggError as exc:  # KeySubstituted keeps its name: the hub aborts the round
             return instruction.reply(error=f"{type(exc).__name__}: {exc}")
-        session.replies[stage] = reply
-        if stage == "unmask":
-            self._forget(key)
+        if stage == "mask" and not self.keep_masked:
+            session.replies[stage] = instruction.reply(
+                error=f"SecAggError: node {self.node_id} already sent its masked input for "
+                "this round, and sends one only once"
+            )
+        else:
+            session.replies[stage] = reply
+        if stage == "unmask":  # the round is over here: its secrets and big reply can go
+            session.client = None
+            session.replies.pop("mask", None)
         return reply
 
     def adopt(self, other: SecAggNode) -> None:
@@ -120,14 +139,15 @@ class SecAggNode:
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
 
-    def _forget(self, key: tuple[str, int]) -> None:
-        with self._lock:
-            self._sessions.pop(key, None)
-
     # --- the four stages -----------------------------------------------------------------
 
     def _step(self, session: _Session, stage: str, instruction: Message, fit: Fit) -> Message:
         client = session.client
+        if client is None:
+            raise SecAggError(
+                f"node {self.node_id} finished round {instruction.round} and holds its keys no "
+                f"longer; it cannot answer a {stage} stage for it"
+            )
         model, protocol = codec.split(instruction.arrays)
         if stage == "advertise":
             advert = codec.encode_advert(client.advertise_keys(), self.identity.credential)

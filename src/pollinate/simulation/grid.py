@@ -196,7 +196,8 @@ class SimulationGrid(Grid):
         """The virtual client's side of secure aggregation, with a key from the grid's ring."""
         with self._lock:
             if node not in self._secagg_nodes:
-                self._secagg_nodes[node] = SecAggNode(node, self._keys.identity(node))
+                identity = self._keys.identity(node)
+                self._secagg_nodes[node] = SecAggNode(node, identity, keep_masked=False)
             return self._secagg_nodes[node]
 
     def _node_config(self, node: int) -> Config:
