@@ -43,6 +43,7 @@ from pollinate.privacy.clip import (
     _check_bound,
     clip_factor,
 )
+from pollinate.privacy.noise import GaussianNoise
 from pollinate.records import Arrays, Config, Metrics
 from pollinate.secagg.config import SecAggConfig
 from pollinate.strategy.base import FitAggregator, FitResult, Strategy
@@ -108,7 +109,8 @@ class DifferentialPrivacy(Strategy):
             guarantee).
         delta: the delta of (epsilon, delta)-DP; at most 1e-3, and below 1 / clients.
         epsilon_budget: stop the run before a round would take epsilon past it.
-        noise_seed: seed the noise (experiments only: known noise protects nothing).
+        noise_seed: seed the noise (experiments only: known noise protects nothing). Without
+            it the noise comes from a cryptographic generator (``noise.py``).
 
     Each round's fit metrics carry ``dp_epsilon``, ``dp_delta``, ``dp_clipping_norm`` and
     ``dp_noise_multiplier``, so they are in ``history.json`` and the run summary.
@@ -230,10 +232,10 @@ class DifferentialPrivacy(Strategy):
 
     def start_fit(self, round: int, current: Arrays) -> FitAggregator:
         if self.noise_seed is None:
-            rng = np.random.default_rng()
+            noise = GaussianNoise()
         else:
-            rng = np.random.default_rng([self.noise_seed, round])
-        return _ClippedNoisedMean(self, current, rng)
+            noise = GaussianNoise.seeded(self.noise_seed, round)
+        return _ClippedNoisedMean(self, current, noise)
 
     def secure_aggregation_problem(self, config: SecAggConfig) -> str | None:
         """DP-FedAvg on a securely summed mean: clients clip (``side="client"``), with a
@@ -279,8 +281,8 @@ class DifferentialPrivacy(Strategy):
 class _ClippedNoisedMean:
     """Sums clipped updates as they arrive (O(model)); finishing noises their mean."""
 
-    def __init__(self, dp: DifferentialPrivacy, current: Arrays, rng: np.random.Generator):
-        self._dp, self._current, self._rng = dp, current, rng
+    def __init__(self, dp: DifferentialPrivacy, current: Arrays, noise: GaussianNoise):
+        self._dp, self._current, self._noise = dp, current, noise
         self._sum = {name: np.zeros(a.shape, np.float64) for name, a in current.items()}
         self._count = 0
         self._below = 0
@@ -316,13 +318,13 @@ class _ClippedNoisedMean:
         std = dp.update_noise * dp.clipping_norm
         mean = {}
         for name, total in self._sum.items():
-            noised = (total + self._rng.normal(0.0, std, total.shape)) / n
+            noised = (total + self._noise.normal(std, total.shape)) / n
             mean[name] = _as_dtype(
                 np.asarray(self._current[name], np.float64) + noised, self._current[name].dtype
             )
         result = dp.inner.server_update(self._current, Arrays(mean))
         if dp.adaptive is not None:
-            noise = float(self._rng.normal(0.0, dp.adaptive.count_stddev))
+            noise = float(self._noise.normal(dp.adaptive.count_stddev))
             dp.clipping_norm = dp.adaptive.next_norm(dp.clipping_norm, self._below, n, noise)
         return result
 
