@@ -15,6 +15,7 @@ from pollinate.security import (
     NodeCredentials,
     SecurityError,
     make_key_and_csr,
+    verify_peer_certificate,
 )
 
 
@@ -49,8 +50,6 @@ def test_a_certificate_from_another_ca_is_refused(ca) -> None:  # type: ignore[n
 
 
 def test_an_expired_certificate_is_refused(ca) -> None:  # type: ignore[no-untyped-def]
-    from pollinate.security.ca import verify_peer_certificate
-
     peer = node(ca, 2)
     later = datetime.now(UTC) + timedelta(days=3)
     with pytest.raises(SecurityError, match="expired"):

@@ -5,17 +5,17 @@ join token that also pins the hub's CA (``tokens.py``). From then on hub and nod
 TLS, and a node's id is the one its certificate names.
 """
 
-from pollinate.security.ca import (
-    CertificateAuthority,
-    SecurityError,
+from pollinate.security.ca import CertificateAuthority
+from pollinate.security.certificates import (
     certificate_expiry,
     certificate_fingerprint,
-    make_key_and_csr,
     node_id_from_certificate,
     should_renew,
     verify_peer_certificate,
 )
 from pollinate.security.credentials import NodeCredentials
+from pollinate.security.errors import SecurityError
+from pollinate.security.keys import make_key_and_csr
 from pollinate.security.tokens import JoinToken, TokenStore, ca_matches_pin, parse_token
 
 __all__ = [

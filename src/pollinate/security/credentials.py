@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pollinate.security.ca import SecurityError, certificate_expiry
+from pollinate.security.certificates import certificate_expiry
+from pollinate.security.errors import SecurityError
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pollinate.security.ca import (
-    CLOCK_SKEW,
-    SecurityError,
-    _private_pem,
-    _subject_alt_names,
-    _utc_now,
-    certificate_fingerprint,
-)
+from pollinate.security.certificate_fields import CLOCK_SKEW, subject_alt_names, utc_now
+from pollinate.security.certificates import certificate_fingerprint
+from pollinate.security.errors import SecurityError
+from pollinate.security.keys import private_pem
 from pollinate.security.tokens import ca_matches_pin
 
 CERT_FILE = "enrol.pem"
@@ -38,7 +34,7 @@ def self_signed_server_certificate(
     """(certificate PEM, key PEM): a self-signed TLS server identity named by its SANs."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pollinate hub enrolment")])
-    now = _utc_now()
+    now = utc_now()
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -47,12 +43,12 @@ def self_signed_server_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + timedelta(days=valid_days))
-        .add_extension(x509.SubjectAlternativeName(_subject_alt_names(hostnames, ips)), False)
+        .add_extension(x509.SubjectAlternativeName(subject_alt_names(hostnames, ips)), False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
         .sign(key, hashes.SHA256())
     )
-    return certificate.public_bytes(serialization.Encoding.PEM), _private_pem(key)
+    return certificate.public_bytes(serialization.Encoding.PEM), private_pem(key)
 
 
 def load_or_create_enrolment_identity(

@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pollinate.security.ca import SecurityError, certificate_fingerprint
+from pollinate.security.certificates import certificate_fingerprint
+from pollinate.security.errors import SecurityError
 
 __all__ = ["JoinToken", "TokenStore", "ca_matches_pin", "parse_token"]
 
