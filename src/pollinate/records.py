@@ -1,6 +1,6 @@
 """Plain data that travels between hub and nodes: Arrays, Metrics, Config, Message.
 
-No I/O lives here; ``wire.py`` turns a Message into bytes and back.
+No I/O lives here; ``pollinate.wire`` turns a Message into bytes and back.
 """
 
 from __future__ import annotations
