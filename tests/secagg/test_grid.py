@@ -242,3 +242,12 @@ def test_the_run_config_turns_it_on_and_a_typo_or_unsafe_value_says_what_to_do()
     unsafe = {"secure-aggregation": True, "secagg-threshold-fraction": 0.5}
     with pytest.raises(ValueError, match="(?s)threshold_fraction=0.5.*Hint"):
         SecAggConfig.from_run_config(unsafe)
+
+
+def test_the_round_line_says_the_round_was_aborted_not_that_too_many_failed() -> None:
+    from pollinate.cli.render import round_line
+    from pollinate.server.history import RoundRecord
+
+    aborted = RoundRecord(round=3, applied=False, aborted="node 2 reports: KeySubstituted")
+    assert "secure aggregation aborted the round" in round_line(aborted)
+    assert "too many failures" in round_line(RoundRecord(round=3, applied=False))

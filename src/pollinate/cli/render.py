@@ -71,7 +71,9 @@ def round_line(record: RoundRecord) -> str:
         parts.append(f"[red]{record.failures - record.rejected} failed[/red]")
     if record.rejected:
         parts.append(f"[red]{record.rejected} rejected[/red]")
-    if not record.applied:
+    if record.aborted is not None:
+        parts.append("[yellow]model kept: secure aggregation aborted the round[/yellow]")
+    elif not record.applied:
         parts.append("[yellow]model kept: too many failures[/yellow]")
     if record.resumed:
         parts.append("[yellow]resumed after a hub restart[/yellow]")
