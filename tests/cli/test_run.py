@@ -152,3 +152,18 @@ def test_the_demo_refuses_an_unsafe_dp_setting() -> None:
     )
     assert done.returncode == 2
     assert "too large" in done.stderr and "Hint:" in done.stderr
+
+
+def test_stragglers_slow_some_clients_and_a_bad_fraction_is_refused(tmp_path: Path) -> None:
+    done = pollinate(
+        "run", str(DEMO), "--rounds", "2", "--clients", "5", "--stragglers", "0.4",
+        "--slowdown", "3", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "stragglers: 2 of 5 virtual clients, 3x slower" in done.stdout
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["replies"] for r in history[1:]] == [5, 5]  # slow, not lost
+    bad = pollinate("run", str(DEMO), "--stragglers", "2")
+    assert bad.returncode == 2 and "must be in [0, 1]" in bad.stderr
+    hub = pollinate("run", str(DEMO), "--stragglers", "0.2", "--hub", "127.0.0.1:1")
+    assert hub.returncode == 2 and "cannot be combined with --hub" in hub.stderr

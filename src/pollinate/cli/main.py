@@ -18,6 +18,7 @@ from pollinate.errors import AppError, PollinateError
 from pollinate.server.app import ServerApp
 from pollinate.simulation.adversary import ATTACKS, Adversaries
 from pollinate.simulation.run import run_simulation
+from pollinate.simulation.speed import Stragglers
 
 app = typer.Typer(
     help="pollinate: federated learning. The same app runs in simulation and across sites.",
@@ -125,6 +126,17 @@ def run(
             "(default 1.0).",
         ),
     ] = None,
+    stragglers: Annotated[
+        float | None,
+        typer.Option(
+            metavar="FRACTION",
+            help="Fraction of the virtual clients (0 to 1) that work --slowdown times slower, "
+            "chosen once from --seed: see how a strategy copes (FedBuff does not wait).",
+        ),
+    ] = None,
+    slowdown: Annotated[
+        float, typer.Option(metavar="X", help="How many times slower --stragglers work.")
+    ] = 10.0,
 ) -> None:
     """Run an app: in simulation (virtual clients), or on a hub's nodes with --hub."""
     setup_logging(verbose)
@@ -132,9 +144,9 @@ def run(
     if hub is not None:
         from pollinate.cli.deploy import run_on_hub
 
-        if attackers is not None:
+        if attackers is not None or stragglers is not None:
             raise fail(
-                "--adversaries simulates attackers among virtual clients; it cannot be "
+                "--adversaries and --stragglers simulate virtual clients; they cannot be "
                 "combined with --hub, where each node runs its own code"
             )
         overrides = _parse_overrides(config or [])
@@ -150,6 +162,7 @@ def run(
         )
         if attackers is not None:
             console.print(_attackers_line(attackers, num_clients))
+        speed = _stragglers(stragglers, slowdown, seed, num_clients)
         with RunProgress(console, server_app.num_rounds) as progress:
             result = run_simulation(
                 server_app,
@@ -160,6 +173,7 @@ def run(
                 run_config=loaded.config,
                 on_event=progress,
                 adversaries=attackers,
+                client_speed=speed,
             )
     except PollinateError as exc:
         raise fail(exc) from None
@@ -218,6 +232,20 @@ def _adversaries(
     except (TypeError, ValueError) as exc:
         # The first line says what is wrong; the Hint after it shows Python, not options.
         raise fail(str(exc).splitlines()[0]) from None
+
+
+def _stragglers(
+    fraction: float | None, slowdown: float, seed: int, num_clients: int
+) -> Stragglers | None:
+    if fraction is None:
+        return None
+    try:
+        speed = Stragglers(fraction, slowdown, seed=seed)
+    except (TypeError, ValueError) as exc:
+        raise fail(f"--stragglers/--slowdown: {exc}") from None
+    slow = len(speed.clients(num_clients))
+    console.print(f"stragglers: {slow} of {num_clients} virtual clients, {slowdown:g}x slower")
+    return speed
 
 
 def _attackers_line(adversaries: Adversaries, num_clients: int) -> str:
