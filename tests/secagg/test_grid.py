@@ -52,8 +52,8 @@ class Recording(Grid):
     """A hub's view of the round: every instruction and reply that crosses the grid, and
     an optional tamper(instruction) -> instruction."""
 
-    def __init__(self, inner: Grid, tamper=None) -> None:  # type: ignore[no-untyped-def]
-        self.inner, self.tamper = inner, tamper
+    def __init__(self, inner: Grid, tamper=None, tamper_reply=None) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.tamper, self.tamper_reply = inner, tamper, tamper_reply
         self.replies: list[Message] = []
 
     def nodes(self) -> list[int]:
@@ -63,12 +63,21 @@ class Recording(Grid):
         if self.tamper is not None:
             instructions = [self.tamper(m) for m in instructions]
         for reply in self.inner.dispatch(instructions, timeout):
+            if self.tamper_reply is not None:
+                reply = self.tamper_reply(reply)
             self.replies.append(reply)
             yield reply
 
 
-def simulate(secure: SecAggConfig | None, clients: int = 10, fails=frozenset(), tamper=None):  # type: ignore[no-untyped-def]
-    grid = Recording(SimulationGrid(lambda ctx: Drift(ctx.node_id, fails), clients), tamper)
+def simulate(  # type: ignore[no-untyped-def]
+    secure: SecAggConfig | None,
+    clients: int = 10,
+    fails=frozenset(),
+    tamper=None,
+    tamper_reply=None,
+):
+    inner = SimulationGrid(lambda ctx: Drift(ctx.node_id, fails), clients)
+    grid = Recording(inner, tamper, tamper_reply)
     try:
         return run(grid, app(secure), seed=1), grid
     finally:
@@ -126,6 +135,23 @@ def test_a_round_of_two_clients_aborts_at_once_with_the_fix() -> None:
     assert not record.applied and "at least 3 clients" in str(record.aborted)
     assert "Hint: min_fit_clients=3" in str(record.aborted)
     assert grid.replies == []  # nothing was asked of the clients
+
+
+def truncate_masked_of_node_4(reply: Message) -> Message:
+    if reply.node_id != 4 or "secagg/masked" not in reply.arrays:
+        return reply
+    return replace(reply, arrays=Arrays({"secagg/masked": reply.arrays["secagg/masked"][:3]}))
+
+
+def test_a_node_that_sends_a_malformed_masked_vector_fails_alone() -> None:
+    result, _ = simulate(SecAggConfig(), tamper_reply=truncate_masked_of_node_4)
+    record = result.history.rounds[1]
+    assert record.applied and record.aborted is None and record.replies == 9
+    assert [f.node_id for f in record.failed] == [4]
+    assert "masked vector" in record.failed[0].reason
+    survivors = [c for c in range(10) if c != 4]
+    bound = 2 * rounding_bound(SecAggConfig(), survivors) + 1e-7
+    np.testing.assert_allclose(result.arrays["w"], 2 * expected_mean(survivors), atol=bound)
 
 
 # --- what the hub sees ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ mean only, and each client's fit metrics still travel in the clear.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,7 @@ from pollinate.records import Arrays, Config, Message, Metrics
 from pollinate.secagg import codec
 from pollinate.secagg.config import SecAggConfig
 from pollinate.secagg.messages import (
+    AggregateSum,
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
@@ -83,67 +85,92 @@ class SecureFit:
                 "Hint: min_fit_clients=3 (or more) on the strategy, and at least 3 clients"
             )
         server = SecAggServer(nodes, codec.round_seed(self.run_id, rnd, nodes), self.config)
+        adverts = self._advertise(nodes, server, out)
+        inbox = self._share(adverts, server, out)
+        self._mask(inbox, server, current, fit_config, out)
+        total = self._unmask(server, out)
+        out.clients = total.count
+        return mean_model(total.values, current)
+
+    def _advertise(
+        self, nodes: list[int], server: SecAggServer, out: SecureOutcome
+    ) -> dict[int, dict[int, np.ndarray]]:
+        """Stage 1; returns, per node, its neighbours' encoded adverts to relay."""
         everyone = {codec.PREFIX + "participants": codec.ids(nodes)}
-        adverts = self._adverts(self._stage("advertise", {u: everyone for u in nodes}, out), out)
+        adverts: dict[int, tuple[KeyAdvert, bytes]] = {}
+        for node, protocol in self._stage("advertise", dict.fromkeys(nodes, everyone), out):
+            with self._failing(node, "advertise", out):
+                advert, credential = codec.decode_advert(_need(protocol, "advert", node))
+                if advert.client == node:  # a node speaks only for itself
+                    adverts[node] = (advert, credential)
         relay = server.relay_adverts(advert for advert, _ in adverts.values())
-        tasks = {
-            u: {
-                f"{codec.PREFIX}advert/{v}": codec.encode_advert(advert, adverts[v][1])
-                for v, advert in neighbours.items()
-            }
+        return {
+            u: {v: codec.encode_advert(advert, adverts[v][1]) for v, advert in neighbours.items()}
             for u, neighbours in relay.items()
         }
-        shares = [s for node, p in self._stage("share", tasks, out) for s in _shares(node, p)]
+
+    def _share(
+        self, adverts: dict[int, dict[int, np.ndarray]], server: SecAggServer, out: SecureOutcome
+    ) -> dict[int, list[EncryptedShare]]:
+        """Stage 2; returns each node's inbox of encrypted shares (empty lists included)."""
+        tasks = {
+            u: {f"{codec.PREFIX}advert/{v}": a for v, a in ads.items()}
+            for u, ads in adverts.items()
+        }
+        shares: list[EncryptedShare] = []
+        for node, protocol in self._stage("share", tasks, out):
+            with self._failing(node, "share", out):
+                shares += _shares(node, protocol)
         inbox = server.relay_shares(shares)
-        senders = sorted({s.sender for s in shares})
+        return {u: inbox.get(u, []) for u in sorted({s.sender for s in shares})}
+
+    def _mask(
+        self,
+        inbox: dict[int, list[EncryptedShare]],
+        server: SecAggServer,
+        current: Arrays,
+        fit_config: Config,
+        out: SecureOutcome,
+    ) -> None:
+        """Stage 3: every node that shared its keys trains and sends its masked change."""
         tasks = {
             u: {
                 **current,
-                **{
-                    f"{codec.PREFIX}share/{s.sender}": codec.encode_share(s)
-                    for s in inbox.get(u, [])
-                },
+                **{f"{codec.PREFIX}share/{s.sender}": codec.encode_share(s) for s in shares},
             }
-            for u in senders
+            for u, shares in inbox.items()
         }
         length = vector_length(current)
         for node, reply in self._replies("mask", tasks, out, fit_config):
-            masked = codec.split(reply.arrays)[1].get("masked")
-            if masked is None:
-                out.failures.append((node, "sent no masked vector"))
-                continue
-            server.receive_masked(MaskedInput(node, codec.decode_masked(masked, length)))
-            out.metrics.append((reply.num_examples, reply.metrics))
-            out.examples += reply.num_examples
+            with self._failing(node, "mask", out):
+                vector = codec.decode_masked(
+                    _need(codec.split(reply.arrays)[1], "masked", node), length
+                )
+                server.receive_masked(MaskedInput(node, vector))
+                out.metrics.append((reply.num_examples, reply.metrics))
+                out.examples += reply.num_examples
+
+    def _unmask(self, server: SecAggServer, out: SecureOutcome) -> AggregateSum:
+        """Stage 4: the survivors reveal what removes the masks; the exact sum."""
         request = server.unmask_request()
         lists = {
             codec.PREFIX + "survivors": codec.ids(request.survivors),
             codec.PREFIX + "dropped": codec.ids(request.dropped),
         }
-        reveals = [
-            _reveal(node, protocol)
-            for node, protocol in self._stage(
-                "unmask", dict.fromkeys(request.survivors, lists), out
-            )
-        ]
-        total = server.finish(request, reveals)
-        out.clients = total.count
-        return mean_model(total.values, current)
+        reveals = []
+        for node, protocol in self._stage("unmask", dict.fromkeys(request.survivors, lists), out):
+            with self._failing(node, "unmask", out):
+                reveals.append(_reveal(node, protocol))
+        return server.finish(request, reveals)
 
     @staticmethod
-    def _adverts(
-        replies: Iterator[tuple[int, dict[str, np.ndarray]]], out: SecureOutcome
-    ) -> dict[int, tuple[KeyAdvert, bytes]]:
-        adverts = {}
-        for node, protocol in replies:
-            try:
-                advert, credential = codec.decode_advert(_need(protocol, "advert", node))
-            except SecAggError as exc:
-                out.failures.append((node, f"secure aggregation (advertise): {exc}"))
-                continue
-            if advert.client == node:  # a node speaks only for itself
-                adverts[node] = (advert, credential)
-        return adverts
+    @contextmanager
+    def _failing(node: int, stage: str, out: SecureOutcome) -> Iterator[None]:
+        """A node's malformed or refused part is that node's failure, not the round's."""
+        try:
+            yield
+        except SecAggError as exc:
+            out.failures.append((node, f"secure aggregation ({stage}): {exc}"))
 
     def _stage(
         self, stage: str, tasks: Mapping[int, Mapping[str, np.ndarray]], out: SecureOutcome
