@@ -215,3 +215,35 @@ def test_centralized_evaluation_runs_on_round_zero_and_every_round() -> None:
     result = run(ScriptedGrid(2), _app(rounds=2, evaluate_fn=evaluate_fn))
     assert seen == [(0, 0.0), (1, 1.0), (2, 2.0)]
     assert result.history.rounds[2].centralized == {"loss": 2.0, "acc": 1.0}
+
+
+def test_an_update_the_aggregator_refuses_is_counted_as_rejected_with_its_reason() -> None:
+    from pollinate.server.events import Event, UpdateRejected
+    from pollinate.strategy import FitResult, UnusableUpdate
+
+    class Picky(FedAvg):
+        """Refuses node 1's update, as a strategy does with an update it cannot use."""
+
+        def start_fit(self, round, current):  # type: ignore[no-untyped-def]
+            inner = super().start_fit(round, current)
+
+            class Aggregator:
+                def add(self, result: FitResult) -> None:
+                    if result.node_id == 1:
+                        raise UnusableUpdate("node 1's update is of no use")
+                    inner.add(result)
+
+                def finish(self) -> Arrays:
+                    return inner.finish()
+
+            return Aggregator()
+
+    events: list[Event] = []
+    app = ServerApp(
+        Picky(fraction_evaluate=0.0), num_rounds=1, initial_arrays=Arrays({"w": np.zeros(2)})
+    )
+    result = run(ScriptedGrid(3), app, on_event=events.append)
+    record = result.history.rounds[1]
+    assert record.replies == 2 and record.rejected == 1 and record.applied
+    assert [(f.node_id, f.reason) for f in record.failed] == [(1, "node 1's update is of no use")]
+    assert [e.node_id for e in events if isinstance(e, UpdateRejected)] == [1]

@@ -8,7 +8,6 @@ tests/frameworks/test_xgboost.py checks the same merges with real xgboost.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from pollinate.aggregate.trees import empty_booster
 from pollinate.errors import RunError
 from pollinate.records import Arrays
 from pollinate.strategy import STRATEGIES, FedXgbBagging, FedXgbCyclic, FitResult, strategy_class
-from pollinate.strategy.base import TooFewReplies
+from pollinate.strategy.base import TooFewReplies, UnusableUpdate
 from tests.aggregate.test_trees import CLIENT_A, CLIENT_B, GLOBAL, X, booster, margin, stump
 
 
@@ -35,12 +34,20 @@ def fit(node: int, doc: dict[str, Any] | bytes, examples: int = 10) -> FitResult
     return FitResult(node, as_arrays(doc), examples, {})
 
 
-def bagged(current: dict[str, Any] | None, results: list[FitResult]) -> Arrays:
+def bagged(
+    current: dict[str, Any] | None, results: list[FitResult], refused: list[str] | None = None
+) -> Arrays:
+    """The round's merge; like the run loop, it notes the updates the aggregator refuses."""
     aggregator = FedXgbBagging().start_fit(
         2, empty_booster() if current is None else as_arrays(current)
     )
     for result in results:
-        aggregator.add(result)
+        try:
+            aggregator.add(result)
+        except UnusableUpdate as exc:
+            if refused is None:
+                raise
+            refused.append(f"node {result.node_id}: {exc}")
     return aggregator.finish()
 
 
@@ -116,21 +123,19 @@ BAD_REPLIES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_REPLIES))
-def test_a_reply_that_is_no_usable_booster_is_left_out_with_a_warning(
-    name: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.WARNING, "pollinate.strategy"):
-        merged = bagged(GLOBAL, [fit(1, CLIENT_A), fit(2, BAD_REPLIES[name])])
+def test_a_reply_that_is_no_usable_booster_is_refused_with_the_reason(name: str) -> None:
+    refused: list[str] = []
+    merged = bagged(GLOBAL, [fit(1, CLIENT_A), fit(2, BAD_REPLIES[name])], refused)
     assert merged == bagged(GLOBAL, [fit(1, CLIENT_A)])
-    assert "node 2 sent no usable booster, left out" in caplog.text
+    assert len(refused) == 1 and refused[0].startswith("node 2: no usable booster: ")
 
 
-def test_a_reply_with_other_arrays_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_reply_with_other_arrays_is_refused() -> None:
     wrong = FitResult(2, Arrays({"w": np.zeros(3, np.float32)}), 10, {})
-    with caplog.at_level(logging.WARNING, "pollinate.strategy"):
-        merged = bagged(GLOBAL, [fit(1, CLIENT_A), wrong])
+    refused: list[str] = []
+    merged = bagged(GLOBAL, [fit(1, CLIENT_A), wrong], refused)
     assert merged == bagged(GLOBAL, [fit(1, CLIENT_A)])
-    assert "expected one uint8 array 'booster'" in caplog.text
+    assert "expected one uint8 array 'booster'" in refused[0]
 
 
 def test_round_one_leaves_out_replies_unlike_the_first() -> None:
@@ -141,7 +146,7 @@ def test_round_one_leaves_out_replies_unlike_the_first() -> None:
 
 def test_a_round_without_a_usable_booster_keeps_the_global_model() -> None:
     with pytest.raises(TooFewReplies, match="no reply held a usable booster"):
-        bagged(GLOBAL, [fit(1, b"junk")])
+        bagged(GLOBAL, [fit(1, b"junk")], refused=[])
 
 
 def test_a_global_model_that_is_no_booster_is_a_usage_error() -> None:
@@ -186,13 +191,10 @@ def test_cyclic_takes_the_clients_whole_booster() -> None:
     assert model_of(aggregator.finish()) == grown
 
 
-def test_cyclic_leaves_out_a_booster_that_lost_the_global_trees(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_cyclic_refuses_a_booster_that_lost_the_global_trees() -> None:
     aggregator = FedXgbCyclic().start_fit(4, as_arrays(GLOBAL))
-    with caplog.at_level(logging.WARNING, "pollinate.strategy"):
+    with pytest.raises(UnusableUpdate, match="has 1 trees, fewer than the global model's 2"):
         aggregator.add(fit(3, CLIENT_A))
-    assert "has 1 trees, fewer than the global model's 2" in caplog.text
     with pytest.raises(TooFewReplies):
         aggregator.finish()
 

@@ -42,7 +42,7 @@ from pollinate.server.history import Failure, History, RoundRecord
 from pollinate.server.screen import Screen
 from pollinate.server.secure import SecureFit
 from pollinate.server.validate import arrays_problem, evaluate_reply_problem
-from pollinate.strategy.base import FitAggregator, FitResult, TooFewReplies
+from pollinate.strategy.base import FitAggregator, FitResult, TooFewReplies, UnusableUpdate
 from pollinate.strategy.fedbuff import FedBuff
 
 log = logging.getLogger("pollinate.server")
@@ -176,11 +176,11 @@ class _Loop:
                 self._reject(record, rnd, node, rejected)
                 continue
             result = FitResult(node, reply.arrays, reply.num_examples, reply.metrics)
-            metrics += self._fold(aggregator, screen.admit(result))
+            metrics += self._fold(aggregator, screen.admit(result), record, rnd)
         held, quarantined = screen.close()
         for node, reason in quarantined:
             self._reject(record, rnd, node, reason)
-        metrics += self._fold(aggregator, held)
+        metrics += self._fold(aggregator, held, record, rnd)
         record.replies, record.failures = len(metrics), len(record.failed)
         record.fit = self.strategy.aggregate_fit_metrics(metrics)
         return self._apply(rnd, arrays, record, len(nodes), aggregator, bool(metrics))
@@ -257,11 +257,19 @@ class _Loop:
         aggregator.add(FitResult(0, outcome.arrays, outcome.examples, {}, outcome.clients))
         return self._apply(rnd, arrays, record, len(nodes), aggregator, outcome.clients > 0)
 
-    @staticmethod
-    def _fold(aggregator: FitAggregator, results: list[FitResult]) -> list[tuple[int, Metrics]]:
+    def _fold(
+        self, aggregator: FitAggregator, results: list[FitResult], record: RoundRecord, rnd: int
+    ) -> list[tuple[int, Metrics]]:
+        """Fold each result in; the (examples, metrics) of those the aggregator took."""
+        folded = []
         for result in results:
-            aggregator.add(result)
-        return [(r.num_examples, r.metrics) for r in results]
+            try:
+                aggregator.add(result)
+            except UnusableUpdate as exc:
+                self._reject(record, rnd, result.node_id, str(exc))
+                continue
+            folded.append((result.num_examples, result.metrics))
+        return folded
 
     def _evaluate(self, rnd: int, arrays: Arrays, record: RoundRecord) -> None:
         nodes = self.strategy.sample_evaluate(self.grid.nodes(), self._rng(rnd, 1))

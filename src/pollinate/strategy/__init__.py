@@ -1,6 +1,6 @@
 """Strategies: who trains with what, and how results become the next global model."""
 
-from pollinate.strategy.base import FitAggregator, FitResult, Strategy
+from pollinate.strategy.base import FitAggregator, FitResult, Strategy, UnusableUpdate
 from pollinate.strategy.bulyan import Bulyan
 from pollinate.strategy.fedavg import FedAvg, FedProx
 from pollinate.strategy.fedavgm import FedAvgM
@@ -33,6 +33,7 @@ __all__ = [
     "MultiKrum",
     "QFedAvg",
     "Strategy",
+    "UnusableUpdate",
     "strategy_class",
 ]
 

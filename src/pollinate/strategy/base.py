@@ -45,8 +45,14 @@ class TooFewReplies(RunError):
     the previous global model, as when too many fail."""
 
 
+class UnusableUpdate(ValueError):
+    """Raised by ``FitAggregator.add`` to leave one update out, saying why: the run loop
+    counts it as rejected (an event, a line in the log, the history's ``rejected``)."""
+
+
 class FitAggregator(Protocol):
-    """Folds fit results in as they arrive, then yields the next global arrays."""
+    """Folds fit results in as they arrive, then yields the next global arrays. ``add`` may
+    raise ``UnusableUpdate`` for an update the strategy cannot use."""
 
     def add(self, result: FitResult) -> None: ...
     def finish(self) -> Arrays: ...

@@ -33,7 +33,13 @@ from pollinate.aggregate.trees import (
 )
 from pollinate.errors import RunError
 from pollinate.records import Arrays
-from pollinate.strategy.base import FitAggregator, FitResult, Strategy, TooFewReplies
+from pollinate.strategy.base import (
+    FitAggregator,
+    FitResult,
+    Strategy,
+    TooFewReplies,
+    UnusableUpdate,
+)
 
 log = logging.getLogger("pollinate.strategy")
 
@@ -133,9 +139,8 @@ class _Replies:
     def add(self, result: FitResult) -> None:
         try:
             doc = self._parse(result)
-        except ValueError as exc:
-            log.warning("node %d sent no usable booster, left out: %s", result.node_id, exc)
-            return
+        except ValueError as exc:  # the loop counts it as rejected, with the reason
+            raise UnusableUpdate(f"no usable booster: {exc}") from None
         self.kept.append((result, doc))
 
     def _parse(self, result: FitResult) -> JsonModel:
@@ -148,7 +153,7 @@ class _Replies:
 
     def in_node_order(self) -> list[tuple[FitResult, JsonModel]]:
         if not self.kept:
-            raise TooFewReplies("no reply held a usable booster (see the warnings above)")
+            raise TooFewReplies("no reply held a usable booster (see the rejections above)")
         return sorted(self.kept, key=lambda kept: kept[0].node_id)
 
 
