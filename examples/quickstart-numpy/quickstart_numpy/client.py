@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pollinate import Arrays, Client, Config, Context, Metrics
+from pollinate.client import proximal_mu
 from pollinate.simulation import flip_labels
 from quickstart_numpy import task
 
@@ -29,6 +30,7 @@ class DigitsClient(Client):
             batch_size=int(config["batch-size"]),
             lr=float(config["learning-rate"]),
             seed=self.partition_id + int(config["round"]),
+            proximal_mu=proximal_mu(config),  # FedProx sends it; 0 otherwise
         )
         loss, accuracy = task.evaluate(new, self.x_train, self.y_train)
         return new, len(self.x_train), {"train_loss": loss, "train_accuracy": accuracy}

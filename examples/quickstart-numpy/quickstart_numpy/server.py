@@ -3,6 +3,8 @@ evaluated on the held-out test set."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pollinate import AppError, Arrays, Config, Metrics, ServerApp, Strategy, Validation
 from pollinate.secagg import SecAggConfig
 from pollinate.strategy import strategy_class
@@ -20,16 +22,8 @@ def server_fn(run_config: Config) -> ServerApp:
         keys = ("local-epochs", "batch-size", "learning-rate")
         return {"round": round, **{k: run_config[k] for k in keys}}
 
-    try:
-        strategy_type = strategy_class(str(run_config["strategy"]))
-    except ValueError as exc:
-        raise AppError(f"--config strategy: {exc}") from None
-    if strategy_type.__name__ not in ("FedAvg", "FedAvgM"):
-        raise AppError(
-            f"--config strategy={run_config['strategy']}: this demo runs FedAvg or FedAvgM; "
-            "FedProx and the FedOpt family need settings it does not set (mu, eta)."
-        )
-    strategy = strategy_type(
+    strategy = make_strategy(
+        run_config,
         fraction_fit=float(run_config["fraction-fit"]),
         fraction_evaluate=0.5,
         evaluate_fn=evaluate_test_set,
@@ -53,6 +47,36 @@ def server_fn(run_config: Config) -> ServerApp:
         validation=validation,
         secure_aggregation=secure,
     )
+
+
+def make_strategy(run_config: Config, **common: Any) -> Strategy:
+    """The strategy ``--config strategy=NAME`` names, with the settings it needs from the
+    run config (``proximal-mu`` for FedProx, ``server-learning-rate`` for the FedOpt family)."""
+    name = str(run_config["strategy"])
+    try:
+        strategy_type = strategy_class(name)
+    except ValueError as exc:
+        raise AppError(f"--config strategy: {exc}") from None
+    settings: dict[str, dict[str, Any]] = {
+        "FedAvg": {},
+        "FedAvgM": {},
+        "FedMedian": {},
+        "FedTrimmedAvg": {},
+        "FedProx": {"proximal_mu": float(run_config["proximal-mu"])},
+        "FedAdagrad": {"eta": float(run_config["server-learning-rate"])},
+        "FedAdam": {"eta": float(run_config["server-learning-rate"])},
+        "FedYogi": {"eta": float(run_config["server-learning-rate"])},
+    }
+    if strategy_type.__name__ not in settings:
+        raise AppError(
+            f"--config strategy={name}: this demo runs {', '.join(settings)}.\n"
+            "Hint: benchmarks/robustness.py and benchmarks/async.py set up Krum, MultiKrum, "
+            "Bulyan, QFedAvg and FedBuff"
+        )
+    try:
+        return strategy_type(**settings[strategy_type.__name__], **common)
+    except ValueError as exc:
+        raise AppError(f"--config: {exc}") from None
 
 
 def with_dp(strategy: Strategy, noise_multiplier: float, run_config: Config) -> Strategy:

@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from pollinate import Arrays
+from pollinate.client import proximal_gradient
 from pollinate.datasets import dirichlet
 
 NUM_FEATURES, NUM_CLASSES = 64, 10
@@ -57,8 +58,11 @@ def train(
     batch_size: int,
     lr: float,
     seed: int,
+    proximal_mu: float = 0.0,
 ) -> Arrays:
-    """Mini-batch SGD on the cross-entropy loss; returns new arrays."""
+    """Mini-batch SGD on the cross-entropy loss, plus FedProx's proximal term when
+    ``proximal_mu`` > 0 (it pulls the weights towards the ``arrays`` training started from);
+    returns new arrays."""
     w, b = arrays["weight"].copy(), arrays["bias"].copy()
     rng = np.random.default_rng(seed)
     onehot = np.eye(NUM_CLASSES, dtype=np.float32)[y]
@@ -68,8 +72,9 @@ def train(
             idx = order[start : start + batch_size]
             p = predict_proba(Arrays({"weight": w, "bias": b}), x[idx])
             grad = (p - onehot[idx]) / len(idx)
-            w -= lr * x[idx].T @ grad
-            b -= lr * grad.sum(axis=0)
+            pull = proximal_gradient({"weight": w, "bias": b}, arrays, proximal_mu)
+            w -= lr * (x[idx].T @ grad + pull["weight"])
+            b -= lr * (grad.sum(axis=0) + pull["bias"])
     return Arrays({"weight": w, "bias": b})
 
 
