@@ -12,7 +12,7 @@ from pollinate.privacy.noise import GaussianNoise
 
 def test_the_samples_are_normal_with_the_asked_deviation() -> None:
     samples = GaussianNoise().normal(2.5, (200_000,))
-    assert stats.kstest(samples / 2.5, "norm").pvalue > 1e-3
+    assert stats.kstest(samples / 2.5, "norm").pvalue > 1e-6  # fails an honest run 1 in 10^6
     assert samples.std() == pytest.approx(2.5, rel=0.01)
     assert abs(samples.mean()) < 5 * 2.5 / np.sqrt(samples.size)
 
