@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from pollinate.secagg.config import SecAggConfig
@@ -32,6 +31,8 @@ from pollinate.secagg.crypto import (
     agree,
     open_share,
     pack_ids,
+    private_bytes,
+    public_bytes,
     seal_share,
     sign,
     split_secret,
@@ -125,7 +126,7 @@ class SecAggClient:
     def advertise_keys(self) -> KeyAdvert:
         """Step 1: two fresh X25519 public keys, signed with the node key."""
         self._advance(_Step.ADVERTISE)
-        unsigned = KeyAdvert(self.client, _raw(self._cipher), _raw(self._mask), b"")
+        unsigned = KeyAdvert(self.client, public_bytes(self._cipher), public_bytes(self._mask), b"")
         signature = sign(self._node_key, advert_payload(self._round_seed, unsigned))
         return KeyAdvert(unsigned.client, unsigned.cipher_key, unsigned.mask_key, signature)
 
@@ -146,7 +147,7 @@ class SecAggClient:
         self._need_neighbours(len(self._adverts), "advertised keys")
         recipients = sorted(self._adverts)
         seed_shares = split_secret(self._self_seed, self._threshold, len(recipients))
-        key_shares = split_secret(_private_raw(self._mask), self._threshold, len(recipients))
+        key_shares = split_secret(private_bytes(self._mask), self._threshold, len(recipients))
         return [
             self._seal(v, b, s) for v, b, s in zip(recipients, seed_shares, key_shares, strict=True)
         ]
@@ -253,13 +254,3 @@ class SecAggClient:
             )
         xb, xs = int.from_bytes(plain[:8]), int.from_bytes(plain[8:16])
         self._held[u] = ((xb, plain[16:48]), (xs, plain[48:]))
-
-
-def _raw(key: x25519.X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _private_raw(key: x25519.X25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -33,6 +33,8 @@ __all__ = [
     "combine_secret",
     "open_share",
     "pack_ids",
+    "private_bytes",
+    "public_bytes",
     "seal_share",
     "sign",
     "split_secret",
@@ -100,3 +102,15 @@ def combine_secret(shares: Sequence[Share]) -> bytes:
 def pack_ids(*ids: int) -> bytes:
     """Client ids as fixed-width bytes, for signatures, associated data and HKDF labels."""
     return struct.pack(f">{len(ids)}Q", *ids)
+
+
+def public_bytes(key: x25519.X25519PrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
+    """The 32 raw bytes of the key's public half, as adverts and credentials carry them."""
+    raw = serialization.Encoding.Raw
+    return key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+
+
+def private_bytes(key: x25519.X25519PrivateKey) -> bytes:
+    """The 32 raw bytes of a private key, the secret that Shamir shares split."""
+    raw, plain = serialization.Encoding.Raw, serialization.NoEncryption()
+    return key.private_bytes(raw, serialization.PrivateFormat.Raw, plain)

@@ -13,7 +13,7 @@ import threading
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from pollinate.secagg.crypto import NodeVerifyingKey
+from pollinate.secagg.crypto import NodeVerifyingKey, public_bytes
 from pollinate.secagg.messages import SecAggError
 from pollinate.secagg.node import NodeIdentity
 from pollinate.security import NodeCredentials, verify_peer_certificate
@@ -49,7 +49,7 @@ class KeyRing:
 
     def identity(self, node_id: int) -> NodeIdentity:
         key = self._key(node_id)
-        return NodeIdentity(key, _public_raw(key), self._peer_key)
+        return NodeIdentity(key, public_bytes(key), self._peer_key)
 
     def _key(self, node_id: int) -> ed25519.Ed25519PrivateKey:
         with self._lock:
@@ -60,10 +60,6 @@ class KeyRing:
 
     def _peer_key(self, node_id: int, credential: bytes) -> NodeVerifyingKey:
         key = self._key(node_id)
-        if credential != _public_raw(key):
+        if credential != public_bytes(key):
             raise SecAggError(f"the public key relayed for client {node_id} is not its own")
         return key.public_key()
-
-
-def _public_raw(key: ed25519.Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -20,12 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from pollinate.secagg.client import mask_seed
 from pollinate.secagg.config import SecAggConfig
-from pollinate.secagg.crypto import combine_secret
+from pollinate.secagg.crypto import combine_secret, public_bytes
 from pollinate.secagg.field import (
     FieldVector,
     add_mod,
@@ -158,7 +157,7 @@ class SecAggServer:
         self, total: FieldVector, u: int, shares: list[Share], survivors: frozenset[int]
     ) -> FieldVector:
         private = x25519.X25519PrivateKey.from_private_bytes(self._rebuild(u, shares, "mask key"))
-        if _public_raw(private) != self._adverts[u].mask_key:
+        if public_bytes(private) != self._adverts[u].mask_key:
             raise SecAggError(
                 f"the mask key rebuilt for dropped client {u} does not match the key it "
                 "advertised: some neighbour revealed a wrong share; the round is aborted"
@@ -175,8 +174,3 @@ class SecAggServer:
             # v added g_vu * PRG(s_vu) with g_vu = +1 when v < u; take it back out.
             total = sub_mod(total, pair, bits) if v < u else add_mod(total, pair, bits)
         return total
-
-
-def _public_raw(key: x25519.X25519PrivateKey) -> bytes:
-    raw = serialization.Encoding.Raw
-    return key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)

@@ -27,6 +27,7 @@ import numpy as np
 
 from pollinate.errors import RunError
 from pollinate.records import Arrays, Config, Message, Metrics, Scalar
+from pollinate.secagg.config import SecAggConfig
 from pollinate.server.app import ServerApp
 from pollinate.server.buffered import BufferedLoop
 from pollinate.server.checkpoint import Checkpoint
@@ -156,8 +157,9 @@ class _Loop:
         nodes = self.strategy.sample_fit(self.grid.nodes(), self._rng(rnd, 0))
         config = self.strategy.configure_fit(rnd)
         aggregator = self.strategy.start_fit(rnd, arrays)
-        if self.app.secure_aggregation is not None:
-            return self._secure_fit(rnd, nodes, arrays, config, record, aggregator)
+        secure = self.app.secure_aggregation
+        if secure is not None:
+            return self._secure_fit(secure, rnd, nodes, arrays, config, record, aggregator)
         screen = Screen(self.app.validation, arrays, len(nodes), self.strategy.updates_like_model)
         # (examples, metrics) of the folded updates: not the updates, which must go once folded
         metrics: list[tuple[int, Metrics]] = []
@@ -219,6 +221,7 @@ class _Loop:
 
     def _secure_fit(
         self,
+        secure: SecAggConfig,
         rnd: int,
         nodes: list[int],
         arrays: Arrays,
@@ -227,13 +230,10 @@ class _Loop:
         aggregator: FitAggregator,
     ) -> Arrays:
         """The fit as SecAgg+ (``secure.py``): the aggregator gets the mean as one result."""
-        assert self.app.secure_aggregation is not None
-        secure = SecureFit(
-            self.app.secure_aggregation,
-            self.run_id,
-            lambda stage, tasks: self._collect(rnd, stage, tasks, kind="secagg"),
+        protocol = SecureFit(
+            secure, self.run_id, lambda stage, tasks: self._collect(rnd, stage, tasks, "secagg")
         )
-        outcome = secure.run(rnd, nodes, arrays, config)
+        outcome = protocol.run(rnd, nodes, arrays, config)
         for node, reason in outcome.failures:
             self._fail(record, rnd, node, "fit", reason)
         record.failures = len(record.failed)
