@@ -1,20 +1,28 @@
 # `make demo` and `make test` work on a fresh machine with Python 3.11 and make.
+# Both install from the committed lock (requirements/*.txt: exact versions and hashes), so a
+# fresh clone gets exactly what CI tested; `make lock` refreshes the lock on purpose.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet
+# `make check` leaves these out; `make test` runs them too (markers set in tests/conftest.py)
+SLOW := slow
 
-.PHONY: demo test lint bench proto clean system-deps
+.PHONY: demo test check lint bench proto lock clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[examples]'
+# The lock pins pip and the build backend too; pollinate itself installs editable on top,
+# built by the locked hatchling (--no-build-isolation) with no dependency left to resolve.
+$(VENV)/.demo-deps: requirements/demo.txt pyproject.toml | $(BIN)/python
+	$(PIP) --require-hashes -r requirements/demo.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.test-deps: requirements/test.txt pyproject.toml | $(BIN)/python
+	$(PIP) --require-hashes -r requirements/test.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
 demo: $(VENV)/.demo-deps
@@ -32,6 +40,10 @@ system-deps:
 		apt-get install -y -qq nftables >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq nftables >/dev/null)
 
+# The inner loop: lint, types and every test outside the slow groups.
+check: $(VENV)/.test-deps lint
+	$(BIN)/python -m pytest -q -m "not $(SLOW)"
+
 test: $(VENV)/.test-deps lint system-deps
 	$(BIN)/python -m pytest -q
 
@@ -45,5 +57,17 @@ proto: $(VENV)/.test-deps
 	cd src && ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
 		--pyi_out=. pollinate/transport/fleet.proto
 
+# Re-resolve every dependency to its newest allowed version. pip-compile runs in a venv of its
+# own, with pip's configuration, so torch resolves to the CPU build (see README, "The lock").
+LOCK_VENV := .venv-lock
+LOCK := $(LOCK_VENV)/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links
+lock:
+	[ -x $(LOCK_VENV)/bin/pip-compile ] || \
+		($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet pip-tools==7.6.2)
+	$(LOCK) --extra test -o requirements/test.txt pyproject.toml requirements/build.in
+	$(LOCK) --extra examples --constraint requirements/test.txt -o requirements/demo.txt \
+		pyproject.toml requirements/build.in
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

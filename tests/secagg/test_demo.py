@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.cli_runner import EXAMPLES, run_app
+
+pytestmark = pytest.mark.slow  # two full demo runs, as `pollinate run` subprocesses
 
 DEMO = EXAMPLES / "quickstart-numpy"
 
