@@ -24,7 +24,7 @@ import pytest
 
 from pollinate.errors import PollinateError
 from pollinate.hub import state as state_module
-from pollinate.hub.fleet import Fleet, Refused, Task, TryLater, UnknownTask
+from pollinate.hub.fleet import Duplicate, Fleet, Refused, Task, TryLater, UnknownTask
 from pollinate.hub.grid import HubGrid, RunStopped
 from pollinate.hub.hub import Hub
 from pollinate.hub.journal import Opened
@@ -187,7 +187,8 @@ def test_a_reply_recorded_before_a_restart_is_accepted_again_and_kept_once(
 
     after = hubs()
     after.accept_reply(1, first)  # no error: the node stops pushing
-    after.accept_reply(1, reply_to(task, 2.0))
+    with pytest.raises(Duplicate, match="duplicate reply"):
+        after.accept_reply(1, reply_to(task, 2.0))
 
     assert len(reply_files(after)) == 1
     known = after.journal.open([task]).answered[task.task_id]
@@ -281,6 +282,50 @@ def test_a_reply_is_on_disk_before_it_is_accepted_and_a_second_push_is_accepted_
     assert row is not None and row.reply is not None and len(reply_files(hub)) == 1
     assert replies.get_nowait() is reply
     assert replies.empty()  # routed to its run once
+
+
+def test_a_different_reply_to_an_answered_task_is_refused_as_a_duplicate_and_discarded(
+    hubs: Callable[..., Hub],
+) -> None:
+    hub = hubs()
+    task = instruction(1)
+    replies = taken_by_its_node(hub, task)
+    first = reply_to(task, 1.0)
+    hub.accept_reply(1, first)
+
+    with pytest.raises(Duplicate, match="duplicate reply to task 'r:1:fit:1'") as refused:
+        hub.accept_reply(1, reply_to(task, 2.0))
+    assert isinstance(refused.value, Refused)  # the transport answers accepted=False, reason
+
+    hub.accept_reply(1, first)  # the first one pushed again is still accepted
+    assert len(reply_files(hub)) == 1
+    known = hub.journal.open([task]).answered[task.task_id]
+    np.testing.assert_array_equal(known.arrays["w"], np.full(3, 1.0, np.float32))
+    assert replies.get_nowait() is first
+    assert replies.empty()  # the run got the first reply, once
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: dataclasses.replace(r, num_examples=5),
+        lambda r: dataclasses.replace(r, metrics={"acc": 0.5}),
+        lambda r: dataclasses.replace(r, error="failed after all"),
+        lambda r: dataclasses.replace(r, arrays=Arrays({"w": np.ones(4, np.float32)})),
+    ],
+    ids=["examples", "metrics", "error", "shape"],
+)
+def test_a_reply_that_differs_in_anything_is_a_duplicate(
+    hubs: Callable[..., Hub], change: Callable[[Message], Message]
+) -> None:
+    hub = hubs()
+    task = instruction(1)
+    taken_by_its_node(hub, task)
+    first = reply_to(task)
+    hub.accept_reply(1, first)
+    with pytest.raises(Duplicate, match="duplicate"):
+        hub.accept_reply(1, change(first))
+    hub.accept_reply(1, dataclasses.replace(first))  # equal, not the same object: accepted
 
 
 def test_a_second_push_while_the_first_is_being_recorded_is_told_to_try_later(

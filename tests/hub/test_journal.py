@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from pollinate import wire
-from pollinate.errors import StorageError, WireError
+from pollinate.errors import PollinateError, StorageError, WireError
+from pollinate.hub.fleet import Duplicate
 from pollinate.hub.journal import Journal, Opened
 from pollinate.hub.state import HubState
 from pollinate.records import Arrays, Message
@@ -100,7 +101,8 @@ def test_a_reply_is_recorded_at_most_once_per_task_and_the_first_one_stays(
     first, second = reply_to(task, 1.0), reply_to(task, 2.0)
 
     assert journal.record(first) is True
-    assert journal.record(second) is True  # the task has its reply: the push is not refused
+    with pytest.raises(Duplicate):  # the task has its reply: a different one is refused
+        journal.record(second)
 
     assert len(replies_on_disk(state)) == 1
     assert_same_reply(journal.open([task]).answered[task.task_id], first)
@@ -121,11 +123,11 @@ def test_an_opened_task_has_no_reply_until_one_is_recorded(journal: Journal) -> 
     assert has_reply(journal, task)
 
 
-def test_two_pushes_of_one_reply_recorded_at_once_leave_one_file_and_one_reply(
-    state: HubState, journal: Journal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    task = instruction(1)
-    journal.open([task])
+def two_pushes_at_once(
+    state: HubState, journal: Journal, monkeypatch: pytest.MonkeyPatch, pushes: list[Message]
+) -> tuple[list[bool | PollinateError], list[Path]]:
+    """Record ``pushes`` (two) at once, each written to disk before either is noted; what
+    each push was told, and the files they wrote."""
     both_written = threading.Barrier(2, timeout=TIMEOUT)
     written: list[Path] = []
     write_file = state.write_file
@@ -136,22 +138,67 @@ def test_two_pushes_of_one_reply_recorded_at_once_leave_one_file_and_one_reply(
         both_written.wait()  # neither push notes its file before both are on disk
 
     monkeypatch.setattr(state, "write_file", write_then_wait)
-    pushes = {1.0: reply_to(task, 1.0), 2.0: reply_to(task, 2.0)}
-    results: dict[float, bool] = {}
-    threads = [
-        threading.Thread(target=lambda v=v: results.update({v: journal.record(pushes[v])}))
-        for v in pushes
-    ]
+    told: list[bool | PollinateError] = [False, False]
+
+    def push(i: int) -> None:
+        try:
+            told[i] = journal.record(pushes[i])
+        except PollinateError as exc:
+            told[i] = exc
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(TIMEOUT)
+    return told, written
 
-    assert results == {1.0: True, 2.0: True}  # each push is told its task has its reply
+
+def test_two_pushes_of_one_reply_recorded_at_once_leave_one_file_and_one_reply(
+    state: HubState, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    reply = reply_to(task, 1.0)
+
+    told, written = two_pushes_at_once(state, journal, monkeypatch, [reply, reply])
+
+    assert told == [True, True]  # each push is told its task has its reply
     assert len(set(written)) == 2  # each wrote its own file...
     assert replies_on_disk(state) == {reply_file(journal, task)}  # ...and the loser deleted its
+    assert_same_reply(journal.open([task]).answered[task.task_id], reply)
+
+
+def test_of_two_different_replies_recorded_at_once_the_first_stands_the_other_is_a_duplicate(
+    state: HubState, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    pushes = [reply_to(task, 1.0), reply_to(task, 2.0)]
+
+    told, _ = two_pushes_at_once(state, journal, monkeypatch, pushes)
+
     recorded = journal.open([task]).answered[task.task_id]
-    assert_same_reply(recorded, pushes[recorded.metrics["acc"]])
+    winner = [p.metrics["acc"] for p in pushes].index(recorded.metrics["acc"])
+    assert told[winner] is True
+    assert isinstance(told[1 - winner], Duplicate) and "duplicate" in str(told[1 - winner])
+    assert replies_on_disk(state) == {reply_file(journal, task)}
+    assert_same_reply(recorded, pushes[winner])
+
+
+def test_the_same_reply_recorded_again_is_taken_and_a_different_one_is_a_duplicate(
+    state: HubState, journal: Journal
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    reply = reply_to(task, 1.0)
+    assert journal.record(reply) is True
+
+    assert journal.record(reply_to(task, 1.0)) is True  # equal: its node missed "accepted"
+    with pytest.raises(Duplicate, match=r"duplicate reply to task 'r:1:fit:1'.*which stands"):
+        journal.record(reply_to(task, 1.5))
+    assert len(replies_on_disk(state)) == 1
+    assert_same_reply(journal.open([task]).answered[task.task_id], reply)
 
 
 # --- open(): what a resumed round gets back ----------------------------------------------------
@@ -409,7 +456,9 @@ def test_a_hub_restarted_on_the_data_dir_sees_everything_that_was_recorded(
     try:
         again = Journal(after)
         assert has_reply(again, answered) and not has_reply(again, unanswered)
-        assert again.record(reply_to(answered, 9.0)) is True  # answered already: not again
+        with pytest.raises(Duplicate, match="duplicate"):  # answered already: not again
+            again.record(reply_to(answered, 9.0))
+        assert again.record(reply) is True  # the same reply, pushed again: it is there
         assert len(replies_on_disk(after)) == 1  # at most once, across restarts
 
         loaded = again.load("r")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import sys
+import tempfile
+import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from pollinate.app import app_hash
 from pollinate.errors import AppError
 from pollinate.hub import apps as apps_module
+from pollinate.hub import runs as runs_module
 from pollinate.hub.apps import pack_app
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.journal import Journal
@@ -52,6 +55,13 @@ def zip_of(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _hash_of_zip(archive: bytes) -> str:
+    """The app hash of what ``archive`` unpacks to (for an archive that hashes right but
+    holds no loadable app)."""
+    with tempfile.TemporaryDirectory() as directory:
+        return app_hash(apps_module.unpack(archive, Path(directory)))
+
+
 def submit(runs: Runs, app: Path, rounds: int = 0, **overrides: str) -> str:
     return runs.submit(pack_app(app), app_hash(app), overrides, rounds, seed=0)
 
@@ -84,6 +94,103 @@ def test_an_oversized_archive_is_refused(
 def test_an_unknown_override_is_refused_with_a_suggestion(runs: Runs, tmp_path: Path) -> None:
     with pytest.raises(AppError, match="Did you mean 'num-rounds'"):
         submit(runs, write_tiny_app(tmp_path / "app"), **{"num-round": "3"})
+
+
+def stored(runs: Runs) -> list[str]:
+    """Every file the hub keeps of submitted apps: archives and unpacked apps."""
+    root = runs.state.data_dir
+    found = [*(root / "blobs").rglob("*"), *(root / "apps").rglob("*")]
+    return sorted(str(p.relative_to(root)) for p in found if p.is_file())
+
+
+@pytest.mark.parametrize(
+    ("archive", "declared", "overrides", "reason"),
+    [
+        (lambda app: pack_app(app), lambda app: "0" * 64, {}, "hashes to"),
+        (lambda app: b"PK\x03\x04 not a zip", lambda app: "0" * 64, {}, "not a valid zip"),
+        (
+            lambda app: zip_of({"pyproject.toml": PYPROJECT, "../evil.py": b""}),
+            lambda app: "0" * 64,
+            {},
+            "unsafe path",
+        ),
+        (lambda app: pack_app(app), app_hash, {"num-round": "3"}, "Did you mean"),
+        (
+            lambda app: zip_of({"pyproject.toml": PYPROJECT}),
+            lambda app: _hash_of_zip(zip_of({"pyproject.toml": PYPROJECT})),
+            {},
+            "cannot import 'm'",
+        ),
+    ],
+    ids=["not the declared app", "not a zip", "unsafe path", "unknown override", "cannot load"],
+)
+def test_a_refused_submission_leaves_nothing_on_disk(
+    runs: Runs,
+    tmp_path: Path,
+    archive: Callable[[Path], bytes],
+    declared: Callable[[Path], str],
+    overrides: dict[str, str],
+    reason: str,
+) -> None:
+    app = write_tiny_app(tmp_path / "app")
+    with pytest.raises(AppError, match=reason):
+        runs.submit(archive(app), declared(app), overrides, 0, 0)
+    assert stored(runs) == []
+    assert runs.state.runs() == []
+
+
+def test_a_refused_submission_keeps_the_app_a_run_uses_and_the_run_still_resumes(
+    tmp_path: Path,
+) -> None:
+    state = HubState(tmp_path / "hub")
+    runs = Runs(state, Fleet(), Journal(state))
+    app = write_tiny_app(tmp_path / "app")
+    run_id = submit(runs, app)
+    ended(runs, run_id)
+    kept = stored(runs)
+    assert kept  # its archive and its unpacked app
+
+    with pytest.raises(AppError, match="Did you mean"):  # the same bytes, refused
+        submit(runs, app, **{"num-round": "3"})
+    assert stored(runs) == kept
+
+    state.update_run(run_id, status="running")  # as if the hub died before it noted the end
+    state.close()
+    state = HubState(tmp_path / "hub")
+    runs = Runs(state, Fleet(), Journal(state))
+    runs.resume_all()
+    assert ended(runs, run_id).status == "finished"
+    state.close()
+
+
+def test_a_refused_submission_keeps_the_archive_another_submission_of_it_is_recording(
+    runs: Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = write_tiny_app(tmp_path / "app")
+    loading, refused = threading.Event(), threading.Event()
+    load_archive = runs_module.load_archive
+
+    def load_slowly_unless_refused(archive: bytes, *args: Any) -> Any:
+        if args[-1]:  # the submission with overrides is refused at once
+            return load_archive(archive, *args)
+        loading.set()
+        assert refused.wait(TIMEOUT), "the other submission was never refused"
+        return load_archive(archive, *args)
+
+    monkeypatch.setattr(runs_module, "load_archive", load_slowly_unless_refused)
+    first: list[str] = []
+    thread = threading.Thread(target=lambda: first.append(submit(runs, app)))
+    thread.start()
+    assert loading.wait(TIMEOUT)
+    with pytest.raises(AppError, match="Did you mean"):
+        submit(runs, app, **{"num-round": "3"})
+    refused.set()
+    thread.join(TIMEOUT)
+
+    assert len(first) == 1  # recorded, with its archive still there to resume from
+    row = runs.state.run(first[0])
+    assert row is not None and runs.state.blob_path(row.archive).is_file()
+    assert (runs.state.data_dir / "apps" / row.archive / "app" / "pyproject.toml").is_file()
 
 
 def test_a_run_is_recorded_and_logged_to_its_end(runs: Runs, tmp_path: Path) -> None:

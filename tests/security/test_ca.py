@@ -25,6 +25,7 @@ from pollinate.security import (
     node_id_from_certificate,
     should_renew,
 )
+from pollinate.security.keys import verified_csr_key
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +229,20 @@ def test_garbage_and_weak_csrs_are_refused(ca: CertificateAuthority) -> None:
     csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(weak, hashes.SHA256())
     with pytest.raises(SecurityError, match="too weak"):
         ca.sign_node_csr(csr.public_bytes(serialization.Encoding.PEM), node_id=1)
+
+
+def test_a_key_checked_from_its_csr_is_signed_as_the_csr_would_be(
+    ca: CertificateAuthority,
+) -> None:
+    # enrolment checks the CSR before it spends the token, and signs its key afterwards
+    key_pem, csr_pem = make_key_and_csr()
+    certificate = load(ca.sign_node_key(verified_csr_key(csr_pem), node_id=9, valid_seconds=60))
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert key.public_key() == certificate.public_key()
+    assert ca.verify_node_certificate(certificate.public_bytes(serialization.Encoding.PEM)) == 9
+    verifier(ca).build_client_verifier().verify(certificate, [])
+    with pytest.raises(ValueError, match="is not in 0..2"):
+        ca.sign_node_key(verified_csr_key(csr_pem), node_id=-1)
 
 
 @pytest.mark.parametrize(

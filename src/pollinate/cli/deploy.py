@@ -22,7 +22,8 @@ from pollinate.cli.render import round_line, summary_table
 from pollinate.errors import PollinateError
 from pollinate.hub.apps import pack_app
 from pollinate.hub.credentials import HubCredentials
-from pollinate.hub.hub import Hub
+from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
+from pollinate.hub.rate_limit import RateLimiter
 from pollinate.node.agent import NodeAgent
 from pollinate.security import NodeCredentials, SecurityError
 from pollinate.server.history import History, RoundRecord
@@ -66,6 +67,12 @@ def hub_command(
     heartbeat_timeout: Annotated[
         float, typer.Option(help="Seconds of silence after which a node's tasks fail.")
     ] = 30.0,
+    enrol_burst: Annotated[
+        int, typer.Option(min=1, help="Enrolment attempts one address may make at once.")
+    ] = ENROL_BURST,
+    enrol_rate: Annotated[
+        float, typer.Option(min=0.001, help="Enrolment attempts an address earns back a second.")
+    ] = ENROL_PER_SECOND,
 ) -> None:
     """Start a hub: nodes enrol and connect to its fleet API, users to its control API."""
     setup_logging(True)
@@ -87,6 +94,7 @@ def hub_command(
             heartbeat_timeout=heartbeat_timeout,
             heartbeat_interval=max(heartbeat_timeout / 6, 0.2),
             credentials=credentials,
+            enrol_limit=RateLimiter(enrol_burst, enrol_rate),
         )
     except (PollinateError, OSError) as exc:
         raise fail(

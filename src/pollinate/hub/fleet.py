@@ -47,6 +47,11 @@ class UnknownTask(Refused):
     """A reply to a task this process is not waiting for (closed, or not sent again yet)."""
 
 
+class Duplicate(Refused):
+    """A reply to a task that has another one already: the first reply stands, this one is
+    discarded. (The same reply pushed again is accepted again: its node missed "accepted".)"""
+
+
 @dataclass(eq=False)  # a task is itself, not its contents: queues look tasks up by identity
 class Task:
     """An instruction on its way to a node, and where its reply goes."""

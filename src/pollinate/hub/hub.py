@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +21,30 @@ from pollinate.errors import PollinateError
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.fleet import Fleet, Refused, Task, TryLater, UnknownTask
 from pollinate.hub.journal import Journal
+from pollinate.hub.rate_limit import RateLimiter, source_of
 from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState, LogRow, RunRow
 from pollinate.records import Message
+from pollinate.security import SecurityError, parse_token
+from pollinate.security.keys import verified_csr_key
 
 log = logging.getLogger("pollinate.hub")
+
+ENROL_BURST = 200
+"""Enrolment attempts one source address may make at once. A fleet of 100 nodes started
+together behind one NAT address fits twice over; a stranger guessing tokens gets 200 tries,
+then ``ENROL_PER_SECOND``."""
+ENROL_PER_SECOND = 2.0
+"""Enrolment attempts a source earns back each second: 120 a minute, more than an operator
+enrolling by hand or a fleet rolled out over a few minutes needs (a refused node tries again
+a moment later, its token unspent)."""
+LOG_EVERY_REFUSED = 100
+"""Of a source's attempts refused in a row for its rate, the first and every this many are
+logged: a flood of attempts is a few lines, not one each."""
+
+
+class TooManyAttempts(Refused):
+    """A source made more enrolment attempts than its rate allows; nothing was read or spent."""
 
 
 class Hub:
@@ -34,6 +54,8 @@ class Hub:
         data_dir: where state (SQLite), blobs and certificates live.
         heartbeat_timeout: seconds of silence after which a node's tasks fail.
         heartbeat_interval: how often nodes are told to send heartbeats.
+        enrol_limit: enrolment attempts per source address (default: ``ENROL_BURST`` at once,
+            then ``ENROL_PER_SECOND``).
     """
 
     def __init__(
@@ -43,6 +65,7 @@ class Hub:
         heartbeat_timeout: float = 30.0,
         heartbeat_interval: float = 5.0,
         credentials: HubCredentials | None = None,
+        enrol_limit: RateLimiter | None = None,
     ) -> None:
         self.state = HubState(data_dir)
         self.credentials = credentials
@@ -54,6 +77,7 @@ class Hub:
                 log.info("deleted %d files a previous hub left half-written or unused", swept)
         self.runs = Runs(self.state, self.fleet, self.journal)
         self.heartbeat_interval = heartbeat_interval
+        self.enrol_limit = enrol_limit or RateLimiter(ENROL_BURST, ENROL_PER_SECOND)
         self._closed = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="hub-watchdog", daemon=True)
         self._watchdog.start()
@@ -129,14 +153,44 @@ class Hub:
         log.info("node %d: reply to %s recorded", node_id, message.task_id)
         return None
 
-    def enrol(self, token: str, csr_pem: bytes) -> tuple[bytes, bytes, int]:
-        """(certificate, CA certificate, node id) for a node redeeming a join token."""
+    def enrol(self, token: str, csr_pem: bytes, source: str) -> tuple[bytes, bytes, int]:
+        """(certificate, CA certificate, node id) for a node redeeming a join token.
+
+        ``source`` is the peer's address as gRPC gives it (``ipv4:10.0.0.7:53422``); each
+        host may try ``enrol_limit`` times (TooManyAttempts past it). The CSR is checked
+        before the token is spent: a node refused for its CSR keeps its token.
+        """
         credentials = self._require_tls()
-        credentials.tokens.redeem(token)
+        host = source_of(source)
+        if not self.enrol_limit.allow(host):
+            raise self._too_many_attempts(host)
+        try:
+            parse_token(token)  # the cheap check first
+            public_key = verified_csr_key(csr_pem)
+            credentials.tokens.redeem(token)
+        except SecurityError as exc:
+            log.warning("refused an enrolment from %s: %s", host, exc)
+            raise
         node_id = self.state.new_node()
-        certificate = credentials.ca.sign_node_csr(csr_pem, node_id, credentials.cert_lifetime)
-        log.info("node %d enrolled", node_id)
+        certificate = credentials.ca.sign_node_key(public_key, node_id, credentials.cert_lifetime)
+        log.info("node %d enrolled from %s", node_id, host)
         return certificate, credentials.ca.ca_pem, node_id
+
+    def _too_many_attempts(self, host: str) -> TooManyAttempts:
+        limit, refused = self.enrol_limit, self.enrol_limit.refused_in_a_row(host)
+        rate = f"{limit.burst} at once, then {limit.per_second:g} a second"
+        if refused == 1 or refused % LOG_EVERY_REFUSED == 0:
+            log.warning(
+                "refused an enrolment from %s: too many attempts (over %s; %d refused in a row)",
+                host,
+                rate,
+                refused,
+            )
+        wait = max(1, math.ceil(limit.retry_after(host)))
+        return TooManyAttempts(
+            f"too many enrolment attempts from {host} (the hub takes {rate} from one address): "
+            f"nothing was spent; try again in {wait} s"
+        )
 
     def diagnose(self, certificate_pem: bytes) -> str | None:
         """Why the fleet port would refuse this node certificate, or None if it would not."""

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pollinate import wire
 from pollinate.errors import StorageError, WireError
+from pollinate.hub.fleet import Duplicate
 from pollinate.hub.state import HubState, TaskRow
 from pollinate.records import Message
 from pollinate.server import checkpoint as checkpoints
@@ -84,10 +85,13 @@ class Journal:
     def record(self, reply: Message) -> bool:
         """Put ``reply`` on disk and note it against its task. True if the task has this
         reply now (recorded by this call or an earlier push of it); False if the task is
-        unknown or closed (its stage ended). StorageError if the disk refuses."""
+        unknown or closed (its stage ended). Duplicate if the task has another reply.
+        StorageError if the disk refuses."""
         task = self.task(reply.task_id)
-        if task is None or task.reply is not None:
-            return task is not None
+        if task is None:
+            return False
+        if task.reply is not None:
+            return _recorded_is(task.reply, reply)
         path = self._reply_path(reply)  # its own file: pushes of one reply never share one
         try:
             self.state.write_file(path, wire.iter_encode(reply))
@@ -101,7 +105,7 @@ class Journal:
             return True
         _remove(path)
         task = self.task(reply.task_id)
-        return task is not None and task.reply is not None
+        return task is not None and task.reply is not None and _recorded_is(task.reply, reply)
 
     def unrecorded(self, run_id: str) -> str:
         """Why the run's last reply could not be recorded, or "" if it was (or the disk
@@ -273,6 +277,24 @@ class Journal:
     def _reply_path(self, reply: Message) -> Path:
         name = hashlib.sha256(reply.task_id.encode()).hexdigest()[:32]
         return self._run_dir(reply.run_id) / "replies" / f"{name}-{secrets.token_hex(4)}.pln"
+
+
+def _recorded_is(path: str, reply: Message) -> bool:
+    """True if the reply recorded at ``path`` is ``reply`` (the same bytes: encoding is
+    deterministic), Duplicate if it is another. A record that cannot be read is not held
+    against the push: the task is asked for again when its round resumes (``open``)."""
+    try:
+        with open(path, "rb") as recorded:
+            same = all(recorded.read(len(piece)) == piece for piece in wire.iter_encode(reply))
+            same = same and recorded.read(1) == b""
+    except OSError:
+        return True
+    if not same:
+        raise Duplicate(
+            f"duplicate reply to task {reply.task_id!r}: it has another reply already, which "
+            "stands; this one is discarded (a node answers each task once)"
+        )
+    return True
 
 
 def _remove(path: Path) -> None:

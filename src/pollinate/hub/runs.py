@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 from pollinate.app import App
 from pollinate.errors import AppError, PollinateError, StorageError
@@ -43,20 +45,50 @@ class Runs:
         self._grids: dict[str, HubGrid] = {}
         self._threads: dict[str, threading.Thread] = {}
         self.changed = threading.Condition()
+        self._in_submission: Counter[str] = Counter()  # by archive digest
+        self._archives_lock = threading.Lock()
 
     def submit(
         self, archive: bytes, declared_hash: str, overrides: dict[str, str], rounds: int, seed: int
     ) -> str:
         """Unpack and check the app, record the run and start it; AppError if it is unusable,
-        StorageError if the hub cannot record it."""
-        apps = self.state.data_dir / "apps"
+        StorageError if the hub cannot record it. A refused submission leaves nothing on
+        disk (``_discard_unless_used``)."""
         self.state.check_writable()  # the archive may be stored already: nothing new written
-        digest = self.state.put_blob(archive)
+        # marked before it is stored: a refused submission of the same bytes must not
+        # delete the archive between this one storing it and recording its run
+        with self._submitting(hashlib.sha256(archive).hexdigest()) as digest:
+            try:
+                self.state.put_blob(archive)
+                actual, app = self._load_submitted(archive, declared_hash, digest, overrides)
+                run_id = self._record_submitted(app, actual, digest, overrides, rounds, seed)
+            except BaseException:
+                self._discard_unless_used(digest)
+                raise
+        with self.changed:
+            self.changed.notify_all()
+        self._start(run_id, app, actual, rounds, seed, None)
+        return run_id
+
+    def _load_submitted(
+        self, archive: bytes, declared_hash: str, digest: str, overrides: dict[str, str]
+    ) -> tuple[str, App]:
+        apps = self.state.data_dir / "apps"
         try:
             actual = check_archive(archive, declared_hash, apps, digest)
-            app = load_archive(archive, apps, digest, overrides)
+            return actual, load_archive(archive, apps, digest, overrides)
         except OSError as exc:  # unpacking onto a disk that refuses
             raise self.state.storage_error(exc) from exc
+
+    def _record_submitted(
+        self,
+        app: App,
+        actual: str,
+        digest: str,
+        overrides: dict[str, str],
+        rounds: int,
+        seed: int,
+    ) -> str:
         run_id = secrets.token_hex(4)
         self.state.add_run(
             RunRow(
@@ -74,10 +106,37 @@ class Runs:
             ),
             first_log=("status", f"run {run_id} of app {app.name} submitted"),
         )
-        with self.changed:
-            self.changed.notify_all()
-        self._start(run_id, app, actual, rounds, seed, None)
         return run_id
+
+    @contextlib.contextmanager
+    def _submitting(self, digest: str) -> Iterator[str]:
+        """Mark the archive ``digest`` as in a submission until it is recorded or refused."""
+        with self._archives_lock:
+            self._in_submission[digest] += 1
+        try:
+            yield digest
+        finally:
+            with self._archives_lock:
+                self._in_submission[digest] -= 1
+                if not self._in_submission[digest]:
+                    del self._in_submission[digest]
+
+    def _discard_unless_used(self, digest: str) -> None:
+        """Delete the stored archive ``digest`` and its unpacked app, unless a run was
+        recorded with it (running, resumable or ended: a user may look at it) or another
+        submission of the same bytes is under way. Best effort: a disk that refuses keeps
+        the files, which cost space only."""
+        with self._archives_lock:
+            if self._in_submission[digest] > 1:
+                return
+            try:
+                if any(row.archive == digest for row in self.state.runs()):
+                    return
+            except StorageError:
+                return  # cannot tell: keep them
+            shutil.rmtree(self.state.data_dir / "apps" / digest, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.state.blob_path(digest).unlink(missing_ok=True)
 
     def resume_all(self) -> None:
         """Resume every run the last hub on this data dir left running (each in a thread:

@@ -175,9 +175,18 @@ class CertificateAuthority:
         Raises ``SecurityError`` if the CSR is unreadable, its signature does not verify or its
         key is weak. Only the CSR's public key is used; the hub decides the name.
         """
+        return self.sign_node_key(verified_csr_key(csr_pem), node_id, valid_seconds)
+
+    def sign_node_key(
+        self, public_key: PublicKey, node_id: int, valid_seconds: int = 24 * 3600
+    ) -> bytes:
+        """``sign_node_csr`` for a key already taken from a CSR with ``verified_csr_key``.
+
+        Enrolment checks the CSR before it spends the join token, and signs after: a node
+        whose CSR is malformed keeps its token.
+        """
         _check_node_id(node_id)
-        _require_positive("valid_seconds", valid_seconds, "sign_node_csr(csr, 7, 24 * 3600)")
-        public_key = verified_csr_key(csr_pem)
+        _require_positive("valid_seconds", valid_seconds, "sign_node_key(key, 7, 24 * 3600)")
         certificate = (
             self._leaf_builder(f"node-{node_id}", public_key, timedelta(seconds=valid_seconds))
             .add_extension(x509.SubjectAlternativeName([_node_uri(node_id)]), critical=False)

@@ -132,7 +132,7 @@ class _EnrolService(rpc.FleetServicer):  # type: ignore[misc]
 
     def Enrol(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            cert, ca_pem, node_id = self.hub.enrol(request.token, request.csr_pem)
+            cert, ca_pem, node_id = self.hub.enrol(request.token, request.csr_pem, context.peer())
         except PollinateError as exc:
             log.warning("refused an enrolment: %s", exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
