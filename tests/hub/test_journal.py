@@ -20,7 +20,7 @@ from pollinate import wire
 from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import Duplicate
 from pollinate.hub.journal import Journal, Opened
-from pollinate.hub.state import HubState
+from pollinate.hub.state import HubState, RunRow
 from pollinate.records import Arrays, Message
 from pollinate.server.checkpoint import Checkpoint
 from pollinate.server.history import History, RoundRecord
@@ -501,6 +501,25 @@ def test_the_sweep_deletes_what_a_crash_left_and_keeps_what_the_database_points_
     assert all(not p.exists() for p in leftovers) and not unpacking.exists()
     assert kept[0].exists()
     state.close()
+
+
+def test_the_sweep_deletes_app_archives_no_run_was_recorded_with_and_keeps_the_rest(
+    state: HubState, journal: Journal
+) -> None:
+    used, unused = state.put_blob(b"an app a run uses"), state.put_blob(b"a submission cut short")
+    for digest in (used, unused):
+        (state.data_dir / "apps" / digest / "app").mkdir(parents=True)
+        (state.data_dir / "apps" / digest / "app" / "pyproject.toml").write_text("")
+    state.add_run(
+        RunRow("r", "app", "h" * 64, used, {}, 1, 0, "running", 0, 0.0, ""),
+        first_log=("status", "submitted"),
+    )
+
+    assert journal.sweep() == 1
+
+    assert state.blob_path(used).is_file() and (state.data_dir / "apps" / used).is_dir()
+    assert not state.blob_path(unused).exists()
+    assert not (state.data_dir / "apps" / unused).exists()
 
 
 def test_while_the_disk_refuses_replies_the_journal_says_so_until_it_takes_writes(

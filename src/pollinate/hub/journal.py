@@ -166,19 +166,27 @@ class Journal:
 
     def sweep(self) -> int:
         """Delete what a crash left behind: half-written files, replies and checkpoints the
-        database does not point at, half-unpacked apps. Call only while holding the data
-        dir's lock (no other hub writes there). Returns how many were deleted."""
+        database does not point at, half-unpacked apps, and app archives (stored and
+        unpacked) that no run was recorded with (a submission cut short). Call only while
+        holding the data dir's lock (no other hub writes there, no submission is under way).
+        Returns how many files were deleted."""
         with self.state.reading() as db:
             kept = {row[0] for row in db.execute("SELECT reply FROM tasks WHERE reply NOT NULL")}
             kept |= {row[0] for row in db.execute("SELECT path FROM checkpoints")}
+            archives = {row[0] for row in db.execute("SELECT archive FROM runs")}
         root = self.state.data_dir
         stale = [p for p in root.rglob("*.partial") if p.is_file()]
         stale += [p for p in root.glob("runs/*/replies/*.pln") if str(p) not in kept]
         stale += [p for p in root.glob("runs/*/checkpoint-*.pln") if str(p) not in kept]
+        stale += [p for p in root.glob("blobs/*/*") if p.is_file() and p.name not in archives]
+        stale = list(dict.fromkeys(stale))  # a half-written archive is found twice
         for path in stale:
             _remove(path)
         for partial in root.glob("apps/*/partial-*"):
             shutil.rmtree(partial, ignore_errors=True)
+        for unpacked in root.glob("apps/*"):
+            if unpacked.is_dir() and unpacked.name not in archives:
+                shutil.rmtree(unpacked, ignore_errors=True)
         return len(stale)
 
     # --- the tasks and checkpoints tables (this module gives them their meaning) -------
