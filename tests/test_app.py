@@ -72,6 +72,24 @@ def test_an_unknown_override_suggests_the_right_key(tmp_path: Path) -> None:
         load_app(make_app(tmp_path, "typo_app"), {"learning_rate": "0.1"})
 
 
+def test_config_text_over_the_limits_is_refused_not_cut(tmp_path: Path) -> None:
+    # pollinate.text: a value is at most MAX_TEXT (1,000) characters, a name MAX_NAME (256)
+    root = make_app(tmp_path, "long_app")
+    assert load_app(root, {"name": "v" * 1000}).config["name"] == "v" * 1000
+    with pytest.raises(AppError, match="the value has 1001 characters; config values hold at"):
+        load_app(root, {"name": "v" * 1001})
+    with pytest.raises(AppError, match="the key is 300 characters long, over the limit of 256"):
+        load_app(root, {"k" * 300: "1"})
+    with pytest.raises(AppError, match=r"the key holds the control character \\x1b"):
+        load_app(root, {"name\x1b[2J": "1"})
+    long_default = GOOD.replace('name = "x"', f'name = "{"v" * 1001}"')
+    with pytest.raises(AppError, match="name is a string of 1001 characters"):
+        load_app(make_app(tmp_path, "long_default", long_default))
+    long_name = GOOD.replace("epochs = 2", f"{'e' * 257} = 2")
+    with pytest.raises(AppError, match="over the limit of 256"):
+        load_app(make_app(tmp_path, "long_name", long_name))
+
+
 def test_a_typo_in_the_table_is_named_with_a_suggestion(tmp_path: Path) -> None:
     pyproject = GOOD.replace("[tool.pollinate.simulation]", "[tool.pollinate.simulaton]")
     with pytest.raises(AppError, match="unknown key 'simulaton'.*Did you mean 'simulation'"):

@@ -12,6 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pollinate"
 # DESIGN.md's layers; modules beside the stack (datasets) sit low and import nothing above.
 LAYERS = {
     "errors": 0,
+    "text": 0,
     "records": 1,
     "datasets": 1,
     "wire": 2,

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from pollinate import wire
 from pollinate.errors import WireError
 from pollinate.records import MESSAGE_KINDS, Arrays, Message
+from pollinate.text import MAX_TEXT, name_problem
 from pollinate.wire import (
     DEFAULT_LIMITS,
     DTYPES,
@@ -159,13 +160,15 @@ arrays = st.builds(
 scalars = st.one_of(
     st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.binary(max_size=8)
 )
-scalar_dicts = st.dictionaries(st.text(max_size=6), scalars, max_size=4)
+# names (keys, task and run ids) hold no control characters (pollinate.text.name_problem)
+names = st.text(max_size=6).filter(lambda name: name_problem(name) is None)
+scalar_dicts = st.dictionaries(names, scalars, max_size=4)
 ids = st.integers(0, 2**63 - 1)
 messages = st.builds(
     Message,
     kind=st.sampled_from(MESSAGE_KINDS),
-    task_id=st.text(max_size=8),
-    run_id=st.text(max_size=8),
+    task_id=names,
+    run_id=names,
     round=ids,
     node_id=ids,
     is_reply=st.booleans(),
@@ -479,6 +482,8 @@ REJECTED = {
     ),
     "config key a lone surrogate": (frame(header(config={"\udc00": ["int", 1]})), "Unicode"),
     "metrics str a lone surrogate": (frame(header(metrics={"m": ["str", "\ud83d"]})), "tagged"),
+    "metrics key too long": (frame(header(metrics={"m" * 257: ["int", 1]})), "MAX_NAME"),
+    "config key a newline": (frame(header(config={"lr\n": ["int", 1]})), "control character"),
 }
 
 
@@ -503,6 +508,8 @@ BAD_FIELDS = [
     ("loss", 1, "must be float or null, got int"),
     ("error", 5, "must be str or null, got int"),
     ("error", "\udfff", "is not valid Unicode"),
+    ("task_id", "t" * 257, "is 257 characters long, over the limit of 256"),
+    ("run_id", "r\nforged", r"holds the control character \\n"),
 ]
 
 
@@ -623,6 +630,17 @@ def test_error_messages_never_dump_the_input() -> None:
         with pytest.raises(WireError) as caught:
             decode(data)
         assert len(str(caught.value)) < 400, str(caught.value)[:1000]
+
+
+def test_text_from_a_peer_decodes_bounded_and_as_one_line() -> None:
+    error = "x" * 800_000 + "\n2026-12-06 INFO forged line"
+    data = frame(header(error=error, metrics={"note": ["str", "y\n" * 50_000]}), W)
+    for message in (decode(data), feed_in_chunks(data, [4096])):
+        assert message.error == "x" * MAX_TEXT + f"… [{len(error)} chars]"
+        assert message.metrics["note"] == "y\n" * (MAX_TEXT // 2) + "… [100000 chars]"
+        # the error is shown as it came, but on one line: its control characters escaped
+        escaped = decode(frame(header(error="a\r\nb\x1b[2J\u2028c"), W)).error
+        assert escaped == "a\\r\\nb\\x1b[2J\\u2028c"
 
 
 # --- encoding refuses what cannot travel ------------------------------------------------------

@@ -33,6 +33,7 @@ from pollinate.client.client import ClientFn
 from pollinate.errors import AppError
 from pollinate.records import Config, Scalar, check_scalars
 from pollinate.server.app import ServerApp
+from pollinate.text import MAX_TEXT, inert, name_problem
 
 ServerFn = Callable[[Config], ServerApp]
 
@@ -138,14 +139,23 @@ def _check_keys(table: Any, known: Iterable[str], where: str, root: Path) -> Non
 
 def _defaults(table: dict[str, Any], root: Path) -> Config:
     try:
-        return check_scalars(table.get("config", {}), "[tool.pollinate.config]")
-    except TypeError as exc:
+        config = check_scalars(table.get("config", {}), "[tool.pollinate.config]")
+    except (TypeError, ValueError) as exc:
         raise AppError(f"{root / 'pyproject.toml'}: {exc}") from None
+    for key, value in table.get("config", {}).items():
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise AppError(
+                f"{root / 'pyproject.toml'}: [tool.pollinate.config] {key} is a string of "
+                f"{len(value)} characters; config values hold at most {MAX_TEXT} "
+                "(pollinate.text.MAX_TEXT).\nHint: put long data in a file the app reads."
+            )
+    return config
 
 
 def _apply_overrides(defaults: Config, overrides: Mapping[str, str]) -> Config:
     config = dict(defaults)
     for key, text in overrides.items():
+        _check_override(key, text)
         if key not in defaults:
             raise AppError(
                 f"--config {key}={text}: the app has no config key {key!r}."
@@ -153,6 +163,18 @@ def _apply_overrides(defaults: Config, overrides: Mapping[str, str]) -> Config:
             )
         config[key] = _parse_like(key, text, defaults[key])
     return config
+
+
+def _check_override(key: str, text: str) -> None:
+    """A user's ``--config key=value``, refused (not cut) when over the text limits."""
+    problem = name_problem(key)
+    if problem is not None:
+        raise AppError(f"--config {inert(key, 60)}=...: the key {problem}")
+    if len(text) > MAX_TEXT:
+        raise AppError(
+            f"--config {key}={inert(text, 60)}: the value has {len(text)} characters; config "
+            f"values hold at most {MAX_TEXT} (pollinate.text.MAX_TEXT)"
+        )
 
 
 def _parse_like(key: str, text: str, default: Scalar) -> Scalar:

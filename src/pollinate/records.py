@@ -12,6 +12,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from pollinate.text import cap, inert, name_problem
+
 Scalar = bool | int | float | str | bytes
 """A value allowed in Config and Metrics."""
 
@@ -114,18 +116,30 @@ class Arrays(Mapping[str, np.ndarray]):
 
 
 def check_scalars(values: Mapping[str, Any], what: str) -> dict[str, Scalar]:
-    """Return ``values`` as a plain dict of Scalars, or raise TypeError naming the bad entry."""
+    """Return ``values`` as a plain dict of Scalars, or raise TypeError naming the bad entry.
+
+    Names are short and plain (``pollinate.text.name_problem``), or ValueError: a name is
+    never cut, so two names cannot collide. A str value longer than ``MAX_TEXT`` is cut and
+    says its length (``pollinate.text.cap``), wherever the dict came from.
+    """
     if not isinstance(values, Mapping):
         raise TypeError(f"{what} must be a dict of str -> scalar, got {type(values).__name__}")
     out: dict[str, Scalar] = {}
     for key, value in values.items():
         if not isinstance(key, str) or not isinstance(value, _SCALAR_TYPES):
             raise TypeError(
-                f"{what} entry {key!r}: {value!r} is not allowed; keys are str and values are "
-                "bool, int, float, str or bytes.\nHint: convert arrays with float(x) or send "
-                "them as Arrays."
+                f"{what} entry {inert(repr(key), 80)}: {inert(repr(value), 80)} is not "
+                "allowed; keys are str and values are bool, int, float, str or bytes.\n"
+                "Hint: convert arrays with float(x) or send them as Arrays."
             )
-        out[key] = value.item() if isinstance(value, np.generic) else value
+        problem = name_problem(key)
+        if problem is not None:
+            raise ValueError(
+                f"{what} name {inert(repr(key), 80)} {problem}.\nHint: name metrics and "
+                "config keys with a few plain words, e.g. 'val_accuracy'."
+            )
+        plain = value.item() if isinstance(value, np.generic) else value
+        out[key] = cap(plain) if isinstance(plain, str) else plain
     return out
 
 
@@ -136,6 +150,11 @@ class Message:
     An instruction carries ``arrays`` (the global model) and ``config``; its reply carries the
     same ``kind`` and ``task_id``, plus ``arrays`` (fit), ``loss`` (evaluate),
     ``num_examples``, ``metrics``, or ``error`` if the client failed.
+
+    Its text is bounded whoever built it (``pollinate.text``): ``error`` is kept as one line
+    of at most ``MAX_TEXT`` characters, str config and metric values are cut at ``MAX_TEXT``
+    (both saying their original length), and a config or metric name longer than
+    ``MAX_NAME`` is refused.
     """
 
     kind: str
@@ -165,6 +184,11 @@ class Message:
             object.__setattr__(self, "arrays", Arrays(self.arrays))
         object.__setattr__(self, "config", check_scalars(self.config, "Message.config"))
         object.__setattr__(self, "metrics", check_scalars(self.metrics, "Message.metrics"))
+        if self.error is not None:
+            if not isinstance(self.error, str):
+                raise TypeError(f"Message.error must be a str or None, got {self.error!r}")
+            # a client's words: kept as one line of at most MAX_TEXT characters (text.py)
+            object.__setattr__(self, "error", inert(self.error))
 
     def reply(self, **fields: Any) -> Message:
         """A reply to this instruction, with the same kind, task, run, round and node."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pollinate.hub.state import HubState, RunRow
+from pollinate.text import MAX_LINE
 
 
 @pytest.fixture
@@ -93,6 +94,23 @@ def test_the_log_is_per_run_in_order_and_read_after_a_sequence_number(state: Hub
     assert [r.text for r in state.log_after("a", second)] == ["finished"]
     assert state.log_after("a", third) == []
     assert state.log_after("nobody", 0) == []
+
+
+def test_text_for_people_is_stored_as_one_bounded_line(state: HubState) -> None:
+    # a log line may quote a node: what a follower of the log reads is one line, cut
+    error = "x" * (1 << 20) + "\nrun a finished"
+    state.add_run(row("a", created=1.0, app="app\x1b[2J"), ("status", f"submitted: {error}"))
+    state.append_log("a", "log", f"node 7 failed: {error}")
+    state.append_log("a", "round", '{"round": 1,\n "failed": []}')  # JSON, kept as it is
+    state.update_run("a", status="failed", detail=f"node 7: {error}")
+    first, log, round_line = state.log_after("a", 0)
+    assert first.text == "submitted: " + "x" * (MAX_LINE - 11) + f"… [{len(error) + 11} chars]"
+    assert log.text.startswith("node 7 failed: xxx") and "\n" not in log.text
+    assert log.text.endswith(f"… [{len(error) + 15} chars]") and len(log.text) < MAX_LINE + 30
+    assert round_line.text == '{"round": 1,\n "failed": []}'
+    run = state.run("a")
+    assert run is not None and run.app == "app\\x1b[2J"
+    assert run.detail.endswith(f"… [{len(error) + 8} chars]") and len(run.detail) < MAX_LINE + 30
 
 
 def test_a_named_node_keeps_its_id_and_new_nodes_get_new_ones(state: HubState) -> None:

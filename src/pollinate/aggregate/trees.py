@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pollinate.records import Arrays
+from pollinate.text import inert
 
 BOOSTER = "booster"
 """The name of the one array a booster travels in (``pollinate.frameworks.xgboost`` agrees)."""
@@ -128,7 +129,8 @@ def mean_base_score(docs: Sequence[JsonModel], weights: Sequence[int]) -> str:
     texts = [_params(doc).get("base_score") for doc in docs]
     scores = np.array([_scores(text) for text in texts], np.float64)
     if scores.ndim != 2 or not np.isfinite(scores).all():
-        raise ValueError(f"base_score values {texts!r} differ in length or are not finite")
+        shown = inert(repr(texts), 200)  # settings a node wrote: bounded in the reason
+        raise ValueError(f"base_score values {shown} differ in length or are not finite")
     mean = np.average(scores, axis=0, weights=np.asarray(weights, np.float64))
     values = ",".join(repr(float(v)) for v in mean)
     return f"[{values}]" if str(texts[0]).startswith("[") else values
@@ -223,7 +225,8 @@ def _scores(text: object) -> list[float]:
     except ValueError:
         values = [float("nan")]
     if not all(abs(v) < float("inf") for v in values):
-        raise ValueError(f"the booster's setting {text!r} is not a number or a list of numbers")
+        shown = inert(repr(text), 200)
+        raise ValueError(f"the booster's setting {shown} is not a number or a list of numbers")
     return values
 
 

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from pollinate.app import app_hash, load_app
 from pollinate.cli.main import _parse_overrides, app, console, err_console, fail, setup_logging
@@ -27,6 +28,7 @@ from pollinate.hub.rate_limit import RateLimiter
 from pollinate.node.agent import NodeAgent
 from pollinate.security import NodeCredentials, SecurityError
 from pollinate.server.history import History, RoundRecord
+from pollinate.text import MAX_LINE, MAX_NAME, inert
 from pollinate.transport.client import ControlClient, HubUnavailable, LogLine, enrol
 from pollinate.transport.server import serve
 
@@ -217,7 +219,13 @@ def ls_command(hub: HubOption = DEFAULT_CONTROL) -> None:
     table = Table("run", "app", "status", "round", "created", "detail")
     for r in runs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
-        table.add_row(r.run_id, r.app, r.status, f"{r.round}/{r.rounds}", created, r.detail)
+        # what a hub says (a run's app name, why it failed) is shown as text, never markup
+        table.add_row(
+            *(Text(inert(v, MAX_NAME)) for v in (r.run_id, r.app, r.status)),
+            f"{r.round}/{r.rounds}",
+            created,
+            Text(inert(r.detail, MAX_LINE)),
+        )
     console.print(table)
 
 
@@ -269,7 +277,7 @@ def run_on_hub(
             -1 if rounds is None else rounds,
             seed,
         )
-        console.print(f"[bold]{loaded.name}[/bold]: run {run_id} submitted to {hub}")
+        console.print(Text.assemble((loaded.name, "bold"), f": run {run_id} submitted to {hub}"))
         status = ""
         for line in follow_run(client, run_id, follow=True):
             _print_line(line.kind, line.text)
@@ -305,7 +313,8 @@ def follow_run(client: ControlClient, run_id: str, follow: bool) -> Iterator[Log
         except HubUnavailable as exc:
             if away_since is None:
                 away_since = time.monotonic()
-                err_console.print(f"[yellow]{exc}; waiting for the hub to come back...[/]")
+                waiting = f"{exc}; waiting for the hub to come back..."
+                err_console.print(Text(inert(waiting, MAX_LINE), "yellow"))
             elif time.monotonic() - away_since > RECONNECT_PATIENCE:
                 raise HubUnavailable(
                     f"{exc}; gave up after {RECONNECT_PATIENCE:g}s.\nHint: the run goes on "
@@ -320,14 +329,12 @@ def _ended(client: ControlClient, run_id: str) -> bool:
 
 
 def _print_line(kind: str, text: str) -> None:
+    """One line of a run's log, as plain text: it quotes nodes (their errors, metric names)."""
     if kind == "round":
         console.print(round_line(RoundRecord.from_dict(json.loads(text))))
-    elif kind == "status":
-        console.print(f"[bold]{text}[/bold]")
-    elif kind == "resume":
-        console.print(f"[bold yellow]{text}[/bold yellow]")
-    else:
-        console.print(f"[dim]{text}[/dim]")
+        return
+    style = {"status": "bold", "resume": "bold yellow"}.get(kind, "dim")
+    console.print(Text(inert(text, MAX_LINE), style))
 
 
 def _is_ip(host: str) -> bool:

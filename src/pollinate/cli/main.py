@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
+from rich.text import Text
 
 from pollinate.app import App, load_app
 from pollinate.cli.render import RunProgress, summary_table
@@ -19,6 +21,7 @@ from pollinate.server.app import ServerApp
 from pollinate.simulation.adversary import ATTACKS, Adversaries
 from pollinate.simulation.run import run_simulation
 from pollinate.simulation.speed import Stragglers
+from pollinate.text import MAX_LINE, inert
 
 app = typer.Typer(
     help="pollinate: federated learning. The same app runs in simulation and across sites.",
@@ -27,8 +30,10 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Text from nodes and users reaches these consoles: never highlighted (rich's highlighter is
+# super-linear: a node's 80 KB error froze a hub for 71 s), and printed as Text, not markup.
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
 
 
 @app.callback()
@@ -157,8 +162,11 @@ def run(
         server_app = _server_app(loaded, rounds)
         num_clients = clients or loaded.clients
         console.print(
-            f"[bold]{loaded.name}[/bold]: {type(server_app.strategy).__name__}, "
-            f"{server_app.num_rounds} rounds, {num_clients} virtual clients, seed {seed}"
+            Text.assemble(
+                (loaded.name, "bold"),
+                f": {type(server_app.strategy).__name__}, {server_app.num_rounds} rounds, "
+                f"{num_clients} virtual clients, seed {seed}",
+            )
         )
         if attackers is not None:
             console.print(_attackers_line(attackers, num_clients))
@@ -179,25 +187,46 @@ def run(
         raise fail(exc) from None
     console.print(summary_table(result.history, console.width))
     if result.stopped is not None:
-        console.print(f"[yellow]stopped early: {result.stopped}[/yellow]")
+        console.print(Text(f"stopped early: {inert(result.stopped, MAX_LINE)}", "yellow"))
     if attackers is not None:
         console.print(_attackers_line(attackers, num_clients))
     if out is not None:
-        console.print(f"history written to {result.history.save(out)}")
+        console.print(Text(f"history written to {result.history.save(out)}"))
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.ERROR,
-        handlers=[RichHandler(console=err_console, show_path=False)],
-        format="%(message)s",
+    """Log to stderr through rich, as plain text: no highlighter, no markup, one line per
+    message (log messages quote nodes and users: ``InertFormatter``)."""
+    handler = RichHandler(
+        console=err_console,
+        show_path=False,
+        highlighter=NullHighlighter(),
+        markup=False,
+        keywords=[],
     )
+    handler.setFormatter(InertFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, handlers=[handler])
+
+
+class InertFormatter(logging.Formatter):
+    """Formats a record's message inert (``pollinate.text``): one line of at most
+    ``MAX_LINE`` characters, whatever a node or user put in it. A traceback, which is the
+    hub's own, follows on its lines as usual."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return inert(super().formatMessage(record), MAX_LINE)
 
 
 def fail(exc: Exception | str) -> typer.Exit:
     """Print a user error (no traceback) and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/bold red] {exc}")
+    # the error may quote a hub, a node or a file: shown as text, bounded, never as markup
+    err_console.print(Text.assemble(("error:", "bold red"), " ", _bounded(str(exc))))
     return typer.Exit(2)
+
+
+def _bounded(message: str) -> str:
+    """An error message cut at ``MAX_LINE`` characters; its own lines (a Hint) kept."""
+    return "\n".join(inert(line, MAX_LINE) for line in message.splitlines()[:20])
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:

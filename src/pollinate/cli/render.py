@@ -1,4 +1,9 @@
-"""Terminal rendering of a run: a progress bar per round, a line per round, a summary table."""
+"""Terminal rendering of a run: a progress bar per round, a line per round, a summary table.
+
+Metric names and values come from nodes: they are rendered as ``Text`` (never markup) and
+inert (``pollinate.text``), so a metric named ``[link=...]`` or holding a newline shows as
+what it is.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from pollinate.records import Scalar
 from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
 from pollinate.server.history import History, RoundRecord
+from pollinate.text import MAX_LINE, MAX_NAME, inert
 
 # the fit metric DifferentialPrivacy reports each round (pollinate.privacy)
 _EPSILON = "dp_epsilon"
@@ -64,27 +71,28 @@ class RunProgress:
             self.console.print(round_line(event.record))
 
 
-def round_line(record: RoundRecord) -> str:
+def round_line(record: RoundRecord) -> Text:
     """One line per round: replies, failures and the evaluation metrics."""
-    parts = [f"round {record.round:>3}", f"{record.replies} replies"]
+    parts = [Text(f"round {record.round:>3}"), Text(f"{record.replies} replies")]
     if record.failures - record.rejected:
-        parts.append(f"[red]{record.failures - record.rejected} failed[/red]")
+        parts.append(Text(f"{record.failures - record.rejected} failed", "red"))
     if record.rejected:
-        parts.append(f"[red]{record.rejected} rejected[/red]")
+        parts.append(Text(f"{record.rejected} rejected", "red"))
     if record.aborted is not None:
-        parts.append("[yellow]model kept: secure aggregation aborted the round[/yellow]")
+        parts.append(Text("model kept: secure aggregation aborted the round", "yellow"))
     elif not record.applied:
-        parts.append("[yellow]model kept: too many failures[/yellow]")
+        parts.append(Text("model kept: too many failures", "yellow"))
     if record.resumed:
-        parts.append("[yellow]resumed after a hub restart[/yellow]")
+        parts.append(Text("resumed after a hub restart", "yellow"))
     for section, label in (("evaluate", "federated"), ("centralized", "centralized")):
         values = getattr(record, section)
         if values:
-            parts.append(f"{label} " + " ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
+            shown = " ".join(f"{_name(k)} {_fmt(v)}" for k, v in values.items())
+            parts.append(Text(inert(f"{label} {shown}", MAX_LINE)))
     if _EPSILON in record.fit:
-        parts.append(f"epsilon {_fmt(record.fit[_EPSILON])}")
-    parts.append(f"{record.seconds:.2f}s")
-    return "  ".join(parts)
+        parts.append(Text(f"epsilon {_fmt(record.fit[_EPSILON])}"))
+    parts.append(Text(f"{record.seconds:.2f}s"))
+    return Text("  ").join(parts)
 
 
 def summary_table(history: History, width: int = 80) -> Table:
@@ -93,7 +101,7 @@ def summary_table(history: History, width: int = 80) -> Table:
     if width >= 120:
         sections.insert(0, ("fit", "fit"))
     columns = [
-        (section, key, f"{label}\n{key}")
+        (section, key, f"{label}\n{_name(key)}")
         for section, label in sections
         for key in dict.fromkeys(k for r in history.rounds for k in getattr(r, section))
     ]
@@ -102,12 +110,16 @@ def summary_table(history: History, width: int = 80) -> Table:
         columns.insert(0, ("fit", _EPSILON, "DP\nepsilon"))
     table = Table(title="run summary")
     for name in ["round", "ok", "failed", *[c[2] for c in columns], "s"]:
-        table.add_column(name, justify="right", no_wrap=True)
+        table.add_column(Text(name), justify="right", no_wrap=True)
     for r in history.rounds:
-        cells = [_fmt(getattr(r, section).get(key, "")) for section, key, _ in columns]
+        cells = [Text(_fmt(getattr(r, section).get(key, ""))) for section, key, _ in columns]
         table.add_row(str(r.round), str(r.replies), str(r.failures), *cells, f"{r.seconds:.2f}")
     return table
 
 
 def _fmt(value: Scalar | str) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else inert(str(value))
+
+
+def _name(key: str) -> str:
+    return inert(key, MAX_NAME)

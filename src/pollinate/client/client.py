@@ -22,6 +22,7 @@ import numpy as np
 
 from pollinate.errors import ClientError
 from pollinate.records import Arrays, Config, Message, Metrics, check_scalars
+from pollinate.text import MARK_ROOM, MAX_TEXT, inert
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +138,16 @@ def handle(client_fn: ClientFn, context: Context, instruction: Message) -> Messa
         client = to_client(client_fn(context))
         return _run(client, instruction)
     except Exception as exc:  # a user's client may raise anything: it fails this task only
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        error = f"{type(exc).__name__}: {_text(exc)} (at {where.filename}:{where.lineno})"
-        return instruction.reply(error=error)
+        return instruction.reply(error=_error(exc))
+
+
+def _error(exc: Exception) -> str:
+    """``Type: message (at file:line)`` in at most ``MAX_TEXT`` characters: a long message is
+    cut (saying its length) so that the type and the place still fit."""
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    head, tail = f"{type(exc).__name__}: ", f" (at {where.filename}:{where.lineno})"
+    room = max(MAX_TEXT - len(head) - len(tail) - MARK_ROOM, MAX_TEXT // 4)
+    return inert(head + inert(_text(exc), room) + tail)
 
 
 def _text(exc: Exception) -> str:

@@ -13,6 +13,10 @@ a committed round survives a crash of the process and of the machine.
 
 Invariant: a write that cannot reach the disk (full, read-only, I/O error) raises
 ``StorageError`` and changes nothing; what was committed before stays as it was.
+
+Text kept for people to read (log lines, a run's app name and detail) may quote nodes and
+users, so it is stored inert (``pollinate.text``): one line, at most ``MAX_LINE`` characters.
+A round's line is the exception: it is JSON of a ``RoundRecord``, whose text is bounded.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.errors import PollinateError, StorageError
+from pollinate.text import MAX_LINE, MAX_NAME, inert
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -236,13 +241,13 @@ class HubState:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO log (run_id, time, kind, text) VALUES (?, ?, ?, ?)",
-                (run.run_id, time.time(), *first_log),
+                (run.run_id, time.time(), first_log[0], _log_text(*first_log)),
             )
             db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.run_id,
-                    run.app,
+                    inert(run.app, MAX_NAME),
                     run.app_hash,
                     run.archive,
                     json.dumps(run.overrides),
@@ -251,11 +256,13 @@ class HubState:
                     run.status,
                     run.round,
                     run.created,
-                    run.detail,
+                    inert(run.detail, MAX_LINE),
                 ),
             )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
+        if "detail" in fields:
+            fields["detail"] = inert(fields["detail"], MAX_LINE)
         columns = ", ".join(f"{name} = ?" for name in fields)
         with self.transaction() as db:
             db.execute(f"UPDATE runs SET {columns} WHERE run_id = ?", (*fields.values(), run_id))
@@ -316,7 +323,7 @@ class HubState:
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO log (run_id, time, kind, text) VALUES (?, ?, ?, ?)",
-                (run_id, time.time(), kind, text),
+                (run_id, time.time(), kind, _log_text(kind, text)),
             )
             return int(cursor.lastrowid or 0)
 
@@ -328,6 +335,11 @@ class HubState:
                 (run_id, after),
             ).fetchall()
         return [LogRow(*row) for row in rows]
+
+
+def _log_text(kind: str, text: str) -> str:
+    """A log line as stored: inert, but for a round's JSON (bounded by its RoundRecord)."""
+    return text if kind == "round" else inert(text, MAX_LINE)
 
 
 def _run_row(row: tuple[Any, ...]) -> RunRow:

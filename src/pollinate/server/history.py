@@ -9,15 +9,23 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.records import Scalar
+from pollinate.text import MAX_LINE, inert
 
 
 @dataclass
 class Failure:
-    """A task of a round that produced nothing usable, and why."""
+    """A task of a round that produced nothing usable, and why.
+
+    ``reason`` often quotes the node (its error) and is kept as one line of at most
+    ``MAX_LINE`` characters (``pollinate.text``): a history never holds a node's megabyte.
+    """
 
     node_id: int
     stage: str
     reason: str
+
+    def __post_init__(self) -> None:
+        self.reason = inert(self.reason, MAX_LINE)
 
 
 @dataclass

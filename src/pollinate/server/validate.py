@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from pollinate.records import Arrays, Message
+from pollinate.text import inert
 
 
 def arrays_problem(arrays: Arrays, reference: Arrays) -> str | None:
@@ -17,7 +18,8 @@ def arrays_problem(arrays: Arrays, reference: Arrays) -> str | None:
     if arrays.names != reference.names:
         missing = [n for n in reference.names if n not in arrays]
         extra = [n for n in arrays.names if n not in reference]
-        detail = f"missing {missing}, unexpected {extra}" if missing or extra else "reordered"
+        detail = f"missing {_few(missing)}, unexpected {_few(extra)}"
+        detail = detail if missing or extra else "reordered"
         return (
             f"sent arrays {detail}: the node runs a different model; check that every node "
             "has the same app version"
@@ -30,6 +32,13 @@ def arrays_problem(arrays: Arrays, reference: Arrays) -> str | None:
                 f"{list(ref.shape)}: the node runs a different model version"
             )
     return finite_problem(arrays)
+
+
+def _few(names: list[str], most: int = 5) -> str:
+    """A node's array names as a short list: it may send 100,000 names of any length."""
+    shown = [inert(repr(name), 80) for name in names[:most]]
+    more = [f"... ({len(names)} names)"] if len(names) > most else []
+    return "[" + ", ".join(shown + more) + "]"
 
 
 def finite_problem(arrays: Arrays) -> str | None:

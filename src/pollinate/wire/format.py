@@ -22,6 +22,9 @@ The header has exactly these keys, and no JSON object in it repeats a key::
     metrics       bytes values are base64 strings, so every Scalar round-trips exactly
     arrays        [{"name": str, "dtype": str, "shape": [int, ...]}, ...], names unique
 
+Text is bounded (``pollinate.text``): task_id, run_id and every config and metrics key hold
+at most ``MAX_NAME`` characters and no control character, or the message is refused; the
+decoded Message cuts ``error`` and str values longer than ``MAX_TEXT``, saying their length.
 A dtype is one of the names in ``DTYPES``. The checks on a Message field live here because both
 directions make them: ``encode`` refuses what ``decode`` would refuse, in the same words.
 """
@@ -35,6 +38,7 @@ from typing import TypeGuard
 import numpy as np
 
 from pollinate.records import ARRAY_DTYPES, MESSAGE_KINDS
+from pollinate.text import name_problem
 
 MAGIC = b"PLN\x01"
 ALIGNMENT = 64
@@ -97,6 +101,8 @@ def field_problem(name: str, value: object) -> tuple[type[Exception], str] | Non
         return ValueError, f"is not valid Unicode (it holds a lone surrogate): {show(value)}"
     if name == "kind" and value not in MESSAGE_KINDS:
         return ValueError, f"must be one of {', '.join(MESSAGE_KINDS)}, got {show(value)}"
+    if name in ("task_id", "run_id") and (problem := name_problem(str(value))) is not None:
+        return ValueError, f"{problem}: {show(value)}"
     return None
 
 

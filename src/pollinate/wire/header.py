@@ -18,6 +18,7 @@ import numpy as np
 
 from pollinate.errors import WireError
 from pollinate.records import Scalar
+from pollinate.text import name_problem
 from pollinate.wire.format import (
     ALIGNMENT,
     DTYPES,
@@ -133,6 +134,8 @@ def _untag_all(obj: object, what: str) -> dict[str, Scalar]:
     for key in obj:
         if not is_text(key):
             raise WireError(f"header {what!r} has a key that is not valid Unicode: {show(key)}")
+        if (problem := name_problem(key)) is not None:
+            raise WireError(f"header {what!r} has a key that {problem}: {show(key)}")
     return {key: _untag(value, f"{what} entry {show(key)}") for key, value in obj.items()}
 
 
