@@ -22,7 +22,7 @@ from pollinate.errors import PollinateError
 from pollinate.records import Message
 from pollinate.text import MAX_TEXT
 from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER, data_chunk
-from pollinate.transport.client import ControlClient, FleetClient
+from pollinate.transport.client import ControlClient, FleetClient, HubUnavailable
 from tests.cli_runner import pollinate
 from tests.deployment.apps import write_tiny_app
 from tests.deployment.conftest import RUN_TIMEOUT, BackgroundRun, Deployment, wait_for
@@ -59,21 +59,32 @@ class HostileNode:
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def serve(self, run: BackgroundRun) -> None:
+        """Until the run ends: every fit answered with the huge error, evaluations well."""
         deadline = time.monotonic() + RUN_TIMEOUT
         while time.monotonic() < deadline and run.process.alive():
-            self.client.heartbeat("", {}, name="hostile")
-            task = self.client.pull_task(0.2)
+            task = self.next_task()
             if task is None:
                 continue
-            if task.message.kind != "fit":
-                self.client.push_reply(task.message.reply(loss=0.0, num_examples=1))
+            if task.kind != "fit":
+                self.client.push_reply(task.reply(loss=0.0, num_examples=1))
                 continue
-            self.push(raw_reply(task.message, "x" * HUGE))
+            self.push(raw_reply(task, "x" * HUGE))
             self.sent += 1
+
+    def next_task(self) -> Message | None:
+        """A task, or None after a short wait (or while the hub restarts)."""
+        try:
+            self.client.heartbeat("", {}, name="hostile")
+            pulled = self.client.pull_task(0.2)
+        except HubUnavailable:
+            time.sleep(0.2)
+            return None
+        return None if pulled is None else pulled.message
 
     def push(self, data: bytes) -> None:
         pieces = range(0, len(data), CHUNK_BYTES)
         chunks = iter([data_chunk(data[i : i + CHUNK_BYTES]) for i in pieces])
+        # the FleetClient's own stream, fed bytes that no Message would encode
         ack = self.client._push(
             chunks, metadata=[(NODE_ID_HEADER, str(self.node_id))], timeout=RUN_TIMEOUT
         )
@@ -126,6 +137,7 @@ def test_a_megabyte_error_from_a_node_is_recorded_cut_and_the_hub_keeps_answerin
         serving.join(timeout=RUN_TIMEOUT)
     finally:
         watch.stop()
+        hostile.client.close()
 
     assert hostile.errors == []
     assert hostile.sent == 2  # one fit task a round
@@ -216,3 +228,44 @@ def test_a_long_exception_message_in_simulation_is_cut_and_logged_as_one_line(
     # under -v the failure is logged, cut, on one line (rich wraps it across screen lines)
     assert "…[40000chars](at" in "".join(done.stderr.split())
     assert len(done.stderr) < 20_000
+
+
+def test_a_recorded_megabyte_error_replayed_after_a_hub_restart_costs_nothing(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # the honest nodes wait at the gate: the round is still open when the hub dies
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    app = write_tiny_app(tmp_path / "app", **{"num-rounds": 1, "gate-dir": str(gate)})
+    hub = deployment.start_hub()
+    deployment.start_nodes([app, app])
+    hostile = HostileNode(deployment.fleet)
+    run = deployment.start_run(app)
+    task = wait_for(hostile.next_task, "a fit task for the hostile node", RUN_TIMEOUT)
+    assert task.kind == "fit"
+    hostile.push(raw_reply(task, "x" * HUGE))
+    replies = deployment.directory / "hub-data" / "runs"
+    wait_for(lambda: list(replies.glob("*/replies/*.pln")), "the hostile reply on disk")
+    hub.kill()
+    hub = deployment.restart_hub()  # resumes round 1: the recorded reply is handed back
+    watch = ControlWatch(deployment.control)
+    try:
+        (gate / "r1").touch()
+        serving = threading.Thread(target=hostile.serve_safely, args=(run,), daemon=True)
+        serving.start()
+        result = run.finish()
+        serving.join(timeout=RUN_TIMEOUT)
+    finally:
+        watch.stop()
+        hostile.client.close()
+
+    assert hostile.errors == []
+    assert watch.failures == [] and watch.answers > 0
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.history is not None
+    [first] = result.history[1:]
+    assert first["resumed"] and (first["replies"], first["failures"]) == (2, 1)
+    reason = f"client failed: {'x' * MAX_TEXT}… [{HUGE} chars]"
+    assert first["failed"] == [{"node_id": hostile.node_id, "stage": "fit", "reason": reason}]
+    assert f"…[{HUGE}chars]" in "".join(hub.stderr.split())  # the new hub logged it, cut
+    assert len(hub.stderr) < 100_000
