@@ -16,7 +16,15 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import pytest
 
-from pollinate import Arrays, Client, RunError, ServerApp, SimulationGrid, run_simulation
+from pollinate import (
+    Arrays,
+    Client,
+    RunError,
+    ServerApp,
+    SimulationGrid,
+    Validation,
+    run_simulation,
+)
 from pollinate.client import Context, handle
 from pollinate.records import Message
 from pollinate.server import (
@@ -29,6 +37,7 @@ from pollinate.server import (
     run,
 )
 from pollinate.server.checkpoint import Checkpoint
+from pollinate.server.grid import Timeout, ends_at
 from pollinate.strategy import FedAvgM
 from pollinate.strategy.fedbuff import FedBuff
 
@@ -93,17 +102,19 @@ class GatedGrid(Grid):
             for gate in self._gates.values():
                 gate.set()
 
-    def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
+    def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         [task] = instructions  # the loop sends one task per call
+        deadline = ends_at(timeout)()
+        wait = WAIT if deadline is None else min(WAIT, deadline - time.monotonic())
         with self._lock:
             self.sent.append(task)
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if task.task_id in self.held:
-                time.sleep(timeout or WAIT)
+                time.sleep(wait)
                 return
-            if self.gated and not self.gate(task.task_id).wait(timeout or WAIT):
+            if self.gated and not self.gate(task.task_id).wait(wait):
                 return  # no reply within the deadline
             context = Context(node_id=task.node_id, partition_id=task.node_id, num_partitions=3)
             yield handle(lambda ctx: self.client(ctx.node_id), context, task)
@@ -192,6 +203,8 @@ def test_equally_fast_nodes_with_k_equal_n_step_like_fedavg_with_a_server_learni
         FedAvgM(server_learning_rate=0.5, server_momentum=0.0, **common),  # type: ignore[arg-type]
         num_rounds=5,
         initial_arrays=arrays,
+        # the buffered loop bounds no update relative to others: compare the plain means
+        validation=Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None),
     )
 
     steps = run_simulation(asynchronous, lambda ctx: Shrink(ctx.node_id), num_clients=4)
@@ -304,7 +317,7 @@ class RecordingGrid(SimulationGrid):
         self.sent: list[Message] = []
         self._sent_lock = threading.Lock()
 
-    def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
+    def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         with self._sent_lock:
             self.sent.extend(instructions)
         return super().dispatch(instructions, timeout)
@@ -440,10 +453,19 @@ def test_an_update_that_fails_validation_is_rejected_against_its_own_version() -
     assert np.isfinite(result.arrays["w"]).all()
 
 
-def test_too_few_nodes_is_a_run_error_with_a_hint() -> None:
+def test_too_few_nodes_after_node_wait_is_a_run_error_with_a_hint() -> None:
     grid = GatedGrid(1, Step, gated=False)
+    app = fedbuff_app(2)
+    app.node_wait = 0.2
     with pytest.raises(RunError, match="needs 2 clients but only 1"):
-        run(grid, fedbuff_app(2))
+        run(grid, app)
+
+
+def test_with_too_few_nodes_a_buffered_run_waits_for_them() -> None:
+    grid = GatedGrid(1, Step, gated=False)
+    threading.Timer(0.5, lambda: setattr(grid, "num_nodes", 3)).start()  # two more come
+    result = run(grid, fedbuff_app(2, buffer_size=2))
+    assert [r.replies for r in result.history.rounds[1:]] == [2, 2]
 
 
 def test_an_error_of_the_grid_ends_the_run() -> None:

@@ -14,6 +14,7 @@ from pollinate import Arrays, Client, FedAvg, RunError, ServerApp
 from pollinate.client import Context, handle
 from pollinate.records import Message
 from pollinate.server import Grid, ReplyReceived, RoundFinished, StageStarted, run
+from pollinate.server.grid import Timeout
 
 Fault = Callable[[Message, Message], list[Message]]
 
@@ -42,7 +43,7 @@ class ScriptedGrid(Grid):
     def nodes(self) -> list[int]:
         return list(range(self.num_nodes))
 
-    def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
+    def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         for task in instructions:
             self.sent.append(task)
             reply = handle(lambda ctx: AddOne(ctx.node_id), _context(task.node_id), task)
@@ -168,9 +169,11 @@ def test_sampling_depends_only_on_seed_and_round() -> None:
     assert all(len(nodes) == 3 for nodes in sampled(7))
 
 
-def test_too_few_nodes_stops_the_run_with_a_hint() -> None:
+def test_too_few_nodes_after_node_wait_stops_the_run_with_a_hint() -> None:
+    app = _app(min_fit_clients=5)
+    app.node_wait = 0.2
     with pytest.raises(RunError, match="needs 5 clients for fit but only 2") as info:
-        run(ScriptedGrid(2), _app(min_fit_clients=5))
+        run(ScriptedGrid(2), app)
     assert "Hint:" in str(info.value)
 
 

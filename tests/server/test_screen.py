@@ -9,7 +9,7 @@ import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, Validation, run_simulation
 from pollinate.records import Message
-from pollinate.server.events import Event, UpdateRejected
+from pollinate.server.events import Event, ReplyBounded, UpdateRejected
 from pollinate.server.screen import Screen, anomaly_scores, change_norm
 from pollinate.strategy.base import FitResult
 
@@ -83,24 +83,58 @@ def test_an_update_beyond_max_norm_is_rejected() -> None:
     assert problem.startswith("update norm 5 exceeds max_norm=4")
 
 
-def test_with_the_anomaly_score_on_a_round_holds_its_updates_and_quarantines_outliers() -> None:
-    screen = Screen(Validation(anomaly_threshold=3.0), ZERO, expected=5)
+def test_an_outlier_is_pulled_in_to_the_median_distance_and_a_far_one_left_out() -> None:
+    screen = Screen(Validation(anomaly_threshold=3.0), ZERO, expected=6)
     honest = [result(n, update(1 + 0.1 * n, 1, 1)) for n in range(4)]
-    flipped = result(9, update(-1, -1, -1))
-    for r in [*honest, flipped]:
+    outlier = result(8, update(1.1, 1.3, 1.4))  # skewed data, or an attacker
+    flipped = result(9, update(-1, -1, -1))  # beyond quarantine_threshold=10
+    for r in [*honest, outlier, flipped]:
         assert screen.admit(r) == []  # nothing reaches the strategy before the round closes
-    passed, quarantined = screen.close()
-    assert passed == honest
-    [(node, reason)] = quarantined
-    assert node == 9 and reason.startswith("quarantined: anomaly score")
+    passed, notes, left_out = screen.close()
+    assert passed[:4] == honest  # within the threshold: untouched
+    assert passed[4].node_id == 8  # the outlier counts, pulled in
+    # coordinate-wise median (1.1, 1, 1); distances 0.1, 0, 0.1, 0.2, 0.5 and 3.52, whose
+    # median is 0.15: scores 3.3 and 23.5
+    center = np.array([1.1, 1.0, 1.0])
+    pulled = passed[4].arrays["w"] - center
+    assert np.linalg.norm(pulled) == pytest.approx(0.15, rel=1e-4)  # the median distance
+    sent = np.array([0.0, 0.3, 0.4])
+    np.testing.assert_allclose(pulled / np.linalg.norm(pulled), sent / 0.5, atol=1e-4)
+    assert passed[4].arrays["steps"].tolist() == [1]  # int arrays are not moved
+    assert [node for node, _ in notes] == [8] and "pulled in" in notes[0][1]
+    [(node, reason)] = left_out
+    assert node == 9 and reason.startswith("left out of this round: anomaly score 23.")
 
 
-def test_small_rounds_and_a_switched_off_score_stream() -> None:
-    small = Screen(Validation(), ZERO, expected=4)  # min_updates=5
-    off = Screen(Validation(anomaly_threshold=None), ZERO, expected=100)
+def test_for_a_robust_strategy_every_outlier_is_left_out_and_norms_are_as_sent() -> None:
+    screen = Screen(Validation(), ZERO, expected=6, bound_outliers=False)
+    honest = [result(n, update(1 + 0.1 * n, 1, 1)) for n in range(4)]
+    outlier = result(8, update(1.1, 1.3, 1.4))
+    for r in [*honest, outlier]:
+        screen.admit(r)
+    passed, notes, left_out = screen.close()
+    assert passed == honest and notes == []
+    assert [node for node, _ in left_out] == [8]
+
+
+def test_with_every_relative_bound_off_or_a_single_task_rounds_stream() -> None:
+    off = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
+    single = Screen(Validation(), ZERO, expected=1)
+    streaming = Screen(off, ZERO, expected=100)
     r = result(1, update(1, 1, 1))
-    assert small.admit(r) == [r] and off.admit(r) == [r]
-    assert small.close() == ([], []) and off.close() == ([], [])
+    assert single.admit(r) == [r] and streaming.admit(r) == [r]
+    assert single.close() == ([], [], []) and streaming.close() == ([], [], [])
+
+
+def test_small_rounds_hold_their_updates_for_the_relative_bounds() -> None:
+    screen = Screen(Validation(), ZERO, expected=2)
+    honest, boosted = result(1, update(1, 0, 0)), result(2, update(-50, 0, 0))
+    assert screen.admit(honest) == [] and screen.admit(boosted) == []
+    passed, notes, _ = screen.close()
+    assert passed[0] == honest
+    # the lower median of two norms is the smaller one: the boosted change keeps 3 x that
+    assert passed[1].arrays["w"].tolist() == [-3.0, 0.0, 0.0]
+    assert [node for node, _ in notes] == [2]
 
 
 @pytest.mark.parametrize(
@@ -155,7 +189,7 @@ def run_towards(validation: Validation) -> tuple[np.ndarray, list[Event], list]:
     return result.arrays["w"], events, result.history.rounds
 
 
-def test_a_quarantined_update_never_reaches_the_model_and_is_counted_and_reported() -> None:
+def test_a_boosted_flipped_update_is_left_out_of_its_round_and_counted_and_reported() -> None:
     w, events, rounds = run_towards(Validation())
 
     honest_mean = np.mean([1.0 + 0.01 * n for n in range(1, 8)])
@@ -164,11 +198,33 @@ def test_a_quarantined_update_never_reaches_the_model_and_is_counted_and_reporte
     assert [(e.round, e.node_id) for e in rejected] == [(1, 0), (2, 0)]
     for record in rounds[1:]:
         assert (record.replies, record.failures, record.rejected) == (7, 1, 1)
-        assert record.failed[0].reason.startswith("quarantined: anomaly score")
+        assert record.failed[0].reason.startswith("left out of this round: anomaly score")
 
 
-def test_without_the_anomaly_score_the_attacker_moves_the_model() -> None:
-    w, _, rounds = run_towards(Validation(anomaly_threshold=None))
+def test_an_honest_outlier_is_pulled_in_every_round_and_its_data_counts() -> None:
+    class Skewed(Towards):
+        def fit(self, arrays: Arrays, config: dict) -> tuple[Arrays, int, dict]:  # type: ignore[type-arg]
+            if self.node == 0:  # its own data pulls the second weight the other way
+                return Arrays({"w": arrays["w"] + np.array([1.0, -0.5])}), 10, {}
+            return Arrays({"w": arrays["w"] + (1.0 + 0.1 * self.node)}), 10, {}  # score 6.7
+
+    events: list[Event] = []
+    app = ServerApp(
+        FedAvg(fraction_evaluate=0.0), num_rounds=2, initial_arrays=Arrays({"w": np.zeros(2)})
+    )
+    result = run_simulation(
+        app, lambda ctx: Skewed(ctx.node_id), num_clients=8, on_event=events.append
+    )
+    assert all((r.replies, r.rejected) == (8, 0) for r in result.history.rounds[1:])
+    bounded = [e for e in events if isinstance(e, ReplyBounded)]
+    assert [(e.round, e.node_id) for e in bounded] == [(1, 0), (2, 0)]
+    honest_only = 2 * np.mean([1.0 + 0.1 * n for n in range(1, 8)])
+    assert result.arrays["w"][1] < honest_only  # its data moved the model its way
+
+
+def test_without_the_bounds_the_attacker_moves_the_model() -> None:
+    off = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
+    w, _, rounds = run_towards(off)
     assert w[0] < 0  # one boosted, flipped update outweighs seven honest ones
     assert all(r.rejected == 0 for r in rounds)
 
@@ -178,7 +234,8 @@ def test_updates_shaped_unlike_the_model_are_checked_only_for_examples_and_finit
     grown = Arrays({"model": np.arange(7, dtype=np.uint8)})
     screen = Screen(Validation(), ZERO, expected=10, like_model=False)
     assert screen.problem(reply(grown)) is None
-    assert screen.admit(result(1, grown)) == [result(1, grown)]  # never held for the score
+    assert screen.admit(result(1, grown)) == []  # held for the bound on example counts
+    assert screen.close() == ([result(1, grown)], [], [])  # not compared to the model
     assert "num_examples=0" in str(screen.problem(reply(grown, examples=0)))
     nan = Arrays({"leaf": np.array([np.nan], np.float32)})
     assert "non-finite" in str(screen.problem(reply(nan)))

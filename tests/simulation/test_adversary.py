@@ -259,7 +259,9 @@ def _screen_nothing(server_app: ServerApp) -> None:
     what an attack does to an undefended mean."""
     validation = getattr(server_app, "validation", None)
     if validation is not None:
-        server_app.validation = type(validation)(anomaly_threshold=None)
+        server_app.validation = type(validation)(
+            anomaly_threshold=None, norm_multiple=None, examples_multiple=None
+        )
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pollinate.errors import RunError, StorageError
 from pollinate.hub.fleet import Fleet, Task
 from pollinate.hub.journal import Journal
 from pollinate.records import Config, Message
-from pollinate.server.grid import Grid
+from pollinate.server.grid import Grid, Timeout, ends_at
 
 log = logging.getLogger("pollinate.hub")
 
@@ -52,7 +52,7 @@ class HubGrid(Grid):
     def nodes(self) -> list[int]:
         return self.fleet.alive()
 
-    def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
+    def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         replies: queue.Queue[Message] = queue.Queue()
         task_ids = [m.task_id for m in instructions]
         with self._lock:
@@ -60,10 +60,11 @@ class HubGrid(Grid):
                 raise RunStopped("the run was stopped")
             self._waiting.update(task_ids)
         self.until_stored(lambda: self._open(instructions, replies))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        ends = ends_at(timeout)
+        paused = [0.0]  # seconds the run waited for its data dir: not the nodes' time
         try:
             for _ in instructions:
-                reply = self._next(replies, deadline)
+                reply = self._next(replies, ends, paused)
                 if reply is None:
                     return
                 yield reply
@@ -73,6 +74,18 @@ class HubGrid(Grid):
             self.fleet.cancel(task_ids)
             with contextlib.suppress(StorageError):  # the run's end forgets them anyway
                 self.journal.close_unanswered(task_ids)
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[int]:
+        """The live nodes once ``count`` are (nodes that blinked come back), or after
+        ``timeout`` seconds; a stopped run stops waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.nodes()
+            left = deadline - time.monotonic()
+            if len(nodes) >= count or left <= 0:
+                return nodes
+            if self.stopped.wait(min(0.5, left)):
+                raise RunStopped("the run was stopped")
 
     def close(self) -> None:
         """End the dispatch calls still waiting (an asynchronous run ends with tasks in
@@ -133,17 +146,23 @@ class HubGrid(Grid):
             )
             self.storage_problem = ""
 
-    def _next(self, replies: queue.Queue[Message], deadline: float | None) -> Message | None:
+    def _next(
+        self,
+        replies: queue.Queue[Message],
+        ends: Callable[[], float | None],
+        paused: list[float],
+    ) -> Message | None:
         last = time.monotonic()
         while True:
             if self.stopped.is_set():
                 raise RunStopped("the run was stopped")
             self._note_unrecorded()
             now = time.monotonic()
-            if self.storage_problem and deadline is not None:
-                deadline += now - last  # a pause for the disk is not the nodes' time
+            if self.storage_problem:
+                paused[0] += now - last  # a pause for the disk is not the nodes' time
             last = now
-            wait = 0.5 if deadline is None else min(0.5, deadline - now)
+            deadline = ends()
+            wait = 0.5 if deadline is None else min(0.5, deadline + paused[0] - now)
             if wait <= 0:
                 return None
             try:

@@ -1,8 +1,10 @@
 """Server side: the run loop, the Grid it talks through, and the history it keeps."""
 
 from pollinate.server.app import ServerApp
+from pollinate.server.deadline import RoundDeadline
 from pollinate.server.events import (
     Event,
+    ReplyBounded,
     ReplyReceived,
     RoundFinished,
     StageStarted,
@@ -18,7 +20,9 @@ __all__ = [
     "Failure",
     "Grid",
     "History",
+    "ReplyBounded",
     "ReplyReceived",
+    "RoundDeadline",
     "RoundFinished",
     "RoundRecord",
     "RunResult",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pollinate.records import Arrays
 from pollinate.secagg.config import SecAggConfig
+from pollinate.server.deadline import RoundDeadline
+from pollinate.server.grid import Timeout
 from pollinate.server.screen import Validation
 from pollinate.strategy.base import Strategy
 
@@ -19,8 +22,14 @@ class ServerApp:
         num_rounds: rounds of fit (+ evaluate) to run.
         initial_arrays: the starting global model; when None, one client's
             ``get_arrays`` / ``get_parameters`` provides it.
-        round_timeout: seconds each stage of a round waits for replies; replies later
-            than that count as failures. None waits for all.
+        round_timeout: how long each stage of a round waits for replies; replies later
+            than that count as failures. None (the default) derives it from the round
+            (``RoundDeadline()``): once half the tasks have answered, after ``t`` seconds,
+            the stage ends ``max(60 s, 5 t)`` from its start; before that, after an hour
+            without a reply. A ``RoundDeadline(...)`` tunes that rule; a number of seconds
+            fixes the deadline; ``math.inf`` waits for every reply.
+        node_wait: seconds a round waits, when fewer nodes are connected than the strategy
+            needs, for them to come (back) before the run fails; the wait is logged.
         validation: how fit updates are screened before the strategy sees them (on by
             default; see ``Validation``).
         secure_aggregation: ``SecAggConfig(...)`` runs every fit as SecAgg+ (``server/
@@ -34,7 +43,8 @@ class ServerApp:
     strategy: Strategy
     num_rounds: int = 3
     initial_arrays: Arrays | None = None
-    round_timeout: float | None = None
+    round_timeout: float | RoundDeadline | None = None
+    node_wait: float = 600.0
     validation: Validation = field(default_factory=Validation)
     secure_aggregation: SecAggConfig | None = None
 
@@ -54,10 +64,27 @@ class ServerApp:
                 f"ServerApp.validation must be a Validation, got {self.validation!r}\n"
                 "Hint: ServerApp(strategy, validation=Validation(anomaly_threshold=None))"
             )
-        if self.round_timeout is not None and self.round_timeout <= 0:
+        timeout = self.round_timeout
+        fixed = _positive(timeout) and timeout != 0
+        if not (timeout is None or isinstance(timeout, RoundDeadline) or fixed):
             raise ValueError(
-                f"round_timeout must be > 0 seconds or None, got {self.round_timeout!r}"
+                f"round_timeout must be seconds > 0, a RoundDeadline or None, got {timeout!r}\n"
+                "Hint: ServerApp(strategy, round_timeout=120) or leave it out for the default."
             )
+        if not _positive(self.node_wait) or math.isinf(self.node_wait):
+            raise ValueError(
+                f"node_wait must be a finite number of seconds >= 0, got {self.node_wait!r}"
+            )
+
+    def stage_timeout(self, tasks: int) -> Timeout:
+        """The timeout of one stage of ``tasks`` tasks: a fresh ``StageClock`` under the
+        derived rule, the fixed seconds, or None for ``math.inf``."""
+        timeout = self.round_timeout
+        if timeout is None:
+            timeout = RoundDeadline()
+        if isinstance(timeout, RoundDeadline):
+            return timeout.clock(tasks)
+        return None if math.isinf(timeout) else timeout
 
     def _check_secure_aggregation(self) -> None:
         secure = self.secure_aggregation
@@ -71,3 +98,12 @@ class ServerApp:
         problem = self.strategy.secure_aggregation_problem(secure)
         if problem is not None:
             raise ValueError(problem)
+
+
+def _positive(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and not math.isnan(value)
+        and value >= 0
+    )

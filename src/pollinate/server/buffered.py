@@ -53,6 +53,7 @@ from pollinate.errors import RunError
 from pollinate.records import Arrays, Config, Message, Metrics, Scalar
 from pollinate.server.app import ServerApp
 from pollinate.server.checkpoint import Checkpoint
+from pollinate.server.deadline import no_reply
 from pollinate.server.events import (
     Event,
     ReplyReceived,
@@ -202,7 +203,19 @@ class BufferedLoop:
         ``concurrency`` in flight."""
         version = step.number - 1
         available = self.grid.nodes()
-        if not self._in_flight and len(available) < self.strategy.min_available_clients:
+        needed = self.strategy.min_available_clients
+        if not self._in_flight and len(available) < needed:
+            self.log.warning(
+                "run %s step %d: %d of the %d clients FedBuff needs are connected; waiting up "
+                "to %gs for more (ServerApp.node_wait)",
+                self.run_id,
+                step.number,
+                len(available),
+                needed,
+                self.app.node_wait,
+            )
+            available = self.grid.wait_for_nodes(needed, self.app.node_wait)
+        if not self._in_flight and len(available) < needed:
             raise RunError(
                 f"FedBuff needs {self.strategy.min_available_clients} clients but only "
                 f"{len(available)} are available.\nHint: lower min_available_clients, or run "
@@ -229,7 +242,7 @@ class BufferedLoop:
     def _dispatch(self, message: Message) -> None:
         """One task's dispatch, on its own thread: everything it yields goes to the loop."""
         try:
-            for reply in self.grid.dispatch([message], self.app.round_timeout):
+            for reply in self.grid.dispatch([message], self.app.stage_timeout(1)):
                 self._outcomes.put((message.task_id, reply))
         except Exception as exc:  # the loop raises it: a stopped run, a broken grid
             self._outcomes.put((message.task_id, exc))
@@ -247,9 +260,7 @@ class BufferedLoop:
         node = task.message.node_id
         if outcome is None:
             del self._in_flight[task_id]
-            timeout = self.app.round_timeout
-            reason = f"no reply within round_timeout={timeout}s" if timeout else "no reply"
-            self._fail(step, node, reason)
+            self._fail(step, node, no_reply(self.app.stage_timeout(1)))
             return
         if outcome.task_id != task_id or not outcome.is_reply or outcome.node_id != node:
             self.log.warning(

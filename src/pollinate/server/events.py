@@ -36,8 +36,19 @@ class UpdateRejected:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyBounded:
+    """A node's reply of ``round`` counts, bounded to its fair share (``server/bounds.py``):
+    ``note`` says what was clipped (its example count, its update's norm or distance)."""
+
+    round: int
+    stage: str
+    node_id: int
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoundFinished:
     record: RoundRecord
 
 
-Event = StageStarted | ReplyReceived | UpdateRejected | RoundFinished
+Event = StageStarted | ReplyReceived | ReplyBounded | UpdateRejected | RoundFinished

@@ -5,9 +5,15 @@ runs in simulation and in deployment.
 
 Invariants:
 - a reply is aggregated at most once, and only for a task of the current stage;
-- a stage closes at its deadline: replies later than ``round_timeout`` count as failures;
-- sampling in round ``r`` depends only on ``(seed, r)``, so a seeded run repeats exactly
-  and a resumed run samples as the uninterrupted one would have;
+- a stage closes at its deadline (``round_timeout``; by default derived from the stage's own
+  replies, ``deadline.py``): replies later than that count as failures, so a node that
+  never answers costs the round only its own reply;
+- sampling in round ``r`` depends only on ``(seed, r)`` and the nodes available, so a seeded
+  run repeats exactly and a resumed run samples as the uninterrupted one would have; with
+  fewer nodes than the strategy needs, the round waits up to ``node_wait`` for them, then
+  samples with the same RNG;
+- no reply counts for more than its bounded share (``screen.py``, ``bounds.py``): in fit and
+  in federated evaluation;
 - task ids depend only on ``(run, round, stage, node)``, so a resumed round asks for the same
   tasks again and a grid that kept their replies across a crash can hand them back;
 - the strategy is asked before every round whether the run is finished (``finished``); a
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +35,13 @@ from pollinate.errors import RunError
 from pollinate.records import Arrays, Config, Message, Metrics, Scalar
 from pollinate.secagg.config import SecAggConfig
 from pollinate.server.app import ServerApp
+from pollinate.server.bounds import bound_examples
 from pollinate.server.buffered import BufferedLoop
 from pollinate.server.checkpoint import Checkpoint
+from pollinate.server.deadline import StageClock, no_reply
 from pollinate.server.events import (
     Event,
+    ReplyBounded,
     ReplyReceived,
     RoundFinished,
     StageStarted,
@@ -40,15 +49,22 @@ from pollinate.server.events import (
 )
 from pollinate.server.grid import Grid
 from pollinate.server.history import Failure, History, RoundRecord
-from pollinate.server.screen import Screen
+from pollinate.server.screen import Screen, evaluate_problem
 from pollinate.server.secure import SecureFit
-from pollinate.server.validate import arrays_problem, evaluate_reply_problem
-from pollinate.strategy.base import FitAggregator, FitResult, TooFewReplies, UnusableUpdate
+from pollinate.server.validate import arrays_problem
+from pollinate.strategy.base import (
+    FitAggregator,
+    FitResult,
+    TooFewClients,
+    TooFewReplies,
+    UnusableUpdate,
+)
 from pollinate.strategy.fedbuff import FedBuff
 
 log = logging.getLogger("pollinate.server")
 
 EventHandler = Callable[[Event], None]
+Sampler = Callable[[Sequence[int], np.random.Generator], list[int]]
 CheckpointHandler = Callable[[Checkpoint], None]
 
 
@@ -154,13 +170,20 @@ class _Loop:
         return arrays, record
 
     def _fit(self, rnd: int, arrays: Arrays, record: RoundRecord) -> Arrays:
-        nodes = self.strategy.sample_fit(self.grid.nodes(), self._rng(rnd, 0))
+        nodes = self._sample(rnd, "fit", self.strategy.sample_fit, 0)
         config = self.strategy.configure_fit(rnd)
         aggregator = self.strategy.start_fit(rnd, arrays)
         secure = self.app.secure_aggregation
         if secure is not None:
             return self._secure_fit(secure, rnd, nodes, arrays, config, record, aggregator)
-        screen = Screen(self.app.validation, arrays, len(nodes), self.strategy.updates_like_model)
+        strategy = self.strategy
+        screen = Screen(
+            self.app.validation,
+            arrays,
+            len(nodes),
+            strategy.updates_like_model,
+            strategy.bounds_outliers,
+        )
         # (examples, metrics) of the folded updates: not the updates, which must go once folded
         metrics: list[tuple[int, Metrics]] = []
         for node, reply, problem in self._collect(
@@ -179,8 +202,10 @@ class _Loop:
                 continue
             result = FitResult(node, reply.arrays, reply.num_examples, reply.metrics)
             metrics += self._fold(aggregator, screen.admit(result), record, rnd)
-        held, quarantined = screen.close()
-        for node, reason in quarantined:
+        held, notes, left_out = screen.close()
+        for node, note in notes:
+            self._bounded(rnd, node, "fit", note)
+        for node, reason in left_out:
             self._reject(record, rnd, node, reason)
         metrics += self._fold(aggregator, held, record, rnd)
         record.replies, record.failures = len(metrics), len(record.failed)
@@ -272,22 +297,30 @@ class _Loop:
         return folded
 
     def _evaluate(self, rnd: int, arrays: Arrays, record: RoundRecord) -> None:
-        nodes = self.strategy.sample_evaluate(self.grid.nodes(), self._rng(rnd, 1))
+        nodes = self._sample(rnd, "evaluate", self.strategy.sample_evaluate, 1)
         if not nodes:
             return
         config = self.strategy.configure_evaluate(rnd)
-        losses: list[tuple[int, float]] = []
-        metrics: list[tuple[int, Metrics]] = []
+        replies: list[Message] = []
         tasks = dict.fromkeys(nodes, (arrays, config))
         for node, reply, problem in self._collect(rnd, "evaluate", tasks):
             if problem is None:
-                problem = evaluate_reply_problem(reply)
+                problem = evaluate_problem(reply)
             self.emit(ReplyReceived(rnd, "evaluate", node, problem is None))
             if problem is not None:
                 self._fail(record, rnd, node, "evaluate", problem)
                 continue
-            losses.append((reply.num_examples, float(reply.loss or 0.0)))
-            metrics.append((reply.num_examples, reply.metrics))
+            replies.append(reply)
+        # the same bound on claimed examples as fit updates: no reply outweighs its share
+        validation = self.app.validation
+        claims = [reply.num_examples for reply in replies]
+        counts = bound_examples(claims, validation.examples_multiple, validation.max_examples)
+        for reply, claim, count in zip(replies, claims, counts, strict=True):
+            if count != claim:
+                note = f"claimed {claim} examples, counted {count} (Validation's bounds)"
+                self._bounded(rnd, reply.node_id, "evaluate", note)
+        losses = [(n, float(r.loss or 0.0)) for n, r in zip(counts, replies, strict=True)]
+        metrics = [(n, r.metrics) for n, r in zip(counts, replies, strict=True)]
         total = sum(n for n, _ in losses)
         if total > 0:
             loss = sum(n * value for n, value in losses) / total
@@ -323,7 +356,8 @@ class _Loop:
             for node, (arrays, config) in tasks.items()
         }
         self.emit(StageStarted(rnd, stage, len(pending)))
-        for reply in self.grid.dispatch(list(pending.values()), self.app.round_timeout):
+        timeout = self.app.stage_timeout(len(pending))
+        for reply in self.grid.dispatch(list(pending.values()), timeout):
             task = pending.get(reply.task_id)
             if task is None or not reply.is_reply or reply.node_id != task.node_id:
                 self.log.warning(
@@ -335,10 +369,11 @@ class _Loop:
                 )
                 continue
             del pending[reply.task_id]
+            if isinstance(timeout, StageClock):
+                timeout.replied()
             yield task.node_id, reply, None
         for task in pending.values():
-            timeout = self.app.round_timeout
-            yield task.node_id, task, f"no reply within round_timeout={timeout}s"
+            yield task.node_id, task, no_reply(timeout)
 
     def _initial_arrays(self) -> Arrays:
         nodes = sorted(self.grid.nodes())
@@ -351,7 +386,7 @@ class _Loop:
             run_id=self.run_id,
             node_id=node,
         )
-        for reply in self.grid.dispatch([task], self.app.round_timeout):
+        for reply in self.grid.dispatch([task], self.app.stage_timeout(1)):
             if reply.task_id == task.task_id and reply.error is None:
                 self.log.info("run %s: initial arrays from node %d", self.run_id, node)
                 return reply.arrays
@@ -360,6 +395,26 @@ class _Loop:
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def _sample(self, rnd: int, stage: str, sampler: Sampler, stream: int) -> list[int]:
+        """The strategy's sample from the nodes there now; with too few, from those there
+        once enough came (back), up to ``node_wait`` seconds later. The same RNG either
+        way, so a run that waited samples as one that did not."""
+        try:
+            return sampler(self.grid.nodes(), self._rng(rnd, stream))
+        except TooFewClients as exc:
+            self.log.warning(
+                "run %s round %d: %d of the %d clients %s needs are connected; waiting up to "
+                "%gs for more (ServerApp.node_wait)",
+                self.run_id,
+                rnd,
+                len(self.grid.nodes()),
+                exc.needed,
+                stage,
+                self.app.node_wait,
+            )
+            nodes = self.grid.wait_for_nodes(exc.needed, self.app.node_wait)
+        return sampler(nodes, self._rng(rnd, stream))
+
     def _rng(self, rnd: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, rnd, stream])
 
@@ -367,6 +422,13 @@ class _Loop:
         record.failed.append(Failure(node, stage, reason))
         self.log.warning(
             "run %s round %d: %s from node %d failed: %s", self.run_id, rnd, stage, node, reason
+        )
+
+    def _bounded(self, rnd: int, node: int, stage: str, note: str) -> None:
+        """A reply that counts, bounded to its fair share (``bounds.py``)."""
+        self.emit(ReplyBounded(rnd, stage, node, note))
+        self.log.warning(
+            "run %s round %d: %s reply of node %d bounded: %s", self.run_id, rnd, stage, node, note
         )
 
     def _reject(self, record: RoundRecord, rnd: int, node: int, reason: str) -> None:

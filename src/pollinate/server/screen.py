@@ -1,62 +1,135 @@
 """Update validation: every fit update is screened before it reaches the strategy.
 
-On by default, configured per run with ``ServerApp(validation=Validation(...))``. Three
-layers, each a rejection with a reason (an event, a line in the run's log, a count in the
-history), never a crash:
+On by default, configured per run with ``ServerApp(validation=Validation(...))``. Two layers
+reject an update, with a reason (an event, a line in the run's log, a count in the history),
+never a crash:
 
 1. the update must fit the global model: names, shapes, dtypes, finite values, examples > 0;
-2. its change ``update - global`` must have an L2 norm within ``max_norm`` (if set);
-3. its anomaly score must stay within ``anomaly_threshold``: the score is the distance of the
-   update to the round's coordinate-wise median update, divided by the median of those
-   distances. Honest updates scatter around the median; a flipped, boosted or noisy one lies
-   far out. This layer needs the round's updates side by side, so with it on the round keeps
-   one copy of each update until it closes (a deployment's are the hub's journal files).
+2. its change ``update - global`` must have an L2 norm within ``max_norm`` (if set).
 
-Invariant: the strategy sees only updates that passed every layer that is on.
+The rest bound each node's influence on the round (``bounds.py``). They clip rather than
+exclude, so an honest outlier's data still gets in (left out, a client with skewed data is
+never learned from and drifts further out, round after round), and a hostile node pulls no
+harder than a typical honest one:
+
+3. its example count is at most ``max_examples`` and ``examples_multiple`` x the round's
+   median claim (a node cannot claim the round's weight for itself);
+4. its anomaly score (its distance to the round's coordinate-wise median update, in median
+   distances) above ``anomaly_threshold``: it is pulled in to the median distance, in its
+   own direction; above ``quarantine_threshold`` (nothing honest lies that far: a boosted
+   or noisy update) it is left out of this round, a rejection;
+5. its change's norm is at most ``norm_multiple`` x the round's median change norm (what a
+   boosted update keeps, in rounds too small for the anomaly score).
+
+Robust strategies (``Strategy.bounds_outliers = False``: FedMedian, FedTrimmedAvg, Krum,
+Bulyan) get outliers as sent or not at all, since pulling one in hides it from their
+statistic: for them layer 4 leaves out every update beyond ``anomaly_threshold`` (for this
+round only) and layer 5 is off.
+
+Layers 3 to 5 need the round's claims and updates side by side, so with them on the round
+keeps one copy of each update until it closes (a deployment's are the hub's journal files);
+with all three off, rounds stream (O(model) memory).
+
+Invariants: the strategy sees only updates that passed layers 1 and 2; after layers 3 to 5
+no update weighs more than ``examples_multiple`` median claims, nor (for a mean) changes
+the model by more than ``norm_multiple`` median change norms; a node is left out of no round
+but the one its update was in.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pollinate.aggregate.robust import median_distances
+from pollinate.aggregate.robust import coordinate_median, median_distances
 from pollinate.records import Arrays, Message
-from pollinate.server.validate import arrays_problem, finite_problem
+from pollinate.server.bounds import (
+    bound_examples,
+    norm_bound,
+    pull_toward,
+    scale_change,
+)
+from pollinate.server.validate import arrays_problem, evaluate_reply_problem, finite_problem
 from pollinate.strategy.base import FitResult
 
 
 @dataclass(frozen=True)
 class Validation:
-    """How the hub screens fit updates; the defaults suit most runs.
+    """How the hub screens and bounds fit updates; the defaults suit most runs.
 
     Args:
         max_norm: largest L2 norm of an update's change to the global model (all float
-            arrays together); None sets no bound. Set it when you know your updates' scale
-            (e.g. with clipping): it stops boosted updates even in tiny rounds.
-        anomaly_threshold: quarantine an update whose distance to the round's coordinate-wise
-            median update is more than this many times the median distance; None turns the
-            anomaly score off (and lets rounds stream: O(model) memory).
-        min_updates: the anomaly score needs a crowd: rounds with fewer valid updates skip it.
+            arrays together); None sets no bound. An update beyond it is rejected. Set it
+            when you know your updates' scale (e.g. with clipping).
+        anomaly_threshold: an update farther from the round's coordinate-wise median update
+            than this many times the median distance (its anomaly score) is pulled in to the
+            median distance, in its own direction: its data still counts, as much as a
+            typical update's; None turns the score off.
+        min_updates: the anomaly threshold needs a crowd: rounds with fewer updates skip it.
+        norm_multiple: an update's change is scaled down to at most this many times the
+            round's median change norm; None turns it off.
+        examples_multiple: a node's example count (its weight in the mean, and in federated
+            evaluation) counts at most this many times the round's median claim; None turns
+            it off.
+        max_examples: the most examples any one reply may count for in this run; None: no
+            cap.
+        quarantine_threshold: an update farther out than this many median distances is
+            left out of the round (nothing honest lies that far: it is boosted or noise);
+            None lets every outlier in, pulled in. Robust strategies
+            (``Strategy.bounds_outliers = False``) leave out every update beyond
+            ``anomaly_threshold`` instead, and get the norms as sent.
 
-    >>> Validation(anomaly_threshold=None)
-    Validation(max_norm=None, anomaly_threshold=None, min_updates=5)
+    With ``anomaly_threshold``, ``norm_multiple`` and ``examples_multiple`` all None, rounds
+    stream (O(model) memory); otherwise a round keeps one copy of each update until it closes.
+
+    >>> Validation(anomaly_threshold=None)  # doctest: +NORMALIZE_WHITESPACE
+    Validation(max_norm=None, anomaly_threshold=None, min_updates=5, norm_multiple=3.0,
+               examples_multiple=5.0, max_examples=None, quarantine_threshold=10.0)
     """
 
     max_norm: float | None = None
     anomaly_threshold: float | None = 3.0
     min_updates: int = 5
+    norm_multiple: float | None = 3.0
+    examples_multiple: float | None = 5.0
+    max_examples: int | None = None
+    quarantine_threshold: float | None = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("max_norm", "anomaly_threshold"):
+        for name in (
+            "max_norm",
+            "anomaly_threshold",
+            "norm_multiple",
+            "examples_multiple",
+            "quarantine_threshold",
+        ):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and value > 0):
                 raise ValueError(
                     f"Validation.{name} must be a number > 0 or None, got {value!r}\n"
                     f"Hint: Validation({name}=None) turns the check off."
                 )
+        for name in ("norm_multiple", "examples_multiple"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(
+                    f"Validation.{name} must be >= 1 (a multiple of the median), got "
+                    f"{value!r}\nHint: Validation({name}=3.0)"
+                )
+        near, far = self.anomaly_threshold, self.quarantine_threshold
+        if near is not None and far is not None and far < near:
+            raise ValueError(
+                f"Validation.quarantine_threshold must be >= anomaly_threshold={near!r}, got "
+                f"{far!r}\nHint: Validation(anomaly_threshold=3.0, quarantine_threshold=10.0)"
+            )
+        cap = self.max_examples
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(
+                f"Validation.max_examples must be an int >= 1 or None, got {cap!r}\n"
+                "Hint: Validation(max_examples=100_000)"
+            )
         if isinstance(self.min_updates, bool) or not isinstance(self.min_updates, int):
             raise TypeError(f"Validation.min_updates must be an int, got {self.min_updates!r}")
         if self.min_updates < 3:
@@ -65,28 +138,46 @@ class Validation:
                 f"got {self.min_updates!r}"
             )
 
+    @property
+    def relative(self) -> bool:
+        """Whether a bound relative to the round's other replies is on (rounds then hold
+        their updates until they close)."""
+        return any(
+            value is not None
+            for value in (self.anomaly_threshold, self.norm_multiple, self.examples_multiple)
+        )
+
+
+Note = tuple[int, str]
+"""``(node, what was bounded and why)``."""
+
 
 class Screen:
     """Screens one round's fit updates against ``current``, the round's global arrays.
 
-    ``admit`` takes each update as it arrives and returns the updates ready for the strategy
-    now (all of them when the anomaly score is off or cannot apply); ``close`` returns the
-    held ones that pass, and the quarantined ones with their reasons.
+    ``problem`` says why a reply is rejected at once (layers 1 and 2); ``admit`` takes each
+    update that passed and returns the updates ready for the strategy now (all of them when
+    no relative bound is on, or the round has a single task); ``close`` returns the held ones,
+    bounded (layers 3 to 5), with a note for each bound that moved one.
     """
 
     def __init__(
-        self, validation: Validation, current: Arrays, expected: int, like_model: bool = True
+        self,
+        validation: Validation,
+        current: Arrays,
+        expected: int,
+        like_model: bool = True,
+        bound_outliers: bool = True,
     ) -> None:
         self.validation = validation
         self.current = current
         # updates shaped otherwise (Strategy.updates_like_model) are not compared to the model
         self.like_model = like_model
-        self._holding = (
-            like_model
-            and validation.anomaly_threshold is not None
-            and expected >= validation.min_updates
-        )
+        # Strategy.bounds_outliers: False leaves outliers out and norms as sent (robust ones)
+        self.bound_outliers = bound_outliers
+        self._holding = expected >= 2 and validation.relative
         self._held: list[FitResult] = []
+        self._notes: list[Note] = []
 
     def problem(self, reply: Message) -> str | None:
         """Why the update in ``reply`` is rejected at once (layers 1 and 2), or None."""
@@ -106,29 +197,128 @@ class Screen:
         return None
 
     def admit(self, result: FitResult) -> list[FitResult]:
+        cap = self.validation.max_examples
+        if cap is not None and result.num_examples > cap:
+            self._notes.append(
+                (
+                    result.node_id,
+                    f"claimed {result.num_examples} examples, counted {cap} (max_examples)",
+                )
+            )
+            result = replace(result, num_examples=cap)
         if not self._holding:
             return [result]
         self._held.append(result)
         return []
 
-    def close(self) -> tuple[list[FitResult], list[tuple[int, str]]]:
-        """(passing updates, [(node, reason)] quarantined) among those held."""
+    def close(self) -> tuple[list[FitResult], list[Note], list[Note]]:
+        """(the held updates, bounded; a note for each bound that moved one; the far
+        outliers left out of the round, with the reason)."""
         held, self._held = self._held, []
+        notes, self._notes = self._notes, []
+        if not held:
+            return held, notes, []
+        left_out: list[Note] = []
+        held = self._bound_examples(held, notes)
+        if self.like_model:
+            held = self._pull_outliers(held, notes, left_out)
+            if self.bound_outliers:
+                held = self._bound_norms(held, notes)
+        return held, notes, left_out
+
+    def _bound_examples(self, held: list[FitResult], notes: list[Note]) -> list[FitResult]:
+        multiple = self.validation.examples_multiple
+        if multiple is None:
+            return held
+        claims = [r.num_examples for r in held]
+        bounded = bound_examples(claims, multiple, None)
+        out = []
+        for result, claim, count in zip(held, claims, bounded, strict=True):
+            if count != claim:
+                notes.append(
+                    (
+                        result.node_id,
+                        f"claimed {claim} examples, counted {count} ("
+                        f"examples_multiple={multiple:g} x the round's median claim)",
+                    )
+                )
+                result = replace(result, num_examples=count)
+            out.append(result)
+        return out
+
+    def _bound_norms(self, held: list[FitResult], notes: list[Note]) -> list[FitResult]:
+        multiple = self.validation.norm_multiple
+        if multiple is None:
+            return held
+        norms = [change_norm(r.arrays, self.current) for r in held]
+        bound = norm_bound(norms, multiple)
+        out = []
+        for result, norm in zip(held, norms, strict=True):
+            if norm > bound:
+                notes.append(
+                    (
+                        result.node_id,
+                        f"update norm {norm:.4g} scaled to {bound:.4g} ("
+                        f"norm_multiple={multiple:g} x the round's median norm)",
+                    )
+                )
+                result = replace(
+                    result, arrays=scale_change(result.arrays, self.current, bound / norm)
+                )
+            out.append(result)
+        return out
+
+    def _pull_outliers(
+        self, held: list[FitResult], notes: list[Note], left_out: list[Note]
+    ) -> list[FitResult]:
+        """Layer 5: far outliers leave the round, near ones are pulled in."""
         threshold = self.validation.anomaly_threshold
         if threshold is None or len(held) < self.validation.min_updates:
-            return held, []
-        scores = anomaly_scores([r.arrays for r in held])
-        passed = [r for r, s in zip(held, scores, strict=True) if s <= threshold]
-        quarantined = [
-            (
-                r.node_id,
-                f"quarantined: anomaly score {s:.2f} > {threshold:g} (its distance to the "
-                "round's coordinate-wise median update, in median distances)",
-            )
-            for r, s in zip(held, scores, strict=True)
-            if s > threshold
-        ]
-        return passed, quarantined
+            return held
+        updates = [r.arrays for r in held]
+        distances = median_distances(updates)
+        typical = float(np.median(distances))
+        if not np.any(distances > threshold * typical):
+            return held
+        far = self.validation.quarantine_threshold if self.bound_outliers else threshold
+        center = coordinate_median(updates)
+        out = []
+        for result, distance in zip(held, distances, strict=True):
+            score = float(distance) / typical if typical > 0.0 else math.inf
+            if score <= threshold:
+                out.append(result)
+            elif far is not None and score > far:
+                left_out.append(
+                    (
+                        result.node_id,
+                        f"left out of this round: anomaly score {score:.2f} > "
+                        f"quarantine_threshold={far:g} (its distance to the round's "
+                        "coordinate-wise median update, in median distances)",
+                    )
+                )
+            else:
+                notes.append(
+                    (
+                        result.node_id,
+                        f"anomaly score {score:.2f} > {threshold:g}: pulled in to the median "
+                        "distance from the round's coordinate-wise median update",
+                    )
+                )
+                arrays = pull_toward(result.arrays, center, float(distance), typical)
+                out.append(replace(result, arrays=arrays))
+        return out
+
+
+def evaluate_problem(reply: Message) -> str | None:
+    """Why an evaluate reply cannot enter the federated metrics (a failure, a non-finite loss
+    or metric), or None; its example count is bounded afterwards, with the round's others."""
+    problem = evaluate_reply_problem(reply)
+    if problem is not None:
+        return problem
+    for name, value in reply.metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"reported metric {name[:64]!r} = {value!r}; expected a finite number"
+    return None
 
 
 def change_norm(arrays: Arrays, current: Arrays) -> float:

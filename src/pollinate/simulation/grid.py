@@ -35,7 +35,7 @@ from pollinate.client.client import ClientFn, Context, handle
 from pollinate.records import Arrays, Config, Message
 from pollinate.secagg.identity import KeyRing
 from pollinate.secagg.node import SecAggNode
-from pollinate.server.grid import Grid
+from pollinate.server.grid import Grid, Timeout, ends_at
 from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.speed import ClientSpeed, Stragglers, slowdowns
 
@@ -87,8 +87,8 @@ class SimulationGrid(Grid):
     def nodes(self) -> list[int]:
         return list(range(self.num_clients))
 
-    def dispatch(self, instructions: Sequence[Message], timeout: float | None) -> Iterator[Message]:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
+        ends = ends_at(timeout)
         todo = iter(instructions)
         window: deque[Future[_Done]] = deque()
         wake = threading.Event()  # set as a task of this call is done, and by close()
@@ -100,6 +100,7 @@ class SimulationGrid(Grid):
                 self._refill(window, todo, wake)
                 if not window:
                     return
+                deadline = ends()  # a Deadline may have moved with the last reply
                 head, now = window[0], time.monotonic()
                 # result() raises what the task raised, as a grid error (clients' errors
                 # are replies)
@@ -119,6 +120,10 @@ class SimulationGrid(Grid):
         finally:
             with self._lock:
                 self._waiting.discard(wake)
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[int]:
+        """Virtual clients are always there: more will not come by waiting."""
+        return self.nodes()
 
     def close(self) -> None:
         self._closed = True

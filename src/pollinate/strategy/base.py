@@ -45,6 +45,15 @@ class TooFewReplies(RunError):
     the previous global model, as when too many fail."""
 
 
+class TooFewClients(RunError):
+    """Sampling found fewer clients than the strategy needs (``needed``): the run loop waits
+    for more (``ServerApp.node_wait``) before it lets this end the run."""
+
+    def __init__(self, message: str, needed: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
 class UnusableUpdate(ValueError):
     """Raised by ``FitAggregator.add`` to leave one update out, saying why: the run loop
     counts it as rejected (an event, a line in the log, the history's ``rejected``)."""
@@ -81,6 +90,13 @@ class Strategy:
     #: another shape (trees that grow the model, for instance) set it False: the hub then
     #: checks only that the reply has examples and finite arrays.
     updates_like_model: bool = True
+
+    #: How the hub treats an update far from the round's median update (``server/screen.py``).
+    #: A weighted mean lets it in, bounded (pulled in, its norm clipped), so that an honest
+    #: client with skewed data still counts. Robust strategies set it False: their statistic
+    #: needs an outlier to stay an outlier (pulled in, it hides from Krum's scores and
+    #: shifts medians), so the hub leaves such an update out of the round instead.
+    bounds_outliers: bool = True
 
     def __init__(
         self,
@@ -154,12 +170,13 @@ class Strategy:
         n = len(available)
         # the decimal the user wrote: 0.14 * 50 is 7.000000000000001 in floats, not 8 clients
         wanted = max(math.ceil(Fraction(str(fraction)) * n), minimum, 1)
-        if n < max(self.min_available_clients, wanted):
-            raise RunError(
-                f"{type(self).__name__} needs {max(self.min_available_clients, wanted)} "
-                f"clients for {stage} but only {n} are available.\nHint: lower "
-                f"min_{stage}_clients / min_available_clients, or run more clients "
-                "(--clients N in simulation)."
+        needed = max(self.min_available_clients, wanted)
+        if n < needed:
+            raise TooFewClients(
+                f"{type(self).__name__} needs {needed} clients for {stage} but only {n} are "
+                f"available.\nHint: lower min_{stage}_clients / min_available_clients, or run "
+                "more clients (--clients N in simulation).",
+                needed,
             )
         chosen = rng.choice(np.asarray(sorted(available)), size=wanted, replace=False)
         return sorted(int(i) for i in chosen)

@@ -33,6 +33,8 @@ class RobustStrategy(Strategy):
     requirement = "n >= 1"
     """The condition on the number of updates n, as the paper states it (for messages)."""
 
+    bounds_outliers = False  # the statistic sees outliers as sent, or not at all
+
     def __init__(self, **kwargs: Any) -> None:
         needed = self.min_replies
         given = kwargs.setdefault("min_fit_clients", needed)

@@ -31,12 +31,12 @@ from pollinate.aggregate.trees import (
     parse_booster,
     without_trees,
 )
-from pollinate.errors import RunError
 from pollinate.records import Arrays
 from pollinate.strategy.base import (
     FitAggregator,
     FitResult,
     Strategy,
+    TooFewClients,
     TooFewReplies,
     UnusableUpdate,
 )
@@ -101,11 +101,13 @@ class FedXgbCyclic(Strategy):
     def sample_fit(self, available: Sequence[int], rng: np.random.Generator) -> list[int]:
         """The one node after the last round's, in node-id order (wrapping around)."""
         nodes = sorted(available)
-        if not nodes or len(nodes) < self.min_available_clients:
-            raise RunError(
-                f"FedXgbCyclic needs {max(self.min_available_clients, 1)} clients available "
-                f"but only {len(nodes)} are.\nHint: lower min_available_clients, or run more "
-                "clients (--clients N in simulation)."
+        needed = max(self.min_available_clients, 1)
+        if len(nodes) < needed:
+            raise TooFewClients(
+                f"FedXgbCyclic needs {needed} clients available but only {len(nodes)} are."
+                "\nHint: lower min_available_clients, or run more clients (--clients N in "
+                "simulation).",
+                needed,
             )
         last = self._last_node
         later = [n for n in nodes if last is not None and n > last]
