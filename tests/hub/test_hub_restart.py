@@ -31,7 +31,7 @@ from pollinate.hub.journal import Opened
 from pollinate.hub.state import HubState
 from pollinate.records import Arrays, Message
 
-TIMEOUT = 10.0
+TIMEOUT = 60.0  # an upper bound on polling waits: a loaded machine starts processes slowly
 
 
 @pytest.fixture

@@ -43,6 +43,10 @@ class TryLater(PollinateError):
     """The hub cannot take what a node sent now, but may soon: the node sends it again."""
 
 
+class PollEnded(PollinateError):
+    """A node's long-poll is over: the fleet closed, or a newer poll of the node took over."""
+
+
 class UnknownTask(Refused):
     """A reply to a task this process is not waiting for (closed, or not sent again yet)."""
 
@@ -87,6 +91,7 @@ class Fleet:
         self._polls: dict[int, int] = {}
         self._closed = False
         self._changed = threading.Condition()
+        self._watchers: list[Callable[[int | None], None]] = []
 
     def heartbeat(
         self, node_id: int, app_hash: str, node_config: dict[str, str], session: str = ""
@@ -158,7 +163,7 @@ class Fleet:
             if task not in node.queue:
                 node.queue.append(task)
             self._outstanding[task.message.task_id] = task
-            self._changed.notify_all()
+            self._notify(node_id)
 
     def next_task(
         self, node_id: int, wait: float, active: Callable[[], bool] | None = None
@@ -168,28 +173,62 @@ class Fleet:
         Returns None at the end of the wait, when the fleet closes, when ``active`` (if given)
         says the caller stopped listening, or when a newer poll of the same node supersedes
         this one: a node restarted under its old id must not find its first task taken by
-        the dead process's poll, still waiting here.
+        the dead process's poll, still waiting here. (The gRPC server polls with
+        ``open_poll`` and ``take`` instead, waiting on the event loop, not in a thread.)
         """
         deadline = time.monotonic() + wait
+        ticket = self.open_poll(node_id)
+        with self._changed:
+            while active is None or active():
+                try:
+                    task = self.take(node_id, ticket)
+                except PollEnded:
+                    return None
+                remaining = deadline - time.monotonic()
+                if task is not None or remaining <= 0:
+                    return task
+                self._changed.wait(remaining)
+            return None
+
+    def open_poll(self, node_id: int) -> int:
+        """Start a long-poll of ``node_id``, superseding any older one; returns its ticket.
+
+        What the node took and did not answer is queued again first: it asks for work, so it
+        holds none.
+        """
         with self._changed:
             ticket = self._polls[node_id] = self._polls.get(node_id, 0) + 1
             self._take_back(node_id)
-            self._changed.notify_all()
-            while True:
-                if self._closed or self._polls[node_id] != ticket:
-                    return None
-                if active is not None and not active():
-                    return None
-                node = self._nodes.get(node_id)
-                if node is not None and node.queue:
-                    task = node.queue.popleft()
-                    task.sent = True
-                    task.sends += 1
-                    return task
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._changed.wait(remaining)
+            self._notify(node_id)
+            return ticket
+
+    def take(self, node_id: int, ticket: int) -> Task | None:
+        """The node's next queued task for the poll ``ticket``, or None if none is queued.
+
+        Raises PollEnded once the fleet closed or a newer poll of the node superseded it.
+        """
+        with self._changed:
+            if self._closed or self._polls.get(node_id) != ticket:
+                raise PollEnded(f"the poll of node {node_id} ended")
+            node = self._nodes.get(node_id)
+            if node is None or not node.queue:
+                return None
+            task = node.queue.popleft()
+            task.sent = True
+            task.sends += 1
+            return task
+
+    def watch(self, wake: Callable[[int | None], None]) -> None:
+        """Call ``wake(node_id)`` whenever a poll of that node may find something new (a task
+        queued, a newer poll), and ``wake(None)`` when the fleet closes. ``wake`` runs under
+        the fleet's lock: it must only schedule work (e.g. ``call_soon_threadsafe``)."""
+        with self._changed:
+            self._watchers.append(wake)
+
+    def _notify(self, node_id: int | None) -> None:
+        self._changed.notify_all()
+        for wake in self._watchers:
+            wake(node_id)
 
     def _take_back(self, node_id: int) -> None:
         """Queue again, ahead of the rest and in order, what the node took and did not
@@ -227,24 +266,30 @@ class Fleet:
                     f"reply for task {message.task_id!r}, which is unknown or already closed "
                     "(answered, or its round ended)"
                 )
-            if task.message.node_id != node_id:
-                raise Refused(
-                    f"node {node_id} replied to task {message.task_id!r}, which was given to "
-                    f"node {task.message.node_id}"
-                )
-            if not task.sent:
-                raise Refused(f"task {message.task_id!r} was never sent to node {node_id}")
-            expected, got = _identity(task.message), _identity(message)
-            if got != expected:
-                raise Refused(
-                    f"reply does not match task {message.task_id!r}: it says (kind, round, run, "
-                    f"node) = {got}, the task is {expected}"
-                )
+            _check_reply(task, node_id, message)
             self._claimed[message.task_id] = self._outstanding.pop(message.task_id)
             node = self._nodes.get(node_id)
             if node is not None and task in node.queue:  # sent again, answered before taken
                 node.queue.remove(task)
             return task
+
+    def vet(self, node_id: int, head: Message, array_bytes: int) -> bool:
+        """Check a reply from its header alone, before its arrays are read: Refused if it
+        answers a task of another node, does not match its task, or declares more array bytes
+        than its task allows (``reply_bytes_allowed``). False if this process is not waiting
+        for the task (the hub then asks its journal), True if the reply may come in."""
+        with self._changed:
+            task = self._outstanding.get(head.task_id)
+            if task is None:
+                return False
+            _check_reply(task, node_id, head)
+        allowed = reply_bytes_allowed(task.message)
+        if allowed is not None and array_bytes > allowed:
+            raise Refused(
+                f"a reply to {head.task_id!r} declares {array_bytes} bytes of arrays; a "
+                f"{task.message.kind} reply to this task may hold at most {allowed}"
+            )
+        return True
 
     def claimed(self, task_id: str) -> bool:
         """A reply to this task is being recorded now."""
@@ -311,7 +356,42 @@ class Fleet:
         """Wake every waiting long-poll with no task: the hub is shutting down."""
         with self._changed:
             self._closed = True
-            self._changed.notify_all()
+            self._notify(None)
+
+
+REPLY_SLACK_BYTES = 4 << 20
+"""Array bytes a fit reply may hold beyond twice its model's: room for models whose updates
+grow a little (boosted trees), never for an upload out of all proportion."""
+
+
+def reply_bytes_allowed(instruction: Message) -> int | None:
+    """Array bytes a reply to ``instruction`` may declare; None: only the wire's limits.
+
+    A fit reply is an update of the model it was sent (twice the model's bytes plus
+    ``REPLY_SLACK_BYTES``), an evaluate reply holds no arrays; other kinds (the model a node
+    provides, the secure-aggregation stages) are bounded by the wire's limits alone.
+    """
+    if instruction.kind == "evaluate":
+        return 0
+    if instruction.kind == "fit":
+        return 2 * instruction.arrays.nbytes + REPLY_SLACK_BYTES
+    return None
+
+
+def _check_reply(task: Task, node_id: int, message: Message) -> None:
+    if task.message.node_id != node_id:
+        raise Refused(
+            f"node {node_id} replied to task {message.task_id!r}, which was given to "
+            f"node {task.message.node_id}"
+        )
+    if not task.sent:
+        raise Refused(f"task {message.task_id!r} was never sent to node {node_id}")
+    expected, got = _identity(task.message), _identity(message)
+    if got != expected:
+        raise Refused(
+            f"reply does not match task {message.task_id!r}: it says (kind, round, run, "
+            f"node) = {got}, the task is {expected}"
+        )
 
 
 def _identity(message: Message) -> tuple[str, int, str, int]:

@@ -131,6 +131,30 @@ class Hub:
             raise Refused(f"task {message.task_id!r} closed (its stage ended) as its reply came")
         task.replies.put(message)
 
+    def check_reply(self, node_id: int, head: Message, array_bytes: int) -> None:
+        """Refuse a reply from its header, before any of its arrays is read: it must answer a
+        task of this node, match it, and declare no more array bytes than the task allows
+        (``Fleet.vet``). A task this process has not queued must be one the journal knows for
+        this node (sent before a restart), and an evaluate reply never holds arrays."""
+        if not head.is_reply:
+            raise Refused("the message is not a reply")
+        if self.fleet.vet(node_id, head, array_bytes):
+            return
+        row = self.journal.task(head.task_id)
+        said = (node_id, head.node_id, head.run_id, head.round)
+        if row is None or said != (row.node_id, row.node_id, row.run_id, row.round):
+            raise UnknownTask(
+                f"reply for task {head.task_id!r}, which is unknown or already closed "
+                "(answered, or its round ended), or is another node's"
+            )
+        if head.kind == "evaluate" and array_bytes:
+            raise Refused(f"an evaluate reply holds no arrays; this one declares {array_bytes}")
+
+    def open_poll(self, node_id: int) -> int:
+        """Start a long-poll of the node (``Fleet.open_poll``); a pull is a sign of life."""
+        self.fleet.seen(node_id)
+        return self.fleet.open_poll(node_id)
+
     def _accept_unqueued(self, node_id: int, message: Message) -> Task | None:
         """A reply to a task this process has not queued: one recorded before (its node did
         not hear "accepted"), or one sent before a restart that its round has not sent again

@@ -89,6 +89,12 @@ class Decoder:
         """Bytes of array data the message declares, once its header is in (None before)."""
         return None if self._header is None else sum(s.nbytes for s in self._header.specs)
 
+    @property
+    def head(self) -> Message | None:
+        """The message without its arrays, once its header is in (None before): its task,
+        run, round and metrics, so a receiver can refuse it before any array byte comes."""
+        return None if self._header is None else Message(**self._header.kwargs)
+
     def finish(self) -> Message:
         """The message, if exactly one whole message was fed; else WireError."""
         self._check_usable()

@@ -1,0 +1,142 @@
+"""The control port: users submit, list, follow and stop runs, and create join tokens.
+
+A follower of a run's log waits on the event loop, not in a thread, so any number of
+``pollinate log`` followers cost the hub little; a source address holds at most
+``CALLS_PER_SOURCE`` open calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+
+from pollinate.errors import PollinateError, StorageError
+from pollinate.hub.hub import Hub
+from pollinate.hub.rate_limit import source_of
+from pollinate.hub.state import LogRow, RunRow
+from pollinate.transport import fleet_pb2 as pb
+from pollinate.transport.guards import CallLimits, admitted, off_loop, parsed
+
+log = logging.getLogger("pollinate.transport")
+
+T = TypeVar("T")
+
+CALLS_PER_SOURCE = 64
+LOG_POLL_SECONDS = 0.25
+"""How often a follower looks for new lines of a running run's log."""
+CONTROL_SERVICE = "pollinate.v1.Control"
+
+
+class ControlService:
+    def __init__(self, hub: Hub, pool: ThreadPoolExecutor) -> None:
+        self.hub, self._pool = hub, pool
+        self.calls = CallLimits(CALLS_PER_SOURCE)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        unary: dict[str, tuple[Any, Any]] = {
+            "SubmitRun": (pb.SubmitRunRequest, pb.SubmitRunReply),
+            "ListRuns": (pb.ListRunsRequest, pb.ListRunsReply),
+            "StopRun": (pb.StopRunRequest, pb.StopRunReply),
+            "CreateToken": (pb.CreateTokenRequest, pb.CreateTokenReply),
+        }
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._guarded(getattr(self, name), request),
+                response_serializer=reply.SerializeToString,
+            )
+            for name, (request, reply) in unary.items()
+        }
+        handlers["FollowLog"] = grpc.unary_stream_rpc_method_handler(
+            self.FollowLog, response_serializer=pb.LogEntry.SerializeToString
+        )
+        return grpc.method_handlers_generic_handler(CONTROL_SERVICE, handlers)
+
+    def _guarded(self, method: Callable[..., Any], kind: Any) -> Callable[..., Any]:
+        """``method`` with its request parsed and the caller's source under its call limit."""
+
+        async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            request = await parsed(kind, raw, "a control request", context)
+            async with admitted(self.calls, source_of(context.peer()), context):
+                return await method(request, context)
+
+        return guarded
+
+    async def SubmitRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            run_id = await self._off_loop(
+                self.hub.submit_run,
+                request.app_archive,
+                request.app_hash,
+                dict(request.config),
+                request.rounds,
+                request.seed,
+            )
+        except StorageError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except PollinateError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.SubmitRunReply(run_id=run_id)
+
+    async def ListRuns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rows = await self._off_loop(self.hub.list_runs)
+        return pb.ListRunsReply(runs=[_run_info(row) for row in rows])
+
+    async def StopRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        reason = await self._off_loop(self.hub.stop_run, request.run_id)
+        return pb.StopRunReply(stopped=reason is None, reason=reason or "")
+
+    async def CreateToken(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            token, expires = await self._off_loop(
+                self.hub.create_token, request.ttl_seconds or 3600.0
+            )
+        except PollinateError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.CreateTokenReply(token=token, expires=expires)
+
+    async def FollowLog(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        request = await parsed(pb.FollowLogRequest, raw, "a control request", context)
+        async with admitted(self.calls, source_of(context.peer()), context):
+            if await self._off_loop(self.hub.run_info, request.run_id) is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no run {request.run_id!r}; `pollinate ls` lists the runs",
+                )
+            after = request.after
+            while True:
+                rows = await self._off_loop(self.hub.wait_log, request.run_id, after, 0.0)
+                for row in rows:
+                    after = row.seq
+                    yield _entry(row)
+                if rows:
+                    continue
+                info = await self._off_loop(self.hub.run_info, request.run_id)
+                if not request.follow or (info is not None and info.status != "running"):
+                    for row in await self._off_loop(self.hub.wait_log, request.run_id, after, 0.0):
+                        yield _entry(row)
+                    return
+                await asyncio.sleep(LOG_POLL_SECONDS)
+
+    async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
+        return await off_loop(self._pool, call, *args)
+
+
+def _entry(row: LogRow) -> Any:
+    return pb.LogEntry(seq=row.seq, time=row.time, kind=row.kind, text=row.text)
+
+
+def _run_info(row: RunRow) -> Any:
+    return pb.RunInfo(
+        run_id=row.run_id,
+        app=row.app,
+        status=row.status,
+        round=row.round,
+        rounds=row.rounds,
+        created=row.created,
+        detail=row.detail,
+    )

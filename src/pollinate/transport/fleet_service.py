@@ -1,0 +1,282 @@
+"""The fleet port (nodes, mutual TLS) and the enrolment port (a join token), on asyncio.
+
+Invariants:
+- a node's identity is the one its certificate names (mutual TLS), never what it says;
+- a node holds at most ``CALLS_PER_NODE`` open calls; a long-poll waits on the event loop,
+  not in a thread, so idle calls starve nothing;
+- a reply is checked from its header (its task's owner, run, round and size, ``Hub.check_reply``)
+  before any array byte is accepted, and an upload that stalls is cut (``guards.next_within``);
+- the replies being decoded at once declare at most ``DECODING_BYTES`` of arrays (or are one
+  reply, however large), so hub memory does not grow with the number of nodes;
+- garbage is one log line and an error status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+
+from pollinate import wire
+from pollinate.errors import PollinateError, StorageError, WireError
+from pollinate.hub.fleet import PollEnded, Refused, TryLater
+from pollinate.hub.hub import Hub, TooManyAttempts
+from pollinate.records import Message
+from pollinate.security import node_id_from_certificate
+from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
+from pollinate.transport import fleet_pb2 as pb
+from pollinate.transport.guards import (
+    BadRequest,
+    ByteBudget,
+    CallLimits,
+    Idle,
+    admitted,
+    next_within,
+    off_loop,
+    parse,
+    parsed,
+    status_for,
+)
+
+log = logging.getLogger("pollinate.transport")
+
+T = TypeVar("T")
+
+MAX_PULL_WAIT = 30.0
+CALLS_PER_NODE = 8
+"""A node needs three at once (heartbeat, long-poll, upload); a restarting one a few more."""
+DECODING_BYTES = 1 << 30
+"""Replies are decoded concurrently while the arrays they declare fit in this many bytes."""
+
+
+class Wakeups:
+    """Wakes a node's long-polls on the event loop when the fleet says a task may be there;
+    the fleet calls ``wake`` from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._events: dict[int, asyncio.Event] = {}
+        self._listeners: Counter[int] = Counter()
+
+    def wake(self, node_id: int | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._set, node_id)
+
+    def _set(self, node_id: int | None) -> None:
+        events = self._events.values() if node_id is None else [self._events.get(node_id)]
+        for event in list(events):
+            if event is not None:
+                event.set()
+
+    @contextlib.contextmanager
+    def listening(self, node_id: int) -> Iterator[asyncio.Event]:
+        event = self._events.setdefault(node_id, asyncio.Event())
+        self._listeners[node_id] += 1
+        try:
+            yield event
+        finally:
+            self._listeners[node_id] -= 1
+            if not self._listeners[node_id]:
+                del self._listeners[node_id], self._events[node_id]
+
+
+class _Service:
+    """What both ports share: hub calls off the event loop, and the methods they serve."""
+
+    UNARY: dict[str, Any] = {"Diagnose": pb.DiagnoseReply}
+    """The unary methods this port serves, with their reply types."""
+
+    def __init__(self, hub: Hub, pool: ThreadPoolExecutor) -> None:
+        self.hub, self._pool = hub, pool
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Requests arrive as bytes and are parsed here, so garbage is one log line."""
+        return {
+            name: grpc.unary_unary_rpc_method_handler(
+                getattr(self, name), response_serializer=reply.SerializeToString
+            )
+            for name, reply in self.UNARY.items()
+        }
+
+    async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
+        return await off_loop(self._pool, call, *args)
+
+    async def Diagnose(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await parsed(pb.DiagnoseRequest, raw, "Diagnose", context)
+        reason = await self._off_loop(self.hub.diagnose, request.certificate_pem)
+        return pb.DiagnoseReply(accepted=reason is None, reason=reason or "")
+
+
+class EnrolService(_Service):
+    """The enrolment port: only Enrol and Diagnose, over TLS that the join token pins."""
+
+    UNARY = {"Enrol": pb.EnrolReply, "Diagnose": pb.DiagnoseReply}
+
+    async def Enrol(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await parsed(pb.EnrolRequest, raw, "Enrol", context)
+        try:
+            cert, ca_pem, node_id = await self._off_loop(
+                self.hub.enrol, request.token, request.csr_pem, context.peer()
+            )
+        except TooManyAttempts as exc:  # the hub logged it, with the source, capped
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except PollinateError as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        return pb.EnrolReply(certificate_pem=cert, ca_pem=ca_pem, node_id=node_id)
+
+
+class FleetService(_Service):
+    """The fleet port: heartbeats, renewal, long-polls for tasks and replies."""
+
+    UNARY = {
+        "Diagnose": pb.DiagnoseReply,
+        "Renew": pb.EnrolReply,
+        "Heartbeat": pb.HeartbeatReply,
+    }
+
+    def __init__(self, hub: Hub, pool: ThreadPoolExecutor, secure: bool, wakeups: Wakeups) -> None:
+        super().__init__(hub, pool)
+        self.secure, self.wakeups = secure, wakeups
+        self.calls = CallLimits(CALLS_PER_NODE)
+        self.decoding = ByteBudget(DECODING_BYTES)
+        hub.fleet.watch(wakeups.wake)
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """PullTask's chunks leave as the bytes it yields, already serialized (``data_chunk``:
+        protobuf's serializer is slow)."""
+        return {
+            **super().handlers(),
+            "PullTask": grpc.unary_stream_rpc_method_handler(self.PullTask),
+            "PushReply": grpc.stream_unary_rpc_method_handler(
+                self.PushReply, response_serializer=pb.PushReplyAck.SerializeToString
+            ),
+        }
+
+    async def Heartbeat(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await parsed(pb.HeartbeatRequest, raw, "Heartbeat", context)
+        if self.secure or not request.name:
+            node_id = await self._identify(context)
+        else:
+            try:
+                node_id = await self._off_loop(self.hub.node_id_for_name, request.name)
+            except StorageError as exc:  # a new name needs a row: the node tries again later
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        async with admitted(self.calls, f"node {node_id}", context):
+            await self._off_loop(
+                self.hub.heartbeat,
+                node_id,
+                request.app_hash,
+                dict(request.node_config),
+                request.session,
+            )
+        return pb.HeartbeatReply(node_id=node_id, interval_seconds=self.hub.heartbeat_interval)
+
+    async def Renew(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await parsed(pb.RenewRequest, raw, "Renew", context)
+        node_id = await self._identify(context)
+        async with admitted(self.calls, f"node {node_id}", context):
+            try:
+                cert = await self._off_loop(self.hub.renew, node_id, request.csr_pem)
+            except PollinateError as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        return pb.EnrolReply(certificate_pem=cert, node_id=node_id)
+
+    async def PullTask(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """The task as serialized TaskChunks: app hash and run config first, then data."""
+        request = await parsed(pb.PullTaskRequest, raw, "PullTask", context)
+        node_id = await self._identify(context)
+        async with admitted(self.calls, f"node {node_id}", context):
+            task = await self._next_task(
+                node_id, min(max(request.wait_seconds, 0.0), MAX_PULL_WAIT)
+            )
+            if task is None:
+                return
+            config = wire.encode(Message("get_arrays", config=task.run_config))
+            yield pb.TaskChunk(app_hash=task.app_hash, run_config=config).SerializeToString()
+            for piece in wire.iter_encode(task.message, CHUNK_BYTES):
+                yield data_chunk(piece)
+
+    async def _next_task(self, node_id: int, wait: float) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        with self.wakeups.listening(node_id) as woken:
+            ticket = self.hub.open_poll(node_id)
+            while True:
+                woken.clear()
+                try:
+                    task = self.hub.fleet.take(node_id, ticket)
+                except PollEnded:
+                    return None
+                remaining = deadline - loop.time()
+                if task is not None or remaining <= 0:
+                    return task
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), remaining)
+
+    async def PushReply(
+        self, chunks: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> Any:
+        node_id = await self._identify(context)
+        async with admitted(self.calls, f"node {node_id}", context):
+            try:
+                await self._receive(node_id, chunks)
+            except (WireError, Refused) as exc:
+                log.warning("refused a reply from node %d: %s", node_id, exc)
+                return pb.PushReplyAck(accepted=False, reason=str(exc))
+            except (TryLater, StorageError) as exc:
+                log.warning("a reply from node %d must wait: %s", node_id, exc)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            except (Idle, BadRequest) as exc:
+                log.warning("cut a reply from node %d: %s", node_id, exc)
+                await context.abort(status_for(exc), str(exc))
+        return pb.PushReplyAck(accepted=True)
+
+    async def _receive(self, node_id: int, stream: AsyncIterator[bytes]) -> None:
+        """Read a reply: its header first, checked against its task before any array byte is
+        taken; then its arrays while they fit the decoding budget; then hand it to the hub."""
+        chunks, decoder = aiter(stream), wire.Decoder()
+        peer = f"node {node_id}"
+        while decoder.head is None:
+            raw = await next_within(chunks)
+            if raw is None:
+                break
+            decoder.feed(parse(pb.Chunk, raw, "a reply chunk", peer).data)
+        head, declared = decoder.head, decoder.array_bytes or 0
+        if head is None:
+            raise WireError("the reply ended before its header")
+        await self._off_loop(self.hub.check_reply, node_id, head, declared)
+        if problem := self.hub.journal.refusing():
+            raise StorageError(problem)
+        async with self.decoding.hold(declared):
+            while (raw := await next_within(chunks)) is not None:
+                decoder.feed(parse(pb.Chunk, raw, "a reply chunk", peer).data)
+            message = decoder.finish()
+            await self._off_loop(self.hub.accept_reply, node_id, message)
+
+    async def _identify(self, context: grpc.aio.ServicerContext) -> int:
+        if self.secure:
+            # mutual TLS verified the chain; the id is what the hub wrote into the certificate
+            pems = (context.auth_context() or {}).get("x509_pem_cert") or []
+            try:
+                return node_id_from_certificate(pems[0])
+            except (IndexError, PollinateError):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid node certificate")
+        for key, value in context.invocation_metadata() or ():
+            if key == NODE_ID_HEADER and str(value).isdigit():
+                return int(value)
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "no node identity: send a Heartbeat with a name first (insecure mode)",
+        )
+        raise AssertionError("unreachable")  # abort raises
+
+
+def fleet_handler(service: _Service) -> grpc.GenericRpcHandler:
+    """The service's methods under the Fleet service's names."""
+    return grpc.method_handlers_generic_handler(FLEET_SERVICE, service.handlers())
