@@ -22,7 +22,7 @@ from pollinate.server.bounds import (
 )
 from pollinate.server.events import Event, ReplyBounded
 from pollinate.server.grid import Timeout
-from pollinate.server.screen import Screen
+from pollinate.server.screen import RecentBounds, Screen
 from pollinate.strategy.base import FitResult
 
 ZERO = Arrays({"w": np.zeros(4)})
@@ -210,3 +210,17 @@ def test_the_per_run_cap_bounds_evaluate_claims_too() -> None:
 
     evaluate, _ = evaluate_with(big, Validation(examples_multiple=None, max_examples=10))
     assert evaluate["loss"] == pytest.approx((10 * 2.0 + 10 * 2.0 + 10 * 0.0) / 30)
+
+
+# --- updates one at a time (the asynchronous loop) -----------------------------------------
+
+
+def test_recent_bounds_hold_each_update_to_the_last_ones() -> None:
+    bounds = RecentBounds(Validation(), window=3)
+    for node in range(3):  # honest: change norm 2, 10 examples
+        kept, notes = bounds.bound(fit_result(node, 1.0, 10), ZERO)
+        assert notes == [] and kept == fit_result(node, 1.0, 10)
+    hostile, notes = bounds.bound(fit_result(9, -100.0, 2**62), ZERO)
+    assert hostile.num_examples == 50  # 5 x the median of the window, itself included
+    assert np.linalg.norm(hostile.arrays["w"]) == pytest.approx(6.0)  # 3 x the median norm
+    assert len(notes) == 2

@@ -7,6 +7,7 @@ real ``SimulationGrid``, with stragglers from its ``client_speed`` option.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
@@ -30,6 +31,7 @@ from pollinate.records import Message
 from pollinate.server import (
     Event,
     Grid,
+    ReplyBounded,
     ReplyReceived,
     RoundFinished,
     RunResult,
@@ -194,17 +196,18 @@ class Shrink(Client):
 def test_equally_fast_nodes_with_k_equal_n_step_like_fedavg_with_a_server_learning_rate() -> None:
     arrays = Arrays({"w": np.linspace(-1, 1, 8).astype(np.float32)})
     common = {"on_fit_config_fn": lambda rnd: {"round": rnd}, "fraction_evaluate": 0.0}
+    unbounded = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
     asynchronous = ServerApp(
         FedBuff(buffer_size=4, server_learning_rate=0.5, **common),  # type: ignore[arg-type]
         num_rounds=5,
         initial_arrays=arrays,
+        validation=unbounded,  # node 3 steps far further than node 0: compare plain means
     )
     synchronous = ServerApp(
         FedAvgM(server_learning_rate=0.5, server_momentum=0.0, **common),  # type: ignore[arg-type]
         num_rounds=5,
         initial_arrays=arrays,
-        # the buffered loop bounds no update relative to others: compare the plain means
-        validation=Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None),
+        validation=unbounded,
     )
 
     steps = run_simulation(asynchronous, lambda ctx: Shrink(ctx.node_id), num_clients=4)
@@ -451,6 +454,29 @@ def test_an_update_that_fails_validation_is_rejected_against_its_own_version() -
     assert rejected and all(f.node_id == 2 and "non-finite" in f.reason for f in rejected)
     assert sum(r.rejected for r in result.history.rounds) == len(rejected)
     assert np.isfinite(result.arrays["w"]).all()
+
+
+def test_a_node_claiming_2_62_examples_with_a_boosted_update_is_bounded_by_recent_ones() -> None:
+    fits_of_node_2 = itertools.count()
+
+    class Boosted(Step):
+        def fit(self, arrays, config):
+            out, n, metrics = super().fit(arrays, config)
+            # honest once (the run's first updates have nothing to be bounded against)
+            if self.node == 2 and next(fits_of_node_2) >= 1:
+                return Arrays({"w": arrays["w"] - 1000.0}), 2**62, metrics
+            return out, n, metrics
+
+    grid = SimulationGrid(lambda ctx: Boosted(ctx.node_id), 3)
+    events = Recorder()
+    try:
+        result = run(grid, fedbuff_app(6, buffer_size=2), on_event=events)
+    finally:
+        grid.close()
+    bounded = [e for _, e in events.events if isinstance(e, ReplyBounded)]
+    assert bounded and all(e.node_id == 2 for e in bounded)
+    # unbounded, one such update would take the model to about -1000 x the learning rate
+    assert (result.arrays["w"] > -100).all()
 
 
 def test_too_few_nodes_after_node_wait_is_a_run_error_with_a_hint() -> None:

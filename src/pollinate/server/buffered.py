@@ -30,6 +30,11 @@ Invariants:
   replies (the hub) hands them back;
 - ``on_checkpoint`` sees every step before ``RoundFinished`` reports it.
 
+Each update is bounded (``screen.RecentBounds``) against the last two steps' worth of
+updates: its example count to ``examples_multiple`` x their median claim, its change to
+``norm_multiple`` x their median norm; the run's first updates, with nothing before them,
+are bounded only by ``max_examples`` and ``max_norm``.
+
 A run ends with tasks in flight; their replies are dropped. The engine withdraws them when it
 closes its grid (``run_simulation`` does; the hub closes a run's grid when the run ends).
 Unlike a synchronous run, an asynchronous one does not repeat exactly from its seed: which
@@ -56,6 +61,7 @@ from pollinate.server.checkpoint import Checkpoint
 from pollinate.server.deadline import no_reply
 from pollinate.server.events import (
     Event,
+    ReplyBounded,
     ReplyReceived,
     RoundFinished,
     StageStarted,
@@ -63,7 +69,8 @@ from pollinate.server.events import (
 )
 from pollinate.server.grid import Grid
 from pollinate.server.history import Failure, History, RoundRecord
-from pollinate.server.screen import Screen
+from pollinate.server.screen import RecentBounds, Screen
+from pollinate.strategy.base import FitResult
 from pollinate.strategy.fedbuff import FedBuff
 
 log = logging.getLogger("pollinate.server")
@@ -113,6 +120,8 @@ class BufferedLoop:
         self._trained_from: dict[int, int] = {}  # node -> the version of its last task
         self._rng = np.random.default_rng(seed)
         self._workers = _Workers(f"pollinate-{run_id}")
+        # the relative bounds against the last two steps' worth of updates
+        self._bounds = RecentBounds(app.validation, 2 * strategy.buffer_size)
 
     def run(
         self,
@@ -279,10 +288,22 @@ class BufferedLoop:
         if problem is not None:
             self._reject(step, node, problem)
             return
+        base = task.message.arrays
+        update = FitResult(node, outcome.arrays, outcome.num_examples, outcome.metrics)
+        update, notes = self._bounds.bound(update, base)
+        for note in notes:
+            self.emit(ReplyBounded(step.number, "fit", node, note))
+            self.log.warning(
+                "run %s step %d: update of node %d bounded: %s",
+                self.run_id,
+                step.number,
+                node,
+                note,
+            )
         staleness = step.number - 1 - task.version
         weight = self.strategy.staleness_weight(staleness)
-        step.buffer.add(outcome.arrays, task.message.arrays, outcome.num_examples, weight)
-        step.folded.append((outcome.num_examples, outcome.metrics, staleness))
+        step.buffer.add(update.arrays, base, update.num_examples, weight)
+        step.folded.append((update.num_examples, update.metrics, staleness))
         self.emit(ReplyReceived(step.number, "fit", node, True))
 
     def _fail(self, step: _Step, node: int, reason: str) -> None:

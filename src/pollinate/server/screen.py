@@ -39,6 +39,7 @@ but the one its update was in.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -307,6 +308,39 @@ class Screen:
                 arrays = pull_toward(result.arrays, center, float(distance), typical)
                 out.append(replace(result, arrays=arrays))
         return out
+
+
+class RecentBounds:
+    """Layers 3 and 5 for updates that arrive one at a time (the asynchronous loop): each is
+    bounded against itself and the last ``window`` updates, as a round's are against the
+    round's. (Layer 4 needs updates of one model version side by side: it does not apply.)
+    """
+
+    def __init__(self, validation: Validation, window: int) -> None:
+        self.validation = validation
+        self._claims: deque[int] = deque(maxlen=window)
+        self._norms: deque[float] = deque(maxlen=window)
+
+    def bound(self, result: FitResult, base: Arrays) -> tuple[FitResult, list[str]]:
+        """``result`` bounded, with a note for each bound that moved it; ``base`` is the
+        arrays its node trained from."""
+        v, notes = self.validation, []
+        claim, norm = result.num_examples, change_norm(result.arrays, base)
+        count = bound_examples([*self._claims, claim], v.examples_multiple, v.max_examples)[-1]
+        limit = (
+            math.inf
+            if v.norm_multiple is None
+            else norm_bound([*self._norms, norm], v.norm_multiple)
+        )
+        self._claims.append(claim)
+        self._norms.append(norm)
+        if count != claim:
+            notes.append(f"claimed {claim} examples, counted {count} (Validation's bounds)")
+            result = replace(result, num_examples=count)
+        if norm > limit:
+            notes.append(f"update norm {norm:.4g} scaled to {limit:.4g} (norm_multiple)")
+            result = replace(result, arrays=scale_change(result.arrays, base, limit / norm))
+        return result, notes
 
 
 def evaluate_problem(reply: Message) -> str | None:
