@@ -19,6 +19,7 @@ from pollinate.errors import PollinateError, StorageError
 from pollinate.hub.hub import Hub
 from pollinate.hub.rate_limit import source_of
 from pollinate.hub.state import LogRow, RunRow
+from pollinate.text import inert
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.guards import CallLimits, admitted, off_loop, parsed
 
@@ -87,7 +88,7 @@ class ControlService:
         return pb.ListRunsReply(runs=[_run_info(row) for row in rows])
 
     async def StopRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        reason = await self._off_loop(self.hub.stop_run, request.run_id)
+        reason = await self._off_loop(self.hub.stop_run, inert(request.run_id, 80))
         return pb.StopRunReply(stopped=reason is None, reason=reason or "")
 
     async def CreateToken(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -105,7 +106,7 @@ class ControlService:
             if await self._off_loop(self.hub.run_info, request.run_id) is None:
                 await context.abort(
                     grpc.StatusCode.NOT_FOUND,
-                    f"no run {request.run_id!r}; `pollinate ls` lists the runs",
+                    f"no run {inert(request.run_id, 80)!r}; `pollinate ls` lists the runs",
                 )
             after = request.after
             while True:

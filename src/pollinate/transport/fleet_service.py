@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from pollinate.hub.fleet import PollEnded, Refused, TryLater
 from pollinate.hub.hub import Hub, TooManyAttempts
 from pollinate.records import Message
 from pollinate.security import node_id_from_certificate
+from pollinate.text import MAX_TEXT, inert, name_problem
 from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.guards import (
@@ -51,6 +53,7 @@ T = TypeVar("T")
 MAX_PULL_WAIT = 30.0
 CALLS_PER_NODE = 8
 """A node needs three at once (heartbeat, long-poll, upload); a restarting one a few more."""
+_APP_HASH = re.compile(r"[0-9a-f]{64}")
 DECODING_BYTES = 1 << 30
 """Replies are decoded concurrently while the arrays they declare fit in this many bytes."""
 
@@ -160,6 +163,9 @@ class FleetService(_Service):
 
     async def Heartbeat(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         request = await parsed(pb.HeartbeatRequest, raw, "Heartbeat", context)
+        if problem := _heartbeat_problem(request):
+            log.warning("refused a heartbeat from %s: %s", inert(context.peer(), 80), problem)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if self.secure or not request.name:
             node_id = await self._identify(context)
         else:
@@ -275,6 +281,22 @@ class FleetService(_Service):
             "no node identity: send a Heartbeat with a name first (insecure mode)",
         )
         raise AssertionError("unreachable")  # abort raises
+
+
+def _heartbeat_problem(request: Any) -> str | None:
+    """What is wrong with a heartbeat's fields, all of which the hub stores: names and keys
+    must be names (``text.name_problem``), values short, the app hash a SHA-256 in hex."""
+    for what, name in [("name", request.name), ("session", request.session)]:
+        if name and (problem := name_problem(name)):
+            return f"the node's {what} {problem}"
+    for key, value in request.node_config.items():
+        if problem := name_problem(key):
+            return f"a node config key {problem}"
+        if len(value) > MAX_TEXT:
+            return f"node config {key!r} is {len(value)} characters long, over {MAX_TEXT}"
+    if request.app_hash and not _APP_HASH.fullmatch(request.app_hash):
+        return f"app hash {inert(request.app_hash, 80)} is not 64 hex digits"
+    return None
 
 
 def fleet_handler(service: _Service) -> grpc.GenericRpcHandler:
