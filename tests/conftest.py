@@ -10,9 +10,14 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 # gRPC's core logs each refused TLS handshake to stderr; the tests provoke many on purpose.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# Hypothesis's per-example deadline (200 ms) times the machine, not the code: on a loaded
+# machine it failed correct examples. Correctness tests have no clock; benchmarks/ time.
+settings.register_profile("pollinate", deadline=None)
+settings.load_profile("pollinate")
 
 TESTS = Path(__file__).resolve().parent
 SLOW_GROUPS = ("deployment", "faults", "frameworks", "examples", "cli")
