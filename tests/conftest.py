@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 # gRPC's core logs each refused TLS handshake to stderr; the tests provoke many on purpose.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-# Hypothesis's per-example deadline (200 ms) times the machine, not the code: on a loaded
-# machine it failed correct examples. Correctness tests have no clock; benchmarks/ time.
-settings.register_profile("pollinate", deadline=None)
+# Hypothesis's per-example deadline (200 ms) and its too-slow health check time the machine,
+# not the code: on a loaded machine they failed correct examples. Tests have no clock.
+settings.register_profile("pollinate", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("pollinate")
 
 TESTS = Path(__file__).resolve().parent
