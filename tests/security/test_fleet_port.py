@@ -99,16 +99,18 @@ class ControlWatch:
 
     def __init__(self, address: str) -> None:
         self.client = ControlClient(address)
-        self.answered, self.failures = 0, []
+        self.answered, self.failures, self.slowest = 0, [], 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
+            started = time.monotonic()
             try:
                 self.client.stub.ListRuns(pb.ListRunsRequest(), timeout=CALL_TIMEOUT)
                 self.answered += 1
+                self.slowest = max(self.slowest, time.monotonic() - started)
             except grpc.RpcError as exc:
                 self.failures.append(f"{exc.code()}: {exc.details()}")
 
@@ -157,6 +159,7 @@ def test_300_idle_fleet_calls_and_20_idle_control_calls_starve_no_run(
     assert attacked.returncode == 0, attacked.stdout + attacked.stderr
     assert comparable(attacked.history) == comparable(calm.history)
     assert watch.failures == [] and watch.answered > 0
+    print(f"measured: {watch.answered} control calls answered, slowest {watch.slowest:.3f} s")
     # mallory may hold a few uploads open; the rest were refused at once, not queued
     wait_for(lambda: idle_calls.refused() >= 90, "the hub to refuse mallory's extra calls")
 
@@ -198,6 +201,7 @@ def test_a_reply_is_refused_from_its_header_while_its_sender_still_holds_the_str
     release = threading.Event()
     try:
         for sender in (alice, bob):  # alice's own task, then bob answering alice's task
+            started = time.monotonic()
             ack = sender.client.stub.PushReply(
                 held_upload(head, release),
                 metadata=[(NODE_ID_HEADER, str(sender.node_id))],
@@ -206,6 +210,7 @@ def test_a_reply_is_refused_from_its_header_while_its_sender_still_holds_the_str
             assert not ack.accepted
             expected = "may hold at most" if sender is alice else "which was given to node"
             assert expected in ack.reason, ack.reason
+            print(f"measured: refused in {time.monotonic() - started:.3f} s: {ack.reason}")
     finally:
         release.set()
 
