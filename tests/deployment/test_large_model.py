@@ -50,7 +50,7 @@ client = "large_app.client:client_fn"
 SERVER = f"""\
 import numpy as np
 
-from pollinate import Arrays, FedAvg, ServerApp
+from pollinate import Arrays, FedAvg, ServerApp, Validation
 
 MARKS = {MARKS!r}
 
@@ -73,7 +73,12 @@ def evaluate(rnd, arrays):
 
 def server_fn(run_config):
     strategy = FedAvg(fraction_evaluate=0.0, evaluate_fn=evaluate)
-    return ServerApp(strategy, num_rounds=1, initial_arrays=initial_arrays())
+    # the streaming path: bounds relative to the round's other replies (on by default) hold
+    # the round's replies until it closes, one copy each (docs/robustness.md)
+    streaming = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
+    return ServerApp(
+        strategy, num_rounds=1, initial_arrays=initial_arrays(), validation=streaming
+    )
 """
 
 CLIENT = """\
