@@ -475,8 +475,9 @@ def test_a_node_claiming_2_62_examples_with_a_boosted_update_is_bounded_by_recen
         grid.close()
     bounded = [e for _, e in events.events if isinstance(e, ReplyBounded)]
     assert bounded and all(e.node_id == 2 for e in bounded)
-    # unbounded, one such update would take the model to about -1000 x the learning rate
-    assert (result.arrays["w"] > -100).all()
+    # unbounded, each such update would take the model about 1000 down: bounded, a few
+    # honest steps' worth at most
+    assert (result.arrays["w"] > -300).all()
 
 
 def test_too_few_nodes_after_node_wait_is_a_run_error_with_a_hint() -> None:

@@ -101,6 +101,14 @@ def pull_toward(arrays: Arrays, center: Arrays, distance: float, radius: float) 
     return scale_change(arrays, center, radius / distance)
 
 
-def _toward(array: np.ndarray, reference: np.ndarray, scale: float) -> np.ndarray:
-    delta = array.astype(np.float64) - reference
-    return (reference + scale * delta).astype(array.dtype)
+def _toward(
+    array: np.ndarray, reference: np.ndarray, scale: float, block: int = 1 << 20
+) -> np.ndarray:
+    """``reference + scale (array - reference)`` in float64, stored in ``array``'s dtype, a
+    block of coordinates at a time: one new array, no model-sized temporaries."""
+    out = np.empty_like(array)
+    flat_out, sent, base = out.reshape(-1), array.reshape(-1), reference.reshape(-1)
+    for i in range(0, sent.size, block):
+        ref = base[i : i + block].astype(np.float64)
+        flat_out[i : i + block] = ref + scale * (sent[i : i + block] - ref)
+    return out

@@ -30,8 +30,8 @@ Invariants:
   replies (the hub) hands them back;
 - ``on_checkpoint`` sees every step before ``RoundFinished`` reports it.
 
-Each update is bounded (``screen.RecentBounds``) against the last two steps' worth of
-updates: its example count to ``examples_multiple`` x their median claim, its change to
+Each update is bounded (``screen.RecentBounds``) against the last four steps' worth of
+updates, as counted: its example count to ``examples_multiple`` x their median claim, its change to
 ``norm_multiple`` x their median norm; the run's first updates, with nothing before them,
 are bounded only by ``max_examples`` and ``max_norm``.
 
@@ -120,8 +120,8 @@ class BufferedLoop:
         self._trained_from: dict[int, int] = {}  # node -> the version of its last task
         self._rng = np.random.default_rng(seed)
         self._workers = _Workers(f"pollinate-{run_id}")
-        # the relative bounds against the last two steps' worth of updates
-        self._bounds = RecentBounds(app.validation, 2 * strategy.buffer_size)
+        # the relative bounds against the last four steps' worth of updates
+        self._bounds = RecentBounds(app.validation, 4 * strategy.buffer_size)
 
     def run(
         self,

@@ -312,8 +312,9 @@ class Screen:
 
 class RecentBounds:
     """Layers 3 and 5 for updates that arrive one at a time (the asynchronous loop): each is
-    bounded against itself and the last ``window`` updates, as a round's are against the
-    round's. (Layer 4 needs updates of one model version side by side: it does not apply.)
+    bounded against itself and the last ``window`` updates, as counted, as a round's are
+    against the round's. (Layer 4 needs updates of one model version side by side: it does
+    not apply.)
     """
 
     def __init__(self, validation: Validation, window: int) -> None:
@@ -332,8 +333,9 @@ class RecentBounds:
             if v.norm_multiple is None
             else norm_bound([*self._norms, norm], v.norm_multiple)
         )
-        self._claims.append(claim)
-        self._norms.append(norm)
+        # the window keeps what was counted, so a node cannot raise its own bounds
+        self._claims.append(count)
+        self._norms.append(min(norm, limit))
         if count != claim:
             notes.append(f"claimed {claim} examples, counted {count} (Validation's bounds)")
             result = replace(result, num_examples=count)
@@ -355,13 +357,17 @@ def evaluate_problem(reply: Message) -> str | None:
     return None
 
 
-def change_norm(arrays: Arrays, current: Arrays) -> float:
-    """L2 norm of ``arrays - current`` over all float arrays."""
+def change_norm(arrays: Arrays, current: Arrays, block: int = 1 << 20) -> float:
+    """L2 norm of ``arrays - current`` over all float arrays, in float64, a block of
+    coordinates at a time (a 1 GB model needs no model-sized temporary)."""
     total = 0.0
     for name, ref in current.items():
-        if ref.dtype.kind == "f":
-            delta = arrays[name].astype(np.float64) - ref
-            total += float(np.dot(delta.reshape(-1), delta.reshape(-1)))
+        if ref.dtype.kind != "f":
+            continue
+        sent, base = arrays[name].reshape(-1), ref.reshape(-1)
+        for i in range(0, base.size, block):
+            delta = sent[i : i + block].astype(np.float64) - base[i : i + block]
+            total += float(np.dot(delta, delta))
     return math.sqrt(total)
 
 
