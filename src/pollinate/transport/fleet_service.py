@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +52,6 @@ T = TypeVar("T")
 MAX_PULL_WAIT = 30.0
 CALLS_PER_NODE = 8
 """A node needs three at once (heartbeat, long-poll, upload); a restarting one a few more."""
-_APP_HASH = re.compile(r"[0-9a-f]{64}")
 DECODING_BYTES = 1 << 30
 """Replies are decoded concurrently while the arrays they declare fit in this many bytes."""
 
@@ -284,9 +282,10 @@ class FleetService(_Service):
 
 
 def _heartbeat_problem(request: Any) -> str | None:
-    """What is wrong with a heartbeat's fields, all of which the hub stores: names and keys
-    must be names (``text.name_problem``), values short, the app hash a SHA-256 in hex."""
-    for what, name in [("name", request.name), ("session", request.session)]:
+    """What is wrong with a heartbeat's fields, all of which the hub stores: names, keys and
+    the app hash must be names (``text.name_problem``), values short."""
+    fields = [("name", request.name), ("session", request.session), ("app hash", request.app_hash)]
+    for what, name in fields:
         if name and (problem := name_problem(name)):
             return f"the node's {what} {problem}"
     for key, value in request.node_config.items():
@@ -294,8 +293,6 @@ def _heartbeat_problem(request: Any) -> str | None:
             return f"a node config key {problem}"
         if len(value) > MAX_TEXT:
             return f"node config {key!r} is {len(value)} characters long, over {MAX_TEXT}"
-    if request.app_hash and not _APP_HASH.fullmatch(request.app_hash):
-        return f"app hash {inert(request.app_hash, 80)} is not 64 hex digits"
     return None
 
 
