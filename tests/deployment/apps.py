@@ -6,10 +6,10 @@ one partition slow from a given round on (``slow-partition``, ``slow-round``,
 ``slow-seconds``), leave a file per fit in ``marker-dir`` (``fit-p{partition}-r{round}``, a
 line per fit, written before any sleeping: a test knows the fit has started, and how often
 it ran), hold every fit of round ``r`` until a file ``r{r}`` appears in ``gate-dir`` (a test
-paces the rounds), set the strategy's ``round_timeout`` (``round-timeout``, 0: none), bound
-the update norm (``max-norm``, 0: none; partition ``p``'s update has norm ``2 (p + 1)``),
-turn on SecAgg+ (``secure-aggregation``) and name the strategy (``strategy``; an unknown name
-makes ``server_fn`` raise).
+paces the rounds), set the strategy's ``round_timeout`` (``round-timeout``, 0: the default,
+derived from the round), bound the update norm (``max-norm``, 0: none; partition ``p``'s
+update has norm ``2 (p + 1)``), turn on SecAgg+ (``secure-aggregation``) and name the
+strategy (``strategy``; an unknown name makes ``server_fn`` raise).
 """
 
 from __future__ import annotations
