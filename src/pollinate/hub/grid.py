@@ -75,17 +75,10 @@ class HubGrid(Grid):
             with contextlib.suppress(StorageError):  # the run's end forgets them anyway
                 self.journal.close_unanswered(task_ids)
 
-    def wait_for_nodes(self, count: int, timeout: float) -> list[int]:
-        """The live nodes once ``count`` are (nodes that blinked come back), or after
-        ``timeout`` seconds; a stopped run stops waiting."""
-        deadline = time.monotonic() + timeout
-        while True:
-            nodes = self.nodes()
-            left = deadline - time.monotonic()
-            if len(nodes) >= count or left <= 0:
-                return nodes
-            if self.stopped.wait(min(0.5, left)):
-                raise RunStopped("the run was stopped")
+    def pause(self, seconds: float) -> None:
+        """Between looks at the live fleet (``wait_for_nodes``): a stopped run stops waiting."""
+        if self.stopped.wait(seconds):
+            raise RunStopped("the run was stopped")
 
     def close(self) -> None:
         """End the dispatch calls still waiting (an asynchronous run ends with tasks in

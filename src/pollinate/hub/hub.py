@@ -140,15 +140,20 @@ class Hub:
             raise Refused("the message is not a reply")
         if self.fleet.vet(node_id, head, array_bytes):
             return
-        row = self.journal.task(head.task_id)
-        said = (node_id, head.node_id, head.run_id, head.round)
-        if row is None or said != (row.node_id, row.node_id, row.run_id, row.round):
-            raise UnknownTask(
-                f"reply for task {head.task_id!r}, which is unknown or already closed "
-                "(answered, or its round ended), or is another node's"
-            )
+        self._check_journaled(node_id, head)
         if head.kind == "evaluate" and array_bytes:
             raise Refused(f"an evaluate reply holds no arrays; this one declares {array_bytes}")
+
+    def _check_journaled(self, node_id: int, message: Message) -> None:
+        """UnknownTask unless the journal knows ``message``'s task as sent to this node, for
+        the run and round the message names."""
+        row = self.journal.task(message.task_id)
+        said = (node_id, message.node_id, message.run_id, message.round)
+        if row is None or said != (row.node_id, row.node_id, row.run_id, row.round):
+            raise UnknownTask(
+                f"reply for task {message.task_id!r}, which is unknown or already closed "
+                "(answered, or its round ended)"
+            )
 
     def open_poll(self, node_id: int) -> int:
         """Start a long-poll of the node (``Fleet.open_poll``); a pull is a sign of life."""
@@ -165,13 +170,7 @@ class Hub:
         with self.journal.lock:  # the round cannot open its tasks meanwhile
             with contextlib.suppress(UnknownTask):
                 return self.fleet.claim(node_id, message)
-            row = self.journal.task(message.task_id)
-            said = (node_id, message.node_id, message.run_id, message.round)
-            if row is None or said != (row.node_id, row.node_id, row.run_id, row.round):
-                raise UnknownTask(
-                    f"reply for task {message.task_id!r}, which is unknown or already closed "
-                    "(answered, or its round ended)"
-                )
+            self._check_journaled(node_id, message)
             if not self.journal.record(message):
                 raise Refused(f"task {message.task_id!r} closed (its stage ended)")
         log.info("node %d: reply to %s recorded", node_id, message.task_id)

@@ -56,7 +56,11 @@ class Grid(ABC):
             left = deadline - time.monotonic()
             if len(nodes) >= count or left <= 0:
                 return nodes
-            time.sleep(min(0.5, left))
+            self.pause(min(0.5, left))
+
+    def pause(self, seconds: float) -> None:
+        """Wait between two looks at ``nodes()``; a grid may end the wait early by raising."""
+        time.sleep(seconds)
 
     def close(self) -> None:  # noqa: B027 - optional hook, most grids hold nothing
         """Release workers or connections."""
