@@ -9,11 +9,14 @@ Learning" (CCS'17). This module is the public face; the parts live beside it:
 - ``graph``: the sparse random neighbour graph;
 - ``crypto``: X25519, AES-GCM, node-key signatures, Shamir sharing (pycryptodome);
 - ``messages``: what travels, and :class:`SecAggError`;
-- ``client`` / ``server``: the two state machines.
+- ``client`` / ``server``: the two state machines;
+- ``codec``, ``update``, ``node``, ``identity``: the stages as Messages, a client's weighted
+  change as one vector, a node's side of the protocol, and who signs (a node certificate in
+  deployment, a ``KeyRing`` in simulation).
 
-Needs the ``secagg`` extra (``pip install 'pollinate[secagg]'``) for pycryptodome's Shamir.
-So far this is the protocol core, run in-process; wiring it into strategies and deployment
-comes next (docs/privacy-secagg.md).
+Runs turn it on with ``ServerApp(secure_aggregation=SecAggConfig())``, in simulation and in
+deployment alike (docs/privacy-secagg.md). pycryptodome (Shamir sharing) is a core
+dependency.
 
 >>> from cryptography.hazmat.primitives.asymmetric import ed25519
 >>> import numpy as np
