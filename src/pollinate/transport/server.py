@@ -66,6 +66,13 @@ class HubServers:
 
     async def _stop_all(self, grace: float) -> None:
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
+        # calls the servers cancelled may still be unwinding: let them end before the loop
+        # closes, or asyncio reports them destroyed while pending
+        rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=STOP_SECONDS / 4)
 
 
 def serve(
