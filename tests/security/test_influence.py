@@ -115,22 +115,36 @@ def entries(record: dict) -> float:  # type: ignore[type-arg]
     return float(record["centralized"]["loss"]) / 4  # sum(w) over four equal entries
 
 
-def test_a_node_sending_minus_five_times_the_model_with_2_62_examples_moves_it_boundedly(
-    deployment: Deployment, hostile: list[HostileNode], tmp_path: Path
-) -> None:
-    app = write_tiny_app(tmp_path / "app", **{"num-rounds": 3})
+def run_beside(
+    deployment: Deployment,
+    hostile: list[HostileNode],
+    tmp_path: Path,
+    rounds: int,
+    answer: Answer,
+    stage: str,
+) -> list[dict]:  # type: ignore[type-arg]
+    """The tiny app for ``rounds`` rounds on two honest nodes and mallory, who answers with
+    ``answer`` (connected before the run starts, so it is sampled); the run's history, once
+    the run ended well and mallory answered a ``stage`` task."""
+    app = write_tiny_app(tmp_path / "app", **{"num-rounds": rounds})
     deployment.start_hub()
     deployment.start_nodes([app, app])
-    mallory = HostileNode(deployment.fleet, "mallory", steer_fit)  # connected: sampled
+    mallory = HostileNode(deployment.fleet, "mallory", answer)
     hostile.append(mallory)
     run = deployment.start_run(app)
     mallory.start(run)
     result = run.finish()
 
     assert result.returncode == 0, result.stdout + result.stderr
-    history = result.history
-    assert history is not None and len(history) == 4
-    assert "fit" in mallory.answered
+    assert result.history is not None and len(result.history) == rounds + 1
+    assert stage in mallory.answered
+    return result.history
+
+
+def test_a_node_sending_minus_five_times_the_model_with_2_62_examples_moves_it_boundedly(
+    deployment: Deployment, hostile: list[HostileNode], tmp_path: Path
+) -> None:
+    history = run_beside(deployment, hostile, tmp_path, 3, steer_fit, "fit")
     w = 0.0
     honest = 0.0
     for record in history[1:]:
@@ -149,19 +163,7 @@ def test_a_node_sending_minus_five_times_the_model_with_2_62_examples_moves_it_b
 def test_an_evaluation_reply_with_loss_0_and_1e15_examples_does_not_set_the_metrics(
     deployment: Deployment, hostile: list[HostileNode], tmp_path: Path
 ) -> None:
-    app = write_tiny_app(tmp_path / "app", **{"num-rounds": 2})
-    deployment.start_hub()
-    deployment.start_nodes([app, app])
-    mallory = HostileNode(deployment.fleet, "mallory", steer_evaluation)  # connected: sampled
-    hostile.append(mallory)
-    run = deployment.start_run(app)
-    mallory.start(run)
-    result = run.finish()
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    history = result.history
-    assert history is not None and len(history) == 3
-    assert "evaluate" in mallory.answered
+    history = run_beside(deployment, hostile, tmp_path, 2, steer_evaluation, "evaluate")
     for record in history[1:]:
         loss = float(record["centralized"]["loss"])  # what honest nodes report, sum(w)
         # its claim counts 5 x the median claim (1): 5 of 7, not 10**15 of 10**15 + 2
