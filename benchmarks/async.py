@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pollinate
 from pollinate.app import load_app
-from pollinate.server import Event, RoundFinished
+from pollinate.loop import Event, RoundFinished
 from pollinate.simulation import Stragglers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,7 +31,7 @@ def median_update_norm(rounds: int) -> float:
     """The median norm of the clients' updates to the initial model: a common choice of C."""
     from pollinate import Context
     from pollinate.app import load_app
-    from pollinate.privacy import update_norm
+    from pollinate.dp import update_norm
 
     app = load_app(APP, {"num-rounds": str(rounds)})
     initial = app.server_app().initial_arrays
@@ -61,7 +61,7 @@ def accuracy(rounds: int, seed: int, noise: float = 0.0, clip: float = 1.0) -> t
 
 
 def main() -> None:
-    from pollinate.privacy import noise_for_epsilon
+    from pollinate.dp import noise_for_epsilon
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, nargs="+", default=[5, 20])

@@ -29,11 +29,11 @@ import numpy as np
 
 import pollinate.simulation.grid as grid_module
 from pollinate import Arrays, Client, FedAvg, ServerApp, Validation
+from pollinate.loop.grid import Grid
+from pollinate.loop.run import run
 from pollinate.records import Message
 from pollinate.secagg import SecAggConfig
 from pollinate.secagg.node import SecAggNode
-from pollinate.server.grid import Grid
-from pollinate.server.loop import run
 from pollinate.simulation import SimulationGrid
 from pollinate.wire import encode
 

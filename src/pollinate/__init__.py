@@ -8,8 +8,8 @@ The common path needs nothing deeper than this module::
 from pollinate.aggregate import weighted_average
 from pollinate.client import Client, Context, NumPyClient
 from pollinate.errors import AppError, ClientError, PollinateError, RunError, WireError
+from pollinate.loop import Grid, History, RoundRecord, RunResult, ServerApp, Validation
 from pollinate.records import Arrays, Config, Message, Metrics
-from pollinate.server import Grid, History, RoundRecord, RunResult, ServerApp, Validation
 from pollinate.simulation import Adversaries, SimulationGrid, Stragglers, run_simulation
 from pollinate.strategy import (
     Bulyan,

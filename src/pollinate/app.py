@@ -31,8 +31,8 @@ from typing import Any
 
 from pollinate.client.client import ClientFn
 from pollinate.errors import AppError
+from pollinate.loop.app import ServerApp
 from pollinate.records import Config, Scalar, check_scalars
-from pollinate.server.app import ServerApp
 from pollinate.text import MAX_TEXT, inert, name_problem
 
 ServerFn = Callable[[Config], ServerApp]

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from pollinate.cli import deploy
 from pollinate.cli.render import round_line, summary_table
-from pollinate.server.history import Failure, History, RoundRecord
+from pollinate.loop.history import Failure, History, RoundRecord
 
 HOSTILE_NAME = "[link=http://evil]acc[/link]"
 HOSTILE_VALUE = "[bold red]0.99\n[12/06/26 15:00:00] INFO     forged line\x1b[2J"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pollinate.server import checkpoint
+from pollinate.loop import checkpoint
 from tests.deployment.apps import write_tiny_app
 from tests.deployment.conftest import QUICKSTART, Deployment, wait_for
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pollinate.server import checkpoint
+from pollinate.loop import checkpoint
 from tests.deployment.apps import write_tiny_app
 from tests.deployment.conftest import BackgroundRun, Deployment, Process, wait_for
 

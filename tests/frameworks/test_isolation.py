@@ -9,7 +9,7 @@ FRAMEWORKS = ("torch", "keras", "jax", "flax", "optax", "sklearn", "xgboost", "d
 
 
 def test_importing_pollinate_imports_no_framework() -> None:
-    modules = ["pollinate", "pollinate.frameworks", "pollinate.cli.main", "pollinate.privacy"]
+    modules = ["pollinate", "pollinate.frameworks", "pollinate.cli.main", "pollinate.dp"]
     code = (
         "import sys\n"
         + "".join(f"import {m}\n" for m in modules)

@@ -24,10 +24,10 @@ from pollinate.client.client import Context, handle
 from pollinate.hub.fleet import Refused
 from pollinate.hub.grid import HubGrid
 from pollinate.hub.hub import Hub
+from pollinate.loop import RoundRecord, run
+from pollinate.loop.checkpoint import Checkpoint
 from pollinate.records import Message
-from pollinate.server import RoundRecord, run
-from pollinate.server.checkpoint import Checkpoint
-from tests.server.grid_contract import fit_task
+from tests.loop.grid_contract import fit_task
 
 TIMEOUT = 20.0
 

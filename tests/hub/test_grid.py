@@ -20,7 +20,7 @@ from pollinate.hub.grid import HubGrid, RunStopped
 from pollinate.hub.journal import Journal
 from pollinate.hub.state import HubState
 from pollinate.records import Config
-from tests.server.grid_contract import GridContract, fit_task
+from tests.loop.grid_contract import GridContract, fit_task
 
 TIMEOUT = 10.0
 

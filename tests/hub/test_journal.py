@@ -21,9 +21,9 @@ from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import Duplicate
 from pollinate.hub.journal import Journal, Opened
 from pollinate.hub.state import HubState, RunRow
+from pollinate.loop.checkpoint import Checkpoint
+from pollinate.loop.history import History, RoundRecord
 from pollinate.records import Arrays, Message
-from pollinate.server.checkpoint import Checkpoint
-from pollinate.server.history import History, RoundRecord
 
 TIMEOUT = 10.0
 

@@ -10,12 +10,12 @@ import pytest
 from scipy import stats
 
 from pollinate import Arrays, Client, FedAvg, FedMedian, ServerApp, run_simulation
+from pollinate.loop.grid import Grid
+from pollinate.loop.run import run
 from pollinate.records import Message
 from pollinate.secagg import SecAggConfig
 from pollinate.secagg.identity import KeyRing
 from pollinate.secagg.node import SecAggNode
-from pollinate.server.grid import Grid
-from pollinate.server.loop import run
 from pollinate.simulation import SimulationGrid
 
 INITIAL = Arrays({"w": np.zeros(6, np.float32), "steps": np.zeros(2, np.int64)})
@@ -275,7 +275,7 @@ def test_the_run_config_turns_it_on_and_a_typo_or_unsafe_value_says_what_to_do()
 
 def test_the_round_line_says_the_round_was_aborted_not_that_too_many_failed() -> None:
     from pollinate.cli.render import round_line
-    from pollinate.server.history import RoundRecord
+    from pollinate.loop.history import RoundRecord
 
     aborted = RoundRecord(round=3, applied=False, aborted="node 2 reports: KeySubstituted")
     assert "secure aggregation aborted the round" in round_line(aborted)

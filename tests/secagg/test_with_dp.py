@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, run_simulation
-from pollinate.privacy import AdaptiveClipping, DifferentialPrivacy, clip_update
-from pollinate.privacy.clip import CLIPPING_NORM_KEY
+from pollinate.dp import AdaptiveClipping, DifferentialPrivacy, clip_update
+from pollinate.dp.clip import CLIPPING_NORM_KEY
 from pollinate.secagg import SecAggConfig
 
 INITIAL = Arrays({"w": np.zeros(8, np.float32)})

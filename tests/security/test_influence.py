@@ -99,7 +99,7 @@ def steer_evaluation(task: Message) -> Message:
 
 def bounded_round(w: float, hostile: tuple[float, int]) -> float:
     """The model entry after one round of partitions 0 and 1 and a hostile reply (its new
-    entry, its claim), under the default bounds (``server/bounds.py``), by hand: claims count
+    entry, its claim), under the default bounds (``loop/bounds.py``), by hand: claims count
     at most 5 x their lower median, changes keep at most 3 x the lower median of the
     non-zero change norms (a change of ``d`` per entry has norm ``2 |d|``)."""
     changes = [1.0, 2.0, hostile[0] - w]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pollinate import Grid, SimulationGrid
 from pollinate.client import ClientFn
-from tests.server.grid_contract import GridContract
+from tests.loop.grid_contract import GridContract
 
 
 class TestSimulationGrid(GridContract):

@@ -137,7 +137,7 @@ def test_replies_past_the_deadline_count_as_failures() -> None:
     app.round_timeout = 2.0
     grid = SimulationGrid(lambda ctx: Hangs(ctx.partition_id), 4, concurrency=4)
     try:
-        from pollinate.server import run
+        from pollinate.loop import run
 
         result = run(grid, app)
     finally:

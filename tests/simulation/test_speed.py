@@ -19,7 +19,7 @@ from pollinate import Arrays, Client, Grid, SimulationGrid
 from pollinate.client import ClientFn
 from pollinate.simulation import Adversaries, Stragglers
 from pollinate.simulation.speed import slowdowns
-from tests.server.grid_contract import GridContract, fit_task
+from tests.loop.grid_contract import GridContract, fit_task
 
 
 class Sleeper(Client):

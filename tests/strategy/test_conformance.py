@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pollinate.privacy import DifferentialPrivacy
+from pollinate.dp import DifferentialPrivacy
 from pollinate.records import Arrays
 from pollinate.strategy import (
     Bulyan,

@@ -1,6 +1,6 @@
 """FedBuff's math and policy: staleness weights and one buffered step, on hand-computed cases.
 
-The asynchronous loop that drives it is tested in tests/server/test_buffered.py.
+The asynchronous loop that drives it is tested in tests/loop/test_buffered.py.
 """
 
 from __future__ import annotations

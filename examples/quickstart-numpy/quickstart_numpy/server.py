@@ -81,7 +81,7 @@ def make_strategy(run_config: Config, **common: Any) -> Strategy:
 
 def with_dp(strategy: Strategy, noise_multiplier: float, run_config: Config) -> Strategy:
     """Hub-side DP-FedAvg around the strategy (needs the ``dp`` extra: dp-accounting)."""
-    from pollinate.privacy import DifferentialPrivacy
+    from pollinate.dp import DifferentialPrivacy
 
     budget = float(run_config.get("dp-epsilon-budget", 0.0))
     try:

@@ -25,9 +25,9 @@ from pollinate.hub.apps import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
 from pollinate.hub.rate_limit import RateLimiter
+from pollinate.loop.history import History, RoundRecord
 from pollinate.node.agent import NodeAgent
 from pollinate.security import NodeCredentials, SecurityError
-from pollinate.server.history import History, RoundRecord
 from pollinate.text import MAX_LINE, MAX_NAME, inert
 from pollinate.transport.client import ControlClient, HubUnavailable, LogLine, enrol
 from pollinate.transport.server import serve

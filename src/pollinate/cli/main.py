@@ -17,7 +17,7 @@ from rich.text import Text
 from pollinate.app import App, load_app
 from pollinate.cli.render import RunProgress, summary_table
 from pollinate.errors import AppError, PollinateError
-from pollinate.server.app import ServerApp
+from pollinate.loop.app import ServerApp
 from pollinate.simulation.adversary import ATTACKS, Adversaries
 from pollinate.simulation.run import run_simulation
 from pollinate.simulation.speed import Stragglers

@@ -14,12 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from pollinate.loop.events import Event, ReplyReceived, RoundFinished, StageStarted
+from pollinate.loop.history import History, RoundRecord
 from pollinate.records import Scalar
-from pollinate.server.events import Event, ReplyReceived, RoundFinished, StageStarted
-from pollinate.server.history import History, RoundRecord
 from pollinate.text import MAX_LINE, MAX_NAME, inert
 
-# the fit metric DifferentialPrivacy reports each round (pollinate.privacy)
+# the fit metric DifferentialPrivacy reports each round (pollinate.dp)
 _EPSILON = "dp_epsilon"
 
 

@@ -18,8 +18,8 @@ from typing import TypeVar
 from pollinate.errors import RunError, StorageError
 from pollinate.hub.fleet import Fleet, Task
 from pollinate.hub.journal import Journal
+from pollinate.loop.grid import Grid, Timeout, ends_at
 from pollinate.records import Config, Message
-from pollinate.server.grid import Grid, Timeout, ends_at
 
 log = logging.getLogger("pollinate.hub")
 

@@ -31,10 +31,10 @@ from pollinate import wire
 from pollinate.errors import StorageError, WireError
 from pollinate.hub.fleet import Duplicate
 from pollinate.hub.state import HubState, TaskRow
+from pollinate.loop import checkpoint as checkpoints
+from pollinate.loop.checkpoint import Checkpoint
+from pollinate.loop.history import History, RoundRecord
 from pollinate.records import Message
-from pollinate.server import checkpoint as checkpoints
-from pollinate.server.checkpoint import Checkpoint
-from pollinate.server.history import History, RoundRecord
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from pollinate.hub.fleet import Fleet
 from pollinate.hub.grid import STORAGE_RETRY_SECONDS, HubGrid, RunStopped
 from pollinate.hub.journal import Journal
 from pollinate.hub.state import HubState, RunRow
-from pollinate.server.app import ServerApp
-from pollinate.server.checkpoint import Checkpoint
-from pollinate.server.loop import run
+from pollinate.loop.app import ServerApp
+from pollinate.loop.checkpoint import Checkpoint
+from pollinate.loop.run import run
 
 log = logging.getLogger("pollinate.hub")
 

@@ -32,10 +32,10 @@ from typing import NamedTuple
 import numpy as np
 
 from pollinate.client.client import ClientFn, Context, handle
+from pollinate.loop.grid import Grid, Timeout, ends_at
 from pollinate.records import Arrays, Config, Message
 from pollinate.secagg.identity import KeyRing
 from pollinate.secagg.node import SecAggNode
-from pollinate.server.grid import Grid, Timeout, ends_at
 from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.speed import ClientSpeed, Stragglers, slowdowns
 

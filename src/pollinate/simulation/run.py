@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pollinate.client.client import Client, ClientFn  # noqa: F401 (doctest)
+from pollinate.loop.app import ServerApp
+from pollinate.loop.run import EventHandler, RunResult, run
 from pollinate.records import Config
-from pollinate.server.app import ServerApp
-from pollinate.server.loop import EventHandler, RunResult, run
 from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.grid import NodeConfigFn, SimulationGrid
 from pollinate.simulation.speed import ClientSpeed, Stragglers

@@ -86,12 +86,12 @@ class Strategy:
     """
 
     #: Fit replies carry arrays with the global model's names, shapes and dtypes, so the hub
-    #: validates each against the model (``server/screen.py``). Strategies whose updates are
+    #: validates each against the model (``loop/screen.py``). Strategies whose updates are
     #: another shape (trees that grow the model, for instance) set it False: the hub then
     #: checks only that the reply has examples and finite arrays.
     updates_like_model: bool = True
 
-    #: How the hub treats an update far from the round's median update (``server/screen.py``).
+    #: How the hub treats an update far from the round's median update (``loop/screen.py``).
     #: A weighted mean lets it in, bounded (pulled in, its norm clipped), so that an honest
     #: client with skewed data still counts. Robust strategies set it False: their statistic
     #: needs an outlier to stay an outlier (pulled in, it hides from Krum's scores and

@@ -28,7 +28,7 @@ class FedBuff(Strategy):
     ``pollinate.aggregate.staleness`` has the math). ``ServerApp.num_rounds`` counts steps,
     and each step is one record in the history, with the mean staleness of its updates as
     ``fit["staleness"]``; ``ServerApp.round_timeout`` bounds each task. The run loop is
-    ``pollinate.server.buffered``.
+    ``pollinate.loop.buffered``.
 
     One departure from the paper, for fleets smaller than its thousands of devices: a node
     trains at most once from each model version. Otherwise a fast node would send update

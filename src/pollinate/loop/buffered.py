@@ -55,11 +55,10 @@ import numpy as np
 
 from pollinate.aggregate.staleness import BufferedStep
 from pollinate.errors import RunError
-from pollinate.records import Arrays, Config, Message, Metrics, Scalar
-from pollinate.server.app import ServerApp
-from pollinate.server.checkpoint import Checkpoint
-from pollinate.server.deadline import no_reply
-from pollinate.server.events import (
+from pollinate.loop.app import ServerApp
+from pollinate.loop.checkpoint import Checkpoint
+from pollinate.loop.deadline import no_reply
+from pollinate.loop.events import (
     Event,
     ReplyBounded,
     ReplyReceived,
@@ -67,13 +66,14 @@ from pollinate.server.events import (
     StageStarted,
     UpdateRejected,
 )
-from pollinate.server.grid import Grid
-from pollinate.server.history import Failure, History, RoundRecord
-from pollinate.server.screen import RecentBounds, Screen
+from pollinate.loop.grid import Grid
+from pollinate.loop.history import Failure, History, RoundRecord
+from pollinate.loop.screen import RecentBounds, Screen
+from pollinate.records import Arrays, Config, Message, Metrics, Scalar
 from pollinate.strategy.base import FitResult
 from pollinate.strategy.fedbuff import FedBuff
 
-log = logging.getLogger("pollinate.server")
+log = logging.getLogger("pollinate.loop")
 
 _Outcome = tuple[str, Message | Exception | None]
 """``(task id, what its dispatch yielded)``: a reply, the grid's exception, or None when the

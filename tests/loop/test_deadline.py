@@ -14,10 +14,10 @@ import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, SimulationGrid
 from pollinate.client import Context, handle
+from pollinate.loop import Grid, run
+from pollinate.loop.deadline import RoundDeadline, StageClock
+from pollinate.loop.grid import Timeout, ends_at
 from pollinate.records import Message
-from pollinate.server import Grid, run
-from pollinate.server.deadline import RoundDeadline, StageClock
-from pollinate.server.grid import Timeout, ends_at
 
 WAIT = 30.0  # generous bound: only matters when something hangs
 
@@ -220,6 +220,6 @@ def test_simulation_with_the_default_deadline_is_not_slower_and_repeats(
         finally:
             grid.close()
 
-    with caplog.at_level(logging.WARNING, logger="pollinate.server"):
+    with caplog.at_level(logging.WARNING, logger="pollinate.loop"):
         assert once() == once() == [3.0, 3.0]
     assert "deadline" not in caplog.text

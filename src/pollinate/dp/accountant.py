@@ -90,7 +90,7 @@ def _check_noise(noise_multiplier: float) -> None:
         raise ValueError(
             f"noise_multiplier must be > 0, got {noise_multiplier!r}: without noise there is "
             "no differential privacy (epsilon is infinite).\nHint: noise_multiplier=1.0 is a "
-            "common start; pollinate.privacy.noise_for_epsilon(target, q, rounds, delta) "
+            "common start; pollinate.dp.noise_for_epsilon(target, q, rounds, delta) "
             "finds the noise for a target epsilon."
         )
 

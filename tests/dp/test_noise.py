@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pollinate.privacy.noise import GaussianNoise
+from pollinate.dp.noise import GaussianNoise
 
 
 def test_the_samples_are_normal_with_the_asked_deviation() -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, Validation, run_simulation
+from pollinate.loop.events import Event, ReplyBounded, UpdateRejected
+from pollinate.loop.screen import Screen, anomaly_scores, change_norm
 from pollinate.records import Message
-from pollinate.server.events import Event, ReplyBounded, UpdateRejected
-from pollinate.server.screen import Screen, anomaly_scores, change_norm
 from pollinate.strategy.base import FitResult
 
 ZERO = Arrays({"w": np.zeros(3, np.float32), "steps": np.zeros(1, np.int64)})

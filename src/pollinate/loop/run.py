@@ -32,14 +32,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pollinate.errors import RunError
-from pollinate.records import Arrays, Config, Message, Metrics, Scalar
-from pollinate.secagg.config import SecAggConfig
-from pollinate.server.app import ServerApp
-from pollinate.server.bounds import bound_examples
-from pollinate.server.buffered import BufferedLoop
-from pollinate.server.checkpoint import Checkpoint
-from pollinate.server.deadline import StageClock, no_reply
-from pollinate.server.events import (
+from pollinate.loop.app import ServerApp
+from pollinate.loop.bounds import bound_examples
+from pollinate.loop.buffered import BufferedLoop
+from pollinate.loop.checkpoint import Checkpoint
+from pollinate.loop.deadline import StageClock, no_reply
+from pollinate.loop.events import (
     Event,
     ReplyBounded,
     ReplyReceived,
@@ -47,11 +45,13 @@ from pollinate.server.events import (
     StageStarted,
     UpdateRejected,
 )
-from pollinate.server.grid import Grid
-from pollinate.server.history import Failure, History, RoundRecord
-from pollinate.server.screen import Screen, evaluate_problem
-from pollinate.server.secure import SecureFit
-from pollinate.server.validate import arrays_problem
+from pollinate.loop.grid import Grid
+from pollinate.loop.history import Failure, History, RoundRecord
+from pollinate.loop.screen import Screen, evaluate_problem
+from pollinate.loop.secure import SecureFit
+from pollinate.loop.validate import arrays_problem
+from pollinate.records import Arrays, Config, Message, Metrics, Scalar
+from pollinate.secagg.config import SecAggConfig
 from pollinate.strategy.base import (
     FitAggregator,
     FitResult,
@@ -61,7 +61,7 @@ from pollinate.strategy.base import (
 )
 from pollinate.strategy.fedbuff import FedBuff
 
-log = logging.getLogger("pollinate.server")
+log = logging.getLogger("pollinate.loop")
 
 EventHandler = Callable[[Event], None]
 Sampler = Callable[[Sequence[int], np.random.Generator], list[int]]
@@ -93,7 +93,7 @@ def run(
     ``on_checkpoint`` receives the run's state after every completed round, to store it;
     ``resume_from`` is such a state: the run goes on with the round after it, as if it had
     never stopped (the first round it runs is marked ``resumed`` in the history). An
-    asynchronous strategy (``FedBuff``) runs steps instead of rounds: ``server/buffered.py``.
+    asynchronous strategy (``FedBuff``) runs steps instead of rounds: ``loop/buffered.py``.
     """
     loop = _Loop(grid, app, seed, run_id, on_event or (lambda event: None))
     return loop.run(on_checkpoint or (lambda checkpoint: None), resume_from)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pollinate.server.history import RoundRecord
+from pollinate.loop.history import RoundRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class UpdateRejected:
 
 @dataclass(frozen=True, slots=True)
 class ReplyBounded:
-    """A node's reply of ``round`` counts, bounded to its fair share (``server/bounds.py``):
+    """A node's reply of ``round`` counts, bounded to its fair share (``loop/bounds.py``):
     ``note`` says what was clipped (its example count, its update's norm or distance)."""
 
     round: int

@@ -16,7 +16,7 @@ from pollinate.records import Message
 
 
 class Deadline(Protocol):
-    """A deadline that may move while a dispatch runs (``server/deadline.py``'s
+    """A deadline that may move while a dispatch runs (``loop/deadline.py``'s
     ``StageClock``): a grid asks it again after each reply it yields."""
 
     def remaining(self) -> float:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pollinate.server.grid import Timeout
+from pollinate.loop.grid import Timeout
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The run loop, driven through a scripted Grid that injects faults.
 
-Each test names the invariant it checks (see server/loop.py's docstring).
+Each test names the invariant it checks (see loop/run.py's docstring).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 
 from pollinate import Arrays, Client, FedAvg, RunError, ServerApp
 from pollinate.client import Context, handle
+from pollinate.loop import Grid, ReplyReceived, RoundFinished, StageStarted, run
+from pollinate.loop.grid import Timeout
 from pollinate.records import Message
-from pollinate.server import Grid, ReplyReceived, RoundFinished, StageStarted, run
-from pollinate.server.grid import Timeout
 
 Fault = Callable[[Message, Message], list[Message]]
 
@@ -221,7 +221,7 @@ def test_centralized_evaluation_runs_on_round_zero_and_every_round() -> None:
 
 
 def test_an_update_the_aggregator_refuses_is_counted_as_rejected_with_its_reason() -> None:
-    from pollinate.server.events import Event, UpdateRejected
+    from pollinate.loop.events import Event, UpdateRejected
     from pollinate.strategy import FitResult, UnusableUpdate
 
     class Picky(FedAvg):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pollinate.privacy import NORM_BELOW_KEY, clip_update, update_norm
+from pollinate.dp import NORM_BELOW_KEY, clip_update, update_norm
 from pollinate.records import Arrays
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pollinate import Arrays, Client, Config, FedAvg, Krum, Metrics, ServerApp, run_simulation
-from pollinate.privacy import (
+from pollinate.dp import (
     CLIPPING_NORM_KEY,
     NORM_BELOW_KEY,
     AdaptiveClipping,
@@ -176,7 +176,7 @@ def test_the_run_stops_before_the_round_that_would_spend_past_the_budget(
         FedAvg(fraction_evaluate=0), noise_multiplier=2.0, clipping_norm=1.0, epsilon_budget=budget
     )
     app = ServerApp(dp, num_rounds=10, initial_arrays=Arrays({"w": np.zeros(3)}))
-    with caplog.at_level(logging.INFO, logger="pollinate.server"):
+    with caplog.at_level(logging.INFO, logger="pollinate.loop"):
         result = run_simulation(app, lambda ctx: Step(), num_clients=4, seed=0)
     assert [r.round for r in result.history.rounds] == [0, 1, 2, 3]
     assert result.history.rounds[-1].fit["dp_epsilon"] <= budget  # type: ignore[operator]

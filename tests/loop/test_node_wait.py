@@ -13,9 +13,9 @@ import pytest
 
 from pollinate import Arrays, Client, FedAvg, RunError, ServerApp, SimulationGrid
 from pollinate.client import Context, handle
+from pollinate.loop import Grid, run
+from pollinate.loop.grid import Timeout
 from pollinate.records import Message
-from pollinate.server import Grid, run
-from pollinate.server.grid import Timeout
 
 WAIT = 30.0
 
@@ -65,7 +65,7 @@ def test_when_every_node_blinks_the_round_waits_logs_it_and_the_run_finishes(
 ) -> None:
     grid = BlinkingGrid()
     result: list[object] = []
-    with caplog.at_level(logging.WARNING, logger="pollinate.server"):
+    with caplog.at_level(logging.WARNING, logger="pollinate.loop"):
         worker = threading.Thread(target=lambda: result.append(run(grid, app(3), seed=4)))
         worker.start()
         deadline = time.monotonic() + WAIT

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from pollinate import wire
 from pollinate.errors import WireError
+from pollinate.loop.history import History
 from pollinate.records import Arrays, Message
-from pollinate.server.history import History
 
 _MODEL, _STRATEGY = "model/", "strategy/"
 

@@ -1,6 +1,6 @@
 """Checkpoints: their bytes on disk, and a resumed run that is the uninterrupted one.
 
-Each test names the invariant it checks (see server/checkpoint.py and server/loop.py).
+Each test names the invariant it checks (see loop/checkpoint.py and loop/run.py).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from pollinate import Arrays, Client, FedAdam, FedAvg, FedAvgM, SimulationGrid, WireError, wire
+from pollinate.loop import History, RoundFinished, RoundRecord, ServerApp, run
+from pollinate.loop.checkpoint import Checkpoint, decode, iter_encode
+from pollinate.loop.events import Event
 from pollinate.records import Config, Message, Metrics
-from pollinate.server import History, RoundFinished, RoundRecord, ServerApp, run
-from pollinate.server.checkpoint import Checkpoint, decode, iter_encode
-from pollinate.server.events import Event
 from pollinate.strategy.base import Strategy
 
 ROUNDS = 5

@@ -45,14 +45,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pollinate.aggregate.robust import coordinate_median, median_distances
-from pollinate.records import Arrays, Message
-from pollinate.server.bounds import (
+from pollinate.loop.bounds import (
     bound_examples,
     norm_bound,
     pull_toward,
     scale_change,
 )
-from pollinate.server.validate import arrays_problem, evaluate_reply_problem, finite_problem
+from pollinate.loop.validate import arrays_problem, evaluate_reply_problem, finite_problem
+from pollinate.records import Arrays, Message
 from pollinate.strategy.base import FitResult
 
 

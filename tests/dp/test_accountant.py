@@ -9,7 +9,7 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from pollinate.privacy import epsilon, noise_for_epsilon
+from pollinate.dp import epsilon, noise_for_epsilon
 
 
 def direct(q: float, z: float, rounds: int, delta: float) -> float:
@@ -64,6 +64,6 @@ def test_an_impossible_delta_is_refused(delta: float) -> None:
 
 
 def test_importing_pollinate_privacy_does_not_load_dp_accounting() -> None:
-    code = "import sys, pollinate.privacy; print('dp_accounting' in sys.modules)"
+    code = "import sys, pollinate.dp; print('dp_accounting' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,5 +1,5 @@
 """Bounded influence: no single reply moves the model, or the federated metrics, by more
-than its fair share (``server/bounds.py`` applied by ``screen.py`` and the run loop)."""
+than its fair share (``loop/bounds.py`` applied by ``screen.py`` and the run loop)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, Validation
 from pollinate.client import Context, handle
-from pollinate.records import Message
-from pollinate.server import Grid, run
-from pollinate.server.bounds import (
+from pollinate.loop import Grid, run
+from pollinate.loop.bounds import (
     bound_examples,
     lower_median,
     norm_bound,
     pull_toward,
     scale_change,
 )
-from pollinate.server.events import Event, ReplyBounded
-from pollinate.server.grid import Timeout
-from pollinate.server.screen import RecentBounds, Screen
+from pollinate.loop.events import Event, ReplyBounded
+from pollinate.loop.grid import Timeout
+from pollinate.loop.screen import RecentBounds, Screen
+from pollinate.records import Message
 from pollinate.strategy.base import FitResult
 
 ZERO = Arrays({"w": np.zeros(4)})

@@ -1,4 +1,4 @@
-"""The asynchronous run loop (server/buffered.py), driven through grids the tests control.
+"""The asynchronous run loop (loop/buffered.py), driven through grids the tests control.
 
 Each test names the invariant or promise it checks. Replies that must arrive in a given order
 come from a ``GatedGrid``, whose tasks wait until the test releases them; the rest run on a
@@ -27,8 +27,7 @@ from pollinate import (
     run_simulation,
 )
 from pollinate.client import Context, handle
-from pollinate.records import Message
-from pollinate.server import (
+from pollinate.loop import (
     Event,
     Grid,
     ReplyBounded,
@@ -38,8 +37,9 @@ from pollinate.server import (
     StageStarted,
     run,
 )
-from pollinate.server.checkpoint import Checkpoint
-from pollinate.server.grid import Timeout, ends_at
+from pollinate.loop.checkpoint import Checkpoint
+from pollinate.loop.grid import Timeout, ends_at
+from pollinate.records import Message
 from pollinate.strategy import FedAvgM
 from pollinate.strategy.fedbuff import FedBuff
 

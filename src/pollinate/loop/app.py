@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pollinate.loop.deadline import RoundDeadline
+from pollinate.loop.grid import Timeout
+from pollinate.loop.screen import Validation
 from pollinate.records import Arrays
 from pollinate.secagg.config import SecAggConfig
-from pollinate.server.deadline import RoundDeadline
-from pollinate.server.grid import Timeout
-from pollinate.server.screen import Validation
 from pollinate.strategy.base import Strategy
 
 
@@ -32,7 +32,7 @@ class ServerApp:
             needs, for them to come (back) before the run fails; the wait is logged.
         validation: how fit updates are screened before the strategy sees them (on by
             default; see ``Validation``).
-        secure_aggregation: ``SecAggConfig(...)`` runs every fit as SecAgg+ (``server/
+        secure_aggregation: ``SecAggConfig(...)`` runs every fit as SecAgg+ (``loop/
             secure.py``): the hub learns only the weighted mean of the updates. Needs a
             strategy that aggregates by that mean (FedAvg, FedAvgM, FedProx, FedAdam...).
 

@@ -1,8 +1,8 @@
 """Server side: the run loop, the Grid it talks through, and the history it keeps."""
 
-from pollinate.server.app import ServerApp
-from pollinate.server.deadline import RoundDeadline
-from pollinate.server.events import (
+from pollinate.loop.app import ServerApp
+from pollinate.loop.deadline import RoundDeadline
+from pollinate.loop.events import (
     Event,
     ReplyBounded,
     ReplyReceived,
@@ -10,10 +10,10 @@ from pollinate.server.events import (
     StageStarted,
     UpdateRejected,
 )
-from pollinate.server.grid import Grid
-from pollinate.server.history import Failure, History, RoundRecord
-from pollinate.server.loop import RunResult, run
-from pollinate.server.screen import Validation
+from pollinate.loop.grid import Grid
+from pollinate.loop.history import Failure, History, RoundRecord
+from pollinate.loop.run import RunResult, run
+from pollinate.loop.screen import Validation
 
 __all__ = [
     "Event",

@@ -15,7 +15,7 @@ Both releases together are one Gaussian mechanism with noise multiplier ``z``, w
 ``z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` (their Thm. 1): ``noise_multiplier`` is ``z``,
 the number the accountant sees.
 
-Assumptions (see ``privacy/accountant.py`` and docs/privacy.md): user-level DP; equal client
+Assumptions (see ``dp/accountant.py`` and docs/privacy.md): user-level DP; equal client
 weights (each sampled client counts once, whatever its number of examples); the number of
 replies ``n`` is public; sampling a fixed fraction is accounted as Poisson sampling; clients'
 own fit metrics (train loss...) are not covered and pass through as they are; the noise comes
@@ -35,21 +35,21 @@ from typing import Literal
 
 import numpy as np
 
-from pollinate.privacy.accountant import _check_delta, _check_noise, epsilon
-from pollinate.privacy.clip import (
+from pollinate.dp.accountant import _check_delta, _check_noise, epsilon
+from pollinate.dp.clip import (
     CLIPPING_NORM_KEY,
     NORM_BELOW_KEY,
     _as_dtype,
     _check_bound,
     clip_factor,
 )
-from pollinate.privacy.noise import GaussianNoise
+from pollinate.dp.noise import GaussianNoise
 from pollinate.records import Arrays, Config, Metrics
 from pollinate.secagg.config import SecAggConfig
 from pollinate.strategy.base import FitAggregator, FitResult, Strategy
 from pollinate.strategy.fedbuff import FedBuff
 
-log = logging.getLogger("pollinate.privacy")
+log = logging.getLogger("pollinate.dp")
 
 _INNER = "inner/"
 _NORM = "dp/clipping_norm"
