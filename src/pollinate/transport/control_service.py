@@ -2,7 +2,9 @@
 
 A follower of a run's log waits on the event loop, not in a thread, so any number of
 ``pollinate log`` followers cost the hub little; a source address holds at most
-``CALLS_PER_SOURCE`` open calls.
+``CALLS_PER_SOURCE`` open calls, counted from a call's start, and a call whose request does
+not arrive in time is cut (every method is served as client-streaming and reads its one
+request itself: ``guards.one_request``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pollinate.hub.rate_limit import source_of
 from pollinate.hub.state import LogRow, RunRow
 from pollinate.text import inert
 from pollinate.transport import fleet_pb2 as pb
-from pollinate.transport.guards import CallLimits, admitted, off_loop, parsed
+from pollinate.transport.guards import CallLimits, admitted, off_loop, one_request
 
 log = logging.getLogger("pollinate.transport")
 
@@ -31,6 +33,9 @@ CALLS_PER_SOURCE = 64
 LOG_POLL_SECONDS = 0.25
 """How often a follower looks for new lines of a running run's log."""
 CONTROL_SERVICE = "pollinate.v1.Control"
+SUBMIT_SECONDS = 60.0
+"""A SubmitRun request carries its app archive (up to gRPC's 4 MiB message limit), which a
+slow link to the hub takes tens of seconds to send: it gets this long, not REQUEST_SECONDS."""
 
 
 class ControlService:
@@ -39,30 +44,32 @@ class ControlService:
         self.calls = CallLimits(CALLS_PER_SOURCE)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        unary: dict[str, tuple[Any, Any]] = {
-            "SubmitRun": (pb.SubmitRunRequest, pb.SubmitRunReply),
-            "ListRuns": (pb.ListRunsRequest, pb.ListRunsReply),
-            "StopRun": (pb.StopRunRequest, pb.StopRunReply),
-            "CreateToken": (pb.CreateTokenRequest, pb.CreateTokenReply),
+        unary: dict[str, tuple[Any, Any, float | None]] = {
+            "SubmitRun": (pb.SubmitRunRequest, pb.SubmitRunReply, SUBMIT_SECONDS),
+            "ListRuns": (pb.ListRunsRequest, pb.ListRunsReply, None),
+            "StopRun": (pb.StopRunRequest, pb.StopRunReply, None),
+            "CreateToken": (pb.CreateTokenRequest, pb.CreateTokenReply, None),
         }
         handlers = {
-            name: grpc.unary_unary_rpc_method_handler(
-                self._guarded(getattr(self, name), request),
+            name: grpc.stream_unary_rpc_method_handler(
+                self._guarded(name, request, seconds),
                 response_serializer=reply.SerializeToString,
             )
-            for name, (request, reply) in unary.items()
+            for name, (request, reply, seconds) in unary.items()
         }
-        handlers["FollowLog"] = grpc.unary_stream_rpc_method_handler(
+        handlers["FollowLog"] = grpc.stream_stream_rpc_method_handler(
             self.FollowLog, response_serializer=pb.LogEntry.SerializeToString
         )
         return grpc.method_handlers_generic_handler(CONTROL_SERVICE, handlers)
 
-    def _guarded(self, method: Callable[..., Any], kind: Any) -> Callable[..., Any]:
-        """``method`` with its request parsed and the caller's source under its call limit."""
+    def _guarded(self, name: str, kind: Any, seconds: float | None) -> Callable[..., Any]:
+        """The method ``name`` with the caller's source under its call limit and its request
+        read within ``seconds`` (``guards.REQUEST_SECONDS`` if None) and parsed as ``kind``."""
+        method = getattr(self, name)
 
-        async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            request = await parsed(kind, raw, "a control request", context)
+        async def guarded(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             async with admitted(self.calls, source_of(context.peer()), context):
+                request = await one_request(requests, kind, name, context, seconds)
                 return await method(request, context)
 
         return guarded
@@ -100,9 +107,11 @@ class ControlService:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.CreateTokenReply(token=token, expires=expires)
 
-    async def FollowLog(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        request = await parsed(pb.FollowLogRequest, raw, "a control request", context)
+    async def FollowLog(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         async with admitted(self.calls, source_of(context.peer()), context):
+            request = await one_request(requests, pb.FollowLogRequest, "FollowLog", context)
             if await self._off_loop(self.hub.run_info, request.run_id) is None:
                 await context.abort(
                     grpc.StatusCode.NOT_FOUND,

@@ -2,6 +2,9 @@
 
 Invariants:
 - a node's identity is the one its certificate names (mutual TLS), never what it says;
+- a call whose request does not arrive within ``guards.REQUEST_SECONDS`` is cut (every method
+  is served as client-streaming and reads its one request itself: ``guards.one_request``);
+- a source address holds at most ``ENROL_CALLS_PER_SOURCE`` open calls on the enrolment port;
 - a node holds at most ``CALLS_PER_NODE`` open calls; a long-poll waits on the event loop,
   not in a thread, so idle calls starve nothing;
 - a reply is checked from its header (its task's owner, run, round and size, ``Hub.check_reply``)
@@ -27,6 +30,7 @@ from pollinate import wire
 from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import PollEnded, Refused, TryLater
 from pollinate.hub.hub import Hub, TooManyAttempts
+from pollinate.hub.rate_limit import source_of
 from pollinate.records import Message
 from pollinate.security import node_id_from_certificate
 from pollinate.text import MAX_TEXT, inert, name_problem
@@ -40,8 +44,8 @@ from pollinate.transport.guards import (
     admitted,
     next_within,
     off_loop,
+    one_request,
     parse,
-    parsed,
     status_for,
 )
 
@@ -54,6 +58,9 @@ CALLS_PER_NODE = 8
 """A node needs three at once (heartbeat, long-poll, upload); a restarting one a few more."""
 DECODING_BYTES = 1 << 30
 """Replies are decoded concurrently while the arrays they declare fit in this many bytes."""
+ENROL_CALLS_PER_SOURCE = 32
+"""An enrolment is one short call per node, so a site enrolling its nodes at once behind one
+address needs a few; a stranger's idle calls are then bounded per address, not per connection."""
 
 
 class Wakeups:
@@ -91,7 +98,8 @@ class _Service:
     """What both ports share: hub calls off the event loop, and the methods they serve."""
 
     UNARY: dict[str, Any] = {"Diagnose": pb.DiagnoseReply}
-    """The unary methods this port serves, with their reply types."""
+    """The unary methods this port serves, with their reply types. Each is served as
+    client-streaming, so it can cut a call whose request never comes (``one_request``)."""
 
     def __init__(self, hub: Hub, pool: ThreadPoolExecutor) -> None:
         self.hub, self._pool = hub, pool
@@ -99,7 +107,7 @@ class _Service:
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """Requests arrive as bytes and are parsed here, so garbage is one log line."""
         return {
-            name: grpc.unary_unary_rpc_method_handler(
+            name: grpc.stream_unary_rpc_method_handler(
                 getattr(self, name), response_serializer=reply.SerializeToString
             )
             for name, reply in self.UNARY.items()
@@ -108,19 +116,37 @@ class _Service:
     async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
         return await off_loop(self._pool, call, *args)
 
-    async def Diagnose(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        request = await parsed(pb.DiagnoseRequest, raw, "Diagnose", context)
+    async def Diagnose(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> Any:
+        request = await one_request(requests, pb.DiagnoseRequest, "Diagnose", context)
         reason = await self._off_loop(self.hub.diagnose, request.certificate_pem)
         return pb.DiagnoseReply(accepted=reason is None, reason=reason or "")
 
 
 class EnrolService(_Service):
-    """The enrolment port: only Enrol and Diagnose, over TLS that the join token pins."""
+    """The enrolment port: only Enrol and Diagnose, over TLS that the join token pins. Anyone
+    may call it, so a call counts against its source address from its start, before its
+    request has arrived."""
 
     UNARY = {"Enrol": pb.EnrolReply, "Diagnose": pb.DiagnoseReply}
 
-    async def Enrol(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        request = await parsed(pb.EnrolRequest, raw, "Enrol", context)
+    def __init__(self, hub: Hub, pool: ThreadPoolExecutor) -> None:
+        super().__init__(hub, pool)
+        self.calls = CallLimits(ENROL_CALLS_PER_SOURCE)
+
+    async def Diagnose(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with admitted(self.calls, source_of(context.peer()), context):
+            return await super().Diagnose(requests, context)
+
+    async def Enrol(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        async with admitted(self.calls, source_of(context.peer()), context):
+            request = await one_request(requests, pb.EnrolRequest, "Enrol", context)
+            return await self._enrol(request, context)
+
+    async def _enrol(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             cert, ca_pem, node_id = await self._off_loop(
                 self.hub.enrol, request.token, request.csr_pem, context.peer()
@@ -153,14 +179,16 @@ class FleetService(_Service):
         protobuf's serializer is slow)."""
         return {
             **super().handlers(),
-            "PullTask": grpc.unary_stream_rpc_method_handler(self.PullTask),
+            "PullTask": grpc.stream_stream_rpc_method_handler(self.PullTask),
             "PushReply": grpc.stream_unary_rpc_method_handler(
                 self.PushReply, response_serializer=pb.PushReplyAck.SerializeToString
             ),
         }
 
-    async def Heartbeat(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        request = await parsed(pb.HeartbeatRequest, raw, "Heartbeat", context)
+    async def Heartbeat(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> Any:
+        request = await one_request(requests, pb.HeartbeatRequest, "Heartbeat", context)
         if problem := _heartbeat_problem(request):
             log.warning("refused a heartbeat from %s: %s", inert(context.peer(), 80), problem)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -181,8 +209,8 @@ class FleetService(_Service):
             )
         return pb.HeartbeatReply(node_id=node_id, interval_seconds=self.hub.heartbeat_interval)
 
-    async def Renew(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        request = await parsed(pb.RenewRequest, raw, "Renew", context)
+    async def Renew(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        request = await one_request(requests, pb.RenewRequest, "Renew", context)
         node_id = await self._identify(context)
         async with admitted(self.calls, f"node {node_id}", context):
             try:
@@ -191,9 +219,11 @@ class FleetService(_Service):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return pb.EnrolReply(certificate_pem=cert, node_id=node_id)
 
-    async def PullTask(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def PullTask(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         """The task as serialized TaskChunks: app hash and run config first, then data."""
-        request = await parsed(pb.PullTaskRequest, raw, "PullTask", context)
+        request = await one_request(requests, pb.PullTaskRequest, "PullTask", context)
         node_id = await self._identify(context)
         async with admitted(self.calls, f"node {node_id}", context):
             task = await self._next_task(

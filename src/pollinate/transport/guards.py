@@ -8,9 +8,16 @@ bound what each peer may hold:
   more are refused at once with RESOURCE_EXHAUSTED;
 - ``ByteBudget``: the arrays being decoded at once fit a budget, so memory does not grow with
   the number of uploads;
+- ``one_request``: a call whose request does not arrive within ``REQUEST_SECONDS`` is cut;
 - ``next_within``: an upload that sends nothing for ``IDLE_SECONDS`` is cut;
 - ``parse``: a request that is not valid protobuf is one log line and INVALID_ARGUMENT, never a
   traceback.
+
+Every method is served as *client-streaming* (gRPC does not send a method's cardinality over
+the wire, so the nodes' and users' unary clients call them unchanged): gRPC calls a unary
+handler only once the request has arrived, so a peer that sends headers and then nothing would
+hold its call until its connection closed; a streaming handler runs at once and reads the one
+request itself, with a deadline (``one_request``).
 """
 
 from __future__ import annotations
@@ -27,11 +34,17 @@ from typing import Any, TypeVar
 import grpc
 
 from pollinate.errors import PollinateError
+from pollinate.text import inert
 
 log = logging.getLogger("pollinate.transport")
 
 IDLE_SECONDS = 30.0
 """An upload that sends nothing for this long is cut (a 1 MiB chunk takes far less)."""
+REQUEST_SECONDS = 5.0
+"""A call's request must arrive, and end, within this long of the call's start, or the call is
+cut. Requests are small (a heartbeat, a CSR, a run id: a few KiB), so on a working link they
+take milliseconds; 5 s leaves room for a couple of lost packets (TCP resends after 1 s, then
+2 s), while a stranger's idle call costs the hub a coroutine for 5 s, not until it hangs up."""
 
 T = TypeVar("T")
 
@@ -99,6 +112,42 @@ async def next_within(stream: AsyncIterator[T], seconds: float = IDLE_SECONDS) -
         raise Idle(f"nothing arrived for {seconds:g}s: the upload was cut") from None
 
 
+async def one_request(
+    requests: AsyncIterator[bytes],
+    kind: Any,
+    what: str,
+    context: grpc.aio.ServicerContext,
+    seconds: float | None = None,
+) -> Any:
+    """The call's one request, parsed as ``kind``. The call ends with one log line naming the
+    peer: DEADLINE_EXCEEDED if the request and its end do not arrive within ``seconds``
+    (``REQUEST_SECONDS`` by default), INVALID_ARGUMENT if none or two arrive or it is garbage."""
+    limit = REQUEST_SECONDS if seconds is None else seconds
+    peer = inert(context.peer(), 80)
+    try:
+        raw = await asyncio.wait_for(_sole(requests, what, peer), limit)
+        return parse(kind, raw, what, peer)
+    except TimeoutError:
+        refusal: PollinateError = Idle(
+            f"{what} from {peer} sent no request within {limit:g}s: the call was cut"
+        )
+    except BadRequest as exc:
+        refusal = exc
+    log.warning("%s", refusal)
+    await context.abort(status_for(refusal), str(refusal))
+
+
+async def _sole(requests: AsyncIterator[bytes], what: str, peer: str) -> bytes:
+    """The stream's one message, once the stream has ended; BadRequest if none or two."""
+    stream = aiter(requests)
+    first = await anext(stream, None)
+    if first is None:  # an empty message is b"", not None
+        raise BadRequest(f"{what} from {peer} ended without a request")
+    if await anext(stream, None) is not None:
+        raise BadRequest(f"{what} from {peer} sent more than one request")
+    return first
+
+
 async def off_loop(pool: ThreadPoolExecutor, call: Callable[..., T], *args: Any) -> T:
     """Run a hub call that may block (SQLite, fsync, signing) in the hub's thread pool."""
     return await asyncio.get_running_loop().run_in_executor(pool, partial(call, *args))
@@ -118,15 +167,6 @@ async def admitted(
         yield
     finally:
         limits.leave(peer)
-
-
-async def parsed(kind: Any, raw: bytes, what: str, context: grpc.aio.ServicerContext) -> Any:
-    """``raw`` as ``kind``, or the call ends with INVALID_ARGUMENT and one log line."""
-    try:
-        return parse(kind, raw, what, context.peer())
-    except BadRequest as exc:
-        log.warning("%s", exc)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
 def parse(kind: Any, raw: bytes, what: str, peer: str) -> Any:
