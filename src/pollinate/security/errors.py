@@ -10,5 +10,5 @@ __all__ = ["SecurityError"]
 class SecurityError(PollinateError):
     """A certificate, CSR, CA file or join token was refused; the message says why and what to do.
 
-    It will move to ``pollinate.errors`` beside the other errors.
+    It lives beside its concept; ``pollinate.errors`` draws it in the tree of all errors.
     """
