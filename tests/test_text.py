@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from pollinate.cli.main import InertFormatter, setup_logging
+from pollinate.cli.console import InertFormatter, setup_logging
 from pollinate.records import Message, check_scalars
 from pollinate.text import MAX_LINE, MAX_NAME, MAX_TEXT, cap, inert, name_problem
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pollinate.app import app_hash, load_app
-from pollinate.cli.main import _parse_overrides, app, console, err_console, fail, setup_logging
+from pollinate.cli.console import console, err_console, fail, parse_overrides, setup_logging
 from pollinate.cli.render import round_line, summary_table
 from pollinate.errors import PollinateError
 from pollinate.hub.apps import pack_app
@@ -40,7 +40,6 @@ RECONNECT_PATIENCE = 600.0
 """Seconds ``run --hub`` and ``log`` wait for a hub that went away before they give up."""
 
 
-@app.command("hub")
 def hub_command(
     data_dir: Annotated[Path, typer.Option(help="Where the hub keeps its state (created).")],
     address: Annotated[
@@ -119,7 +118,6 @@ def hub_command(
     hub.close()
 
 
-@app.command("node")
 def node_command(
     hub: Annotated[str, typer.Option("--hub", metavar="HOST:PORT", help="Hub fleet address.")],
     app_dir: Annotated[Path, typer.Option("--app", help="The app directory this node serves.")],
@@ -147,7 +145,7 @@ def node_command(
     """Start a node: it dials out to the hub and trains the app's client on local data."""
     setup_logging(verbose)
     try:
-        overrides = _parse_overrides(node_config or [])
+        overrides = parse_overrides(node_config or [])
         credentials = None
         if insecure:
             err_console.print(
@@ -173,7 +171,6 @@ def node_command(
 
 
 token_app = typer.Typer(help="Join tokens for new nodes.", no_args_is_help=True)
-app.add_typer(token_app, name="token")
 
 
 @token_app.command("create")
@@ -208,7 +205,6 @@ def _node_credentials(data_dir: Path, token: str | None, enrol_address: str) -> 
     return credentials
 
 
-@app.command("ls")
 def ls_command(hub: HubOption = DEFAULT_CONTROL) -> None:
     """List the hub's runs with their status."""
     client = ControlClient(hub)
@@ -229,7 +225,6 @@ def ls_command(hub: HubOption = DEFAULT_CONTROL) -> None:
     console.print(table)
 
 
-@app.command("log")
 def log_command(
     run_id: Annotated[str, typer.Argument(help="The run, as `pollinate ls` shows it.")],
     hub: HubOption = DEFAULT_CONTROL,
@@ -244,7 +239,6 @@ def log_command(
         raise fail(exc) from None
 
 
-@app.command("stop")
 def stop_command(
     run_id: Annotated[str, typer.Argument(help="The run to stop.")],
     hub: HubOption = DEFAULT_CONTROL,

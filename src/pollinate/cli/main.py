@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.highlighter import NullHighlighter
-from rich.logging import RichHandler
 from rich.text import Text
 
 from pollinate.app import App, load_app
+from pollinate.cli.console import console, fail, parse_overrides, setup_logging
+from pollinate.cli.deploy import (
+    hub_command,
+    log_command,
+    ls_command,
+    node_command,
+    run_on_hub,
+    stop_command,
+    token_app,
+)
+from pollinate.cli.new import new
 from pollinate.cli.render import RunProgress, summary_table
 from pollinate.errors import AppError, PollinateError
 from pollinate.loop.app import ServerApp
@@ -30,10 +37,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=False,
 )
-# Text from nodes and users reaches these consoles: never highlighted (rich's highlighter is
-# super-linear: a node's 80 KB error froze a hub for 71 s), and printed as Text, not markup.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 
 
 @app.callback()
@@ -147,18 +150,16 @@ def run(
     setup_logging(verbose)
     attackers = _adversaries(adversaries, attack, attack_scale, attack_noise_std, seed)
     if hub is not None:
-        from pollinate.cli.deploy import run_on_hub
-
         if attackers is not None or stragglers is not None:
             raise fail(
                 "--adversaries and --stragglers simulate virtual clients; they cannot be "
                 "combined with --hub, where each node runs its own code"
             )
-        overrides = _parse_overrides(config or [])
+        overrides = parse_overrides(config or [])
         run_on_hub(app_dir, hub, overrides, rounds, seed, out)
         return
     try:
-        loaded = load_app(app_dir, _parse_overrides(config or []))
+        loaded = load_app(app_dir, parse_overrides(config or []))
         server_app = _server_app(loaded, rounds)
         num_clients = clients or loaded.clients
         console.print(
@@ -194,49 +195,15 @@ def run(
         console.print(Text(f"history written to {result.history.save(out)}"))
 
 
-def setup_logging(verbose: bool) -> None:
-    """Log to stderr through rich, as plain text: no highlighter, no markup, one line per
-    message (log messages quote nodes and users: ``InertFormatter``)."""
-    handler = RichHandler(
-        console=err_console,
-        show_path=False,
-        highlighter=NullHighlighter(),
-        markup=False,
-        keywords=[],
-    )
-    handler.setFormatter(InertFormatter("%(message)s"))
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, handlers=[handler])
-
-
-class InertFormatter(logging.Formatter):
-    """Formats a record's message inert (``pollinate.text``): one line of at most
-    ``MAX_LINE`` characters, whatever a node or user put in it. A traceback, which is the
-    hub's own, follows on its lines as usual."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return inert(super().formatMessage(record), MAX_LINE)
-
-
-def fail(exc: Exception | str) -> typer.Exit:
-    """Print a user error (no traceback) and return the exit to raise."""
-    # the error may quote a hub, a node or a file: shown as text, bounded, never as markup
-    err_console.print(Text.assemble(("error:", "bold red"), " ", _bounded(str(exc))))
-    return typer.Exit(2)
-
-
-def _bounded(message: str) -> str:
-    """An error message cut at ``MAX_LINE`` characters; its own lines (a Hint) kept."""
-    return "\n".join(inert(line, MAX_LINE) for line in message.splitlines()[:20])
-
-
-def _parse_overrides(items: list[str]) -> dict[str, str]:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE, e.g. --config lr=0.05")
-        overrides[key.strip()] = value.strip()
-    return overrides
+# The other commands live beside this module (``deploy.py``, ``new.py``) and are registered
+# here, in the order ``--help`` lists them: a command module never imports this one.
+app.command("hub")(hub_command)
+app.command("node")(node_command)
+app.add_typer(token_app, name="token")
+app.command("ls")(ls_command)
+app.command("log")(log_command)
+app.command("stop")(stop_command)
+app.command()(new)
 
 
 def _adversaries(
@@ -310,7 +277,4 @@ def _server_app(loaded: App, rounds: int | None) -> ServerApp:
 def main() -> None:
     # gRPC's core logs every refused TLS handshake to stderr; pollinate explains them itself
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    import pollinate.cli.deploy
-    import pollinate.cli.new  # noqa: F401  (registers new)
-
     app()

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from pollinate.cli.main import app, console, fail
+from pollinate.cli.console import console, fail
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,6 @@ FRAMEWORKS = {
 _NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
 
 
-@app.command()
 def new(
     name: Annotated[str, typer.Argument(help="Name of the app: also its directory's name.")],
     framework: Annotated[

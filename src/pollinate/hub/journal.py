@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pollinate import wire
 from pollinate.errors import StorageError, WireError
 from pollinate.hub.fleet import Duplicate
 from pollinate.hub.state import HubState, TaskRow
@@ -35,6 +34,7 @@ from pollinate.loop import checkpoint as checkpoints
 from pollinate.loop.checkpoint import Checkpoint
 from pollinate.loop.history import History, RoundRecord
 from pollinate.records import Message
+from pollinate.wire import decode, iter_encode
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Journal:
 
     def _read_reply(self, task_id: str, path: str) -> Message | None:
         try:
-            return wire.decode(Path(path).read_bytes())
+            return decode(Path(path).read_bytes())
         except (OSError, WireError):
             # a recorded reply that cannot be read is one never received: ask again
             self._reopen_task(task_id)
@@ -94,7 +94,7 @@ class Journal:
             return _recorded_is(task.reply, reply)
         path = self._reply_path(reply)  # its own file: pushes of one reply never share one
         try:
-            self.state.write_file(path, wire.iter_encode(reply))
+            self.state.write_file(path, iter_encode(reply))
             answered = self._answer_task(reply.task_id, str(path))
         except StorageError as exc:
             self._unrecorded[reply.run_id] = str(exc)
@@ -293,7 +293,7 @@ def _recorded_is(path: str, reply: Message) -> bool:
     against the push: the task is asked for again when its round resumes (``open``)."""
     try:
         with open(path, "rb") as recorded:
-            same = all(recorded.read(len(piece)) == piece for piece in wire.iter_encode(reply))
+            same = all(recorded.read(len(piece)) == piece for piece in iter_encode(reply))
             same = same and recorded.read(1) == b""
     except OSError:
         return True

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pollinate import wire
+import pollinate.wire as wire  # the package, not `from pollinate import`: no cycle via the root
 from pollinate.errors import WireError
 from pollinate.loop.history import History
 from pollinate.records import Arrays, Message
