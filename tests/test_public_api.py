@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
+import pytest
+
 import pollinate
+
+SRC = Path(pollinate.__file__).parent
 
 PUBLIC = [
     "Adversaries",
@@ -46,6 +53,177 @@ PUBLIC = [
 ]
 
 
+SUBPACKAGES = {
+    "client": [
+        "Client",
+        "ClientFn",
+        "Context",
+        "NumPyClient",
+        "handle",
+        "proximal_gradient",
+        "proximal_mu",
+        "proximal_term",
+        "to_client",
+    ],
+    "loop": [
+        "Event",
+        "Failure",
+        "Grid",
+        "History",
+        "ReplyBounded",
+        "ReplyReceived",
+        "RoundDeadline",
+        "RoundFinished",
+        "RoundRecord",
+        "RunResult",
+        "ServerApp",
+        "StageStarted",
+        "UpdateRejected",
+        "Validation",
+        "run",
+    ],
+    "dp": [
+        "AdaptiveClipping",
+        "CLIPPING_NORM_KEY",
+        "DifferentialPrivacy",
+        "NORM_BELOW_KEY",
+        "clip_update",
+        "epsilon",
+        "noise_for_epsilon",
+        "update_norm",
+    ],
+    "secagg": [
+        "AggregateSum",
+        "EncryptedShare",
+        "KeyAdvert",
+        "MaskedInput",
+        "SecAggClient",
+        "SecAggConfig",
+        "SecAggError",
+        "SecAggServer",
+        "ShareReveal",
+        "UnmaskRequest",
+    ],
+    "security": [
+        "CertificateAuthority",
+        "JoinToken",
+        "NodeCredentials",
+        "SecurityError",
+        "TokenStore",
+        "ca_matches_pin",
+        "certificate_expiry",
+        "certificate_fingerprint",
+        "make_key_and_csr",
+        "node_id_from_certificate",
+        "parse_token",
+        "should_renew",
+        "verify_peer_certificate",
+    ],
+    "simulation": [
+        "Adversaries",
+        "SimulationGrid",
+        "Stragglers",
+        "flip_labels",
+        "run_simulation",
+    ],
+    "strategy": [
+        "Bulyan",
+        "FedAdagrad",
+        "FedAdam",
+        "FedAvg",
+        "FedAvgM",
+        "FedBuff",
+        "FedMedian",
+        "FedOpt",
+        "FedProx",
+        "FedTrimmedAvg",
+        "FedXgbBagging",
+        "FedXgbCyclic",
+        "FedYogi",
+        "FitAggregator",
+        "FitResult",
+        "Krum",
+        "MultiKrum",
+        "QFedAvg",
+        "STRATEGIES",
+        "Strategy",
+        "UnusableUpdate",
+        "strategy_class",
+    ],
+    "aggregate": [
+        "QFedAvgStep",
+        "WeightedMean",
+        "adagrad_moment",
+        "adam_moment",
+        "adaptive_step",
+        "bulyan",
+        "coordinate_median",
+        "first_moment",
+        "krum_scores",
+        "median_distances",
+        "momentum_step",
+        "multi_krum",
+        "trimmed_mean",
+        "weighted_average",
+        "yogi_moment",
+    ],
+    "datasets": [
+        "by_group",
+        "dirichlet",
+        "iid",
+        "label_counts",
+        "partition_summary",
+        "shards",
+        "split_dataset",
+    ],
+    "frameworks": [],
+    "node": [
+        "NodeAgent",
+    ],
+    "transport": [
+        "CHUNK_BYTES",
+        "FLEET_SERVER_OPTIONS",
+        "FLEET_SERVICE",
+        "NODE_CHANNEL_OPTIONS",
+        "NODE_ID_HEADER",
+        "data_chunk",
+    ],
+    "hub": [
+        "Fleet",
+        "Hub",
+        "HubCredentials",
+        "HubGrid",
+        "HubState",
+        "Journal",
+        "LogRow",
+        "PollEnded",
+        "RateLimiter",
+        "Refused",
+        "RunRow",
+        "RunStopped",
+        "Runs",
+        "TooManyAttempts",
+        "TryLater",
+        "pack_app",
+    ],
+    "cli": [
+        "app",
+        "main",
+    ],
+    "wire": [
+        "DEFAULT_LIMITS",
+        "DTYPES",
+        "MAGIC",
+        "Decoder",
+        "Limits",
+        "decode",
+        "encode",
+        "iter_encode",
+    ],
+}
+"""Each subpackage's public names (its ``__all__``), pinned like the root's."""
+
+
 def test_public_api_is_pinned() -> None:
     assert sorted(pollinate.__all__) == sorted(PUBLIC)
 
@@ -64,3 +242,21 @@ def test_errors_share_one_base() -> None:
     ):
         assert issubclass(error, pollinate.PollinateError)
     assert issubclass(pollinate.WireError, ValueError)
+
+
+@pytest.mark.parametrize("name", sorted(SUBPACKAGES))
+def test_subpackage_api_is_pinned(name: str) -> None:
+    package = importlib.import_module(f"pollinate.{name}")
+    assert sorted(package.__all__) == sorted(SUBPACKAGES[name])
+
+
+@pytest.mark.parametrize("name", sorted(SUBPACKAGES))
+def test_every_subpackage_public_name_exists(name: str) -> None:
+    package = importlib.import_module(f"pollinate.{name}")
+    missing = [n for n in package.__all__ if not hasattr(package, n)]
+    assert missing == [], f"pollinate.{name}.__all__ names what it does not define"
+
+
+def test_every_subpackage_is_pinned() -> None:
+    packages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    assert packages == set(SUBPACKAGES), "pin the public names of every subpackage here"

@@ -9,3 +9,6 @@ never imports a framework you did not choose::
     from pollinate.frameworks import sklearn   # `sklearn`
     from pollinate.frameworks import xgboost   # `xgboost`
 """
+
+# Nothing to import from here: each adapter is a module of its own, imported by name.
+__all__: list[str] = []

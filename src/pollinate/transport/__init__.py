@@ -1,5 +1,14 @@
 """gRPC transport between hub, nodes and users: the only package that imports ``grpc``."""
 
+__all__ = [
+    "CHUNK_BYTES",
+    "FLEET_SERVER_OPTIONS",
+    "FLEET_SERVICE",
+    "NODE_CHANNEL_OPTIONS",
+    "NODE_ID_HEADER",
+    "data_chunk",
+]
+
 CHUNK_BYTES = 1 << 20
 """Arrays travel in wire chunks of at most this many bytes, in both directions."""
 

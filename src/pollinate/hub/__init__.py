@@ -1,0 +1,44 @@
+"""The hub: the deployment engine's coordinator, in plain Python (no gRPC here).
+
+Nodes dial out to it; users submit runs to it; it keeps everything it must not lose in one
+data dir and resumes its runs after a crash. One module per part:
+
+- ``hub``: :class:`Hub`, the one object the transport serves (fleet, control, enrolment);
+- ``state``: the durable state, SQLite (WAL) for rows and files for big bytes;
+- ``fleet``: which nodes are alive, and the tasks waiting for each of them;
+- ``grid``: :class:`HubGrid`, the run loop's Grid over the fleet;
+- ``runs``: runs started, checkpointed, resumed and stopped;
+- ``journal``: each run's checkpoint and the replies of its current round, on disk;
+- ``apps``: app archives packed, checked and unpacked;
+- ``credentials``: the hub's TLS material and join tokens;
+- ``rate_limit``: a token bucket per source address, which slows down enrolment guesses.
+"""
+
+from pollinate.hub.apps import pack_app
+from pollinate.hub.credentials import HubCredentials
+from pollinate.hub.fleet import Fleet, PollEnded, Refused, TryLater
+from pollinate.hub.grid import HubGrid, RunStopped
+from pollinate.hub.hub import Hub, TooManyAttempts
+from pollinate.hub.journal import Journal
+from pollinate.hub.rate_limit import RateLimiter
+from pollinate.hub.runs import Runs
+from pollinate.hub.state import HubState, LogRow, RunRow
+
+__all__ = [
+    "Fleet",
+    "Hub",
+    "HubCredentials",
+    "HubGrid",
+    "HubState",
+    "Journal",
+    "LogRow",
+    "PollEnded",
+    "RateLimiter",
+    "Refused",
+    "RunRow",
+    "RunStopped",
+    "Runs",
+    "TooManyAttempts",
+    "TryLater",
+    "pack_app",
+]
