@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import pollinate
+from pollinate import Sampling
 from pollinate.app import load_app
 from pollinate.loop import Event, RoundFinished
 from pollinate.simulation import Stragglers
@@ -63,7 +64,7 @@ def one_run(name: str, repeat: int) -> Trace:
     app = load_app(APP, {})
     base = app.server_app()
     common = {
-        "fraction_evaluate": 0.0,
+        "sampling": Sampling(fraction_evaluate=0.0),
         "evaluate_fn": base.strategy.evaluate_fn,
         "on_fit_config_fn": base.strategy.on_fit_config_fn,
     }

@@ -94,7 +94,9 @@ from pollinate import Arrays, FedAvg, ServerApp
 
 def server_fn(run_config):
     k = int(run_config["nodes"])
-    strategy = FedAvg(min_fit_clients=k, min_available_clients=k, fraction_evaluate=0.0)
+    strategy = FedAvg(
+        sampling=Sampling(min_fit_clients=k, min_available_clients=k, fraction_evaluate=0.0)
+    )
     model = Arrays({"w": np.ones(int(run_config["parameters"]), np.float32)})
     return ServerApp(strategy, num_rounds=3, initial_arrays=model)
 """

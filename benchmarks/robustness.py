@@ -37,7 +37,7 @@ def make_strategy(name: str, attackers: int, base: object) -> object:
     import pollinate
 
     common = {
-        "fraction_evaluate": 0.0,
+        "sampling": pollinate.Sampling(fraction_evaluate=0.0),
         "evaluate_fn": base.evaluate_fn,  # type: ignore[attr-defined]
         "on_fit_config_fn": base.on_fit_config_fn,  # type: ignore[attr-defined]
         # an attacker's update that validation rejects is a failure; 30% must not stop a round

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 import pollinate.simulation.grid as grid_module
-from pollinate import Arrays, Client, FedAvg, ServerApp, Validation
+from pollinate import Arrays, Client, FedAvg, Sampling, ServerApp, Validation
 from pollinate.loop.grid import Grid
 from pollinate.loop.run import run
 from pollinate.records import Message
@@ -95,7 +95,9 @@ class Nudge(Client):
 def one_round(n: int, size: int, dropout: float, secure: bool) -> dict[str, float]:
     gone = set(range(round(dropout * n)))
     initial = Arrays({"w": np.zeros(size, np.float32)})
-    strategy = FedAvg(fraction_evaluate=0.0, min_fit_clients=n, failure_tolerance=0.5)
+    strategy = FedAvg(
+        failure_tolerance=0.5, sampling=Sampling(fraction_evaluate=0.0, min_fit_clients=n)
+    )
     app = ServerApp(
         strategy,
         num_rounds=1,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pollinate import Arrays, Client, FedAvg, ServerApp, run_simulation
+from pollinate import Arrays, Client, FedAvg, Sampling, ServerApp, run_simulation
 from pollinate.records import Config, Metrics
 
 PARAMETERS = 10_000
@@ -121,7 +121,9 @@ class Figures:
 
 def one_run(config: Setup) -> tuple[float, float, float]:
     """(wall seconds, seconds inside clients, median round seconds) of one simulation."""
-    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=1.0 if config.evaluate else 0.0)
+    strategy = FedAvg(
+        sampling=Sampling(fraction_fit=1.0, fraction_evaluate=1.0 if config.evaluate else 0.0)
+    )
     initial = Arrays({"w": np.zeros(PARAMETERS, np.float32)})
     app = ServerApp(strategy, num_rounds=ROUNDS, initial_arrays=initial)
     client = CLIENTS[config.client]

@@ -25,6 +25,7 @@ from pollinate.strategy import (
     Krum,
     MultiKrum,
     QFedAvg,
+    Sampling,
     Strategy,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "RoundRecord",
     "RunError",
     "RunResult",
+    "Sampling",
     "ServerApp",
     "SimulationGrid",
     "Stragglers",

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,8 +24,19 @@ Config = dict[str, Scalar]
 Metrics = dict[str, Scalar]
 """Numbers a client reports with a reply (accuracy, loss, ...)."""
 
-MessageKind = Literal["fit", "evaluate", "get_arrays"]
-MESSAGE_KINDS: tuple[str, ...] = ("fit", "evaluate", "get_arrays", "secagg")
+
+class MessageKind(StrEnum):
+    """What an instruction asks of a node; its reply has the same kind. A ``str``, so it
+    travels and compares as its value (``MessageKind.FIT == "fit"``)."""
+
+    FIT = "fit"
+    EVALUATE = "evaluate"
+    GET_ARRAYS = "get_arrays"
+    SECAGG = "secagg"
+    """A stage of secure aggregation (``pollinate.secagg``); the fit runs inside one."""
+
+
+MESSAGE_KINDS: tuple[str, ...] = tuple(MessageKind)
 
 _SCALAR_TYPES = (bool, int, float, str, bytes, np.integer, np.floating, np.bool_)
 
@@ -157,7 +169,7 @@ class Message:
     ``MAX_NAME`` is refused.
     """
 
-    kind: str
+    kind: MessageKind
     task_id: str = ""
     run_id: str = ""
     round: int = 0
@@ -173,6 +185,7 @@ class Message:
     def __post_init__(self) -> None:
         if self.kind not in MESSAGE_KINDS:
             raise ValueError(f"Message kind {self.kind!r} is not one of {MESSAGE_KINDS}")
+        object.__setattr__(self, "kind", MessageKind(self.kind))
         for name in ("round", "node_id", "num_examples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):

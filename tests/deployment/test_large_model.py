@@ -50,7 +50,7 @@ client = "large_app.client:client_fn"
 SERVER = f"""\
 import numpy as np
 
-from pollinate import Arrays, FedAvg, ServerApp, Validation
+from pollinate import Arrays, FedAvg, Sampling, ServerApp, Validation
 
 MARKS = {MARKS!r}
 
@@ -72,7 +72,7 @@ def evaluate(rnd, arrays):
 
 
 def server_fn(run_config):
-    strategy = FedAvg(fraction_evaluate=0.0, evaluate_fn=evaluate)
+    strategy = FedAvg(sampling=Sampling(fraction_evaluate=0.0), evaluate_fn=evaluate)
     # the streaming path: bounds relative to the round's other replies (on by default) hold
     # the round's replies until it closes, one copy each (docs/robustness.md)
     streaming = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)

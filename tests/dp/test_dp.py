@@ -15,7 +15,7 @@ from pollinate.dp import (
     DifferentialPrivacy,
     epsilon,
 )
-from pollinate.strategy import FedBuff, FitResult, Strategy
+from pollinate.strategy import FedBuff, FitResult, Sampling, Strategy
 
 
 def aggregate(strategy: Strategy, updates: list[np.ndarray], current: np.ndarray) -> np.ndarray:
@@ -150,7 +150,9 @@ def run(strategy: Strategy, rounds: int = 10, clients: int = 4) -> list[dict[str
 
 def test_each_round_reports_the_epsilon_spent_so_far() -> None:
     dp = DifferentialPrivacy(
-        FedAvg(fraction_fit=0.5, fraction_evaluate=0), noise_multiplier=1.2, clipping_norm=2.0
+        FedAvg(sampling=Sampling(fraction_fit=0.5, fraction_evaluate=0)),
+        noise_multiplier=1.2,
+        clipping_norm=2.0,
     )
     fits = run(dp, rounds=5, clients=8)
     assert [f["dp_epsilon"] for f in fits] == [
@@ -162,7 +164,9 @@ def test_each_round_reports_the_epsilon_spent_so_far() -> None:
 def test_the_sampling_rate_is_the_real_one_not_fraction_fit() -> None:
     # 0.1 of 4 clients is 1, but min_fit_clients=2 samples 2: q = 0.5
     dp = DifferentialPrivacy(
-        FedAvg(fraction_fit=0.1, fraction_evaluate=0), noise_multiplier=1.0, clipping_norm=1.0
+        FedAvg(sampling=Sampling(fraction_fit=0.1, fraction_evaluate=0)),
+        noise_multiplier=1.0,
+        clipping_norm=1.0,
     )
     run(dp, rounds=2)
     assert dp.sampling_rates == [0.5, 0.5]
@@ -173,7 +177,10 @@ def test_the_run_stops_before_the_round_that_would_spend_past_the_budget(
 ) -> None:
     budget = (epsilon(2.0, [1.0] * 3, 1e-5) + epsilon(2.0, [1.0] * 4, 1e-5)) / 2
     dp = DifferentialPrivacy(
-        FedAvg(fraction_evaluate=0), noise_multiplier=2.0, clipping_norm=1.0, epsilon_budget=budget
+        FedAvg(sampling=Sampling(fraction_evaluate=0)),
+        noise_multiplier=2.0,
+        clipping_norm=1.0,
+        epsilon_budget=budget,
     )
     app = ServerApp(dp, num_rounds=10, initial_arrays=Arrays({"w": np.zeros(3)}))
     with caplog.at_level(logging.INFO, logger="pollinate.loop"):
@@ -186,7 +193,10 @@ def test_the_run_stops_before_the_round_that_would_spend_past_the_budget(
 
 def test_a_budget_smaller_than_one_round_runs_no_round() -> None:
     dp = DifferentialPrivacy(
-        FedAvg(fraction_evaluate=0), noise_multiplier=1.0, clipping_norm=1.0, epsilon_budget=0.01
+        FedAvg(sampling=Sampling(fraction_evaluate=0)),
+        noise_multiplier=1.0,
+        clipping_norm=1.0,
+        epsilon_budget=0.01,
     )
     assert run(dp) == []
 
@@ -198,11 +208,14 @@ def test_a_budget_smaller_than_one_round_runs_no_round() -> None:
     ("kwargs", "message"),
     [
         ({"noise_multiplier": 0.0, "clipping_norm": 1.0}, "no differential privacy"),
-        ({"noise_multiplier": -1.0, "clipping_norm": 1.0}, "noise_multiplier must be > 0"),
+        ({"noise_multiplier": -1.0, "clipping_norm": 1.0}, "noise_multiplier must be a number > 0"),
         ({"noise_multiplier": 1.0, "clipping_norm": 0.0}, "clipping norm must be"),
         ({"noise_multiplier": 1.0}, "exactly one of clipping_norm"),
         ({"noise_multiplier": 1.0, "clipping_norm": 1.0, "delta": 0.01}, "too large"),
-        ({"noise_multiplier": 1.0, "clipping_norm": 1.0, "delta": 0.0}, "delta must be in"),
+        (
+            {"noise_multiplier": 1.0, "clipping_norm": 1.0, "delta": 0.0},
+            "delta must be a finite number in",
+        ),
         ({"noise_multiplier": 1.0, "clipping_norm": 1.0, "epsilon_budget": 0}, "epsilon_budget"),
         ({"noise_multiplier": 1.0, "clipping_norm": 1.0, "side": "both"}, "side must be"),
         (

@@ -35,6 +35,7 @@ from pollinate.frameworks.sklearn import (
     set_arrays,
     train,
 )
+from pollinate.strategy import Sampling
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -388,7 +389,9 @@ def test_fedavg_across_skewed_clients_learns_breast_cancer(
 
     start = initial_arrays(make(), x.shape[1], [0, 1]) if initial else None
     app = ServerApp(
-        FedAvg(fraction_evaluate=0, evaluate_fn=central), num_rounds=3, initial_arrays=start
+        FedAvg(evaluate_fn=central, sampling=Sampling(fraction_evaluate=0)),
+        num_rounds=3,
+        initial_arrays=start,
     )
     result = run_simulation(app, client_fn, num_clients=3)
     rounds = result.history.rounds

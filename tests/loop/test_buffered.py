@@ -40,7 +40,7 @@ from pollinate.loop import (
 from pollinate.loop.checkpoint import Checkpoint
 from pollinate.loop.grid import Timeout, ends_at
 from pollinate.records import Message
-from pollinate.strategy import FedAvgM
+from pollinate.strategy import FedAvgM, Sampling
 from pollinate.strategy.fedbuff import FedBuff
 
 WAIT = 30.0  # bound on any wait in these tests; only reached when something hangs
@@ -195,7 +195,10 @@ class Shrink(Client):
 
 def test_equally_fast_nodes_with_k_equal_n_step_like_fedavg_with_a_server_learning_rate() -> None:
     arrays = Arrays({"w": np.linspace(-1, 1, 8).astype(np.float32)})
-    common = {"on_fit_config_fn": lambda rnd: {"round": rnd}, "fraction_evaluate": 0.0}
+    common = {
+        "on_fit_config_fn": lambda rnd: {"round": rnd},
+        "sampling": Sampling(fraction_evaluate=0.0),
+    }
     unbounded = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
     asynchronous = ServerApp(
         FedBuff(buffer_size=4, server_learning_rate=0.5, **common),  # type: ignore[arg-type]
@@ -250,7 +253,7 @@ def test_the_same_straggler_holds_up_every_synchronous_round() -> None:
         client_speed=lambda node: 40.0 if node == 0 else 1.0,
     )
     app = ServerApp(
-        FedAvgM(server_momentum=0.0, fraction_evaluate=0.0),
+        FedAvgM(server_momentum=0.0, sampling=Sampling(fraction_evaluate=0.0)),
         num_rounds=2,
         initial_arrays=start(),
     )

@@ -16,6 +16,7 @@ from pollinate.loop import History, RoundFinished, RoundRecord, ServerApp, run
 from pollinate.loop.checkpoint import Checkpoint, decode, iter_encode
 from pollinate.loop.events import Event
 from pollinate.records import Config, Message, Metrics
+from pollinate.strategy import Sampling
 from pollinate.strategy.base import Strategy
 
 ROUNDS = 5
@@ -120,12 +121,19 @@ def centralized(rnd: int, arrays: Arrays) -> tuple[float, dict[str, Any]]:
 
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
-    "FedAvg": lambda: FedAvg(fraction_fit=0.5, fraction_evaluate=0.5, evaluate_fn=centralized),
+    "FedAvg": lambda: FedAvg(
+        evaluate_fn=centralized, sampling=Sampling(fraction_fit=0.5, fraction_evaluate=0.5)
+    ),
     "FedAvgM": lambda: FedAvgM(
-        fraction_fit=0.5, fraction_evaluate=0.5, evaluate_fn=centralized, server_momentum=0.9
+        evaluate_fn=centralized,
+        server_momentum=0.9,
+        sampling=Sampling(fraction_fit=0.5, fraction_evaluate=0.5),
     ),
     "FedAdam": lambda: FedAdam(
-        fraction_fit=0.5, fraction_evaluate=0.5, evaluate_fn=centralized, eta=0.05, tau=1e-3
+        evaluate_fn=centralized,
+        eta=0.05,
+        tau=1e-3,
+        sampling=Sampling(fraction_fit=0.5, fraction_evaluate=0.5),
     ),
 }
 

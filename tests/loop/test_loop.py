@@ -15,6 +15,7 @@ from pollinate.client import Context, handle
 from pollinate.loop import Grid, ReplyReceived, RoundFinished, StageStarted, run
 from pollinate.loop.grid import Timeout
 from pollinate.records import Message
+from pollinate.strategy import Sampling
 
 Fault = Callable[[Message, Message], list[Message]]
 
@@ -76,7 +77,7 @@ def test_rounds_apply_the_weighted_mean_and_record_history() -> None:
 
 def test_a_reply_is_aggregated_at_most_once() -> None:
     twice: Fault = lambda task, reply: [reply, reply]  # noqa: E731
-    result = run(ScriptedGrid(2, {0: twice}), _app(fraction_evaluate=0))
+    result = run(ScriptedGrid(2, {0: twice}), _app(sampling=Sampling(fraction_evaluate=0)))
     # Node 0's duplicate is dropped: the mean is still over two distinct replies.
     assert result.history.rounds[1].replies == 2
     assert result.arrays["w"].tolist() == [1.0, 1.0, 1.0]
@@ -100,7 +101,7 @@ def test_replies_for_unknown_tasks_or_from_the_wrong_node_are_dropped() -> None:
             reply,
         ]
 
-    result = run(ScriptedGrid(2, {1: forged}), _app(fraction_evaluate=0))
+    result = run(ScriptedGrid(2, {1: forged}), _app(sampling=Sampling(fraction_evaluate=0)))
     assert result.arrays["w"].tolist() == [1.0, 1.0, 1.0]
 
 
@@ -116,7 +117,7 @@ def test_a_reply_from_the_wrong_node_does_not_close_the_real_task() -> None:
         )
         return [impostor, reply]
 
-    result = run(ScriptedGrid(2, {0: impostor_first}), _app(fraction_evaluate=0))
+    result = run(ScriptedGrid(2, {0: impostor_first}), _app(sampling=Sampling(fraction_evaluate=0)))
     record = result.history.rounds[1]
     assert (record.replies, record.failures) == (2, 0)
     assert result.arrays["w"].tolist() == [1.0, 1.0, 1.0]
@@ -124,7 +125,7 @@ def test_a_reply_from_the_wrong_node_does_not_close_the_real_task() -> None:
 
 def test_a_missing_reply_counts_as_a_failure_of_that_node() -> None:
     silent: Fault = lambda task, reply: []  # noqa: E731
-    result = run(ScriptedGrid(4, {2: silent}), _app(fraction_evaluate=0))
+    result = run(ScriptedGrid(4, {2: silent}), _app(sampling=Sampling(fraction_evaluate=0)))
     record = result.history.rounds[1]
     assert (record.replies, record.failures) == (3, 1)
     assert record.failed[0].node_id == 2 and "no reply" in record.failed[0].reason
@@ -153,7 +154,9 @@ def test_unusable_arrays_are_rejected_with_a_reason(bad: Arrays, reason: str) ->
 def test_a_round_over_the_failure_tolerance_keeps_the_model() -> None:
     silent: Fault = lambda task, reply: []  # noqa: E731
     grid = ScriptedGrid(4, {0: silent, 1: silent, 2: silent})
-    result = run(grid, _app(rounds=2, failure_tolerance=0.5, fraction_evaluate=0))
+    result = run(
+        grid, _app(rounds=2, failure_tolerance=0.5, sampling=Sampling(fraction_evaluate=0))
+    )
     assert [r.applied for r in result.history.rounds[1:]] == [False, False]
     assert result.arrays["w"].tolist() == [0.0, 0.0, 0.0]
 
@@ -161,7 +164,11 @@ def test_a_round_over_the_failure_tolerance_keeps_the_model() -> None:
 def test_sampling_depends_only_on_seed_and_round() -> None:
     def sampled(seed: int) -> list[list[int]]:
         grid = ScriptedGrid(10)
-        run(grid, _app(rounds=3, fraction_fit=0.3, fraction_evaluate=0), seed=seed)
+        run(
+            grid,
+            _app(rounds=3, sampling=Sampling(fraction_fit=0.3, fraction_evaluate=0)),
+            seed=seed,
+        )
         return [[m.node_id for m in grid.sent if m.round == r] for r in (1, 2, 3)]
 
     assert sampled(7) == sampled(7)
@@ -170,7 +177,7 @@ def test_sampling_depends_only_on_seed_and_round() -> None:
 
 
 def test_too_few_nodes_after_node_wait_stops_the_run_with_a_hint() -> None:
-    app = _app(min_fit_clients=5)
+    app = _app(sampling=Sampling(min_fit_clients=5))
     app.node_wait = 0.2
     with pytest.raises(RunError, match="needs 5 clients for fit but only 2") as info:
         run(ScriptedGrid(2), app)
@@ -187,7 +194,7 @@ def test_initial_arrays_come_from_a_client_when_the_server_has_none() -> None:
             for task in instructions:
                 yield handle(lambda ctx: WithArrays(0), _context(task.node_id), task)
 
-    result = run(Grid1(2), ServerApp(FedAvg(fraction_evaluate=0), num_rounds=1))
+    result = run(Grid1(2), ServerApp(FedAvg(sampling=Sampling(fraction_evaluate=0)), num_rounds=1))
     assert result.arrays["w"].tolist() == [6.0, 6.0]
 
 
@@ -243,7 +250,9 @@ def test_an_update_the_aggregator_refuses_is_counted_as_rejected_with_its_reason
 
     events: list[Event] = []
     app = ServerApp(
-        Picky(fraction_evaluate=0.0), num_rounds=1, initial_arrays=Arrays({"w": np.zeros(2)})
+        Picky(sampling=Sampling(fraction_evaluate=0.0)),
+        num_rounds=1,
+        initial_arrays=Arrays({"w": np.zeros(2)}),
     )
     result = run(ScriptedGrid(3), app, on_event=events.append)
     record = result.history.rounds[1]

@@ -16,6 +16,7 @@ from pollinate.client import Context, handle
 from pollinate.loop import Grid, run
 from pollinate.loop.grid import Timeout
 from pollinate.records import Message
+from pollinate.strategy import Sampling
 
 WAIT = 30.0
 
@@ -53,7 +54,7 @@ class BlinkingGrid(Grid):
 
 def app(rounds: int, node_wait: float = 600.0) -> ServerApp:
     return ServerApp(
-        FedAvg(fraction_fit=0.5),
+        FedAvg(sampling=Sampling(fraction_fit=0.5)),
         num_rounds=rounds,
         initial_arrays=Arrays({"w": np.zeros(2)}),
         node_wait=node_wait,

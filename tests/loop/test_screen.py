@@ -9,8 +9,9 @@ import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, Validation, run_simulation
 from pollinate.loop.events import Event, ReplyBounded, UpdateRejected
-from pollinate.loop.screen import Screen, anomaly_scores, change_norm
+from pollinate.loop.screen import Note, Screen, anomaly_scores, change_norm
 from pollinate.records import Message
+from pollinate.strategy import Sampling
 from pollinate.strategy.base import FitResult
 
 ZERO = Arrays({"w": np.zeros(3, np.float32), "steps": np.zeros(1, np.int64)})
@@ -106,6 +107,38 @@ def test_an_outlier_is_pulled_in_to_the_median_distance_and_a_far_one_left_out()
     assert node == 9 and reason.startswith("left out of this round: anomaly score 23.")
 
 
+def close_round(
+    validation: Validation, bound_outliers: bool
+) -> tuple[list[FitResult], list[Note], list[Note]]:
+    """Four honest updates, one at anomaly score 2.67 (node 8), one at 23.5 (node 9)."""
+    screen = Screen(validation, ZERO, expected=6, bound_outliers=bound_outliers)
+    for n in range(4):
+        screen.admit(result(n, update(1 + 0.1 * n, 1, 1)))
+    screen.admit(result(8, update(1.1, 1.0, 1.4)))  # 0.4 from the median (1.1, 1, 1)
+    screen.admit(result(9, update(-1, -1, -1)))
+    return screen.close()
+
+
+def test_averaging_pulls_in_below_the_bar_at_which_robust_strategies_leave_out() -> None:
+    # pull_threshold=2.3 < 2.67 < anomaly_threshold=3: a mean gets node 8 pulled in to the
+    # median distance (0.15); a robust statistic gets it as sent; both lose the attacker
+    passed, notes, left_out = close_round(Validation(), bound_outliers=True)
+    assert passed[4].node_id == 8
+    np.testing.assert_allclose(passed[4].arrays["w"], [1.1, 1.0, 1.15], atol=1e-6)
+    assert notes == [(8, notes[0][1])] and "> pull_threshold=2.3: pulled in" in notes[0][1]
+    assert [node for node, _ in left_out] == [9]
+    passed, notes, left_out = close_round(Validation(), bound_outliers=False)
+    assert [r.node_id for r in passed] == [0, 1, 2, 3, 8] and notes == []
+    np.testing.assert_allclose(passed[4].arrays["w"], [1.1, 1.0, 1.4], atol=1e-6)
+    assert [node for node, _ in left_out] == [9] and "anomaly_threshold=3" in left_out[0][1]
+
+
+def test_without_a_pull_threshold_averaging_gets_outliers_as_sent_up_to_quarantine() -> None:
+    passed, notes, left_out = close_round(Validation(pull_threshold=None), bound_outliers=True)
+    np.testing.assert_allclose(passed[4].arrays["w"], [1.1, 1.0, 1.4], atol=1e-6)
+    assert notes == [] and [node for node, _ in left_out] == [9]
+
+
 def test_for_a_robust_strategy_every_outlier_is_left_out_and_norms_are_as_sent() -> None:
     screen = Screen(Validation(), ZERO, expected=6, bound_outliers=False)
     honest = [result(n, update(1 + 0.1 * n, 1, 1)) for n in range(4)]
@@ -144,11 +177,21 @@ def test_small_rounds_hold_their_updates_for_the_relative_bounds() -> None:
         ({"anomaly_threshold": float("nan")}, "anomaly_threshold must be a number > 0"),
         ({"anomaly_threshold": True}, "anomaly_threshold must be a number > 0"),
         ({"min_updates": 2}, "min_updates must be >= 3"),
+        ({"pull_threshold": True}, "pull_threshold must be a number > 0"),
+        ({"pull_threshold": 0.5}, "pull_threshold must be >= 1"),
+        ({"pull_threshold": 12.0}, "quarantine_threshold must be >= pull_threshold=12.0"),
     ],
 )
 def test_impossible_settings_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises((TypeError, ValueError), match=message):
         Validation(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_refused_pull_threshold_shows_the_correct_call() -> None:
+    for bad in (0.5, 12.0):
+        with pytest.raises(ValueError) as refused:
+            Validation(pull_threshold=bad)
+        assert str(refused.value).splitlines()[-1].startswith("Hint: Validation(pull_threshold=2.3")
 
 
 def test_server_app_takes_only_a_validation() -> None:
@@ -178,7 +221,7 @@ class Towards(Client):
 def run_towards(validation: Validation) -> tuple[np.ndarray, list[Event], list]:  # type: ignore[type-arg]
     events: list[Event] = []
     app = ServerApp(
-        FedAvg(fraction_evaluate=0.0),
+        FedAvg(sampling=Sampling(fraction_evaluate=0.0)),
         num_rounds=2,
         initial_arrays=Arrays({"w": np.zeros(2)}),
         validation=validation,
@@ -210,7 +253,9 @@ def test_an_honest_outlier_is_pulled_in_every_round_and_its_data_counts() -> Non
 
     events: list[Event] = []
     app = ServerApp(
-        FedAvg(fraction_evaluate=0.0), num_rounds=2, initial_arrays=Arrays({"w": np.zeros(2)})
+        FedAvg(sampling=Sampling(fraction_evaluate=0.0)),
+        num_rounds=2,
+        initial_arrays=Arrays({"w": np.zeros(2)}),
     )
     result = run_simulation(
         app, lambda ctx: Skewed(ctx.node_id), num_clients=8, on_event=events.append

@@ -17,6 +17,7 @@ from pollinate.secagg import SecAggConfig
 from pollinate.secagg.identity import KeyRing
 from pollinate.secagg.node import SecAggNode
 from pollinate.simulation import SimulationGrid
+from pollinate.strategy import Sampling
 
 INITIAL = Arrays({"w": np.zeros(6, np.float32), "steps": np.zeros(2, np.int64)})
 
@@ -38,7 +39,7 @@ class Drift(Client):
 
 
 def app(secure: SecAggConfig | None, rounds: int = 2) -> ServerApp:
-    strategy = FedAvg(fraction_evaluate=0.0, failure_tolerance=0.5)
+    strategy = FedAvg(failure_tolerance=0.5, sampling=Sampling(fraction_evaluate=0.0))
     return ServerApp(strategy, num_rounds=rounds, initial_arrays=INITIAL, secure_aggregation=secure)
 
 
@@ -133,7 +134,7 @@ def test_a_round_of_two_clients_aborts_at_once_with_the_fix() -> None:
     result, grid = simulate(SecAggConfig(), clients=2)
     record = result.history.rounds[1]
     assert not record.applied and "at least 3 clients" in str(record.aborted)
-    assert "Hint: min_fit_clients=3" in str(record.aborted)
+    assert "Hint: Sampling(min_fit_clients=3)" in str(record.aborted)
     assert grid.replies == []  # nothing was asked of the clients
 
 

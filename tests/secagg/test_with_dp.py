@@ -10,6 +10,7 @@ from pollinate import Arrays, Client, FedAvg, ServerApp, run_simulation
 from pollinate.dp import AdaptiveClipping, DifferentialPrivacy, clip_update
 from pollinate.dp.clip import CLIPPING_NORM_KEY
 from pollinate.secagg import SecAggConfig
+from pollinate.strategy import Sampling
 
 INITIAL = Arrays({"w": np.zeros(8, np.float32)})
 EQUAL = SecAggConfig(max_weight=None)
@@ -32,7 +33,9 @@ class Clipping(Client):
 
 def dp(**kwargs: object) -> DifferentialPrivacy:
     options = {"noise_multiplier": 0.5, "clipping_norm": 0.5, "side": "client", "noise_seed": 7}
-    return DifferentialPrivacy(FedAvg(fraction_evaluate=0.0), **{**options, **kwargs})  # type: ignore[arg-type]
+    return DifferentialPrivacy(
+        FedAvg(sampling=Sampling(fraction_evaluate=0.0)), **{**options, **kwargs}
+    )  # type: ignore[arg-type]
 
 
 def test_dp_with_secure_aggregation_releases_what_dp_alone_releases() -> None:

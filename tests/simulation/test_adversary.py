@@ -14,6 +14,7 @@ from pollinate.client import Context
 from pollinate.records import Message
 from pollinate.simulation import SimulationGrid, flip_labels
 from pollinate.simulation.adversary import gaussian_noise, scale_update, sign_flip
+from pollinate.strategy import Sampling
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "quickstart-numpy"
 
@@ -154,7 +155,7 @@ def test_each_attack_gets_its_own_default_parameter() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"fraction": 1.5}, r"must be a number in \[0, 1\], got 1.5"),
+        ({"fraction": 1.5}, r"must be a finite number in \[0, 1\], got 1.5"),
         ({"fraction": float("nan")}, r"in \[0, 1\], got nan"),
         ({"fraction": True}, r"in \[0, 1\], got True"),
         ({"attack": "sign_flip"}, "unknown attack 'sign_flip' \\(did you mean 'sign-flip'\\?\\)"),
@@ -169,7 +170,7 @@ def test_each_attack_gets_its_own_default_parameter() -> None:
 )
 def test_bad_settings_are_refused_with_a_hint(kwargs: dict, message: str) -> None:
     settings = {"fraction": 0.2, "attack": "sign-flip", **kwargs}
-    with pytest.raises(ValueError, match=message) as caught:
+    with pytest.raises((TypeError, ValueError), match=message) as caught:
         Adversaries(**settings)
     assert "\nHint: Adversaries(" in str(caught.value)
 
@@ -192,7 +193,9 @@ class Toward(Client):
 
 def _app(rounds: int) -> ServerApp:
     initial = Arrays({"w": np.zeros(4, np.float32)})
-    return ServerApp(FedAvg(fraction_evaluate=0), num_rounds=rounds, initial_arrays=initial)
+    return ServerApp(
+        FedAvg(sampling=Sampling(fraction_evaluate=0)), num_rounds=rounds, initial_arrays=initial
+    )
 
 
 def test_poisoned_replies_reach_aggregation() -> None:

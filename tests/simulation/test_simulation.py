@@ -9,6 +9,7 @@ import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, SimulationGrid, run_simulation
 from pollinate.records import Message
+from pollinate.strategy import Sampling
 
 
 def _app(rounds: int = 2, **strategy: object) -> ServerApp:
@@ -34,7 +35,9 @@ class Step(Client):
 
 def test_a_thousand_virtual_clients_are_routine() -> None:
     result = run_simulation(
-        _app(fraction_evaluate=0.1), lambda ctx: Step(ctx.partition_id), num_clients=1000
+        _app(sampling=Sampling(fraction_evaluate=0.1)),
+        lambda ctx: Step(ctx.partition_id),
+        num_clients=1000,
     )
     record = result.history.rounds[-1]
     assert (record.replies, record.failures) == (1000, 0)
@@ -103,7 +106,9 @@ def test_a_client_training_in_place_cannot_change_the_global_model() -> None:
             return arrays, 1, {}
 
     initial = np.zeros(100, np.float32)
-    app = ServerApp(FedAvg(fraction_evaluate=0), 1, initial_arrays=Arrays({"w": initial}))
+    app = ServerApp(
+        FedAvg(sampling=Sampling(fraction_evaluate=0)), 1, initial_arrays=Arrays({"w": initial})
+    )
     result = run_simulation(app, lambda ctx: InPlace(), num_clients=8)
     assert result.arrays["w"].tolist() == [1.0] * 100
     assert initial.tolist() == [0.0] * 100
@@ -112,7 +117,7 @@ def test_a_client_training_in_place_cannot_change_the_global_model() -> None:
 def test_same_seed_same_history() -> None:
     def history(seed: int) -> list[dict]:
         result = run_simulation(
-            _app(rounds=3, fraction_fit=0.3),
+            _app(rounds=3, sampling=Sampling(fraction_fit=0.3)),
             lambda ctx: Step(ctx.partition_id),
             num_clients=40,
             seed=seed,
@@ -133,7 +138,7 @@ def test_replies_past_the_deadline_count_as_failures() -> None:
                 release.wait(30)
             return super().fit(arrays, config)
 
-    app = _app(rounds=1, fraction_evaluate=0)
+    app = _app(rounds=1, sampling=Sampling(fraction_evaluate=0))
     app.round_timeout = 2.0
     grid = SimulationGrid(lambda ctx: Hangs(ctx.partition_id), 4, concurrency=4)
     try:

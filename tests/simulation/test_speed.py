@@ -19,6 +19,7 @@ from pollinate import Arrays, Client, Grid, SimulationGrid
 from pollinate.client import ClientFn
 from pollinate.simulation import Adversaries, Stragglers
 from pollinate.simulation.speed import slowdowns
+from pollinate.strategy import Sampling
 from tests.loop.grid_contract import GridContract, fit_task
 
 
@@ -66,7 +67,7 @@ def test_a_function_gives_each_client_its_slowdown() -> None:
     [
         (lambda node: 0.5, ValueError, r"client_speed\(0\) must be a finite number >= 1"),
         (lambda node: float("nan"), ValueError, "finite"),
-        (lambda node: "fast", TypeError, "must be a number"),
+        (lambda node: "fast", TypeError, "must be a finite number >= 1, got 'fast'"),
         (10.0, TypeError, "Hint: client_speed=Stragglers"),
     ],
 )
@@ -78,7 +79,7 @@ def test_a_bad_speed_is_refused_with_what_to_pass(speed: object, error: type, ma
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"fraction": 1.5}, "fraction must be in"),
+        ({"fraction": 1.5}, "fraction must be a finite number in"),
         ({"fraction": 0.2, "slowdown": 0.5}, "slowdown must be a finite number >= 1"),
         ({"fraction": 0.2, "seed": -1}, "seed"),
     ],
@@ -204,7 +205,7 @@ class TestSimulationGridWithStragglers(GridContract):
 
 def test_run_simulation_passes_the_speeds_to_its_grid() -> None:
     app = pollinate.ServerApp(
-        pollinate.FedAvg(fraction_evaluate=0.0),
+        pollinate.FedAvg(sampling=Sampling(fraction_evaluate=0.0)),
         num_rounds=1,
         initial_arrays=Arrays({"w": np.zeros(2)}),
     )

@@ -12,6 +12,7 @@ import pytest
 
 from pollinate.aggregate.staleness import BufferedStep, staleness_weight
 from pollinate.records import Arrays
+from pollinate.strategy import Rounds, Sampling, Strategy
 from pollinate.strategy.fedbuff import FedBuff
 
 
@@ -168,8 +169,8 @@ def test_concurrency_defaults_to_every_available_node_or_fraction_fit() -> None:
     assert FedBuff().training_slots(20) == 20
     assert FedBuff(concurrency=5).training_slots(20) == 5
     assert FedBuff(concurrency=50).training_slots(20) == 20
-    assert FedBuff(fraction_fit=0.14).training_slots(50) == 7
-    assert FedBuff(fraction_fit=0.01, min_fit_clients=3).training_slots(50) == 3
+    assert FedBuff(sampling=Sampling(fraction_fit=0.14)).training_slots(50) == 7
+    assert FedBuff(sampling=Sampling(fraction_fit=0.01, min_fit_clients=3)).training_slots(50) == 3
 
 
 def test_choose_draws_from_the_idle_nodes_without_replacement() -> None:
@@ -181,10 +182,11 @@ def test_choose_draws_from_the_idle_nodes_without_replacement() -> None:
     assert strategy.choose([], 3, rng) == [] and strategy.choose([1], 0, rng) == []
 
 
-def test_federated_evaluation_is_refused_with_a_hint() -> None:
-    with pytest.raises(ValueError, match="evaluate_fn"):
-        FedBuff(fraction_evaluate=0.5)
-    assert FedBuff().fraction_evaluate == 0.0
+def test_fedbuff_inherits_no_synchronous_method_it_would_never_use() -> None:
+    strategy = FedBuff()
+    for name in ("sample_fit", "sample_evaluate", "start_fit", "server_update"):
+        assert not hasattr(strategy, name), name
+    assert strategy.rounds is Rounds.BUFFERED and Strategy.rounds is Rounds.SYNCHRONOUS
 
 
 @pytest.mark.parametrize(

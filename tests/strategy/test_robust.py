@@ -19,6 +19,7 @@ from pollinate.strategy import (
     FitResult,
     Krum,
     MultiKrum,
+    Sampling,
     Strategy,
     strategy_class,
 )
@@ -144,16 +145,24 @@ def test_min_fit_clients_defaults_to_the_replies_a_round_needs(
 
 
 def test_a_higher_min_fit_clients_is_kept() -> None:
-    assert Bulyan(num_malicious=1, min_fit_clients=10).min_fit_clients == 10
+    assert Bulyan(num_malicious=1, sampling=Sampling(min_fit_clients=10)).min_fit_clients == 10
 
 
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: Bulyan(num_malicious=1, min_fit_clients=6), r"n >= 4f \+ 3 .*at least 7"),
-        (lambda: Krum(num_malicious=1, min_fit_clients=4), r"n > 2f \+ 2 .*at least 5"),
         (
-            lambda: MultiKrum(num_malicious=0, num_selected=4, min_fit_clients=3),
+            lambda: Bulyan(num_malicious=1, sampling=Sampling(min_fit_clients=6)),
+            r"n >= 4f \+ 3 .*at least 7",
+        ),
+        (
+            lambda: Krum(num_malicious=1, sampling=Sampling(min_fit_clients=4)),
+            r"n > 2f \+ 2 .*at least 5",
+        ),
+        (
+            lambda: MultiKrum(
+                num_malicious=0, num_selected=4, sampling=Sampling(min_fit_clients=3)
+            ),
             "at least 4",
         ),
     ],
@@ -217,10 +226,10 @@ def test_krum_and_bulyan_need_num_malicious_said_out_loud() -> None:
 
 
 def test_the_base_strategy_arguments_still_apply() -> None:
-    strategy = FedMedian(fraction_fit=0.25, failure_tolerance=0.1)
-    assert (strategy.fraction_fit, strategy.failure_tolerance) == (0.25, 0.1)
+    strategy = FedMedian(failure_tolerance=0.1, sampling=Sampling(fraction_fit=0.25))
+    assert (strategy.sampling.fraction_fit, strategy.failure_tolerance) == (0.25, 0.1)
     with pytest.raises(ValueError, match="fraction_fit"):
-        FedMedian(fraction_fit=2.0)
+        FedMedian(sampling=Sampling(fraction_fit=2.0))
 
 
 # --- names -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pollinate.errors import RunError
-from pollinate.strategy import FedAvg, FedProx, Strategy
+from pollinate.strategy import FedAvg, FedProx, Sampling, Strategy
 
 node_ids = st.lists(st.integers(0, 2**40), min_size=1, max_size=120, unique=True)
 
@@ -38,7 +38,9 @@ def test_sample_size_is_max_of_ceil_fraction_min_and_one(
     wanted = max(-(-percent * n // 100), min_fit, 1)
     assume(n >= max(wanted, min_available))
     strategy = Strategy(
-        fraction_fit=percent / 100, min_fit_clients=min_fit, min_available_clients=min_available
+        sampling=Sampling(
+            fraction_fit=percent / 100, min_fit_clients=min_fit, min_available_clients=min_available
+        )
     )
     assert len(strategy.sample_fit(available, rng())) == wanted
 
@@ -57,31 +59,39 @@ def test_sample_size_is_max_of_ceil_fraction_min_and_one(
     ],
 )
 def test_sample_size_hand_cases(fraction: float, n: int, expected: int) -> None:
-    strategy = FedAvg(fraction_fit=fraction, min_fit_clients=2, min_available_clients=2)
+    strategy = FedAvg(
+        sampling=Sampling(fraction_fit=fraction, min_fit_clients=2, min_available_clients=2)
+    )
     assert len(strategy.sample_fit(range(n), rng())) == expected
 
 
 def test_at_least_one_client_is_sampled_even_when_every_minimum_is_zero() -> None:
     strategy = FedAvg(
-        fraction_fit=0.0,
-        fraction_evaluate=0.01,
-        min_fit_clients=0,
-        min_evaluate_clients=0,
-        min_available_clients=0,
+        sampling=Sampling(
+            fraction_fit=0.0,
+            fraction_evaluate=0.01,
+            min_fit_clients=0,
+            min_evaluate_clients=0,
+            min_available_clients=0,
+        )
     )
     assert len(strategy.sample_fit([4, 9], rng())) == 1
     assert len(strategy.sample_evaluate([4, 9], rng())) == 1
 
 
 def test_evaluate_uses_its_own_fraction_and_minimum() -> None:
-    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.25, min_evaluate_clients=3)
+    strategy = FedAvg(
+        sampling=Sampling(fraction_fit=1.0, fraction_evaluate=0.25, min_evaluate_clients=3)
+    )
     assert len(strategy.sample_fit(range(20), rng())) == 20
     assert len(strategy.sample_evaluate(range(20), rng())) == 5
     assert len(strategy.sample_evaluate(range(8), rng())) == 3
 
 
 def test_fraction_evaluate_zero_turns_federated_evaluation_off() -> None:
-    strategy = FedAvg(fraction_evaluate=0.0, min_evaluate_clients=5, min_available_clients=5)
+    strategy = FedAvg(
+        sampling=Sampling(fraction_evaluate=0.0, min_evaluate_clients=5, min_available_clients=5)
+    )
     assert strategy.sample_evaluate(range(100), rng()) == []
     assert strategy.sample_evaluate([], rng()) == []  # not even "too few available"
 
@@ -94,7 +104,9 @@ def test_fraction_evaluate_zero_turns_federated_evaluation_off() -> None:
 def test_the_sample_is_sorted_unique_and_drawn_from_the_available_nodes(
     available: list[int], percent: int, seed: int
 ) -> None:
-    strategy = FedAvg(fraction_fit=percent / 100, min_fit_clients=1, min_available_clients=1)
+    strategy = FedAvg(
+        sampling=Sampling(fraction_fit=percent / 100, min_fit_clients=1, min_available_clients=1)
+    )
     chosen = strategy.sample_fit(available, rng(seed))
     assert chosen == sorted(set(chosen))
     assert set(chosen) <= set(available)
@@ -106,19 +118,23 @@ def test_the_sample_is_sorted_unique_and_drawn_from_the_available_nodes(
 def test_the_sample_is_determined_by_the_generator_seed_not_the_order_of_nodes(
     available: list[int], seed: int, data: st.DataObject
 ) -> None:
-    strategy = FedAvg(fraction_fit=0.3, min_fit_clients=1, min_available_clients=1)
+    strategy = FedAvg(
+        sampling=Sampling(fraction_fit=0.3, min_fit_clients=1, min_available_clients=1)
+    )
     shuffled = data.draw(st.permutations(available))
     assert strategy.sample_fit(available, rng(seed)) == strategy.sample_fit(shuffled, rng(seed))
 
 
 def test_different_seeds_pick_different_clients() -> None:
-    strategy = FedAvg(fraction_fit=0.1)
+    strategy = FedAvg(sampling=Sampling(fraction_fit=0.1))
     samples = {tuple(strategy.sample_fit(range(1000), rng(seed))) for seed in range(5)}
     assert len(samples) == 5
 
 
 def test_every_available_client_can_be_picked() -> None:
-    strategy = FedAvg(fraction_fit=0.2, min_fit_clients=1, min_available_clients=1)
+    strategy = FedAvg(
+        sampling=Sampling(fraction_fit=0.2, min_fit_clients=1, min_available_clients=1)
+    )
     seen = set()
     for seed in range(200):
         seen.update(strategy.sample_fit(range(10), rng(seed)))
@@ -129,7 +145,7 @@ def test_every_available_client_can_be_picked() -> None:
 
 
 def test_too_few_for_the_minimum_fit_clients_raises_run_error_with_the_numbers() -> None:
-    strategy = FedAvg(min_fit_clients=5, min_available_clients=2)
+    strategy = FedAvg(sampling=Sampling(min_fit_clients=5, min_available_clients=2))
     with pytest.raises(RunError) as caught:
         strategy.sample_fit([1, 2, 3], rng())
     message = str(caught.value)
@@ -138,7 +154,9 @@ def test_too_few_for_the_minimum_fit_clients_raises_run_error_with_the_numbers()
 
 
 def test_too_few_available_clients_raises_run_error_with_the_numbers() -> None:
-    strategy = FedAvg(min_fit_clients=1, min_evaluate_clients=1, min_available_clients=4)
+    strategy = FedAvg(
+        sampling=Sampling(min_fit_clients=1, min_evaluate_clients=1, min_available_clients=4)
+    )
     with pytest.raises(RunError, match="needs 4 clients for evaluate but only 2 are available"):
         strategy.sample_evaluate([1, 2], rng())
     with pytest.raises(RunError, match="Hint:"):
@@ -146,7 +164,7 @@ def test_too_few_available_clients_raises_run_error_with_the_numbers() -> None:
 
 
 def test_no_clients_at_all_raises_run_error() -> None:
-    strategy = FedAvg(min_fit_clients=0, min_available_clients=0)
+    strategy = FedAvg(sampling=Sampling(min_fit_clients=0, min_available_clients=0))
     with pytest.raises(RunError, match="needs 1 clients for fit but only 0 are available"):
         strategy.sample_fit([], rng())
 
@@ -162,22 +180,44 @@ def test_fractions_outside_zero_to_one_are_rejected_showing_the_value(
     with pytest.raises(
         ValueError, match=re.escape(f"{name} must be a number in [0, 1], got {value!r}")
     ):
-        FedAvg(**{name: value})  # type: ignore[arg-type]
+        _with(name, value)
 
 
 @pytest.mark.parametrize("name", ["fraction_fit", "fraction_evaluate", "failure_tolerance"])
 @pytest.mark.parametrize("value", [0, 0.0, 0.5, 1, 1.0])
 def test_fractions_at_and_inside_the_bounds_are_accepted(name: str, value: float) -> None:
-    assert getattr(FedAvg(**{name: value}), name) == value
+    strategy = _with(name, value)
+    holder = strategy if name == "failure_tolerance" else strategy.sampling
+    assert getattr(holder, name) == value
+
+
+def _with(name: str, value: object) -> FedAvg:
+    """FedAvg with one option set: a sampling option in its Sampling, or its own."""
+    if name == "failure_tolerance":
+        return FedAvg(failure_tolerance=value)  # type: ignore[arg-type]
+    return FedAvg(sampling=Sampling(**{name: value}))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     "name", ["min_fit_clients", "min_evaluate_clients", "min_available_clients"]
 )
-@pytest.mark.parametrize("value", [-1, False, True, 2.0, "2", None])
+@pytest.mark.parametrize("value", [-1, False, True, 2.0, "2"])
 def test_client_minimums_must_be_non_negative_ints(name: str, value: object) -> None:
     with pytest.raises(ValueError, match=re.escape(f"{name} must be an int >= 0, got {value!r}")):
-        FedAvg(**{name: value})  # type: ignore[arg-type]
+        Sampling(**{name: value})  # type: ignore[arg-type]
+
+
+def test_misspelt_sampling_options_fail_at_once() -> None:
+    with pytest.raises(TypeError, match="fraction_fitt"):
+        Sampling(fraction_fitt=0.5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="fraction_fit"):
+        FedAvg(fraction_fit=0.5)  # type: ignore[call-arg]
+
+
+def test_left_out_minimums_are_the_strategys_own() -> None:
+    assert FedAvg().sampling.min_fit_clients == 2
+    assert FedAvg(sampling=Sampling(min_fit_clients=1)).sampling.min_fit_clients == 1
+    assert FedAvg().sampling.min_available_clients == 2
 
 
 def test_fedprox_rejects_a_negative_mu() -> None:

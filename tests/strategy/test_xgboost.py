@@ -16,7 +16,14 @@ import pytest
 from pollinate.aggregate.trees import empty_booster
 from pollinate.errors import RunError
 from pollinate.records import Arrays
-from pollinate.strategy import STRATEGIES, FedXgbBagging, FedXgbCyclic, FitResult, strategy_class
+from pollinate.strategy import (
+    STRATEGIES,
+    FedXgbBagging,
+    FedXgbCyclic,
+    FitResult,
+    Sampling,
+    strategy_class,
+)
 from pollinate.strategy.base import TooFewReplies, UnusableUpdate
 from tests.aggregate.test_trees import CLIENT_A, CLIENT_B, GLOBAL, X, booster, margin, stump
 
@@ -201,9 +208,11 @@ def test_cyclic_refuses_a_booster_that_lost_the_global_trees() -> None:
 
 def test_cyclic_refuses_settings_that_do_not_apply_and_too_few_nodes() -> None:
     with pytest.raises(ValueError, match="fraction_fit=0.5 does not apply"):
-        FedXgbCyclic(fraction_fit=0.5)
+        FedXgbCyclic(sampling=Sampling(fraction_fit=0.5))
     with pytest.raises(RunError, match="needs 3 clients available but only 2"):
-        FedXgbCyclic(min_available_clients=3).sample_fit([1, 2], np.random.default_rng(0))
+        FedXgbCyclic(sampling=Sampling(min_available_clients=3)).sample_fit(
+            [1, 2], np.random.default_rng(0)
+        )
 
 
 # --- both ----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keras_digits import task
-from pollinate import Arrays, Config, FedAvg, Metrics, ServerApp, Validation
+from pollinate import Arrays, Config, FedAvg, Metrics, Sampling, ServerApp, Validation
 from pollinate.frameworks.keras import get_arrays, set_arrays
 
 
@@ -22,10 +22,9 @@ def server_fn(run_config: Config) -> ServerApp:
         return {"round": round}  # clients shuffle with it: a seeded run repeats exactly
 
     strategy = FedAvg(
-        fraction_fit=float(run_config["fraction-fit"]),
-        fraction_evaluate=0.5,
         evaluate_fn=evaluate_test_set,
         on_fit_config_fn=fit_config,
+        sampling=Sampling(fraction_fit=float(run_config["fraction-fit"]), fraction_evaluate=0.5),
     )
     validation = Validation(anomaly_threshold=float(run_config["anomaly-threshold"]) or None)
     return ServerApp(

@@ -7,7 +7,7 @@ from typing import Any
 
 from pollinate import AppError, Arrays, Config, Metrics, ServerApp, Strategy, Validation
 from pollinate.secagg import SecAggConfig
-from pollinate.strategy import strategy_class
+from pollinate.strategy import Sampling, strategy_class
 from quickstart_numpy import task
 
 
@@ -24,10 +24,9 @@ def server_fn(run_config: Config) -> ServerApp:
 
     strategy = make_strategy(
         run_config,
-        fraction_fit=float(run_config["fraction-fit"]),
-        fraction_evaluate=0.5,
         evaluate_fn=evaluate_test_set,
         on_fit_config_fn=fit_config,
+        sampling=Sampling(fraction_fit=float(run_config["fraction-fit"]), fraction_evaluate=0.5),
     )
     noise = float(run_config.get("dp-noise-multiplier", 0.0))
     if noise > 0:

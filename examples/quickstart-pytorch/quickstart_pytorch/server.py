@@ -3,7 +3,7 @@ the held-out test set."""
 
 from __future__ import annotations
 
-from pollinate import Arrays, Config, FedAvg, FedProx, Metrics, ServerApp, Validation
+from pollinate import Arrays, Config, FedAvg, FedProx, Metrics, Sampling, ServerApp, Validation
 from pollinate.frameworks.pytorch import evaluate, set_arrays
 from quickstart_pytorch import task
 
@@ -18,13 +18,12 @@ def server_fn(run_config: Config) -> ServerApp:
         loss, _, metrics = evaluate(model, test_loader)
         return loss, metrics
 
-    settings = dict(
-        fraction_fit=float(run_config["fraction-fit"]),
-        fraction_evaluate=0.5,
-        evaluate_fn=evaluate_test_set,
-    )
+    sampling = Sampling(fraction_fit=float(run_config["fraction-fit"]), fraction_evaluate=0.5)
     mu = float(run_config["proximal-mu"])
-    strategy = FedProx(proximal_mu=mu, **settings) if mu > 0 else FedAvg(**settings)
+    if mu > 0:
+        strategy = FedProx(proximal_mu=mu, sampling=sampling, evaluate_fn=evaluate_test_set)
+    else:
+        strategy = FedAvg(sampling=sampling, evaluate_fn=evaluate_test_set)
     validation = Validation(
         anomaly_threshold=float(run_config["anomaly-threshold"]) or None,
         max_norm=float(run_config["max-norm"]) or None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pollinate import Arrays, Config, FedAvg, Metrics, ServerApp, Validation
+from pollinate import Arrays, Config, FedAvg, Metrics, Sampling, ServerApp, Validation
 from pollinate.frameworks.sklearn import initial_arrays
 from sklearn_breast_cancer import task
 
@@ -17,7 +17,10 @@ def server_fn(run_config: Config) -> ServerApp:
         return loss, {"accuracy": accuracy}
 
     return ServerApp(
-        FedAvg(fraction_fit=1.0, fraction_evaluate=1.0, evaluate_fn=evaluate_test_set),
+        FedAvg(
+            evaluate_fn=evaluate_test_set,
+            sampling=Sampling(fraction_fit=1.0, fraction_evaluate=1.0),
+        ),
         num_rounds=int(run_config["num-rounds"]),
         # Every weight starts at zero: the model says 50% for every patient.
         initial_arrays=initial_arrays(task.make_model(), task.NUM_FEATURES, task.CLASSES),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pollinate import AppError, Arrays, Config, Metrics, ServerApp
 from pollinate.aggregate.trees import empty_booster
-from pollinate.strategy import FedXgbBagging, FedXgbCyclic
+from pollinate.strategy import FedXgbBagging, FedXgbCyclic, Sampling
 from xgboost_tabular import task
 
 MODES = {"bagging": FedXgbBagging, "cyclic": FedXgbCyclic}
@@ -21,7 +21,7 @@ def server_fn(run_config: Config) -> ServerApp:
     mode = str(run_config["mode"])
     if mode not in MODES:
         raise AppError(f"--config mode={mode}: expected one of {', '.join(MODES)}")
-    strategy = MODES[mode](evaluate_fn=evaluate_test_set, fraction_evaluate=1.0)
+    strategy = MODES[mode](evaluate_fn=evaluate_test_set, sampling=Sampling(fraction_evaluate=1.0))
     return ServerApp(
         strategy, num_rounds=int(run_config["num-rounds"]), initial_arrays=empty_booster()
     )

@@ -119,6 +119,8 @@ class DifferentialPrivacy(Strategy):
     >>> strategy = DifferentialPrivacy(FedAvg(), noise_multiplier=1.0, clipping_norm=0.5)
     """
 
+    aggregates_mean = False  # a noised mean: it answers secure_aggregation_problem itself
+
     def __init__(
         self,
         strategy: Strategy,
@@ -145,14 +147,7 @@ class DifferentialPrivacy(Strategy):
         if epsilon_budget is not None and not epsilon_budget > 0:
             raise ValueError(f"epsilon_budget must be > 0 or None, got {epsilon_budget!r}")
         self.update_noise = _update_noise(noise_multiplier, adaptive)
-        super().__init__(
-            fraction_fit=strategy.fraction_fit,
-            fraction_evaluate=strategy.fraction_evaluate,
-            min_fit_clients=strategy.min_fit_clients,
-            min_evaluate_clients=strategy.min_evaluate_clients,
-            min_available_clients=strategy.min_available_clients,
-            failure_tolerance=strategy.failure_tolerance,
-        )
+        super().__init__(sampling=strategy.sampling, failure_tolerance=strategy.failure_tolerance)
         self.inner = strategy
         self.noise_multiplier = float(noise_multiplier)
         self.adaptive = adaptive
@@ -183,7 +178,7 @@ class DifferentialPrivacy(Strategy):
         """Stop before the round that would take epsilon past ``epsilon_budget``."""
         if self.epsilon_budget is None:
             return None
-        next_rate = self.sampling_rates[-1] if self.sampling_rates else self.fraction_fit
+        next_rate = self.sampling_rates[-1] if self.sampling_rates else self.sampling.fraction_fit
         after = self.epsilon([max(next_rate, 1e-12)])
         if after <= self.epsilon_budget:
             return None
@@ -363,7 +358,7 @@ def _check_inner(strategy: Strategy) -> None:
             f"DifferentialPrivacy wraps a synchronous, mean-based strategy, got {strategy!r}"
             "\nHint: DifferentialPrivacy(FedAvg(...), noise_multiplier=1.0, clipping_norm=0.5)"
         )
-    if type(strategy).start_fit is not Strategy.start_fit:
+    if not strategy.aggregates_mean:
         raise TypeError(
             f"{type(strategy).__name__} does not aggregate by a mean, and DP-FedAvg's noise "
             "calibration holds only for a mean of clipped updates.\nHint: wrap FedAvg, "

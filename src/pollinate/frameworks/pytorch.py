@@ -183,7 +183,8 @@ class TorchClient(Client):
         if self.val_loader is None:
             raise ValueError(
                 "TorchClient has no val_loader, so it cannot evaluate.\nHint: pass "
-                "TorchClient(model, train_loader, val_loader), or FedAvg(fraction_evaluate=0)."
+                "TorchClient(model, train_loader, val_loader), or "
+                "FedAvg(sampling=Sampling(fraction_evaluate=0))."
             )
         set_arrays(self.module, arrays)
         return evaluate(self.module, self.val_loader, loss_fn=self.loss_fn, device=self.device)

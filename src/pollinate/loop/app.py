@@ -10,7 +10,7 @@ from pollinate.loop.grid import Timeout
 from pollinate.loop.screen import Validation
 from pollinate.records import Arrays
 from pollinate.secagg.config import SecAggConfig
-from pollinate.strategy.base import Strategy
+from pollinate.strategy.base import BaseStrategy
 
 
 @dataclass
@@ -18,7 +18,7 @@ class ServerApp:
     """What ``server_fn`` returns: the strategy and the shape of the run.
 
     Args:
-        strategy: e.g. ``FedAvg(fraction_fit=0.5)``.
+        strategy: e.g. ``FedAvg(sampling=Sampling(fraction_fit=0.5))``.
         num_rounds: rounds of fit (+ evaluate) to run.
         initial_arrays: the starting global model; when None, one client's
             ``get_arrays`` / ``get_parameters`` provides it.
@@ -40,7 +40,7 @@ class ServerApp:
     >>> app = ServerApp(FedAvg(), num_rounds=5)
     """
 
-    strategy: Strategy
+    strategy: BaseStrategy
     num_rounds: int = 3
     initial_arrays: Arrays | None = None
     round_timeout: float | RoundDeadline | None = None
@@ -50,7 +50,7 @@ class ServerApp:
 
     def __post_init__(self) -> None:
         self._check_secure_aggregation()
-        if not isinstance(self.strategy, Strategy):
+        if not isinstance(self.strategy, BaseStrategy):
             raise TypeError(
                 f"ServerApp.strategy must be a Strategy, got {self.strategy!r}\n"
                 "Hint: ServerApp(strategy=FedAvg(), num_rounds=10)"

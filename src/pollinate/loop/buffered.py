@@ -1,4 +1,4 @@
-"""The asynchronous run loop: nodes train continuously; the model steps every K updates.
+"""Buffered asynchronous rounds: nodes train continuously; the model steps every K updates.
 
 For ``FedBuff`` (``strategy/fedbuff.py``) there are no rounds to wait for. The loop keeps
 ``concurrency`` nodes training, each from the model version that was current when its task
@@ -44,40 +44,43 @@ update lands in which step depends on when replies arrive.
 from __future__ import annotations
 
 import functools
-import logging
 import queue
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from pollinate.aggregate.staleness import BufferedStep
 from pollinate.errors import RunError
 from pollinate.loop.app import ServerApp
-from pollinate.loop.checkpoint import Checkpoint
 from pollinate.loop.deadline import no_reply
-from pollinate.loop.events import (
-    Event,
-    ReplyBounded,
-    ReplyReceived,
-    RoundFinished,
-    StageStarted,
-    UpdateRejected,
-)
-from pollinate.loop.grid import Grid
-from pollinate.loop.history import Failure, History, RoundRecord
+from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.screen import RecentBounds, Screen
-from pollinate.records import Arrays, Config, Message, Metrics, Scalar
+from pollinate.loop.stages import Stages, task_id
+from pollinate.records import Arrays, Config, Message, MessageKind, Metrics
 from pollinate.strategy.base import FitResult
-from pollinate.strategy.fedbuff import FedBuff
-
-log = logging.getLogger("pollinate.loop")
 
 _Outcome = tuple[str, Message | Exception | None]
 """``(task id, what its dispatch yielded)``: a reply, the grid's exception, or None when the
 dispatch ended."""
+
+
+class BufferedStrategy(Protocol):
+    """What the buffered protocol asks of its strategy (``FedBuff`` is one)."""
+
+    buffer_size: int
+    failure_tolerance: float
+
+    @property
+    def min_available_clients(self) -> int: ...
+    def configure_fit(self, round: int) -> Config: ...
+    def aggregate_fit_metrics(self, results: list[tuple[int, Metrics]]) -> Metrics: ...
+    def training_slots(self, available: int) -> int: ...
+    def choose(self, idle: Sequence[int], count: int, rng: np.random.Generator) -> list[int]: ...
+    def staleness_weight(self, staleness: int) -> float: ...
+    def start_step(self, current: Arrays) -> BufferedStep: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,120 +93,71 @@ class _Task:
 class _Step:
     """What a step gathers until it closes."""
 
-    number: int
+    rounds: RoundRecorder
     arrays: Arrays  # the model it moves: version number - 1
     buffer: BufferedStep
     config: Config
-    record: RoundRecord
     folded: list[tuple[int, Metrics, int]] = field(default_factory=list)
     """(examples, metrics, staleness) of each update in the buffer."""
 
+    @property
+    def number(self) -> int:
+        return self.rounds.number
 
-class BufferedLoop:
-    """Runs the steps of an asynchronous run; ``server.loop.run`` hands FedBuff runs to it
-    after round 0 (or after loading the checkpoint it resumes from)."""
 
-    def __init__(
-        self,
-        grid: Grid,
-        app: ServerApp,
-        strategy: FedBuff,
-        seed: int,
-        run_id: str,
-        emit: Callable[[Event], None],
-    ) -> None:
-        self.grid, self.app, self.strategy = grid, app, strategy
-        self.seed, self.run_id, self.emit = seed, run_id, emit
-        self.log = logging.LoggerAdapter(log, {"run_id": run_id})
+class BufferedRounds:
+    """Carries out the steps of an asynchronous run, one ``fit`` call per step; tasks stay
+    in flight from one step to the next."""
+
+    def __init__(self, stages: Stages, strategy: BufferedStrategy) -> None:
+        self.stages, self.strategy = stages, strategy
+        self.grid, self.app = stages.grid, stages.app
         self._outcomes: queue.Queue[_Outcome] = queue.Queue()
         self._in_flight: dict[str, _Task] = {}
         self._trained_from: dict[int, int] = {}  # node -> the version of its last task
-        self._rng = np.random.default_rng(seed)
-        self._workers = _Workers(f"pollinate-{run_id}")
+        self._rng: np.random.Generator | None = None
+        self._workers = _Workers(f"pollinate-{stages.run_id}")
         # the relative bounds against the last four steps' worth of updates
-        self._bounds = RecentBounds(app.validation, 4 * strategy.buffer_size)
+        self._bounds = RecentBounds(self.app.validation, 4 * strategy.buffer_size)
 
-    def run(
-        self,
-        arrays: Arrays,
-        history: History,
-        first: int,
-        checkpoint: Callable[[Checkpoint], None],
-        resumed: bool,
-    ) -> Arrays:
-        """Steps ``first .. num_rounds`` from ``arrays`` (the model after step ``first - 1``),
-        appended to ``history``; returns the final arrays."""
-        # seeded by the first step, so a resumed run chooses as a fresh one from there would
-        self._rng = np.random.default_rng([self.seed, first, 3])
-        try:
-            for number in range(first, self.app.num_rounds + 1):
-                arrays, record = self._step(number, arrays)
-                record.resumed = resumed and number == first
-                history.rounds.append(record)
-                state = self.strategy.state()
-                checkpoint(Checkpoint(number, arrays, state, History(list(history.rounds))))
-                self.emit(RoundFinished(record))
-        finally:
-            self._workers.close()
-        return arrays
-
-    # --- one step --------------------------------------------------------------------------
-
-    def _step(self, number: int, arrays: Arrays) -> tuple[Arrays, RoundRecord]:
-        started = time.perf_counter()
+    def fit(self, rounds: RoundRecorder, arrays: Arrays) -> Arrays:
+        """One step from ``arrays`` (the model after the step before)."""
+        if self._rng is None:
+            # seeded by the first step, so a resumed run chooses as a fresh one from there would
+            self._rng = self.stages.rng(rounds.number, 3)
         step = _Step(
-            number,
+            rounds,
             arrays,
             self.strategy.start_step(arrays),
-            self.strategy.configure_fit(number),
-            RoundRecord(round=number),
+            self.strategy.configure_fit(rounds.number),
         )
-        self.emit(StageStarted(number, "fit", self.strategy.buffer_size))
+        rounds.stage_started("fit", self.strategy.buffer_size)
         self._send(step)
         while len(step.folded) < self.strategy.buffer_size and self._in_flight:
             self._receive(step, *self._outcomes.get())
             self._send(step)
-        arrays = self._apply(step)
-        record = step.record
-        record.centralized = self._centralized(number, arrays)
-        record.seconds = time.perf_counter() - started
-        self.log.info(
-            "run %s step %d: %d updates, mean staleness %.2f, %d failures",
-            self.run_id,
-            number,
-            record.replies,
-            record.fit.get("staleness", 0.0),
-            record.failures,
-        )
-        return arrays, record
+        return self._apply(step)
+
+    def evaluate(self, rounds: RoundRecorder, arrays: Arrays) -> None:
+        """None: every node is busy training (``evaluate_fn`` evaluates each step)."""
+
+    def close(self) -> None:
+        self._workers.close()
 
     def _apply(self, step: _Step) -> Arrays:
-        record, folded = step.record, step.folded
-        record.replies, record.failures = len(folded), len(record.failed)
-        record.fit = dict(self.strategy.aggregate_fit_metrics([(n, m) for n, m, _ in folded]))
+        rounds, folded = step.rounds, step.folded
+        rounds.count_fit(len(folded))
+        fit = dict(self.strategy.aggregate_fit_metrics([(n, m) for n, m, _ in folded]))
         if folded:
-            record.fit["staleness"] = sum(tau for _, _, tau in folded) / len(folded)
-        ended = record.replies + record.failures
-        if folded and record.failures <= self.strategy.failure_tolerance * ended:
-            return step.buffer.finish()
-        record.applied = False
-        self.log.warning(
-            "run %s step %d: %d of %d tasks failed, more than failure_tolerance=%s allows; "
-            "keeping the previous global model",
-            self.run_id,
-            step.number,
-            record.failures,
-            ended,
-            self.strategy.failure_tolerance,
-        )
-        return step.arrays
-
-    def _centralized(self, number: int, arrays: Arrays) -> dict[str, Scalar]:
-        result = self.strategy.evaluate(number, arrays)
-        if result is None:
-            return {}
-        loss, metrics = result
-        return {"loss": float(loss), **metrics}
+            fit["staleness"] = sum(tau for _, _, tau in folded) / len(folded)
+        rounds.record.fit = fit
+        ended = rounds.record.replies + rounds.record.failures
+        if not folded:
+            rounds.keep_model(f"none of the {ended} fit tasks that ended gave a usable update")
+            return step.arrays
+        if not rounds.tolerated(self.strategy.failure_tolerance, ended):
+            return step.arrays
+        return step.buffer.finish()
 
     # --- tasks out ---------------------------------------------------------------------------
 
@@ -214,37 +168,29 @@ class BufferedLoop:
         available = self.grid.nodes()
         needed = self.strategy.min_available_clients
         if not self._in_flight and len(available) < needed:
-            self.log.warning(
-                "run %s step %d: %d of the %d clients FedBuff needs are connected; waiting up "
-                "to %gs for more (ServerApp.node_wait)",
-                self.run_id,
-                step.number,
-                len(available),
-                needed,
-                self.app.node_wait,
-            )
+            step.rounds.waiting(len(available), needed, "FedBuff", self.app.node_wait)
             available = self.grid.wait_for_nodes(needed, self.app.node_wait)
         if not self._in_flight and len(available) < needed:
             raise RunError(
-                f"FedBuff needs {self.strategy.min_available_clients} clients but only "
-                f"{len(available)} are available.\nHint: lower min_available_clients, or run "
-                "more clients (--clients N in simulation)."
+                f"FedBuff needs {needed} clients but only {len(available)} are available.\n"
+                "Hint: lower Sampling(min_available_clients=...), or run more clients "
+                "(--clients N in simulation)."
             )
         busy = {task.message.node_id for task in self._in_flight.values()}
         idle = [n for n in available if n not in busy and self._trained_from.get(n, -1) < version]
         room = self.strategy.training_slots(len(available)) - len(self._in_flight)
+        assert self._rng is not None  # seeded by fit
         for node in self.strategy.choose(idle, room, self._rng):
-            task_id = f"{self.run_id}:{step.number}:fit:{node}"
             message = Message(
-                kind="fit",
-                task_id=task_id,
-                run_id=self.run_id,
+                kind=MessageKind.FIT,
+                task_id=task_id(self.stages.run_id, step.number, "fit", node),
+                run_id=self.stages.run_id,
                 round=step.number,
                 node_id=node,
                 arrays=step.arrays,
                 config=step.config,
             )
-            self._in_flight[task_id] = _Task(message, version)
+            self._in_flight[message.task_id] = _Task(message, version)
             self._trained_from[node] = version
             self._workers.run(functools.partial(self._dispatch, message))
 
@@ -266,66 +212,38 @@ class BufferedLoop:
         task = self._in_flight.get(task_id)
         if task is None:
             return  # the end of a dispatch whose reply came already
-        node = task.message.node_id
+        node, rounds = task.message.node_id, step.rounds
         if outcome is None:
             del self._in_flight[task_id]
-            self._fail(step, node, no_reply(self.app.stage_timeout(1)))
+            self._fail(rounds, node, no_reply(self.app.stage_timeout(1)))
             return
         if outcome.task_id != task_id or not outcome.is_reply or outcome.node_id != node:
-            self.log.warning(
-                "run %s step %d: dropped a reply for unknown or finished task %r from node %d",
-                self.run_id,
-                step.number,
-                outcome.task_id,
-                outcome.node_id,
-            )
+            rounds.dropped(outcome.task_id, outcome.node_id)
             return
         del self._in_flight[task_id]
         if outcome.error is not None:
-            self._fail(step, node, f"client failed: {outcome.error}")
+            self._fail(rounds, node, f"client failed: {outcome.error}")
             return
         problem = _problem(self.app, outcome, task.message.arrays)
         if problem is not None:
-            self._reject(step, node, problem)
+            rounds.received("fit", node, False)
+            rounds.reject(node, problem)
             return
         base = task.message.arrays
         update = FitResult(node, outcome.arrays, outcome.num_examples, outcome.metrics)
         update, notes = self._bounds.bound(update, base)
         for note in notes:
-            self.emit(ReplyBounded(step.number, "fit", node, note))
-            self.log.warning(
-                "run %s step %d: update of node %d bounded: %s",
-                self.run_id,
-                step.number,
-                node,
-                note,
-            )
+            rounds.bound(node, "fit", note)
         staleness = step.number - 1 - task.version
         weight = self.strategy.staleness_weight(staleness)
         step.buffer.add(update.arrays, base, update.num_examples, weight)
         step.folded.append((update.num_examples, update.metrics, staleness))
-        self.emit(ReplyReceived(step.number, "fit", node, True))
+        rounds.received("fit", node, True)
 
-    def _fail(self, step: _Step, node: int, reason: str) -> None:
-        step.record.failed.append(Failure(node, "fit", reason))
-        self.emit(ReplyReceived(step.number, "fit", node, False))
-        self.log.warning(
-            "run %s step %d: fit from node %d failed: %s", self.run_id, step.number, node, reason
-        )
-
-    def _reject(self, step: _Step, node: int, reason: str) -> None:
-        """An update that arrived and did not pass validation (``screen.py``)."""
-        step.record.failed.append(Failure(node, "fit", reason))
-        step.record.rejected += 1
-        self.emit(ReplyReceived(step.number, "fit", node, False))
-        self.emit(UpdateRejected(step.number, node, reason))
-        self.log.warning(
-            "run %s step %d: update from node %d rejected: %s",
-            self.run_id,
-            step.number,
-            node,
-            reason,
-        )
+    @staticmethod
+    def _fail(rounds: RoundRecorder, node: int, reason: str) -> None:
+        rounds.fail(node, "fit", reason)
+        rounds.received("fit", node, False)
 
 
 class _Workers:

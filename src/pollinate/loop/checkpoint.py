@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pollinate.wire as wire  # the package, not `from pollinate import`: no cycle via the root
 from pollinate.errors import WireError
 from pollinate.loop.history import History
-from pollinate.records import Arrays, Message
+from pollinate.records import Arrays, Message, MessageKind
 
 _MODEL, _STRATEGY = "model/", "strategy/"
 
@@ -44,7 +44,8 @@ def iter_encode(checkpoint: Checkpoint, chunk_size: int = 4 << 20) -> Iterator[b
     """The checkpoint's arrays as wire chunks (the history is not part of them)."""
     arrays = {f"{_MODEL}{k}": v for k, v in checkpoint.arrays.items()}
     arrays.update({f"{_STRATEGY}{k}": v for k, v in checkpoint.strategy_state.items()})
-    message = Message("get_arrays", round=checkpoint.round, is_reply=True, arrays=Arrays(arrays))
+    kind = MessageKind.GET_ARRAYS
+    message = Message(kind, round=checkpoint.round, is_reply=True, arrays=Arrays(arrays))
     return wire.iter_encode(message, chunk_size)
 
 

@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pollinate.records import Arrays, Config, Message, Metrics
+from pollinate.loop.evaluate import evaluate
+from pollinate.loop.plain import finish_fit
+from pollinate.loop.recorder import RoundRecorder
+from pollinate.loop.stages import Stages
+from pollinate.loop.validate import arrays_problem
+from pollinate.records import Arrays, Config, Message, MessageKind, Metrics
 from pollinate.secagg import codec
 from pollinate.secagg.config import SecAggConfig
 from pollinate.secagg.messages import (
@@ -39,10 +44,53 @@ from pollinate.secagg.messages import (
 )
 from pollinate.secagg.server import SecAggServer
 from pollinate.secagg.update import mean_model, vector_length
+from pollinate.strategy.base import FitResult, Strategy
 
 Task = tuple[Arrays, Config]
-Collect = Callable[[str, Mapping[int, Task]], Iterator[tuple[int, Message, "str | None"]]]
+Outcome = tuple[int, Message, "str | None"]
+Collect = Callable[[str, Mapping[int, Task]], Iterator[Outcome]]
 """``(stage, {node: (arrays, config)}) -> (node, reply, problem)`` once per task."""
+
+
+class SecureRounds:
+    """Synchronous rounds whose fit is SecAgg+: the strategy gets the round's mean as one
+    result, with ``count`` the clients in it; federated evaluation is in the clear."""
+
+    def __init__(self, stages: Stages, strategy: Strategy, config: SecAggConfig) -> None:
+        self.stages, self.strategy, self.config = stages, strategy, config
+
+    def fit(self, rounds: RoundRecorder, arrays: Arrays) -> Arrays:
+        strategy, rnd = self.strategy, rounds.number
+        nodes = self.stages.sample(rounds, "fit", strategy.sample_fit, 0)
+        config = strategy.configure_fit(rnd)
+        aggregator = strategy.start_fit(rnd, arrays)
+
+        def collect(stage: str, tasks: Mapping[int, Task]) -> Iterator[Outcome]:
+            return self.stages.collect(rounds, stage, tasks, MessageKind.SECAGG)
+
+        outcome = SecureFit(self.config, self.stages.run_id, collect).run(
+            rnd, nodes, arrays, config
+        )
+        for node, reason in outcome.failures:
+            rounds.fail(node, "fit", reason)
+        rounds.count_fit(0)
+        rounds.record.fit = strategy.aggregate_fit_metrics(outcome.metrics)
+        if outcome.arrays is None:
+            rounds.abort(outcome.aborted or "secure aggregation gave up")
+            return arrays
+        problem = arrays_problem(outcome.arrays, arrays)
+        if problem is not None:
+            rounds.abort(f"the securely summed mean {problem}")
+            return arrays
+        rounds.record.replies = outcome.clients
+        aggregator.add(FitResult(0, outcome.arrays, outcome.examples, {}, outcome.clients))
+        return finish_fit(rounds, strategy, arrays, aggregator, len(nodes))
+
+    def evaluate(self, rounds: RoundRecorder, arrays: Arrays) -> None:
+        evaluate(self.stages, self.strategy, rounds, arrays)
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -82,7 +130,8 @@ class SecureFit:
             raise SecAggError(
                 f"secure aggregation needs at least 3 clients in a round, and {len(nodes)} "
                 "were sampled: with 2, each could read the other's update off the sum.\n"
-                "Hint: min_fit_clients=3 (or more) on the strategy, and at least 3 clients"
+                "Hint: Sampling(min_fit_clients=3) (or more) on the strategy, and at least 3 "
+                "clients"
             )
         server = SecAggServer(nodes, codec.round_seed(self.run_id, rnd, nodes), self.config)
         adverts = self._advertise(nodes, server, out)

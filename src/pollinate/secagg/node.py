@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pollinate.records import Arrays, Message
+from pollinate.records import Arrays, Message, MessageKind
 from pollinate.secagg import codec
 from pollinate.secagg.client import SecAggClient
 from pollinate.secagg.crypto import NodeSigningKey, NodeVerifyingKey
@@ -206,7 +206,7 @@ class SecAggNode:
         config = {k: v for k, v in instruction.config.items() if not k.startswith("secagg.")}
         trained = fit(
             Message(
-                "fit",
+                MessageKind.FIT,
                 task_id=instruction.task_id,
                 run_id=instruction.run_id,
                 round=instruction.round,

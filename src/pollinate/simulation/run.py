@@ -29,12 +29,12 @@ def run_simulation(
     ``adversaries=Adversaries(0.2, "sign-flip")`` makes a fifth of them attack;
     ``client_speed=Stragglers(0.2, slowdown=10.0)`` makes a fifth of them ten times slower.
 
-    >>> from pollinate import FedAvg, ServerApp, Arrays
+    >>> from pollinate import FedAvg, Sampling, ServerApp, Arrays
     >>> import numpy as np
     >>> class Nudge(Client):
     ...     def fit(self, arrays, config):
     ...         return Arrays({"w": arrays["w"] + 1}), 1, {}
-    >>> app = ServerApp(FedAvg(fraction_evaluate=0), num_rounds=2,
+    >>> app = ServerApp(FedAvg(sampling=Sampling(fraction_evaluate=0)), num_rounds=2,
     ...                 initial_arrays=Arrays({"w": np.zeros(2)}))
     >>> run_simulation(app, lambda ctx: Nudge(), num_clients=3).arrays["w"].tolist()
     [2.0, 2.0]

@@ -1,6 +1,15 @@
 """Strategies: who trains with what, and how results become the next global model."""
 
-from pollinate.strategy.base import FitAggregator, FitResult, Strategy, UnusableUpdate
+from pollinate.strategy.base import (
+    BaseStrategy,
+    FitAggregator,
+    FitResult,
+    Rounds,
+    Sampling,
+    Strategy,
+    StrategyOptions,
+    UnusableUpdate,
+)
 from pollinate.strategy.bulyan import Bulyan
 from pollinate.strategy.fedavg import FedAvg, FedProx
 from pollinate.strategy.fedavgm import FedAvgM
@@ -14,6 +23,7 @@ from pollinate.strategy.xgboost import FedXgbBagging, FedXgbCyclic
 
 __all__ = [
     "STRATEGIES",
+    "BaseStrategy",
     "Bulyan",
     "FedAdagrad",
     "FedAdam",
@@ -32,12 +42,15 @@ __all__ = [
     "Krum",
     "MultiKrum",
     "QFedAvg",
+    "Rounds",
+    "Sampling",
     "Strategy",
+    "StrategyOptions",
     "UnusableUpdate",
     "strategy_class",
 ]
 
-STRATEGIES: dict[str, type[Strategy]] = {
+STRATEGIES: dict[str, type[BaseStrategy]] = {
     "fedavg": FedAvg,
     "fedavgm": FedAvgM,
     "fedprox": FedProx,
@@ -57,7 +70,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
 """Strategies by the name a run config may give them (lower case)."""
 
 
-def strategy_class(name: str) -> type[Strategy]:
+def strategy_class(name: str) -> type[BaseStrategy]:
     """The strategy a config names, e.g. ``strategy_class("FedAdam")``; ValueError if unknown.
 
     >>> strategy_class("fedavgm").__name__

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 from pollinate.aggregate import bulyan
 from pollinate.records import Arrays
+from pollinate.strategy.base import StrategyOptions
 from pollinate.strategy.robust import RobustStrategy, check_malicious, tolerable
 
 
@@ -29,9 +30,9 @@ class Bulyan(RobustStrategy):
 
     requirement = "n >= 4f + 3 (f = num_malicious)"
 
-    def __init__(self, *, num_malicious: int, **kwargs: Any) -> None:
+    def __init__(self, *, num_malicious: int, **options: Unpack[StrategyOptions]) -> None:
         self.num_malicious = check_malicious(type(self).__name__, num_malicious)
-        super().__init__(**kwargs)
+        super().__init__(**options)
 
     @property
     def min_replies(self) -> int:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 from pollinate.client.fedprox import PROXIMAL_MU_KEY
 from pollinate.records import Config
-from pollinate.strategy.base import Strategy
+from pollinate.strategy.base import Strategy, StrategyOptions
 
 
 class FedAvg(Strategy):
@@ -14,7 +14,8 @@ class FedAvg(Strategy):
     Networks from Decentralized Data"): ``w_{t+1} = sum_k (n_k / n) w_{t+1}^k``, the mean of
     the sampled clients' models weighted by their number of examples.
 
-    >>> strategy = FedAvg(fraction_fit=0.5, min_fit_clients=2)
+    >>> from pollinate import Sampling
+    >>> strategy = FedAvg(sampling=Sampling(fraction_fit=0.5, min_fit_clients=2))
     """
 
 
@@ -26,13 +27,13 @@ class FedProx(FedAvg):
     ``pollinate.client.proximal_gradient`` (NumPy) or ``proximal_term`` (PyTorch).
     """
 
-    def __init__(self, *, proximal_mu: float, **kwargs: Any) -> None:
+    def __init__(self, *, proximal_mu: float, **options: Unpack[StrategyOptions]) -> None:
         if isinstance(proximal_mu, bool) or not proximal_mu >= 0 or proximal_mu == float("inf"):
             raise ValueError(
                 f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}\n"
                 "Hint: FedProx(proximal_mu=0.01); 0 behaves like FedAvg."
             )
-        super().__init__(**kwargs)
+        super().__init__(**options)
         self.proximal_mu = float(proximal_mu)
 
     def configure_fit(self, round: int) -> Config:

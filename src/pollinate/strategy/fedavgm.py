@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 
 from pollinate.aggregate import momentum_step
 from pollinate.records import Arrays
+from pollinate.strategy.base import StrategyOptions
 from pollinate.strategy.fedavg import FedAvg
 
 
@@ -21,9 +22,13 @@ class FedAvgM(FedAvg):
     """
 
     def __init__(
-        self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9, **kwargs: Any
+        self,
+        *,
+        server_learning_rate: float = 1.0,
+        server_momentum: float = 0.9,
+        **options: Unpack[StrategyOptions],
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**options)
         self.server_learning_rate = server_learning_rate
         self.server_momentum = server_momentum
         self._velocity: dict[str, np.ndarray] = {}

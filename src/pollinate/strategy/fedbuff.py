@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 
 from pollinate.aggregate.staleness import BufferedStep, staleness_weight
 from pollinate.records import Arrays
-from pollinate.strategy.base import Strategy
+from pollinate.strategy.base import BaseOptions, BaseStrategy, Rounds
 
 
-class FedBuff(Strategy):
+class FedBuff(BaseStrategy):
     """FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous
     Aggregation", AISTATS, Algorithm 1): nodes train continuously, each from the model version
     current when its task was sent; the hub folds each update in as it arrives, weighted by
@@ -39,20 +39,23 @@ class FedBuff(Strategy):
     Args:
         buffer_size: K, updates per step (10 in the paper). Smaller steps sooner on fewer,
             noisier updates; keep it at most the number of nodes that are not stragglers.
-        concurrency: nodes training at once. None: ``fraction_fit`` of the available nodes
-            (at least ``min_fit_clients``), by default all of them.
+        concurrency: nodes training at once. None: ``Sampling.fraction_fit`` of the
+            available nodes (at least ``min_fit_clients``), by default all of them.
         server_learning_rate: ``eta_g``; 1.0 moves the model to the buffer's weighted mean
             of client models when no update is stale.
         staleness_exponent: ``a`` in ``s(tau) = (1 + tau)^-a``; 0 weighs stale updates
             fully.
-        **kwargs: the other ``Strategy`` arguments (``evaluate_fn``, ``on_fit_config_fn``,
-            ``failure_tolerance``, ``min_available_clients``, ...). Federated evaluation is
-            off (``fraction_evaluate=0``): every node is busy training; use ``evaluate_fn``.
+        **options: the arguments of every strategy (``BaseStrategy``: ``sampling``,
+            ``evaluate_fn``, ``on_fit_config_fn``, ``failure_tolerance``, ...). There is no
+            federated evaluation: every node is busy training; ``evaluate_fn`` evaluates
+            every step centrally.
 
     >>> strategy = FedBuff(buffer_size=10, concurrency=50, server_learning_rate=1.0)
     >>> strategy.staleness_weight(3)
     0.5
     """
+
+    rounds = Rounds.BUFFERED
 
     def __init__(
         self,
@@ -61,16 +64,9 @@ class FedBuff(Strategy):
         concurrency: int | None = None,
         server_learning_rate: float = 1.0,
         staleness_exponent: float = 0.5,
-        **kwargs: Any,
+        **options: Unpack[BaseOptions],
     ) -> None:
-        kwargs.setdefault("fraction_evaluate", 0.0)
-        if kwargs["fraction_evaluate"] != 0:
-            raise ValueError(
-                f"FedBuff evaluates centrally only, got fraction_evaluate="
-                f"{kwargs['fraction_evaluate']!r}: its nodes never stop training to evaluate.\n"
-                "Hint: FedBuff(evaluate_fn=evaluate_on_test_set) evaluates every step."
-            )
-        super().__init__(**kwargs)
+        super().__init__(**options)
         _check_count("buffer_size", buffer_size)
         if concurrency is not None:
             _check_count("concurrency", concurrency)
@@ -100,7 +96,8 @@ class FedBuff(Strategy):
         if self.concurrency is not None:
             return min(self.concurrency, available)
         # the decimal the user wrote, as in sampling: 0.14 * 50 is 7 nodes, not 8
-        wanted = max(math.ceil(Fraction(str(self.fraction_fit)) * available), self.min_fit_clients)
+        fraction = Fraction(str(self.sampling.fraction_fit))
+        wanted = max(math.ceil(fraction * available), self.min_fit_clients)
         return min(max(wanted, 1), available)
 
     def choose(self, idle: Sequence[int], count: int, rng: np.random.Generator) -> list[int]:

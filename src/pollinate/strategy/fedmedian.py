@@ -19,7 +19,8 @@ class FedMedian(RobustStrategy):
     Cost: the round's updates are kept until it ends (memory: one copy per update, n x model;
     it cannot stream), plus an 8 MB working block; time O(n x model).
 
-    >>> strategy = FedMedian(fraction_fit=0.5, min_fit_clients=5)
+    >>> from pollinate import Sampling
+    >>> strategy = FedMedian(sampling=Sampling(fraction_fit=0.5, min_fit_clients=5))
     """
 
     def combine(self, updates: list[Arrays], weights: list[int]) -> Arrays:

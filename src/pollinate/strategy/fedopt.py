@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from pollinate.aggregate import (
     yogi_moment,
 )
 from pollinate.records import Arrays
+from pollinate.strategy.base import StrategyOptions
 from pollinate.strategy.fedavg import FedAvg
 
 
@@ -34,9 +35,9 @@ class FedOpt(FedAvg):
         beta_1: float = 0.9,
         beta_2: float = 0.99,
         tau: float = 1e-9,
-        **kwargs: Any,
+        **options: Unpack[StrategyOptions],
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**options)
         # written so that NaN fails every check
         if not (eta > 0 and tau > 0 and 0 <= beta_1 < 1 and 0 <= beta_2 < 1):
             raise ValueError(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 from pollinate.aggregate import trimmed_mean
 from pollinate.records import Arrays
+from pollinate.strategy.base import StrategyOptions
 from pollinate.strategy.robust import RobustStrategy
 
 
@@ -22,17 +23,18 @@ class FedTrimmedAvg(RobustStrategy):
     Cost: the round's updates are kept until it ends (memory: one copy per update, n x model;
     it cannot stream), plus an 8 MB working block; time O(n log n x model).
 
-    >>> strategy = FedTrimmedAvg(beta=0.1, min_fit_clients=10)
+    >>> from pollinate import Sampling
+    >>> strategy = FedTrimmedAvg(beta=0.1, sampling=Sampling(min_fit_clients=10))
     """
 
-    def __init__(self, *, beta: float = 0.2, **kwargs: Any) -> None:
+    def __init__(self, *, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> None:
         hint = "Hint: FedTrimmedAvg(beta=0.1) drops the 10% largest and smallest of each value."
         if isinstance(beta, bool) or not isinstance(beta, int | float):
             raise TypeError(f"beta must be a number, got {beta!r}\n{hint}")
         if not 0 <= beta < 0.5:
             raise ValueError(f"beta must be in [0, 0.5), got {beta!r}\n{hint}")
         self.beta = beta
-        super().__init__(**kwargs)
+        super().__init__(**options)
 
     def combine(self, updates: list[Arrays], weights: list[int]) -> Arrays:
         return trimmed_mean(updates, self.beta)

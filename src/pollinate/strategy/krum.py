@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Unpack
 
 from pollinate.aggregate import multi_krum
 from pollinate.records import Arrays
+from pollinate.strategy.base import StrategyOptions
 from pollinate.strategy.robust import RobustStrategy, check_malicious, tolerable
 
 
@@ -28,7 +29,9 @@ class MultiKrum(RobustStrategy):
 
     requirement = "n > 2f + 2 (f = num_malicious)"
 
-    def __init__(self, *, num_malicious: int, num_selected: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *, num_malicious: int, num_selected: int, **options: Unpack[StrategyOptions]
+    ) -> None:
         self.num_malicious = check_malicious(type(self).__name__, num_malicious)
         hint = "Hint: MultiKrum(num_malicious=1, num_selected=3) averages the 3 best models."
         if isinstance(num_selected, bool) or not isinstance(num_selected, int):
@@ -36,7 +39,7 @@ class MultiKrum(RobustStrategy):
         if num_selected < 1:
             raise ValueError(f"num_selected must be >= 1, got {num_selected!r}\n{hint}")
         self.num_selected = num_selected
-        super().__init__(**kwargs)
+        super().__init__(**options)
 
     @property
     def min_replies(self) -> int:
@@ -65,5 +68,5 @@ class Krum(MultiKrum):
     >>> strategy = Krum(num_malicious=1)
     """
 
-    def __init__(self, *, num_malicious: int, **kwargs: Any) -> None:
-        super().__init__(num_malicious=num_malicious, num_selected=1, **kwargs)
+    def __init__(self, *, num_malicious: int, **options: Unpack[StrategyOptions]) -> None:
+        super().__init__(num_malicious=num_malicious, num_selected=1, **options)

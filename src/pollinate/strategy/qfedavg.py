@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Unpack
 
 from pollinate.aggregate import QFedAvgStep
 from pollinate.errors import RunError
 from pollinate.records import Arrays
-from pollinate.strategy.base import FitAggregator, FitResult, Strategy
+from pollinate.strategy.base import FitAggregator, FitResult, Strategy, StrategyOptions
 
 
 class QFedAvg(Strategy):
@@ -34,8 +34,15 @@ class QFedAvg(Strategy):
     >>> strategy = QFedAvg(q=1.0, lipschitz=1 / 0.01)  # clients train with lr = 0.01
     """
 
+    aggregates_mean = False  # q-weighted: each update counts by its loss, not a plain mean
+
     def __init__(
-        self, *, q: float, lipschitz: float, loss_key: str = "loss_before", **kwargs: Any
+        self,
+        *,
+        q: float,
+        lipschitz: float,
+        loss_key: str = "loss_before",
+        **options: Unpack[StrategyOptions],
     ) -> None:
         hint = "Hint: QFedAvg(q=1.0, lipschitz=1 / client_learning_rate)"
         for name, value in [("q", q), ("lipschitz", lipschitz)]:
@@ -50,7 +57,7 @@ class QFedAvg(Strategy):
                 f"loss_key must be a metric name, got {loss_key!r}\nHint: QFedAvg(q=1.0, "
                 "lipschitz=100.0, loss_key='loss_before')"
             )
-        super().__init__(**kwargs)
+        super().__init__(**options)
         self.q, self.lipschitz, self.loss_key = float(q), float(lipschitz), loss_key
 
     def start_fit(self, round: int, current: Arrays) -> FitAggregator:

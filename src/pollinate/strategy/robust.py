@@ -13,7 +13,6 @@ them no weight.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from pollinate.records import Arrays
 from pollinate.strategy.base import FitAggregator, FitResult, Strategy, TooFewReplies
@@ -24,27 +23,22 @@ log = logging.getLogger("pollinate.strategy")
 class RobustStrategy(Strategy):
     """Base of strategies that aggregate the round's updates all at once.
 
-    A subclass sets its own parameters, then calls ``super().__init__(**kwargs)``, and
+    A subclass sets its own parameters, then calls ``super().__init__(**options)``, and
     implements ``combine``; it overrides ``min_replies`` when it needs more than one update.
-    ``min_fit_clients`` defaults to ``min_replies``, and less is refused: a round could never
-    be aggregated.
+    ``Sampling.min_fit_clients`` defaults to ``min_replies``, and less is refused: a round
+    could never be aggregated.
     """
 
-    requirement = "n >= 1"
-    """The condition on the number of updates n, as the paper states it (for messages)."""
-
     bounds_outliers = False  # the statistic sees outliers as sent, or not at all
+    aggregates_mean = False  # it needs each update, which secure aggregation hides
 
-    def __init__(self, **kwargs: Any) -> None:
-        needed = self.min_replies
-        given = kwargs.setdefault("min_fit_clients", needed)
-        super().__init__(**kwargs)
-        if given < needed:
-            raise ValueError(
-                f"{type(self).__name__} needs {self.requirement} updates per round, at least "
-                f"{needed} here, but min_fit_clients={given!r}.\nHint: leave min_fit_clients "
-                f"out (it defaults to {needed}), or set it higher to leave room for failures."
-            )
+    @property
+    def fewest_fit_clients(self) -> int:
+        return self.min_replies
+
+    @property
+    def default_min_fit_clients(self) -> int:
+        return self.min_replies
 
     @property
     def min_replies(self) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Unpack
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from pollinate.strategy.base import (
     FitAggregator,
     FitResult,
     Strategy,
+    StrategyOptions,
     TooFewClients,
     TooFewReplies,
     UnusableUpdate,
@@ -64,6 +65,7 @@ class FedXgbBagging(Strategy):
     """
 
     updates_like_model = False
+    aggregates_mean = False  # it grows or replaces trees, no mean of arrays
 
     def start_fit(self, round: int, current: Arrays) -> FitAggregator:
         return _AppendTrees(current)
@@ -77,7 +79,7 @@ class FedXgbCyclic(Strategy):
     learning networks among institutions for medical imaging") for boosted trees: with
     clients ``1..K`` in turn, ``F_{t+1} = F_t + f_{k(t)}`` where ``k(t)`` is the client after
     ``k(t-1)`` in node-id order (wrapping around), so a model sees every client's data each
-    ``K`` rounds. ``fraction_fit`` and ``min_fit_clients`` do not apply.
+    ``K`` rounds. ``Sampling.fraction_fit`` and ``min_fit_clients`` do not apply.
     Clients: ``pollinate.frameworks.xgboost.XgbCyclicClient``.
 
     >>> cyclic = FedXgbCyclic()
@@ -86,17 +88,25 @@ class FedXgbCyclic(Strategy):
     """
 
     updates_like_model = False
+    aggregates_mean = False  # it grows or replaces trees, no mean of arrays
 
-    def __init__(self, **kwargs: Any) -> None:
-        for name in ("fraction_fit", "min_fit_clients"):
-            if name in kwargs:
+    def __init__(self, **options: Unpack[StrategyOptions]) -> None:
+        super().__init__(**options)
+        sampling = self.sampling
+        for name, value, only in [
+            ("fraction_fit", sampling.fraction_fit, 1.0),
+            ("min_fit_clients", sampling.min_fit_clients, 1),
+        ]:
+            if value != only:
                 raise ValueError(
-                    f"FedXgbCyclic trains one client per round, so {name}={kwargs[name]!r} "
-                    f"does not apply.\nHint: leave {name} out."
+                    f"FedXgbCyclic trains one client per round, so {name}={value!r} does not "
+                    f"apply.\nHint: leave {name} out of Sampling(...)."
                 )
-        kwargs.setdefault("min_available_clients", 1)
-        super().__init__(min_fit_clients=1, **kwargs)
         self._last_node: int | None = None
+
+    @property
+    def default_min_fit_clients(self) -> int:
+        return 1
 
     def sample_fit(self, available: Sequence[int], rng: np.random.Generator) -> list[int]:
         """The one node after the last round's, in node-id order (wrapping around)."""

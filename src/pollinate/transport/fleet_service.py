@@ -31,7 +31,7 @@ from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import PollEnded, Refused, TryLater
 from pollinate.hub.hub import Hub, TooManyAttempts
 from pollinate.hub.rate_limit import source_of
-from pollinate.records import Message
+from pollinate.records import Message, MessageKind
 from pollinate.security import node_id_from_certificate
 from pollinate.text import MAX_TEXT, inert, name_problem
 from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
@@ -231,7 +231,7 @@ class FleetService(_Service):
             )
             if task is None:
                 return
-            config = wire.encode(Message("get_arrays", config=task.run_config))
+            config = wire.encode(Message(MessageKind.GET_ARRAYS, config=task.run_config))
             yield pb.TaskChunk(app_hash=task.app_hash, run_config=config).SerializeToString()
             for piece in wire.iter_encode(task.message, CHUNK_BYTES):
                 yield data_chunk(piece)

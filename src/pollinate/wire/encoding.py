@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pollinate.records import Message, Scalar
+from pollinate.records import Message, MessageKind, Scalar
 from pollinate.wire.format import ALIGNMENT, FIELD_TYPES, LITTLE_ENDIAN, MAGIC, field_problem
 
 
@@ -76,6 +76,8 @@ def _field_value(message: Message, name: str) -> Any:
     value = value.item() if isinstance(value, np.generic) else value
     if name == "loss" and type(value) is int:
         value = float(value)
+    if name == "kind" and isinstance(value, MessageKind):
+        value = value.value  # the wire carries the kind's plain string
     problem = field_problem(name, value)
     if problem is not None:
         raise problem[0](f"cannot encode Message.{name}: it {problem[1]}")

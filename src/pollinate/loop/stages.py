@@ -1,0 +1,96 @@
+"""What every round protocol does with the Grid: sample nodes, send a stage's tasks, collect.
+
+Invariants:
+- sampling in round ``r`` depends only on ``(seed, r, stream)`` and the nodes available, so
+  a seeded run repeats exactly and a resumed run samples as the uninterrupted one would
+  have; with fewer nodes than the strategy needs, the round waits up to ``node_wait`` for
+  them, then samples with the same generator;
+- task ids depend only on ``(run, round, stage, node)``, so a resumed round asks for the same
+  tasks again and a grid that kept their replies across a crash can hand them back;
+- each task of a stage yields exactly once: its reply, or a failure at the stage's deadline
+  (``deadline.py``); a reply for an unknown or finished task is dropped, logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from pollinate.loop.app import ServerApp
+from pollinate.loop.deadline import StageClock, no_reply
+from pollinate.loop.grid import Grid
+from pollinate.loop.recorder import RoundRecorder
+from pollinate.records import Arrays, Config, Message, MessageKind
+from pollinate.strategy.base import TooFewClients
+
+Sampler = Callable[[Sequence[int], np.random.Generator], list[int]]
+Tasks = Mapping[int, tuple[Arrays, Config]]
+"""Each node's instruction for a stage: its arrays and config."""
+Outcome = tuple[int, Message, "str | None"]
+"""``(node, reply, problem)``: the node's reply, or its task and why it failed."""
+
+
+class Stages:
+    """A run's access to its nodes, shared by the round protocols."""
+
+    def __init__(self, grid: Grid, app: ServerApp, seed: int, run_id: str) -> None:
+        self.grid, self.app, self.seed, self.run_id = grid, app, seed, run_id
+
+    def rng(self, rnd: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, rnd, stream])
+
+    def sample(self, rounds: RoundRecorder, stage: str, sampler: Sampler, stream: int) -> list[int]:
+        """The strategy's sample from the nodes there now; with too few, from those there
+        once enough came (back), up to ``node_wait`` seconds later. The same generator
+        either way, so a run that waited samples as one that did not."""
+        rnd = rounds.number
+        try:
+            return sampler(self.grid.nodes(), self.rng(rnd, stream))
+        except TooFewClients as exc:
+            rounds.waiting(len(self.grid.nodes()), exc.needed, stage, self.app.node_wait)
+            nodes = self.grid.wait_for_nodes(exc.needed, self.app.node_wait)
+        return sampler(nodes, self.rng(rnd, stream))
+
+    def collect(
+        self,
+        rounds: RoundRecorder,
+        stage: str,
+        tasks: Tasks,
+        kind: MessageKind | None = None,
+    ) -> Iterator[Outcome]:
+        """Send ``tasks`` as ``stage`` and yield one outcome per task as it ends.
+
+        ``kind`` is the messages' kind when it is not the stage's name (the stages of secure
+        aggregation).
+        """
+        rnd = rounds.number
+        pending = {
+            task_id(self.run_id, rnd, stage, node): Message(
+                kind=kind or MessageKind(stage),
+                task_id=task_id(self.run_id, rnd, stage, node),
+                run_id=self.run_id,
+                round=rnd,
+                node_id=node,
+                arrays=arrays,
+                config=config,
+            )
+            for node, (arrays, config) in tasks.items()
+        }
+        rounds.stage_started(stage, len(pending))
+        timeout = self.app.stage_timeout(len(pending))
+        for reply in self.grid.dispatch(list(pending.values()), timeout):
+            task = pending.get(reply.task_id)
+            if task is None or not reply.is_reply or reply.node_id != task.node_id:
+                rounds.dropped(reply.task_id, reply.node_id)
+                continue
+            del pending[reply.task_id]
+            if isinstance(timeout, StageClock):
+                timeout.replied()
+            yield task.node_id, reply, None
+        for task in pending.values():
+            yield task.node_id, task, no_reply(timeout)
+
+
+def task_id(run_id: str, rnd: int, stage: str, node: int) -> str:
+    return f"{run_id}:{rnd}:{stage}:{node}"
