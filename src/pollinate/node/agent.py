@@ -18,7 +18,9 @@ from pollinate.client.client import Context, handle
 from pollinate.errors import PollinateError
 from pollinate.records import Config, Message
 from pollinate.secagg.identity import certificate_identity
+from pollinate.secagg.messages import SecAggError
 from pollinate.secagg.node import SecAggNode
+from pollinate.secagg.node import handlers as secagg_handlers
 from pollinate.security import NodeCredentials, SecurityError, should_renew
 from pollinate.transport.client import (
     FleetClient,
@@ -67,6 +69,7 @@ class NodeAgent:
         self.interval = 5.0
         self._beating: threading.Thread | None = None
         self._secagg: SecAggNode | None = None
+        self._handlers = secagg_handlers(self._answer_app, self._secure_node)
 
     def run(self) -> None:
         """Serve until ``self.stop`` is set, reconnecting whenever the hub is away."""
@@ -164,23 +167,24 @@ class NodeAgent:
             node_config=self.node_config,
             run_config=task.run_config,
         )
-        if task.message.kind == "secagg":  # secure aggregation: the fit runs inside its stages
-            return self._secure(task.message, context)
-        return handle(self.app.client_fn, context, task.message)
+        return self._handlers.answer(context, task.message)
 
-    def _secure(self, message: Message, context: Context) -> Message:
-        """Answer a secure-aggregation stage, signing with this node's certificate key."""
+    def _answer_app(self, context: Context, instruction: Message) -> Message:
+        return handle(self.app.client_fn, context, instruction)
+
+    def _secure_node(self, context: Context) -> SecAggNode:
+        """This node's side of secure aggregation, signing with its certificate key."""
         if self.credentials is None:
-            return message.reply(
-                error="SecAggError: this node has no certificate to sign its keys with; "
-                "secure aggregation needs nodes enrolled over mTLS (`pollinate node --token`)"
+            raise SecAggError(
+                "this node has no certificate to sign its keys with; secure aggregation "
+                "needs nodes enrolled over mTLS (`pollinate node --token`)"
             )
         if self._secagg is None or self._secagg.identity.credential != self.credentials.cert_pem:
             node = SecAggNode(context.node_id, certificate_identity(self.credentials))
             if self._secagg is not None:  # a renewed certificate: keep the rounds under way
                 node.adopt(self._secagg)
             self._secagg = node
-        return self._secagg.handle(message, lambda fit: handle(self.app.client_fn, context, fit))
+        return self._secagg
 
     def _push(self, reply: Message) -> None:
         """Push, retrying while the hub is away; a refusal is logged, not retried."""

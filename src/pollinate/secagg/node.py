@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pollinate.client.client import Context
+from pollinate.client.handlers import AppAnswer, Handlers
 from pollinate.records import Arrays, Message, MessageKind
 from pollinate.secagg import codec
 from pollinate.secagg.client import SecAggClient
@@ -247,3 +249,17 @@ def _shape_problem(new: Arrays, model: Arrays) -> str | None:
                 "shaped like it"
             )
     return None
+
+
+def handlers(app: AppAnswer, node_for: Callable[[Context], SecAggNode]) -> Handlers:
+    """A node's handler table with secure aggregation's stages: ``node_for`` gives the node's
+    ``SecAggNode``, or raises SecAggError when the node has no identity to sign keys with."""
+
+    def stage(instruction: Message, context: Context, answer: AppAnswer) -> Message:
+        try:
+            node = node_for(context)
+        except SecAggError as exc:
+            return instruction.reply(error=f"SecAggError: {exc}")
+        return node.handle(instruction, lambda fit: answer(context, fit))
+
+    return Handlers(app, {MessageKind.SECAGG: stage})

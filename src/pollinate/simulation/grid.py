@@ -36,6 +36,7 @@ from pollinate.loop.grid import Grid, Timeout, ends_at
 from pollinate.records import Arrays, Config, Message
 from pollinate.secagg.identity import KeyRing
 from pollinate.secagg.node import SecAggNode
+from pollinate.secagg.node import handlers as secagg_handlers
 from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.speed import ClientSpeed, Stragglers, slowdowns
 
@@ -83,6 +84,7 @@ class SimulationGrid(Grid):
         self._lock = threading.Lock()
         self._keys = KeyRing()  # the virtual fleet's identities, for secure aggregation
         self._secagg_nodes: dict[int, SecAggNode] = {}
+        self._handlers = secagg_handlers(self._client, self._secagg)
 
     def nodes(self) -> list[int]:
         return list(range(self.num_clients))
@@ -182,9 +184,7 @@ class SimulationGrid(Grid):
         own = replace(
             instruction, arrays=Arrays({k: np.array(v) for k, v in instruction.arrays.items()})
         )
-        if instruction.kind == "secagg":  # secure aggregation: the fit runs inside its stages
-            return self._secagg(node).handle(own, lambda fit: self._client(context, fit))
-        return self._client(context, own)
+        return self._handlers.answer(context, own)
 
     def _client(self, context: Context, instruction: Message) -> Message:
         """The app's client's reply, poisoned if the client is an adversary."""
@@ -197,8 +197,9 @@ class SimulationGrid(Grid):
         rng = np.random.default_rng([self.adversaries.seed, instruction.round, node])
         return replace(reply, arrays=self.adversaries.poison(instruction.arrays, reply.arrays, rng))
 
-    def _secagg(self, node: int) -> SecAggNode:
+    def _secagg(self, context: Context) -> SecAggNode:
         """The virtual client's side of secure aggregation, with a key from the grid's ring."""
+        node = context.node_id
         with self._lock:
             if node not in self._secagg_nodes:
                 identity = self._keys.identity(node)
