@@ -56,7 +56,7 @@ import numpy as np
 
 from pollinate.security import CertificateAuthority
 from pollinate.transport import CHUNK_BYTES
-from pollinate.transport.server import DECODING_BYTES
+from pollinate.transport.fleet_service import DECODING_BYTES
 
 ROUNDS = 3
 REPEATS = 3  # of each floor

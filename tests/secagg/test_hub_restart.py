@@ -18,7 +18,7 @@ from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import Hub
 from pollinate.node.agent import NodeAgent
 from pollinate.transport.client import enrol
-from pollinate.transport.server import HubServers, serve
+from pollinate.transport.ports import HubPorts, serve
 from tests.deployment.apps import write_tiny_app
 from tests.deployment.conftest import free_ports
 
@@ -33,7 +33,7 @@ class Running:
     def __init__(self, data: Path, ports: list[int]) -> None:
         self.data, self.ports = data, ports
         self.hub: Hub | None = None
-        self.servers: HubServers | None = None
+        self.servers: HubPorts | None = None
 
     def start(self) -> Hub:
         credentials = HubCredentials.load_or_create(self.data, ["localhost"], ["127.0.0.1"], 3600)

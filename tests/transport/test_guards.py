@@ -11,7 +11,7 @@ import pytest
 from pollinate.hub.hub import Hub
 from pollinate.transport.client import FleetClient, HubRefused
 from pollinate.transport.guards import CallLimits, Idle, Overloaded, next_within
-from pollinate.transport.server import HubServers, serve
+from pollinate.transport.ports import HubPorts, serve
 
 
 def test_a_peer_holds_at_most_its_limit_of_calls_and_others_are_not_counted_against_it() -> None:
@@ -50,7 +50,7 @@ def test_an_upload_that_stops_sending_is_cut_and_one_that_ends_is_not() -> None:
 
 
 @pytest.fixture
-def insecure_hub(tmp_path: Path) -> Iterator[HubServers]:
+def insecure_hub(tmp_path: Path) -> Iterator[HubPorts]:
     hub = Hub(tmp_path / "hub")
     servers = serve(hub, "127.0.0.1:0", "127.0.0.1:0")
     yield servers
@@ -70,7 +70,7 @@ def insecure_hub(tmp_path: Path) -> Iterator[HubServers]:
     ],
 )
 def test_a_heartbeat_whose_fields_are_not_names_or_are_too_long_is_refused(
-    insecure_hub: HubServers, fields: dict[str, object], refusal: str
+    insecure_hub: HubPorts, fields: dict[str, object], refusal: str
 ) -> None:
     client = FleetClient(f"127.0.0.1:{insecure_hub.fleet_port}")
     arguments = {"app_hash": "", "node_config": {}, "name": "alice", **fields}

@@ -29,13 +29,13 @@ from pollinate.transport.client import (
     diagnose,
     enrol,
 )
-from pollinate.transport.server import HubServers, serve
+from pollinate.transport.ports import HubPorts, serve
 
 
 @dataclass
 class RunningHub:
     hub: Hub
-    servers: HubServers
+    servers: HubPorts
 
     @property
     def fleet(self) -> str:

@@ -30,7 +30,7 @@ from pollinate.node.agent import NodeAgent
 from pollinate.security import NodeCredentials, SecurityError
 from pollinate.text import MAX_LINE, MAX_NAME, inert
 from pollinate.transport.client import ControlClient, HubUnavailable, LogLine, enrol
-from pollinate.transport.server import serve
+from pollinate.transport.ports import serve
 
 HubOption = Annotated[
     str, typer.Option("--hub", metavar="HOST:PORT", help="The hub's control address.")

@@ -84,7 +84,7 @@ class BufferedStrategy(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Task:
+class _InFlight:
     message: Message  # its arrays are the version it trains from
     version: int
 
@@ -113,7 +113,7 @@ class BufferedRounds:
         self.stages, self.strategy = stages, strategy
         self.grid, self.app = stages.grid, stages.app
         self._outcomes: queue.Queue[_Outcome] = queue.Queue()
-        self._in_flight: dict[str, _Task] = {}
+        self._in_flight: dict[str, _InFlight] = {}
         self._trained_from: dict[int, int] = {}  # node -> the version of its last task
         self._rng: np.random.Generator | None = None
         self._workers = _Workers(f"pollinate-{stages.run_id}")
@@ -190,7 +190,7 @@ class BufferedRounds:
                 arrays=step.arrays,
                 config=step.config,
             )
-            self._in_flight[message.task_id] = _Task(message, version)
+            self._in_flight[message.task_id] = _InFlight(message, version)
             self._trained_from[node] = version
             self._workers.run(functools.partial(self._dispatch, message))
 

@@ -29,7 +29,7 @@ import numpy as np
 from pollinate.loop.evaluate import evaluate
 from pollinate.loop.plain import finish_fit
 from pollinate.loop.recorder import RoundRecorder
-from pollinate.loop.stages import Stages
+from pollinate.loop.stages import Outcome, Stages, Tasks
 from pollinate.loop.validate import arrays_problem
 from pollinate.records import Arrays, Config, Message, MessageKind, Metrics
 from pollinate.secagg import codec
@@ -46,9 +46,7 @@ from pollinate.secagg.server import SecAggServer
 from pollinate.secagg.update import mean_model, vector_length
 from pollinate.strategy.base import FitResult, Strategy
 
-Task = tuple[Arrays, Config]
-Outcome = tuple[int, Message, "str | None"]
-Collect = Callable[[str, Mapping[int, Task]], Iterator[Outcome]]
+Collect = Callable[[str, Tasks], Iterator[Outcome]]
 """``(stage, {node: (arrays, config)}) -> (node, reply, problem)`` once per task."""
 
 
@@ -65,7 +63,7 @@ class SecureRounds:
         config = strategy.configure_fit(rnd)
         aggregator = strategy.start_fit(rnd, arrays)
 
-        def collect(stage: str, tasks: Mapping[int, Task]) -> Iterator[Outcome]:
+        def collect(stage: str, tasks: Tasks) -> Iterator[Outcome]:
             return self.stages.collect(rounds, stage, tasks, MessageKind.SECAGG)
 
         outcome = SecureFit(self.config, self.stages.run_id, collect).run(

@@ -1,6 +1,6 @@
 """What keeps one peer from starving the others: call limits, a byte budget, idle cuts.
 
-The hub's servers run on one asyncio event loop (``server.py``), so a call that waits (a
+The hub's servers run on one asyncio event loop (``ports.py``), so a call that waits (a
 long-poll, a log follower, an upload that stalls) costs a coroutine, not a thread. These guards
 bound what each peer may hold:
 

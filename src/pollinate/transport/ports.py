@@ -32,11 +32,11 @@ HUB_THREADS = 16
 STREAMS_PER_CONNECTION = 32
 """Calls one connection may have open at once; a node uses three."""
 STOP_SECONDS = 8.0
-"""``HubServers.stop`` returns within about this long, whatever calls are open."""
+"""``HubPorts.stop`` returns within about this long, whatever calls are open."""
 
 
 @dataclass
-class HubServers:
+class HubPorts:
     """The running servers, the ports they bound (enrol_port 0 when insecure), and the event
     loop thread they run on."""
 
@@ -80,7 +80,7 @@ def serve(
     fleet_address: str,
     control_address: str,
     enrol_address: str | None = None,
-) -> HubServers:
+) -> HubPorts:
     """Start the fleet, control and (with TLS) enrolment servers; returns once they listen.
 
     With ``hub.credentials`` the fleet port speaks mutual TLS (a node's id is the one its
@@ -88,7 +88,7 @@ def serve(
     without them (``--insecure``) the fleet port is plain text and there is no enrolment.
     """
     pool = ThreadPoolExecutor(HUB_THREADS, thread_name_prefix="hub")
-    servers = HubServers(0, 0, _pool=pool)
+    servers = HubPorts(0, 0, _pool=pool)
     started: Future[None] = Future()
 
     def run_loop() -> None:
@@ -112,7 +112,7 @@ def serve(
 
 
 async def _start(
-    servers: HubServers,
+    servers: HubPorts,
     hub: Hub,
     pool: ThreadPoolExecutor,
     addresses: tuple[str, str, str | None],
