@@ -301,16 +301,36 @@ Y = np.repeat(np.arange(3), 4)
 
 BAD_CALLS: list[tuple[str, Callable[[], Any], str]] = [
     ("iid: too many partitions", lambda: iid(10, 11), r"num_partitions=11 .*10 samples"),
-    ("iid: zero partitions", lambda: iid(10, 0), r"num_partitions=0"),
-    ("iid: no samples", lambda: iid(0, 1), r"n_samples=0"),
-    ("dirichlet: alpha zero", lambda: dirichlet(Y, 3, alpha=0.0), r"alpha=0\.0"),
-    ("dirichlet: alpha negative", lambda: dirichlet(Y, 3, alpha=-1), r"alpha=-1"),
-    ("dirichlet: alpha inf", lambda: dirichlet(Y, 3, alpha=float("inf")), r"alpha=inf"),
-    ("dirichlet: min_size", lambda: dirichlet(Y, 3, 1.0, min_size=-1), r"min_size=-1"),
+    ("iid: zero partitions", lambda: iid(10, 0), r"num_partitions must be an int >= 1, got 0"),
+    ("iid: no samples", lambda: iid(0, 1), r"n_samples must be an int >= 1, got 0"),
+    (
+        "dirichlet: alpha zero",
+        lambda: dirichlet(Y, 3, alpha=0.0),
+        r"alpha must be a finite number > 0, got 0\.0",
+    ),
+    (
+        "dirichlet: alpha negative",
+        lambda: dirichlet(Y, 3, alpha=-1),
+        r"alpha must be a finite number > 0, got -1",
+    ),
+    (
+        "dirichlet: alpha inf",
+        lambda: dirichlet(Y, 3, alpha=float("inf")),
+        r"alpha must be a finite number > 0, got inf",
+    ),
+    (
+        "dirichlet: min_size",
+        lambda: dirichlet(Y, 3, 1.0, min_size=-1),
+        r"min_size must be an int >= 0, got -1",
+    ),
     ("dirichlet: 2-D labels", lambda: dirichlet(Y.reshape(3, 4), 3, 1.0), r"shape \(3, 4\)"),
     ("dirichlet: empty labels", lambda: dirichlet(np.array([]), 1, 1.0), r"shape \(0,\)"),
     ("dirichlet: too many partitions", lambda: dirichlet(Y, 13, 1.0), r"num_partitions=13"),
-    ("shards: zero per partition", lambda: shards(Y, 3, 0), r"classes_per_partition=0"),
+    (
+        "shards: zero per partition",
+        lambda: shards(Y, 3, 0),
+        r"classes_per_partition must be an int >= 1, got 0",
+    ),
     ("shards: too many shards", lambda: shards(Y, 4, 4), r"= 16 shards.*only 12 samples"),
     ("shards: 2-D labels", lambda: shards(Y.reshape(-1, 1), 2, 1), r"shape \(12, 1\)"),
     ("by_group: 2-D groups", lambda: by_group(np.zeros((2, 2))), r"groups.*shape \(2, 2\)"),
@@ -318,7 +338,11 @@ BAD_CALLS: list[tuple[str, Callable[[], Any], str]] = [
     ("label_counts: negative", lambda: label_counts([-1, 0], [np.arange(2)]), r"minimum -1"),
     ("label_counts: floats", lambda: label_counts([0.5], [np.arange(1)]), r"dtype float64"),
     ("label_counts: index", lambda: label_counts(Y, [np.array([12])]), r"partition 0.*\[12\]"),
-    ("label_counts: width", lambda: label_counts(Y, [np.arange(12)], 2), r"num_classes=2"),
+    (
+        "label_counts: width",
+        lambda: label_counts(Y, [np.arange(12)], 2),
+        r"num_classes must be an int >= 3, got 2",
+    ),
 ]
 
 

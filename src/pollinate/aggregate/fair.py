@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from pollinate.aggregate.mean import _BLOCK
+from pollinate.checks import number
 from pollinate.records import Arrays
 
 # F_k^(q-1) is infinite at F_k = 0 for q < 1: one client that already fits its data
@@ -59,8 +60,8 @@ class QFedAvgStep:
 
     def add(self, arrays: Arrays, loss: float) -> None:
         """Fold in client k's model ``arrays`` and its loss ``F_k`` on ``w`` before training."""
-        if isinstance(loss, bool) or not isinstance(loss, int | float) or not loss >= 0:
-            raise ValueError(f"loss must be a number >= 0, got {loss!r}")
+        hint = "aggregator.add(arrays, loss=0.7), the client's loss before it trained"
+        number("loss", loss, minimum=0, finite=False, hint=hint)
         self._check(arrays)  # before anything is folded: a bad update changes nothing
         f, q, lip = max(float(loss), _MIN_LOSS), self._q, self._lipschitz
         try:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from pollinate.checks import is_number
 from pollinate.records import Arrays, Metrics
 
 # Fold in blocks that stay in cache: the scaled temporary never goes to main memory, so each
@@ -186,7 +187,7 @@ def weighted_average(results: Iterable[tuple[int, Metrics]]) -> Metrics:
     weights: dict[str, float] = {}
     for n, metrics in results:
         for key, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if not is_number(value):
                 continue
             sums[key] = sums.get(key, 0.0) + n * float(value)
             weights[key] = weights.get(key, 0.0) + n

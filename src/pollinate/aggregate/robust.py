@@ -24,6 +24,7 @@ from fractions import Fraction
 import numpy as np
 
 from pollinate.aggregate.mean import WeightedMean
+from pollinate.checks import integer, number
 from pollinate.records import Arrays
 
 # Float64 elements per stacked block: n updates x (_STACK / n) coordinates is 8 MB whatever
@@ -312,15 +313,9 @@ def _checked(updates: Sequence[Arrays]) -> Arrays:
 
 
 def _check_count(name: str, value: int, minimum: int, example: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}\nHint: {example}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}\nHint: {example}.")
+    integer(name, value, minimum=minimum, hint=f"{example}.")
 
 
 def _check_beta(beta: float, example: str) -> None:
-    hint = f"Hint: {example} drops the 10% largest and the 10% smallest values of each coordinate."
-    if isinstance(beta, bool) or not isinstance(beta, int | float):
-        raise TypeError(f"beta must be a number, got {beta!r}\n{hint}")
-    if not 0 <= beta < 0.5:
-        raise ValueError(f"beta must be in [0, 0.5), got {beta!r}\n{hint}")
+    hint = f"{example} drops the 10% largest and the 10% smallest values of each coordinate."
+    number("beta", beta, minimum=0, below=0.5, hint=hint)

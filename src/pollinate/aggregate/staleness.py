@@ -21,10 +21,9 @@ its temporaries are cache-sized blocks, so a step's memory is O(model).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from pollinate.checks import integer, number, positive
 from pollinate.records import Arrays
 
 _BLOCK = 1 << 19
@@ -38,14 +37,14 @@ def staleness_weight(staleness: int, exponent: float = 0.5) -> float:
     >>> staleness_weight(0), staleness_weight(3)
     (1.0, 0.5)
     """
-    if isinstance(staleness, bool) or not isinstance(staleness, int | np.integer):
-        raise TypeError(f"staleness must be an int (steps), got {staleness!r}")
-    if staleness < 0:
-        raise ValueError(
-            f"staleness must be >= 0 steps, got {staleness!r}: an update cannot come from a "
-            "model version newer than the current one"
-        )
-    return float((1.0 + int(staleness)) ** -exponent)
+    steps = integer(
+        "staleness",
+        staleness,
+        minimum=0,
+        hint="staleness_weight(0) for an update of the current model version; an update "
+        "cannot come from a newer one.",
+    )
+    return float((1.0 + steps) ** -exponent)
 
 
 class BufferedStep:
@@ -64,12 +63,12 @@ class BufferedStep:
     """
 
     def __init__(self, current: Arrays, server_learning_rate: float = 1.0) -> None:
-        if not (_is_number(server_learning_rate) and server_learning_rate > 0):
-            raise ValueError(
-                f"server_learning_rate must be a finite number > 0, got {server_learning_rate!r}"
-            )
+        self._lr = positive(
+            "server_learning_rate",
+            server_learning_rate,
+            hint="BufferedStep(current, server_learning_rate=1.0)",
+        )
         self._current = current
-        self._lr = float(server_learning_rate)
         self._acc = {
             name: np.zeros(a.shape, np.complex128 if a.dtype.kind == "c" else np.float64)
             for name, a in current.items()
@@ -79,11 +78,9 @@ class BufferedStep:
 
     def add(self, update: Arrays, base: Arrays, num_examples: float, weight: float) -> None:
         """Fold ``num_examples * weight * (update - base)``; shapes must match ``current``."""
-        if not (_is_number(num_examples) and num_examples > 0):
-            raise ValueError(f"num_examples must be a finite number > 0, got {num_examples!r}")
-        if not (_is_number(weight) and weight >= 0):
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-        scale = float(num_examples) * float(weight)
+        hint = "step.add(update, base, num_examples=32, weight=staleness_weight(1))"
+        scale = positive("num_examples", num_examples, hint=hint)
+        scale *= number("weight", weight, minimum=0, hint=hint)
         for name, acc in self._acc.items():
             new, old = np.asarray(update[name]), np.asarray(base[name])
             if new.shape != acc.shape or old.shape != acc.shape:
@@ -115,11 +112,3 @@ def _fold(acc: np.ndarray, new: np.ndarray, old: np.ndarray, scale: float) -> No
         delta = np.subtract(new[block], old[block], dtype=acc.dtype)
         delta *= scale
         acc[block] += delta
-
-
-def _is_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float | np.integer | np.floating)
-        and math.isfinite(value)
-    )

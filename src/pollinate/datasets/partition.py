@@ -15,12 +15,12 @@ for that column as a NumPy array. See :mod:`pollinate.datasets.huggingface`.
 
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from pollinate.checks import integer, positive
 from pollinate.datasets.huggingface import as_array, class_names, is_dataset
 
 if TYPE_CHECKING:
@@ -80,13 +80,8 @@ def dirichlet(
     """
     y = _check_labels(labels, column=column)
     _check_partitions(num_partitions, y.size)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha must be a number, got {alpha!r}.\nHint: pass e.g. alpha=0.5.")
-    if not (np.isfinite(alpha) and alpha > 0):
-        raise ValueError(
-            f"alpha must be a positive finite number, got alpha={alpha!r}.\n"
-            "Hint: use e.g. alpha=0.1 for strong label skew or alpha=100 for nearly IID."
-        )
+    hint = "use e.g. alpha=0.1 for strong label skew or alpha=100 for nearly IID."
+    positive("alpha", alpha, hint=hint)
     _check_int("min_size", min_size, minimum=0)
     if min_size * num_partitions > y.size:
         raise ValueError(
@@ -260,15 +255,7 @@ def _check_labels(labels: Any, name: str = "labels", column: str | None = None) 
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"{name} must be an int, got {value!r} ({type(value).__name__}).\n"
-            f"Hint: pass a whole number, e.g. {name}={max(minimum, 1)}."
-        )
-    if value < minimum:
-        raise ValueError(
-            f"{name} must be >= {minimum}, got {name}={value!r}.\nHint: {_HINTS[name]}"
-        )
+    integer(name, value, minimum=minimum, hint=_HINTS[name])
 
 
 def _check_partitions(num_partitions: int, n_samples: int) -> None:

@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Sequence
 from types import ModuleType
 
+from pollinate.checks import fraction, number
+
 
 def epsilon(noise_multiplier: float, sampling_rates: Sequence[float], delta: float) -> float:
     """Epsilon at ``delta`` after one round per entry of ``sampling_rates`` (RDP).
@@ -86,23 +88,18 @@ def _dp_accounting() -> ModuleType:
 
 
 def _check_noise(noise_multiplier: float) -> None:
-    if isinstance(noise_multiplier, bool) or not noise_multiplier > 0:
-        raise ValueError(
-            f"noise_multiplier must be > 0, got {noise_multiplier!r}: without noise there is "
-            "no differential privacy (epsilon is infinite).\nHint: noise_multiplier=1.0 is a "
-            "common start; pollinate.dp.noise_for_epsilon(target, q, rounds, delta) "
-            "finds the noise for a target epsilon."
-        )
+    hint = (
+        "without noise there is no differential privacy (epsilon is infinite); "
+        "noise_multiplier=1.0 is a common start, and pollinate.dp.noise_for_epsilon(target, "
+        "q, rounds, delta) finds the noise for a target epsilon."
+    )
+    number("noise_multiplier", noise_multiplier, above=0, finite=False, hint=hint)
 
 
 def _check_delta(delta: float) -> None:
-    if isinstance(delta, bool) or not 0 < delta < 1:
-        raise ValueError(
-            f"delta must be in (0, 1), got {delta!r}\nHint: delta=1e-5, well below "
-            "1 / number of clients."
-        )
+    hint = "delta=1e-5, well below 1 / number of clients."
+    number("delta", delta, above=0, below=1, hint=hint)
 
 
 def _check_rate(rate: float) -> None:
-    if isinstance(rate, bool) or not 0 < rate <= 1:
-        raise ValueError(f"a sampling rate must be in (0, 1], got {rate!r}")
+    fraction("a sampling rate", rate, hint="epsilon(..., sampling_rates=[0.1, 0.1])")

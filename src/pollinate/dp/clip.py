@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from pollinate.checks import positive
 from pollinate.records import Arrays, Metrics
 
 # the metric a client-side clipping client reports: 1 when its update was within the bound
@@ -78,8 +79,5 @@ def _as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _check_bound(norm: float) -> None:
-    if isinstance(norm, bool) or not (norm > 0 and math.isfinite(norm)):
-        raise ValueError(
-            f"the clipping norm must be a finite number > 0, got {norm!r}\nHint: pick it near "
-            "the median norm of unclipped updates (or use adaptive clipping)."
-        )
+    hint = "pick it near the median norm of unclipped updates (or use adaptive clipping)."
+    positive("the clipping norm", norm, hint=hint)

@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import optax
 
+from pollinate.checks import integer
 from pollinate.client import Client
 from pollinate.records import Arrays, Config, Metrics
 
@@ -112,8 +113,7 @@ def train(
     True
     """
     x, y = _check_data(x, y, batch_size)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}\nHint: epochs=1")
+    integer("epochs", epochs, minimum=1, hint="epochs=1")
     opt_state = _init_state(params, optimizer)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
@@ -263,8 +263,7 @@ def _check_data(x: npt.ArrayLike, y: npt.ArrayLike, batch_size: int) -> tuple[np
             f"x and y must hold the same number (> 0) of examples, got x of shape {x.shape} "
             f"and y of shape {y.shape}.\nHint: one row of x per label in y."
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}\nHint: 32")
+    integer("batch_size", batch_size, minimum=1, hint="batch_size=32")
     return x, y
 
 

@@ -56,6 +56,7 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 
+from pollinate.checks import integer
 from pollinate.client.client import Client
 from pollinate.frameworks.shapes import mismatch
 from pollinate.records import Arrays, Config, Metrics
@@ -123,10 +124,7 @@ def initial_arrays(
     federation in ``classes``: a client may hold only some of them.
     """
     kind = _kind(model)
-    if isinstance(n_features, bool) or not isinstance(n_features, int | np.integer):
-        raise TypeError(f"n_features must be an int, got {n_features!r}")
-    if n_features < 1:
-        raise ValueError(f"n_features must be >= 1, got {n_features!r}")
+    integer("n_features", n_features, minimum=1, hint="n_features=x_train.shape[1]")
     labels = _check_classes(model, classes)
     if kind == "mlp":
         _initialize_mlp(model, int(n_features), labels)
@@ -153,8 +151,7 @@ def train(
     and, for a classifier, ``train_accuracy``, both on ``(x, y)`` after training.
     """
     _check_trainable(model)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    integer("epochs", epochs, minimum=1, hint="epochs=1")
     _check_ready(model)
     # SGD's solver needs the data in the weights' dtype (float64 from initial_arrays).
     weights = model.coefs_[0] if isinstance(model, _MLP) else model.coef_
@@ -213,8 +210,7 @@ class SklearnClient(Client):
         model = model_fn()
         _check_trainable(model)
         _check_classes(model, classes)
-        if isinstance(local_epochs, bool) or not isinstance(local_epochs, int) or local_epochs < 1:
-            raise ValueError(f"local_epochs must be an int >= 1, got {local_epochs!r}")
+        integer("local_epochs", local_epochs, minimum=1, hint="local_epochs=1")
         self.model_fn = model_fn
         self.x_train, self.y_train = np.asarray(train[0]), np.asarray(train[1])
         self.x_val, self.y_val = np.asarray(val[0]), np.asarray(val[1])

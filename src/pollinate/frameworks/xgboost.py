@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
+from pollinate.checks import integer
 from pollinate.client.client import Client
 from pollinate.records import Arrays, Config, Metrics
 
@@ -153,11 +154,8 @@ class XgbClient(Client):
         *,
         local_rounds: int = 1,
     ) -> None:
-        if isinstance(local_rounds, bool) or not isinstance(local_rounds, int) or local_rounds < 1:
-            raise ValueError(
-                f"local_rounds must be an int >= 1, got {local_rounds!r}\nHint: local_rounds=1 "
-                "adds one tree per round (per class)."
-            )
+        hint = "local_rounds=1 adds one tree per round (per class)."
+        integer("local_rounds", local_rounds, minimum=1, hint=hint)
         self.train = train
         self.valid = valid
         self.params = dict(params)

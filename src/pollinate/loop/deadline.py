@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pollinate.checks import fraction, positive
 from pollinate.loop.grid import Timeout
 
 
@@ -48,18 +49,11 @@ class RoundDeadline:
     patience: float = 3600.0
 
     def __post_init__(self) -> None:
-        if not (_is_number(self.quorum) and 0 < self.quorum <= 1):
-            raise ValueError(
-                f"RoundDeadline.quorum must be a fraction in (0, 1], got {self.quorum!r}\n"
-                "Hint: RoundDeadline(quorum=0.5) sets the pace by the median node."
-            )
+        hint = "RoundDeadline(quorum=0.5) sets the pace by the median node."
+        fraction("RoundDeadline.quorum", self.quorum, hint=hint)
+        hint = "RoundDeadline(multiple=5.0, floor=60.0, patience=3600.0)"
         for name in ("multiple", "floor", "patience"):
-            value = getattr(self, name)
-            if not (_is_number(value) and value > 0):
-                raise ValueError(
-                    f"RoundDeadline.{name} must be a number > 0, got {value!r}\n"
-                    "Hint: RoundDeadline(multiple=5.0, floor=60.0, patience=3600.0)"
-                )
+            positive(f"RoundDeadline.{name}", getattr(self, name), hint=hint)
 
     def clock(self, tasks: int, now: Callable[[], float] = time.monotonic) -> StageClock:
         """A clock for one stage of ``tasks`` tasks, started now."""
@@ -96,7 +90,3 @@ def no_reply(timeout: Timeout) -> str:
     if isinstance(timeout, int | float):
         return f"no reply within round_timeout={timeout}s"
     return "no reply by the stage's deadline (derived from the round: see RoundDeadline)"
-
-
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)

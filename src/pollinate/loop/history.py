@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pollinate.checks import is_number
 from pollinate.records import Scalar
 from pollinate.text import MAX_LINE, inert
 
@@ -89,7 +90,7 @@ class History:
         out = []
         for r in self.rounds:
             value = getattr(r, section).get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if is_number(value):
                 out.append((r.round, float(value)))
         return out
 

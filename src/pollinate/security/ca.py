@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from pollinate.checks import integer, number
 from pollinate.security.ca_files import (
     CERT_FILE,
     KEY_FILE,
@@ -243,15 +244,13 @@ def _node_uri(node_id: int) -> x509.UniformResourceIdentifier:
 
 
 def _check_node_id(node_id: int) -> None:
-    if not isinstance(node_id, int) or isinstance(node_id, bool):
-        raise TypeError(f"node_id must be an int, got {node_id!r}.\nHint: sign_node_csr(csr, 7)")
+    integer("node_id", node_id, hint="sign_node_csr(csr, 7)")
     if not 0 <= node_id <= MAX_NODE_ID:
         raise ValueError(f"node_id={node_id!r} is not in 0..2**63-1.\nHint: sign_node_csr(csr, 7)")
 
 
 def _require_positive(name: str, value: float, example: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name}={value!r} must be a positive number.\nHint: {example}")
+    number(name, value, above=0, finite=False, hint=example)
 
 
 def _warn_if_others_can_read(key_path: Path) -> None:

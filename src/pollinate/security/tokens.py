@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import re
 import secrets
 import sqlite3
@@ -32,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pollinate.checks import positive
 from pollinate.security.certificates import certificate_fingerprint
 from pollinate.security.errors import SecurityError
 
@@ -199,12 +199,8 @@ def _digest(secret: str) -> str:
 
 
 def _check_ttl(ttl_seconds: float) -> None:
-    is_number = isinstance(ttl_seconds, int | float) and not isinstance(ttl_seconds, bool)
-    if not is_number or not math.isfinite(ttl_seconds) or ttl_seconds <= 0:
-        raise ValueError(
-            f"ttl_seconds={ttl_seconds!r} must be a positive number of seconds.\n"
-            "Hint: store.create(ttl_seconds=3600, ca_fingerprint=ca.fingerprint)"
-        )
+    hint = "store.create(ttl_seconds=3600, ca_fingerprint=ca.fingerprint)"
+    positive("ttl_seconds", ttl_seconds, hint=hint)
 
 
 def _check_fingerprint(ca_fingerprint: str) -> None:

@@ -37,6 +37,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
+from pollinate.checks import integer, number, positive
 from pollinate.records import Arrays
 
 ATTACKS: tuple[str, ...] = ("sign-flip", "scale", "gaussian-noise", "label-flip")
@@ -156,11 +157,8 @@ def flip_labels(labels: npt.ArrayLike, num_classes: int) -> np.ndarray:
     >>> flip_labels(np.array([0, 1, 9]), num_classes=10).tolist()
     [9, 8, 0]
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"num_classes must be an int >= 2, got {num_classes!r}\n"
-            "Hint: flip_labels(y_train, num_classes=10) for the ten digits"
-        )
+    hint = "flip_labels(y_train, num_classes=10) for the ten digits"
+    num_classes = integer("num_classes", num_classes, minimum=2, hint=hint)
     y = np.asarray(labels)
     if y.dtype.kind not in "iu":
         raise TypeError(
@@ -189,11 +187,8 @@ def _rewrite(
 
 
 def _check_fraction(fraction: object) -> None:
-    if not _is_real(fraction) or not 0.0 <= float(fraction) <= 1.0:  # type: ignore[arg-type]
-        raise ValueError(
-            f"the fraction of adversarial clients must be a number in [0, 1], got {fraction!r}\n"
-            "Hint: Adversaries(0.2, 'sign-flip') makes 20% of the clients attack"
-        )
+    hint = "Adversaries(0.2, 'sign-flip') makes 20% of the clients attack"
+    number("the fraction of adversarial clients", fraction, minimum=0, maximum=1, hint=hint)
 
 
 def _check_attack(attack: object) -> None:
@@ -209,8 +204,7 @@ def _check_attack(attack: object) -> None:
 
 
 def _check_seed(seed: object) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}\nHint: Adversaries(..., seed=1)")
+    integer("seed", seed, minimum=0, hint="Adversaries(..., seed=1)")
 
 
 def _check_param(
@@ -227,13 +221,5 @@ def _check_param(
         )
     if value is None:
         return defaults[attack]
-    if not _is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"{name} must be a finite number > 0, got {value!r}\n"
-            f"Hint: Adversaries(0.2, {attack!r}, {name}={defaults[attack]!r}) is the default"
-        )
-    return float(value)
-
-
-def _is_real(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+    hint = f"Adversaries(0.2, {attack!r}, {name}={defaults[attack]!r}) is the default"
+    return positive(name, value, hint=hint)

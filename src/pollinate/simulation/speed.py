@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pollinate.checks import integer, number
+
 ClientSpeed = Callable[[int], float]
 """``node_id -> slowdown``: how many times longer than its real work a client's task takes."""
 
@@ -42,16 +44,10 @@ class Stragglers:
 
     def __post_init__(self) -> None:
         fraction, slowdown = self.fraction, self.slowdown
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-            raise TypeError(f"Stragglers.fraction must be a number, got {fraction!r}")
-        if not 0 <= fraction <= 1:
-            raise ValueError(
-                f"Stragglers.fraction must be in [0, 1], got {fraction!r}\n"
-                "Hint: Stragglers(0.2, slowdown=10.0) makes 20% of clients 10x slower."
-            )
+        hint = "Stragglers(0.2, slowdown=10.0) makes 20% of clients 10x slower."
+        number("Stragglers.fraction", fraction, minimum=0, maximum=1, hint=hint)
         _check_slowdown(slowdown, "Stragglers.slowdown")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"Stragglers.seed must be an int >= 0, got {self.seed!r}")
+        integer("Stragglers.seed", self.seed, minimum=0, hint="Stragglers(0.2, seed=1)")
 
     def clients(self, num_clients: int) -> frozenset[int]:
         """The ids of the slow clients among ``0 .. num_clients - 1``: ``fraction *
@@ -79,10 +75,5 @@ def slowdowns(speed: ClientSpeed | Stragglers, num_clients: int) -> list[float]:
 
 
 def _check_slowdown(value: object, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number, got {value!r}")
-    if not (math.isfinite(value) and value >= 1):
-        raise ValueError(
-            f"{what} must be a finite number >= 1 (how many times longer than its real work "
-            f"a task takes), got {value!r}"
-        )
+    hint = "a slowdown is how many times longer than its real work a task takes; 1.0 is none."
+    number(what, value, minimum=1, hint=hint)
