@@ -183,6 +183,17 @@ def test_a_task_for_a_node_never_heard_from_fails(clock: Clock) -> None:
     assert "node 9 went silent" in failure_of(stranger)
 
 
+def test_a_node_never_heard_from_is_not_alive_even_just_after_boot(clock: Clock) -> None:
+    # "never heard" is None, not a time of 0.0: a machine up for less than the heartbeat
+    # timeout (monotonic time 2.0) would have counted such a node alive
+    clock.now = 2.0
+    fleet = Fleet(heartbeat_timeout=3)
+    fleet.enqueue(task(9))
+    assert fleet.alive() == []
+    assert fleet.fail_silent_nodes() == []  # never alive, so it never fell silent
+    assert fleet.heartbeat(9, "h", {})  # its first heartbeat is an arrival
+
+
 def test_a_node_that_beats_again_is_back(clock: Clock) -> None:
     fleet = Fleet(heartbeat_timeout=3)
     fleet.heartbeat(1, "h", {"partition-id": "0"})

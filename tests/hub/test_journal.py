@@ -20,7 +20,7 @@ from pollinate import wire
 from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import Duplicate
 from pollinate.hub.journal import Journal, Opened
-from pollinate.hub.state import HubState, RunRow
+from pollinate.hub.state import HubState, RunRow, RunStatus
 from pollinate.loop.checkpoint import Checkpoint
 from pollinate.loop.history import History, RoundRecord
 from pollinate.records import Arrays, Message
@@ -511,7 +511,7 @@ def test_the_sweep_deletes_app_archives_no_run_was_recorded_with_and_keeps_the_r
         (state.data_dir / "apps" / digest / "app").mkdir(parents=True)
         (state.data_dir / "apps" / digest / "app" / "pyproject.toml").write_text("")
     state.add_run(
-        RunRow("r", "app", "h" * 64, used, {}, 1, 0, "running", 0, 0.0, ""),
+        RunRow("r", "app", "h" * 64, used, {}, 1, 0, RunStatus.RUNNING, 0, 0.0, ""),
         first_log=("status", "submitted"),
     )
 

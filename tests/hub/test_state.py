@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pollinate.hub.state import HubState, RunRow
+from pollinate.hub.state import HubState, RunRow, RunStatus
 from pollinate.text import MAX_LINE
 
 
@@ -29,7 +29,7 @@ def row(run_id: str, created: float, **fields: object) -> RunRow:
         "overrides": {"lr": "0.1"},
         "rounds": 3,
         "seed": 7,
-        "status": "running",
+        "status": RunStatus.RUNNING,
         "round": 0,
         "created": created,
         "detail": "",
@@ -56,6 +56,32 @@ def test_runs_are_stored_updated_and_listed_in_creation_order(state: HubState) -
     )
     assert state.run("first") == row("first", created=10.0)  # overrides come back as a dict
     assert state.run("missing") is None
+
+
+def test_a_run_reads_back_with_its_status_an_enum_and_rounds_none_for_the_apps_own(
+    state: HubState,
+) -> None:
+    state.add_run(row("r", created=1.0, rounds=None), ("status", "submitted"))
+    read = state.run("r")
+    assert read is not None and read.rounds is None and read.status is RunStatus.RUNNING
+    state.update_run("r", status=RunStatus.FAILED, rounds=5)
+    read = state.run("r")
+    assert read is not None and (read.status, read.rounds) == (RunStatus.FAILED, 5)
+    with pytest.raises(ValueError, match="'done' is not a valid RunStatus"):
+        state.update_run("r", status="done")
+
+
+def test_the_columns_keep_the_values_earlier_hubs_wrote(state: HubState) -> None:
+    # hub.db stays readable both ways: a status is its value, "the app's own rounds" is -1
+    state.add_run(row("new", created=1.0, rounds=None), ("status", "submitted"))
+    with state.reading() as db:
+        db.execute(
+            "INSERT INTO runs VALUES ('old', 'app', 'h', 'a', '{}', -1, 0, 'stopped', 2, 0.0, '')"
+        )
+        stored = db.execute("SELECT rounds, status FROM runs WHERE run_id = 'new'").fetchone()
+    assert stored == (-1, "running")
+    old = state.run("old")
+    assert old is not None and (old.rounds, old.status) == (None, RunStatus.STOPPED)
 
 
 def test_a_run_id_is_unique(state: HubState) -> None:

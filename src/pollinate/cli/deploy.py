@@ -25,6 +25,7 @@ from pollinate.hub.apps import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
 from pollinate.hub.rate_limit import RateLimiter
+from pollinate.hub.state import RunStatus
 from pollinate.loop.history import History, RoundRecord
 from pollinate.node.agent import NodeAgent
 from pollinate.security import NodeCredentials, SecurityError
@@ -272,21 +273,19 @@ def run_on_hub(
             seed,
         )
         console.print(Text.assemble((loaded.name, "bold"), f": run {run_id} submitted to {hub}"))
-        status = ""
         for line in follow_run(client, run_id, follow=True):
             _print_line(line.kind, line.text)
             if line.kind == "round":
                 record = RoundRecord.from_dict(json.loads(line.text))
                 history.rounds = [r for r in history.rounds if r.round < record.round]
                 history.rounds.append(record)
-            if line.kind == "status":
-                status = line.text
+        status = _status(client, run_id)
     except PollinateError as exc:
         raise fail(exc) from None
     console.print(summary_table(history, console.width))
     if out is not None:
         console.print(f"history written to {history.save(out)}")
-    if not status.endswith("finished"):
+    if status is not RunStatus.FINISHED:
         raise typer.Exit(1)
 
 
@@ -319,7 +318,13 @@ def follow_run(client: ControlClient, run_id: str, follow: bool) -> Iterator[Log
 
 def _ended(client: ControlClient, run_id: str) -> bool:
     """The run is over (a log stream can also end because its hub is shutting down)."""
-    return any(r.run_id == run_id and r.status != "running" for r in client.list_runs())
+    return _status(client, run_id) not in (None, RunStatus.RUNNING)
+
+
+def _status(client: ControlClient, run_id: str) -> RunStatus | None:
+    """The run's status as its hub lists it; None if the hub lists no such run."""
+    found = [RunStatus(r.status) for r in client.list_runs() if r.run_id == run_id]
+    return found[0] if found else None
 
 
 def _print_line(kind: str, text: str) -> None:

@@ -22,7 +22,7 @@ from pollinate.hub.hub import Hub, TooManyAttempts
 from pollinate.hub.journal import Journal
 from pollinate.hub.rate_limit import RateLimiter
 from pollinate.hub.runs import Runs
-from pollinate.hub.state import HubState, LogRow, RunRow
+from pollinate.hub.state import HubState, LogRow, RunRow, RunStatus
 
 __all__ = [
     "Fleet",
@@ -36,6 +36,7 @@ __all__ = [
     "RateLimiter",
     "Refused",
     "RunRow",
+    "RunStatus",
     "RunStopped",
     "Runs",
     "TooManyAttempts",

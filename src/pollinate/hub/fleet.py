@@ -72,12 +72,15 @@ class Task:
 
 @dataclass
 class _Node:
-    last_seen: float
+    last_seen: float | None = None  # monotonic; None: never heard, or silent since
     app_hash: str = ""
     node_config: dict[str, str] = field(default_factory=dict)
     session: str = ""
     heard: bool = False  # by this process (not only presumed alive after a restart)
     queue: deque[Task] = field(default_factory=deque)
+
+    def alive(self, now: float, timeout: float) -> bool:
+        return self.last_seen is not None and now - self.last_seen <= timeout
 
 
 class Fleet:
@@ -102,10 +105,10 @@ class Fleet:
         with self._changed:
             node = self._nodes.get(node_id)
             restarted = bool(session) and node is not None and session != node.session
-            arrived = node is None or node.last_seen == 0.0 or restarted
+            arrived = node is None or node.last_seen is None or restarted
             if node is None:
                 node = self._nodes[node_id] = _Node(time.monotonic())
-            elif node.last_seen == 0.0:
+            elif node.last_seen is None:
                 log.info("node %d is back", node_id)
             if restarted and node.session:
                 log.info("node %d restarted", node_id)
@@ -137,9 +140,7 @@ class Fleet:
         now = time.monotonic()
         with self._changed:
             return sorted(
-                n
-                for n, node in self._nodes.items()
-                if now - node.last_seen <= self.heartbeat_timeout
+                n for n, node in self._nodes.items() if node.alive(now, self.heartbeat_timeout)
             )
 
     def heard(self) -> list[int]:
@@ -159,7 +160,7 @@ class Fleet:
     def enqueue(self, task: Task) -> None:
         node_id = task.message.node_id
         with self._changed:
-            node = self._nodes.setdefault(node_id, _Node(0.0))
+            node = self._nodes.setdefault(node_id, _Node())
             if task not in node.queue:
                 node.queue.append(task)
             self._outstanding[task.message.task_id] = task
@@ -332,12 +333,12 @@ class Fleet:
         with self._changed:
             silent = set()
             for node_id, node in self._nodes.items():
-                if node.last_seen != 0.0 and now - node.last_seen <= self.heartbeat_timeout:
+                if node.alive(now, self.heartbeat_timeout):
                     continue
                 silent.add(node_id)
-                if node.last_seen != 0.0:
+                if node.last_seen is not None:
                     newly_silent.append(node_id)
-                    node.last_seen = 0.0
+                    node.last_seen = None
                 node.queue.clear()
             failed = [t for t in self._outstanding.values() if t.message.node_id in silent]
             for task in failed:

@@ -235,8 +235,17 @@ class Hub:
     # --- control API ------------------------------------------------------------------------
 
     def submit_run(
-        self, archive: bytes, app_hash: str, overrides: dict[str, str], rounds: int, seed: int
+        self,
+        archive: bytes,
+        app_hash: str,
+        overrides: dict[str, str],
+        rounds: int | None,
+        seed: int,
     ) -> str:
+        """Start a run of the app in ``archive``; ``rounds`` None runs the app's own number."""
+        if rounds is not None and rounds < 0:
+            # the control API's -1 (fleet.proto), until its service maps it to None itself
+            rounds = None
         return self.runs.submit(archive, app_hash, overrides, rounds, seed)
 
     def list_runs(self) -> list[RunRow]:

@@ -27,7 +27,7 @@ from pollinate.hub.apps import check_archive, load_archive
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.grid import STORAGE_RETRY_SECONDS, HubGrid, RunStopped
 from pollinate.hub.journal import Journal
-from pollinate.hub.state import HubState, RunRow
+from pollinate.hub.state import HubState, RunRow, RunStatus
 from pollinate.loop.app import ServerApp
 from pollinate.loop.checkpoint import Checkpoint
 from pollinate.loop.run import run
@@ -49,11 +49,16 @@ class Runs:
         self._archives_lock = threading.Lock()
 
     def submit(
-        self, archive: bytes, declared_hash: str, overrides: dict[str, str], rounds: int, seed: int
+        self,
+        archive: bytes,
+        declared_hash: str,
+        overrides: dict[str, str],
+        rounds: int | None,
+        seed: int,
     ) -> str:
-        """Unpack and check the app, record the run and start it; AppError if it is unusable,
-        StorageError if the hub cannot record it. A refused submission leaves nothing on
-        disk (``_discard_unless_used``)."""
+        """Unpack and check the app, record the run and start it (``rounds`` None: the app's
+        own number); AppError if it is unusable, StorageError if the hub cannot record it. A
+        refused submission leaves nothing on disk (``_discard_unless_used``)."""
         self.state.check_writable()  # the archive may be stored already: nothing new written
         # marked before it is stored: a refused submission of the same bytes must not
         # delete the archive between this one storing it and recording its run
@@ -86,7 +91,7 @@ class Runs:
         actual: str,
         digest: str,
         overrides: dict[str, str],
-        rounds: int,
+        rounds: int | None,
         seed: int,
     ) -> str:
         run_id = secrets.token_hex(4)
@@ -99,7 +104,7 @@ class Runs:
                 overrides=overrides,
                 rounds=rounds,
                 seed=seed,
-                status="running",
+                status=RunStatus.RUNNING,
                 round=0,
                 created=time.time(),
                 detail="",
@@ -142,7 +147,7 @@ class Runs:
         """Resume every run the last hub on this data dir left running (each in a thread:
         one that waits for its disk must not hold up the others, nor the hub's start)."""
         for row in self.state.runs():
-            if row.status == "running":
+            if row.status is RunStatus.RUNNING:
                 thread = threading.Thread(
                     target=self._resume, args=(row,), name=f"resume-{row.run_id}", daemon=True
                 )
@@ -187,14 +192,16 @@ class Runs:
     def _cannot_resume(self, row: RunRow, exc: BaseException) -> None:
         log.error("run %s cannot resume: %s", row.run_id, exc)
         with contextlib.suppress(StorageError):  # else the next hub tries again
-            self._record_end(row.run_id, "failed", f"cannot resume after a hub restart: {exc}")
+            self._record_end(
+                row.run_id, RunStatus.FAILED, f"cannot resume after a hub restart: {exc}"
+            )
 
     def _start(
         self,
         run_id: str,
         app: App,
         app_hash: str,
-        rounds: int,
+        rounds: int | None,
         seed: int,
         resume_from: Checkpoint | None,
         resume_note: str = "",
@@ -215,7 +222,7 @@ class Runs:
         if row is None:
             return f"no run {run_id!r}; `pollinate ls` lists the runs"
         grid = self._grids.get(run_id)
-        if row.status != "running" or grid is None:
+        if row.status is not RunStatus.RUNNING or grid is None:
             return f"run {run_id} is {row.status}, not running"
         grid.stopped.set()
         return None
@@ -245,7 +252,7 @@ class Runs:
         run_id: str,
         server_app_fn: Callable[[], ServerApp],
         grid: HubGrid,
-        rounds: int,
+        rounds: int | None,
         seed: int,
         resume_from: Checkpoint | None,
         resume_note: str,
@@ -256,7 +263,7 @@ class Runs:
             if resume_note:  # a hub started on a data dir that takes no writes waits for it
                 grid.until_stored(lambda: self.log(run_id, "resume", resume_note))
             server_app = server_app_fn()
-            if rounds >= 0:
+            if rounds is not None:
                 server_app.num_rounds = rounds
             grid.until_stored(lambda: self.state.update_run(run_id, rounds=server_app.num_rounds))
             run(
@@ -268,14 +275,14 @@ class Runs:
                 resume_from=resume_from,
             )
             grid.close()  # an asynchronous run ends with tasks in flight: withdraw them
-            self._finish(run_id, "finished", "")
+            self._finish(run_id, RunStatus.FINISHED, "")
         except RunStopped:
-            self._finish(run_id, "stopped", "stopped by a user")
+            self._finish(run_id, RunStatus.STOPPED, "stopped by a user")
         except PollinateError as exc:
-            self._finish(run_id, "failed", str(exc))
+            self._finish(run_id, RunStatus.FAILED, str(exc))
         except Exception as exc:  # the app's server code may raise anything
             log.exception("run %s failed", run_id)
-            self._finish(run_id, "failed", f"{type(exc).__name__}: {exc}")
+            self._finish(run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
             grid.close()
             logging.getLogger("pollinate").removeHandler(handler)
@@ -287,7 +294,7 @@ class Runs:
         with self.changed:
             self.changed.notify_all()
 
-    def _finish(self, run_id: str, status: str, detail: str) -> None:
+    def _finish(self, run_id: str, status: RunStatus, detail: str) -> None:
         """Record that the run ended, retrying while the data dir refuses writes: a run shown
         "running" with no thread behind it would hold its followers forever."""
         warned = False
@@ -301,7 +308,7 @@ class Runs:
                 warned = True
                 time.sleep(STORAGE_RETRY_SECONDS)
 
-    def _record_end(self, run_id: str, status: str, detail: str) -> None:
+    def _record_end(self, run_id: str, status: RunStatus, detail: str) -> None:
         # the last line goes in before the status changes: a follower that sees the run
         # ended reads the log once more and must find that line there
         self.state.append_log(

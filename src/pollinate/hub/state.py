@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +87,33 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 _STORAGE_FAILURES = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
 
 
+# hub.db's ``rounds`` for "the app's own number" (None in RunRow): the column is NOT NULL in
+# the data dirs of earlier hubs, so the state keeps their value for it, here and only here
+_APP_ROUNDS = -1
+
+
+class RunStatus(StrEnum):
+    """Where a run is. Stored (``hub.db``) and sent (the control API) as its value."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class RunRow:
+    """A run as the hub records it; ``rounds`` is None until the run's app has said how many
+    rounds it runs, unless its submission set them."""
+
     run_id: str
     app: str
     app_hash: str
     archive: str
     overrides: dict[str, str]
-    rounds: int
+    rounds: int | None
     seed: int
-    status: str
+    status: RunStatus
     round: int
     created: float
     detail: str
@@ -251,9 +269,9 @@ class HubState:
                     run.app_hash,
                     run.archive,
                     json.dumps(run.overrides),
-                    run.rounds,
+                    _APP_ROUNDS if run.rounds is None else run.rounds,
                     run.seed,
-                    run.status,
+                    RunStatus(run.status).value,
                     run.round,
                     run.created,
                     inert(run.detail, MAX_LINE),
@@ -261,6 +279,8 @@ class HubState:
             )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
+        if "status" in fields:
+            fields["status"] = RunStatus(fields["status"]).value
         if "detail" in fields:
             fields["detail"] = inert(fields["detail"], MAX_LINE)
         columns = ", ".join(f"{name} = ?" for name in fields)
@@ -343,9 +363,18 @@ def _log_text(kind: str, text: str) -> str:
 
 
 def _run_row(row: tuple[Any, ...]) -> RunRow:
-    values = list(row)
-    values[4] = json.loads(values[4])
-    return RunRow(*values)
+    run_id, app, app_hash, archive, overrides, rounds, seed, status, *rest = row
+    return RunRow(
+        run_id,
+        app,
+        app_hash,
+        archive,
+        json.loads(overrides),
+        None if rounds == _APP_ROUNDS else rounds,
+        seed,
+        RunStatus(status),
+        *rest,
+    )
 
 
 def _lock_data_dir(data_dir: Path) -> int:
