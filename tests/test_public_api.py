@@ -207,6 +207,7 @@ SUBPACKAGES = {
         "RunRow",
         "RunStatus",
         "RunStopped",
+        "RunEvents",
         "Runs",
         "TooManyAttempts",
         "TryLater",

@@ -22,6 +22,7 @@ from pollinate.hub.fleet import Fleet
 from pollinate.hub.journal import Journal
 from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState
+from pollinate.loop.events import Event
 from tests.deployment.apps import write_tiny_app
 
 TIMEOUT = 30.0
@@ -270,3 +271,33 @@ def test_a_run_that_was_running_when_the_hub_stopped_resumes_after_its_last_roun
     assert ("resume", f"hub restarted (restart 1): run {run_id} resumes after round 0") in log
     assert len([text for kind, text in log if kind == "round"]) == 1  # nothing ran twice
     state.close()
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def test_subscribers_see_every_runs_events_tagged_with_its_id(runs: Runs, tmp_path: Path) -> None:
+    seen: list[tuple[str, Event]] = []
+    unsubscribe = runs.events.subscribe(lambda run_id, event: seen.append((run_id, event)))
+    first = submit(runs, write_tiny_app(tmp_path / "app"), rounds=0)
+    ended(runs, first)
+    assert [(run_id, type(e).__name__) for run_id, e in seen] == [(first, "RoundFinished")]
+    unsubscribe()
+    ended(runs, submit(runs, write_tiny_app(tmp_path / "app2"), rounds=0))
+    assert len(seen) == 1  # unsubscribed: the second run's events went to nobody
+
+
+def test_a_subscriber_that_raises_is_cut_off_and_the_run_goes_on(
+    runs: Runs, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+
+    def broken(run_id: str, event: Event) -> None:
+        calls.append(run_id)
+        raise RuntimeError("a dashboard bug")
+
+    runs.events.subscribe(broken)
+    run_id = submit(runs, write_tiny_app(tmp_path / "app"), rounds=0)
+    assert ended(runs, run_id).status == "finished"
+    ended(runs, submit(runs, write_tiny_app(tmp_path / "app2"), rounds=0))
+    assert calls == [run_id]

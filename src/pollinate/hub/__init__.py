@@ -9,6 +9,7 @@ data dir and resumes its runs after a crash. One module per part:
 - ``grid``: :class:`HubGrid`, the run loop's Grid over the fleet;
 - ``runs``: runs started, checkpointed, resumed and stopped;
 - ``journal``: each run's checkpoint and the replies of its current round, on disk;
+- ``events``: every run's loop events, published to subscribers (metrics, dashboards);
 - ``apps``: app archives packed, checked and unpacked;
 - ``credentials``: the hub's TLS material and join tokens;
 - ``rate_limit``: a token bucket per source address, which slows down enrolment guesses.
@@ -16,6 +17,7 @@ data dir and resumes its runs after a crash. One module per part:
 
 from pollinate.hub.apps import pack_app
 from pollinate.hub.credentials import HubCredentials
+from pollinate.hub.events import RunEvents
 from pollinate.hub.fleet import Fleet, PollEnded, Refused, TryLater
 from pollinate.hub.grid import HubGrid, RunStopped
 from pollinate.hub.hub import Hub, TooManyAttempts
@@ -38,6 +40,7 @@ __all__ = [
     "RunRow",
     "RunStatus",
     "RunStopped",
+    "RunEvents",
     "Runs",
     "TooManyAttempts",
     "TryLater",

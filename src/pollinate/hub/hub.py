@@ -76,6 +76,7 @@ class Hub:
             if swept := self.journal.sweep():
                 log.info("deleted %d files a previous hub left half-written or unused", swept)
         self.runs = Runs(self.state, self.fleet, self.journal)
+        self.events = self.runs.events  # subscribe here to every run's events
         self.heartbeat_interval = heartbeat_interval
         self.enrol_limit = enrol_limit or RateLimiter(ENROL_BURST, ENROL_PER_SECOND)
         self._closed = threading.Event()

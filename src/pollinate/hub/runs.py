@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pollinate.app import App
 from pollinate.errors import AppError, PollinateError, StorageError
 from pollinate.hub.apps import check_archive, load_archive
+from pollinate.hub.events import RunEvents
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.grid import STORAGE_RETRY_SECONDS, HubGrid, RunStopped
 from pollinate.hub.journal import Journal
@@ -47,6 +48,7 @@ class Runs:
         self.changed = threading.Condition()
         self._in_submission: Counter[str] = Counter()  # by archive digest
         self._archives_lock = threading.Lock()
+        self.events = RunEvents()  # every run's loop events, for metrics and dashboards
 
     def submit(
         self,
@@ -272,6 +274,7 @@ class Runs:
                 seed=seed,
                 run_id=run_id,
                 on_checkpoint=lambda checkpoint: self._checkpoint(grid, run_id, checkpoint),
+                on_event=lambda event: self.events.publish(run_id, event),
                 resume_from=resume_from,
             )
             grid.close()  # an asynchronous run ends with tasks in flight: withdraw them
