@@ -78,6 +78,7 @@ SUBPACKAGES = {
         "RoundRecord",
         "RunResult",
         "ServerApp",
+        "Stage",
         "StageStarted",
         "UpdateRejected",
         "Validation",

@@ -7,6 +7,7 @@ from pollinate.loop.events import (
     ReplyBounded,
     ReplyReceived,
     RoundFinished,
+    Stage,
     StageStarted,
     UpdateRejected,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "RoundRecord",
     "RunResult",
     "ServerApp",
+    "Stage",
     "StageStarted",
     "UpdateRejected",
     "Validation",

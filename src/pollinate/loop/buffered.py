@@ -56,6 +56,7 @@ from pollinate.aggregate.staleness import BufferedStep
 from pollinate.errors import RunError
 from pollinate.loop.app import ServerApp
 from pollinate.loop.deadline import no_reply
+from pollinate.loop.events import Stage
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.screen import RecentBounds, Screen
 from pollinate.loop.stages import Stages, task_id
@@ -131,7 +132,7 @@ class BufferedRounds:
             self.strategy.start_step(arrays),
             self.strategy.configure_fit(rounds.number),
         )
-        rounds.stage_started("fit", self.strategy.buffer_size)
+        rounds.stage_started(Stage.FIT, self.strategy.buffer_size)
         self._send(step)
         while len(step.folded) < self.strategy.buffer_size and self._in_flight:
             self._receive(step, *self._outcomes.get())
@@ -183,7 +184,7 @@ class BufferedRounds:
         for node in self.strategy.choose(idle, room, self._rng):
             message = Message(
                 kind=MessageKind.FIT,
-                task_id=task_id(self.stages.run_id, step.number, "fit", node),
+                task_id=task_id(self.stages.run_id, step.number, Stage.FIT, node),
                 run_id=self.stages.run_id,
                 round=step.number,
                 node_id=node,
@@ -226,24 +227,24 @@ class BufferedRounds:
             return
         problem = _problem(self.app, outcome, task.message.arrays)
         if problem is not None:
-            rounds.received("fit", node, False)
+            rounds.received(Stage.FIT, node, False)
             rounds.reject(node, problem)
             return
         base = task.message.arrays
         update = FitResult(node, outcome.arrays, outcome.num_examples, outcome.metrics)
         update, notes = self._bounds.bound(update, base)
         for note in notes:
-            rounds.bound(node, "fit", note)
+            rounds.bound(node, Stage.FIT, note)
         staleness = step.number - 1 - task.version
         weight = self.strategy.staleness_weight(staleness)
         step.buffer.add(update.arrays, base, update.num_examples, weight)
         step.folded.append((update.num_examples, update.metrics, staleness))
-        rounds.received("fit", node, True)
+        rounds.received(Stage.FIT, node, True)
 
     @staticmethod
     def _fail(rounds: RoundRecorder, node: int, reason: str) -> None:
-        rounds.fail(node, "fit", reason)
-        rounds.received("fit", node, False)
+        rounds.fail(node, Stage.FIT, reason)
+        rounds.received(Stage.FIT, node, False)
 
 
 class _Workers:

@@ -8,6 +8,7 @@ loss or metric is a failure (``screen.evaluate_problem``).
 from __future__ import annotations
 
 from pollinate.loop.bounds import bound_examples
+from pollinate.loop.events import Stage
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.screen import evaluate_problem
 from pollinate.loop.stages import Stages
@@ -17,18 +18,18 @@ from pollinate.strategy.base import Strategy
 
 def evaluate(stages: Stages, strategy: Strategy, rounds: RoundRecorder, arrays: Arrays) -> None:
     """Evaluate ``arrays`` on the nodes the strategy samples; the result goes to the record."""
-    nodes = stages.sample(rounds, "evaluate", strategy.sample_evaluate, 1)
+    nodes = stages.sample(rounds, Stage.EVALUATE, strategy.sample_evaluate, 1)
     if not nodes:
         return
     config = strategy.configure_evaluate(rounds.number)
     replies: list[Message] = []
     tasks = dict.fromkeys(nodes, (arrays, config))
-    for node, reply, problem in stages.collect(rounds, "evaluate", tasks):
+    for node, reply, problem in stages.collect(rounds, Stage.EVALUATE, tasks):
         if problem is None:
             problem = evaluate_problem(reply)
-        rounds.received("evaluate", node, problem is None)
+        rounds.received(Stage.EVALUATE, node, problem is None)
         if problem is not None:
-            rounds.fail(node, "evaluate", problem)
+            rounds.fail(node, Stage.EVALUATE, problem)
             continue
         replies.append(reply)
     validation = stages.app.validation
@@ -37,7 +38,7 @@ def evaluate(stages: Stages, strategy: Strategy, rounds: RoundRecorder, arrays: 
     for reply, claim, count in zip(replies, claims, counts, strict=True):
         if count != claim:
             note = f"claimed {claim} examples, counted {count} (Validation's bounds)"
-            rounds.bound(reply.node_id, "evaluate", note)
+            rounds.bound(reply.node_id, Stage.EVALUATE, note)
     total = sum(counts)
     if total > 0:
         losses = [n * float(r.loss or 0.0) for n, r in zip(counts, replies, strict=True)]

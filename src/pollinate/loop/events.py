@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from pollinate.loop.history import RoundRecord
+
+
+class Stage(StrEnum):
+    """A step of a round that sends tasks to nodes. A ``str``, so it reads and is stored as its
+    value; secure aggregation's fit runs as four stages of its own."""
+
+    FIT = "fit"
+    EVALUATE = "evaluate"
+    SECAGG_ADVERTISE = "secagg-advertise"
+    SECAGG_SHARE = "secagg-share"
+    SECAGG_MASK = "secagg-mask"
+    SECAGG_UNMASK = "secagg-unmask"
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,7 +25,7 @@ class StageStarted:
     """A stage (``fit`` or ``evaluate``) of ``round`` sent ``tasks`` instructions."""
 
     round: int
-    stage: str
+    stage: Stage
     tasks: int
 
 
@@ -21,7 +34,7 @@ class ReplyReceived:
     """One task of a stage ended: ``ok`` is False when the reply was a failure."""
 
     round: int
-    stage: str
+    stage: Stage
     node_id: int
     ok: bool
 
@@ -41,7 +54,7 @@ class ReplyBounded:
     ``note`` says what was clipped (its example count, its update's norm or distance)."""
 
     round: int
-    stage: str
+    stage: Stage
     node_id: int
     note: str
 

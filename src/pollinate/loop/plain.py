@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 from pollinate.loop.evaluate import evaluate
+from pollinate.loop.events import Stage
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.screen import Screen
 from pollinate.loop.stages import Stages
@@ -32,7 +33,7 @@ class PlainRounds:
 
     def fit(self, rounds: RoundRecorder, arrays: Arrays) -> Arrays:
         strategy, rnd = self.strategy, rounds.number
-        nodes = self.stages.sample(rounds, "fit", strategy.sample_fit, 0)
+        nodes = self.stages.sample(rounds, Stage.FIT, strategy.sample_fit, 0)
         config = strategy.configure_fit(rnd)
         aggregator = strategy.start_fit(rnd, arrays)
         validation = self.stages.app.validation
@@ -42,15 +43,15 @@ class PlainRounds:
         # (examples, metrics) of the folded updates: not the updates, which must go once folded
         metrics: list[tuple[int, Metrics]] = []
         tasks = dict.fromkeys(nodes, (arrays, config))
-        for node, reply, problem in self.stages.collect(rounds, "fit", tasks):
+        for node, reply, problem in self.stages.collect(rounds, Stage.FIT, tasks):
             if problem is None and reply.error is not None:
                 problem = f"client failed: {reply.error}"
             if problem is not None:
-                rounds.received("fit", node, False)
-                rounds.fail(node, "fit", problem)
+                rounds.received(Stage.FIT, node, False)
+                rounds.fail(node, Stage.FIT, problem)
                 continue
             rejected = screen.problem(reply)
-            rounds.received("fit", node, rejected is None)
+            rounds.received(Stage.FIT, node, rejected is None)
             if rejected is not None:
                 rounds.reject(node, rejected)
                 continue
@@ -58,7 +59,7 @@ class PlainRounds:
             metrics += fold(aggregator, screen.admit(result), rounds)
         held, notes, left_out = screen.close()
         for node, note in notes:
-            rounds.bound(node, "fit", note)
+            rounds.bound(node, Stage.FIT, note)
         for node, reason in left_out:
             rounds.reject(node, reason)
         metrics += fold(aggregator, held, rounds)

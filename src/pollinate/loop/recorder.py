@@ -25,6 +25,7 @@ from pollinate.loop.events import (
     ReplyBounded,
     ReplyReceived,
     RoundFinished,
+    Stage,
     StageStarted,
     UpdateRejected,
 )
@@ -78,14 +79,14 @@ class RoundRecorder:
     def number(self) -> int:
         return self.record.round
 
-    def stage_started(self, stage: str, tasks: int) -> None:
+    def stage_started(self, stage: Stage, tasks: int) -> None:
         self.run.emit(StageStarted(self.number, stage, tasks))
 
-    def received(self, stage: str, node: int, ok: bool) -> None:
+    def received(self, stage: Stage, node: int, ok: bool) -> None:
         """A task of ``stage`` ended with a reply (``ok``) or a failure."""
         self.run.emit(ReplyReceived(self.number, stage, node, ok))
 
-    def fail(self, node: int, stage: str, reason: str) -> None:
+    def fail(self, node: int, stage: Stage, reason: str) -> None:
         """A task that produced nothing usable: it timed out, the client raised, or the
         reply was malformed."""
         self.record.failed.append(Failure(node, stage, reason))
@@ -94,12 +95,12 @@ class RoundRecorder:
     def reject(self, node: int, reason: str) -> None:
         """An update that arrived and did not pass validation (``screen.py``), or that the
         strategy could not use."""
-        self.record.failed.append(Failure(node, "fit", reason))
+        self.record.failed.append(Failure(node, Stage.FIT, reason))
         self.record.rejected += 1
         self.run.emit(UpdateRejected(self.number, node, reason))
         self._warn("update from node %d rejected: %s", node, reason)
 
-    def bound(self, node: int, stage: str, note: str) -> None:
+    def bound(self, node: int, stage: Stage, note: str) -> None:
         """A reply that counts, bounded to its fair share (``bounds.py``)."""
         self.run.emit(ReplyBounded(self.number, stage, node, note))
         self._warn("%s reply of node %d bounded: %s", stage, node, note)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pollinate.loop.evaluate import evaluate
+from pollinate.loop.events import Stage
 from pollinate.loop.plain import finish_fit
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.stages import Outcome, Stages, Tasks
@@ -46,7 +47,7 @@ from pollinate.secagg.server import SecAggServer
 from pollinate.secagg.update import mean_model, vector_length
 from pollinate.strategy.base import FitResult, Strategy
 
-Collect = Callable[[str, Tasks], Iterator[Outcome]]
+Collect = Callable[[Stage, Tasks], Iterator[Outcome]]
 """``(stage, {node: (arrays, config)}) -> (node, reply, problem)`` once per task."""
 
 
@@ -59,18 +60,18 @@ class SecureRounds:
 
     def fit(self, rounds: RoundRecorder, arrays: Arrays) -> Arrays:
         strategy, rnd = self.strategy, rounds.number
-        nodes = self.stages.sample(rounds, "fit", strategy.sample_fit, 0)
+        nodes = self.stages.sample(rounds, Stage.FIT, strategy.sample_fit, 0)
         config = strategy.configure_fit(rnd)
         aggregator = strategy.start_fit(rnd, arrays)
 
-        def collect(stage: str, tasks: Tasks) -> Iterator[Outcome]:
+        def collect(stage: Stage, tasks: Tasks) -> Iterator[Outcome]:
             return self.stages.collect(rounds, stage, tasks, MessageKind.SECAGG)
 
         outcome = SecureFit(self.config, self.stages.run_id, collect).run(
             rnd, nodes, arrays, config
         )
         for node, reason in outcome.failures:
-            rounds.fail(node, "fit", reason)
+            rounds.fail(node, Stage.FIT, reason)
         rounds.count_fit(0)
         rounds.record.fit = strategy.aggregate_fit_metrics(outcome.metrics)
         if outcome.arrays is None:
@@ -235,7 +236,7 @@ class SecureFit:
         """Each node's good reply to ``stage``; failures are noted, substituted keys abort."""
         config = {**(extra or {}), **codec.config_items(self.config), codec.STAGE_KEY: stage}
         instructions = {u: (Arrays(dict(arrays)), config) for u, arrays in tasks.items()}
-        for node, reply, problem in self.collect(f"secagg-{stage}", instructions):
+        for node, reply, problem in self.collect(Stage(f"secagg-{stage}"), instructions):
             if problem is None and reply.error is not None:
                 if reply.error.startswith("KeySubstituted"):
                     raise SecAggError(f"node {node} reports: {reply.error}")

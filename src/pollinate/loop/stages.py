@@ -19,6 +19,7 @@ import numpy as np
 
 from pollinate.loop.app import ServerApp
 from pollinate.loop.deadline import StageClock, no_reply
+from pollinate.loop.events import Stage
 from pollinate.loop.grid import Grid
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.records import Arrays, Config, Message, MessageKind
@@ -40,7 +41,9 @@ class Stages:
     def rng(self, rnd: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, rnd, stream])
 
-    def sample(self, rounds: RoundRecorder, stage: str, sampler: Sampler, stream: int) -> list[int]:
+    def sample(
+        self, rounds: RoundRecorder, stage: Stage, sampler: Sampler, stream: int
+    ) -> list[int]:
         """The strategy's sample from the nodes there now; with too few, from those there
         once enough came (back), up to ``node_wait`` seconds later. The same generator
         either way, so a run that waited samples as one that did not."""
@@ -55,7 +58,7 @@ class Stages:
     def collect(
         self,
         rounds: RoundRecorder,
-        stage: str,
+        stage: Stage,
         tasks: Tasks,
         kind: MessageKind | None = None,
     ) -> Iterator[Outcome]:
@@ -92,5 +95,5 @@ class Stages:
             yield task.node_id, task, no_reply(timeout)
 
 
-def task_id(run_id: str, rnd: int, stage: str, node: int) -> str:
+def task_id(run_id: str, rnd: int, stage: Stage | str, node: int) -> str:
     return f"{run_id}:{rnd}:{stage}:{node}"
