@@ -31,6 +31,7 @@ LAYERS = {
     "node": 7,
     "dp": 7,
     "cli": 8,
+    "flower": 8,
     "__init__": 9,
     "__main__": 9,
 }

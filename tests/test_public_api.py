@@ -55,6 +55,33 @@ PUBLIC = [
 
 
 SUBPACKAGES = {
+    "flower": [
+        "FLOWER_VALIDATION",
+        "ArrayRecord",
+        "ClientApp",
+        "ConfigRecord",
+        "Context",
+        "FedAdagrad",
+        "FedAdam",
+        "FedAvg",
+        "FedProx",
+        "FedYogi",
+        "Grid",
+        "Message",
+        "MetricRecord",
+        "Metrics",
+        "NDArrays",
+        "NumPyClient",
+        "Parameters",
+        "RecordDict",
+        "Result",
+        "Scalar",
+        "ServerApp",
+        "ServerAppComponents",
+        "ServerConfig",
+        "ndarrays_to_parameters",
+        "parameters_to_ndarrays",
+    ],
     "client": [
         "Client",
         "ClientFn",

@@ -13,6 +13,12 @@
     clients = 20                         # virtual clients
     concurrency = 2                      # clients trained at once (default: CPU count)
 
+A Flower app's ``[tool.flwr.app]`` is read as it is when there is no ``[tool.pollinate]``:
+``components.serverapp`` / ``clientapp`` name its ``ServerApp`` / ``ClientApp`` (from
+``pollinate.flower``, which are callable as ``server_fn`` / ``client_fn``), ``config`` is the
+run config, and ``[tool.flwr.federations.<default>] options.num-supernodes`` the number of
+virtual clients (``_from_flower``).
+
 Every mistake (missing file, typo in a key, a function that does not exist, a config value
 of the wrong type) raises ``AppError`` that names the problem and the fix.
 """
@@ -118,12 +124,52 @@ def _read_table(root: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise AppError(f"{pyproject} is not valid TOML: {exc}") from None
     table = data.get("tool", {}).get("pollinate")
+    flower = data.get("tool", {}).get("flwr")
+    if table is None and isinstance(flower, dict) and "app" in flower:
+        return _from_flower(flower, pyproject)
     if not isinstance(table, dict):
         raise AppError(
             f"{pyproject} has no [tool.pollinate] table.\nHint: add\n  [tool.pollinate]\n"
             '  server = "mypkg.server:server_fn"\n  client = "mypkg.client:client_fn"'
         )
     return table
+
+
+def _from_flower(flower: dict[str, Any], pyproject: Path) -> dict[str, Any]:
+    """``[tool.flwr.app]`` as the ``[tool.pollinate]`` table it stands for."""
+    app = flower["app"]
+    components = app.get("components") if isinstance(app, dict) else None
+    if not isinstance(components, dict) or not {"serverapp", "clientapp"} <= set(components):
+        raise AppError(
+            f"{pyproject} has [tool.flwr.app] but no serverapp and clientapp in "
+            '[tool.flwr.app.components].\nHint: serverapp = "mypkg.server_app:app" and '
+            'clientapp = "mypkg.client_app:app", each imported from pollinate.flower'
+        )
+    table: dict[str, Any] = {
+        "server": components["serverapp"],
+        "client": components["clientapp"],
+        "config": _flat(app.get("config", {})),
+    }
+    federations = flower.get("federations", {})
+    default = federations.get(federations.get("default", ""), {})
+    options = default.get("options", {}) if isinstance(default, dict) else {}
+    if isinstance(options, dict) and "num-supernodes" in options:
+        table["simulation"] = {"clients": options["num-supernodes"]}
+    return table
+
+
+def _flat(config: Any, prefix: str = "") -> Any:
+    """Flower's nested run config flattened as Flower does: ``{"a": {"b": 1}}`` is
+    ``{"a.b": 1}``."""
+    if not isinstance(config, dict):
+        return config
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _check_keys(table: Any, known: Iterable[str], where: str, root: Path) -> None:

@@ -177,4 +177,5 @@ def test_context_carries_partition_node_and_configs() -> None:
     )
     grid.close()
     assert replies[0].error is None
-    assert seen == [(2, 2, 3, {"site": "s2"}, {"lr": 0.1})]
+    node_config = {"partition-id": 2, "num-partitions": 3, "site": "s2"}  # as Flower sets them
+    assert seen == [(2, 2, 3, node_config, {"lr": 0.1})]

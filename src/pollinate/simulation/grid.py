@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pollinate.checks import integer
 from pollinate.client.client import ClientFn, Context, handle
 from pollinate.loop.grid import Grid, Timeout, ends_at
 from pollinate.records import Arrays, Config, Message
@@ -52,7 +53,8 @@ class SimulationGrid(Grid):
     """``num_clients`` virtual clients with ids ``0 .. num_clients - 1``.
 
     Each client's Context has ``partition_id == node_id`` and ``num_partitions ==
-    num_clients``; ``node_config_fn(partition_id)`` gives its node config. ``attackers``
+    num_clients``, also as ``node_config["partition-id"]`` / ``["num-partitions"]`` (as
+    Flower sets them); ``node_config_fn(partition_id)`` adds to its node config. ``attackers``
     holds the ids that ``adversaries`` chose (empty without). ``client_speed`` makes clients
     slow (``speed.py``): ``Stragglers(0.2, slowdown=10.0)``, or ``node_id -> slowdown``.
     """
@@ -68,10 +70,10 @@ class SimulationGrid(Grid):
         adversaries: Adversaries | None = None,
         client_speed: Stragglers | ClientSpeed | None = None,
     ) -> None:
-        if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
-            raise ValueError(f"num_clients must be an int >= 1, got {num_clients!r}")
         self.client_fn = client_fn
-        self.num_clients = num_clients
+        self.num_clients = integer(
+            "num_clients", num_clients, minimum=1, hint="SimulationGrid(client_fn, num_clients=10)"
+        )
         self.concurrency = max(1, concurrency or os.cpu_count() or 1)
         self.run_config = dict(run_config or {})
         self.node_config_fn = node_config_fn
@@ -207,7 +209,10 @@ class SimulationGrid(Grid):
             return self._secagg_nodes[node]
 
     def _node_config(self, node: int) -> Config:
-        config = self.node_config_fn(node) if self.node_config_fn else {}
+        # the keys Flower's simulation sets, so Flower apps find their partition
+        config: Config = {"partition-id": node, "num-partitions": self.num_clients}
+        if self.node_config_fn:
+            config.update(self.node_config_fn(node))
         if self.adversaries is not None and node in self.attackers:
             # Every attacker is told, so an app can see it; label-flip needs the app to act.
             config = {**config, "attack": self.adversaries.attack}

@@ -1,0 +1,1 @@
+"""sklearnclassic: a Flower / scikit-learn app."""

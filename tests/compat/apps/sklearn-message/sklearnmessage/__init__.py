@@ -1,0 +1,1 @@
+"""sklearnmessage: a Flower / scikit-learn app."""
