@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pollinate.checks import integer
 from pollinate.text import cap, inert, name_problem
 
 Scalar = bool | int | float | str | bytes
@@ -187,11 +188,10 @@ class Message:
             raise ValueError(f"Message kind {self.kind!r} is not one of {MESSAGE_KINDS}")
         object.__setattr__(self, "kind", MessageKind(self.kind))
         for name in ("round", "node_id", "num_examples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Message.{name} must be an int, got {value!r}")
-            if value < 0:
-                raise ValueError(f"Message.{name} must be >= 0, got {value!r}")
+            hint = f"Message(kind, {name}=1): round, node id and example count are counts"
+            object.__setattr__(
+                self, name, integer(f"Message.{name}", getattr(self, name), minimum=0, hint=hint)
+            )
         # Catch mistakes where they are made, not later when the message is encoded.
         if not isinstance(self.arrays, Arrays):
             object.__setattr__(self, "arrays", Arrays(self.arrays))

@@ -173,11 +173,11 @@ def test_small_rounds_hold_their_updates_for_the_relative_bounds() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_norm": 0}, "max_norm must be a number > 0 or None"),
-        ({"anomaly_threshold": float("nan")}, "anomaly_threshold must be a number > 0"),
-        ({"anomaly_threshold": True}, "anomaly_threshold must be a number > 0"),
-        ({"min_updates": 2}, "min_updates must be >= 3"),
-        ({"pull_threshold": True}, "pull_threshold must be a number > 0"),
+        ({"max_norm": 0}, "max_norm must be a finite number > 0"),
+        ({"anomaly_threshold": float("nan")}, "anomaly_threshold must be a finite number > 0"),
+        ({"anomaly_threshold": True}, "anomaly_threshold must be a finite number > 0"),
+        ({"min_updates": 2}, "min_updates must be an int >= 3"),
+        ({"pull_threshold": True}, "pull_threshold must be a finite number > 0"),
         ({"pull_threshold": 0.5}, "pull_threshold must be >= 1"),
         ({"pull_threshold": 12.0}, "quarantine_threshold must be >= pull_threshold=12.0"),
     ],

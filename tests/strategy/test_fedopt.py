@@ -278,5 +278,5 @@ def test_fedprox_refuses_a_proximal_mu_that_is_not_a_finite_non_negative_number(
 ) -> None:
     from pollinate.strategy import FedProx
 
-    with pytest.raises(ValueError, match="proximal_mu must be a finite number >= 0"):
+    with pytest.raises((TypeError, ValueError), match="proximal_mu must be a finite number >= 0"):
         FedProx(proximal_mu=mu)

@@ -177,9 +177,8 @@ def test_no_clients_at_all_raises_run_error() -> None:
 def test_fractions_outside_zero_to_one_are_rejected_showing_the_value(
     name: str, value: object
 ) -> None:
-    with pytest.raises(
-        ValueError, match=re.escape(f"{name} must be a number in [0, 1], got {value!r}")
-    ):
+    wording = f"{name} must be a finite number in [0, 1], got {value!r}"
+    with pytest.raises((TypeError, ValueError), match=re.escape(wording)):
         _with(name, value)
 
 
@@ -203,8 +202,15 @@ def _with(name: str, value: object) -> FedAvg:
 )
 @pytest.mark.parametrize("value", [-1, False, True, 2.0, "2"])
 def test_client_minimums_must_be_non_negative_ints(name: str, value: object) -> None:
-    with pytest.raises(ValueError, match=re.escape(f"{name} must be an int >= 0, got {value!r}")):
+    wording = f"{name} must be an int >= 0, got {value!r}"
+    with pytest.raises((TypeError, ValueError), match=re.escape(wording)):
         Sampling(**{name: value})  # type: ignore[arg-type]
+
+
+def test_only_the_minimums_with_a_default_may_be_none() -> None:
+    assert Sampling(min_fit_clients=None, min_available_clients=None).min_fit_clients is None
+    with pytest.raises(TypeError, match="min_evaluate_clients must be an int >= 0, got None"):
+        Sampling(min_evaluate_clients=None)  # type: ignore[arg-type]
 
 
 def test_misspelt_sampling_options_fail_at_once() -> None:

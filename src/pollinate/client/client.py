@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from pollinate.checks import is_number
 from pollinate.errors import ClientError
 from pollinate.records import Arrays, Config, Message, Metrics, check_scalars
 from pollinate.text import MARK_ROOM, MAX_TEXT, inert
@@ -171,7 +172,7 @@ def _run(client: Client, instruction: Message) -> Message:
             "or node) answers those.\nHint: upgrade pollinate on this node"
         )
     loss, n, metrics = _unpack(client.evaluate(instruction.arrays, config), "evaluate")
-    if isinstance(loss, bool) or not isinstance(loss, int | float | np.floating | np.integer):
+    if not is_number(loss):
         raise ClientError(f"evaluate returned loss {loss!r}; expected a float")
     return instruction.reply(loss=float(loss), num_examples=n, metrics=metrics)
 
@@ -183,7 +184,7 @@ def _unpack(result: Any, method: str) -> tuple[Any, int, Metrics]:
             f"({'arrays' if method == 'fit' else 'loss'}, num_examples, metrics)."
         )
     first, n, metrics = result
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+    if not is_number(n) or not isinstance(n, int | np.integer) or n < 0:
         raise ClientError(f"{method} returned num_examples={n!r}; expected an int >= 0")
     return first, int(n), check_scalars({} if metrics is None else metrics, f"{method} metrics")
 

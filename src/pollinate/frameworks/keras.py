@@ -76,6 +76,7 @@ _choose_backend()
 import keras  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
+from pollinate.checks import integer  # noqa: E402
 from pollinate.client.client import Client  # noqa: E402
 from pollinate.frameworks.shapes import mismatch  # noqa: E402
 from pollinate.records import ARRAY_DTYPES, Arrays, Config, Metrics  # noqa: E402
@@ -148,11 +149,12 @@ class KerasClient(Client):
                 "metrics=['accuracy']) before handing the model over."
             )
         for what, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"KerasClient: {what} must be an int >= 1, got {value!r}.\n"
-                    f"Hint: e.g. KerasClient(model, train, {what}=1)"
-                )
+            integer(
+                f"KerasClient: {what}",
+                value,
+                minimum=1,
+                hint=f"KerasClient(model, train, {what}=1)",
+            )
         self.model = built
         self.train = _check_data(train, "train")
         self.val = None if val is None else _check_data(val, "val")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pollinate.checks import integer
 from pollinate.client.client import Client
 from pollinate.client.fedprox import proximal_mu, proximal_term
 from pollinate.frameworks.shapes import mismatch
@@ -229,8 +230,7 @@ def _train(
     mu: float,
 ) -> tuple[Metrics, int]:
     """``train``, also returning the number of examples in the last epoch."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"train: epochs must be an int >= 1, got {epochs!r}")
+    integer("epochs", epochs, minimum=1, hint="train(model, loader, epochs=1)")
     module.to(device).train()
     optimizer = optimizer or torch.optim.SGD(module.parameters(), lr=lr)
     loss_fn = loss_fn or nn.CrossEntropyLoss()

@@ -25,13 +25,14 @@ True
 from __future__ import annotations
 
 import ipaddress
-import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+from pollinate.checks import integer, positive
 
 __all__ = ["RateLimiter", "source_of"]
 
@@ -64,17 +65,12 @@ class RateLimiter:
         max_sources: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        for name, value in (("burst", burst), ("per_second", per_second)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(
-                    f"{name}={value!r} must be a positive number.\n"
-                    "Hint: RateLimiter(burst=200, per_second=2.0)"
-                )
-        if isinstance(max_sources, bool) or not isinstance(max_sources, int) or max_sources < 1:
-            raise ValueError(f"max_sources={max_sources!r} must be an int >= 1")
-        self.burst, self.per_second, self.max_sources = burst, float(per_second), max_sources
+        hint = "RateLimiter(burst=200, per_second=2.0)"
+        positive("burst", burst, hint=hint)
+        self.burst, self.per_second = burst, positive("per_second", per_second, hint=hint)
+        self.max_sources = integer(
+            "max_sources", max_sources, minimum=1, hint="RateLimiter(200, 2.0, max_sources=10_000)"
+        )
         self._clock = clock
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pollinate.checks import integer, is_number, number
 from pollinate.loop.deadline import RoundDeadline
 from pollinate.loop.grid import Timeout
 from pollinate.loop.screen import Validation
@@ -55,26 +56,27 @@ class ServerApp:
                 f"ServerApp.strategy must be a Strategy, got {self.strategy!r}\n"
                 "Hint: ServerApp(strategy=FedAvg(), num_rounds=10)"
             )
-        if isinstance(self.num_rounds, bool) or not isinstance(self.num_rounds, int):
-            raise TypeError(f"num_rounds must be an int, got {self.num_rounds!r}")
-        if self.num_rounds < 0:
-            raise ValueError(f"num_rounds must be >= 0, got {self.num_rounds!r}")
+        self.num_rounds = integer(
+            "num_rounds", self.num_rounds, minimum=0, hint="ServerApp(strategy, num_rounds=3)"
+        )
         if not isinstance(self.validation, Validation):
             raise TypeError(
                 f"ServerApp.validation must be a Validation, got {self.validation!r}\n"
                 "Hint: ServerApp(strategy, validation=Validation(anomaly_threshold=None))"
             )
         timeout = self.round_timeout
-        fixed = _positive(timeout) and timeout != 0
+        fixed = is_number(timeout) and timeout > 0  # math.inf waits for every reply
         if not (timeout is None or isinstance(timeout, RoundDeadline) or fixed):
             raise ValueError(
                 f"round_timeout must be seconds > 0, a RoundDeadline or None, got {timeout!r}\n"
                 "Hint: ServerApp(strategy, round_timeout=120) or leave it out for the default."
             )
-        if not _positive(self.node_wait) or math.isinf(self.node_wait):
-            raise ValueError(
-                f"node_wait must be a finite number of seconds >= 0, got {self.node_wait!r}"
-            )
+        number(
+            "node_wait",
+            self.node_wait,
+            minimum=0,
+            hint="ServerApp(strategy, node_wait=600.0): seconds a round waits for enough nodes",
+        )
 
     def stage_timeout(self, tasks: int) -> Timeout:
         """The timeout of one stage of ``tasks`` tasks: a fresh ``StageClock`` under the
@@ -98,12 +100,3 @@ class ServerApp:
         problem = self.strategy.secure_aggregation_problem(secure)
         if problem is not None:
             raise ValueError(problem)
-
-
-def _positive(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and not math.isnan(value)
-        and value >= 0
-    )

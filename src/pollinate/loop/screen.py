@@ -55,6 +55,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pollinate.aggregate.robust import coordinate_median, median_distances
+from pollinate.checks import integer, positive
 from pollinate.loop.bounds import (
     bound_examples,
     norm_bound,
@@ -125,10 +126,11 @@ class Validation:
             "pull_threshold",
         ):
             value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value > 0):
-                raise ValueError(
-                    f"Validation.{name} must be a number > 0 or None, got {value!r}\n"
-                    f"Hint: Validation({name}=None) turns the check off."
+            if value is not None:
+                positive(
+                    f"Validation.{name}",
+                    value,
+                    hint=f"Validation({name}=None) turns the check off.",
                 )
         for name in ("norm_multiple", "examples_multiple"):
             value = getattr(self, name)
@@ -144,19 +146,19 @@ class Validation:
                 f"{far!r}\nHint: Validation(anomaly_threshold=3.0, quarantine_threshold=10.0)"
             )
         self._check_pull_threshold()
-        cap = self.max_examples
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ValueError(
-                f"Validation.max_examples must be an int >= 1 or None, got {cap!r}\n"
-                "Hint: Validation(max_examples=100_000)"
+        if self.max_examples is not None:
+            integer(
+                "Validation.max_examples",
+                self.max_examples,
+                minimum=1,
+                hint="Validation(max_examples=100_000), or None for no cap",
             )
-        if isinstance(self.min_updates, bool) or not isinstance(self.min_updates, int):
-            raise TypeError(f"Validation.min_updates must be an int, got {self.min_updates!r}")
-        if self.min_updates < 3:
-            raise ValueError(
-                f"Validation.min_updates must be >= 3 (a median of fewer says nothing), "
-                f"got {self.min_updates!r}"
-            )
+        integer(
+            "Validation.min_updates",
+            self.min_updates,
+            minimum=3,
+            hint="Validation(min_updates=5): a median of fewer than 3 updates says nothing",
+        )
 
     def _check_pull_threshold(self) -> None:
         pull, far = self.pull_threshold, self.quarantine_threshold
@@ -425,7 +427,3 @@ def anomaly_scores(updates: list[Arrays]) -> list[float]:
     if scale == 0.0:  # most updates are the median itself: any other is out
         return [0.0 if d == 0.0 else math.inf for d in distances]
     return [float(d / scale) for d in distances]
-
-
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)

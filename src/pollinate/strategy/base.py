@@ -17,6 +17,7 @@ from typing import ClassVar, Protocol, TypedDict, Unpack
 import numpy as np
 
 from pollinate.aggregate import WeightedMean, weighted_average
+from pollinate.checks import integer, number
 from pollinate.errors import RunError
 from pollinate.records import Arrays, Config, Metrics
 from pollinate.secagg.config import SecAggConfig
@@ -106,12 +107,9 @@ class Sampling:
             _check_fraction(name, getattr(self, name))
         for name in ("min_fit_clients", "min_evaluate_clients", "min_available_clients"):
             count = getattr(self, name)
-            if count is not None and (
-                isinstance(count, bool) or not isinstance(count, int) or count < 0
-            ):
-                raise ValueError(
-                    f"{name} must be an int >= 0, got {count!r}\nHint: Sampling({name}=2)"
-                )
+            # None: the strategy's own minimum (min_evaluate_clients has no such default)
+            if count is not None or name == "min_evaluate_clients":
+                integer(name, count, minimum=0, hint=f"Sampling({name}=2)")
 
 
 class BaseOptions(TypedDict, total=False):
@@ -372,7 +370,4 @@ class _MeanThenUpdate:
 
 
 def _check_fraction(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ValueError(
-            f"{name} must be a number in [0, 1], got {value!r}\nHint: {name}=0.1 means 10%."
-        )
+    number(name, value, minimum=0, maximum=1, hint=f"{name}=0.1 means 10%.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Unpack
 
+from pollinate.checks import number
 from pollinate.client.fedprox import PROXIMAL_MU_KEY
 from pollinate.records import Config
 from pollinate.strategy.base import Strategy, StrategyOptions
@@ -28,13 +29,10 @@ class FedProx(FedAvg):
     """
 
     def __init__(self, *, proximal_mu: float, **options: Unpack[StrategyOptions]) -> None:
-        if isinstance(proximal_mu, bool) or not proximal_mu >= 0 or proximal_mu == float("inf"):
-            raise ValueError(
-                f"proximal_mu must be a finite number >= 0, got {proximal_mu!r}\n"
-                "Hint: FedProx(proximal_mu=0.01); 0 behaves like FedAvg."
-            )
+        hint = "FedProx(proximal_mu=0.01); 0 behaves like FedAvg."
+        mu = number("proximal_mu", proximal_mu, minimum=0, hint=hint)
         super().__init__(**options)
-        self.proximal_mu = float(proximal_mu)
+        self.proximal_mu = mu
 
     def configure_fit(self, round: int) -> Config:
         return {**super().configure_fit(round), PROXIMAL_MU_KEY: self.proximal_mu}

@@ -10,6 +10,7 @@ from typing import Unpack
 import numpy as np
 
 from pollinate.aggregate.staleness import BufferedStep, staleness_weight
+from pollinate.checks import integer, number, positive
 from pollinate.records import Arrays
 from pollinate.strategy.base import BaseOptions, BaseStrategy, Rounds
 
@@ -67,22 +68,26 @@ class FedBuff(BaseStrategy):
         **options: Unpack[BaseOptions],
     ) -> None:
         super().__init__(**options)
-        _check_count("buffer_size", buffer_size)
-        if concurrency is not None:
-            _check_count("concurrency", concurrency)
-        if not _is_number(server_learning_rate) or server_learning_rate <= 0:
-            raise ValueError(
-                f"server_learning_rate must be a finite number > 0, got {server_learning_rate!r}"
-            )
-        if not _is_number(staleness_exponent) or staleness_exponent < 0:
-            raise ValueError(
-                f"staleness_exponent must be a finite number >= 0, got {staleness_exponent!r}\n"
-                "Hint: 0.5 is the paper's 1 / sqrt(1 + tau); 0 weighs stale updates fully."
-            )
-        self.buffer_size = buffer_size
-        self.concurrency = concurrency
-        self.server_learning_rate = float(server_learning_rate)
-        self.staleness_exponent = float(staleness_exponent)
+        self.buffer_size = integer(
+            "buffer_size", buffer_size, minimum=1, hint="FedBuff(buffer_size=10)"
+        )
+        self.concurrency = (
+            None
+            if concurrency is None
+            else integer("concurrency", concurrency, minimum=1, hint="FedBuff(concurrency=10)")
+        )
+        self.server_learning_rate = positive(
+            "server_learning_rate",
+            server_learning_rate,
+            hint="FedBuff(server_learning_rate=1.0) applies each step's mean update as it is",
+        )
+        self.staleness_exponent = number(
+            "staleness_exponent",
+            staleness_exponent,
+            minimum=0,
+            hint="FedBuff(staleness_exponent=0.5), the paper's 1 / sqrt(1 + tau); 0 weighs "
+            "stale updates fully",
+        )
 
     def __repr__(self) -> str:
         return (
@@ -115,14 +120,3 @@ class FedBuff(BaseStrategy):
     def start_step(self, current: Arrays) -> BufferedStep:
         """The buffer of the step that moves ``current``."""
         return BufferedStep(current, self.server_learning_rate)
-
-
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}\nHint: FedBuff({name}=10)")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-
-
-def _is_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)

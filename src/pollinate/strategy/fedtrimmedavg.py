@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Unpack
 
 from pollinate.aggregate import trimmed_mean
+from pollinate.checks import number
 from pollinate.records import Arrays
 from pollinate.strategy.base import StrategyOptions
 from pollinate.strategy.robust import RobustStrategy
@@ -28,12 +29,8 @@ class FedTrimmedAvg(RobustStrategy):
     """
 
     def __init__(self, *, beta: float = 0.2, **options: Unpack[StrategyOptions]) -> None:
-        hint = "Hint: FedTrimmedAvg(beta=0.1) drops the 10% largest and smallest of each value."
-        if isinstance(beta, bool) or not isinstance(beta, int | float):
-            raise TypeError(f"beta must be a number, got {beta!r}\n{hint}")
-        if not 0 <= beta < 0.5:
-            raise ValueError(f"beta must be in [0, 0.5), got {beta!r}\n{hint}")
-        self.beta = beta
+        hint = "FedTrimmedAvg(beta=0.1) drops the 10% largest and smallest of each value."
+        self.beta = number("beta", beta, minimum=0, below=0.5, hint=hint)
         super().__init__(**options)
 
     def combine(self, updates: list[Arrays], weights: list[int]) -> Arrays:

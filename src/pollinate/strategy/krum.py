@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Unpack
 
 from pollinate.aggregate import multi_krum
+from pollinate.checks import integer
 from pollinate.records import Arrays
 from pollinate.strategy.base import StrategyOptions
 from pollinate.strategy.robust import RobustStrategy, check_malicious, tolerable
@@ -33,12 +34,8 @@ class MultiKrum(RobustStrategy):
         self, *, num_malicious: int, num_selected: int, **options: Unpack[StrategyOptions]
     ) -> None:
         self.num_malicious = check_malicious(type(self).__name__, num_malicious)
-        hint = "Hint: MultiKrum(num_malicious=1, num_selected=3) averages the 3 best models."
-        if isinstance(num_selected, bool) or not isinstance(num_selected, int):
-            raise TypeError(f"num_selected must be an int, got {num_selected!r}\n{hint}")
-        if num_selected < 1:
-            raise ValueError(f"num_selected must be >= 1, got {num_selected!r}\n{hint}")
-        self.num_selected = num_selected
+        hint = "MultiKrum(num_malicious=1, num_selected=3) averages the 3 best models."
+        self.num_selected = integer("num_selected", num_selected, minimum=1, hint=hint)
         super().__init__(**options)
 
     @property

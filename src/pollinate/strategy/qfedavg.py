@@ -6,6 +6,7 @@ import math
 from typing import Unpack
 
 from pollinate.aggregate import QFedAvgStep
+from pollinate.checks import is_number, number, positive
 from pollinate.errors import RunError
 from pollinate.records import Arrays
 from pollinate.strategy.base import FitAggregator, FitResult, Strategy, StrategyOptions
@@ -44,21 +45,16 @@ class QFedAvg(Strategy):
         loss_key: str = "loss_before",
         **options: Unpack[StrategyOptions],
     ) -> None:
-        hint = "Hint: QFedAvg(q=1.0, lipschitz=1 / client_learning_rate)"
-        for name, value in [("q", q), ("lipschitz", lipschitz)]:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number, got {value!r}\n{hint}")
-        if not (math.isfinite(q) and q >= 0):
-            raise ValueError(f"q must be a finite number >= 0, got {q!r}\n{hint}")
-        if not (math.isfinite(lipschitz) and lipschitz > 0):
-            raise ValueError(f"lipschitz must be a finite number > 0, got {lipschitz!r}\n{hint}")
+        hint = "QFedAvg(q=1.0, lipschitz=1 / client_learning_rate)"
+        q = number("q", q, minimum=0, hint=hint)
+        lipschitz = positive("lipschitz", lipschitz, hint=hint)
         if not isinstance(loss_key, str) or not loss_key:
             raise TypeError(
                 f"loss_key must be a metric name, got {loss_key!r}\nHint: QFedAvg(q=1.0, "
                 "lipschitz=100.0, loss_key='loss_before')"
             )
         super().__init__(**options)
-        self.q, self.lipschitz, self.loss_key = float(q), float(lipschitz), loss_key
+        self.q, self.lipschitz, self.loss_key = q, lipschitz, loss_key
 
     def start_fit(self, round: int, current: Arrays) -> FitAggregator:
         return _QFedAvgAggregator(current, self)
@@ -83,7 +79,7 @@ class _QFedAvgAggregator:
     def _loss(self, result: FitResult) -> float:
         key = self._strategy.loss_key
         loss = result.metrics.get(key)
-        if isinstance(loss, int | float) and not isinstance(loss, bool) and 0 <= loss < math.inf:
+        if is_number(loss) and 0 <= loss < math.inf:
             return float(loss)
         problem = "sent no" if loss is None else f"sent {loss!r} as its"
         raise RunError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from pollinate.checks import integer
 from pollinate.records import Arrays
 from pollinate.strategy.base import FitAggregator, FitResult, Strategy, TooFewReplies
 
@@ -88,12 +89,8 @@ class _KeepAll:
 
 def check_malicious(strategy: str, value: int) -> int:
     """``num_malicious`` checked: an int >= 0."""
-    hint = f"Hint: {strategy}(num_malicious=1) tolerates one client that sends anything."
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"num_malicious must be an int, got {value!r}\n{hint}")
-    if value < 0:
-        raise ValueError(f"num_malicious must be >= 0, got {value!r}\n{hint}")
-    return value
+    hint = f"{strategy}(num_malicious=1) tolerates one client that sends anything."
+    return integer("num_malicious", value, minimum=0, hint=hint)
 
 
 def tolerable(strategy: str, wanted: int, feasible: int, n: int) -> int:
