@@ -220,6 +220,8 @@ SUBPACKAGES = {
         "NODE_CHANNEL_OPTIONS",
         "NODE_ID_HEADER",
         "data_chunk",
+        "rounds_from_wire",
+        "rounds_to_wire",
     ],
     "hub": [
         "Fleet",

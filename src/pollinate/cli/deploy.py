@@ -219,7 +219,7 @@ def ls_command(hub: HubOption = DEFAULT_CONTROL) -> None:
         # what a hub says (a run's app name, why it failed) is shown as text, never markup
         table.add_row(
             *(Text(inert(v, MAX_NAME)) for v in (r.run_id, r.app, r.status)),
-            f"{r.round}/{r.rounds}",
+            f"{r.round}/{'?' if r.rounds is None else r.rounds}",
             created,
             Text(inert(r.detail, MAX_LINE)),
         )
@@ -269,7 +269,7 @@ def run_on_hub(
             pack_app(app_dir),
             app_hash(app_dir),
             overrides,
-            -1 if rounds is None else rounds,
+            rounds,
             seed,
         )
         console.print(Text.assemble((loaded.name, "bold"), f": run {run_id} submitted to {hub}"))
@@ -323,7 +323,7 @@ def _ended(client: ControlClient, run_id: str) -> bool:
 
 def _status(client: ControlClient, run_id: str) -> RunStatus | None:
     """The run's status as its hub lists it; None if the hub lists no such run."""
-    found = [RunStatus(r.status) for r in client.list_runs() if r.run_id == run_id]
+    found = [r.status for r in client.list_runs() if r.run_id == run_id]
     return found[0] if found else None
 
 

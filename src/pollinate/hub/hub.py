@@ -244,9 +244,6 @@ class Hub:
         seed: int,
     ) -> str:
         """Start a run of the app in ``archive``; ``rounds`` None runs the app's own number."""
-        if rounds is not None and rounds < 0:
-            # the control API's -1 (fleet.proto), until its service maps it to None itself
-            rounds = None
         return self.runs.submit(archive, app_hash, overrides, rounds, seed)
 
     def list_runs(self) -> list[RunRow]:

@@ -7,6 +7,8 @@ __all__ = [
     "NODE_CHANNEL_OPTIONS",
     "NODE_ID_HEADER",
     "data_chunk",
+    "rounds_from_wire",
+    "rounds_to_wire",
 ]
 
 CHUNK_BYTES = 1 << 20
@@ -29,6 +31,24 @@ FLEET_SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
 ]
+
+
+def rounds_to_wire(rounds: int | None) -> int:
+    """A run's ``rounds`` as the control API sends it: -1 for None (the app's own number).
+
+    >>> rounds_to_wire(None), rounds_to_wire(5)
+    (-1, 5)
+    """
+    return -1 if rounds is None else rounds
+
+
+def rounds_from_wire(value: int) -> int | None:
+    """A run's ``rounds`` as the control API received it: None for a negative number.
+
+    >>> rounds_from_wire(-1), rounds_from_wire(0)
+    (None, 0)
+    """
+    return None if value < 0 else value
 
 
 def data_chunk(piece: bytes | memoryview) -> bytes:

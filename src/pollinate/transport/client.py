@@ -12,8 +12,9 @@ from typing import Any
 
 import grpc
 
-from pollinate import wire
+import pollinate.wire as wire
 from pollinate.errors import PollinateError
+from pollinate.hub.state import RunStatus
 from pollinate.records import Config, Message
 from pollinate.security import make_key_and_csr, parse_token
 from pollinate.security.credentials import NodeCredentials
@@ -24,6 +25,8 @@ from pollinate.transport import (
     NODE_CHANNEL_OPTIONS,
     NODE_ID_HEADER,
     data_chunk,
+    rounds_from_wire,
+    rounds_to_wire,
 )
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import fleet_pb2_grpc as rpc
@@ -175,9 +178,9 @@ def _assemble(stream: Iterator[Any]) -> PulledTask | None:
 class RunSummary:
     run_id: str
     app: str
-    status: str
+    status: RunStatus
     round: int
-    rounds: int
+    rounds: int | None
     created: float
     detail: str
 
@@ -198,17 +201,35 @@ class ControlClient:
         self.stub = rpc.ControlStub(self.channel)
 
     def submit_run(
-        self, archive: bytes, app_hash: str, overrides: dict[str, str], rounds: int, seed: int
+        self,
+        archive: bytes,
+        app_hash: str,
+        overrides: dict[str, str],
+        rounds: int | None,
+        seed: int,
     ) -> str:
+        """Submit a run; ``rounds`` None runs the app's own number."""
         request = pb.SubmitRunRequest(
-            app_archive=archive, app_hash=app_hash, config=overrides, rounds=rounds, seed=seed
+            app_archive=archive,
+            app_hash=app_hash,
+            config=overrides,
+            rounds=rounds_to_wire(rounds),
+            seed=seed,
         )
         return str(_call(self.stub.SubmitRun, request, timeout=120).run_id)
 
     def list_runs(self) -> list[RunSummary]:
         reply = _call(self.stub.ListRuns, pb.ListRunsRequest(), timeout=30)
         return [
-            RunSummary(r.run_id, r.app, r.status, r.round, r.rounds, r.created, r.detail)
+            RunSummary(
+                r.run_id,
+                r.app,
+                RunStatus(r.status),
+                r.round,
+                rounds_from_wire(r.rounds),
+                r.created,
+                r.detail,
+            )
             for r in reply.runs
         ]
 

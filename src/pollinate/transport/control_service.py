@@ -20,9 +20,10 @@ import grpc
 from pollinate.errors import PollinateError, StorageError
 from pollinate.hub.hub import Hub
 from pollinate.hub.rate_limit import source_of
-from pollinate.hub.state import LogRow, RunRow
+from pollinate.hub.state import LogRow, RunRow, RunStatus
 from pollinate.text import inert
 from pollinate.transport import fleet_pb2 as pb
+from pollinate.transport import rounds_from_wire, rounds_to_wire
 from pollinate.transport.guards import CallLimits, admitted, off_loop, one_request
 
 log = logging.getLogger("pollinate.transport")
@@ -81,7 +82,7 @@ class ControlService:
                 request.app_archive,
                 request.app_hash,
                 dict(request.config),
-                request.rounds,
+                rounds_from_wire(request.rounds),
                 request.seed,
             )
         except StorageError as exc:
@@ -126,7 +127,9 @@ class ControlService:
                 if rows:
                     continue
                 info = await self._off_loop(self.hub.run_info, request.run_id)
-                if not request.follow or (info is not None and info.status != "running"):
+                if not request.follow or (
+                    info is not None and info.status is not RunStatus.RUNNING
+                ):
                     for row in await self._off_loop(self.hub.wait_log, request.run_id, after, 0.0):
                         yield _entry(row)
                     return
@@ -146,7 +149,7 @@ def _run_info(row: RunRow) -> Any:
         app=row.app,
         status=row.status,
         round=row.round,
-        rounds=row.rounds,
+        rounds=rounds_to_wire(row.rounds),
         created=row.created,
         detail=row.detail,
     )

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pollinate import wire
+import pollinate.wire as wire
 from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import PollEnded, Refused, TryLater
 from pollinate.hub.hub import Hub, TooManyAttempts
