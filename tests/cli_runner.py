@@ -35,7 +35,7 @@ def pollinate(
 def run_app(
     app: str | Path, out: Path, *args: str, drop_env: tuple[str, ...] = ()
 ) -> list[dict[str, Any]]:
-    """``pollinate run APP --out OUT ARGS``, which must succeed; its history.json."""
+    """``pollinate run APP --out OUT ARGS``, which must succeed; its history.json's rounds."""
     done = pollinate("run", app, "--out", out, *args, drop_env=drop_env)
     assert done.returncode == 0, done.stderr
-    return json.loads((out / "history.json").read_text())  # type: ignore[no-any-return]
+    return json.loads((out / "history.json").read_text())["rounds"]

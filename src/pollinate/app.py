@@ -30,6 +30,7 @@ import hashlib
 import importlib
 import sys
 import tomllib
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,11 @@ def _app_name(root: Path) -> str:
 
 def _read_table(root: Path) -> dict[str, Any]:
     pyproject = root / "pyproject.toml"
+    if not root.exists():
+        raise AppError(
+            f"{root} does not exist.\nHint: point at the app's directory (the one with "
+            "pyproject.toml), e.g. `pollinate run examples/quickstart-numpy`."
+        )
     if not pyproject.is_file():
         raise AppError(
             f"{root} has no pyproject.toml, so it is not a pollinate app.\n"
@@ -248,13 +254,7 @@ def _import_ref(table: dict[str, Any], key: str, root: Path) -> Any:
             f'"module:function" naming {what}.\nHint: {key} = "mypkg.{key}:{key}_fn"'
         )
     module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise AppError(
-            f"[tool.pollinate] {key} = {ref!r}: cannot import {exc.name!r} from {root}.\n"
-            "Hint: module paths are relative to the app directory."
-        ) from None
+    module = _import_module(module_name, f"[tool.pollinate] {key} = {ref!r}", root)
     fn = getattr(module, attr, None)
     if not callable(fn):
         names = [n for n in dir(module) if not n.startswith("_")]
@@ -263,6 +263,37 @@ def _import_ref(table: dict[str, Any], key: str, root: Path) -> Any:
             f"{attr!r}.{_did_you_mean(attr, names)}"
         )
     return fn
+
+
+def _import_module(name: str, where: str, root: Path) -> Any:
+    """Import the app's module ``name``; each way it can fail is an ``AppError`` on one
+    line: not in the app, a package the app needs not installed, a syntax error, or the
+    module raising as it loads."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or name
+        if name == missing or name.startswith(missing + "."):
+            raise AppError(
+                f"{where}: the app has no module {missing!r} (looked in {root}).\n"
+                "Hint: module paths are relative to the app directory, e.g. "
+                "mypkg.server for mypkg/server.py."
+            ) from None
+        raise AppError(
+            f"{where}: module {name!r} imports {missing!r}, which is not installed.\n"
+            "Hint: install the app's dependencies (its pyproject.toml [project] "
+            f"dependencies), e.g. `pip install -e {root}`."
+        ) from None
+    except SyntaxError as exc:
+        raise AppError(
+            f"{exc.filename}:{exc.lineno}: syntax error in the app: {exc.msg} ({where})"
+        ) from None
+    except Exception as exc:  # the app's own code, run as it loads, may raise anything
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise AppError(
+            f"{where}: importing {name!r} raised {type(exc).__name__}: {exc} "
+            f"(at {frame.filename}:{frame.lineno})"
+        ) from None
 
 
 def _positive_int(table: dict[str, Any], key: str, default: int | None) -> Any:

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from pollinate.cli import deploy
-from pollinate.cli.render import round_line, summary_table
+from pollinate.cli.render import failure_lines, round_line, summary
 from pollinate.loop.history import Failure, History, RoundRecord
 
 HOSTILE_NAME = "[link=http://evil]acc[/link]"
@@ -39,12 +39,45 @@ def test_the_round_line_shows_metric_names_and_values_as_text_on_one_line() -> N
     assert shown.count("\n") == 1
 
 
-def test_the_summary_table_shows_metric_names_and_values_as_text() -> None:
+def test_the_summary_shows_metric_names_and_values_as_text() -> None:
     history = History()
     history.rounds.append(record())
-    shown = rendered(summary_table(history, width=200))
-    assert "[link=http://evil]acc[/link]" in shown
-    assert "[bold red]0.99" in shown and "\x1b" not in shown
+    shown = "".join(rendered(line) for line in summary(history, 1.5))
+    assert "[link=http://evil]acc[/link] [bold red]0.99\\n" in shown
+    assert "\x1b" not in shown and "1 rounds in 1.5s" in shown
+
+
+def test_the_best_round_is_the_best_accuracy_else_the_lowest_loss() -> None:
+    history = History(
+        [
+            RoundRecord(round=0, centralized={"loss": 2.0, "accuracy": 0.1}),
+            RoundRecord(round=1, centralized={"loss": 0.5, "accuracy": 0.9}),
+            RoundRecord(round=2, centralized={"loss": 0.4, "accuracy": 0.8}, applied=False),
+        ]
+    )
+    shown = [str(line) for line in summary(history, 3.0)]
+    assert shown == [
+        "best round: 1 (centralized accuracy 0.9000)",
+        "final (round 2): centralized loss 0.4000 accuracy 0.8000",
+        "2 rounds in 3.0s, 1 of them kept the previous model",
+    ]
+    losses = History(
+        [RoundRecord(round=1, evaluate={"loss": 3.0}), RoundRecord(round=2, evaluate={"loss": 1.0})]
+    )
+    assert str(summary(losses, 1.0)[0]) == "best round: 2 (federated loss 1.0000)"
+
+
+def test_failure_reasons_are_counted_alike_and_the_first_few_shown() -> None:
+    failed = [Failure(n, "fit", f"client failed: node {n} refuses") for n in range(5)]
+    failed += [Failure(9, "evaluate", "timed out"), Failure(3, "fit", "misfit [x]")]
+    failed += [Failure(4, "fit", "other")]
+    shown = [str(line) for line in failure_lines(RoundRecord(round=1, failed=failed))]
+    assert shown == [
+        "    5 x fit: client failed: node 0 refuses",
+        "    1 x evaluate: timed out",
+        "    1 x fit: misfit [x]",
+        "    and 1 more failures for other reasons (-v shows each)",
+    ]
 
 
 def test_a_failure_reason_is_kept_cut_and_says_its_length() -> None:

@@ -25,7 +25,7 @@ def pollinate(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_demo_reaches_ninety_percent_and_writes_history(tmp_path: Path) -> None:
     done = pollinate("run", str(DEMO), "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = json.loads((tmp_path / "history.json").read_text())["rounds"]
     assert [r["round"] for r in history] == list(range(21))
     last = history[-1]
     assert set(last) >= {
@@ -41,7 +41,8 @@ def test_the_demo_reaches_ninety_percent_and_writes_history(tmp_path: Path) -> N
     assert last["centralized"]["accuracy"] >= 0.90
     assert "loss" in last["evaluate"] and "accuracy" in last["evaluate"]
     assert "train_accuracy" in last["fit"]
-    assert "run summary" in done.stdout and "round  20" in done.stdout
+    assert "round  20" in done.stdout and "best round: " in done.stdout
+    assert done.stdout.count("round  20") == 1  # each round once: no table repeats it
 
 
 def test_overrides_change_the_run(tmp_path: Path) -> None:
@@ -60,7 +61,7 @@ def test_overrides_change_the_run(tmp_path: Path) -> None:
         str(tmp_path),
     )
     assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = json.loads((tmp_path / "history.json").read_text())["rounds"]
     assert len(history) == 3 and history[-1]["replies"] == 5
 
 
@@ -69,7 +70,6 @@ def test_overrides_change_the_run(tmp_path: Path) -> None:
     [
         (["--config", "learning_rate=1"], "Did you mean 'learning-rate'"),
         (["--config", "learning-rate"], "is not KEY=VALUE"),
-        (["--clients", "1"], "needs 2 clients for fit but only 1"),
         (["--adversaries", "1.5", "--attack", "sign-flip"], "in [0, 1], got 1.5"),
         (["--adversaries", "nan", "--attack", "scale"], "in [0, 1], got nan"),
         (["--adversaries", "0.2", "--attack", "sign-flp"], "(did you mean 'sign-flip'?)"),
@@ -90,6 +90,13 @@ def test_user_errors_get_a_message_and_no_traceback(args: list[str], message: st
     assert "Traceback" not in done.stderr + done.stdout
 
 
+def test_a_run_that_cannot_go_on_fails_with_status_1_and_a_message() -> None:
+    done = pollinate("run", str(DEMO), "--rounds", "1", "--clients", "1")
+    assert done.returncode == 1  # the app loaded; the run could not go on
+    assert "needs 2 clients for fit but only 1" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr + done.stdout
+
+
 def test_adversaries_attack_and_the_run_says_who_and_how(tmp_path: Path) -> None:
     done = pollinate(
         "run",
@@ -100,8 +107,8 @@ def test_adversaries_attack_and_the_run_says_who_and_how(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     line = "adversaries: 6 of 20 clients ("
     assert line in done.stdout and "attack with scale (scale 4.0)" in done.stdout
-    assert done.stdout.rindex(line) > done.stdout.index("run summary")
-    assert len(json.loads((tmp_path / "history.json").read_text())) == 3
+    assert done.stdout.rindex(line) > done.stdout.index("best round: ")
+    assert len(json.loads((tmp_path / "history.json").read_text())["rounds"]) == 3
 
 
 def test_an_attack_error_is_one_line_without_the_python_hint() -> None:
@@ -114,7 +121,7 @@ def test_an_attack_error_is_one_line_without_the_python_hint() -> None:
 def test_a_missing_app_directory_is_explained(tmp_path: Path) -> None:
     done = pollinate("run", str(tmp_path / "nowhere"))
     assert done.returncode == 2
-    assert "no pyproject.toml" in done.stderr and "Traceback" not in done.stderr
+    assert "nowhere does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_help_explains_every_option() -> None:
@@ -140,7 +147,7 @@ def test_the_demo_with_dp_reports_epsilon_and_stops_at_its_budget(tmp_path: Path
         str(tmp_path),
     )
     assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = json.loads((tmp_path / "history.json").read_text())["rounds"]
     spent = [r["fit"]["dp_epsilon"] for r in history[1:]]
     assert 0 < len(spent) < 20 and spent == sorted(spent) and spent[-1] <= 6
     assert "epsilon" in done.stdout and "stopped early: privacy budget" in done.stdout
@@ -161,7 +168,7 @@ def test_stragglers_slow_some_clients_and_a_bad_fraction_is_refused(tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "stragglers: 2 of 5 virtual clients, 3x slower" in done.stdout
-    history = json.loads((tmp_path / "history.json").read_text())
+    history = json.loads((tmp_path / "history.json").read_text())["rounds"]
     assert [r["replies"] for r in history[1:]] == [5, 5]  # slow, not lost
     bad = pollinate("run", str(DEMO), "--stragglers", "2")
     assert bad.returncode == 2 and "must be a finite number in [0, 1]" in bad.stderr
@@ -175,7 +182,7 @@ def test_the_demo_runs_the_strategy_the_config_names(tmp_path: Path) -> None:
         args = [a for item in config for a in ("--config", item)]
         done = pollinate("run", str(DEMO), "--rounds", "1", "--out", str(out), *args)
         assert done.returncode == 0, done.stderr
-        history = json.loads((out / "history.json").read_text())
+        history = json.loads((out / "history.json").read_text())["rounds"]
         return float(history[1]["centralized"]["loss"])
 
     # FedProx's term pulls local training back to the global model: with a strong mu the

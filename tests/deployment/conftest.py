@@ -304,7 +304,7 @@ def _accepts(address: str, process: Process) -> bool:
 
 def _history(out: Path) -> list[dict[str, Any]] | None:
     path = out / "history.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return json.loads(path.read_text())["rounds"] if path.exists() else None
 
 
 # --- fixtures -------------------------------------------------------------------------------

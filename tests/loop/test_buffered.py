@@ -418,8 +418,10 @@ def test_a_failed_task_is_recorded_and_its_node_trains_again_from_the_next_versi
 
 def test_when_every_task_fails_the_steps_keep_the_model_and_the_run_ends() -> None:
     grid = SimulationGrid(lambda ctx: FailsOn(ctx.node_id, lambda node, rnd: True), 3)
+    server_app = app_with_rounds(3, buffer_size=2)
+    server_app.max_failed_rounds = None  # that rule stops runs: tests/loop/test_failed_rounds.py
     try:
-        result = run(grid, app_with_rounds(3, buffer_size=2))
+        result = run(grid, server_app)
     finally:
         grid.close()
     steps = result.history.rounds[1:]

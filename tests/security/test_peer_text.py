@@ -218,7 +218,7 @@ def test_a_long_exception_message_in_simulation_is_cut_and_logged_as_one_line(
     done = pollinate("run", app, "-v", "--out", tmp_path / "out", cwd=tmp_path, timeout=600)
 
     assert done.returncode == 0, done.stderr[-5000:]
-    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    history = json.loads((tmp_path / "out" / "history.json").read_text())["rounds"]
     [failure] = history[1]["failed"]
     reason = failure["reason"]
     assert reason.startswith("client failed: RuntimeError: xxxx")

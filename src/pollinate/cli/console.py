@@ -18,8 +18,16 @@ from pollinate.text import MAX_LINE, inert
 
 # Text from nodes and users reaches these consoles: never highlighted (rich's highlighter is
 # super-linear: a node's 80 KB error froze a hub for 71 s), and printed as Text, not markup.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Lines are soft-wrapped: a terminal wraps a long line itself, and piped output (CI, tee)
+# gets the whole line, never one broken mid-number at 80 columns.
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+USAGE_ERROR = 2
+"""Exit status of a usage or app error: a bad option, an app that cannot load."""
+RUN_FAILED = 1
+"""Exit status of a run that failed: no round applied, stopped by failures, or a
+``RunError``; its history is kept."""
 
 
 def setup_logging(verbose: bool) -> None:
@@ -46,10 +54,16 @@ class InertFormatter(logging.Formatter):
 
 
 def fail(exc: Exception | str) -> typer.Exit:
-    """Print a user error (no traceback) and return the exit to raise."""
+    """Print a user error (no traceback) and return the exit to raise (``USAGE_ERROR``)."""
     # the error may quote a hub, a node or a file: shown as text, bounded, never as markup
     err_console.print(Text.assemble(("error:", "bold red"), " ", _bounded(str(exc))))
-    return typer.Exit(2)
+    return typer.Exit(USAGE_ERROR)
+
+
+def run_failed(exc: Exception | str) -> typer.Exit:
+    """Print why a run failed and return the exit to raise (``RUN_FAILED``)."""
+    err_console.print(Text.assemble(("run failed:", "bold red"), " ", _bounded(str(exc))))
+    return typer.Exit(RUN_FAILED)
 
 
 def _bounded(message: str) -> str:

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from pollinate.app import app_hash, load_app
 from pollinate.cli.console import console, err_console, fail, parse_overrides, setup_logging
-from pollinate.cli.render import round_line, summary_table
+from pollinate.cli.render import round_lines, summary
 from pollinate.errors import PollinateError
 from pollinate.hub.apps import pack_app
 from pollinate.hub.credentials import HubCredentials
@@ -81,9 +81,12 @@ def hub_command(
     credentials = None
     if insecure:
         err_console.print(
-            "[bold yellow]WARNING: --insecure: no TLS, no authentication. Anyone who can "
-            f"reach {address} can join this fleet and read its models. Local experiments "
-            "only.[/]"
+            Text(
+                "WARNING: --insecure: no TLS, no authentication. Anyone who can "
+                f"reach {address} can join this fleet and read its models. Local experiments "
+                "only.",
+                "bold yellow",
+            )
         )
     try:
         if not insecure:
@@ -150,8 +153,11 @@ def node_command(
         credentials = None
         if insecure:
             err_console.print(
-                "[bold yellow]WARNING: --insecure: this node talks to the hub "
-                "without TLS. Local experiments only.[/]"
+                Text(
+                    "WARNING: --insecure: this node talks to the hub without TLS. Local "
+                    "experiments only.",
+                    "bold yellow",
+                )
             )
         else:
             enrol_address = enrol_address or _next_to(hub, -1)
@@ -262,9 +268,10 @@ def run_on_hub(
 ) -> None:
     """Submit the app to the hub and stream its rounds until the run ends."""
     client = ControlClient(hub)
-    history = History()
+    started = time.monotonic()
     try:
         loaded = load_app(app_dir, overrides)
+        history = History(app=loaded.name, seed=seed, config=dict(loaded.config))
         run_id = client.submit_run(
             pack_app(app_dir),
             app_hash(app_dir),
@@ -279,12 +286,15 @@ def run_on_hub(
                 record = RoundRecord.from_dict(json.loads(line.text))
                 history.rounds = [r for r in history.rounds if r.round < record.round]
                 history.rounds.append(record)
+                if out is not None:  # as rounds end: an interrupted command keeps them
+                    history.save(out)
         status = _status(client, run_id)
     except PollinateError as exc:
         raise fail(exc) from None
-    console.print(summary_table(history, console.width))
+    for summary_line in summary(history, time.monotonic() - started):
+        console.print(summary_line)
     if out is not None:
-        console.print(f"history written to {history.save(out)}")
+        console.print(Text(f"history written to {history.save(out)}"))
     if status is not RunStatus.FINISHED:
         raise typer.Exit(1)
 
@@ -330,7 +340,8 @@ def _status(client: ControlClient, run_id: str) -> RunStatus | None:
 def _print_line(kind: str, text: str) -> None:
     """One line of a run's log, as plain text: it quotes nodes (their errors, metric names)."""
     if kind == "round":
-        console.print(round_line(RoundRecord.from_dict(json.loads(text))))
+        for line in round_lines(RoundRecord.from_dict(json.loads(text))):
+            console.print(line)
         return
     style = {"status": "bold", "resume": "bold yellow"}.get(kind, "dim")
     console.print(Text(inert(text, MAX_LINE), style))

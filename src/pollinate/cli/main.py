@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 import traceback
+from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +14,14 @@ import typer
 from rich.text import Text
 
 from pollinate.app import App, load_app
-from pollinate.cli.console import console, fail, parse_overrides, setup_logging
+from pollinate.cli.console import (
+    console,
+    err_console,
+    fail,
+    parse_overrides,
+    run_failed,
+    setup_logging,
+)
 from pollinate.cli.deploy import (
     hub_command,
     log_command,
@@ -22,9 +32,11 @@ from pollinate.cli.deploy import (
     token_app,
 )
 from pollinate.cli.new import new
-from pollinate.cli.render import RunProgress, summary_table
-from pollinate.errors import AppError, PollinateError
+from pollinate.cli.render import RunProgress, failure_lines, summary
+from pollinate.errors import AppError, PollinateError, RunError
 from pollinate.loop.app import ServerApp
+from pollinate.loop.events import Event, RoundFinished
+from pollinate.loop.history import History
 from pollinate.simulation.adversary import ATTACKS, Adversaries
 from pollinate.simulation.run import run_simulation
 from pollinate.simulation.speed import Stragglers
@@ -32,16 +44,33 @@ from pollinate.text import MAX_LINE, inert
 
 app = typer.Typer(
     help="pollinate: federated learning. The same app runs in simulation and across sites.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-@app.callback()
-def _root() -> None:
+def _version(shown: bool) -> None:
+    if shown:
+        print(f"pollinate {version('pollinate')}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    context: typer.Context,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
     """pollinate: federated learning. The same app runs in simulation and across sites."""
+    if context.invoked_subcommand is None:  # bare `pollinate`: the help, and success
+        print(context.get_help())
+        raise typer.Exit()
 
 
 @app.command()
@@ -87,7 +116,18 @@ def run(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Write history.json (one entry per round) into this directory."),
+        typer.Option(
+            help="Write history.json into this directory (created), rewritten as each round "
+            "ends: an interrupted run keeps the rounds it did. Checked before the run starts."
+        ),
+    ] = None,
+    max_failed_rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Stop the run, as failed, after this many rounds in a row without one usable "
+            "update (default: the app's ServerApp.max_failed_rounds, 3; 0: never).",
+        ),
     ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log every failed reply and round.")
@@ -146,8 +186,15 @@ def run(
         float, typer.Option(metavar="X", help="How many times slower --stragglers work.")
     ] = 10.0,
 ) -> None:
-    """Run an app: in simulation (virtual clients), or on a hub's nodes with --hub."""
+    """Run an app: in simulation (virtual clients), or on a hub's nodes with --hub.
+
+    Exit status: 0 when the run ended with at least one round applied; 1 when it failed (no
+    round applied, stopped after --max-failed-rounds rounds without a usable update, or it
+    could not go on); 2 for a bad option or an app that cannot load; 130 on Ctrl-C. The
+    history written with --out is kept in every case.
+    """
     setup_logging(verbose)
+    _check_out(out)
     attackers = _adversaries(adversaries, attack, attack_scale, attack_noise_std, seed)
     if hub is not None:
         if attackers is not None or stragglers is not None:
@@ -155,23 +202,34 @@ def run(
                 "--adversaries and --stragglers simulate virtual clients; they cannot be "
                 "combined with --hub, where each node runs its own code"
             )
+        if max_failed_rounds is not None:
+            raise fail(
+                "--max-failed-rounds applies to simulation; on a hub the app's server_fn "
+                "sets it: ServerApp(strategy, max_failed_rounds=...)"
+            )
         overrides = parse_overrides(config or [])
         run_on_hub(app_dir, hub, overrides, rounds, seed, out)
         return
     try:
         loaded = load_app(app_dir, parse_overrides(config or []))
-        server_app = _server_app(loaded, rounds)
-        num_clients = clients or loaded.clients
-        console.print(
-            Text.assemble(
-                (loaded.name, "bold"),
-                f": {type(server_app.strategy).__name__}, {server_app.num_rounds} rounds, "
-                f"{num_clients} virtual clients, seed {seed}",
-            )
+        server_app = _server_app(loaded, rounds, max_failed_rounds)
+    except PollinateError as exc:
+        raise fail(exc) from None
+    num_clients = clients or loaded.clients
+    console.print(
+        Text.assemble(
+            (loaded.name, "bold"),
+            f": {type(server_app.strategy).__name__}, {server_app.num_rounds} rounds, "
+            f"{num_clients} virtual clients, seed {seed}",
         )
-        if attackers is not None:
-            console.print(_attackers_line(attackers, num_clients))
-        speed = _stragglers(stragglers, slowdown, seed, num_clients)
+    )
+    if attackers is not None:
+        console.print(_attackers_line(attackers, num_clients))
+    speed = _stragglers(stragglers, slowdown, seed, num_clients)
+    history = History(app=loaded.name, seed=seed, config=dict(loaded.config))
+    started = time.monotonic()
+    failure: Exception | None = None
+    try:
         with RunProgress(console, server_app.num_rounds) as progress:
             result = run_simulation(
                 server_app,
@@ -180,19 +238,90 @@ def run(
                 seed=seed,
                 concurrency=concurrency or loaded.concurrency,
                 run_config=loaded.config,
-                on_event=progress,
+                on_event=_both(_HistoryWriter(history, out), progress),  # saved, then shown
                 adversaries=attackers,
                 client_speed=speed,
             )
-    except PollinateError as exc:
+    except KeyboardInterrupt:
+        _interrupted(history, out)
+    except AppError as exc:
         raise fail(exc) from None
-    console.print(summary_table(result.history, console.width))
-    if result.stopped is not None:
-        console.print(Text(f"stopped early: {inert(result.stopped, MAX_LINE)}", "yellow"))
+    except PollinateError as exc:  # RunError, ClientError: the run itself failed
+        failure = exc
+    else:
+        if result.stopped is not None:
+            console.print(Text(f"stopped early: {inert(result.stopped, MAX_LINE)}", "yellow"))
+    for line in summary(history, time.monotonic() - started):
+        console.print(line)
     if attackers is not None:
         console.print(_attackers_line(attackers, num_clients))
     if out is not None:
-        console.print(Text(f"history written to {result.history.save(out)}"))
+        console.print(Text(f"history written to {out / 'history.json'}"))
+    if failure is None:
+        failure = _nothing_applied(history)
+    if failure is not None:
+        raise run_failed(failure)
+
+
+class _HistoryWriter:
+    """Keeps the CLI's history as rounds end, and rewrites ``--out``'s history.json each
+    time: Ctrl-C or a failure later keeps every round done."""
+
+    def __init__(self, history: History, out: Path | None) -> None:
+        self.history, self.out = history, out
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, RoundFinished):
+            return
+        self.history.rounds.append(event.record)
+        if self.out is not None:
+            self.history.save(self.out)
+
+
+def _both(*handlers: Callable[[Event], None]) -> Callable[[Event], None]:
+    def handle(event: Event) -> None:
+        for handler in handlers:
+            handler(event)
+
+    return handle
+
+
+def _check_out(out: Path | None) -> None:
+    """``--out`` must be a directory we can write history.json into: checked before the
+    run, so a run's history is never lost at its end."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise fail(
+            f"--out {out} is a file; --out names a directory, where history.json is written.\n"
+            f"Hint: --out {out.parent / (out.stem or 'out')}"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".pollinate-probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise fail(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+
+
+def _interrupted(history: History, out: Path | None) -> None:
+    done = history.rounds[-1].round if history.rounds else None
+    kept = f"; history.json in {out} keeps rounds 0 to {done}" if out and done is not None else ""
+    err_console.print(Text(f"interrupted after round {done}{kept}", "yellow"))
+    raise typer.Exit(130)
+
+
+def _nothing_applied(history: History) -> RunError | None:
+    """Why the run failed though it ran to its end: no round it ran was applied."""
+    done = [r for r in history.rounds if r.round > 0]
+    if not done or any(r.applied for r in done):
+        return None
+    reasons = [str(line) for r in done[-1:] for line in failure_lines(r)]
+    why = ("; the last round's failures:\n" + "\n".join(reasons)) if reasons else ""
+    return RunError(
+        f"no round of {len(done)} was applied: the global model is the initial one{why}"
+    )
 
 
 # The other commands live beside this module (``deploy.py``, ``new.py``) and are registered
@@ -258,7 +387,7 @@ def _attackers_line(adversaries: Adversaries, num_clients: int) -> str:
     return f"adversaries: {who} attack with {how}"
 
 
-def _server_app(loaded: App, rounds: int | None) -> ServerApp:
+def _server_app(loaded: App, rounds: int | None, max_failed_rounds: int | None) -> ServerApp:
     try:
         server_app = loaded.server_app()
     except PollinateError:
@@ -271,6 +400,8 @@ def _server_app(loaded: App, rounds: int | None) -> ServerApp:
         ) from None
     if rounds is not None:
         server_app.num_rounds = rounds
+    if max_failed_rounds is not None:
+        server_app.max_failed_rounds = max_failed_rounds or None
     return server_app
 
 

@@ -1,4 +1,8 @@
-"""Terminal rendering of a run: a progress bar per round, a line per round, a summary table.
+"""Terminal rendering of a run: a progress bar per round (on a terminal), a line per round
+with its first failure reasons, and a summary at the end.
+
+Every round is printed once, as complete lines: piped output (CI, ``tee``) is the same lines,
+never wrapped or cut at the terminal's width (the console soft-wraps: ``console.py``).
 
 Metric names and values come from nodes: they are rendered as ``Text`` (never markup) and
 inert (``pollinate.text``), so a metric named ``[link=...]`` or holding a newline shows as
@@ -7,13 +11,16 @@ what it is.
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
 from types import TracebackType
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
+from pollinate.checks import is_number
 from pollinate.loop.events import Event, ReplyReceived, RoundFinished, StageStarted
 from pollinate.loop.history import History, RoundRecord
 from pollinate.records import Scalar
@@ -36,6 +43,7 @@ class RunProgress:
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,
         )
         self.rounds = self.progress.add_task("rounds", total=num_rounds, status="")
         self.stage = self.progress.add_task("round 1", total=None, status="", visible=False)
@@ -68,7 +76,40 @@ class RunProgress:
         elif isinstance(event, RoundFinished):
             if event.record.round > 0:
                 self.progress.advance(self.rounds)
-            self.console.print(round_line(event.record))
+            for line in round_lines(event.record):
+                self.console.print(line)
+
+
+def round_lines(record: RoundRecord) -> list[Text]:
+    """The round's line, then a line per distinct failure reason (the first few)."""
+    return [round_line(record), *failure_lines(record)]
+
+
+REASONS_SHOWN = 3
+"""Distinct failure reasons a round's lines show; ``-v`` logs every failure."""
+
+
+def failure_lines(record: RoundRecord, limit: int = REASONS_SHOWN) -> list[Text]:
+    """``    12 x fit: client failed: ValueError: ...``: the round's first distinct failure
+    reasons, counted. Reasons that differ only in their numbers (a node id, a line) count as
+    one, shown as the first of them."""
+    first: dict[tuple[str, str], str] = {}
+    counts: Counter[tuple[str, str]] = Counter()
+    for failure in record.failed:
+        key = (failure.stage, re.sub(r"\d+", "#", failure.reason))
+        first.setdefault(key, failure.reason)
+        counts[key] += 1
+    lines = [
+        Text(f"    {counts[key]} x {key[0]}: {inert(first[key], _REASON_CHARS)}", "red")
+        for key in list(first)[:limit]
+    ]
+    if len(first) > limit:
+        others = sum(counts[key] for key in list(first)[limit:])
+        lines.append(Text(f"    and {others} more failures for other reasons (-v shows each)"))
+    return lines
+
+
+_REASON_CHARS = 300
 
 
 def round_line(record: RoundRecord) -> Text:
@@ -95,26 +136,62 @@ def round_line(record: RoundRecord) -> Text:
     return Text("  ").join(parts)
 
 
-def summary_table(history: History, width: int = 80) -> Table:
-    """One row per round, a column per metric; fit metrics only when the terminal is wide."""
-    sections = [("evaluate", "fed."), ("centralized", "central.")]
-    if width >= 120:
-        sections.insert(0, ("fit", "fit"))
-    columns = [
-        (section, key, f"{label}\n{_name(key)}")
-        for section, label in sections
-        for key in dict.fromkeys(k for r in history.rounds for k in getattr(r, section))
-    ]
-    if width < 120 and any(_EPSILON in r.fit for r in history.rounds):
-        # the privacy spent matters on any terminal, unlike the other fit metrics
-        columns.insert(0, ("fit", _EPSILON, "DP\nepsilon"))
-    table = Table(title="run summary")
-    for name in ["round", "ok", "failed", *[c[2] for c in columns], "s"]:
-        table.add_column(Text(name), justify="right", no_wrap=True)
-    for r in history.rounds:
-        cells = [Text(_fmt(getattr(r, section).get(key, ""))) for section, key, _ in columns]
-        table.add_row(str(r.round), str(r.replies), str(r.failures), *cells, f"{r.seconds:.2f}")
-    return table
+def summary(history: History, seconds: float) -> list[Text]:
+    """The run in three lines: its best round, its final metrics, its rounds and time."""
+    done = [r for r in history.rounds if r.round > 0]
+    lines = []
+    best = best_round(history)
+    if best is not None:
+        record, section, name = best
+        value = _fmt(getattr(record, section)[name])
+        what = f"{_SECTIONS[section]} {_name(name)} {value}"
+        lines.append(Text(f"best round: {record.round} ({what})"))
+    if done:
+        lines.append(Text(inert(f"final (round {done[-1].round}): {_metrics(done[-1])}", MAX_LINE)))
+    kept = sum(not r.applied for r in done)
+    note = f", {kept} of them kept the previous model" if kept else ""
+    lines.append(Text(f"{len(done)} rounds in {seconds:.1f}s{note}"))
+    return lines
+
+
+_SECTIONS = {"centralized": "centralized", "evaluate": "federated", "fit": "fit"}
+
+
+def best_round(history: History) -> tuple[RoundRecord, str, str] | None:
+    """The round with the best accuracy (centralized, else federated), else the lowest loss;
+    with the section and metric that decided. None when no round has any."""
+    for section, name, higher in (
+        ("centralized", "accuracy", True),
+        ("evaluate", "accuracy", True),
+        ("centralized", "loss", False),
+        ("evaluate", "loss", False),
+    ):
+        scored = [(float(v), r) for r, v in _values(history, section, name)]
+        if scored:
+            pick = max if higher else min
+            return pick(scored, key=lambda item: item[0])[1], section, name
+    return None
+
+
+def _values(history: History, section: str, name: str) -> list[tuple[RoundRecord, float]]:
+    out = []
+    for record in history.rounds:
+        value = getattr(record, section).get(name)
+        if is_number(value) and not math.isnan(value):
+            out.append((record, float(value)))
+    return out
+
+
+def _metrics(record: RoundRecord) -> str:
+    parts = []
+    for section in ("evaluate", "centralized"):
+        values = getattr(record, section)
+        if values:
+            shown = " ".join(f"{_name(k)} {_fmt(v)}" for k, v in values.items())
+            parts.append(f"{_SECTIONS[section]} {shown}")
+    if _EPSILON in record.fit:
+        parts.append(f"epsilon {_fmt(record.fit[_EPSILON])}")
+    return ", ".join(parts) or "no metrics"
 
 
 def _fmt(value: Scalar | str) -> str:

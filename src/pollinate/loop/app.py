@@ -31,6 +31,9 @@ class ServerApp:
             fixes the deadline; ``math.inf`` waits for every reply.
         node_wait: seconds a round waits, when fewer nodes are connected than the strategy
             needs, for them to come (back) before the run fails; the wait is logged.
+        max_failed_rounds: the run fails (``RunError``) after this many rounds in a row in
+            which no fit task gave a usable update: every client raising, refusing or
+            missing its deadline is a broken run, not a slow one. None never stops it.
         validation: how fit updates are screened before the strategy sees them (on by
             default; see ``Validation``).
         secure_aggregation: ``SecAggConfig(...)`` runs every fit as SecAgg+ (``loop/
@@ -46,6 +49,7 @@ class ServerApp:
     initial_arrays: Arrays | None = None
     round_timeout: float | RoundDeadline | None = None
     node_wait: float = 600.0
+    max_failed_rounds: int | None = 3
     validation: Validation = field(default_factory=Validation)
     secure_aggregation: SecAggConfig | None = None
 
@@ -59,6 +63,13 @@ class ServerApp:
         self.num_rounds = integer(
             "num_rounds", self.num_rounds, minimum=0, hint="ServerApp(strategy, num_rounds=3)"
         )
+        if self.max_failed_rounds is not None:
+            self.max_failed_rounds = integer(
+                "max_failed_rounds",
+                self.max_failed_rounds,
+                minimum=1,
+                hint="ServerApp(strategy, max_failed_rounds=5), or None never to stop a run",
+            )
         if not isinstance(self.validation, Validation):
             raise TypeError(
                 f"ServerApp.validation must be a Validation, got {self.validation!r}\n"

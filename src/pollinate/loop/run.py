@@ -8,6 +8,9 @@ happened is recorded by the ``Recorder`` (``recorder.py``), once, for every prot
 Invariants:
 - the strategy is asked before every round whether the run is finished (``finished``); a
   run it stops ends normally, with the rounds done;
+- a run in which ``ServerApp.max_failed_rounds`` rounds in a row got no usable fit update
+  fails with a ``RunError`` that quotes the last round's first failure: it is broken, and
+  more rounds would only fail the same way;
 - ``on_checkpoint`` sees every completed round (round 0 included) before anyone else does:
   a round that was reported was recorded first;
 - a resumed run goes on from its checkpoint's round as if it had never stopped; the first
@@ -52,6 +55,16 @@ class RunResult:
     arrays: Arrays
     history: History = field(default_factory=History)
     stopped: str | None = None
+
+
+def failed_streak(history: History) -> int:
+    """How many rounds in a row, up to the last one, got no usable fit update."""
+    streak = 0
+    for record in reversed(history.rounds):
+        if record.round == 0 or record.replies or record.applied:
+            break
+        streak += 1
+    return streak
 
 
 def run(
@@ -105,7 +118,21 @@ class _Loop:
             rounds = self.recorder.round(rnd)
             rounds.record.resumed = resume_from is not None and rnd == first
             arrays = self._round(rounds, arrays)
+            self._fail_if_broken(history)
         return RunResult(arrays, history)
+
+    def _fail_if_broken(self, history: History) -> None:
+        limit = self.app.max_failed_rounds
+        last = history.rounds[-1]
+        if limit is None or failed_streak(history) < limit:
+            return
+        why = f"; the last round's first failure: {last.failed[0].reason}" if last.failed else ""
+        raise RunError(
+            f"no fit task gave a usable update in {limit} rounds in a row (rounds "
+            f"{last.round - limit + 1} to {last.round}), so the run stops{why}.\nHint: fix "
+            "what the failures say; ServerApp(max_failed_rounds=...) sets how many such rounds "
+            "a run tolerates (None: no limit)."
+        )
 
     def _round_zero(self) -> Arrays:
         arrays = self.app.initial_arrays
