@@ -13,14 +13,14 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from pollinate.hub.fleet import Fleet, Refused, Task
+from pollinate.hub.fleet import Fleet, QueuedTask, Refused
 from pollinate.records import Arrays, Message
 from tests.hub.conftest import Clock
 
 TIMEOUT = 10.0
 
 
-def task(node: int, kind: str = "fit", rnd: int = 1, run: str = "r") -> Task:
+def task(node: int, kind: str = "fit", rnd: int = 1, run: str = "r") -> QueuedTask:
     message = Message(
         kind,
         task_id=f"{run}:{rnd}:{kind}:{node}",
@@ -29,10 +29,10 @@ def task(node: int, kind: str = "fit", rnd: int = 1, run: str = "r") -> Task:
         node_id=node,
         arrays=Arrays({"w": np.zeros(2)}),
     )
-    return Task(message, "apphash", {"lr": 0.1}, queue.Queue())
+    return QueuedTask(message, "apphash", {"lr": 0.1}, queue.Queue())
 
 
-def handed_out(fleet: Fleet, *tasks: Task) -> None:
+def handed_out(fleet: Fleet, *tasks: QueuedTask) -> None:
     """Enqueue ``tasks`` and let their nodes pull them, as a node's long-poll would."""
     for t in tasks:
         fleet.enqueue(t)
@@ -40,7 +40,7 @@ def handed_out(fleet: Fleet, *tasks: Task) -> None:
         assert fleet.next_task(t.message.node_id, 0) is t
 
 
-def reply_to(t: Task, **fields: object) -> Message:
+def reply_to(t: QueuedTask, **fields: object) -> Message:
     return t.message.reply(arrays=t.message.arrays, num_examples=1, **fields)
 
 
@@ -118,7 +118,7 @@ def test_cancel_closes_sent_tasks_and_withdraws_queued_ones(clock: Clock) -> Non
 # --- silent nodes -----------------------------------------------------------------------------
 
 
-def failure_of(t: Task) -> str:
+def failure_of(t: QueuedTask) -> str:
     reply = t.replies.get_nowait()
     assert reply.is_reply and reply.task_id == t.message.task_id
     assert reply.error is not None
@@ -133,7 +133,7 @@ def test_alive_means_heard_from_within_the_heartbeat_timeout(clock: Clock) -> No
     assert fleet.alive() == [1, 2]
     clock.advance(1.5)
     assert fleet.alive() == [2]
-    fleet.seen(1)  # a pull is a sign of life too
+    fleet.sign_of_life(1)  # a pull is a sign of life too
     assert fleet.alive() == [1, 2]
 
 
@@ -216,7 +216,7 @@ class Poll:
 
     def __init__(self, fleet: Fleet, node: int, wait: float = 30.0) -> None:
         self.waiting = threading.Event()
-        self.result: list[Task | None] = []
+        self.result: list[QueuedTask | None] = []
         self.thread = threading.Thread(target=self._poll, args=(fleet, node, wait, self._active))
         self.thread.start()
         assert self.waiting.wait(TIMEOUT)
@@ -228,7 +228,7 @@ class Poll:
     def _poll(self, fleet: Fleet, node: int, wait: float, active: Callable[[], bool]) -> None:
         self.result.append(fleet.next_task(node, wait, active))
 
-    def outcome(self) -> Task | None:
+    def outcome(self) -> QueuedTask | None:
         self.thread.join(TIMEOUT)
         assert not self.thread.is_alive(), "the poll did not end"
         return self.result[0]
@@ -240,7 +240,7 @@ def test_a_waiting_poll_gets_the_task_enqueued_for_its_node() -> None:
     fleet.enqueue(task(2))
     t = task(1)
     fleet.enqueue(t)
-    assert poll.outcome() is t and t.sent
+    assert poll.outcome() is t and t.with_node
 
 
 def test_a_newer_poll_of_a_node_supersedes_the_older_one() -> None:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from pollinate.hub import fleet as fleet_module
-from pollinate.hub.fleet import Fleet, Task, UnknownTask
+from pollinate.hub.fleet import Fleet, QueuedTask, UnknownTask
 from pollinate.records import Arrays, Message
 from tests.hub.conftest import Clock
 
 
-def task(node: int, kind: str = "fit", rnd: int = 1, sent: bool = False) -> Task:
+def task(node: int, kind: str = "fit", rnd: int = 1, with_node: bool = False) -> QueuedTask:
     message = Message(
         kind,
         task_id=f"r:{rnd}:{kind}:{node}",
@@ -26,10 +26,10 @@ def task(node: int, kind: str = "fit", rnd: int = 1, sent: bool = False) -> Task
         node_id=node,
         arrays=Arrays({"w": np.zeros(2)}),
     )
-    return Task(message, "apphash", {}, queue.Queue(), sent=sent)
+    return QueuedTask(message, "apphash", {}, queue.Queue(), with_node=with_node)
 
 
-def taken(fleet: Fleet, *tasks: Task) -> None:
+def taken(fleet: Fleet, *tasks: QueuedTask) -> None:
     """Enqueue ``tasks`` and let their nodes pull them, as a node's long-poll would."""
     for t in tasks:
         fleet.enqueue(t)
@@ -37,12 +37,12 @@ def taken(fleet: Fleet, *tasks: Task) -> None:
         assert fleet.next_task(t.message.node_id, 0) is t
 
 
-def pull(fleet: Fleet, node: int) -> Task | None:
+def pull(fleet: Fleet, node: int) -> QueuedTask | None:
     """The node asks for work (and so says it holds none)."""
     return fleet.next_task(node, 0)
 
 
-def reply_to(t: Task) -> Message:
+def reply_to(t: QueuedTask) -> Message:
     return t.message.reply(arrays=t.message.arrays, num_examples=1)
 
 
@@ -81,7 +81,7 @@ def test_a_task_a_node_takes_three_times_without_answering_fails_with_the_reason
     fleet.heartbeat(1, "h", {})
     t = task(1)
     fleet.enqueue(t)
-    for _ in range(fleet_module.MAX_SENDS):
+    for _ in range(fleet_module.MAX_TIMES_SENT):
         assert pull(fleet, 1) is t
     assert t.replies.empty()
 
@@ -102,7 +102,7 @@ def test_heartbeats_give_nothing_again(clock: Clock, session: str) -> None:
     t = task(1)
     taken(fleet, t)
     fleet.heartbeat(1, "h", {}, session=session)
-    assert t.sent and t.sends == 1
+    assert t.with_node and t.times_sent == 1
     assert fleet.claim(1, reply_to(t)) is t
 
 
@@ -164,7 +164,7 @@ def test_presumed_nodes_count_alive_until_the_heartbeat_timeout(clock: Clock) ->
 def test_a_presumed_node_that_does_not_come_back_fails_its_tasks(clock: Clock) -> None:
     fleet = Fleet(heartbeat_timeout=3)
     fleet.presume_alive([4, 5])
-    gone, back = task(4, sent=True), task(5, sent=True)
+    gone, back = task(4, with_node=True), task(5, with_node=True)
     fleet.enqueue(gone)
     fleet.enqueue(back)
     clock.advance(2)
@@ -192,7 +192,7 @@ def test_presuming_a_node_alive_does_not_reset_one_heard_from(clock: Clock) -> N
     fleet.presume_alive([1])
     assert fleet.node_config(1) == {"partition-id": "0"}
     assert fleet.heartbeat(1, "h", {}, session="a") is False
-    assert t.sent and fleet.claim(1, reply_to(t)) is t
+    assert t.with_node and fleet.claim(1, reply_to(t)) is t
 
 
 # --- tasks sent before a hub restart -------------------------------------------------------
@@ -202,7 +202,7 @@ def test_a_task_sent_before_a_restart_can_be_answered_before_it_is_pulled(clock:
     # the node took it from the previous hub and pushes its reply to this one
     fleet = Fleet(heartbeat_timeout=30)
     fleet.heartbeat(1, "h", {}, session="a")
-    t = task(1, sent=True)
+    t = task(1, with_node=True)
     fleet.enqueue(t)
 
     assert fleet.claim(1, reply_to(t)) is t
@@ -216,7 +216,7 @@ def test_a_task_sent_before_a_restart_stays_queued_until_its_reply_comes(clock: 
     # the node may never have received it: it can still pull it
     fleet = Fleet(heartbeat_timeout=30)
     fleet.heartbeat(1, "h", {}, session="a")
-    t = task(1, sent=True)
+    t = task(1, with_node=True)
     fleet.enqueue(t)
     assert pull(fleet, 1) is t
     assert pull(fleet, 2) is None
@@ -228,7 +228,7 @@ def test_a_task_sent_before_a_restart_is_queued_once_when_its_node_restarts(
 ) -> None:
     fleet = Fleet(heartbeat_timeout=30)
     fleet.heartbeat(1, "h", {}, session="a")
-    t = task(1, sent=True)
+    t = task(1, with_node=True)
     fleet.enqueue(t)
     fleet.heartbeat(1, "h", {}, session="b")
     assert pull(fleet, 1) is t

@@ -15,7 +15,7 @@ import pytest
 from pollinate import Grid
 from pollinate.client import ClientFn
 from pollinate.client.client import Context, handle
-from pollinate.hub.fleet import Fleet, Refused, Task
+from pollinate.hub.fleet import Fleet, QueuedTask, Refused
 from pollinate.hub.grid import HubGrid, RunStopped
 from pollinate.hub.journal import Journal
 from pollinate.hub.state import HubState
@@ -86,7 +86,7 @@ def in_thread(target: Callable[[], object]) -> threading.Thread:
     return thread
 
 
-def pulled(fleet: Fleet, node: int) -> Task:
+def pulled(fleet: Fleet, node: int) -> QueuedTask:
     task = fleet.next_task(node, TIMEOUT)
     assert task is not None, f"node {node} got no task"
     return task
@@ -96,7 +96,7 @@ def test_a_task_carries_the_runs_app_hash_and_config_and_its_reply_comes_back() 
     fleet = Fleet()
     fleet.heartbeat(1, "apphash", {})
     grid = hub_grid(fleet, {"lr": 0.1})
-    seen: list[Task] = []
+    seen: list[QueuedTask] = []
 
     def node() -> None:
         task = pulled(fleet, 1)
@@ -118,7 +118,7 @@ def test_the_deadline_ends_dispatch_and_a_late_reply_is_refused() -> None:
     fleet.heartbeat(1, "apphash", {})
     fleet.heartbeat(2, "apphash", {})
     grid = hub_grid(fleet, {})
-    taken: list[Task] = []
+    taken: list[QueuedTask] = []
     thread = in_thread(lambda: taken.append(pulled(fleet, 1)))  # takes its task, never answers
 
     started = time.monotonic()

@@ -24,7 +24,7 @@ import pytest
 
 from pollinate.errors import PollinateError
 from pollinate.hub import state as state_module
-from pollinate.hub.fleet import Duplicate, Fleet, Refused, Task, TryLater, UnknownTask
+from pollinate.hub.fleet import Duplicate, Fleet, QueuedTask, Refused, TryLater, UnknownTask
 from pollinate.hub.grid import HubGrid, RunStopped
 from pollinate.hub.hub import Hub
 from pollinate.hub.journal import Opened
@@ -88,7 +88,7 @@ def taken_by_its_node(hub: Hub, task: Message) -> queue.Queue[Message]:
     hub.heartbeat(task.node_id, "apphash", {}, "s")
     replies: queue.Queue[Message] = queue.Queue()
     hub.journal.open([task])
-    hub.fleet.enqueue(Task(task, "apphash", {}, replies))
+    hub.fleet.enqueue(QueuedTask(task, "apphash", {}, replies))
     assert hub.next_task(task.node_id, 0) is not None
     return replies
 
@@ -520,10 +520,10 @@ def test_a_node_only_presumed_alive_is_not_heard_from() -> None:
     fleet = Fleet(heartbeat_timeout=30)
     fleet.presume_alive([1, 2, 3])
     fleet.heartbeat(2, "apphash", {}, "s2")
-    fleet.seen(3)  # a pull of a node the restarted hub has not had a heartbeat from
+    fleet.sign_of_life(3)  # a pull of a node the restarted hub has not had a heartbeat from
 
     assert fleet.alive() == [1, 2, 3]
-    assert fleet.heard() == [2]
+    assert fleet.confirmed_alive() == [2]
 
 
 def noted(state: HubState) -> dict[int, float]:

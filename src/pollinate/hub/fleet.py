@@ -31,7 +31,7 @@ from pollinate.records import Config, Message
 log = logging.getLogger("pollinate.hub")
 
 
-MAX_SENDS = 3
+MAX_TIMES_SENT = 3
 """A task a node took this often without answering fails, rather than being sent again."""
 
 
@@ -57,17 +57,21 @@ class Duplicate(Refused):
 
 
 @dataclass(eq=False)  # a task is itself, not its contents: queues look tasks up by identity
-class Task:
-    """An instruction on its way to a node, and where its reply goes."""
+class QueuedTask:
+    """The hub's side of a task: an instruction queued for (or taken by) its node, and where
+    its reply goes. (A node's side is ``transport.client.PulledTask``; the instruction itself
+    is a ``Message``.)"""
 
     message: Message
     app_hash: str
     run_config: Config
     replies: queue.Queue[Message]
-    sent: bool = False
-    """Taken by the node; a task sent again after a hub restart may have been taken before
-    it, so it counts as sent (and stays queued) until its reply comes."""
-    sends: int = 0
+    with_node: bool = False
+    """Taken by the node and not answered yet; a task queued again after a hub restart may
+    have been taken before it, so it counts as with its node (and stays queued) until its
+    reply comes."""
+    times_sent: int = 0
+    """How often the node took it; at ``MAX_TIMES_SENT`` without an answer it fails."""
 
 
 @dataclass
@@ -76,8 +80,8 @@ class _Node:
     app_hash: str = ""
     node_config: dict[str, str] = field(default_factory=dict)
     session: str = ""
-    heard: bool = False  # by this process (not only presumed alive after a restart)
-    queue: deque[Task] = field(default_factory=deque)
+    heard: bool = False  # by this process (confirmed, not only presumed alive)
+    queue: deque[QueuedTask] = field(default_factory=deque)
 
     def alive(self, now: float, timeout: float) -> bool:
         return self.last_seen is not None and now - self.last_seen <= timeout
@@ -89,8 +93,8 @@ class Fleet:
     def __init__(self, heartbeat_timeout: float = 30.0) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self._nodes: dict[int, _Node] = {}
-        self._outstanding: dict[str, Task] = {}
-        self._claimed: dict[str, Task] = {}  # claimed, reply not yet recorded
+        self._outstanding: dict[str, QueuedTask] = {}
+        self._claimed: dict[str, QueuedTask] = {}  # claimed, reply not yet recorded
         self._polls: dict[int, int] = {}
         self._closed = False
         self._changed = threading.Condition()
@@ -128,24 +132,26 @@ class Fleet:
             for node_id in node_ids:
                 self._nodes.setdefault(node_id, _Node(time.monotonic()))
 
-    def seen(self, node_id: int) -> None:
-        """A sign of life other than a heartbeat (a pull)."""
+    def sign_of_life(self, node_id: int) -> None:
+        """Note a sign of life other than a heartbeat (a pull): the node is alive now."""
         with self._changed:
             node = self._nodes.get(node_id)
             if node is not None:
                 node.last_seen = time.monotonic()
 
     def alive(self) -> list[int]:
-        """Ids of nodes heard from within the heartbeat timeout."""
+        """Ids of nodes heard from within the heartbeat timeout, or presumed alive
+        (``presume_alive``) and not yet past it."""
         now = time.monotonic()
         with self._changed:
             return sorted(
                 n for n, node in self._nodes.items() if node.alive(now, self.heartbeat_timeout)
             )
 
-    def heard(self) -> list[int]:
-        """Alive nodes this process heard from: a node only presumed alive after a restart
-        is not noted again, so a hub restarting in a loop stops expecting a dead node."""
+    def confirmed_alive(self) -> list[int]:
+        """Alive nodes this process heard from, not only presumed alive after a restart: the
+        ones the hub notes as alive, so a hub restarting in a loop stops expecting a dead
+        node."""
         alive = set(self.alive())
         with self._changed:
             return sorted(n for n, node in self._nodes.items() if node.heard and n in alive)
@@ -157,7 +163,7 @@ class Fleet:
 
     # --- tasks ------------------------------------------------------------------------------
 
-    def enqueue(self, task: Task) -> None:
+    def enqueue(self, task: QueuedTask) -> None:
         node_id = task.message.node_id
         with self._changed:
             node = self._nodes.setdefault(node_id, _Node())
@@ -168,7 +174,7 @@ class Fleet:
 
     def next_task(
         self, node_id: int, wait: float, active: Callable[[], bool] | None = None
-    ) -> Task | None:
+    ) -> QueuedTask | None:
         """The node's next task, waiting up to ``wait`` seconds for one (a long-poll).
 
         Returns None at the end of the wait, when the fleet closes, when ``active`` (if given)
@@ -203,7 +209,7 @@ class Fleet:
             self._notify(node_id)
             return ticket
 
-    def take(self, node_id: int, ticket: int) -> Task | None:
+    def take(self, node_id: int, ticket: int) -> QueuedTask | None:
         """The node's next queued task for the poll ``ticket``, or None if none is queued.
 
         Raises PollEnded once the fleet closed or a newer poll of the node superseded it.
@@ -215,8 +221,8 @@ class Fleet:
             if node is None or not node.queue:
                 return None
             task = node.queue.popleft()
-            task.sent = True
-            task.sends += 1
+            task.with_node = True
+            task.times_sent += 1
             return task
 
     def watch(self, wake: Callable[[int | None], None]) -> None:
@@ -240,13 +246,13 @@ class Fleet:
         taken = [
             t
             for t in self._outstanding.values()
-            if t.message.node_id == node_id and t.sent and t not in node.queue
+            if t.message.node_id == node_id and t.with_node and t not in node.queue
         ]
         for task in taken:
-            task.sent = False
-            if task.sends >= MAX_SENDS:  # not lost: the node cannot answer it
+            task.with_node = False
+            if task.times_sent >= MAX_TIMES_SENT:  # not lost: the node cannot answer it
                 del self._outstanding[task.message.task_id]
-                reason = f"node {node_id} took this task {task.sends} times and never answered"
+                reason = f"node {node_id} took this task {task.times_sent} times and never answered"
                 task.replies.put(task.message.reply(error=reason))
         again = [t for t in taken if t.message.task_id in self._outstanding]
         node.queue.extendleft(reversed(again))
@@ -258,7 +264,7 @@ class Fleet:
                 ", ".join(t.message.task_id for t in again),
             )
 
-    def claim(self, node_id: int, message: Message) -> Task:
+    def claim(self, node_id: int, message: Message) -> QueuedTask:
         """The outstanding task ``message`` replies to, removed; Refused if there is none."""
         with self._changed:
             task = self._outstanding.get(message.task_id)
@@ -297,12 +303,12 @@ class Fleet:
         with self._changed:
             return task_id in self._claimed
 
-    def settle(self, task: Task) -> None:
+    def settle(self, task: QueuedTask) -> None:
         """The claimed task's reply is recorded: it is done with."""
         with self._changed:
             self._claimed.pop(task.message.task_id, None)
 
-    def unclaim(self, task: Task) -> None:
+    def unclaim(self, task: QueuedTask) -> None:
         """Put back a task whose reply could not be recorded, so the node's next push is
         taken; not if its stage closed meanwhile."""
         with self._changed:
@@ -379,13 +385,13 @@ def reply_bytes_allowed(instruction: Message) -> int | None:
     return None
 
 
-def _check_reply(task: Task, node_id: int, message: Message) -> None:
+def _check_reply(task: QueuedTask, node_id: int, message: Message) -> None:
     if task.message.node_id != node_id:
         raise Refused(
             f"node {node_id} replied to task {message.task_id!r}, which was given to "
             f"node {task.message.node_id}"
         )
-    if not task.sent:
+    if not task.with_node:
         raise Refused(f"task {message.task_id!r} was never sent to node {node_id}")
     expected, got = _identity(task.message), _identity(message)
     if got != expected:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from pollinate.errors import RunError, StorageError
-from pollinate.hub.fleet import Fleet, Task
+from pollinate.hub.fleet import Fleet, QueuedTask
 from pollinate.hub.journal import Journal
 from pollinate.loop.grid import Grid, Timeout, ends_at
 from pollinate.records import Config, Message
@@ -99,8 +99,9 @@ class HubGrid(Grid):
                     replies.put(opened.answered[message.task_id])
                     continue
                 # a task sent before a restart may be in its node's hands already
-                sent = message.task_id in opened.sent_before
-                self.fleet.enqueue(Task(message, self.app_hash, self.run_config, replies, sent))
+                with_node = message.task_id in opened.sent_before
+                task = QueuedTask(message, self.app_hash, self.run_config, replies, with_node)
+                self.fleet.enqueue(task)
 
     def until_stored(self, action: Callable[[], T]) -> T:
         """``action()``, retried while the data dir refuses writes: a full or read-only disk

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pollinate.errors import PollinateError
 from pollinate.hub.credentials import HubCredentials
-from pollinate.hub.fleet import Fleet, Refused, Task, TryLater, UnknownTask
+from pollinate.hub.fleet import Fleet, QueuedTask, Refused, TryLater, UnknownTask
 from pollinate.hub.journal import Journal
 from pollinate.hub.rate_limit import RateLimiter, source_of
 from pollinate.hub.runs import Runs
@@ -101,10 +101,10 @@ class Hub:
 
     def next_task(
         self, node_id: int, wait: float, active: Callable[[], bool] | None = None
-    ) -> Task | None:
+    ) -> QueuedTask | None:
         """The node's next task, or None; ``active`` says whether the node still listens."""
         # a pull is a sign of life too: a node busy pulling is not silent
-        self.fleet.seen(node_id)
+        self.fleet.sign_of_life(node_id)
         return self.fleet.next_task(node_id, wait, active)
 
     def accept_reply(self, node_id: int, message: Message) -> None:
@@ -158,10 +158,10 @@ class Hub:
 
     def open_poll(self, node_id: int) -> int:
         """Start a long-poll of the node (``Fleet.open_poll``); a pull is a sign of life."""
-        self.fleet.seen(node_id)
+        self.fleet.sign_of_life(node_id)
         return self.fleet.open_poll(node_id)
 
-    def _accept_unqueued(self, node_id: int, message: Message) -> Task | None:
+    def _accept_unqueued(self, node_id: int, message: Message) -> QueuedTask | None:
         """A reply to a task this process has not queued: one recorded before (its node did
         not hear "accepted"), or one sent before a restart that its round has not sent again
         yet, which is recorded now and handed back when the round asks. Returns the task
@@ -297,6 +297,6 @@ class Hub:
             if time.monotonic() - noted >= self.fleet.heartbeat_timeout / 3:
                 noted = time.monotonic()
                 try:
-                    self.state.mark_alive(self.fleet.heard())
+                    self.state.mark_alive(self.fleet.confirmed_alive())
                 except PollinateError as exc:
                     log.warning("could not note the live nodes: %s", exc)
