@@ -120,7 +120,7 @@ def stored(runs: Runs) -> list[str]:
             lambda app: zip_of({"pyproject.toml": PYPROJECT}),
             lambda app: _hash_of_zip(zip_of({"pyproject.toml": PYPROJECT})),
             {},
-            "cannot import 'm'",
+            "the app has no module 'm'",
         ),
     ],
     ids=["not the declared app", "not a zip", "unsafe path", "unknown override", "cannot load"],
@@ -169,16 +169,16 @@ def test_a_refused_submission_keeps_the_archive_another_submission_of_it_is_reco
 ) -> None:
     app = write_tiny_app(tmp_path / "app")
     loading, refused = threading.Event(), threading.Event()
-    load_archive = runs_module.load_archive
+    start_process = runs_module.start_process
 
-    def load_slowly_unless_refused(archive: bytes, *args: Any) -> Any:
-        if args[-1]:  # the submission with overrides is refused at once
-            return load_archive(archive, *args)
+    def load_slowly_unless_refused(app_dir: Path, overrides: dict[str, str], *args: Any) -> Any:
+        if overrides:  # the submission with overrides is refused at once
+            return start_process(app_dir, overrides, *args)
         loading.set()
         assert refused.wait(TIMEOUT), "the other submission was never refused"
-        return load_archive(archive, *args)
+        return start_process(app_dir, overrides, *args)
 
-    monkeypatch.setattr(runs_module, "load_archive", load_slowly_unless_refused)
+    monkeypatch.setattr(runs_module, "start_process", load_slowly_unless_refused)
     first: list[str] = []
     thread = threading.Thread(target=lambda: first.append(submit(runs, app)))
     thread.start()

@@ -26,6 +26,7 @@ from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
 from pollinate.hub.rate_limit import RateLimiter
 from pollinate.hub.state import RunStatus
+from pollinate.hub.supervisor import DEFAULT_RUN_MEMORY, RunLimits
 from pollinate.loop.history import History, RoundRecord
 from pollinate.node.agent import NodeAgent
 from pollinate.security import NodeCredentials, SecurityError
@@ -75,6 +76,10 @@ def hub_command(
     enrol_rate: Annotated[
         float, typer.Option(min=0.001, help="Enrolment attempts an address earns back a second.")
     ] = ENROL_PER_SECOND,
+    run_memory: Annotated[
+        float,
+        typer.Option(min=0, help="GiB of memory each run's server process may use (0: no bound)."),
+    ] = DEFAULT_RUN_MEMORY / 2**30,
 ) -> None:
     """Start a hub: nodes enrol and connect to its fleet API, users to its control API."""
     setup_logging(True)
@@ -100,6 +105,7 @@ def hub_command(
             heartbeat_interval=max(heartbeat_timeout / 6, 0.2),
             credentials=credentials,
             enrol_limit=RateLimiter(enrol_burst, enrol_rate),
+            run_limits=RunLimits(memory=int(run_memory * 2**30)),
         )
     except (PollinateError, OSError) as exc:
         raise fail(

@@ -24,6 +24,7 @@ from pollinate.hub.journal import Journal
 from pollinate.hub.rate_limit import RateLimiter, source_of
 from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState, LogRow, RunRow
+from pollinate.hub.supervisor import RunLimits
 from pollinate.records import Message
 from pollinate.security import SecurityError, parse_token
 from pollinate.security.keys import verified_csr_key
@@ -56,6 +57,7 @@ class Hub:
         heartbeat_interval: how often nodes are told to send heartbeats.
         enrol_limit: enrolment attempts per source address (default: ``ENROL_BURST`` at once,
             then ``ENROL_PER_SECOND``).
+        run_limits: what bounds each run's process (``supervisor.RunLimits``: its memory).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class Hub:
         heartbeat_interval: float = 5.0,
         credentials: HubCredentials | None = None,
         enrol_limit: RateLimiter | None = None,
+        run_limits: RunLimits | None = None,
     ) -> None:
         self.state = HubState(data_dir)
         self.credentials = credentials
@@ -75,7 +78,7 @@ class Hub:
         with contextlib.suppress(PollinateError):  # leftovers cost space, not correctness
             if swept := self.journal.sweep():
                 log.info("deleted %d files a previous hub left half-written or unused", swept)
-        self.runs = Runs(self.state, self.fleet, self.journal)
+        self.runs = Runs(self.state, self.fleet, self.journal, run_limits)
         self.events = self.runs.events  # subscribe here to every run's events
         self.heartbeat_interval = heartbeat_interval
         self.enrol_limit = enrol_limit or RateLimiter(ENROL_BURST, ENROL_PER_SECOND)
@@ -282,6 +285,7 @@ class Hub:
 
     def close(self) -> None:
         self._closed.set()
+        self.runs.close()  # run processes end; their runs stay running, for the next hub
         # waiting long-polls hold server threads that the interpreter joins at exit
         self.fleet.close()
         self._watchdog.join(timeout=5)

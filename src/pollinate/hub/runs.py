@@ -1,8 +1,11 @@
-"""Runs at the hub: an uploaded app run by the run loop in a thread, checkpointed every round.
+"""Runs at the hub: an uploaded app run by the run loop in its own process, checkpointed every
+round.
 
-The server side of the app (strategy, rounds, centralized evaluation) runs here; its client
-side runs at the nodes. A run's log (rounds, warnings, restarts, status changes) is kept in
-the state database, so ``pollinate log`` can replay and follow it.
+The server side of the app (strategy, rounds, centralized evaluation) runs in a run process
+(``run_process.py``: sandboxed, memory-bounded), which a thread here serves (``supervisor.py``);
+its client side runs at the nodes. The hub never imports an app's code. A run's log (rounds,
+warnings, restarts, status changes) is kept in the state database, so ``pollinate log`` can
+replay and follow it.
 
 Invariant: a run that was running when its hub stopped (SIGKILL, power loss) is resumed when
 a hub starts on the same data dir, from its last completed round, and says so in its log.
@@ -19,19 +22,17 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-from pollinate.app import App
 from pollinate.errors import AppError, PollinateError, StorageError
-from pollinate.hub.apps import check_archive, load_archive
+from pollinate.hub.apps import check_archive
 from pollinate.hub.events import RunEvents
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.grid import STORAGE_RETRY_SECONDS, HubGrid, RunStopped
 from pollinate.hub.journal import Journal
 from pollinate.hub.state import HubState, RunRow, RunStatus
-from pollinate.loop.app import ServerApp
+from pollinate.hub.supervisor import Hooks, RunLimits, RunProcess, start_process
 from pollinate.loop.checkpoint import Checkpoint
-from pollinate.loop.run import run
 
 log = logging.getLogger("pollinate.hub")
 
@@ -39,11 +40,16 @@ log = logging.getLogger("pollinate.hub")
 class Runs:
     """Starts, resumes, tracks and stops the hub's runs."""
 
-    def __init__(self, state: HubState, fleet: Fleet, journal: Journal) -> None:
+    def __init__(
+        self, state: HubState, fleet: Fleet, journal: Journal, limits: RunLimits | None = None
+    ) -> None:
         self.state = state
         self.fleet = fleet
         self.journal = journal
+        self.limits = limits or RunLimits()
         self._grids: dict[str, HubGrid] = {}
+        self._processes: dict[str, RunProcess] = {}
+        self._closing = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self.changed = threading.Condition()
         self._in_submission: Counter[str] = Counter()  # by archive digest
@@ -65,31 +71,36 @@ class Runs:
         # marked before it is stored: a refused submission of the same bytes must not
         # delete the archive between this one storing it and recording its run
         with self._submitting(hashlib.sha256(archive).hexdigest()) as digest:
+            process = None
             try:
                 self.state.put_blob(archive)
-                actual, app = self._load_submitted(archive, declared_hash, digest, overrides)
-                run_id = self._record_submitted(app, actual, digest, overrides, rounds, seed)
+                actual = self._check_submitted(archive, declared_hash, digest)
+                process = self._start_process(digest, overrides)
+                run_id = self._record_submitted(process, actual, digest, overrides, rounds, seed)
             except BaseException:
+                if process is not None:
+                    process.end()
                 self._discard_unless_used(digest)
                 raise
         with self.changed:
             self.changed.notify_all()
-        self._start(run_id, app, actual, rounds, seed, None)
+        self._start(run_id, process, actual, rounds, seed, None)
         return run_id
 
-    def _load_submitted(
-        self, archive: bytes, declared_hash: str, digest: str, overrides: dict[str, str]
-    ) -> tuple[str, App]:
-        apps = self.state.data_dir / "apps"
+    def _check_submitted(self, archive: bytes, declared_hash: str, digest: str) -> str:
         try:
-            actual = check_archive(archive, declared_hash, apps, digest)
-            return actual, load_archive(archive, apps, digest, overrides)
+            return check_archive(archive, declared_hash, self.state.data_dir / "apps", digest)
         except OSError as exc:  # unpacking onto a disk that refuses
             raise self.state.storage_error(exc) from exc
 
+    def _start_process(self, digest: str, overrides: dict[str, str]) -> RunProcess:
+        """The run's process, its app loaded there (never here); AppError if it cannot be."""
+        app_dir = self.state.data_dir / "apps" / digest / "app"
+        return start_process(app_dir, overrides, self.state.data_dir, self.limits)
+
     def _record_submitted(
         self,
-        app: App,
+        process: RunProcess,
         actual: str,
         digest: str,
         overrides: dict[str, str],
@@ -100,7 +111,7 @@ class Runs:
         self.state.add_run(
             RunRow(
                 run_id=run_id,
-                app=app.name,
+                app=process.name,
                 app_hash=actual,
                 archive=digest,
                 overrides=overrides,
@@ -111,7 +122,7 @@ class Runs:
                 created=time.time(),
                 detail="",
             ),
-            first_log=("status", f"run {run_id} of app {app.name} submitted"),
+            first_log=("status", f"run {run_id} of app {process.name} submitted"),
         )
         return run_id
 
@@ -162,7 +173,8 @@ class Runs:
         warned = False
         while True:
             try:
-                app, checkpoint = self._reload(row)
+                checkpoint = self._reload(row)
+                process = self._start_process(row.archive, row.overrides)
                 break
             except (StorageError, OSError) as exc:
                 if not _transient(exc):
@@ -176,9 +188,9 @@ class Runs:
         restart = 1 + sum(e.kind == "resume" for e in self.state.log_after(row.run_id, 0))
         where = "from the start" if checkpoint is None else f"after round {checkpoint.round}"
         note = f"hub restarted (restart {restart}): run {row.run_id} resumes {where}"
-        self._start(row.run_id, app, row.app_hash, row.rounds, row.seed, checkpoint, note)
+        self._start(row.run_id, process, row.app_hash, row.rounds, row.seed, checkpoint, note)
 
-    def _reload(self, row: RunRow) -> tuple[App, Checkpoint | None]:
+    def _reload(self, row: RunRow) -> Checkpoint | None:
         archive = self.state.blob_path(row.archive).read_bytes()
         apps = self.state.data_dir / "apps"
         try:
@@ -188,8 +200,7 @@ class Runs:
             # a disk that failed, they may be empty; unpack them again
             shutil.rmtree(apps / row.archive, ignore_errors=True)
             check_archive(archive, row.app_hash, apps, row.archive)
-        app = load_archive(archive, apps, row.archive, row.overrides)
-        return app, self.journal.load(row.run_id)
+        return self.journal.load(row.run_id)
 
     def _cannot_resume(self, row: RunRow, exc: BaseException) -> None:
         log.error("run %s cannot resume: %s", row.run_id, exc)
@@ -201,21 +212,22 @@ class Runs:
     def _start(
         self,
         run_id: str,
-        app: App,
+        process: RunProcess,
         app_hash: str,
         rounds: int | None,
         seed: int,
         resume_from: Checkpoint | None,
         resume_note: str = "",
     ) -> None:
-        grid = HubGrid(self.fleet, self.journal, run_id, app_hash, app.config)
+        grid = HubGrid(self.fleet, self.journal, run_id, app_hash, process.config)
         thread = threading.Thread(
             target=self._run,
-            args=(run_id, app.server_app, grid, rounds, seed, resume_from, resume_note),
+            args=(run_id, process, grid, rounds, seed, resume_from, resume_note),
             name=f"run-{run_id}",
             daemon=True,
         )
         self._grids[run_id], self._threads[run_id] = grid, thread
+        self._processes[run_id] = process
         thread.start()
 
     def stop(self, run_id: str) -> str | None:
@@ -227,6 +239,9 @@ class Runs:
         if row.status is not RunStatus.RUNNING or grid is None:
             return f"run {run_id} is {row.status}, not running"
         grid.stopped.set()
+        process = self._processes.get(run_id)
+        if process is not None:
+            process.stop_soon()
         return None
 
     def storage_problem(self, run_id: str) -> str:
@@ -249,10 +264,17 @@ class Runs:
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
+    def close(self) -> None:
+        """The hub stops: end every run process, recording nothing (their runs stay running,
+        and the next hub on this data dir resumes them)."""
+        self._closing.set()
+        for process in list(self._processes.values()):
+            process.end()
+
     def _run(
         self,
         run_id: str,
-        server_app_fn: Callable[[], ServerApp],
+        process: RunProcess,
         grid: HubGrid,
         rounds: int | None,
         seed: int,
@@ -261,35 +283,33 @@ class Runs:
     ) -> None:
         handler = _RunLogHandler(self, run_id)
         logging.getLogger("pollinate").addHandler(handler)
+        hooks = Hooks(
+            checkpoint=lambda checkpoint: self._checkpoint(grid, run_id, checkpoint),
+            event=lambda event: self.events.publish(run_id, event),
+            rounds=lambda n: grid.until_stored(lambda: self.state.update_run(run_id, rounds=n)),
+        )
         try:
             if resume_note:  # a hub started on a data dir that takes no writes waits for it
                 grid.until_stored(lambda: self.log(run_id, "resume", resume_note))
-            server_app = server_app_fn()
-            if rounds is not None:
-                server_app.num_rounds = rounds
-            grid.until_stored(lambda: self.state.update_run(run_id, rounds=server_app.num_rounds))
-            run(
-                grid,
-                server_app,
-                seed=seed,
-                run_id=run_id,
-                on_checkpoint=lambda checkpoint: self._checkpoint(grid, run_id, checkpoint),
-                on_event=lambda event: self.events.publish(run_id, event),
-                resume_from=resume_from,
-            )
+            start = {"run_id": run_id, "rounds": rounds, "seed": seed}
+            status, detail = process.serve(grid, start, resume_from, hooks)
             grid.close()  # an asynchronous run ends with tasks in flight: withdraw them
-            self._finish(run_id, RunStatus.FINISHED, "")
+            if self._closing.is_set():
+                return  # the hub stops: the run stays running, for the next hub to resume
+            if status == "finished":
+                self._finish(run_id, RunStatus.FINISHED, "")
+            elif status == "stopped":
+                self._finish(run_id, RunStatus.STOPPED, "stopped by a user")
+            else:
+                self._finish(run_id, RunStatus.FAILED, detail)
         except RunStopped:
             self._finish(run_id, RunStatus.STOPPED, "stopped by a user")
-        except PollinateError as exc:
-            self._finish(run_id, RunStatus.FAILED, str(exc))
-        except Exception as exc:  # the app's server code may raise anything
-            log.exception("run %s failed", run_id)
-            self._finish(run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
+            process.end()
             grid.close()
             logging.getLogger("pollinate").removeHandler(handler)
             self._grids.pop(run_id, None)
+            self._processes.pop(run_id, None)
 
     def _checkpoint(self, grid: HubGrid, run_id: str, checkpoint: Checkpoint) -> None:
         record = checkpoint.history.rounds[-1]

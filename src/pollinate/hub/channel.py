@@ -1,0 +1,255 @@
+"""The local API between the hub and a run process: small length-prefixed frames on a socket.
+
+Each run's server side runs in a process of its own (``run_process.py``) that reaches the hub
+only through one end of a socketpair; the hub (``supervisor.py``) holds the other. On it::
+
+    frame  = length: u32 big-endian | kind: u8 | body: `length` bytes
+    kind 1 = JSON   a UTF-8 JSON object {"op": ..., ...}, at most `max_json` bytes
+    kind 2 = CHUNK  the next piece of a wire message (``pollinate.wire``), at most CHUNK bytes
+    kind 3 = END    the wire message whose chunks came before is complete (empty body)
+
+A JSON frame with ``"messages": n`` is followed by n wire messages, each as CHUNK frames and
+one END; a message is at most `max_message` bytes. Nothing is pickled: a run process is as
+untrusted as a node, and what it sends is parsed by ``json`` and ``pollinate.wire`` alone.
+
+Invariant: ``Channel.receive`` raises only ``ChannelError`` (the peer broke the format or a
+limit; nothing beyond the limit was read into memory) and ``ChannelClosed`` (the peer is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import struct
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pollinate.loop.events import (
+    Event,
+    ReplyBounded,
+    ReplyReceived,
+    RoundFinished,
+    Stage,
+    StageStarted,
+    UpdateRejected,
+)
+from pollinate.loop.history import Failure, RoundRecord
+from pollinate.records import check_scalars
+from pollinate.text import MAX_LINE, MAX_TEXT, inert
+
+JSON, CHUNK, END = 1, 2, 3
+CHUNK_BYTES = 4 << 20
+MAX_MESSAGES = 10_000
+_HEAD = struct.Struct(">IB")
+
+Chunks = Iterable[bytes | memoryview]
+"""A wire message as ``pollinate.wire.iter_encode`` gives it."""
+
+
+class ChannelError(Exception):
+    """The peer sent something the channel's format or limits do not allow."""
+
+
+class ChannelClosed(ChannelError):
+    """The peer closed its end (it exited, or was killed)."""
+
+
+class Channel:
+    """One end of a socket carrying frames; ``send`` may be called from several threads."""
+
+    def __init__(self, sock: socket.socket, *, max_json: int, max_message: int) -> None:
+        self.sock = sock
+        self.max_json, self.max_message = max_json, max_message
+        self._send_lock = threading.Lock()
+
+    def send(self, op: dict[str, Any], messages: Sequence[Chunks] = ()) -> None:
+        """Send ``op`` (``messages`` is set to how many wire messages follow) and the messages."""
+        body = json.dumps({**op, "messages": len(messages)}, allow_nan=False).encode()
+        with self._send_lock:
+            self._frame(JSON, body)
+            for chunks in messages:
+                for chunk in chunks:
+                    view = memoryview(chunk).cast("B")
+                    for at in range(0, len(view), CHUNK_BYTES):
+                        self._frame(CHUNK, view[at : at + CHUNK_BYTES])
+                self._frame(END, b"")
+
+    def receive(self) -> tuple[dict[str, Any], list[bytearray]]:
+        """The next op and the bytes of the wire messages that came with it."""
+        kind, body = self._read_frame(self.max_json)
+        if kind != JSON:
+            raise ChannelError(f"expected a JSON frame, got kind {kind}")
+        try:
+            op = json.loads(body.decode())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ChannelError(f"a JSON frame that is not JSON: {exc}") from None
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+            raise ChannelError("a JSON frame that is not an object with an 'op'")
+        count = op.get("messages", 0)
+        if type(count) is not int or not 0 <= count <= MAX_MESSAGES:
+            raise ChannelError(f"'messages' must be an int in 0..{MAX_MESSAGES}")
+        return op, [self._read_message() for _ in range(count)]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _frame(self, kind: int, body: bytes | memoryview) -> None:
+        self.sock.sendall(_HEAD.pack(len(body), kind))
+        if len(body):
+            self.sock.sendall(body)
+
+    def _read_message(self) -> bytearray:
+        data = bytearray()
+        while True:
+            kind, body = self._read_frame(CHUNK_BYTES)
+            if kind == END:
+                return data
+            if kind != CHUNK:
+                raise ChannelError(f"expected a CHUNK or END frame, got kind {kind}")
+            if len(data) + len(body) > self.max_message:
+                raise ChannelError(f"a wire message over {self.max_message} bytes")
+            data += body
+
+    def _read_frame(self, limit: int) -> tuple[int, bytearray]:
+        length, kind = _HEAD.unpack(self._read(_HEAD.size))
+        if kind not in (JSON, CHUNK, END):
+            raise ChannelError(f"unknown frame kind {kind}")
+        if length > limit:
+            raise ChannelError(f"a frame of {length} bytes; the limit is {limit}")
+        return kind, self._read(length)
+
+    def _read(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            try:
+                n = self.sock.recv_into(view[got:])
+            except OSError as exc:
+                raise ChannelClosed(f"the channel failed: {exc}") from None
+            if n == 0:
+                raise ChannelClosed("the peer closed the channel")
+            got += n
+        return buffer
+
+
+def ints(value: object, what: str) -> list[int]:
+    """``value`` as a list of ints, or ChannelError."""
+    if not isinstance(value, list) or any(type(v) is not int for v in value):
+        raise ChannelError(f"{what} must be a list of ints")
+    return list(value)
+
+
+def field(op: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """``op[name]``, which must be of ``kind`` (exactly: a bool is no int here); else
+    ChannelError."""
+    value = op.get(name)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if type(value) not in kinds:
+        raise ChannelError(f"{op.get('op')!r}: {name!r} must be {kind}, got {type(value).__name__}")
+    return value
+
+
+# --- what a run reports: events and round records, as JSON ---------------------------------
+
+_EVENT_FIELDS: dict[str, tuple[type, dict[str, type]]] = {
+    "StageStarted": (StageStarted, {"round": int, "stage": Stage, "tasks": int}),
+    "ReplyReceived": (ReplyReceived, {"round": int, "stage": Stage, "node_id": int, "ok": bool}),
+    "UpdateRejected": (UpdateRejected, {"round": int, "node_id": int, "reason": str}),
+    "ReplyBounded": (ReplyBounded, {"round": int, "stage": Stage, "node_id": int, "note": str}),
+}
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    if isinstance(event, RoundFinished):
+        return {"type": "RoundFinished", "record": event.record.to_dict()}
+    names = _EVENT_FIELDS[type(event).__name__][1]
+    return {"type": type(event).__name__, **{name: getattr(event, name) for name in names}}
+
+
+def event_from_json(data: object) -> Event:
+    """The event ``event_to_json`` described, every field checked; else ChannelError."""
+    if not isinstance(data, dict):
+        raise ChannelError("an event must be an object")
+    name = data.get("type")
+    if name == "RoundFinished":
+        return RoundFinished(record_from_json(data.get("record")))
+    if name not in _EVENT_FIELDS:
+        raise ChannelError(f"unknown event type {inert(repr(name), 80)}")
+    cls, names = _EVENT_FIELDS[name]
+    values: dict[str, Any] = {}
+    for key, kind in names.items():
+        value = data.get(key)
+        if kind is Stage:
+            if value not in set(Stage):
+                raise ChannelError(f"{name}: unknown stage {inert(repr(value), 80)}")
+            value = Stage(value)
+        elif type(value) is not kind:
+            raise ChannelError(f"{name}: {key!r} must be {kind.__name__}")
+        elif kind is str:
+            value = inert(str(value), MAX_LINE)
+        values[key] = value
+    event: Event = cls(**values)
+    return event
+
+
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "round": (int,),
+    "replies": (int,),
+    "failures": (int,),
+    "rejected": (int,),
+    "seconds": (int, float),
+    "applied": (bool,),
+    "resumed": (bool,),
+    "aborted": (str, type(None)),
+}
+
+
+def record_from_json(data: object) -> RoundRecord:
+    """A round's record from a run process, every field checked; else ChannelError."""
+    if not isinstance(data, dict) or set(data) - {*_RECORD_FIELDS, *_METRICS, "failed"}:
+        raise ChannelError("a round record must be an object with RoundRecord's fields")
+    for key, kinds in _RECORD_FIELDS.items():
+        if key in data and type(data[key]) not in kinds:
+            raise ChannelError(f"a round record's {key!r} is a {type(data[key]).__name__}")
+    try:
+        metrics = {key: check_scalars(_numbers(data.get(key, {})), key) for key in _METRICS}
+        failed = [_failure(f) for f in _list(data.get("failed", []))]
+    except (TypeError, ValueError) as exc:
+        raise ChannelError(f"a round record: {inert(str(exc), MAX_TEXT)}") from None
+    plain: dict[str, Any] = {key: data[key] for key in _RECORD_FIELDS if key in data}
+    if isinstance(plain.get("aborted"), str):
+        plain["aborted"] = inert(plain["aborted"], MAX_LINE)
+    record = RoundRecord(**plain, failed=failed)
+    record.fit, record.evaluate, record.centralized = (metrics[key] for key in _METRICS)
+    return record
+
+
+_METRICS = ("fit", "evaluate", "centralized")
+
+
+def _numbers(value: object) -> dict[Any, Any]:
+    """A metrics dict as ``RoundRecord.to_dict`` wrote it: NaN as null, read back as NaN."""
+    if not isinstance(value, dict):
+        raise TypeError("metrics must be an object")
+    return {k: math.nan if v is None else v for k, v in value.items()}
+
+
+def _list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("'failed' must be a list")
+    return value
+
+
+def _failure(value: object) -> Failure:
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"node_id", "stage", "reason"}
+        or type(value["node_id"]) is not int
+        or not isinstance(value["stage"], str)
+        or not isinstance(value["reason"], str)
+    ):
+        raise TypeError("a failure must be {node_id: int, stage: str, reason: str}")
+    return Failure(value["node_id"], inert(value["stage"], 80), value["reason"])
