@@ -148,7 +148,7 @@ class Deployment:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.processes: list[Process] = []
-        self.fleet = self.control = ""
+        self.fleet = self.control = self.metrics = ""
         self._names = itertools.count()
 
     # --- processes ------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class Deployment:
 
     def start_hub(self, *, heartbeat_timeout: float = 30.0) -> Process:
         """A hub on free ports; returns once both its ports accept connections."""
-        self.fleet, self.control = (f"127.0.0.1:{port}" for port in free_ports(2))
+        self.fleet, self.control, self.metrics = (f"127.0.0.1:{p}" for p in free_ports(3))
         return self.restart_hub(heartbeat_timeout=heartbeat_timeout)
 
     def restart_hub(self, *, heartbeat_timeout: float = 30.0) -> Process:
@@ -176,6 +176,8 @@ class Deployment:
             self.fleet,
             "--control-address",
             self.control,
+            "--metrics-address",
+            self.metrics,
             "--insecure",
             "--heartbeat-timeout",
             str(heartbeat_timeout),

@@ -24,6 +24,7 @@ from pollinate.errors import PollinateError
 from pollinate.hub.apps import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
+from pollinate.hub.metrics import HubMetrics, MetricsServer
 from pollinate.hub.rate_limit import RateLimiter
 from pollinate.hub.state import RunStatus
 from pollinate.hub.supervisor import DEFAULT_RUN_MEMORY, RunLimits
@@ -80,6 +81,14 @@ def hub_command(
         float,
         typer.Option(min=0, help="GiB of memory each run's server process may use (0: no bound)."),
     ] = DEFAULT_RUN_MEMORY / 2**30,
+    metrics_address: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Where to serve Prometheus metrics at /metrics (port 0: a free one; "
+            "keep it on loopback or a monitoring network).",
+        ),
+    ] = "127.0.0.1:0",
 ) -> None:
     """Start a hub: nodes enrol and connect to its fleet API, users to its control API."""
     setup_logging(True)
@@ -115,17 +124,31 @@ def hub_command(
             )
         ) from None
     servers = serve(hub, address, control_address, enrol_address or _next_to(address, -1))
+    metrics = _serve_metrics(hub, metrics_address)
     hub.start()
     enrol = f", enrolment on port {servers.enrol_port}" if servers.enrol_port else ""
     console.print(
         f"hub serving: fleet on port {servers.fleet_port}{enrol}, control on "
-        f"port {servers.control_port}, state in {data_dir}"
+        f"port {servers.control_port}, metrics on port {metrics.port}, state in {data_dir}"
     )
     stop = threading.Event()
     _on_signal(stop.set)
     stop.wait()
     servers.stop()
+    metrics.stop()
     hub.close()
+
+
+def _serve_metrics(hub: Hub, address: str) -> MetricsServer:
+    try:
+        return HubMetrics(hub).serve(address)
+    except (OSError, ValueError) as exc:
+        raise fail(
+            PollinateError(
+                f"the hub cannot serve metrics on {address!r}: {exc}.\nHint: "
+                "--metrics-address 127.0.0.1:9464 (a free port; 0 picks one)."
+            )
+        ) from None
 
 
 def node_command(

@@ -148,6 +148,15 @@ class Fleet:
                 n for n, node in self._nodes.items() if node.alive(now, self.heartbeat_timeout)
             )
 
+    def heartbeat_ages(self) -> dict[int, float | None]:
+        """Seconds since each known node was last heard from; None if never, or silent."""
+        now = time.monotonic()
+        with self._changed:
+            return {
+                n: None if node.last_seen is None else now - node.last_seen
+                for n, node in self._nodes.items()
+            }
+
     def confirmed_alive(self) -> list[int]:
         """Alive nodes this process heard from, not only presumed alive after a restart: the
         ones the hub notes as alive, so a hub restarting in a loop stops expecting a dead
