@@ -6,8 +6,10 @@ are hostile or greedy on purpose. Each fails alone, saying why; the run beside i
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,31 @@ def test_the_hub_never_imports_the_apps_code(runs: Runs, tmp_path: Path) -> None
     app = hostile_app(tmp_path / "hostile", "pass")
     ended(runs, submit(runs, app))
     assert "hostile" not in sys.modules
+
+
+def test_a_run_process_killed_mid_run_fails_its_run_and_a_concurrent_run_finishes(
+    runs: Runs, tmp_path: Path
+) -> None:
+    killed = submit(runs, write_tiny_app(tmp_path / "waiting"))  # no nodes: round 1 waits
+    slow = hostile_app(tmp_path / "slow", "__import__('time').sleep(2)")
+    concurrent = submit(runs, slow)  # its server_fn runs while the other is killed
+    wait_for(lambda: logged(runs, killed, "waiting up to"), "round 1 to wait for nodes")
+    runs._processes[killed].process.send_signal(signal.SIGKILL)
+
+    row = ended(runs, killed)
+    assert (row.status, row.detail) == (
+        "failed",
+        "the run process was killed by SIGKILL (signal 9)",
+    )
+    assert ended(runs, concurrent).status == "finished"
+
+
+def logged(runs: Runs, run_id: str, text: str) -> bool:
+    return any(text in entry.text for entry in runs.state.log_after(run_id, 0))
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

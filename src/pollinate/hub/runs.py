@@ -304,6 +304,9 @@ class Runs:
                 self._finish(run_id, RunStatus.FAILED, detail)
         except RunStopped:
             self._finish(run_id, RunStatus.STOPPED, "stopped by a user")
+        except Exception as exc:  # a hub bug must fail this run, not leave it running
+            log.exception("run %s failed", run_id)
+            self._finish(run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
             process.end()
             grid.close()
