@@ -191,4 +191,15 @@ def test_the_demo_runs_the_strategy_the_config_names(tmp_path: Path) -> None:
     assert first_round("strategy=fedprox", "proximal-mu=1") > plain + 0.5
     assert first_round("strategy=fedadam", "server-learning-rate=0.1") < 2.3  # it learns
     refused = pollinate("run", str(DEMO), "--config", "strategy=krum")
-    assert refused.returncode == 2 and "this demo runs FedAvg" in refused.stderr
+    assert refused.returncode == 2
+    assert "'krum' does not apply to this app, which runs: fedavg, fedavgm" in refused.stderr
+
+
+def test_a_misspelt_strategy_suggests_and_lists_only_what_the_demo_runs() -> None:
+    done = pollinate("run", str(DEMO), "--config", "strategy=fedfoo")
+    assert done.returncode == 2
+    message = " ".join(done.stderr.split())
+    assert "unknown strategy 'fedfoo'. Did you mean 'fed" in message
+    assert "This app runs: fedavg, fedavgm, fedprox, fedadagrad, fedadam, fedyogi" in message
+    for other in ("krum", "bulyan", "qfedavg", "fedbuff", "fedxgb"):
+        assert other not in message.split("Hint:")[0]

@@ -7,7 +7,18 @@ from typing import Any
 
 from pollinate import AppError, Arrays, Config, Metrics, ServerApp, Strategy, Validation
 from pollinate.secagg import SecAggConfig
-from pollinate.strategy import Sampling, strategy_class
+from pollinate.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Sampling,
+    strategy_class,
+)
 from quickstart_numpy import task
 
 
@@ -49,33 +60,28 @@ def server_fn(run_config: Config) -> ServerApp:
 
 
 def make_strategy(run_config: Config, **common: Any) -> Strategy:
-    """The strategy ``--config strategy=NAME`` names, with the settings it needs from the
-    run config (``proximal-mu`` for FedProx, ``server-learning-rate`` for the FedOpt family)."""
+    """The strategy ``--config strategy=NAME`` names, among those this demo sets up, with
+    the settings it needs from the run config (``proximal-mu`` for FedProx,
+    ``server-learning-rate`` for the FedOpt family)."""
+    settings: dict[type[Strategy], dict[str, Any]] = {
+        FedAvg: {},
+        FedAvgM: {},
+        FedMedian: {},
+        FedTrimmedAvg: {},
+        FedProx: {"proximal_mu": float(run_config["proximal-mu"])},
+        FedAdagrad: {"eta": float(run_config["server-learning-rate"])},
+        FedAdam: {"eta": float(run_config["server-learning-rate"])},
+        FedYogi: {"eta": float(run_config["server-learning-rate"])},
+    }
     name = str(run_config["strategy"])
     try:
-        strategy_type = strategy_class(name)
+        strategy_type = strategy_class(name, among=settings)
+        return strategy_type(**settings[strategy_type], **common)
     except ValueError as exc:
-        raise AppError(f"--config strategy: {exc}") from None
-    settings: dict[str, dict[str, Any]] = {
-        "FedAvg": {},
-        "FedAvgM": {},
-        "FedMedian": {},
-        "FedTrimmedAvg": {},
-        "FedProx": {"proximal_mu": float(run_config["proximal-mu"])},
-        "FedAdagrad": {"eta": float(run_config["server-learning-rate"])},
-        "FedAdam": {"eta": float(run_config["server-learning-rate"])},
-        "FedYogi": {"eta": float(run_config["server-learning-rate"])},
-    }
-    if strategy_type.__name__ not in settings:
         raise AppError(
-            f"--config strategy={name}: this demo runs {', '.join(settings)}.\n"
-            "Hint: benchmarks/robustness.py and benchmarks/async.py set up Krum, MultiKrum, "
-            "Bulyan, QFedAvg and FedBuff"
-        )
-    try:
-        return strategy_type(**settings[strategy_type.__name__], **common)
-    except ValueError as exc:
-        raise AppError(f"--config: {exc}") from None
+            f"--config strategy={name}: {exc}\nHint: benchmarks/robustness.py and "
+            "benchmarks/async.py set up Krum, MultiKrum, Bulyan, QFedAvg and FedBuff"
+        ) from None
 
 
 def with_dp(strategy: Strategy, noise_multiplier: float, run_config: Config) -> Strategy:

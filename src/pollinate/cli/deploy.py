@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import signal
 import socket
@@ -18,8 +19,16 @@ from rich.table import Table
 from rich.text import Text
 
 from pollinate.app import app_hash, load_app
-from pollinate.cli.console import console, err_console, fail, parse_overrides, setup_logging
-from pollinate.cli.render import round_lines, summary
+from pollinate.cli.console import (
+    RUN_FAILED,
+    console,
+    err_console,
+    fail,
+    parse_overrides,
+    run_failed,
+    setup_logging,
+)
+from pollinate.cli.render import nothing_applied, round_lines, summary
 from pollinate.errors import PollinateError
 from pollinate.hub.apps import pack_app
 from pollinate.hub.credentials import HubCredentials
@@ -31,6 +40,7 @@ from pollinate.hub.supervisor import DEFAULT_RUN_MEMORY, RunLimits
 from pollinate.loop.history import History, RoundRecord
 from pollinate.node.agent import NodeAgent
 from pollinate.security import NodeCredentials, SecurityError
+from pollinate.security.certificates import node_id_from_certificate
 from pollinate.text import MAX_LINE, MAX_NAME, inert
 from pollinate.transport.client import ControlClient, HubUnavailable, LogLine, enrol
 from pollinate.transport.ports import serve
@@ -41,6 +51,8 @@ HubOption = Annotated[
 DEFAULT_CONTROL = "127.0.0.1:9093"
 RECONNECT_PATIENCE = 600.0
 """Seconds ``run --hub`` and ``log`` wait for a hub that went away before they give up."""
+HUB_WAIT = 10.0
+"""Seconds a command waits for a hub that does not listen yet (one started a moment ago)."""
 
 
 def hub_command(
@@ -177,6 +189,7 @@ def node_command(
 ) -> None:
     """Start a node: it dials out to the hub and trains the app's client on local data."""
     setup_logging(verbose)
+    logging.getLogger("pollinate.node.state").setLevel(logging.INFO)  # one line per change
     try:
         overrides = parse_overrides(node_config or [])
         credentials = None
@@ -215,6 +228,7 @@ def token_create(
     ttl: Annotated[float, typer.Option(help="Seconds until the token expires.")] = 3600.0,
 ) -> None:
     """Print a one-time join token; a node starts with --token TOKEN to enrol."""
+    wait_for_hub(hub)
     try:
         token, expires = ControlClient(hub).create_token(ttl)
     except PollinateError as exc:
@@ -236,13 +250,17 @@ def _node_credentials(data_dir: Path, token: str | None, enrol_address: str) -> 
             f"this node has no certificate in {data_dir}.\nHint: create a token on the hub "
             "(`pollinate token create`) and start the node with --token TOKEN."
         )
+    wait_for_hub(enrol_address)
     credentials = enrol(enrol_address, token)
     credentials.save(data_dir)
+    node = node_id_from_certificate(credentials.cert_pem)
+    err_console.print(Text(f"enrolled as node {node}; certificate saved in {data_dir}"))
     return credentials
 
 
 def ls_command(hub: HubOption = DEFAULT_CONTROL) -> None:
     """List the hub's runs with their status."""
+    wait_for_hub(hub)
     client = ControlClient(hub)
     try:
         runs = client.list_runs()
@@ -267,6 +285,7 @@ def log_command(
     follow: Annotated[bool, typer.Option(help="Keep following until the run ends.")] = True,
 ) -> None:
     """Replay a run's log, then follow it until the run ends."""
+    wait_for_hub(hub)
     client = ControlClient(hub)
     try:
         for line in follow_run(client, run_id, follow):
@@ -280,6 +299,7 @@ def stop_command(
     hub: HubOption = DEFAULT_CONTROL,
 ) -> None:
     """Stop a running run."""
+    wait_for_hub(hub)
     try:
         ControlClient(hub).stop_run(run_id)
     except PollinateError as exc:
@@ -296,6 +316,7 @@ def run_on_hub(
     out: Path | None,
 ) -> None:
     """Submit the app to the hub and stream its rounds until the run ends."""
+    wait_for_hub(hub)
     client = ControlClient(hub)
     started = time.monotonic()
     try:
@@ -324,8 +345,34 @@ def run_on_hub(
         console.print(summary_line)
     if out is not None:
         console.print(Text(f"history written to {history.save(out)}"))
+    problem = nothing_applied(history)
+    if problem is not None:
+        raise run_failed(problem)
     if status is not RunStatus.FINISHED:
-        raise typer.Exit(1)
+        raise typer.Exit(RUN_FAILED)
+
+
+def wait_for_hub(address: str, timeout: float = HUB_WAIT) -> None:
+    """Return once ``address`` accepts connections, or after ``timeout`` seconds (the call
+    that follows then says what is wrong), saying once that it waits: a command pasted
+    right after ``pollinate hub &`` works."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except ValueError:
+            return  # not HOST:PORT: the call that follows says so
+        except OSError:
+            if time.monotonic() >= deadline:
+                return
+        if not said:
+            waiting = f"waiting up to {timeout:g}s for the hub at {address} to listen..."
+            err_console.print(Text(inert(waiting, MAX_LINE), "yellow"))
+            said = True
+        time.sleep(0.2)
 
 
 def follow_run(client: ControlClient, run_id: str, follow: bool) -> Iterator[LogLine]:

@@ -32,8 +32,8 @@ from pollinate.cli.deploy import (
     token_app,
 )
 from pollinate.cli.new import new
-from pollinate.cli.render import RunProgress, failure_lines, summary
-from pollinate.errors import AppError, PollinateError, RunError
+from pollinate.cli.render import RunProgress, nothing_applied, summary
+from pollinate.errors import AppError, PollinateError
 from pollinate.loop.app import ServerApp
 from pollinate.loop.events import Event, RoundFinished
 from pollinate.loop.history import History
@@ -257,10 +257,9 @@ def run(
         console.print(_attackers_line(attackers, num_clients))
     if out is not None:
         console.print(Text(f"history written to {out / 'history.json'}"))
-    if failure is None:
-        failure = _nothing_applied(history)
-    if failure is not None:
-        raise run_failed(failure)
+    problem = str(failure) if failure is not None else nothing_applied(history)
+    if problem is not None:
+        raise run_failed(problem)
 
 
 class _HistoryWriter:
@@ -310,18 +309,6 @@ def _interrupted(history: History, out: Path | None) -> None:
     kept = f"; history.json in {out} keeps rounds 0 to {done}" if out and done is not None else ""
     err_console.print(Text(f"interrupted after round {done}{kept}", "yellow"))
     raise typer.Exit(130)
-
-
-def _nothing_applied(history: History) -> RunError | None:
-    """Why the run failed though it ran to its end: no round it ran was applied."""
-    done = [r for r in history.rounds if r.round > 0]
-    if not done or any(r.applied for r in done):
-        return None
-    reasons = [str(line) for r in done[-1:] for line in failure_lines(r)]
-    why = ("; the last round's failures:\n" + "\n".join(reasons)) if reasons else ""
-    return RunError(
-        f"no round of {len(done)} was applied: the global model is the initial one{why}"
-    )
 
 
 # The other commands live beside this module (``deploy.py``, ``new.py``) and are registered

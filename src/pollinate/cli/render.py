@@ -154,6 +154,16 @@ def summary(history: History, seconds: float) -> list[Text]:
     return lines
 
 
+def nothing_applied(history: History) -> str | None:
+    """Why a run that ran to its end failed: no round it ran was applied (None if one was)."""
+    done = [r for r in history.rounds if r.round > 0]
+    if not done or any(r.applied for r in done):
+        return None
+    reasons = [str(line) for line in failure_lines(done[-1])]
+    why = ("; the last round's failures:\n" + "\n".join(reasons)) if reasons else ""
+    return f"no round of {len(done)} was applied: the global model is the initial one{why}"
+
+
 _SECTIONS = {"centralized": "centralized", "evaluate": "federated", "fit": "fit"}
 
 

@@ -2,6 +2,10 @@
 
 The node dials out; the hub never dials in. When the hub is away the agent retries with
 exponential backoff (with jitter, so a fleet does not reconnect in lockstep).
+
+Each change of the node's state (connected, serving run R, round N of it, the hub lost and
+being reconnected to) is one INFO record of the ``pollinate.node.state`` logger, which
+``pollinate node`` shows without ``-v``; everything else logs to ``pollinate.node``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pollinate.transport.client import (
 )
 
 log = logging.getLogger("pollinate.node")
+state = logging.getLogger("pollinate.node.state")
 
 PULL_WAIT = 20.0
 
@@ -70,6 +75,8 @@ class NodeAgent:
         self._beating: threading.Thread | None = None
         self._secagg: SecAggNode | None = None
         self._handlers = secagg_handlers(self._answer_app, self._secure_node)
+        self._connected = False
+        self._serving: tuple[str, int] | None = None  # the (run, round) of the last task
 
     def run(self) -> None:
         """Serve until ``self.stop`` is set, reconnecting whenever the hub is away."""
@@ -82,6 +89,9 @@ class NodeAgent:
                 if self.stop.is_set():
                     return  # shutdown() closed the channel under a waiting pull
                 self._raise_if_refused(exc)
+                if self._connected or backoff == 0.5:
+                    state.info("hub at %s unavailable; reconnecting", self.client.address)
+                self._connected = False
                 delay = backoff * random.uniform(0.5, 1.5)
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 self.stop.wait(delay)
@@ -118,11 +128,21 @@ class NodeAgent:
         if self._beating is None:  # one heartbeat thread for the agent's life, paced by the hub
             self._beating = threading.Thread(target=self._beat, name="node-heartbeat", daemon=True)
             self._beating.start()
-        log.info("node %s connected as node %d", self.name, self.client.node_id)
+        state.info("node %s connected as node %d", self.name, self.client.node_id)
+        self._connected = True
         while not self.stop.is_set():
             task = self.client.pull_task(PULL_WAIT)
             if task is not None:
+                self._note_task(task.message)
                 self._push(self._answer(task))
+
+    def _note_task(self, task: Message) -> None:
+        """One state line when a task starts another run, and one per round of it."""
+        if self._serving is None or self._serving[0] != task.run_id:
+            state.info("node %d serving run %s", self.client.node_id, task.run_id)
+        if self._serving != (task.run_id, task.round):
+            state.info("node %d: run %s round %d", self.client.node_id, task.run_id, task.round)
+        self._serving = (task.run_id, task.round)
 
     def _heartbeat(self) -> None:
         self.interval = self.client.heartbeat(

@@ -1,5 +1,8 @@
 """Strategies: who trains with what, and how results become the next global model."""
 
+from collections.abc import Iterable
+from typing import TypeVar, overload
+
 from pollinate.strategy.base import (
     BaseStrategy,
     FitAggregator,
@@ -70,17 +73,37 @@ STRATEGIES: dict[str, type[BaseStrategy]] = {
 """Strategies by the name a run config may give them (lower case)."""
 
 
-def strategy_class(name: str) -> type[BaseStrategy]:
-    """The strategy a config names, e.g. ``strategy_class("FedAdam")``; ValueError if unknown.
+_S = TypeVar("_S", bound=BaseStrategy)
+
+
+@overload
+def strategy_class(name: str) -> type[BaseStrategy]: ...
+@overload
+def strategy_class(name: str, among: Iterable[type[_S]]) -> type[_S]: ...
+def strategy_class(
+    name: str, among: Iterable[type[BaseStrategy]] | None = None
+) -> type[BaseStrategy]:
+    """The strategy a config names, e.g. ``strategy_class("FedAdam")``: the one way an app
+    chooses its strategy by name (``--config strategy=NAME``). ``among`` is what the app
+    accepts; a name outside it, or unknown, is a ValueError that suggests and lists only
+    those.
 
     >>> strategy_class("fedavgm").__name__
     'FedAvgM'
+    >>> strategy_class("krum", among=[FedAvg, FedProx])
+    Traceback (most recent call last):
+    ValueError: strategy 'krum' does not apply to this app, which runs: fedavg, fedprox.
     """
     import difflib
 
+    accepted = {k: v for k, v in STRATEGIES.items() if among is None or v in set(among)}
     key = name.strip().lower()
+    if key in accepted:
+        return accepted[key]
+    runs = ", ".join(accepted)
     if key in STRATEGIES:
-        return STRATEGIES[key]
-    close = difflib.get_close_matches(key, list(STRATEGIES), n=1)
+        raise ValueError(f"strategy {name!r} does not apply to this app, which runs: {runs}.")
+    close = difflib.get_close_matches(key, list(accepted), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown strategy {name!r}.{hint} Known: {', '.join(STRATEGIES)}.")
+    known = "Known" if among is None else "This app runs"
+    raise ValueError(f"unknown strategy {name!r}.{hint} {known}: {runs}.")
