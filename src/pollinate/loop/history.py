@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA = 2
-"""The version of ``history.json``'s layout: 1 was a bare list of rounds, 2 the object."""
-
 from pollinate.checks import is_number
 from pollinate.records import Scalar
 from pollinate.text import MAX_LINE, inert
+
+SCHEMA = 2
+"""The version of ``history.json``'s layout: 1 was a bare list of rounds, 2 the object."""
 
 
 @dataclass
