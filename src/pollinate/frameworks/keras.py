@@ -182,7 +182,8 @@ class KerasClient(Client):
         if self.val is None:
             raise ValueError(
                 "KerasClient has no val data, so it cannot evaluate.\nHint: pass "
-                "KerasClient(model, train, val), or FedAvg(fraction_evaluate=0)."
+                "KerasClient(model, train, val), or "
+                "FedAvg(sampling=Sampling(fraction_evaluate=0))."
             )
         set_arrays(self.model, arrays)
         x, y = self.val
