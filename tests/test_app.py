@@ -104,7 +104,7 @@ def test_a_missing_client_fn_names_the_module_and_function(tmp_path: Path) -> No
 
 def test_a_missing_module_is_explained(tmp_path: Path) -> None:
     pyproject = GOOD.replace('"{pkg}.main:client_fn"', '"{pkg}.nothere:client_fn"')
-    with pytest.raises(AppError, match="cannot import 'no_module.nothere'"):
+    with pytest.raises(AppError, match="the app has no module 'no_module.nothere'"):
         load_app(make_app(tmp_path, "no_module", pyproject))
 
 
