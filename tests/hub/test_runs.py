@@ -15,9 +15,9 @@ import pytest
 
 from pollinate.app import app_hash
 from pollinate.errors import AppError
-from pollinate.hub import apps as apps_module
+from pollinate.hub import archives as apps_module
 from pollinate.hub import runs as runs_module
-from pollinate.hub.apps import pack_app
+from pollinate.hub.archives import pack_app
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.journal import Journal
 from pollinate.hub.runs import Runs

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pollinate.app import app_hash, load_app
-from pollinate.hub.apps import pack_app
+from pollinate.hub.archives import pack_app
 from pollinate.node.agent import NodeAgent
 from pollinate.secagg import SecAggConfig
 from pollinate.simulation import run_simulation

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pollinate.app import app_hash
-from pollinate.hub.apps import pack_app
+from pollinate.hub.archives import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import Hub
 from pollinate.node.agent import NodeAgent

@@ -16,7 +16,7 @@ import pytest
 
 from pollinate.app import app_hash
 from pollinate.hub import sandbox
-from pollinate.hub.apps import pack_app
+from pollinate.hub.archives import pack_app
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.journal import Journal
 from pollinate.hub.runs import Runs

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pollinate.node.agent as agent_module
 from pollinate.app import app_hash
-from pollinate.hub.apps import pack_app
+from pollinate.hub.archives import pack_app
 from pollinate.node.agent import NodeAgent
 from pollinate.security import node_id_from_certificate
 from pollinate.transport.client import enrol

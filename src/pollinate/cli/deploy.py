@@ -30,7 +30,7 @@ from pollinate.cli.console import (
 )
 from pollinate.cli.render import nothing_applied, round_lines, summary
 from pollinate.errors import PollinateError
-from pollinate.hub.apps import pack_app
+from pollinate.hub.archives import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
 from pollinate.hub.metrics import HubMetrics, MetricsServer

@@ -10,12 +10,12 @@ data dir and resumes its runs after a crash. One module per part:
 - ``runs``: runs started, checkpointed, resumed and stopped;
 - ``journal``: each run's checkpoint and the replies of its current round, on disk;
 - ``events``: every run's loop events, published to subscribers (metrics, dashboards);
-- ``apps``: app archives packed, checked and unpacked;
+- ``archives``: app archives packed, checked and unpacked;
 - ``credentials``: the hub's TLS material and join tokens;
 - ``rate_limit``: a token bucket per source address, which slows down enrolment guesses.
 """
 
-from pollinate.hub.apps import pack_app
+from pollinate.hub.archives import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.events import RunEvents
 from pollinate.hub.fleet import Fleet, PollEnded, Refused, TryLater

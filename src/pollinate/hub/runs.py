@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from pollinate.errors import AppError, PollinateError, StorageError
-from pollinate.hub.apps import check_archive
+from pollinate.hub.archives import check_archive
 from pollinate.hub.events import RunEvents
 from pollinate.hub.fleet import Fleet
 from pollinate.hub.grid import STORAGE_RETRY_SECONDS, HubGrid, RunStopped

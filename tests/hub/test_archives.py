@@ -10,8 +10,8 @@ import pytest
 
 from pollinate.app import app_hash
 from pollinate.errors import AppError
-from pollinate.hub import apps as apps_module
-from pollinate.hub.apps import pack_app, unpack
+from pollinate.hub import archives as apps_module
+from pollinate.hub.archives import pack_app, unpack
 from tests.deployment.apps import write_tiny_app
 
 PYPROJECT = b'[tool.pollinate]\nserver = "m:s"\nclient = "m:c"\n'
