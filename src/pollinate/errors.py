@@ -31,7 +31,10 @@ hierarchy (``tests/test_errors.py`` checks that it is drawn whole and true)::
     ├── PollEnded                     hub.fleet: a node's long-poll is over
     ├── Overloaded                    transport.guards: a peer holds as many calls as it may
     ├── Idle                          transport.guards: a stream sent nothing for too long
-    └── BadRequest                    transport.guards: a request that could not be parsed
+    ├── BadRequest                    transport.guards: a request that could not be parsed
+    ├── ChannelError                  hub.channel: a run's process broke the local API's format
+    │   └── ChannelClosed             hub.channel: a run's process closed its end (it exited)
+    └── SandboxUnavailable            hub.sandbox: no Landlock here; run code is not confined
 
 Misuse of the Python API (wrong types, impossible arguments) raises plain ``TypeError`` or
 ``ValueError`` with the bad value shown and a ``Hint:`` line (``pollinate.checks``).

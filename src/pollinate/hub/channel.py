@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pollinate.errors import PollinateError
 from pollinate.loop.events import (
     Event,
     ReplyBounded,
@@ -48,7 +49,7 @@ Chunks = Iterable[bytes | memoryview]
 """A wire message as ``pollinate.wire.iter_encode`` gives it."""
 
 
-class ChannelError(Exception):
+class ChannelError(PollinateError):
     """The peer sent something the channel's format or limits do not allow."""
 
 

@@ -38,6 +38,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from pollinate.errors import PollinateError
+
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
@@ -54,7 +56,7 @@ _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # LANDLOCK_SCOPE_*,
 READ_ONLY = _EXECUTE | _READ_FILE | _READ_DIR
 
 
-class SandboxUnavailable(OSError):
+class SandboxUnavailable(PollinateError):
     """This kernel (or platform) has no usable Landlock: the process stays unrestricted."""
 
 
