@@ -268,3 +268,20 @@ def test_fedprox_sends_proximal_mu_without_a_config_function() -> None:
 
 def test_fedprox_evaluate_config_has_no_proximal_mu() -> None:
     assert FedProx(proximal_mu=0.1).configure_evaluate(1) == {}
+
+
+def test_a_population_given_as_a_range_is_never_listed() -> None:
+    # a trillion virtual clients: listing them would need terabytes, so this samples in place
+    strategy = FedAvg(sampling=Sampling(fraction_fit=1e-9))
+    chosen = strategy.sample_fit(range(10**12), rng(4))
+    assert len(chosen) == 1000 and len(set(chosen)) == 1000
+    assert all(0 <= node < 10**12 for node in chosen) and chosen == sorted(chosen)
+
+
+@given(n=st.integers(1, 3000), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_a_range_and_the_same_nodes_listed_in_any_order_give_the_same_sample(
+    n: int, seed: int, data: st.DataObject
+) -> None:
+    strategy = FedAvg(sampling=Sampling(fraction_fit=0.3, min_fit_clients=1))
+    shuffled = data.draw(st.permutations(list(range(n))))
+    assert strategy.sample_fit(range(n), rng(seed)) == strategy.sample_fit(shuffled, rng(seed))

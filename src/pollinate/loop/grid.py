@@ -32,8 +32,9 @@ class Grid(ABC):
     """Carries instructions to nodes and their replies back."""
 
     @abstractmethod
-    def nodes(self) -> list[int]:
-        """Ids of the nodes that can take work now."""
+    def nodes(self) -> Sequence[int]:
+        """Ids of the nodes that can take work now (a ``range`` for a population too large
+        to list: sampling never materialises one)."""
 
     @abstractmethod
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
@@ -46,7 +47,7 @@ class Grid(ABC):
         hostile node); the caller checks them.
         """
 
-    def wait_for_nodes(self, count: int, timeout: float) -> list[int]:
+    def wait_for_nodes(self, count: int, timeout: float) -> Sequence[int]:
         """``nodes()`` once at least ``count`` nodes can take work, or after ``timeout``
         seconds (then fewer). A grid whose nodes come and go polls (this default); one
         whose nodes are always there answers at once."""

@@ -41,6 +41,7 @@ from pollinate.loop.recorder import (
 )
 from pollinate.loop.stages import Stages, task_id
 from pollinate.records import Arrays, Message, MessageKind, Scalar
+from pollinate.strategy.base import ascending
 
 log = logging.getLogger("pollinate.loop")
 
@@ -161,10 +162,10 @@ class _Loop:
 
     def _initial_arrays(self) -> Arrays:
         grid, run_id = self.stages.grid, self.stages.run_id
-        nodes = sorted(grid.nodes())
+        nodes = ascending(grid.nodes())
         if not nodes:
             raise RunError("no clients are available to provide the initial arrays")
-        node = int(self.stages.rng(0, 2).choice(nodes))
+        node = int(nodes[int(self.stages.rng(0, 2).choice(len(nodes)))])
         task = Message(
             MessageKind.GET_ARRAYS,
             task_id=task_id(run_id, 0, "get_arrays", node),

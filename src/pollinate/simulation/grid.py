@@ -88,8 +88,8 @@ class SimulationGrid(Grid):
         self._secagg_nodes: dict[int, SecAggNode] = {}
         self._handlers = secagg_handlers(self._client, self._secagg)
 
-    def nodes(self) -> list[int]:
-        return list(range(self.num_clients))
+    def nodes(self) -> range:
+        return range(self.num_clients)
 
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         ends = ends_at(timeout)
@@ -125,7 +125,7 @@ class SimulationGrid(Grid):
             with self._lock:
                 self._waiting.discard(wake)
 
-    def wait_for_nodes(self, count: int, timeout: float) -> list[int]:
+    def wait_for_nodes(self, count: int, timeout: float) -> range:
         """Virtual clients are always there: more will not come by waiting."""
         return self.nodes()
 

@@ -322,8 +322,12 @@ class Strategy(BaseStrategy):
                 "min_available_clients=...), or run more clients (--clients N in simulation).",
                 needed,
             )
-        chosen = rng.choice(np.asarray(sorted(available)), size=wanted, replace=False)
-        return sorted(int(i) for i in chosen)
+        # Indices first, then the nodes at them: the same draw as choosing from the sorted
+        # nodes, but a population given as a range (a simulation's) is never materialised, so
+        # a round costs O(sampled) whatever the population (numpy draws few of many in place).
+        ordered = ascending(available)
+        chosen = rng.choice(n, size=wanted, replace=False)
+        return sorted(int(ordered[i]) for i in chosen)
 
     def configure_evaluate(self, round: int) -> Config:
         return dict(self.on_evaluate_config_fn(round)) if self.on_evaluate_config_fn else {}
@@ -371,3 +375,10 @@ class _MeanThenUpdate:
 
 def _check_fraction(name: str, value: float) -> None:
     number(name, value, minimum=0, maximum=1, hint=f"{name}=0.1 means 10%.")
+
+
+def ascending(nodes: Sequence[int]) -> Sequence[int]:
+    """``nodes`` in ascending order: a ``range`` with step 1 as it is, anything else sorted."""
+    if isinstance(nodes, range) and nodes.step == 1:
+        return nodes
+    return sorted(nodes)
