@@ -301,3 +301,18 @@ def test_a_subscriber_that_raises_is_cut_off_and_the_run_goes_on(
     assert ended(runs, run_id).status == "finished"
     ended(runs, submit(runs, write_tiny_app(tmp_path / "app2"), rounds=0))
     assert calls == [run_id]
+
+
+def test_a_hub_on_a_relative_data_dir_runs_its_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the run process works in a scratch dir of its own: paths it gets must not be relative
+    monkeypatch.chdir(tmp_path)
+    state = HubState(Path("relative-hub"))
+    runs = Runs(state, Fleet(), Journal(state))
+    try:
+        run_id = submit(runs, write_tiny_app(Path("app")), rounds=0)
+        assert ended(runs, run_id).status == "finished"
+    finally:
+        runs.join(TIMEOUT)
+        state.close()

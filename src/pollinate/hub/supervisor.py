@@ -118,7 +118,7 @@ def start_process(
     try:
         setup = {
             "op": "setup",
-            "app": str(app_dir),
+            "app": str(app_dir.resolve()),  # the process works in its scratch dir
             "overrides": overrides,
             "read_write": str(scratch),
             "forbidden": str(data_dir.resolve()),
