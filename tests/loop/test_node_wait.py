@@ -118,3 +118,44 @@ def test_node_wait_must_be_finite_seconds() -> None:
     for bad in (-1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="node_wait must be a finite number"):
             app(1, node_wait=bad)
+
+
+class StepFromZero(Step):
+    def get_arrays(self, config):  # type: ignore[no-untyped-def]
+        return Arrays({"w": np.zeros(2)})
+
+
+class LateGrid(BlinkingGrid):
+    """No node until the test says so: a run submitted before its nodes connected."""
+
+    def nodes(self) -> list[int]:
+        return [0, 1] if self.back.is_set() else []
+
+    def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
+        for task in instructions:
+            context = Context(node_id=task.node_id, partition_id=0, num_partitions=1)
+            yield handle(lambda ctx: StepFromZero(), context, task)
+
+
+def test_a_run_without_initial_arrays_waits_for_a_node_to_provide_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    grid = LateGrid()
+    late = ServerApp(FedAvg(), num_rounds=1, node_wait=WAIT)
+    result: list[object] = []
+    with caplog.at_level(logging.WARNING, logger="pollinate.loop"):
+        worker = threading.Thread(target=lambda: result.append(run(grid, late, seed=1)))
+        worker.start()
+        deadline = time.monotonic() + WAIT
+        while "to provide the initial arrays; waiting" not in caplog.text:
+            assert time.monotonic() < deadline, "the run did not say it waits for a node"
+            time.sleep(0.05)
+        grid.back.set()
+        worker.join(WAIT)
+    assert not worker.is_alive() and result, "the run did not finish once a node connected"
+    assert result[0].history.rounds[1].replies == 2  # type: ignore[attr-defined]
+
+
+def test_with_no_node_within_node_wait_the_run_says_how_to_fix_it() -> None:
+    with pytest.raises(RunError, match="no client connected within 0.2s.*\nHint: start"):
+        run(LateGrid(), ServerApp(FedAvg(), num_rounds=1, node_wait=0.2), seed=1)

@@ -163,8 +163,19 @@ class _Loop:
     def _initial_arrays(self) -> Arrays:
         grid, run_id = self.stages.grid, self.stages.run_id
         nodes = ascending(grid.nodes())
+        if not nodes:  # a run submitted before its nodes connected waits for the first
+            self.recorder.log.warning(
+                "run %s: no client is connected to provide the initial arrays; waiting up to "
+                "%gs for one (ServerApp.node_wait)",
+                run_id,
+                self.app.node_wait,
+            )
+            nodes = ascending(grid.wait_for_nodes(1, self.app.node_wait))
         if not nodes:
-            raise RunError("no clients are available to provide the initial arrays")
+            raise RunError(
+                f"no client connected within {self.app.node_wait:g}s to provide the initial "
+                "arrays.\nHint: start the nodes, or give ServerApp(initial_arrays=...)"
+            )
         node = int(nodes[int(self.stages.rng(0, 2).choice(len(nodes)))])
         task = Message(
             MessageKind.GET_ARRAYS,
