@@ -23,6 +23,7 @@ hierarchy (``tests/test_errors.py`` checks that it is drawn whole and true)::
     │
     │   internal: the hub and its ports raise these to one another; a port turns them into
     │   gRPC statuses, which a node or the CLI sees as HubRefused or HubUnavailable
+    ├── Forbidden                     hub.access: a caller's role or projects do not allow it
     ├── Refused                       hub.fleet: the hub refused what a node sent
     │   ├── UnknownTask               hub.fleet: a reply to a task nobody waits for
     │   ├── Duplicate                 hub.fleet: a second reply to one task

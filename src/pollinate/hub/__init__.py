@@ -12,10 +12,15 @@ data dir and resumes its runs after a crash. One module per part:
 - ``events``: every run's loop events, published to subscribers (metrics, dashboards);
 - ``archives``: app archives packed, checked and unpacked;
 - ``credentials``: the hub's TLS material and join tokens;
+- ``access``: roles, callers and ``authorize``, the one decision of who may do what;
+- ``members``: users and nodes, their projects, revocation, and who presents a certificate;
+- ``users``: the users table; ``audit``: every control action, who, when and the outcome;
 - ``rate_limit``: a token bucket per source address, which slows down enrolment guesses.
 """
 
+from pollinate.hub.access import Action, Caller, Forbidden, NodeCaller, Role, authorize
 from pollinate.hub.archives import pack_app
+from pollinate.hub.audit import AuditRow
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.events import RunEvents
 from pollinate.hub.fleet import Fleet, PollEnded, Refused, TryLater
@@ -24,19 +29,27 @@ from pollinate.hub.hub import Hub, TooManyAttempts
 from pollinate.hub.journal import Journal
 from pollinate.hub.rate_limit import RateLimiter
 from pollinate.hub.runs import Runs
-from pollinate.hub.state import HubState, LogRow, RunRow, RunStatus
+from pollinate.hub.state import HubState, LogRow, NodeRow, RunRow, RunStatus
+from pollinate.hub.users import UserRow
 
 __all__ = [
+    "Action",
+    "AuditRow",
+    "Caller",
     "Fleet",
+    "Forbidden",
     "Hub",
     "HubCredentials",
     "HubGrid",
     "HubState",
     "Journal",
     "LogRow",
+    "NodeCaller",
+    "NodeRow",
     "PollEnded",
     "RateLimiter",
     "Refused",
+    "Role",
     "RunEvents",
     "RunRow",
     "RunStatus",
@@ -44,5 +57,7 @@ __all__ = [
     "Runs",
     "TooManyAttempts",
     "TryLater",
+    "UserRow",
+    "authorize",
     "pack_app",
 ]

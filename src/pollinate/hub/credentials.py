@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pollinate.hub.access import DEFAULT_PROJECT
 from pollinate.security import CertificateAuthority, TokenStore
 from pollinate.security.enrolment import enrolment_pin, load_or_create_enrolment_identity
+from pollinate.security.tokens import TokenKind
 
 
 @dataclass
@@ -45,9 +47,25 @@ class HubCredentials:
             cert_lifetime,
         )
 
-    def create_token(self, ttl_seconds: float) -> tuple[str, float]:
-        """A one-time join token and when it expires (epoch seconds)."""
-        token = self.tokens.create(ttl_seconds, ca_fingerprint=enrolment_pin(self.enrol_cert))
+    def create_token(
+        self, ttl_seconds: float, projects: tuple[str, ...] = (DEFAULT_PROJECT,), uses: int = 1
+    ) -> tuple[str, float]:
+        """A join token that enrols ``uses`` nodes into ``projects``, and when it expires
+        (epoch seconds)."""
+        token = self.tokens.create(
+            ttl_seconds, ca_fingerprint=enrolment_pin(self.enrol_cert), scope=projects, uses=uses
+        )
+        return token, time.time() + ttl_seconds
+
+    def create_user_token(self, name: str, ttl_seconds: float) -> tuple[str, float]:
+        """A one-time token that logs the user ``name`` in, and when it expires. It pins the
+        enrolment identity, as a join token does: a user logs in where a node enrols."""
+        token = self.tokens.create(
+            ttl_seconds,
+            ca_fingerprint=enrolment_pin(self.enrol_cert),
+            kind=TokenKind.USER,
+            scope=(name,),
+        )
         return token, time.time() + ttl_seconds
 
     def renew(self, node_id: int, csr_pem: bytes) -> bytes:

@@ -12,7 +12,12 @@ Invariants:
   with a process that restarted, and are given to it again;
 - after a hub restart, the nodes alive before it are presumed alive for one heartbeat
   timeout: a resumed round samples the fleet it had, and a node that does not come back
-  fails its tasks as any silent node does.
+  fails its tasks as any silent node does;
+- a node takes tasks only of the runs it may serve (``refuses``, the hub's rule: a run's
+  project must be one of the node's): a run sees only those nodes (``alive_for``), and a
+  task queued for another fails at once, saying why;
+- a node cut off (revoked) is never alive again in this fleet: its tasks fail with the
+  reason, its poll ends, and it is given no task again.
 """
 
 from __future__ import annotations
@@ -87,11 +92,28 @@ class _Node:
         return self.last_seen is not None and now - self.last_seen <= timeout
 
 
-class Fleet:
-    """Live nodes and their task queues; thread-safe."""
+def _serves_every_run(node_id: int, run_id: str) -> str | None:
+    return None
 
-    def __init__(self, heartbeat_timeout: float = 30.0) -> None:
+
+class Fleet:
+    """Live nodes and their task queues; thread-safe.
+
+    Args:
+        heartbeat_timeout: seconds of silence after which a node's tasks fail.
+        refuses: ``refuses(node_id, run_id)`` says why the node may not take the run's
+            tasks, or None if it may (default: every node serves every run). It is called
+            without the fleet's lock held, so it may read the hub's state.
+    """
+
+    def __init__(
+        self,
+        heartbeat_timeout: float = 30.0,
+        refuses: Callable[[int, str], str | None] = _serves_every_run,
+    ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
+        self.refuses = refuses
+        self._cut_off: dict[int, str] = {}  # node id: why
         self._nodes: dict[int, _Node] = {}
         self._outstanding: dict[str, QueuedTask] = {}
         self._claimed: dict[str, QueuedTask] = {}  # claimed, reply not yet recorded
@@ -107,6 +129,8 @@ class Fleet:
         which the log shows (what the old process took is sent again at its first pull).
         True if the node was not counted alive until now (new, back, or restarted)."""
         with self._changed:
+            if node_id in self._cut_off:
+                return False
             node = self._nodes.get(node_id)
             restarted = bool(session) and node is not None and session != node.session
             arrived = node is None or node.last_seen is None or restarted
@@ -145,8 +169,14 @@ class Fleet:
         now = time.monotonic()
         with self._changed:
             return sorted(
-                n for n, node in self._nodes.items() if node.alive(now, self.heartbeat_timeout)
+                n
+                for n, node in self._nodes.items()
+                if node.alive(now, self.heartbeat_timeout) and n not in self._cut_off
             )
+
+    def alive_for(self, run_id: str) -> list[int]:
+        """The alive nodes that may take the run's tasks (``refuses``)."""
+        return [n for n in self.alive() if self.refuses(n, run_id) is None]
 
     def heartbeat_ages(self) -> dict[int, float | None]:
         """Seconds since each known node was last heard from; None if never, or silent."""
@@ -173,8 +203,16 @@ class Fleet:
     # --- tasks ------------------------------------------------------------------------------
 
     def enqueue(self, task: QueuedTask) -> None:
+        """Queue the task for its node; fail it at once, saying why, if the node may not take
+        it (cut off, or refused for the task's run)."""
         node_id = task.message.node_id
+        reason = self.refuses(node_id, task.message.run_id)
         with self._changed:
+            reason = self._cut_off.get(node_id, reason)
+            if reason is not None:
+                log.warning("task %s not sent: %s", task.message.task_id, reason)
+                task.replies.put(task.message.reply(error=reason))
+                return
             node = self._nodes.setdefault(node_id, _Node())
             if task not in node.queue:
                 node.queue.append(task)
@@ -224,7 +262,7 @@ class Fleet:
         Raises PollEnded once the fleet closed or a newer poll of the node superseded it.
         """
         with self._changed:
-            if self._closed or self._polls.get(node_id) != ticket:
+            if self._closed or self._polls.get(node_id) != ticket or node_id in self._cut_off:
                 raise PollEnded(f"the poll of node {node_id} ended")
             node = self._nodes.get(node_id)
             if node is None or not node.queue:
@@ -354,10 +392,7 @@ class Fleet:
                 if node.last_seen is not None:
                     newly_silent.append(node_id)
                     node.last_seen = None
-                node.queue.clear()
-            failed = [t for t in self._outstanding.values() if t.message.node_id in silent]
-            for task in failed:
-                del self._outstanding[task.message.task_id]
+            failed = self._withdraw(silent)
         for task in failed:
             node_id = task.message.node_id
             reason = (
@@ -367,6 +402,38 @@ class Fleet:
         for node_id in newly_silent:
             log.warning("node %d went silent; its tasks failed", node_id)
         return newly_silent
+
+    def cut_off(self, node_id: int, reason: str) -> None:
+        """Cut the node off for good (it was revoked): its queued and taken tasks fail with
+        ``reason``, its poll ends, and it is neither alive nor given a task again."""
+        with self._changed:
+            self._cut_off[node_id] = reason
+            node = self._nodes.get(node_id)
+            if node is not None:
+                node.last_seen = None
+            failed = self._withdraw({node_id})
+            self._notify(node_id)
+        for task in failed:
+            task.replies.put(task.message.reply(error=reason))
+        if failed:
+            log.warning("node %d cut off; %d of its tasks failed: %s", node_id, len(failed), reason)
+
+    def cut_off_reason(self, node_id: int) -> str | None:
+        """Why the node was cut off, or None if it was not."""
+        with self._changed:
+            return self._cut_off.get(node_id)
+
+    def _withdraw(self, node_ids: set[int]) -> list[QueuedTask]:
+        """Remove the nodes' queued and outstanding tasks; the caller fails them. Under the
+        lock."""
+        for node_id in node_ids:
+            node = self._nodes.get(node_id)
+            if node is not None:
+                node.queue.clear()
+        failed = [t for t in self._outstanding.values() if t.message.node_id in node_ids]
+        for task in failed:
+            del self._outstanding[task.message.task_id]
+        return failed
 
     def close(self) -> None:
         """Wake every waiting long-poll with no task: the hub is shutting down."""

@@ -50,7 +50,8 @@ class HubGrid(Grid):
         """Why the run waits for its data dir (empty while writes succeed)."""
 
     def nodes(self) -> list[int]:
-        return self.fleet.alive()
+        """The alive nodes that may serve this run (its project's: ``Fleet.alive_for``)."""
+        return self.fleet.alive_for(self.run_id)
 
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         replies: queue.Queue[Message] = queue.Queue()

@@ -4,6 +4,17 @@ Everything here is plain Python; ``pollinate.transport`` turns RPCs into these c
 
 A hub started on the data dir of one that stopped (cleanly or not) takes up where it left
 off: the nodes it knew are expected back, and its unfinished runs resume (``runs.py``).
+
+Who may do what (issue 14). Every control method takes the ``caller`` (``access.Caller``: a
+user, from ``check_user`` on the certificate of the call) and asks ``access.authorize`` once;
+its default, ``LOCAL_ADMIN``, is for a hub without user certificates (``--insecure``) and for
+in-process calls. Each action and each refusal goes into the audit (``audit.py``). The
+transport calls ``check_caller`` (or its narrow forms ``check_user`` and ``check_node``) on
+every request: it refuses certificates of revoked users and nodes.
+
+With TLS, at its first start a hub writes an admin credential (``user.key``, ``user.pem``,
+``ca.pem``; user ``admin``, role admin) into ``DATA_DIR/admin/`` (0700, files 0600), so that
+its operator can act at once (``members.py`` says when it is written again).
 """
 
 from __future__ import annotations
@@ -13,21 +24,35 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
 from pollinate.errors import PollinateError
+from pollinate.hub.access import (
+    DEFAULT_PROJECT,
+    LOCAL_ADMIN,
+    Action,
+    Caller,
+    NodeCaller,
+    Role,
+    check_name,
+    check_projects,
+)
+from pollinate.hub.audit import OK, Audit, AuditRow
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.fleet import Fleet, QueuedTask, Refused, TryLater, UnknownTask
 from pollinate.hub.journal import Journal
+from pollinate.hub.members import USER_TOKEN_SECONDS, Members
 from pollinate.hub.rate_limit import RateLimiter, source_of
 from pollinate.hub.runs import Runs
-from pollinate.hub.state import HubState, LogRow, RunRow
+from pollinate.hub.state import HubState, LogRow, NodeRow, RunRow
 from pollinate.hub.supervisor import RunLimits
+from pollinate.hub.users import UserRow
 from pollinate.records import Message
 from pollinate.security import SecurityError, parse_token
 from pollinate.security.keys import verified_csr_key
+from pollinate.security.tokens import TokenKind
 
 log = logging.getLogger("pollinate.hub")
 
@@ -72,7 +97,11 @@ class Hub:
     ) -> None:
         self.state = HubState(data_dir)
         self.credentials = credentials
-        self.fleet = Fleet(heartbeat_timeout)
+        self.audit_trail = Audit(self.state)
+        self.members = Members(self.state, self.audit_trail, credentials)
+        self.fleet = Fleet(heartbeat_timeout, refuses=self.members.refuses)
+        for node_id, reason in self.members.revoked_nodes().items():
+            self.fleet.cut_off(node_id, reason)
         self.fleet.presume_alive(self.state.alive_at_last_note(heartbeat_timeout))
         self.journal = Journal(self.state)
         with contextlib.suppress(PollinateError):  # leftovers cost space, not correctness
@@ -192,15 +221,18 @@ class Hub:
         if not self.enrol_limit.allow(host):
             raise self._too_many_attempts(host)
         try:
-            parse_token(token)  # the cheap check first
+            token_id = parse_token(token).id  # the cheap check first
             public_key = verified_csr_key(csr_pem)
-            credentials.tokens.redeem(token)
+            projects = credentials.tokens.redeem(token, TokenKind.JOIN).scope
         except SecurityError as exc:
             log.warning("refused an enrolment from %s: %s", host, exc)
             raise
-        node_id = self.state.new_node()
+        node_id = self.state.new_node(projects)
+        self.members.joined(node_id, projects)
         certificate = credentials.ca.sign_node_key(public_key, node_id, credentials.cert_lifetime)
-        log.info("node %d enrolled from %s", node_id, host)
+        log.info("node %d enrolled from %s into %s", node_id, host, ", ".join(projects))
+        where = ",".join(projects)
+        self.audit_trail.record(f"token {token_id}", "enrol a node", where, f"node {node_id}", OK)
         return certificate, credentials.ca.ca_pem, node_id
 
     def _too_many_attempts(self, host: str) -> TooManyAttempts:
@@ -222,14 +254,18 @@ class Hub:
     def diagnose(self, certificate_pem: bytes) -> str | None:
         """Why the fleet port would refuse this node certificate, or None if it would not."""
         try:
-            self._require_tls().ca.verify_node_certificate(certificate_pem)
+            self.check_node(certificate_pem)
         except PollinateError as exc:
             log.warning("a node's certificate is refused: %s", exc)
             return str(exc)
         return None
 
     def renew(self, node_id: int, csr_pem: bytes) -> bytes:
-        return self._require_tls().renew(node_id, csr_pem)
+        """A new certificate for the node; SecurityError if it was revoked."""
+        credentials = self._require_tls()
+        if reason := self.members.revoked_nodes().get(node_id):
+            raise SecurityError(f"renewal refused: {reason}")
+        return credentials.renew(node_id, csr_pem)
 
     def _require_tls(self) -> HubCredentials:
         if self.credentials is None:
@@ -245,12 +281,28 @@ class Hub:
         overrides: dict[str, str],
         rounds: int | None,
         seed: int,
+        *,
+        project: str = DEFAULT_PROJECT,
+        caller: Caller = LOCAL_ADMIN,
     ) -> str:
-        """Start a run of the app in ``archive``; ``rounds`` None runs the app's own number."""
-        return self.runs.submit(archive, app_hash, overrides, rounds, seed)
+        """Start a run of the app in ``archive`` in ``project``; ``rounds`` None runs the
+        app's own number. Only the project's nodes take its tasks."""
+        check_name("project", project, "hub.submit_run(..., project='cardiology')")
+        app = f"app {app_hash[:16]}"
+        self.audit_trail.authorize(caller, Action.SUBMIT, project, app)
+        try:
+            with self.state.submitting_to(project):
+                run_id = self.runs.submit(archive, app_hash, overrides, rounds, seed)
+        except PollinateError as exc:
+            self.audit_trail.record(caller.name, "submit run", project, app, f"failed: {exc}")
+            raise
+        self.members.note_run(run_id, project)
+        self.audit_trail.record(caller.name, "submit run", project, f"run {run_id}", OK)
+        return run_id
 
-    def list_runs(self) -> list[RunRow]:
-        rows = self.state.runs()
+    def list_runs(self, *, caller: Caller = LOCAL_ADMIN) -> list[RunRow]:
+        """The runs of the projects ``caller`` may read (an admin's: all)."""
+        rows = [row for row in self.state.runs() if caller.may_read(row.project)]
         return [
             replace(row, detail=f"paused: {problem}")
             if (problem := self.runs.storage_problem(row.run_id))
@@ -258,17 +310,50 @@ class Hub:
             for row in rows
         ]
 
-    def run_info(self, run_id: str) -> RunRow | None:
-        return self.state.run(run_id)
+    def run_info(self, run_id: str, *, caller: Caller = LOCAL_ADMIN) -> RunRow | None:
+        """The run, None if there is none; Forbidden if ``caller`` may not read it."""
+        row = self.state.run(run_id)
+        if row is not None:
+            self.audit_trail.authorize(caller, Action.READ, row.project, f"run {run_id}")
+        return row
 
-    def stop_run(self, run_id: str) -> str | None:
-        return self.runs.stop(run_id)
+    def stop_run(self, run_id: str, *, caller: Caller = LOCAL_ADMIN) -> str | None:
+        """Stop a run; None if stopped, else why not. Forbidden if ``caller`` may not."""
+        row = self.state.run(run_id)
+        if row is None:
+            return self.runs.stop(run_id)  # it says there is no such run
+        self.audit_trail.authorize(caller, Action.STOP, row.project, f"run {run_id}")
+        reason = self.runs.stop(run_id)
+        self.audit_trail.record(caller.name, "stop run", row.project, f"run {run_id}", reason or OK)
+        return reason
 
-    def create_token(self, ttl_seconds: float) -> tuple[str, float]:
-        return self._require_tls().create_token(ttl_seconds)
+    def create_token(
+        self,
+        ttl_seconds: float,
+        *,
+        projects: Iterable[str] = (DEFAULT_PROJECT,),
+        uses: int = 1,
+        caller: Caller = LOCAL_ADMIN,
+    ) -> tuple[str, float]:
+        """A join token that enrols up to ``uses`` nodes into ``projects``, and when it
+        expires (epoch seconds). Admins only."""
+        scope = check_projects(projects, "hub.create_token(600, projects=['cardiology'])")
+        where = ",".join(sorted(scope))
+        self.audit_trail.authorize(caller, Action.MANAGE_TOKENS, None, f"join token for {where}")
+        credentials = self._require_tls()
+        token, expires = credentials.create_token(ttl_seconds, tuple(sorted(scope)), uses)
+        target = f"join token {parse_token(token).id} ({uses} uses)"
+        self.audit_trail.record(caller.name, "create join token", where, target, OK)
+        return token, expires
 
-    def wait_log(self, run_id: str, after: int, wait: float) -> list[LogRow]:
-        """Log entries after ``after``, waiting up to ``wait`` seconds for new ones."""
+    def wait_log(
+        self, run_id: str, after: int, wait: float, *, caller: Caller = LOCAL_ADMIN
+    ) -> list[LogRow]:
+        """Log entries after ``after``, waiting up to ``wait`` seconds for new ones.
+        Forbidden if ``caller`` may not read the run; a follow (``after`` 0) is audited."""
+        row = self.run_info(run_id, caller=caller)
+        if row is not None and after == 0:
+            self.audit_trail.record(caller.name, "read log", row.project, f"run {run_id}", OK)
         deadline = time.monotonic() + wait
         with self.runs.changed:
             while True:
@@ -277,6 +362,90 @@ class Hub:
                 if rows or remaining <= 0:
                     return rows
                 self.runs.changed.wait(remaining)
+
+    # --- users, projects, revocation, audit (``members.py``) -------------------------------
+
+    def add_user(
+        self,
+        name: str,
+        role: Role,
+        projects: Iterable[str] = (),
+        *,
+        ttl_seconds: float = USER_TOKEN_SECONDS,
+        caller: Caller = LOCAL_ADMIN,
+    ) -> str:
+        """Add a user with ``role`` in ``projects`` (an admin's role holds in every project)
+        and return the one-time token that logs them in (``redeem_user_token``), valid for
+        ``ttl_seconds``. Admins only; a name taken (or revoked) before is refused."""
+        return self.members.add_user(name, role, projects, ttl_seconds, caller)
+
+    def new_user_token(
+        self, name: str, *, ttl_seconds: float = USER_TOKEN_SECONDS, caller: Caller = LOCAL_ADMIN
+    ) -> str:
+        """Another one-time login token for an existing user (theirs was lost or expired, or
+        their certificate is about to). Admins only."""
+        return self.members.new_user_token(name, ttl_seconds, caller)
+
+    def redeem_user_token(
+        self, token: str, csr_pem: bytes, source: str = ""
+    ) -> tuple[bytes, bytes]:
+        """(user certificate, CA certificate) for a user logging in with the token
+        ``add_user`` made. As for ``enrol``: each source address may try ``enrol_limit``
+        times, and the CSR is checked before the token is spent."""
+        credentials = self._require_tls()
+        host = source_of(source) if source else "in-process"
+        if not self.enrol_limit.allow(host):
+            raise self._too_many_attempts(host)
+        try:
+            token_id = parse_token(token).id
+            certificate = self.members.log_in(token, token_id, verified_csr_key(csr_pem), host)
+        except SecurityError as exc:
+            log.warning("refused a login from %s: %s", host, exc)
+            raise
+        return certificate, credentials.ca.ca_pem
+
+    def list_users(self, *, caller: Caller = LOCAL_ADMIN) -> list[UserRow]:
+        """Every user, revoked ones too. Admins only."""
+        return self.members.list_users(caller)
+
+    def revoke_user(self, name: str, *, caller: Caller = LOCAL_ADMIN) -> None:
+        """Revoke a user: every later call with their certificate is refused
+        (``check_caller``), on this hub and the next on its data dir. Admins only."""
+        self.members.revoke_user(name, caller)
+
+    def revoke_node(self, node_id: int, *, caller: Caller = LOCAL_ADMIN) -> None:
+        """Revoke a node: its queued and taken tasks fail with the reason (their runs go on),
+        its calls and renewal are refused, on this hub and the next on its data dir.
+        Admins only."""
+        self.fleet.cut_off(node_id, self.members.revoke_node(node_id, caller))
+
+    def list_nodes(self, *, caller: Caller = LOCAL_ADMIN) -> list[NodeRow]:
+        """The nodes of the projects ``caller`` may read (an admin's: all), revoked ones too."""
+        return self.members.list_nodes(caller)
+
+    def node_projects(self, node_id: int) -> frozenset[str]:
+        """The projects whose runs the node serves (the token that enrolled it said which)."""
+        return self.members.node_projects(node_id)
+
+    def check_caller(self, certificate_pem: bytes) -> Caller | NodeCaller:
+        """Who presents this certificate: a user (``Caller``) or a node (``NodeCaller``);
+        SecurityError if this hub's CA did not issue it, it is not valid now, or its user or
+        node was revoked. The transport calls it (or ``check_user``/``check_node``) on every
+        request."""
+        return self.members.check_caller(certificate_pem)
+
+    def check_user(self, certificate_pem: bytes) -> Caller:
+        """The user a control call comes from (``check_caller``); Forbidden for a node."""
+        return self.members.check_user(certificate_pem)
+
+    def check_node(self, certificate_pem: bytes) -> int:
+        """The node a fleet call comes from (``check_caller``); Forbidden for a user."""
+        return self.members.check_node(certificate_pem)
+
+    def audit(self, limit: int = 100, *, caller: Caller = LOCAL_ADMIN) -> list[AuditRow]:
+        """The newest ``limit`` control actions, newest first. Admins only."""
+        self.audit_trail.authorize(caller, Action.READ_AUDIT, None, "audit")
+        return self.audit_trail.recent(limit)
 
     def start(self) -> None:
         """Resume the runs the last hub on this data dir left running; call once this hub

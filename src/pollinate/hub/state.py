@@ -2,7 +2,8 @@
 
 Layout of a data dir::
 
-    hub.db              runs, nodes, log entries, tasks, checkpoints (and the security tables)
+    hub.db              runs, nodes, log entries, tasks, checkpoints (and the security tables,
+                        users and the audit: ``users.py``, ``audit.py``)
     blobs/ab/abcd...    content-addressed files (app archives), named by SHA-256
     runs/RUN/...        each run's checkpoint and the replies of its current round (journal.py)
     writable            a probe: new work first checks that the data dir takes a new file
@@ -17,6 +18,15 @@ Invariant: a write that cannot reach the disk (full, read-only, I/O error) raise
 Text kept for people to read (log lines, a run's app name and detail) may quote nodes and
 users, so it is stored inert (``pollinate.text``): one line, at most ``MAX_LINE`` characters.
 A round's line is the exception: it is JSON of a ``RoundRecord``, whose text is bounded.
+
+Projects. Every run belongs to one project, and every node to the projects of the token that
+enrolled it (``node_projects``); a node with none recorded (named in insecure mode, or
+enrolled by an older hub) and a run recorded by an older hub belong to ``DEFAULT_PROJECT``.
+
+Upgrades. The schema only grows, by tables: a hub started on an older data dir creates the
+tables it lacks, and what is not in them (a run or node with no project row) means what it
+meant before. Columns of existing tables stay as they are, so an older hub can still read and
+write a data dir a newer one used.
 """
 
 from __future__ import annotations
@@ -31,12 +41,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pollinate.errors import PollinateError, StorageError
+from pollinate.hub.access import DEFAULT_PROJECT
 from pollinate.text import MAX_LINE, MAX_NAME, inert
 
 _SCHEMA = """
@@ -53,12 +65,44 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS run_projects (
+    run_id TEXT PRIMARY KEY,
+    project TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id INTEGER PRIMARY KEY,
     name TEXT UNIQUE,
     app_hash TEXT NOT NULL DEFAULT '',
     node_config TEXT NOT NULL DEFAULT '{}',
     last_seen REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS node_projects (
+    node_id INTEGER NOT NULL,
+    project TEXT NOT NULL,
+    PRIMARY KEY (node_id, project)
+);
+CREATE TABLE IF NOT EXISTS revoked_nodes (
+    node_id INTEGER PRIMARY KEY,
+    revoked_at REAL NOT NULL,
+    revoked_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    projects TEXT NOT NULL,
+    created REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at REAL,
+    revoked_by TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    project TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -82,6 +126,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT NOT NULL
 );
 """
+
+# the project of the run being submitted in this thread (``HubState.submitting_to``)
+_SUBMISSION_PROJECT: ContextVar[str | None] = ContextVar("submission_project", default=None)
 
 # SQLite's names for a disk that takes no more writes; any other error is a bug, not the disk.
 _STORAGE_FAILURES = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
@@ -117,6 +164,20 @@ class RunRow:
     round: int
     created: float
     detail: str
+    project: str = DEFAULT_PROJECT
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """A node as the hub records it: its projects, and who revoked it and when (None: not
+    revoked). ``last_seen`` is when the hub last noted it alive (epoch seconds; 0: never)."""
+
+    node_id: int
+    name: str | None
+    projects: frozenset[str]
+    last_seen: float
+    revoked_at: float | None
+    revoked_by: str
 
 
 @dataclass(frozen=True)
@@ -253,9 +314,21 @@ class HubState:
 
     # --- runs -------------------------------------------------------------------------------
 
+    @contextmanager
+    def submitting_to(self, project: str) -> Iterator[None]:
+        """Runs recorded in this thread meanwhile belong to ``project``, whatever their row
+        says: ``Hub.submit_run`` hands a run's project to ``add_run`` this way, so the run
+        never exists without it, until ``Runs.submit`` takes the project itself."""
+        token = _SUBMISSION_PROJECT.set(project)
+        try:
+            yield
+        finally:
+            _SUBMISSION_PROJECT.reset(token)
+
     def add_run(self, run: RunRow, first_log: tuple[str, str]) -> None:
         """Record a new run and the first (kind, text) line of its log, at once: a run is
         never recorded without a log that says how it came to be."""
+        project = _SUBMISSION_PROJECT.get() or run.project
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO log (run_id, time, kind, text) VALUES (?, ?, ?, ?)",
@@ -277,6 +350,7 @@ class HubState:
                     inert(run.detail, MAX_LINE),
                 ),
             )
+            db.execute("INSERT INTO run_projects VALUES (?, ?)", (run.run_id, project))
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         if "status" in fields:
@@ -289,12 +363,12 @@ class HubState:
 
     def runs(self) -> list[RunRow]:
         with self.reading() as db:
-            rows = db.execute("SELECT * FROM runs ORDER BY created").fetchall()
+            rows = db.execute(f"{_SELECT_RUNS} ORDER BY created").fetchall()
         return [_run_row(row) for row in rows]
 
     def run(self, run_id: str) -> RunRow | None:
         with self.reading() as db:
-            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = db.execute(f"{_SELECT_RUNS} WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else _run_row(row)
 
     # --- nodes ------------------------------------------------------------------------------
@@ -311,10 +385,50 @@ class HubState:
                 return int(row[0])
             return int(db.execute("INSERT INTO nodes (name) VALUES (?)", (name,)).lastrowid or 0)
 
-    def new_node(self) -> int:
-        """A fresh node id (enrolment)."""
+    def new_node(self, projects: Iterable[str] = (DEFAULT_PROJECT,)) -> int:
+        """A fresh node id (enrolment), in ``projects``."""
         with self.transaction() as db:
-            return int(db.execute("INSERT INTO nodes DEFAULT VALUES").lastrowid or 0)
+            node_id = int(db.execute("INSERT INTO nodes DEFAULT VALUES").lastrowid or 0)
+            db.executemany(
+                "INSERT INTO node_projects (node_id, project) VALUES (?, ?)",
+                [(node_id, project) for project in sorted(set(projects))],
+            )
+            return node_id
+
+    def node_projects(self) -> dict[int, frozenset[str]]:
+        """The projects of every node that has some recorded (the others': the default)."""
+        with self.reading() as db:
+            rows = db.execute("SELECT node_id, project FROM node_projects").fetchall()
+        found: dict[int, set[str]] = {}
+        for node_id, project in rows:
+            found.setdefault(int(node_id), set()).add(project)
+        return {node_id: frozenset(projects) for node_id, projects in found.items()}
+
+    def nodes(self) -> list[NodeRow]:
+        """Every node the hub enrolled or named, by id."""
+        projects = self.node_projects()
+        with self.reading() as db:
+            rows = db.execute(
+                "SELECT node_id, name, last_seen, revoked_at, COALESCE(revoked_by, '') "
+                "FROM nodes LEFT JOIN revoked_nodes USING (node_id) ORDER BY node_id"
+            ).fetchall()
+        default = frozenset({DEFAULT_PROJECT})
+        return [
+            NodeRow(node_id, name, projects.get(node_id, default), last_seen, revoked_at, by)
+            for node_id, name, last_seen, revoked_at, by in rows
+        ]
+
+    def revoke_node(self, node_id: int, by: str) -> bool:
+        """Note the node revoked by ``by`` now; False if the hub knows no such node. Revoking
+        a revoked node keeps its first revocation."""
+        with self.transaction() as db:
+            known = db.execute("SELECT 1 FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            if known is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO revoked_nodes VALUES (?, ?, ?)",
+                    (node_id, time.time(), inert(by, MAX_NAME)),
+                )
+        return known is not None
 
     def mark_alive(self, node_ids: Sequence[int]) -> None:
         """Note that these nodes are alive now (the hub does this every few seconds)."""
@@ -360,6 +474,13 @@ class HubState:
 def _log_text(kind: str, text: str) -> str:
     """A log line as stored: inert, but for a round's JSON (bounded by its RoundRecord)."""
     return text if kind == "round" else inert(text, MAX_LINE)
+
+
+# a run with no project row was recorded by an older hub: it is the default project's
+_SELECT_RUNS = (
+    f"SELECT runs.*, COALESCE(project, '{DEFAULT_PROJECT}') "
+    "FROM runs LEFT JOIN run_projects USING (run_id)"
+)
 
 
 def _run_row(row: tuple[Any, ...]) -> RunRow:

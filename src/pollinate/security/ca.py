@@ -7,9 +7,13 @@ that node. Nodes trust exactly this CA, pinned by the fingerprint prefix the joi
 A node renews its certificate once two thirds of its lifetime has passed; an expired certificate
 cannot be renewed, and the node has to enrol again with a new token.
 
+Users. The CA signs users' certificates too (``sign_user_key``), named ``CN=user:<name>``
+with the SAN ``pollinate://user/<name>``: a user certificate never reads as a node's
+(``verify_node_certificate`` refuses it) nor a node's as a user's (``verify_user_certificate``).
+
 Invariant: a node's identity is the ``CN=node-<id>`` the hub wrote into its certificate, never
-anything the node claims. The CSR only proves that the node holds its private key:
-``sign_node_csr`` ignores the CSR's subject and its requested extensions.
+anything the node claims; a user's the ``CN=user:<name>``. The CSR only proves that its sender
+holds the private key: ``sign_node_csr`` ignores the CSR's subject and its requested extensions.
 
 >>> from pollinate.security import make_key_and_csr
 >>> ca = CertificateAuthority.create()
@@ -52,12 +56,15 @@ from pollinate.security.certificate_fields import (
 from pollinate.security.certificates import (
     MAX_NODE_ID,
     RE_ENROL,
+    USER_CN_PREFIX,
+    USER_NAME,
     aware,
     certificate_fingerprint,
     check_client_usage,
     check_valid_at,
     load_certificate,
     node_id_in,
+    user_name_in,
 )
 from pollinate.security.errors import SecurityError
 from pollinate.security.keys import (
@@ -72,6 +79,10 @@ from pollinate.security.keys import (
 __all__ = ["CERT_FILE", "KEY_FILE", "CertificateAuthority"]
 
 logger = logging.getLogger(__name__)
+
+USER_CERT_SECONDS = 90 * 24 * 3600
+"""How long a user certificate is valid: a user logs in again after 90 days. Revocation does
+not wait for expiry: the hub checks every call against its list of revoked users."""
 
 
 class CertificateAuthority:
@@ -208,6 +219,35 @@ class CertificateAuthority:
         check_client_usage(certificate)
         return node_id_in(certificate)
 
+    def sign_user_key(
+        self, public_key: PublicKey, name: str, valid_seconds: int = USER_CERT_SECONDS
+    ) -> bytes:
+        """A client certificate for the user ``name`` (``CN=user:<name>``) on a key taken
+        from the user's CSR with ``verified_csr_key``, PEM; valid as ``sign_node_key``'s."""
+        if not isinstance(name, str) or USER_NAME.fullmatch(name) is None:
+            raise ValueError(
+                f"name={name!r} is not a user name (1 to 64 letters, digits, '.', '-', '_', "
+                "starting with a letter or digit).\nHint: ca.sign_user_key(key, 'alice')"
+            )
+        _require_positive("valid_seconds", valid_seconds, "sign_user_key(key, 'alice', 86400)")
+        lifetime = timedelta(seconds=valid_seconds)
+        certificate = (
+            self._leaf_builder(f"{USER_CN_PREFIX}{name}", public_key, lifetime)
+            .add_extension(x509.SubjectAlternativeName([_user_uri(name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self._key, hash_for(self._key))
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
+    def verify_user_certificate(self, cert_pem: bytes, now: datetime | None = None) -> str:
+        """The user name in a certificate this CA issued to a user, or ``SecurityError`` saying
+        why (a node's certificate is refused: it names no user)."""
+        certificate = load_certificate(cert_pem)
+        self._check_issued_here(certificate)
+        check_valid_at(certificate, aware(now))
+        check_client_usage(certificate)
+        return user_name_in(certificate)
+
     # A node certificate is one level below this CA, which is its only possible issuer: checking
     # the signature against our own key is the whole of path validation.
     def _check_issued_here(self, certificate: x509.Certificate) -> None:
@@ -241,6 +281,10 @@ class CertificateAuthority:
 # node's identity is still its CN, which the hub reads.
 def _node_uri(node_id: int) -> x509.UniformResourceIdentifier:
     return x509.UniformResourceIdentifier(f"pollinate://node/{node_id}")
+
+
+def _user_uri(name: str) -> x509.UniformResourceIdentifier:
+    return x509.UniformResourceIdentifier(f"pollinate://user/{name}")
 
 
 def _check_node_id(node_id: int) -> None:

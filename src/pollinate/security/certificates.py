@@ -1,9 +1,12 @@
 """Reading and checking certificates: who a certificate names, whether it is valid now and for
 what, its fingerprint, and when to renew it.
 
-A node's identity is the ``CN=node-<id>`` the hub wrote into its certificate. These functions read
-it; only a check of who signed the certificate (``CertificateAuthority.verify_node_certificate``
-on the hub, ``verify_peer_certificate`` on a node) makes it trustworthy.
+A node's identity is the ``CN=node-<id>`` the hub wrote into its certificate, a user's the
+``CN=user:<name>`` (``user_name_in``): neither reads as the other, so a user certificate never
+passes for a node's, nor a node's for a user's. These functions read them; only a check of who
+signed the certificate (``CertificateAuthority.verify_node_certificate`` or
+``verify_user_certificate`` on the hub, ``verify_peer_certificate`` on a node) makes it
+trustworthy.
 
 >>> from pollinate.security import CertificateAuthority, make_key_and_csr
 >>> ca = CertificateAuthority.create()
@@ -38,14 +41,19 @@ __all__ = [
     "check_valid_at",
     "iso",
     "load_certificate",
+    "names_a_user",
     "node_id_from_certificate",
     "node_id_in",
     "should_renew",
+    "user_name_in",
     "verify_peer_certificate",
 ]
 
 MAX_NODE_ID = 2**63 - 1
 _NODE_CN = re.compile(r"node-(0|[1-9][0-9]{0,18})")
+USER_CN_PREFIX = "user:"
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A user's name: 1 to 64 letters, digits, '.', '-', '_', starting with a letter or digit."""
 RE_ENROL = "enrol the node again with a new token (`pollinate token create`)"
 
 
@@ -150,6 +158,29 @@ def node_id_in(certificate: x509.Certificate) -> int:
             f"hub names nodes CN=node-<id> with 0 <= id < 2**63; {RE_ENROL}"
         )
     return int(match[1])
+
+
+def names_a_user(certificate: x509.Certificate) -> bool:
+    """Whether the certificate's CN claims a user (``CN=user:...``), not a node. It reads the
+    claim only: ``user_name_in`` checks it, the CA's signature makes it true."""
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if len(names) == 1 else None
+    return isinstance(value, str) and value.startswith(USER_CN_PREFIX)
+
+
+def user_name_in(certificate: x509.Certificate) -> str:
+    """The name in the certificate's ``CN=user:<name>``; ``SecurityError`` if it names no
+    user (a node's certificate names none)."""
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if len(names) == 1 else None
+    name = value.removeprefix(USER_CN_PREFIX) if isinstance(value, str) else ""
+    if not names_a_user(certificate) or USER_NAME.fullmatch(name) is None:
+        raise SecurityError(
+            f"certificate subject {certificate.subject.rfc4514_string()!r} is not a user's: the "
+            "hub names users CN=user:<name>; log in with the token an admin gives you "
+            "(`pollinate login --hub HOST:PORT --token TOKEN`)"
+        )
+    return name
 
 
 def aware(now: datetime | None) -> datetime:

@@ -1,4 +1,5 @@
-"""A node's key and certificate, kept in its data dir between starts."""
+"""A node's key and certificate, kept in its data dir between starts; a user's, kept in their
+config directory (and the hub's admin credential in its data dir)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pollinate.security.ca_files import write_atomically
 from pollinate.security.certificates import certificate_expiry
 from pollinate.security.errors import SecurityError
 
@@ -52,3 +54,31 @@ class NodeCredentials:
                 "will refuse it. Re-enrol: create a token on the hub (`pollinate token "
                 "create`) and start the node with --token."
             )
+
+
+@dataclass(frozen=True)
+class UserCredentials:
+    """A user's private key, their certificate from the hub, and the hub's CA certificate:
+    what every control call presents. Kept owner-only: the directory 0700, each file 0600."""
+
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+    FILES = ("user.key", "user.pem", "ca.pem")
+
+    @classmethod
+    def load(cls, directory: Path) -> UserCredentials | None:
+        """The saved credentials, or None when there are none (not logged in yet)."""
+        files = [directory / name for name in cls.FILES]
+        if not all(f.exists() for f in files):
+            return None
+        key, cert, ca = (f.read_bytes() for f in files)
+        return cls(key, cert, ca)
+
+    def save(self, directory: Path) -> None:
+        """Write the three files atomically, readable by their owner only."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)  # a directory made before, by hand, may let others in
+        for name, data in zip(self.FILES, (self.key_pem, self.cert_pem, self.ca_pem), strict=True):
+            write_atomically(directory / name, data, mode=0o600)
