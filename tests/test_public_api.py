@@ -67,6 +67,7 @@ SUBPACKAGES = {
         "FedProx",
         "FedYogi",
         "Grid",
+        "History",
         "Message",
         "MetricRecord",
         "Metrics",
@@ -81,6 +82,9 @@ SUBPACKAGES = {
         "ServerConfig",
         "ndarrays_to_parameters",
         "parameters_to_ndarrays",
+        "start_client",
+        "start_numpy_client",
+        "start_server",
     ],
     "client": [
         "Client",

@@ -14,12 +14,15 @@ of Flower. Every name a Flower app imports from ``flwr.client``, ``flwr.common``
 - ``strategy.py``: ``FedAvg``, ``FedProx``, ``FedAdam``, ``FedYogi``, ``FedAdagrad`` with
   Flower's arguments and formulas, mapped in one place; ``start`` and its ``Result``.
 - ``server.py``: ``ServerApp``, both generations, callable as pollinate's ``server_fn``.
+- ``classic.py``: Flower's classic ``start_server`` (a private hub; its ``History``) and
+  ``start_numpy_client`` / ``start_client`` (a node serving the given client).
 
 A ``pyproject.toml`` with ``[tool.flwr.app]`` is read by ``pollinate run`` as it is
 (``pollinate.app``). docs/migrating-from-flower.md says what differs and why.
 """
 
 from pollinate.client.client import Context, NumPyClient
+from pollinate.flower.classic import History, start_client, start_numpy_client, start_server
 from pollinate.flower.client import ClientApp
 from pollinate.flower.records import (
     ArrayRecord,
@@ -57,6 +60,7 @@ __all__ = [
     "FedProx",
     "FedYogi",
     "Grid",
+    "History",
     "Message",
     "MetricRecord",
     "Metrics",
@@ -71,4 +75,7 @@ __all__ = [
     "ServerConfig",
     "ndarrays_to_parameters",
     "parameters_to_ndarrays",
+    "start_client",
+    "start_numpy_client",
+    "start_server",
 ]

@@ -1,0 +1,1 @@
+"""classictask: scikit-learn's digits, the model, and its evaluation, for both sides."""
