@@ -32,7 +32,9 @@ def quiet_node(deployment: Deployment, app: Path, partition: int, partitions: in
 
 
 def test_a_command_waits_for_a_hub_that_is_starting(deployment: Deployment) -> None:
-    deployment.fleet, deployment.control = (f"127.0.0.1:{port}" for port in free_ports(2))
+    ports = iter(free_ports(4))  # every address the hub serves, chosen before it starts
+    for name in ("fleet", "control", "metrics", "dashboard"):
+        setattr(deployment, name, f"127.0.0.1:{next(ports)}")
     listing = deployment.spawn("ls", "ls", "--hub", deployment.control)
     wait_for(lambda: "waiting up to 10s for the hub" in listing.stderr, "ls to say it waits")
     deployment.restart_hub()  # the hub starts only now

@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.text import Text
@@ -197,18 +197,8 @@ def run(
     _check_out(out)
     attackers = _adversaries(adversaries, attack, attack_scale, attack_noise_std, seed)
     if hub is not None:
-        if attackers is not None or stragglers is not None:
-            raise fail(
-                "--adversaries and --stragglers simulate virtual clients; they cannot be "
-                "combined with --hub, where each node runs its own code"
-            )
-        if max_failed_rounds is not None:
-            raise fail(
-                "--max-failed-rounds applies to simulation; on a hub the app's server_fn "
-                "sets it: ServerApp(strategy, max_failed_rounds=...)"
-            )
-        overrides = parse_overrides(config or [])
-        run_on_hub(app_dir, hub, overrides, rounds, seed, out)
+        _check_hub_options(attackers is not None or stragglers is not None, max_failed_rounds)
+        run_on_hub(app_dir, hub, parse_overrides(config or []), rounds, seed, out)
         return
     try:
         loaded = load_app(app_dir, parse_overrides(config or []))
@@ -225,10 +215,57 @@ def run(
     )
     if attackers is not None:
         console.print(_attackers_line(attackers, num_clients))
-    speed = _stragglers(stragglers, slowdown, seed, num_clients)
     history = History(app=loaded.name, seed=seed, config=dict(loaded.config))
     started = time.monotonic()
-    failure: Exception | None = None
+    failure = _simulate(
+        loaded,
+        server_app,
+        history,
+        out,
+        num_clients=num_clients,
+        seed=seed,
+        concurrency=concurrency or loaded.concurrency,
+        attackers=attackers,
+        speed=_stragglers(stragglers, slowdown, seed, num_clients),
+    )
+    for line in summary(history, time.monotonic() - started):
+        console.print(line)
+    if attackers is not None:
+        console.print(_attackers_line(attackers, num_clients))
+    if out is not None:
+        console.print(Text(f"history written to {out / 'history.json'}"))
+    problem = str(failure) if failure is not None else nothing_applied(history)
+    if problem is not None:
+        raise run_failed(problem)
+
+
+def _check_hub_options(simulated_clients: bool, max_failed_rounds: int | None) -> None:
+    if simulated_clients:
+        raise fail(
+            "--adversaries and --stragglers simulate virtual clients; they cannot be "
+            "combined with --hub, where each node runs its own code"
+        )
+    if max_failed_rounds is not None:
+        raise fail(
+            "--max-failed-rounds applies to simulation; on a hub the app's server_fn "
+            "sets it: ServerApp(strategy, max_failed_rounds=...)"
+        )
+
+
+def _simulate(
+    loaded: App,
+    server_app: ServerApp,
+    history: History,
+    out: Path | None,
+    *,
+    num_clients: int,
+    seed: int,
+    concurrency: int | None,
+    attackers: Adversaries | None,
+    speed: Stragglers | None,
+) -> PollinateError | None:
+    """Run the simulation with its progress shown and ``history`` kept (and saved to
+    ``out``) as rounds end; the error that ended it early, if one did."""
     try:
         with RunProgress(console, server_app.num_rounds) as progress:
             result = run_simulation(
@@ -236,7 +273,7 @@ def run(
                 loaded.client_fn,
                 num_clients,
                 seed=seed,
-                concurrency=concurrency or loaded.concurrency,
+                concurrency=concurrency,
                 run_config=loaded.config,
                 on_event=_both(_HistoryWriter(history, out), progress),  # saved, then shown
                 adversaries=attackers,
@@ -247,19 +284,10 @@ def run(
     except AppError as exc:
         raise fail(exc) from None
     except PollinateError as exc:  # RunError, ClientError: the run itself failed
-        failure = exc
-    else:
-        if result.stopped is not None:
-            console.print(Text(f"stopped early: {inert(result.stopped, MAX_LINE)}", "yellow"))
-    for line in summary(history, time.monotonic() - started):
-        console.print(line)
-    if attackers is not None:
-        console.print(_attackers_line(attackers, num_clients))
-    if out is not None:
-        console.print(Text(f"history written to {out / 'history.json'}"))
-    problem = str(failure) if failure is not None else nothing_applied(history)
-    if problem is not None:
-        raise run_failed(problem)
+        return exc
+    if result.stopped is not None:
+        console.print(Text(f"stopped early: {inert(result.stopped, MAX_LINE)}", "yellow"))
+    return None
 
 
 class _HistoryWriter:
@@ -304,7 +332,7 @@ def _check_out(out: Path | None) -> None:
         raise fail(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
 
 
-def _interrupted(history: History, out: Path | None) -> None:
+def _interrupted(history: History, out: Path | None) -> NoReturn:
     done = history.rounds[-1].round if history.rounds else None
     kept = f"; history.json in {out} keeps rounds 0 to {done}" if out and done is not None else ""
     err_console.print(Text(f"interrupted after round {done}{kept}", "yellow"))
