@@ -174,10 +174,8 @@ def start_server(
 
 
 def _serve(hub: Hub, address: str) -> HubPorts:
-    # the control port is served too (``serve`` always does): on loopback, at a port no one
-    # is told, since this hub's one run is started here and not submitted
-    try:
-        return serve(hub, address, "127.0.0.1:0")
+    try:  # no control port: this hub's one run is started here, nobody submits to it
+        return serve(hub, address, None)
     except RuntimeError as exc:  # grpc could not bind
         raise PollinateError(
             f"start_server cannot listen at {address!r}: {exc}.\nHint: another server may "

@@ -78,10 +78,11 @@ class HubPorts:
 def serve(
     hub: Hub,
     fleet_address: str,
-    control_address: str,
+    control_address: str | None,
     enrol_address: str | None = None,
 ) -> HubPorts:
     """Start the fleet, control and (with TLS) enrolment servers; returns once they listen.
+    ``control_address`` None serves no control port (a hub its owner drives in-process).
 
     With ``hub.credentials`` the fleet port speaks mutual TLS (a node's id is the one its
     certificate names) and the enrolment port server-side TLS with the pinned identity;
@@ -115,7 +116,7 @@ async def _start(
     servers: HubPorts,
     hub: Hub,
     pool: ThreadPoolExecutor,
-    addresses: tuple[str, str, str | None],
+    addresses: tuple[str, str | None, str | None],
 ) -> None:
     fleet_address, control_address, enrol_address = addresses
     tls = hub.credentials
@@ -124,10 +125,12 @@ async def _start(
     wakeups = Wakeups(asyncio.get_running_loop())
     service = FleetService(hub, pool, tls is not None, wakeups)
     fleet.add_generic_rpc_handlers((fleet_handler(service),))
-    control = grpc.aio.server(options=options)
-    control.add_generic_rpc_handlers((ControlService(hub, pool).handler(),))
-    servers._servers = [fleet, control]
-    servers.control_port = control.add_insecure_port(control_address)
+    servers._servers = [fleet]
+    if control_address is not None:
+        control = grpc.aio.server(options=options)
+        control.add_generic_rpc_handlers((ControlService(hub, pool).handler(),))
+        servers.control_port = control.add_insecure_port(control_address)
+        servers._servers.append(control)
     if tls is None:
         servers.fleet_port = fleet.add_insecure_port(fleet_address)
     else:
