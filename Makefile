@@ -34,11 +34,15 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy
 
-# tests/faults shape traffic with nftables inside network namespaces; as root, install it
+# tests/faults shape traffic with nftables inside network namespaces, and tests/dashboard
+# drive a headless Chromium through chromium-driver (Debian's); as root, install them
 system-deps:
 	@command -v nft >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		apt-get install -y -qq nftables >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq nftables >/dev/null)
+	@(command -v chromium && command -v chromedriver) >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 # The inner loop: lint, types and every test outside the slow groups.
 check: $(VENV)/.test-deps lint

@@ -20,7 +20,7 @@ settings.register_profile("pollinate", deadline=None, suppress_health_check=[Hea
 settings.load_profile("pollinate")
 
 TESTS = Path(__file__).resolve().parent
-SLOW_GROUPS = ("deployment", "faults", "frameworks", "examples", "cli")
+SLOW_GROUPS = ("deployment", "faults", "frameworks", "examples", "cli", "dashboard")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

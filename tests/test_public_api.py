@@ -263,6 +263,13 @@ SUBPACKAGES = {
         "app",
         "main",
     ],
+    "dashboard": [
+        "DashboardServer",
+        "Role",
+        "Session",
+        "Sessions",
+        "serve_dashboard",
+    ],
     "wire": [
         "DEFAULT_LIMITS",
         "DTYPES",

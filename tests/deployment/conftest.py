@@ -148,7 +148,7 @@ class Deployment:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.processes: list[Process] = []
-        self.fleet = self.control = self.metrics = ""
+        self.fleet = self.control = self.metrics = self.dashboard = ""
         self._names = itertools.count()
 
     # --- processes ------------------------------------------------------------------------
@@ -162,7 +162,9 @@ class Deployment:
 
     def start_hub(self, *, heartbeat_timeout: float = 30.0) -> Process:
         """A hub on free ports; returns once both its ports accept connections."""
-        self.fleet, self.control, self.metrics = (f"127.0.0.1:{p}" for p in free_ports(3))
+        self.fleet, self.control, self.metrics, self.dashboard = (
+            f"127.0.0.1:{p}" for p in free_ports(4)
+        )
         return self.restart_hub(heartbeat_timeout=heartbeat_timeout)
 
     def restart_hub(self, *, heartbeat_timeout: float = 30.0) -> Process:
@@ -178,6 +180,8 @@ class Deployment:
             self.control,
             "--metrics-address",
             self.metrics,
+            "--dashboard-address",
+            self.dashboard,
             "--insecure",
             "--heartbeat-timeout",
             str(heartbeat_timeout),
@@ -185,6 +189,14 @@ class Deployment:
         for address in (self.fleet, self.control):
             wait_for(lambda a=address: _accepts(a, hub), f"the hub to listen on {address}")
         return hub
+
+    def dashboard_link(self, hub: Process) -> str:
+        """The one-time dashboard login link ``hub`` printed."""
+        found = wait_for(
+            lambda: re.search(r"dashboard: (http://\S+/login\?token=\S+)", hub.stdout),
+            "the hub's dashboard login link",
+        )
+        return str(found.group(1))
 
     def start_nodes(self, apps: Sequence[Path]) -> list[Node]:
         """One node per app, serving partition ``i`` of ``len(apps)``; returns once each

@@ -29,6 +29,7 @@ from pollinate.cli.console import (
     setup_logging,
 )
 from pollinate.cli.render import nothing_applied, round_lines, summary
+from pollinate.dashboard import DashboardServer, serve_dashboard
 from pollinate.errors import PollinateError
 from pollinate.hub.archives import pack_app
 from pollinate.hub.credentials import HubCredentials
@@ -101,6 +102,14 @@ def hub_command(
             "keep it on loopback or a monitoring network).",
         ),
     ] = "127.0.0.1:0",
+    dashboard_address: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Where to serve the web dashboard (port 0: a free one); the hub prints a "
+            "one-time login link (keep it on loopback, or reach it through an SSH tunnel).",
+        ),
+    ] = "127.0.0.1:0",
 ) -> None:
     """Start a hub: nodes enrol and connect to its fleet API, users to its control API."""
     setup_logging(True)
@@ -137,17 +146,20 @@ def hub_command(
         ) from None
     servers = serve(hub, address, control_address, enrol_address or _next_to(address, -1))
     metrics = _serve_metrics(hub, metrics_address)
+    dashboard = _serve_dashboard(hub, dashboard_address)
     hub.start()
     enrol = f", enrolment on port {servers.enrol_port}" if servers.enrol_port else ""
     console.print(
         f"hub serving: fleet on port {servers.fleet_port}{enrol}, control on "
         f"port {servers.control_port}, metrics on port {metrics.port}, state in {data_dir}"
     )
+    console.print(f"dashboard: {dashboard.login_link()} (a one-time login link)", soft_wrap=True)
     stop = threading.Event()
     _on_signal(stop.set)
     stop.wait()
     servers.stop()
     metrics.stop()
+    dashboard.stop()
     hub.close()
 
 
@@ -159,6 +171,18 @@ def _serve_metrics(hub: Hub, address: str) -> MetricsServer:
             PollinateError(
                 f"the hub cannot serve metrics on {address!r}: {exc}.\nHint: "
                 "--metrics-address 127.0.0.1:9464 (a free port; 0 picks one)."
+            )
+        ) from None
+
+
+def _serve_dashboard(hub: Hub, address: str) -> DashboardServer:
+    try:
+        return serve_dashboard(hub, address)
+    except (OSError, ValueError) as exc:
+        raise fail(
+            PollinateError(
+                f"the hub cannot serve its dashboard on {address!r}: {exc}.\nHint: "
+                "--dashboard-address 127.0.0.1:8080 (a free port; 0 picks one)."
             )
         ) from None
 

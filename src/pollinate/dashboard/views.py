@@ -1,0 +1,105 @@
+"""What each page shows, as plain JSON-ready data read from the hub.
+
+Text that came from outside (node config, log lines, failure reasons, metric names) is
+passed on as data, never as markup: the pages set it with ``textContent``. These functions
+read the hub's state database and may wait for its lock: the web loop calls them in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from pollinate.dashboard.feed import Activity
+from pollinate.hub.state import LogRow, RunRow
+
+if TYPE_CHECKING:
+    from pollinate.hub.hub import Hub
+
+MAX_LOG_LINES = 2000
+"""Log lines a run page starts with (the newest); more stream in as they come."""
+
+
+def fleet_view(hub: Hub, activity: dict[int, Activity]) -> list[dict[str, Any]]:
+    """Every node the hub knows: state, heartbeat age, config, and what it last worked on."""
+    ages = hub.fleet.heartbeat_ages()
+    alive = set(hub.fleet.alive())
+    return [_node(hub, node_id, ages.get(node_id), node_id in alive, activity) for node_id in ages]
+
+
+def _node(
+    hub: Hub, node_id: int, age: float | None, alive: bool, activity: dict[int, Activity]
+) -> dict[str, Any]:
+    last = activity.get(node_id)
+    return {
+        "id": node_id,
+        "state": "alive" if alive else "silent",
+        "age": age,
+        "config": hub.fleet.node_config(node_id),
+        "last": None if last is None else _activity(last),
+    }
+
+
+def node_view(hub: Hub, node_id: int, activity: dict[int, Activity]) -> dict[str, Any] | None:
+    """The node page's data, or None if the hub does not know the node."""
+    ages = hub.fleet.heartbeat_ages()
+    if node_id not in ages:
+        return None
+    return _node(hub, node_id, ages[node_id], node_id in set(hub.fleet.alive()), activity)
+
+
+def runs_view(hub: Hub) -> list[dict[str, Any]]:
+    """Every run, newest first."""
+    return [run_row(row) for row in sorted(hub.list_runs(), key=lambda r: -r.created)]
+
+
+def run_row(row: RunRow) -> dict[str, Any]:
+    return {
+        "id": row.run_id,
+        "app": row.app,
+        "app_hash": row.app_hash,
+        "status": row.status.value,
+        "round": row.round,
+        "rounds": row.rounds,
+        "created": row.created,
+        "detail": row.detail,
+    }
+
+
+def log_entries(rows: list[LogRow]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run's log split into its rounds (the ``round`` entries: RoundRecords as dicts) and
+    its other lines."""
+    rounds, lines = [], []
+    for row in rows:
+        if row.kind == "round":
+            rounds.append(json.loads(row.text))
+        else:
+            lines.append({"seq": row.seq, "time": row.time, "kind": row.kind, "text": row.text})
+    return rounds, lines
+
+
+def run_view(hub: Hub, run_id: str) -> dict[str, Any] | None:
+    """The run page's data: the run, its rounds so far, the newest lines of its log, and the
+    log's last sequence number (to follow it from). None if there is no such run."""
+    row = hub.state.run(run_id)
+    if row is None:
+        return None
+    rows = hub.state.log_after(run_id, 0)
+    rounds, lines = log_entries(rows)
+    return {
+        "run": run_row(row),
+        "rounds": rounds,
+        "log": lines[-MAX_LOG_LINES:],
+        "seq": rows[-1].seq if rows else 0,
+    }
+
+
+def _activity(last: Activity) -> dict[str, Any]:
+    return {
+        "run": last.run_id,
+        "round": last.round,
+        "stage": last.stage,
+        "ok": last.ok,
+        "when": last.when,
+    }

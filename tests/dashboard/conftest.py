@@ -1,0 +1,105 @@
+"""A real headless Chromium (Debian's ``chromium`` and ``chromium-driver``) driven by Selenium.
+
+Nothing is downloaded: the driver is ``/usr/bin/chromedriver``, so Selenium's own browser
+manager never runs. ``make system-deps`` installs both packages. The deployment fixtures
+(a real hub and nodes) come from ``tests/deployment/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.deployment.conftest import (  # noqa: F401 (fixtures and the report hook)
+    deployment,
+    pytest_runtest_makereport,
+)
+
+CHROMIUM = "/usr/bin/chromium"
+DRIVER = "/usr/bin/chromedriver"
+SCREENSHOTS = os.environ.get("POLLINATE_SCREENSHOTS", "")
+"""A directory to save each page's screenshot into (docs/img: see docs/monitoring.md)."""
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    if not (shutil.which(CHROMIUM) and shutil.which(DRIVER)):
+        pytest.fail("Chromium is missing: `make system-deps` installs chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # tests run as root in CI
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def console_errors(driver: WebDriver) -> list[str]:
+    """The console's errors since the last call (uncaught exceptions, failed loads, CSP
+    refusals, console.error)."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def poll(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned); fail after
+    ``timeout`` seconds saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def texts(driver: WebDriver, selector: str) -> list[str]:
+    """The rendered text of each element ``selector`` matches, read at one instant (the
+    pages replace elements as updates come, which would make a list of handles stale)."""
+    script = "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText)"
+    return list(driver.execute_script(script, selector))
+
+
+def log_in_with_cookie(driver: WebDriver, base: str, session_id: str) -> None:
+    """Give the browser a session minted in the test, as the login link's cookie."""
+    driver.get(base + "/static/dashboard.css")  # a cookie needs a page of its site
+    driver.add_cookie(
+        {
+            "name": "pollinate_session",
+            "value": session_id,
+            "path": "/",
+            "httpOnly": True,
+            "sameSite": "Strict",
+        }
+    )
+
+
+def screenshot(driver: WebDriver, name: str) -> None:
+    """Save the whole page (up to 2000 pixels high) as ``dashboard-NAME.png`` in
+    ``SCREENSHOTS``, if set."""
+    if not SCREENSHOTS:
+        return
+    Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+    width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
+    tall = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    driver.set_window_size(width, min(max(tall + 140, 600), 2000))
+    driver.save_screenshot(str(Path(SCREENSHOTS) / f"dashboard-{name}.png"))
+    driver.set_window_size(width, height)
