@@ -8,6 +8,7 @@ hierarchy (``tests/test_errors.py`` checks that it is drawn whole and true)::
     PollinateError                    base of everything pollinate raises on purpose
     ├── WireError (ValueError)        bytes that do not decode to a valid Message
     ├── AppError                      an app or its config cannot be loaded or is inconsistent
+    │   └── SelectorError (ValueError)  placement: a placement selector that does not parse
     ├── ClientError                   a client raised, or replied with something unusable
     ├── RunError                      a run cannot go on (too few clients, too many failures)
     │   ├── TooFewClients             strategy.base: sampling found fewer clients than needed
