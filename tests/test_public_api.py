@@ -265,7 +265,6 @@ SUBPACKAGES = {
     ],
     "dashboard": [
         "DashboardServer",
-        "Role",
         "Session",
         "Sessions",
         "serve_dashboard",

@@ -14,7 +14,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from pollinate.app import app_hash
-from pollinate.dashboard import DashboardServer, Role, serve_dashboard
+from pollinate.dashboard import DashboardServer, serve_dashboard
+from pollinate.hub.access import DEFAULT_PROJECT, LOCAL_ADMIN, Caller, Role
 from pollinate.hub.archives import pack_app
 from pollinate.hub.hub import Hub
 from pollinate.hub.state import RunStatus
@@ -23,6 +24,9 @@ from pollinate.loop.history import Failure, RoundRecord
 from tests.dashboard.conftest import console_errors, log_in_with_cookie, poll, texts
 from tests.deployment.apps import write_tiny_app
 
+VIEWER = Caller("vera", Role.VIEWER, frozenset({DEFAULT_PROJECT}))
+MEMBER = Caller("max", Role.MEMBER, frozenset({DEFAULT_PROJECT}))
+STRANGER = Caller("sam", Role.MEMBER, frozenset({"oncology"}))  # the run is in `default`
 HOSTILE_METRIC = '<img src=x onerror="window.pwned=1">loss'
 HOSTILE_ID = '"><img src=x onerror="window.pwned=1">'
 HOSTILE_LINE = "<script>window.pwned = 1</script> node says hi"
@@ -55,7 +59,7 @@ def test_a_viewer_sees_no_stop_button_and_a_forged_stop_is_refused(
     hub: Hub, dashboard: DashboardServer, run_id: str, browser: WebDriver
 ) -> None:
     base = f"http://127.0.0.1:{dashboard.port}"
-    session_id, session = dashboard.open_session(Role.VIEWER)
+    session_id, session = dashboard.open_session(VIEWER)
     log_in_with_cookie(browser, base, session_id)
     browser.get(f"{base}/runs/{run_id}")
     poll(lambda: texts(browser, "#status .status") == ["running"], "the run shown running")
@@ -63,18 +67,21 @@ def test_a_viewer_sees_no_stop_button_and_a_forged_stop_is_refused(
     assert console_errors(browser) == []
     # the viewer's own session, its own CSRF token, sent from the dashboard's own page
     answer = _post_from_page(browser, f"/api/runs/{run_id}/stop", session.csrf)
-    assert answer == {"status": 403, "body": {"error": "a viewer may not stop runs"}}
+    assert answer["status"] == 403
+    assert "user vera (viewer in default) cannot stop runs" in answer["body"]["error"]
     [refused] = console_errors(browser)  # the browser notes the refusal, and only it
     assert f"/api/runs/{run_id}/stop" in refused and "403" in refused
     assert _post(base, f"/api/runs/{run_id}/stop", session_id, session.csrf)[0] == 403
+    refusals = [row for row in hub.audit() if row.who == "vera"]
+    assert refusals and all(row.outcome.startswith("refused") for row in refusals)
     assert _status(hub, run_id) is RunStatus.RUNNING
 
 
-def test_an_admin_stops_a_run_with_the_button_and_a_stop_without_the_csrf_token_is_refused(
+def test_a_member_stops_a_run_with_the_button_and_a_stop_without_the_csrf_token_is_refused(
     hub: Hub, dashboard: DashboardServer, run_id: str, browser: WebDriver
 ) -> None:
     base = f"http://127.0.0.1:{dashboard.port}"
-    session_id, session = dashboard.open_session(Role.ADMIN)
+    session_id, session = dashboard.open_session(MEMBER)
     assert _post(base, f"/api/runs/{run_id}/stop", session_id, "")[0] == 403
     assert _post(base, f"/api/runs/{run_id}/stop", session_id, "x" * 43)[0] == 403
     assert _post(base, f"/api/runs/{run_id}/stop", "", session.csrf)[0] == 401
@@ -87,6 +94,25 @@ def test_an_admin_stops_a_run_with_the_button_and_a_stop_without_the_csrf_token_
     poll(lambda: texts(browser, "#status .status") == ["stopped"], "the run shown stopped")
     assert not browser.find_element(By.ID, "stop").is_displayed()
     assert console_errors(browser) == []
+    stops = [row for row in hub.audit() if row.who == "max" and row.action == "stop run"]
+    assert [row.outcome for row in stops] == ["ok"]  # the hub audits the dashboard's stop
+
+
+def test_a_member_of_another_project_sees_neither_the_run_nor_its_nodes(
+    hub: Hub, dashboard: DashboardServer, run_id: str, browser: WebDriver
+) -> None:
+    base = f"http://127.0.0.1:{dashboard.port}"
+    session_id, session = dashboard.open_session(STRANGER)
+    log_in_with_cookie(browser, base, session_id)
+    browser.get(f"{base}/runs/{run_id}")
+    poll(lambda: "cannot read runs" in browser.find_element(By.ID, "status").text, "refusal")
+    assert texts(browser, "#rounds tbody tr") == []
+    browser.get(f"{base}/runs")
+    poll(lambda: browser.find_element(By.ID, "live").text == "live", "the runs stream")
+    assert texts(browser, "#runs tbody tr") == []
+    assert _post(base, f"/api/runs/{run_id}/stop", session_id, session.csrf)[0] == 403
+    assert console_errors(browser) == []
+    assert _status(hub, run_id) is RunStatus.RUNNING
 
 
 def test_without_a_session_nothing_is_served_and_a_login_link_works_once(
@@ -95,7 +121,7 @@ def test_without_a_session_nothing_is_served_and_a_login_link_works_once(
     base = f"http://127.0.0.1:{dashboard.port}"
     for path in ("/", "/runs", f"/runs/{run_id}", "/nodes/1", "/events/fleet", "/events/runs"):
         assert _get_status(base + path) == 401, path
-    link = dashboard.login_link(Role.VIEWER)
+    link = dashboard.login_link(VIEWER)
     browser.get(link)
     cookie = browser.get_cookie("pollinate_session")
     assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -107,7 +133,7 @@ def test_text_from_outside_is_shown_as_text(
     hub: Hub, dashboard: DashboardServer, run_id: str, browser: WebDriver
 ) -> None:
     base = f"http://127.0.0.1:{dashboard.port}"
-    session_id, _ = dashboard.open_session(Role.ADMIN)
+    session_id, _ = dashboard.open_session(LOCAL_ADMIN)
     log_in_with_cookie(browser, base, session_id)
     browser.get(f"{base}/runs/{HOSTILE_ID}")  # an address is text from outside too
     poll(lambda: texts(browser, "h1") == [f"Run {HOSTILE_ID}"], "the page of no such run")

@@ -10,10 +10,10 @@ its own inside the hub process.
 - ``app.py``: routes, pages, event streams and the stop action;
 - ``feed.py``: run events handed from runs' threads to the web loop, fanned out to streams;
 - ``views.py``: what each page shows, read from the hub;
-- ``sessions.py``: login tokens, sessions, roles, CSRF tokens.
+- ``sessions.py``: login tokens, sessions (each acts as a ``hub.access.Caller``), CSRF tokens.
 """
 
 from pollinate.dashboard.server import DashboardServer, serve_dashboard
-from pollinate.dashboard.sessions import Role, Session, Sessions
+from pollinate.dashboard.sessions import Session, Sessions
 
-__all__ = ["DashboardServer", "Role", "Session", "Sessions", "serve_dashboard"]
+__all__ = ["DashboardServer", "Session", "Sessions", "serve_dashboard"]

@@ -9,9 +9,11 @@ Routes:
 - ``GET /events/fleet``, ``/events/runs``, ``/events/runs/RUN``, ``/events/nodes/NODE``:
   the streams (``text/event-stream``), each starting with a ``snapshot``;
 - ``POST /api/runs/RUN/stop``: stops a run; it needs the session's CSRF token in the
-  ``X-CSRF-Token`` header and a role that may stop runs.
+  ``X-CSRF-Token`` header, and the hub decides whether the session's caller may
+  (``Hub.stop_run``: ``access.authorize``, audited).
 
-Invariants: every page, stream and action needs a live session (401 otherwise); text that
+Invariants: every page, stream and action needs a live session (401 otherwise) and shows or
+does only what the hub allows the session's caller (``views.py``); text that
 came from outside reaches the browser as JSON and is set as text by the pages, and what the
 server writes into HTML is escaped; a content security policy allows only the dashboard's own
 scripts and styles, so injected markup could run nothing.
@@ -39,16 +41,18 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pollinate.dashboard.feed import Feed, Listener
+from pollinate.dashboard.feed import Activity, Feed, Listener
 from pollinate.dashboard.sessions import Session, Sessions, csrf_matches
 from pollinate.dashboard.views import (
     fleet_view,
     log_entries,
+    may_read_run,
     node_view,
     run_row,
     run_view,
     runs_view,
 )
+from pollinate.hub.access import Caller, Forbidden
 from pollinate.loop.events import (
     Event,
     ReplyBounded,
@@ -144,9 +148,10 @@ class Dashboard:
     # --- event streams ----------------------------------------------------------------------
 
     async def fleet_events(self, request: Request) -> Response:
-        async def snapshots() -> AsyncIterator[str]:
+        async def snapshots(caller: Caller) -> AsyncIterator[str]:
             while True:
-                nodes = await asyncio.to_thread(fleet_view, self.hub, dict(self.feed.activity))
+                activity = dict(self.feed.activity)
+                nodes = await asyncio.to_thread(fleet_view, self.hub, activity, caller)
                 yield _sse("snapshot", {"nodes": nodes})
                 if await self._quiet(TICK * 2):
                     return
@@ -154,8 +159,8 @@ class Dashboard:
         return self._stream(request, snapshots)
 
     async def runs_events(self, request: Request) -> Response:
-        async def snapshots() -> AsyncIterator[str]:
-            async for runs in self._changes(lambda: runs_view(self.hub)):
+        async def snapshots(caller: Caller) -> AsyncIterator[str]:
+            async for runs in self._changes(lambda: runs_view(self.hub, caller)):
                 yield "" if runs is None else _sse("snapshot", {"runs": runs})
 
         return self._stream(request, snapshots)
@@ -163,12 +168,12 @@ class Dashboard:
     async def node_events(self, request: Request) -> Response:
         node_id = int(request.path_params["node_id"])
 
-        async def snapshots() -> AsyncIterator[str]:
+        async def snapshots(caller: Caller) -> AsyncIterator[str]:
             while True:
-                data = await asyncio.to_thread(
-                    node_view, self.hub, node_id, dict(self.feed.activity)
-                )
-                yield _sse("snapshot", {"node": data, "runs": self._runs_of(node_id)})
+                activity = dict(self.feed.activity)
+                data = await asyncio.to_thread(node_view, self.hub, node_id, activity, caller)
+                runs = await asyncio.to_thread(self._runs_of, node_id, activity, caller)
+                yield _sse("snapshot", {"node": data, "runs": runs if data else {}})
                 if await self._quiet(TICK * 2):
                     return
 
@@ -177,21 +182,25 @@ class Dashboard:
     async def run_events(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
 
-        async def events() -> AsyncIterator[str]:
+        async def events(caller: Caller) -> AsyncIterator[str]:
             with self.feed.listen(lambda run, _: run == run_id) as listener:
-                data = await asyncio.to_thread(run_view, self.hub, run_id)
+                try:
+                    data = await asyncio.to_thread(run_view, self.hub, run_id, caller)
+                except Forbidden as exc:
+                    yield _sse("forbidden", {"reason": str(exc).splitlines()[0]})
+                    return
                 if data is None:
                     yield _sse("missing", {"run": run_id})
                     return
                 seq, status = data.pop("seq"), data["run"]
                 yield _sse("snapshot", {**data, "took_part": self.feed.took_part(run_id)})
-                async for message in self._follow_run(run_id, listener, seq, status):
+                async for message in self._follow_run(run_id, caller, listener, seq, status):
                     yield message
 
         return self._stream(request, events)
 
     async def _follow_run(
-        self, run_id: str, listener: Listener, seq: int, shown: dict[str, Any]
+        self, run_id: str, caller: Caller, listener: Listener, seq: int, shown: dict[str, Any]
     ) -> AsyncIterator[str]:
         """A run's events as they come; its log and status every ``TICK`` (and after every
         event): what the hub's events do not announce."""
@@ -214,7 +223,7 @@ class Dashboard:
                 if lines:
                     yield _sse("log", lines)
             row = await asyncio.to_thread(self.hub.state.run, run_id)
-            if row is not None and (now := run_row(row)) != shown:
+            if row is not None and (now := run_row(row, caller)) != shown:
                 shown = now
                 yield _sse("run", now)
 
@@ -229,13 +238,16 @@ class Dashboard:
             if await self._quiet(TICK):
                 return
 
-    def _stream(self, request: Request, events: Callable[[], AsyncIterator[str]]) -> Response:
-        if self.session(request) is None:
+    def _stream(self, request: Request, events: Callable[[Caller], AsyncIterator[str]]) -> Response:
+        session = self.session(request)
+        if session is None:
             return _message(401, "Log in with the link that `pollinate hub` printed.")
 
         async def body() -> AsyncIterator[str]:
             last = time.monotonic()
-            async for message in events():  # an empty message: a tick with nothing new
+            async for message in events(
+                session.caller
+            ):  # an empty message: a tick with nothing new
                 if self.closing.is_set():
                     return
                 if message or time.monotonic() - last > KEEPALIVE:
@@ -253,13 +265,16 @@ class Dashboard:
             return False
         return True
 
-    def _runs_of(self, node_id: int) -> dict[str, list[int]]:
-        """Run -> the rounds this dashboard saw the node take part in."""
-        activity = self.feed.activity.get(node_id)
-        if activity is None:
+    def _runs_of(
+        self, node_id: int, activity: dict[int, Activity], caller: Caller
+    ) -> dict[str, list[int]]:
+        """Run -> the rounds this dashboard saw the node take part in, of its last run (if
+        ``caller`` may read it)."""
+        last = activity.get(node_id)
+        if last is None or not may_read_run(self.hub, last.run_id, caller):
             return {}
-        rounds = self.feed.took_part(activity.run_id)
-        return {activity.run_id: sorted(r for r, nodes in rounds.items() if node_id in nodes)}
+        rounds = self.feed.took_part(last.run_id)
+        return {last.run_id: sorted(r for r, nodes in rounds.items() if node_id in nodes)}
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -269,10 +284,11 @@ class Dashboard:
             return _refuse(401, "no session: log in with the link that `pollinate hub` printed")
         if not csrf_matches(session, request.headers.get("x-csrf-token", "")):
             return _refuse(403, "missing or wrong CSRF token: reload the page and try again")
-        if not session.role.may_stop_runs:
-            return _refuse(403, f"a {session.role.value} may not stop runs")
         run_id = request.path_params["run_id"]
-        reason = await asyncio.to_thread(self.hub.stop_run, run_id)
+        try:
+            reason = await asyncio.to_thread(self.hub.stop_run, run_id, caller=session.caller)
+        except Forbidden as exc:
+            return _refuse(403, str(exc).splitlines()[0])
         if reason is not None:
             return _refuse(409, reason)
         return JSONResponse({"stopped": run_id}, headers=HEADERS)
@@ -304,7 +320,7 @@ def _sse(name: str, data: Any) -> str:
 def _shell(page: str, subject: str, session: Session) -> str:
     """A page: the frame, and the script that fills it. ``subject`` (a run id from the
     address) is escaped like anything else the server writes into HTML."""
-    role, title = session.role.value, PAGES[page]
+    role, title = session.caller.role.value, PAGES[page]
     return f"""<!doctype html>
 <html lang="en">
 <head>

@@ -16,7 +16,8 @@ import uvicorn
 
 from pollinate.dashboard.app import Dashboard
 from pollinate.dashboard.feed import Feed
-from pollinate.dashboard.sessions import Role, Session, Sessions
+from pollinate.dashboard.sessions import Session, Sessions
+from pollinate.hub.access import LOCAL_ADMIN, Caller
 
 if TYPE_CHECKING:
     from pollinate.hub.hub import Hub
@@ -54,15 +55,15 @@ class DashboardServer:
         self._thread.start()
         self._started.wait(START_TIMEOUT)
 
-    def login_link(self, role: Role = Role.ADMIN) -> str:
-        """A one-time link that logs a browser in with ``role``."""
+    def login_link(self, caller: Caller = LOCAL_ADMIN) -> str:
+        """A one-time link that logs a browser in as ``caller`` (default: the hub's operator)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/login?token={self.sessions.login_token(role)}"
+        return f"http://{host}:{self.port}/login?token={self.sessions.login_token(caller)}"
 
-    def open_session(self, role: Role) -> tuple[str, Session]:
-        """A session with ``role`` (its cookie value, the session), without a login link."""
-        return self.sessions.open(role)
+    def open_session(self, caller: Caller) -> tuple[str, Session]:
+        """A session as ``caller`` (its cookie value, the session), without a login link."""
+        return self.sessions.open(caller)
 
     def stop(self) -> None:
         """Close every event stream, stop serving and unsubscribe from the hub."""

@@ -1,4 +1,4 @@
-"""Who is looking at the dashboard: one-time login tokens, sessions, roles and CSRF tokens.
+"""Who is looking at the dashboard: one-time login tokens, sessions and CSRF tokens.
 
 ``pollinate hub`` prints a login link (``/login?token=...``) made by ``login_token``; opening
 it redeems the token (once) for a session, whose id the browser keeps in an HttpOnly,
@@ -6,9 +6,11 @@ SameSite=Strict cookie. Every page and event stream needs a session; a request t
 something (stopping a run) also needs the session's CSRF token, sent in a header that only
 the dashboard's own scripts can set.
 
-A session carries a ``Role``, named as the hub's users' roles (issue 14): a ``viewer`` reads,
-a ``member`` or an ``admin`` may also stop runs. When the hub's users log in to the
-dashboard, a session is made for their role the same way (``Sessions.open``).
+A session carries the ``Caller`` it acts as (``hub.access``: a name, a role, projects), and
+every read and action goes through the hub's own checks for that caller: a ``viewer`` reads
+the runs of their projects, a ``member`` may also stop them, an ``admin`` does everything.
+The printed link opens a session of ``LOCAL_ADMIN``, the hub's operator; when the hub's users
+log in to the dashboard, their sessions are opened the same way (``Sessions.open``).
 
 Invariants: a login token works once and only before it expires; the store holds only
 hashes of tokens and session ids, so a copy of it logs nobody in; ids are compared by their
@@ -22,7 +24,8 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from enum import StrEnum
+
+from pollinate.hub.access import LOCAL_ADMIN, Caller
 
 LOGIN_TOKEN_SECONDS = 24 * 3600.0
 """How long a printed login link stays usable (once)."""
@@ -32,44 +35,32 @@ MAX_SESSIONS = 1000
 """Sessions kept at once; the oldest go first (their browsers log in again)."""
 
 
-class Role(StrEnum):
-    """What a session may do; the same names as the hub's users' roles."""
-
-    ADMIN = "admin"
-    MEMBER = "member"
-    VIEWER = "viewer"
-
-    @property
-    def may_stop_runs(self) -> bool:
-        return self is not Role.VIEWER
-
-
 @dataclass(frozen=True)
 class Session:
-    """One logged-in browser: its ``role``, the ``csrf`` token its scripts send with a
-    change, and when it ends (``time.time()`` seconds)."""
+    """One logged-in browser: the ``caller`` it acts as, the ``csrf`` token its scripts send
+    with a change, and when it ends (``time.time()`` seconds)."""
 
-    role: Role
+    caller: Caller
     csrf: str
     expires: float
 
     def __repr__(self) -> str:  # the token stays out of logs
-        return f"Session(role={self.role.value!r}, expires={self.expires:.0f})"
+        return f"Session({self.caller}, expires={self.expires:.0f})"
 
 
 class Sessions:
     """Login tokens and sessions, in memory (a restarted hub prints a new link); thread-safe."""
 
     def __init__(self) -> None:
-        self._tokens: dict[str, tuple[Role, float]] = {}
+        self._tokens: dict[str, tuple[Caller, float]] = {}
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def login_token(self, role: Role = Role.ADMIN, ttl: float = LOGIN_TOKEN_SECONDS) -> str:
-        """A token that opens one session with ``role``, once, within ``ttl`` seconds."""
+    def login_token(self, caller: Caller = LOCAL_ADMIN, ttl: float = LOGIN_TOKEN_SECONDS) -> str:
+        """A token that opens one session as ``caller``, once, within ``ttl`` seconds."""
         token = secrets.token_urlsafe(32)
         with self._lock:
-            self._tokens[_digest(token)] = (role, time.time() + ttl)
+            self._tokens[_digest(token)] = (caller, time.time() + ttl)
         return token
 
     def redeem(self, token: str) -> tuple[str, Session] | None:
@@ -80,10 +71,10 @@ class Sessions:
             return None
         return self.open(found[0])
 
-    def open(self, role: Role) -> tuple[str, Session]:
-        """A new session with ``role``: ``(its id, for the cookie; the session)``."""
+    def open(self, caller: Caller) -> tuple[str, Session]:
+        """A new session as ``caller``: ``(its id, for the cookie; the session)``."""
         session_id = secrets.token_urlsafe(32)
-        session = Session(role, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS)
+        session = Session(caller, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS)
         with self._lock:
             while len(self._sessions) >= MAX_SESSIONS:
                 del self._sessions[next(iter(self._sessions))]

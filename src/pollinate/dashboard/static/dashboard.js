@@ -8,7 +8,6 @@
   const body = document.body;
   const page = body.dataset.page;
   const subject = body.dataset.subject;
-  const role = body.dataset.role;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const main = document.getElementById("main");
   const live = document.getElementById("live");
@@ -121,7 +120,7 @@
   // --- the runs --------------------------------------------------------------------------
 
   function runsPage() {
-    const [runs, rows] = table("runs", ["Run", "App", "Status", "Progress", "Started", "Detail"]);
+    const [runs, rows] = table("runs", ["Run", "App", "Project", "Status", "Progress", "Started", "Detail"]);
     main.append(el("h1", {}, "Runs"), runs);
     stream("/events/runs", {
       snapshot(data) {
@@ -132,6 +131,7 @@
               { "data-run": run.id },
               el("td", {}, runLink(run.id)),
               el("td", {}, run.app),
+              el("td", {}, run.project),
               el("td", {}, el("span", { class: "status " + run.status }, run.status)),
               el("td", {}, progressBar(run), " " + progress(run)),
               el("td", {}, when(run.created)),
@@ -187,7 +187,7 @@
         el("span", { class: "status " + run.status }, run.status), " ", progress(run),
         run.detail ? " · " + run.detail : "",
       );
-      stop.hidden = !(run.status === "running" && role !== "viewer");
+      stop.hidden = !(run.status === "running" && run.may_stop);
     }
 
     function took(round, node, outcome) {
@@ -289,6 +289,9 @@
       },
       missing() {
         status.textContent = "There is no run " + subject + " on this hub.";
+      },
+      forbidden(data) {
+        status.textContent = data.reason;
       },
       run: showRun,
       round(record) {
