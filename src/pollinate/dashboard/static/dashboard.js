@@ -77,6 +77,13 @@
     return source;
   }
 
+  // a stream with nothing to show (no such run, not allowed): no reconnecting
+  function closed(source) {
+    source.close();
+    live.textContent = "closed";
+    live.className = "live";
+  }
+
   // --- the fleet -------------------------------------------------------------------------
 
   function fleetPage() {
@@ -273,7 +280,7 @@
       });
     }
 
-    stream("/events/runs/" + encodeURIComponent(subject), {
+    const source = stream("/events/runs/" + encodeURIComponent(subject), {
       snapshot(data) {
         state.records.clear();
         state.tookPart.clear();
@@ -289,9 +296,11 @@
       },
       missing() {
         status.textContent = "There is no run " + subject + " on this hub.";
+        closed(source);
       },
       forbidden(data) {
         status.textContent = data.reason;
+        closed(source);
       },
       run: showRun,
       round(record) {
