@@ -140,3 +140,19 @@ def test_app_hash_changes_with_the_code(tmp_path: Path) -> None:
     assert before == app_hash(root) and len(before) == 64
     (root / "hashed_app" / "main.py").write_text(CODE + "\n# changed\n")
     assert app_hash(root) != before
+
+
+def test_an_apps_selector_is_read_and_checked(tmp_path: Path) -> None:
+    assert load_app(make_app(tmp_path, "unplaced")).select == ""
+    placed = GOOD.replace(
+        "[tool.pollinate]\n", '[tool.pollinate]\nselect = "gpus >= 1, !draining"\n'
+    )
+    assert load_app(make_app(tmp_path, "placed", placed)).select == "gpus>=1,!draining"
+    bad = GOOD.replace("[tool.pollinate]\n", '[tool.pollinate]\nselect = "gpus>=x"\n')
+    with pytest.raises(
+        AppError, match=r"(?s)\[tool.pollinate\] select in .*pyproject.toml: .*Hint: "
+    ):
+        load_app(make_app(tmp_path, "misplaced", bad))
+    not_text = GOOD.replace("[tool.pollinate]\n", "[tool.pollinate]\nselect = 1\n")
+    with pytest.raises(AppError, match="must be a string, got 1"):
+        load_app(make_app(tmp_path, "numbered", not_text))

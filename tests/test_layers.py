@@ -16,7 +16,6 @@ LAYERS = {
     "checks": 0,
     "records": 1,
     "placement": 1,
-    "placement": 1,
     "datasets": 1,
     "wire": 2,
     "client": 3,

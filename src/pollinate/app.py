@@ -5,6 +5,7 @@
     [tool.pollinate]
     server = "mypkg.server:server_fn"    # server_fn(run_config) -> ServerApp
     client = "mypkg.client:client_fn"    # client_fn(context) -> Client
+    select = "gpus>=1"                   # on a hub, only the nodes that match (optional)
 
     [tool.pollinate.config]              # the run config: defaults, overridable per run
     learning-rate = 0.1
@@ -39,12 +40,13 @@ from typing import Any
 from pollinate.client.client import ClientFn
 from pollinate.errors import AppError
 from pollinate.loop.app import ServerApp
+from pollinate.placement import SelectorError, parse_selector
 from pollinate.records import Config, Scalar, check_scalars
 from pollinate.text import MAX_TEXT, inert, name_problem
 
 ServerFn = Callable[[Config], ServerApp]
 
-_APP_KEYS = ("server", "client", "config", "simulation")
+_APP_KEYS = ("server", "client", "config", "simulation", "select")
 _SIMULATION_KEYS = ("clients", "concurrency")
 
 
@@ -59,6 +61,8 @@ class App:
     config: Config = field(default_factory=dict)
     clients: int = 10
     concurrency: int | None = None
+    select: str = ""
+    """The nodes a run on a hub may use (``pollinate.placement``); empty: every node."""
 
     def server_app(self) -> ServerApp:
         """Call ``server_fn`` with the run config and check what it returns."""
@@ -89,6 +93,7 @@ def load_app(path: str | Path, overrides: Mapping[str, str] | None = None) -> Ap
         config=config,
         clients=_positive_int(simulation, "clients", 10),
         concurrency=_positive_int(simulation, "concurrency", None),
+        select=_selector(table, root),
     )
 
 
@@ -187,6 +192,21 @@ def _check_keys(table: Any, known: Iterable[str], where: str, root: Path) -> Non
                 f"unknown key {key!r} in {where} of {root / 'pyproject.toml'}."
                 f"{_did_you_mean(key, known)} Known keys: {', '.join(known)}."
             )
+
+
+def _selector(table: dict[str, Any], root: Path) -> str:
+    """``[tool.pollinate] select``, checked: a selector that does not parse fails here, at
+    load, not at the hub."""
+    text = table.get("select", "")
+    if not isinstance(text, str):
+        raise AppError(
+            f"[tool.pollinate] select in {root / 'pyproject.toml'} must be a string, got "
+            f'{text!r}.\nHint: select = "gpus>=1,region in (eu,ch)"'
+        )
+    try:
+        return str(parse_selector(text))
+    except SelectorError as exc:
+        raise AppError(f"[tool.pollinate] select in {root / 'pyproject.toml'}: {exc}") from None
 
 
 def _defaults(table: dict[str, Any], root: Path) -> Config:

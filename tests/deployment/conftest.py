@@ -212,14 +212,22 @@ class Deployment:
         *,
         hub: str = "",
         prefix: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> Node:
         """A node serving ``partition``, dialling ``hub`` (default: the hub's fleet address)
-        from inside ``prefix`` (e.g. a network namespace)."""
-        process = self._spawn_node(app, partition, partitions, hub, prefix)
+        from inside ``prefix`` (e.g. a network namespace), with more ``pollinate node``
+        ``args`` (``--label region=eu``, ``--resources gpus=1``)."""
+        process = self._spawn_node(app, partition, partitions, hub, prefix, args)
         return Node(process, partition, self._node_id(process))
 
     def _spawn_node(
-        self, app: Path, partition: int, partitions: int, hub: str = "", prefix: Sequence[str] = ()
+        self,
+        app: Path,
+        partition: int,
+        partitions: int,
+        hub: str = "",
+        prefix: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> Process:
         return self.spawn(
             f"node-p{partition}",
@@ -234,6 +242,7 @@ class Deployment:
             f"num-partitions={partitions}",
             "--insecure",
             "--verbose",
+            *args,
             prefix=prefix,
         )
 

@@ -67,6 +67,11 @@ def insecure_hub(tmp_path: Path) -> Iterator[HubPorts]:
         ({"app_hash": "h" * 1_000_000}, "the node's app hash"),
         ({"node_config": {"k\x00": "v"}}, "a node config key"),
         ({"node_config": {"partition-id": "9" * 5000}}, "over 1000"),
+        ({"labels": {f"k{i}": "v" for i in range(65)}}, "65 labels, over the limit of 64"),
+        ({"resources": {f"k{i}": "1" for i in range(65)}}, "65 resources, over the limit"),
+        ({"labels": {"region": "e u"}}, "a node's label value 'e u' holds ' '"),
+        ({"labels": {"region\x1b": "eu"}}, "a node's label key"),
+        ({"resources": {"gpus": "9" * 300}}, "a node's resource value .*MAX_NAME"),
     ],
 )
 def test_a_heartbeat_whose_fields_are_not_names_or_are_too_long_is_refused(

@@ -40,6 +40,7 @@ from pollinate.hub.state import RunStatus
 from pollinate.hub.supervisor import DEFAULT_RUN_MEMORY, RunLimits
 from pollinate.loop.history import History, RoundRecord
 from pollinate.node.agent import NodeAgent
+from pollinate.placement import SelectorError, parse_labels, parse_selector
 from pollinate.security import NodeCredentials, SecurityError
 from pollinate.security.certificates import node_id_from_certificate
 from pollinate.text import MAX_LINE, MAX_NAME, inert
@@ -208,6 +209,21 @@ def node_command(
         typer.Option(metavar="HOST:PORT", help="Hub enrolment address (default: port - 1)."),
     ] = None,
     name: Annotated[str, typer.Option(help="Stable node name (insecure mode).")] = "",
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="A label runs select on, e.g. region=eu; repeatable (docs/placement.md).",
+        ),
+    ] = None,
+    resources: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="A resource stated by hand where detection cannot see it, e.g. gpus=2; "
+            "overrides the detected one; repeatable.",
+        ),
+    ] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS: local experiments only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -216,6 +232,10 @@ def node_command(
     logging.getLogger("pollinate.node.state").setLevel(logging.INFO)  # one line per change
     try:
         overrides = parse_overrides(node_config or [])
+        labels, stated = parse_labels(label or []), parse_labels(resources or [], "resources")
+    except ValueError as exc:
+        raise fail(exc) from None
+    try:
         credentials = None
         if insecure:
             err_console.print(
@@ -236,6 +256,8 @@ def node_command(
             credentials=credentials,
             credentials_dir=data_dir,
             enrol_address=enrol_address or "",
+            labels=labels,
+            resources=stated,
         )
         _on_signal(agent.shutdown)
         agent.run()
@@ -338,13 +360,19 @@ def run_on_hub(
     rounds: int | None,
     seed: int,
     out: Path | None,
+    select: str | None = None,
 ) -> None:
-    """Submit the app to the hub and stream its rounds until the run ends."""
+    """Submit the app to the hub and stream its rounds until the run ends; ``select`` (else
+    the app's ``[tool.pollinate] select``) picks the nodes it may use."""
+    try:  # a mistake in the app or its selector is told at once, not after the hub is found
+        loaded = load_app(app_dir, overrides)
+    except PollinateError as exc:
+        raise fail(exc) from None
+    selector = _selector(loaded.select if select is None else select)
     wait_for_hub(hub)
     client = ControlClient(hub)
     started = time.monotonic()
     try:
-        loaded = load_app(app_dir, overrides)
         history = History(app=loaded.name, seed=seed, config=dict(loaded.config))
         run_id = client.submit_run(
             pack_app(app_dir),
@@ -352,6 +380,7 @@ def run_on_hub(
             overrides,
             rounds,
             seed,
+            selector,
         )
         console.print(Text.assemble((loaded.name, "bold"), f": run {run_id} submitted to {hub}"))
         for line in follow_run(client, run_id, follow=True):
@@ -374,6 +403,14 @@ def run_on_hub(
         raise run_failed(problem)
     if status is not RunStatus.FINISHED:
         raise typer.Exit(RUN_FAILED)
+
+
+def _selector(text: str) -> str:
+    """``text`` as a selector, checked here so a typo fails before anything is uploaded."""
+    try:
+        return str(parse_selector(text))
+    except SelectorError as exc:
+        raise fail(PollinateError(f"--select: {exc}")) from None
 
 
 def wait_for_hub(address: str, timeout: float = HUB_WAIT) -> None:

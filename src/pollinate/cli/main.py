@@ -139,6 +139,15 @@ def run(
             help="Run on a hub's fleet instead of in simulation: the hub's control address.",
         ),
     ] = None,
+    select: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SELECTOR",
+            help="With --hub: run only on the nodes that match, re-checked every round, e.g. "
+            "'gpus>=1,region in (eu,ch),!draining' (default: [tool.pollinate] select; "
+            "docs/placement.md).",
+        ),
+    ] = None,
     adversaries: Annotated[
         float | None,
         typer.Option(
@@ -196,9 +205,14 @@ def run(
     setup_logging(verbose)
     _check_out(out)
     attackers = _adversaries(adversaries, attack, attack_scale, attack_noise_std, seed)
+    if hub is None and select is not None:
+        raise fail(
+            "--select places a run on a hub's nodes; a simulation's virtual clients have no "
+            "labels yet.\nHint: pollinate run APP --hub HOST:9093 --select 'gpus>=1'"
+        )
     if hub is not None:
         _check_hub_options(attackers is not None or stragglers is not None, max_failed_rounds)
-        run_on_hub(app_dir, hub, parse_overrides(config or []), rounds, seed, out)
+        run_on_hub(app_dir, hub, parse_overrides(config or []), rounds, seed, out, select)
         return
     try:
         loaded = load_app(app_dir, parse_overrides(config or []))

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pollinate.errors import PollinateError
+from pollinate.placement import Selector
 from pollinate.records import Config, Message
 
 log = logging.getLogger("pollinate.hub")
@@ -85,6 +86,8 @@ class _Node:
     app_hash: str = ""
     node_config: dict[str, str] = field(default_factory=dict)
     session: str = ""
+    labels: dict[str, str] = field(default_factory=dict)  # placement: its latest heartbeat's
+    resources: dict[str, str] = field(default_factory=dict)
     heard: bool = False  # by this process (confirmed, not only presumed alive)
     queue: deque[QueuedTask] = field(default_factory=deque)
 
@@ -123,10 +126,17 @@ class Fleet:
         self._watchers: list[Callable[[int | None], None]] = []
 
     def heartbeat(
-        self, node_id: int, app_hash: str, node_config: dict[str, str], session: str = ""
+        self,
+        node_id: int,
+        app_hash: str,
+        node_config: dict[str, str],
+        session: str = "",
+        labels: dict[str, str] | None = None,
+        resources: dict[str, str] | None = None,
     ) -> bool:
         """A sign of life. ``session`` names the node's process: a new one is a restart,
         which the log shows (what the old process took is sent again at its first pull).
+        ``labels`` and ``resources`` replace the node's (placement reads them every round).
         True if the node was not counted alive until now (new, back, or restarted)."""
         with self._changed:
             if node_id in self._cut_off:
@@ -146,6 +156,7 @@ class Fleet:
                 node_config,
             )
             node.session = session or node.session
+            node.labels, node.resources = dict(labels or {}), dict(resources or {})
             node.heard = True
             self._changed.notify_all()
             return arrived
@@ -177,6 +188,28 @@ class Fleet:
     def alive_for(self, run_id: str) -> list[int]:
         """The alive nodes that may take the run's tasks (``refuses``)."""
         return [n for n in self.alive() if self.refuses(n, run_id) is None]
+
+    def matching(self, node_ids: list[int], selector: Selector) -> list[int]:
+        """Those of ``node_ids`` whose latest labels and resources match ``selector`` (a
+        node presumed alive after a restart matches only once its heartbeat says what it
+        has)."""
+        if not selector:
+            return list(node_ids)
+        with self._changed:
+            nodes = [(n, self._nodes.get(n)) for n in node_ids]
+            return [
+                n
+                for n, node in nodes
+                if node is not None and selector.matches(node.labels, node.resources)
+            ]
+
+    def labels_and_resources(self, node_id: int) -> tuple[dict[str, str], dict[str, str]]:
+        """The node's labels and resources as its latest heartbeat stated them."""
+        with self._changed:
+            node = self._nodes.get(node_id)
+            if node is None:
+                return {}, {}
+            return dict(node.labels), dict(node.resources)
 
     def heartbeat_ages(self) -> dict[int, float | None]:
         """Seconds since each known node was last heard from; None if never, or silent."""

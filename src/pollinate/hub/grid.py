@@ -19,6 +19,7 @@ from pollinate.errors import RunError, StorageError
 from pollinate.hub.fleet import Fleet, QueuedTask
 from pollinate.hub.journal import Journal
 from pollinate.loop.grid import Grid, Timeout, ends_at
+from pollinate.placement import Selector
 from pollinate.records import Config, Message
 
 log = logging.getLogger("pollinate.hub")
@@ -36,9 +37,16 @@ class HubGrid(Grid):
     """Dispatches one run's instructions to its nodes and yields their replies as they come."""
 
     def __init__(
-        self, fleet: Fleet, journal: Journal, run_id: str, app_hash: str, run_config: Config
+        self,
+        fleet: Fleet,
+        journal: Journal,
+        run_id: str,
+        app_hash: str,
+        run_config: Config,
+        selector: Selector | None = None,
     ) -> None:
         self.fleet = fleet
+        self.selector = selector or Selector()
         self.journal = journal
         self.run_id = run_id
         self.app_hash = app_hash
@@ -50,8 +58,10 @@ class HubGrid(Grid):
         """Why the run waits for its data dir (empty while writes succeed)."""
 
     def nodes(self) -> list[int]:
-        """The alive nodes that may serve this run (its project's: ``Fleet.alive_for``)."""
-        return self.fleet.alive_for(self.run_id)
+        """The alive nodes that may serve this run (its project's: ``Fleet.alive_for``) and
+        match its selector now: the loop asks every round, so placement follows the fleet's
+        latest labels and resources (a node relabelled to match joins at the next round)."""
+        return self.fleet.matching(self.fleet.alive_for(self.run_id), self.selector)
 
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         replies: queue.Queue[Message] = queue.Queue()

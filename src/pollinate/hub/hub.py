@@ -49,6 +49,7 @@ from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState, LogRow, NodeRow, RunRow
 from pollinate.hub.supervisor import RunLimits
 from pollinate.hub.users import UserRow
+from pollinate.placement import parse_selector
 from pollinate.records import Message
 from pollinate.security import SecurityError, parse_token
 from pollinate.security.keys import verified_csr_key
@@ -121,9 +122,15 @@ class Hub:
         return self.state.node_for_name(name)
 
     def heartbeat(
-        self, node_id: int, app_hash: str, node_config: dict[str, str], session: str = ""
+        self,
+        node_id: int,
+        app_hash: str,
+        node_config: dict[str, str],
+        session: str = "",
+        labels: dict[str, str] | None = None,
+        resources: dict[str, str] | None = None,
     ) -> None:
-        if self.fleet.heartbeat(node_id, app_hash, node_config, session):
+        if self.fleet.heartbeat(node_id, app_hash, node_config, session, labels, resources):
             # noted at once (the watchdog notes the rest): a hub restarted a moment from now
             # must expect this node back
             try:
@@ -284,15 +291,18 @@ class Hub:
         *,
         project: str = DEFAULT_PROJECT,
         caller: Caller = LOCAL_ADMIN,
+        select: str = "",
     ) -> str:
         """Start a run of the app in ``archive`` in ``project``; ``rounds`` None runs the
-        app's own number. Only the project's nodes take its tasks."""
+        app's own number. Only the project's nodes take its tasks, and of them only those
+        that match ``select`` (``pollinate.placement``; SelectorError if it does not parse)."""
         check_name("project", project, "hub.submit_run(..., project='cardiology')")
+        selector = parse_selector(select)  # SelectorError (an AppError) names the mistake
         app = f"app {app_hash[:16]}"
         self.audit_trail.authorize(caller, Action.SUBMIT, project, app)
         try:
             with self.state.submitting_to(project):
-                run_id = self.runs.submit(archive, app_hash, overrides, rounds, seed)
+                run_id = self.runs.submit(archive, app_hash, overrides, rounds, seed, selector)
         except PollinateError as exc:
             self.audit_trail.record(caller.name, "submit run", project, app, f"failed: {exc}")
             raise

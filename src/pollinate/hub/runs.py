@@ -33,6 +33,7 @@ from pollinate.hub.journal import Journal
 from pollinate.hub.state import HubState, RunRow, RunStatus
 from pollinate.hub.supervisor import Hooks, RunLimits, RunProcess, start_process
 from pollinate.loop.checkpoint import Checkpoint
+from pollinate.placement import Selector, parse_selector
 
 log = logging.getLogger("pollinate.hub")
 
@@ -63,10 +64,13 @@ class Runs:
         overrides: dict[str, str],
         rounds: int | None,
         seed: int,
+        selector: Selector | None = None,
     ) -> str:
         """Unpack and check the app, record the run and start it (``rounds`` None: the app's
-        own number); AppError if it is unusable, StorageError if the hub cannot record it. A
-        refused submission leaves nothing on disk (``_discard_unless_used``)."""
+        own number) on the nodes that match ``selector`` (None: every node); AppError if it
+        is unusable, StorageError if the hub cannot record it. A refused submission leaves
+        nothing on disk (``_discard_unless_used``)."""
+        selector = selector or Selector()
         self.state.check_writable()  # the archive may be stored already: nothing new written
         # marked before it is stored: a refused submission of the same bytes must not
         # delete the archive between this one storing it and recording its run
@@ -76,7 +80,9 @@ class Runs:
                 self.state.put_blob(archive)
                 actual = self._check_submitted(archive, declared_hash, digest)
                 process = self._start_process(digest, overrides)
-                run_id = self._record_submitted(process, actual, digest, overrides, rounds, seed)
+                run_id = self._record_submitted(
+                    process, actual, digest, overrides, rounds, seed, selector
+                )
             except BaseException:
                 if process is not None:
                     process.end()
@@ -84,7 +90,7 @@ class Runs:
                 raise
         with self.changed:
             self.changed.notify_all()
-        self._start(run_id, process, actual, rounds, seed, None)
+        self._start(run_id, process, actual, rounds, seed, None, selector=selector)
         return run_id
 
     def _check_submitted(self, archive: bytes, declared_hash: str, digest: str) -> str:
@@ -106,8 +112,10 @@ class Runs:
         overrides: dict[str, str],
         rounds: int | None,
         seed: int,
+        selector: Selector,
     ) -> str:
         run_id = secrets.token_hex(4)
+        placed = f", on the nodes that match {selector}" if selector else ""
         self.state.add_run(
             RunRow(
                 run_id=run_id,
@@ -122,7 +130,8 @@ class Runs:
                 created=time.time(),
                 detail="",
             ),
-            first_log=("status", f"run {run_id} of app {process.name} submitted"),
+            first_log=("status", f"run {run_id} of app {process.name} submitted{placed}"),
+            selector=str(selector),
         )
         return run_id
 
@@ -174,6 +183,7 @@ class Runs:
         while True:
             try:
                 checkpoint = self._reload(row)
+                selector = parse_selector(self.state.run_selector(row.run_id))
                 process = self._start_process(row.archive, row.overrides)
                 break
             except (StorageError, OSError) as exc:
@@ -183,12 +193,14 @@ class Runs:
                     log.error("run %s waits for its data dir to resume: %s", row.run_id, exc)
                 warned = True
                 time.sleep(STORAGE_RETRY_SECONDS)
-            except PollinateError as exc:
+            except PollinateError as exc:  # a stored selector that no longer parses, too
                 return self._cannot_resume(row, exc)
         restart = 1 + sum(e.kind == "resume" for e in self.state.log_after(row.run_id, 0))
         where = "from the start" if checkpoint is None else f"after round {checkpoint.round}"
         note = f"hub restarted (restart {restart}): run {row.run_id} resumes {where}"
-        self._start(row.run_id, process, row.app_hash, row.rounds, row.seed, checkpoint, note)
+        self._start(
+            row.run_id, process, row.app_hash, row.rounds, row.seed, checkpoint, note, selector
+        )
 
     def _reload(self, row: RunRow) -> Checkpoint | None:
         archive = self.state.blob_path(row.archive).read_bytes()
@@ -218,8 +230,9 @@ class Runs:
         seed: int,
         resume_from: Checkpoint | None,
         resume_note: str = "",
+        selector: Selector | None = None,
     ) -> None:
-        grid = HubGrid(self.fleet, self.journal, run_id, app_hash, process.config)
+        grid = HubGrid(self.fleet, self.journal, run_id, app_hash, process.config, selector)
         thread = threading.Thread(
             target=self._run,
             args=(run_id, process, grid, rounds, seed, resume_from, resume_note),

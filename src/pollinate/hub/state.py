@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS run_selectors (
+    run_id TEXT PRIMARY KEY,
+    selector TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS run_projects (
     run_id TEXT PRIMARY KEY,
     project TEXT NOT NULL
@@ -325,9 +329,10 @@ class HubState:
         finally:
             _SUBMISSION_PROJECT.reset(token)
 
-    def add_run(self, run: RunRow, first_log: tuple[str, str]) -> None:
-        """Record a new run and the first (kind, text) line of its log, at once: a run is
-        never recorded without a log that says how it came to be."""
+    def add_run(self, run: RunRow, first_log: tuple[str, str], selector: str = "") -> None:
+        """Record a new run, the first (kind, text) line of its log and its placement
+        ``selector`` (empty: every node), at once: a run is never recorded without a log that
+        says how it came to be, nor resumed on nodes it did not select."""
         project = _SUBMISSION_PROJECT.get() or run.project
         with self.transaction() as db:
             db.execute(
@@ -351,6 +356,16 @@ class HubState:
                 ),
             )
             db.execute("INSERT INTO run_projects VALUES (?, ?)", (run.run_id, project))
+            if selector:
+                db.execute("INSERT INTO run_selectors VALUES (?, ?)", (run.run_id, selector))
+
+    def run_selector(self, run_id: str) -> str:
+        """The run's placement selector as submitted; empty if it has none."""
+        with self.reading() as db:
+            row = db.execute(
+                "SELECT selector FROM run_selectors WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return "" if row is None else str(row[0])
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         if "status" in fields:

@@ -20,6 +20,7 @@ from pathlib import Path
 from pollinate.app import app_hash, load_app
 from pollinate.client.client import Context, handle
 from pollinate.errors import PollinateError
+from pollinate.node.resources import detect_resources
 from pollinate.records import Config, Message
 from pollinate.secagg.identity import certificate_identity
 from pollinate.secagg.messages import SecAggError
@@ -44,7 +45,8 @@ class NodeAgent:
     """Serves one app's client to the hub at ``hub_address`` until ``stop`` is set.
 
     ``node_config`` holds TOML literals (``partition-id = "3"``); ``partition-id`` and
-    ``num-partitions`` fill the client's Context.
+    ``num-partitions`` fill the client's Context. ``labels`` and ``resources`` (over those
+    ``resources.detect_resources`` finds) go with every heartbeat, for placement.
     """
 
     def __init__(
@@ -58,12 +60,17 @@ class NodeAgent:
         credentials_dir: Path | None = None,
         enrol_address: str = "",
         max_backoff: float = 30.0,
+        labels: dict[str, str] | None = None,
+        resources: dict[str, str] | None = None,
     ) -> None:
         self.app = load_app(app_dir)
         self.app_hash = app_hash(app_dir)
         self.node_config_text = dict(node_config or {})
         self.node_config = parse_node_config(self.node_config_text)
         self.name = name
+        self.labels = dict(labels or {})
+        # detected at start; what is stated by hand (--resources gpus=2) overrides it
+        self.resources = {**detect_resources(), **(resources or {})}
         self.credentials = credentials
         self.credentials_dir = credentials_dir
         self.enrol_address = enrol_address
@@ -146,7 +153,12 @@ class NodeAgent:
 
     def _heartbeat(self) -> None:
         self.interval = self.client.heartbeat(
-            self.app_hash, self.node_config_text, self.name, self.session
+            self.app_hash,
+            self.node_config_text,
+            self.name,
+            self.session,
+            labels=self.labels,
+            resources=self.resources,
         )
 
     def _beat(self) -> None:

@@ -127,13 +127,26 @@ class FleetClient:
         )
 
     def heartbeat(
-        self, app_hash: str, node_config: dict[str, str], name: str = "", session: str = ""
+        self,
+        app_hash: str,
+        node_config: dict[str, str],
+        name: str = "",
+        session: str = "",
+        *,
+        labels: dict[str, str] | None = None,
+        resources: dict[str, str] | None = None,
     ) -> float:
-        """Report life; learn this node's id. Returns the interval for the next heartbeat.
+        """Report life, labels and resources; learn this node's id. Returns the interval for
+        the next heartbeat.
 
         ``session`` is new with every start of the node: the hub's log shows restarts."""
         request = pb.HeartbeatRequest(
-            app_hash=app_hash, node_config=node_config, name=name, session=session
+            app_hash=app_hash,
+            node_config=node_config,
+            name=name,
+            session=session,
+            labels=labels or {},
+            resources=resources or {},
         )
         reply = _call(self.stub.Heartbeat, request, metadata=self._metadata(), timeout=10)
         self.node_id = int(reply.node_id)
@@ -207,14 +220,17 @@ class ControlClient:
         overrides: dict[str, str],
         rounds: int | None,
         seed: int,
+        select: str = "",
     ) -> str:
-        """Submit a run; ``rounds`` None runs the app's own number."""
+        """Submit a run; ``rounds`` None runs the app's own number; only nodes that match
+        the selector ``select`` (``pollinate.placement``; empty: every node) take part."""
         request = pb.SubmitRunRequest(
             app_archive=archive,
             app_hash=app_hash,
             config=overrides,
             rounds=rounds_to_wire(rounds),
             seed=seed,
+            select=select,
         )
         return str(_call(self.stub.SubmitRun, request, timeout=120).run_id)
 

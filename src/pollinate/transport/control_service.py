@@ -10,6 +10,7 @@ request itself: ``guards.one_request``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -78,7 +79,7 @@ class ControlService:
     async def SubmitRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             run_id = await self._off_loop(
-                self.hub.submit_run,
+                functools.partial(self.hub.submit_run, select=request.select),
                 request.app_archive,
                 request.app_hash,
                 dict(request.config),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpollinate/transport/fleet.proto\x12\x0cpollinate.v1\"\x15\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"?\n\tTaskChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x61pp_hash\x18\x02 \x01(\t\x12\x12\n\nrun_config\x18\x03 \x01(\x0c\".\n\x0c\x45nrolRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\"*\n\x0f\x44iagnoseRequest\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"1\n\rDiagnoseReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"F\n\nEnrolReply\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\"\xbb\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61pp_hash\x18\x01 \x01(\t\x12\x43\n\x0bnode_config\x18\x02 \x03(\x0b\x32..pollinate.v1.HeartbeatRequest.NodeConfigEntry\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07session\x18\x04 \x01(\t\x1a\x31\n\x0fNodeConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0eHeartbeatReply\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x18\n\x10interval_seconds\x18\x02 \x01(\x01\"\'\n\x0fPullTaskRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"0\n\x0cPushReplyAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xc2\x01\n\x10SubmitRunRequest\x12\x13\n\x0b\x61pp_archive\x18\x01 \x01(\x0c\x12\x10\n\x08\x61pp_hash\x18\x02 \x01(\t\x12:\n\x06\x63onfig\x18\x03 \x03(\x0b\x32*.pollinate.v1.SubmitRunRequest.ConfigEntry\x12\x0e\n\x06rounds\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x0eSubmitRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x11\n\x0fListRunsRequest\"v\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0e\n\x06rounds\x18\x05 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"4\n\rListRunsReply\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.pollinate.v1.RunInfo\"A\n\x10\x46ollowLogRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x03\"A\n\x08LogEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"/\n\x0cStopRunReply\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\")\n\x12\x43reateTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x01\"2\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x02 \x01(\x01\x32\x9e\x03\n\x05\x46leet\x12=\n\x05\x45nrol\x12\x1a.pollinate.v1.EnrolRequest\x1a\x18.pollinate.v1.EnrolReply\x12\x46\n\x08\x44iagnose\x12\x1d.pollinate.v1.DiagnoseRequest\x1a\x1b.pollinate.v1.DiagnoseReply\x12=\n\x05Renew\x12\x1a.pollinate.v1.RenewRequest\x1a\x18.pollinate.v1.EnrolReply\x12I\n\tHeartbeat\x12\x1e.pollinate.v1.HeartbeatRequest\x1a\x1c.pollinate.v1.HeartbeatReply\x12\x44\n\x08PullTask\x12\x1d.pollinate.v1.PullTaskRequest\x1a\x17.pollinate.v1.TaskChunk0\x01\x12>\n\tPushReply\x12\x13.pollinate.v1.Chunk\x1a\x1a.pollinate.v1.PushReplyAck(\x01\x32\xf9\x02\n\x07\x43ontrol\x12I\n\tSubmitRun\x12\x1e.pollinate.v1.SubmitRunRequest\x1a\x1c.pollinate.v1.SubmitRunReply\x12\x46\n\x08ListRuns\x12\x1d.pollinate.v1.ListRunsRequest\x1a\x1b.pollinate.v1.ListRunsReply\x12\x45\n\tFollowLog\x12\x1e.pollinate.v1.FollowLogRequest\x1a\x16.pollinate.v1.LogEntry0\x01\x12\x43\n\x07StopRun\x12\x1c.pollinate.v1.StopRunRequest\x1a\x1a.pollinate.v1.StopRunReply\x12O\n\x0b\x43reateToken\x12 .pollinate.v1.CreateTokenRequest\x1a\x1e.pollinate.v1.CreateTokenReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpollinate/transport/fleet.proto\x12\x0cpollinate.v1\"\x15\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"?\n\tTaskChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x61pp_hash\x18\x02 \x01(\t\x12\x12\n\nrun_config\x18\x03 \x01(\x0c\".\n\x0c\x45nrolRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\"*\n\x0f\x44iagnoseRequest\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"1\n\rDiagnoseReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"F\n\nEnrolReply\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\"\x9a\x03\n\x10HeartbeatRequest\x12\x10\n\x08\x61pp_hash\x18\x01 \x01(\t\x12\x43\n\x0bnode_config\x18\x02 \x03(\x0b\x32..pollinate.v1.HeartbeatRequest.NodeConfigEntry\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07session\x18\x04 \x01(\t\x12:\n\x06labels\x18\x05 \x03(\x0b\x32*.pollinate.v1.HeartbeatRequest.LabelsEntry\x12@\n\tresources\x18\x06 \x03(\x0b\x32-.pollinate.v1.HeartbeatRequest.ResourcesEntry\x1a\x31\n\x0fNodeConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0eHeartbeatReply\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x18\n\x10interval_seconds\x18\x02 \x01(\x01\"\'\n\x0fPullTaskRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"0\n\x0cPushReplyAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xd2\x01\n\x10SubmitRunRequest\x12\x13\n\x0b\x61pp_archive\x18\x01 \x01(\x0c\x12\x10\n\x08\x61pp_hash\x18\x02 \x01(\t\x12:\n\x06\x63onfig\x18\x03 \x03(\x0b\x32*.pollinate.v1.SubmitRunRequest.ConfigEntry\x12\x0e\n\x06rounds\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x0e\n\x06select\x18\x06 \x01(\t\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x0eSubmitRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x11\n\x0fListRunsRequest\"v\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x03\x12\x0e\n\x06rounds\x18\x05 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"4\n\rListRunsReply\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.pollinate.v1.RunInfo\"A\n\x10\x46ollowLogRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x03\"A\n\x08LogEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"/\n\x0cStopRunReply\x12\x0f\n\x07stopped\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\")\n\x12\x43reateTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x01\"2\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x02 \x01(\x01\x32\x9e\x03\n\x05\x46leet\x12=\n\x05\x45nrol\x12\x1a.pollinate.v1.EnrolRequest\x1a\x18.pollinate.v1.EnrolReply\x12\x46\n\x08\x44iagnose\x12\x1d.pollinate.v1.DiagnoseRequest\x1a\x1b.pollinate.v1.DiagnoseReply\x12=\n\x05Renew\x12\x1a.pollinate.v1.RenewRequest\x1a\x18.pollinate.v1.EnrolReply\x12I\n\tHeartbeat\x12\x1e.pollinate.v1.HeartbeatRequest\x1a\x1c.pollinate.v1.HeartbeatReply\x12\x44\n\x08PullTask\x12\x1d.pollinate.v1.PullTaskRequest\x1a\x17.pollinate.v1.TaskChunk0\x01\x12>\n\tPushReply\x12\x13.pollinate.v1.Chunk\x1a\x1a.pollinate.v1.PushReplyAck(\x01\x32\xf9\x02\n\x07\x43ontrol\x12I\n\tSubmitRun\x12\x1e.pollinate.v1.SubmitRunRequest\x1a\x1c.pollinate.v1.SubmitRunReply\x12\x46\n\x08ListRuns\x12\x1d.pollinate.v1.ListRunsRequest\x1a\x1b.pollinate.v1.ListRunsReply\x12\x45\n\tFollowLog\x12\x1e.pollinate.v1.FollowLogRequest\x1a\x16.pollinate.v1.LogEntry0\x01\x12\x43\n\x07StopRun\x12\x1c.pollinate.v1.StopRunRequest\x1a\x1a.pollinate.v1.StopRunReply\x12O\n\x0b\x43reateToken\x12 .pollinate.v1.CreateTokenRequest\x1a\x1e.pollinate.v1.CreateTokenReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HEARTBEATREQUEST_NODECONFIGENTRY']._loaded_options = None
   _globals['_HEARTBEATREQUEST_NODECONFIGENTRY']._serialized_options = b'8\001'
+  _globals['_HEARTBEATREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_HEARTBEATREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_HEARTBEATREQUEST_RESOURCESENTRY']._loaded_options = None
+  _globals['_HEARTBEATREQUEST_RESOURCESENTRY']._serialized_options = b'8\001'
   _globals['_SUBMITRUNREQUEST_CONFIGENTRY']._loaded_options = None
   _globals['_SUBMITRUNREQUEST_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_CHUNK']._serialized_start=49
@@ -50,41 +54,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLREPLY']._serialized_start=313
   _globals['_ENROLREPLY']._serialized_end=383
   _globals['_HEARTBEATREQUEST']._serialized_start=386
-  _globals['_HEARTBEATREQUEST']._serialized_end=573
-  _globals['_HEARTBEATREQUEST_NODECONFIGENTRY']._serialized_start=524
-  _globals['_HEARTBEATREQUEST_NODECONFIGENTRY']._serialized_end=573
-  _globals['_HEARTBEATREPLY']._serialized_start=575
-  _globals['_HEARTBEATREPLY']._serialized_end=634
-  _globals['_PULLTASKREQUEST']._serialized_start=636
-  _globals['_PULLTASKREQUEST']._serialized_end=675
-  _globals['_PUSHREPLYACK']._serialized_start=677
-  _globals['_PUSHREPLYACK']._serialized_end=725
-  _globals['_SUBMITRUNREQUEST']._serialized_start=728
-  _globals['_SUBMITRUNREQUEST']._serialized_end=922
-  _globals['_SUBMITRUNREQUEST_CONFIGENTRY']._serialized_start=877
-  _globals['_SUBMITRUNREQUEST_CONFIGENTRY']._serialized_end=922
-  _globals['_SUBMITRUNREPLY']._serialized_start=924
-  _globals['_SUBMITRUNREPLY']._serialized_end=956
-  _globals['_LISTRUNSREQUEST']._serialized_start=958
-  _globals['_LISTRUNSREQUEST']._serialized_end=975
-  _globals['_RUNINFO']._serialized_start=977
-  _globals['_RUNINFO']._serialized_end=1095
-  _globals['_LISTRUNSREPLY']._serialized_start=1097
-  _globals['_LISTRUNSREPLY']._serialized_end=1149
-  _globals['_FOLLOWLOGREQUEST']._serialized_start=1151
-  _globals['_FOLLOWLOGREQUEST']._serialized_end=1216
-  _globals['_LOGENTRY']._serialized_start=1218
-  _globals['_LOGENTRY']._serialized_end=1283
-  _globals['_STOPRUNREQUEST']._serialized_start=1285
-  _globals['_STOPRUNREQUEST']._serialized_end=1317
-  _globals['_STOPRUNREPLY']._serialized_start=1319
-  _globals['_STOPRUNREPLY']._serialized_end=1366
-  _globals['_CREATETOKENREQUEST']._serialized_start=1368
-  _globals['_CREATETOKENREQUEST']._serialized_end=1409
-  _globals['_CREATETOKENREPLY']._serialized_start=1411
-  _globals['_CREATETOKENREPLY']._serialized_end=1461
-  _globals['_FLEET']._serialized_start=1464
-  _globals['_FLEET']._serialized_end=1878
-  _globals['_CONTROL']._serialized_start=1881
-  _globals['_CONTROL']._serialized_end=2258
+  _globals['_HEARTBEATREQUEST']._serialized_end=796
+  _globals['_HEARTBEATREQUEST_NODECONFIGENTRY']._serialized_start=650
+  _globals['_HEARTBEATREQUEST_NODECONFIGENTRY']._serialized_end=699
+  _globals['_HEARTBEATREQUEST_LABELSENTRY']._serialized_start=701
+  _globals['_HEARTBEATREQUEST_LABELSENTRY']._serialized_end=746
+  _globals['_HEARTBEATREQUEST_RESOURCESENTRY']._serialized_start=748
+  _globals['_HEARTBEATREQUEST_RESOURCESENTRY']._serialized_end=796
+  _globals['_HEARTBEATREPLY']._serialized_start=798
+  _globals['_HEARTBEATREPLY']._serialized_end=857
+  _globals['_PULLTASKREQUEST']._serialized_start=859
+  _globals['_PULLTASKREQUEST']._serialized_end=898
+  _globals['_PUSHREPLYACK']._serialized_start=900
+  _globals['_PUSHREPLYACK']._serialized_end=948
+  _globals['_SUBMITRUNREQUEST']._serialized_start=951
+  _globals['_SUBMITRUNREQUEST']._serialized_end=1161
+  _globals['_SUBMITRUNREQUEST_CONFIGENTRY']._serialized_start=1116
+  _globals['_SUBMITRUNREQUEST_CONFIGENTRY']._serialized_end=1161
+  _globals['_SUBMITRUNREPLY']._serialized_start=1163
+  _globals['_SUBMITRUNREPLY']._serialized_end=1195
+  _globals['_LISTRUNSREQUEST']._serialized_start=1197
+  _globals['_LISTRUNSREQUEST']._serialized_end=1214
+  _globals['_RUNINFO']._serialized_start=1216
+  _globals['_RUNINFO']._serialized_end=1334
+  _globals['_LISTRUNSREPLY']._serialized_start=1336
+  _globals['_LISTRUNSREPLY']._serialized_end=1388
+  _globals['_FOLLOWLOGREQUEST']._serialized_start=1390
+  _globals['_FOLLOWLOGREQUEST']._serialized_end=1455
+  _globals['_LOGENTRY']._serialized_start=1457
+  _globals['_LOGENTRY']._serialized_end=1522
+  _globals['_STOPRUNREQUEST']._serialized_start=1524
+  _globals['_STOPRUNREQUEST']._serialized_end=1556
+  _globals['_STOPRUNREPLY']._serialized_start=1558
+  _globals['_STOPRUNREPLY']._serialized_end=1605
+  _globals['_CREATETOKENREQUEST']._serialized_start=1607
+  _globals['_CREATETOKENREQUEST']._serialized_end=1648
+  _globals['_CREATETOKENREPLY']._serialized_start=1650
+  _globals['_CREATETOKENREPLY']._serialized_end=1700
+  _globals['_FLEET']._serialized_start=1703
+  _globals['_FLEET']._serialized_end=2117
+  _globals['_CONTROL']._serialized_start=2120
+  _globals['_CONTROL']._serialized_end=2497
 # @@protoc_insertion_point(module_scope)

@@ -61,8 +61,22 @@ class EnrolReply(_message.Message):
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., node_id: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("app_hash", "node_config", "name", "session")
+    __slots__ = ("app_hash", "node_config", "name", "session", "labels", "resources")
     class NodeConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -73,11 +87,15 @@ class HeartbeatRequest(_message.Message):
     NODE_CONFIG_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     app_hash: str
     node_config: _containers.ScalarMap[str, str]
     name: str
     session: str
-    def __init__(self, app_hash: _Optional[str] = ..., node_config: _Optional[_Mapping[str, str]] = ..., name: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    resources: _containers.ScalarMap[str, str]
+    def __init__(self, app_hash: _Optional[str] = ..., node_config: _Optional[_Mapping[str, str]] = ..., name: _Optional[str] = ..., session: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("node_id", "interval_seconds")
@@ -102,7 +120,7 @@ class PushReplyAck(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SubmitRunRequest(_message.Message):
-    __slots__ = ("app_archive", "app_hash", "config", "rounds", "seed")
+    __slots__ = ("app_archive", "app_hash", "config", "rounds", "seed", "select")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,12 +133,14 @@ class SubmitRunRequest(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
     app_archive: bytes
     app_hash: str
     config: _containers.ScalarMap[str, str]
     rounds: int
     seed: int
-    def __init__(self, app_archive: _Optional[bytes] = ..., app_hash: _Optional[str] = ..., config: _Optional[_Mapping[str, str]] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    select: str
+    def __init__(self, app_archive: _Optional[bytes] = ..., app_hash: _Optional[str] = ..., config: _Optional[_Mapping[str, str]] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., select: _Optional[str] = ...) -> None: ...
 
 class SubmitRunReply(_message.Message):
     __slots__ = ("run_id",)

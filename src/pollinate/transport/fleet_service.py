@@ -31,6 +31,7 @@ from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import PollEnded, Refused, TryLater
 from pollinate.hub.hub import Hub, TooManyAttempts
 from pollinate.hub.rate_limit import source_of
+from pollinate.placement import MAX_LABELS, label_problem
 from pollinate.records import Message, MessageKind
 from pollinate.security import node_id_from_certificate
 from pollinate.text import MAX_TEXT, inert, name_problem
@@ -206,6 +207,8 @@ class FleetService(_Service):
                 request.app_hash,
                 dict(request.node_config),
                 request.session,
+                dict(request.labels),
+                dict(request.resources),
             )
         return pb.HeartbeatReply(node_id=node_id, interval_seconds=self.hub.heartbeat_interval)
 
@@ -313,7 +316,8 @@ class FleetService(_Service):
 
 def _heartbeat_problem(request: Any) -> str | None:
     """What is wrong with a heartbeat's fields, all of which the hub stores: names, keys and
-    the app hash must be names (``text.name_problem``), values short."""
+    the app hash must be names (``text.name_problem``), values short; at most ``MAX_LABELS``
+    labels and as many resources, each a name a selector can spell (``label_problem``)."""
     fields = [("name", request.name), ("session", request.session), ("app hash", request.app_hash)]
     for what, name in fields:
         if name and (problem := name_problem(name)):
@@ -323,6 +327,12 @@ def _heartbeat_problem(request: Any) -> str | None:
             return f"a node config key {problem}"
         if len(value) > MAX_TEXT:
             return f"node config {key!r} is {len(value)} characters long, over {MAX_TEXT}"
+    for what, pairs in (("labels", request.labels), ("resources", request.resources)):
+        if len(pairs) > MAX_LABELS:
+            return f"the node sent {len(pairs)} {what}, over the limit of {MAX_LABELS}"
+        for key, value in pairs.items():
+            if problem := label_problem(key, value):
+                return f"a node's {what[:-1]} {problem}"
     return None
 
 

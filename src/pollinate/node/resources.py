@@ -1,0 +1,104 @@
+"""What a node has to offer, detected at its start: the resources placement selects on.
+
+``detect_resources()`` reads the machine (CPU cores, memory, OS, architecture, Python,
+pollinate and installed ML framework versions, and GPUs through NVIDIA's management library,
+``pynvml``, when it is importable: none otherwise). Every value is a name a selector can spell
+(``placement.label_problem``): ``gpu_model=NVIDIA-A100-SXM4-40GB``. What cannot be detected
+(a GPU behind a library we do not read, a licence, a dataset) is stated by hand with
+``pollinate node --resources gpus=2``, which overrides what was detected.
+
+>>> resources = detect_resources()
+>>> int(resources["cpus"]) >= 1 and float(resources["memory_gib"]) > 0
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import platform
+import re
+from typing import Any
+
+log = logging.getLogger("pollinate.node")
+
+FRAMEWORKS = ("torch", "tensorflow", "jax", "scikit-learn", "xgboost")
+"""Distributions whose versions a node reports (as ``torch=2.5.1``) when installed."""
+
+_UNSPELLABLE = re.compile(r"[^A-Za-z0-9_./-]+")
+
+
+def detect_resources() -> dict[str, str]:
+    """The machine's resources as placement sees them; GPUs are ``gpus=0`` unless NVIDIA's
+    management library finds some."""
+    resources = {
+        "cpus": str(_cpus()),
+        "memory_gib": f"{_memory_bytes() / 2**30:.1f}",
+        "os": platform.system() or "unknown",
+        "arch": platform.machine() or "unknown",
+        "python": platform.python_version(),
+        "pollinate": _version("pollinate") or "unknown",
+    }
+    for framework in FRAMEWORKS:
+        if version := _version(framework):
+            resources[framework] = version
+    resources.update(_gpus())
+    return {key: _spellable(value) for key, value in resources.items()}
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _gpus() -> dict[str, str]:
+    """``gpus`` (a count) and, if there are any, the first one's model and memory."""
+    try:
+        nvml: Any = importlib.import_module("pynvml")
+    except ImportError:
+        return {"gpus": "0"}
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:  # no driver, no device: the library says so in its own way
+        log.info("no GPU found through NVIDIA's management library: %s", exc)
+        return {"gpus": "0"}
+    try:
+        count = int(nvml.nvmlDeviceGetCount())
+        if count == 0:
+            return {"gpus": "0"}
+        first = nvml.nvmlDeviceGetHandleByIndex(0)
+        name = nvml.nvmlDeviceGetName(first)
+        memory = nvml.nvmlDeviceGetMemoryInfo(first).total
+        return {
+            "gpus": str(count),
+            "gpu_model": name.decode() if isinstance(name, bytes) else str(name),
+            "gpu_memory_gib": f"{memory / 2**30:.1f}",
+        }
+    except Exception as exc:
+        log.warning("could not read the GPUs through NVIDIA's management library: %s", exc)
+        return {"gpus": "0"}
+    finally:
+        nvml.nvmlShutdown()
+
+
+def _spellable(value: str) -> str:
+    """``value`` with every run of characters a selector cannot spell made one ``-``."""
+    return _UNSPELLABLE.sub("-", value).strip("-")[:256] or "unknown"
