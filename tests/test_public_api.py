@@ -265,9 +265,14 @@ SUBPACKAGES = {
     ],
     "dashboard": [
         "DashboardServer",
+        "HubSource",
+        "LocalRun",
+        "NodeState",
         "Session",
         "Sessions",
+        "Source",
         "serve_dashboard",
+        "serve_source",
     ],
     "wire": [
         "DEFAULT_LIMITS",

@@ -33,6 +33,7 @@ from pollinate.cli.deploy import (
 )
 from pollinate.cli.new import new
 from pollinate.cli.render import RunProgress, nothing_applied, summary
+from pollinate.dashboard import LocalRun, serve_source
 from pollinate.errors import AppError, PollinateError
 from pollinate.loop.app import ServerApp
 from pollinate.loop.events import Event, RoundFinished
@@ -194,6 +195,13 @@ def run(
     slowdown: Annotated[
         float, typer.Option(metavar="X", help="How many times slower --stragglers work.")
     ] = 10.0,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            help="Show the simulation live in a web dashboard on 127.0.0.1 (a free port), "
+            "while it runs: prints a one-time login link."
+        ),
+    ] = False,
 ) -> None:
     """Run an app: in simulation (virtual clients), or on a hub's nodes with --hub.
 
@@ -210,6 +218,8 @@ def run(
             "--select places a run on a hub's nodes; a simulation's virtual clients have no "
             "labels yet.\nHint: pollinate run APP --hub HOST:9093 --select 'gpus>=1'"
         )
+    if hub is not None and dashboard:
+        raise fail("--dashboard shows a simulation; a hub serves its own (`pollinate hub`)")
     if hub is not None:
         _check_hub_options(attackers is not None or stragglers is not None, max_failed_rounds)
         run_on_hub(app_dir, hub, parse_overrides(config or []), rounds, seed, out, select)
@@ -231,17 +241,26 @@ def run(
         console.print(_attackers_line(attackers, num_clients))
     history = History(app=loaded.name, seed=seed, config=dict(loaded.config))
     started = time.monotonic()
-    failure = _simulate(
-        loaded,
-        server_app,
-        history,
-        out,
-        num_clients=num_clients,
-        seed=seed,
-        concurrency=concurrency or loaded.concurrency,
-        attackers=attackers,
-        speed=_stragglers(stragglers, slowdown, seed, num_clients),
-    )
+    local = LocalRun(loaded.name, server_app.num_rounds) if dashboard else None
+    board = serve_source(local, "127.0.0.1:0") if local else None
+    if board is not None:
+        console.print(f"dashboard: {board.login_link()} (a one-time login link)", soft_wrap=True)
+    try:
+        failure = _simulate(
+            loaded,
+            server_app,
+            history,
+            out,
+            num_clients=num_clients,
+            seed=seed,
+            concurrency=concurrency or loaded.concurrency,
+            attackers=attackers,
+            speed=_stragglers(stragglers, slowdown, seed, num_clients),
+            watch=local.on_event if local else None,
+        )
+    finally:
+        if board is not None:
+            board.stop()
     for line in summary(history, time.monotonic() - started):
         console.print(line)
     if attackers is not None:
@@ -277,6 +296,7 @@ def _simulate(
     concurrency: int | None,
     attackers: Adversaries | None,
     speed: Stragglers | None,
+    watch: Callable[[Event], None] | None = None,
 ) -> PollinateError | None:
     """Run the simulation with its progress shown and ``history`` kept (and saved to
     ``out``) as rounds end; the error that ended it early, if one did."""
@@ -289,7 +309,8 @@ def _simulate(
                 seed=seed,
                 concurrency=concurrency,
                 run_config=loaded.config,
-                on_event=_both(_HistoryWriter(history, out), progress),  # saved, then shown
+                # saved, then shown (and watched: --dashboard)
+                on_event=_both(_HistoryWriter(history, out), progress, *([watch] if watch else [])),
                 adversaries=attackers,
                 client_speed=speed,
             )

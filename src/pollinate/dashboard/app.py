@@ -9,11 +9,11 @@ Routes:
 - ``GET /events/fleet``, ``/events/runs``, ``/events/runs/RUN``, ``/events/nodes/NODE``:
   the streams (``text/event-stream``), each starting with a ``snapshot``;
 - ``POST /api/runs/RUN/stop``: stops a run; it needs the session's CSRF token in the
-  ``X-CSRF-Token`` header, and the hub decides whether the session's caller may
-  (``Hub.stop_run``: ``access.authorize``, audited).
+  ``X-CSRF-Token`` header, and the source decides whether the session's caller may (a hub:
+  ``Hub.stop_run``, ``access.authorize``, audited).
 
 Invariants: every page, stream and action needs a live session (401 otherwise) and shows or
-does only what the hub allows the session's caller (``views.py``); text that
+does only what the source allows the session's caller (``views.py``); text that
 came from outside reaches the browser as JSON and is set as text by the pages, and what the
 server writes into HTML is escaped; a content security policy allows only the dashboard's own
 scripts and styles, so injected markup could run nothing.
@@ -27,7 +27,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 
 from pollinate.dashboard.feed import Activity, Feed, Listener
 from pollinate.dashboard.sessions import Session, Sessions, csrf_matches
+from pollinate.dashboard.source import Source
 from pollinate.dashboard.views import (
     fleet_view,
     log_entries,
@@ -63,9 +64,6 @@ from pollinate.loop.events import (
 )
 from pollinate.text import MAX_LINE, inert
 
-if TYPE_CHECKING:
-    from pollinate.hub.hub import Hub
-
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "pollinate_session"
 TICK = 0.5
@@ -81,15 +79,16 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+LOG_IN = "Log in with the link that the hub (or `pollinate run --dashboard`) printed."
 PAGES = {"fleet": "Fleet", "runs": "Runs", "run": "Run", "node": "Node"}
 
 
 class Dashboard:
-    """The web app over ``hub``; ``sessions`` says who is logged in, ``feed`` brings the
-    runs' events (subscribe it to ``hub.events``)."""
+    """The web app over ``source`` (a hub, or a local simulation); ``sessions`` says who is
+    logged in, ``feed`` brings the runs' events (subscribe it to the source)."""
 
-    def __init__(self, hub: Hub, sessions: Sessions, feed: Feed) -> None:
-        self.hub, self.sessions, self.feed = hub, sessions, feed
+    def __init__(self, source: Source, sessions: Sessions, feed: Feed) -> None:
+        self.source, self.sessions, self.feed = source, sessions, feed
         self.closing = asyncio.Event()
         self.app = Starlette(
             routes=[
@@ -116,7 +115,7 @@ class Dashboard:
             return _message(
                 403,
                 "This login link was used already or has expired. Each link opens one "
-                "session; the hub prints a new one when it starts.",
+                "session; ask whoever runs the hub for a new one.",
             )
         session_id, session = redeemed
         response = RedirectResponse("/", status_code=303, headers=HEADERS)
@@ -139,7 +138,7 @@ class Dashboard:
         async def endpoint(request: Request) -> Response:
             session = self.session(request)
             if session is None:
-                return _message(401, "Log in with the link that `pollinate hub` printed.")
+                return _message(401, LOG_IN)
             subject = str(request.path_params.get("run_id", request.path_params.get("node_id", "")))
             return HTMLResponse(_shell(name, subject, session), headers=HEADERS)
 
@@ -151,7 +150,7 @@ class Dashboard:
         async def snapshots(caller: Caller) -> AsyncIterator[str]:
             while True:
                 activity = dict(self.feed.activity)
-                nodes = await asyncio.to_thread(fleet_view, self.hub, activity, caller)
+                nodes = await asyncio.to_thread(fleet_view, self.source, activity, caller)
                 yield _sse("snapshot", {"nodes": nodes})
                 if await self._quiet(TICK * 2):
                     return
@@ -160,7 +159,7 @@ class Dashboard:
 
     async def runs_events(self, request: Request) -> Response:
         async def snapshots(caller: Caller) -> AsyncIterator[str]:
-            async for runs in self._changes(lambda: runs_view(self.hub, caller)):
+            async for runs in self._changes(lambda: runs_view(self.source, caller)):
                 yield "" if runs is None else _sse("snapshot", {"runs": runs})
 
         return self._stream(request, snapshots)
@@ -171,7 +170,7 @@ class Dashboard:
         async def snapshots(caller: Caller) -> AsyncIterator[str]:
             while True:
                 activity = dict(self.feed.activity)
-                data = await asyncio.to_thread(node_view, self.hub, node_id, activity, caller)
+                data = await asyncio.to_thread(node_view, self.source, node_id, activity, caller)
                 runs = await asyncio.to_thread(self._runs_of, node_id, activity, caller)
                 yield _sse("snapshot", {"node": data, "runs": runs if data else {}})
                 if await self._quiet(TICK * 2):
@@ -185,7 +184,7 @@ class Dashboard:
         async def events(caller: Caller) -> AsyncIterator[str]:
             with self.feed.listen(lambda run, _: run == run_id) as listener:
                 try:
-                    data = await asyncio.to_thread(run_view, self.hub, run_id, caller)
+                    data = await asyncio.to_thread(run_view, self.source, run_id, caller)
                 except Forbidden as exc:
                     yield _sse("forbidden", {"reason": str(exc).splitlines()[0]})
                     return
@@ -203,7 +202,7 @@ class Dashboard:
         self, run_id: str, caller: Caller, listener: Listener, seq: int, shown: dict[str, Any]
     ) -> AsyncIterator[str]:
         """A run's events as they come; its log and status every ``TICK`` (and after every
-        event): what the hub's events do not announce."""
+        event): what the run's events do not announce."""
         look = 0.0
         while not self.closing.is_set() and not listener.overflowed:
             try:
@@ -214,7 +213,7 @@ class Dashboard:
             if time.monotonic() < look:
                 continue
             look = time.monotonic() + TICK
-            rows = await asyncio.to_thread(self.hub.state.log_after, run_id, seq)
+            rows = await asyncio.to_thread(self.source.log_after, run_id, seq)
             if rows:
                 seq = rows[-1].seq
                 rounds, lines = log_entries(rows)
@@ -222,8 +221,9 @@ class Dashboard:
                     yield _sse("round", record)
                 if lines:
                     yield _sse("log", lines)
-            row = await asyncio.to_thread(self.hub.state.run, run_id)
-            if row is not None and (now := run_row(row, caller)) != shown:
+            row = await asyncio.to_thread(self.source.run, run_id, caller)
+            may_stop = row is not None and self.source.may_stop(row, caller)
+            if row is not None and (now := run_row(row, may_stop)) != shown:
                 shown = now
                 yield _sse("run", now)
 
@@ -241,7 +241,7 @@ class Dashboard:
     def _stream(self, request: Request, events: Callable[[Caller], AsyncIterator[str]]) -> Response:
         session = self.session(request)
         if session is None:
-            return _message(401, "Log in with the link that `pollinate hub` printed.")
+            return _message(401, LOG_IN)
 
         async def body() -> AsyncIterator[str]:
             last = time.monotonic()
@@ -271,7 +271,7 @@ class Dashboard:
         """Run -> the rounds this dashboard saw the node take part in, of its last run (if
         ``caller`` may read it)."""
         last = activity.get(node_id)
-        if last is None or not may_read_run(self.hub, last.run_id, caller):
+        if last is None or not may_read_run(self.source, last.run_id, caller):
             return {}
         rounds = self.feed.took_part(last.run_id)
         return {last.run_id: sorted(r for r, nodes in rounds.items() if node_id in nodes)}
@@ -281,12 +281,12 @@ class Dashboard:
     async def stop_run(self, request: Request) -> Response:
         session = self.session(request)
         if session is None:
-            return _refuse(401, "no session: log in with the link that `pollinate hub` printed")
+            return _refuse(401, "no session: log in with the login link that was printed")
         if not csrf_matches(session, request.headers.get("x-csrf-token", "")):
             return _refuse(403, "missing or wrong CSRF token: reload the page and try again")
         run_id = request.path_params["run_id"]
         try:
-            reason = await asyncio.to_thread(self.hub.stop_run, run_id, caller=session.caller)
+            reason = await asyncio.to_thread(self.source.stop, run_id, session.caller)
         except Forbidden as exc:
             return _refuse(403, str(exc).splitlines()[0])
         if reason is not None:

@@ -1,8 +1,10 @@
-"""The dashboard served inside the hub process: uvicorn on an event loop in a thread of its own.
+"""The dashboard served inside the hub's (or a simulation's) process: uvicorn on an event loop
+in a thread of its own.
 
-``serve_dashboard(hub, "127.0.0.1:0")`` binds the address at once (so a port in use is an
-error the caller sees), subscribes the dashboard to the hub's run events, and serves until
-``stop``. The runs never wait for it: their events are handed to its loop (``feed.py``).
+``serve_dashboard(hub, "127.0.0.1:0")`` (``serve_source`` for any ``Source``: a simulation's
+``LocalRun``) binds the address at once (so a port in use is an error the caller sees),
+subscribes the dashboard to the source's run events, and serves until ``stop``. The runs
+never wait for it: their events are handed to its loop (``feed.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import uvicorn
 from pollinate.dashboard.app import Dashboard
 from pollinate.dashboard.feed import Feed
 from pollinate.dashboard.sessions import Session, Sessions
+from pollinate.dashboard.source import HubSource, Source
 from pollinate.hub.access import LOCAL_ADMIN, Caller
 
 if TYPE_CHECKING:
@@ -35,11 +38,11 @@ class DashboardServer:
         server.stop()
     """
 
-    def __init__(self, hub: Hub, sock: socket.socket) -> None:
+    def __init__(self, source: Source, sock: socket.socket) -> None:
         self.host, self.port = sock.getsockname()[:2]
         self.sessions = Sessions()
         self.feed = Feed()
-        self.dashboard = Dashboard(hub, self.sessions, self.feed)
+        self.dashboard = Dashboard(source, self.sessions, self.feed)
         config = uvicorn.Config(
             self.dashboard.app,
             log_level="warning",
@@ -50,7 +53,7 @@ class DashboardServer:
         self._socket = sock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
-        self._unsubscribe = hub.events.subscribe(self.feed.on_event)
+        self._unsubscribe = source.subscribe(self.feed.on_event)
         self._thread = threading.Thread(target=self._serve, name="dashboard", daemon=True)
         self._thread.start()
         self._started.wait(START_TIMEOUT)
@@ -66,7 +69,7 @@ class DashboardServer:
         return self.sessions.open(caller)
 
     def stop(self) -> None:
-        """Close every event stream, stop serving and unsubscribe from the hub."""
+        """Close every event stream, stop serving and unsubscribe from the source."""
         self._unsubscribe()
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -88,6 +91,11 @@ class DashboardServer:
 def serve_dashboard(hub: Hub, address: str) -> DashboardServer:
     """Serve the dashboard of ``hub`` on ``address`` (``HOST:PORT``; port 0 picks a free
     one); OSError if it cannot be bound, ValueError if it is not ``HOST:PORT``."""
+    return serve_source(HubSource(hub), address)
+
+
+def serve_source(source: Source, address: str) -> DashboardServer:
+    """Serve the dashboard of ``source`` on ``address``, as ``serve_dashboard``."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"{address!r} is not HOST:PORT")
@@ -101,4 +109,4 @@ def serve_dashboard(hub: Hub, address: str) -> DashboardServer:
     except OSError:
         sock.close()
         raise
-    return DashboardServer(hub, sock)
+    return DashboardServer(source, sock)
