@@ -34,6 +34,7 @@ from pollinate.errors import PollinateError
 from pollinate.hub.archives import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
+from pollinate.hub.inventory import NodeEntry
 from pollinate.hub.metrics import HubMetrics, MetricsServer
 from pollinate.hub.rate_limit import RateLimiter
 from pollinate.hub.state import RunStatus
@@ -323,6 +324,70 @@ def ls_command(hub: HubOption = DEFAULT_CONTROL) -> None:
             Text(inert(r.detail, MAX_LINE)),
         )
     console.print(table)
+
+
+SHOWN_RESOURCES = ("cpus", "memory_gib", "gpus", "gpu_model", "os", "arch")
+"""The resources ``pollinate nodes`` shows in its table (``--json`` has them all)."""
+
+
+def nodes_command(
+    hub: HubOption = DEFAULT_CONTROL,
+    select: Annotated[
+        str,
+        typer.Option(
+            metavar="SELECTOR",
+            help="Only the nodes that match now, e.g. 'gpus>=1,region in (eu,ch)' "
+            "(docs/placement.md).",
+        ),
+    ] = "",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON list, every label and resource.")
+    ] = False,
+) -> None:
+    """List the hub's nodes: labels, resources, state and when each was last heard from."""
+    selector = _selector(select)
+    wait_for_hub(hub)
+    try:
+        nodes = ControlClient(hub).list_nodes(selector)
+    except PollinateError as exc:
+        raise fail(exc) from None
+    if as_json:
+        print(json.dumps([_node_json(n) for n in nodes], indent=2))
+        return
+    table = Table("node", "name", "state", "heard", "projects")
+    table.add_column("labels", overflow="fold")  # wrapped, never cut: they are what selects
+    table.add_column("resources", overflow="fold")
+    for n in nodes:
+        heard = "-" if n.heartbeat_age is None else f"{n.heartbeat_age:.0f}s ago"
+        shown = {k: n.resources[k] for k in SHOWN_RESOURCES if k in n.resources}
+        # labels and names come from nodes: text, never markup
+        table.add_row(
+            str(n.node_id),
+            Text(inert(n.name, MAX_NAME)),
+            n.state.value,
+            heard,
+            Text(inert(",".join(n.projects), MAX_LINE)),
+            Text(inert(_pairs(n.labels), MAX_LINE)),
+            Text(inert(_pairs(shown), MAX_LINE)),
+        )
+    console.print(table)
+
+
+def _pairs(values: dict[str, str]) -> str:
+    # a space between pairs, where the table wraps: no key or value holds one
+    return " ".join(f"{key}={value}" for key, value in sorted(values.items()))
+
+
+def _node_json(node: NodeEntry) -> dict[str, object]:
+    return {
+        "node_id": node.node_id,
+        "name": node.name,
+        "state": node.state.value,
+        "heartbeat_age": node.heartbeat_age,
+        "projects": list(node.projects),
+        "labels": node.labels,
+        "resources": node.resources,
+    }
 
 
 def log_command(

@@ -27,6 +27,7 @@ from pollinate.cli.deploy import (
     log_command,
     ls_command,
     node_command,
+    nodes_command,
     run_on_hub,
     stop_command,
     token_app,
@@ -380,6 +381,7 @@ app.command("hub")(hub_command)
 app.command("node")(node_command)
 app.add_typer(token_app, name="token")
 app.command("ls")(ls_command)
+app.command("nodes")(nodes_command)
 app.command("log")(log_command)
 app.command("stop")(stop_command)
 app.command()(new)

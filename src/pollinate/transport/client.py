@@ -14,6 +14,7 @@ import grpc
 
 import pollinate.wire as wire
 from pollinate.errors import PollinateError
+from pollinate.hub.inventory import NodeEntry, NodeState
 from pollinate.hub.state import RunStatus
 from pollinate.records import Config, Message
 from pollinate.security import make_key_and_csr, parse_token
@@ -262,6 +263,22 @@ class ControlClient:
             self.stub.CreateToken, pb.CreateTokenRequest(ttl_seconds=ttl_seconds), timeout=30
         )
         return str(reply.token), float(reply.expires)
+
+    def list_nodes(self, select: str = "") -> list[NodeEntry]:
+        """The fleet as the hub knows it; only the nodes that match ``select`` if given."""
+        reply = _call(self.stub.ListNodes, pb.ListNodesRequest(select=select), timeout=30)
+        return [
+            NodeEntry(
+                int(n.node_id),
+                n.name,
+                tuple(n.projects),
+                NodeState(n.state),
+                None if n.heartbeat_age < 0 else float(n.heartbeat_age),
+                dict(n.labels),
+                dict(n.resources),
+            )
+            for n in reply.nodes
+        ]
 
     def stop_run(self, run_id: str) -> None:
         reply = _call(self.stub.StopRun, pb.StopRunRequest(run_id=run_id), timeout=30)

@@ -20,8 +20,10 @@ import grpc
 
 from pollinate.errors import PollinateError, StorageError
 from pollinate.hub.hub import Hub
+from pollinate.hub.inventory import NodeEntry, inventory
 from pollinate.hub.rate_limit import source_of
 from pollinate.hub.state import LogRow, RunRow, RunStatus
+from pollinate.placement import SelectorError, parse_selector
 from pollinate.text import inert
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import rounds_from_wire, rounds_to_wire
@@ -51,6 +53,7 @@ class ControlService:
             "ListRuns": (pb.ListRunsRequest, pb.ListRunsReply, None),
             "StopRun": (pb.StopRunRequest, pb.StopRunReply, None),
             "CreateToken": (pb.CreateTokenRequest, pb.CreateTokenReply, None),
+            "ListNodes": (pb.ListNodesRequest, pb.ListNodesReply, None),
         }
         handlers = {
             name: grpc.stream_unary_rpc_method_handler(
@@ -109,6 +112,14 @@ class ControlService:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.CreateTokenReply(token=token, expires=expires)
 
+    async def ListNodes(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            selector = parse_selector(request.select)
+        except SelectorError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        entries = await self._off_loop(inventory, self.hub, selector)
+        return pb.ListNodesReply(nodes=[_node_info(entry) for entry in entries])
+
     async def FollowLog(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
@@ -153,4 +164,17 @@ def _run_info(row: RunRow) -> Any:
         rounds=rounds_to_wire(row.rounds),
         created=row.created,
         detail=row.detail,
+    )
+
+
+def _node_info(entry: NodeEntry) -> Any:
+    age = -1.0 if entry.heartbeat_age is None else entry.heartbeat_age
+    return pb.NodeInfo(
+        node_id=entry.node_id,
+        name=entry.name,
+        projects=list(entry.projects),
+        labels=entry.labels,
+        resources=entry.resources,
+        state=entry.state.value,
+        heartbeat_age=age,
     )

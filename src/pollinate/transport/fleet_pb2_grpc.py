@@ -357,6 +357,11 @@ class ControlStub:
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
                 response_deserializer=pollinate_dot_transport_dot_fleet__pb2.CreateTokenReply.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/pollinate.v1.Control/ListNodes',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.ListNodesReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -393,6 +398,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -420,6 +431,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.CreateToken,
                     request_deserializer=pollinate_dot_transport_dot_fleet__pb2.CreateTokenRequest.FromString,
                     response_serializer=pollinate_dot_transport_dot_fleet__pb2.CreateTokenReply.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.ListNodesRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.ListNodesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -558,6 +574,33 @@ class Control:
             '/pollinate.v1.Control/CreateToken',
             pollinate_dot_transport_dot_fleet__pb2.CreateTokenRequest.SerializeToString,
             pollinate_dot_transport_dot_fleet__pb2.CreateTokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/ListNodes',
+            pollinate_dot_transport_dot_fleet__pb2.ListNodesRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.ListNodesReply.FromString,
             options,
             channel_credentials,
             insecure,
