@@ -216,8 +216,9 @@ def run(
     attackers = _adversaries(adversaries, attack, attack_scale, attack_noise_std, seed)
     if hub is None and select is not None:
         raise fail(
-            "--select places a run on a hub's nodes; a simulation's virtual clients have no "
-            "labels yet.\nHint: pollinate run APP --hub HOST:9093 --select 'gpus>=1'"
+            "--select places a run on a hub's nodes; virtual clients have labels only from "
+            "Python (run_simulation(..., node_config_fn=..., select=...)).\nHint: pollinate "
+            "run APP --hub HOST:9093 --select 'gpus>=1'"
         )
     if hub is not None and dashboard:
         raise fail("--dashboard shows a simulation; a hub serves its own (`pollinate hub`)")

@@ -34,6 +34,7 @@ import numpy as np
 from pollinate.checks import integer
 from pollinate.client.client import ClientFn, Context, handle
 from pollinate.loop.grid import Grid, Timeout, ends_at
+from pollinate.placement import Selector, parse_selector
 from pollinate.records import Arrays, Config, Message
 from pollinate.secagg.identity import KeyRing
 from pollinate.secagg.node import SecAggNode
@@ -57,6 +58,10 @@ class SimulationGrid(Grid):
     Flower sets them); ``node_config_fn(partition_id)`` adds to its node config. ``attackers``
     holds the ids that ``adversaries`` chose (empty without). ``client_speed`` makes clients
     slow (``speed.py``): ``Stragglers(0.2, slowdown=10.0)``, or ``node_id -> slowdown``.
+    ``select`` tries a placement before it is deployed (``pollinate.placement``): only the
+    clients whose node config matches it are offered to the run, each value read as a label
+    (``{"region": "eu", "gpus": 1}`` matches ``gpus>=1,region in (eu)``). A virtual client's
+    node config does not change, so they are chosen once, reading every client's config.
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class SimulationGrid(Grid):
         node_config_fn: NodeConfigFn | None = None,
         adversaries: Adversaries | None = None,
         client_speed: Stragglers | ClientSpeed | None = None,
+        select: str = "",
     ) -> None:
         self.client_fn = client_fn
         self.num_clients = integer(
@@ -87,9 +93,18 @@ class SimulationGrid(Grid):
         self._keys = KeyRing()  # the virtual fleet's identities, for secure aggregation
         self._secagg_nodes: dict[int, SecAggNode] = {}
         self._handlers = secagg_handlers(self._client, self._secagg)
+        self._placed = self._matching(parse_selector(select)) if select else None
 
-    def nodes(self) -> range:
-        return range(self.num_clients)
+    def nodes(self) -> Sequence[int]:
+        """Every client (a ``range``), or those that match ``select``."""
+        return range(self.num_clients) if self._placed is None else self._placed
+
+    def _matching(self, selector: Selector) -> list[int]:
+        return [
+            node
+            for node in range(self.num_clients)
+            if selector.matches(_as_labels(self._node_config(node)), {})
+        ]
 
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         ends = ends_at(timeout)
@@ -125,7 +140,7 @@ class SimulationGrid(Grid):
             with self._lock:
                 self._waiting.discard(wake)
 
-    def wait_for_nodes(self, count: int, timeout: float) -> range:
+    def wait_for_nodes(self, count: int, timeout: float) -> Sequence[int]:
         """Virtual clients are always there: more will not come by waiting."""
         return self.nodes()
 
@@ -233,3 +248,11 @@ def _wait_done(future: Future[_Done], timeout: float | None) -> None:
     as ``result()``, unlike ``concurrent.futures.wait``)."""
     with contextlib.suppress(FutureTimeout, CancelledError):
         future.exception(timeout)
+
+
+def _as_labels(config: Config) -> dict[str, str]:
+    """A node config as labels: ``True`` is ``true``, numbers as Python writes them."""
+    return {
+        key: ("true" if value else "false") if isinstance(value, bool) else str(value)
+        for key, value in config.items()
+    }

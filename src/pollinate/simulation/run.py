@@ -23,11 +23,14 @@ def run_simulation(
     on_event: EventHandler | None = None,
     adversaries: Adversaries | None = None,
     client_speed: Stragglers | ClientSpeed | None = None,
+    select: str = "",
 ) -> RunResult:
     """Run ``server_app`` with ``num_clients`` virtual clients made by ``client_fn``.
 
     ``adversaries=Adversaries(0.2, "sign-flip")`` makes a fifth of them attack;
     ``client_speed=Stragglers(0.2, slowdown=10.0)`` makes a fifth of them ten times slower.
+    ``select="gpus>=1"`` runs only on the clients whose node config (``node_config_fn``)
+    matches, as a hub would place the run (docs/placement.md).
 
     >>> from pollinate import FedAvg, Sampling, ServerApp, Arrays
     >>> import numpy as np
@@ -47,6 +50,7 @@ def run_simulation(
         node_config_fn=node_config_fn,
         adversaries=adversaries,
         client_speed=client_speed,
+        select=select,
     )
     try:
         return run(grid, server_app, seed=seed, run_id="simulation", on_event=on_event)
