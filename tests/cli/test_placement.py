@@ -81,7 +81,7 @@ def test_nodes_shows_each_nodes_labels_resources_and_state(hub: tuple[Hub, HubPo
         ("ohio", "online", nodes[1][1], nodes[1][2]),
         ("zurich", "revoked", nodes[2][1], nodes[2][2]),
     ]
-    assert all(n["projects"] == ["default"] for n in listed)
+    assert all(n["projects"] == ["default"] and n["runs"] == [] for n in listed)
     # a revoked node was cut off: the hub no longer counts it as heard from
     assert [n["heartbeat_age"] is None for n in listed] == [False, False, True]
 

@@ -7,6 +7,8 @@ docs/placement.md says; a node without it reports the ``gpus=0`` it detects.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,13 +66,19 @@ def test_a_node_that_comes_to_match_joins_at_the_next_round(
         **{"num-rounds": 3, "marker-dir": str(markers), "gate-dir": str(gate)},
     )
     deployment.start_hub()
-    for partition in (0, 1):
-        deployment.start_node(app, partition, 3, args=GPU)
+    gpu_nodes = [deployment.start_node(app, p, 3, args=GPU) for p in (0, 1)]
     late = deployment.start_node(app, 2, 3)
     run = deployment.start_run(app, "--select", "gpus>=1, !draining")
 
     # round 1 runs on the two GPU nodes; its fits wait at the gate meanwhile
     wait_for(lambda: fitted(markers, 0, 1) and fitted(markers, 1, 1), "round 1's fits")
+    listing = deployment.cli("nodes", "--hub", deployment.control, "--json")
+    assert listing.returncode == 0, listing.stderr
+    runs = {n["node_id"]: n["runs"] for n in json.loads(listing.stdout)}
+    run_id = re.search(r"run (\w+) submitted", run.process.stdout)
+    assert run_id is not None
+    assert [runs[n.node_id] for n in gpu_nodes] == [[run_id.group(1)]] * 2
+    assert runs[late.node_id] == []
     # the third node gains a GPU: restarted with it (same name, so the same node id)
     late.process.kill()
     again = deployment.start_node(app, 2, 3, args=GPU)

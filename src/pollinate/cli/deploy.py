@@ -344,7 +344,8 @@ def nodes_command(
         bool, typer.Option("--json", help="One JSON list, every label and resource.")
     ] = False,
 ) -> None:
-    """List the hub's nodes: labels, resources, state and when each was last heard from."""
+    """List the hub's nodes: labels, resources, state, when each was last heard from and the
+    runs it has tasks of."""
     selector = _selector(select)
     wait_for_hub(hub)
     try:
@@ -354,7 +355,7 @@ def nodes_command(
     if as_json:
         print(json.dumps([_node_json(n) for n in nodes], indent=2))
         return
-    table = Table("node", "name", "state", "heard", "projects")
+    table = Table("node", "name", "state", "heard", "runs", "projects")
     table.add_column("labels", overflow="fold")  # wrapped, never cut: they are what selects
     table.add_column("resources", overflow="fold")
     for n in nodes:
@@ -366,6 +367,7 @@ def nodes_command(
             Text(inert(n.name, MAX_NAME)),
             n.state.value,
             heard,
+            Text(inert(",".join(n.runs) or "-", MAX_LINE)),
             Text(inert(",".join(n.projects), MAX_LINE)),
             Text(inert(_pairs(n.labels), MAX_LINE)),
             Text(inert(_pairs(shown), MAX_LINE)),
@@ -384,6 +386,7 @@ def _node_json(node: NodeEntry) -> dict[str, object]:
         "name": node.name,
         "state": node.state.value,
         "heartbeat_age": node.heartbeat_age,
+        "runs": list(node.runs),
         "projects": list(node.projects),
         "labels": node.labels,
         "resources": node.resources,

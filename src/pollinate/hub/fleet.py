@@ -203,6 +203,17 @@ class Fleet:
                 if node is not None and selector.matches(node.labels, node.resources)
             ]
 
+    def runs_of(self, node_id: int) -> list[str]:
+        """The runs with a task for the node now: queued for it, or taken and not answered."""
+        with self._changed:
+            return sorted(
+                {
+                    t.message.run_id
+                    for t in self._outstanding.values()
+                    if t.message.node_id == node_id
+                }
+            )
+
     def labels_and_resources(self, node_id: int) -> tuple[dict[str, str], dict[str, str]]:
         """The node's labels and resources as its latest heartbeat stated them."""
         with self._changed:

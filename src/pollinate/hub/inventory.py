@@ -1,4 +1,5 @@
-"""The fleet at a glance: each node the caller may see, with its labels, resources and state.
+"""The fleet at a glance: each node the caller may see, with its labels, resources, state and
+the runs it is working for.
 
 What the hub recorded of a node (its name, projects, revocation: ``Hub.list_nodes``, which
 applies the caller's projects) joined with what the fleet heard from it in this process (when,
@@ -37,6 +38,7 @@ class NodeEntry:
     heartbeat_age: float | None  # seconds; None: not heard since the hub started
     labels: dict[str, str] = field(default_factory=dict)
     resources: dict[str, str] = field(default_factory=dict)
+    runs: tuple[str, ...] = ()  # the runs with a task for it now
 
 
 def inventory(
@@ -65,6 +67,7 @@ def inventory(
                 ages.get(row.node_id),
                 labels,
                 resources,
+                tuple(hub.fleet.runs_of(row.node_id)),
             )
         )
     return entries

@@ -276,6 +276,7 @@ class ControlClient:
                 None if n.heartbeat_age < 0 else float(n.heartbeat_age),
                 dict(n.labels),
                 dict(n.resources),
+                tuple(n.runs),
             )
             for n in reply.nodes
         ]

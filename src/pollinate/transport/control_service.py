@@ -177,4 +177,5 @@ def _node_info(entry: NodeEntry) -> Any:
         resources=entry.resources,
         state=entry.state.value,
         heartbeat_age=age,
+        runs=list(entry.runs),
     )

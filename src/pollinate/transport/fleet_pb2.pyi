@@ -233,7 +233,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self, select: _Optional[str] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "projects", "labels", "resources", "state", "heartbeat_age")
+    __slots__ = ("node_id", "name", "projects", "labels", "resources", "state", "heartbeat_age", "runs")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +255,7 @@ class NodeInfo(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_AGE_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     name: str
     projects: _containers.RepeatedScalarFieldContainer[str]
@@ -262,7 +263,8 @@ class NodeInfo(_message.Message):
     resources: _containers.ScalarMap[str, str]
     state: str
     heartbeat_age: float
-    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., projects: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., heartbeat_age: _Optional[float] = ...) -> None: ...
+    runs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., projects: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., heartbeat_age: _Optional[float] = ..., runs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListNodesReply(_message.Message):
     __slots__ = ("nodes",)
