@@ -276,7 +276,9 @@ def deployment(k: int, p: int, directory: Path) -> Figures:
         cpu = [cpu_seconds(pid) - b for pid, b in zip((hub, *nodes), before, strict=True)]
         hub_growth = memory(hub, "VmHWM") - hub_idle
         node_peak = max(memory(pid, "VmHWM") for pid in nodes)
-    records = [r for r in json.loads((out / "history.json").read_text())["rounds"] if r["round"] > 0]
+    records = [
+        r for r in json.loads((out / "history.json").read_text())["rounds"] if r["round"] > 0
+    ]
     if len(records) != ROUNDS or any(r["replies"] != k for r in records):
         raise RuntimeError(f"the run did not finish {ROUNDS} rounds with {k} replies: {records}")
     seconds = [float(r["seconds"]) for r in records]
