@@ -57,9 +57,15 @@ bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/robustness.py
 	$(BIN)/python benchmarks/async.py
 
-proto: $(VENV)/.test-deps
-	cd src && ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
-		--pyi_out=. pollinate/transport/fleet.proto
+# The generated code is stamped with the generator's versions, and grpcio refuses to import
+# code stamped newer than itself: generate with the oldest grpcio-tools pyproject allows
+# (grpcio>=1.85.1), in a venv of its own, so every allowed grpcio reads it.
+PROTO_VENV := .venv-proto
+proto:
+	[ -x $(PROTO_VENV)/bin/python ] || \
+		($(PYTHON) -m venv $(PROTO_VENV) && $(PROTO_VENV)/bin/pip install --quiet grpcio-tools==1.85.1)
+	cd src && ../$(PROTO_VENV)/bin/python -m grpc_tools.protoc -I. --python_out=. \
+		--grpc_python_out=. --pyi_out=. pollinate/transport/fleet.proto
 
 # Re-resolve every dependency to its newest allowed version. pip-compile runs in a venv of its
 # own, with pip's configuration, so torch resolves to the CPU build (see README, "The lock").
@@ -74,4 +80,4 @@ lock:
 		pyproject.toml requirements/build.in
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) $(PROTO_VENV) .pytest_cache .mypy_cache .ruff_cache
