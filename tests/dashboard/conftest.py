@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -23,6 +21,7 @@ from tests.deployment.conftest import (  # noqa: F401 (fixtures and the report h
     deployment,
     pytest_runtest_makereport,
 )
+from tests.deployment.conftest import wait_for as poll  # noqa: F401 (the tests' wait)
 
 CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"
@@ -56,19 +55,6 @@ def console_errors(driver: WebDriver) -> list[str]:
     """The console's errors since the last call (uncaught exceptions, failed loads, CSP
     refusals, console.error)."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def poll(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned); fail after
-    ``timeout`` seconds saying what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def texts(driver: WebDriver, selector: str) -> list[str]:
