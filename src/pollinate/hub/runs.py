@@ -37,6 +37,9 @@ from pollinate.placement import Selector, parse_selector
 
 log = logging.getLogger("pollinate.hub")
 
+CLOSE_SECONDS = 10.0
+"""How long a closing hub waits for its run threads to let go of its state."""
+
 
 class Runs:
     """Starts, resumes, tracks and stops the hub's runs."""
@@ -283,6 +286,8 @@ class Runs:
         self._closing.set()
         for process in list(self._processes.values()):
             process.end()
+        # their threads end at once now; wait, so none touches the state once the hub closes it
+        self.join(CLOSE_SECONDS)
 
     def _run(
         self,
