@@ -68,8 +68,8 @@ class Stages:
         aggregation).
         """
         rnd = rounds.number
-        pending = {
-            task_id(self.run_id, rnd, stage, node): Message(
+        messages = (
+            Message(
                 kind=kind or MessageKind(stage),
                 task_id=task_id(self.run_id, rnd, stage, node),
                 run_id=self.run_id,
@@ -79,7 +79,8 @@ class Stages:
                 config=config,
             )
             for node, (arrays, config) in tasks.items()
-        }
+        )
+        pending = {message.task_id: message for message in messages}
         rounds.stage_started(stage, len(pending))
         timeout = self.app.stage_timeout(len(pending))
         for reply in self.grid.dispatch(list(pending.values()), timeout):
