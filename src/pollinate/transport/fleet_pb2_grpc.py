@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class FleetStub:
-    """Nodes dial the hub; the hub never dials a node.
+    """Both services share the hub's one address. Nodes dial the hub; the hub never dials a node.
     """
 
     def __init__(self, channel):
@@ -39,6 +39,11 @@ class FleetStub:
                 '/pollinate.v1.Fleet/Enrol',
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.SerializeToString,
                 response_deserializer=pollinate_dot_transport_dot_fleet__pb2.EnrolReply.FromString,
+                _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/pollinate.v1.Fleet/Login',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.LoginReply.FromString,
                 _registered_method=True)
         self.Diagnose = channel.unary_unary(
                 '/pollinate.v1.Fleet/Diagnose',
@@ -68,19 +73,27 @@ class FleetStub:
 
 
 class FleetServicer:
-    """Nodes dial the hub; the hub never dials a node.
+    """Both services share the hub's one address. Nodes dial the hub; the hub never dials a node.
     """
 
     def Enrol(self, request, context):
-        """A node with a join token and a CSR gets its certificate (TLS, no client certificate yet).
+        """A node with a join token and a CSR gets its certificate (as a guest: the pinned
+        enrolment identity, no certificate of this hub's yet).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Login(self, request, context):
+        """A user with a one-time login token and a CSR gets their certificate (as a guest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Diagnose(self, request, context):
-        """Why the fleet port's TLS handshake refuses a certificate (enrolment port; the certificate
-        is public, so this only explains, it authenticates nothing).
+        """Why the hub refuses a certificate (any caller: the certificate is public, so this only
+        explains, it authenticates nothing).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +135,11 @@ def add_FleetServicer_to_server(servicer, server):
                     request_deserializer=pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.FromString,
                     response_serializer=pollinate_dot_transport_dot_fleet__pb2.EnrolReply.SerializeToString,
             ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.LoginReply.SerializeToString,
+            ),
             'Diagnose': grpc.unary_unary_rpc_method_handler(
                     servicer.Diagnose,
                     request_deserializer=pollinate_dot_transport_dot_fleet__pb2.DiagnoseRequest.FromString,
@@ -156,7 +174,7 @@ def add_FleetServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Fleet:
-    """Nodes dial the hub; the hub never dials a node.
+    """Both services share the hub's one address. Nodes dial the hub; the hub never dials a node.
     """
 
     @staticmethod
@@ -176,6 +194,33 @@ class Fleet:
             '/pollinate.v1.Fleet/Enrol',
             pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.SerializeToString,
             pollinate_dot_transport_dot_fleet__pb2.EnrolReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Fleet/Login',
+            pollinate_dot_transport_dot_fleet__pb2.EnrolRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.LoginReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -323,7 +368,7 @@ class Fleet:
 
 
 class ControlStub:
-    """Users drive runs through the control API, on its own port.
+    """Users drive runs and the fleet through the control API, with a user certificate.
     """
 
     def __init__(self, channel):
@@ -362,10 +407,65 @@ class ControlStub:
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=pollinate_dot_transport_dot_fleet__pb2.ListNodesReply.FromString,
                 _registered_method=True)
+        self.PullModel = channel.unary_stream(
+                '/pollinate.v1.Control/PullModel',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.PullModelRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.Chunk.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/pollinate.v1.Control/WhoAmI',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.UserInfo.FromString,
+                _registered_method=True)
+        self.RenewUser = channel.unary_unary(
+                '/pollinate.v1.Control/RenewUser',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.RenewRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.LoginReply.FromString,
+                _registered_method=True)
+        self.AddUser = channel.unary_unary(
+                '/pollinate.v1.Control/AddUser',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.AddUserRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.AddUserReply.FromString,
+                _registered_method=True)
+        self.UserToken = channel.unary_unary(
+                '/pollinate.v1.Control/UserToken',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.UserTokenRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.AddUserReply.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/pollinate.v1.Control/ListUsers',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.ListUsersReply.FromString,
+                _registered_method=True)
+        self.RevokeUser = channel.unary_unary(
+                '/pollinate.v1.Control/RevokeUser',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.RevokeUserRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.RevokeReply.FromString,
+                _registered_method=True)
+        self.RevokeNode = channel.unary_unary(
+                '/pollinate.v1.Control/RevokeNode',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.RevokeNodeRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.RevokeReply.FromString,
+                _registered_method=True)
+        self.LabelNode = channel.unary_unary(
+                '/pollinate.v1.Control/LabelNode',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.LabelNodeRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.LabelNodeReply.FromString,
+                _registered_method=True)
+        self.CordonNode = channel.unary_unary(
+                '/pollinate.v1.Control/CordonNode',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.CordonNodeRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.CordonNodeReply.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/pollinate.v1.Control/ListAudit',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.ListAuditReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
-    """Users drive runs through the control API, on its own port.
+    """Users drive runs and the fleet through the control API, with a user certificate.
     """
 
     def SubmitRun(self, request, context):
@@ -404,6 +504,76 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullModel(self, request, context):
+        """The final (or a given round's) model of a run, as wire chunks of one encoded Message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Who the caller's certificate names, with role and projects.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewUser(self, request, context):
+        """A user renews their certificate before it expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddUser(self, request, context):
+        """Admins: users, nodes, the audit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UserToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LabelNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CordonNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -437,6 +607,61 @@ def add_ControlServicer_to_server(servicer, server):
                     request_deserializer=pollinate_dot_transport_dot_fleet__pb2.ListNodesRequest.FromString,
                     response_serializer=pollinate_dot_transport_dot_fleet__pb2.ListNodesReply.SerializeToString,
             ),
+            'PullModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullModel,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.PullModelRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.Chunk.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.WhoAmIRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.UserInfo.SerializeToString,
+            ),
+            'RenewUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewUser,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.RenewRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.LoginReply.SerializeToString,
+            ),
+            'AddUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddUser,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.AddUserRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.AddUserReply.SerializeToString,
+            ),
+            'UserToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserToken,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.UserTokenRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.AddUserReply.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.ListUsersRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.ListUsersReply.SerializeToString,
+            ),
+            'RevokeUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeUser,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.RevokeUserRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.RevokeReply.SerializeToString,
+            ),
+            'RevokeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeNode,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.RevokeNodeRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.RevokeReply.SerializeToString,
+            ),
+            'LabelNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.LabelNode,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.LabelNodeRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.LabelNodeReply.SerializeToString,
+            ),
+            'CordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonNode,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.CordonNodeRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.CordonNodeReply.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.ListAuditRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.ListAuditReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pollinate.v1.Control', rpc_method_handlers)
@@ -446,7 +671,7 @@ def add_ControlServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Control:
-    """Users drive runs through the control API, on its own port.
+    """Users drive runs and the fleet through the control API, with a user certificate.
     """
 
     @staticmethod
@@ -601,6 +826,303 @@ class Control:
             '/pollinate.v1.Control/ListNodes',
             pollinate_dot_transport_dot_fleet__pb2.ListNodesRequest.SerializeToString,
             pollinate_dot_transport_dot_fleet__pb2.ListNodesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pollinate.v1.Control/PullModel',
+            pollinate_dot_transport_dot_fleet__pb2.PullModelRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/WhoAmI',
+            pollinate_dot_transport_dot_fleet__pb2.WhoAmIRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.UserInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/RenewUser',
+            pollinate_dot_transport_dot_fleet__pb2.RenewRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.LoginReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/AddUser',
+            pollinate_dot_transport_dot_fleet__pb2.AddUserRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.AddUserReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UserToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/UserToken',
+            pollinate_dot_transport_dot_fleet__pb2.UserTokenRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.AddUserReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/ListUsers',
+            pollinate_dot_transport_dot_fleet__pb2.ListUsersRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.ListUsersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/RevokeUser',
+            pollinate_dot_transport_dot_fleet__pb2.RevokeUserRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.RevokeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/RevokeNode',
+            pollinate_dot_transport_dot_fleet__pb2.RevokeNodeRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.RevokeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LabelNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/LabelNode',
+            pollinate_dot_transport_dot_fleet__pb2.LabelNodeRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.LabelNodeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/CordonNode',
+            pollinate_dot_transport_dot_fleet__pb2.CordonNodeRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.CordonNodeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/ListAudit',
+            pollinate_dot_transport_dot_fleet__pb2.ListAuditRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.ListAuditReply.FromString,
             options,
             channel_credentials,
             insecure,
