@@ -113,6 +113,7 @@ class Hub:
         self.heartbeat_interval = heartbeat_interval
         self.enrol_limit = enrol_limit or RateLimiter(ENROL_BURST, ENROL_PER_SECOND)
         self._closed = threading.Event()
+        self.serving = threading.Event()  # set by start(): its ports listen, its runs resumed
         self._watchdog = threading.Thread(target=self._watch, name="hub-watchdog", daemon=True)
         self._watchdog.start()
 
@@ -461,8 +462,10 @@ class Hub:
         """Resume the runs the last hub on this data dir left running; call once this hub
         serves (a hub that cannot bind its ports must not touch them)."""
         self.runs.resume_all()
+        self.serving.set()
 
     def close(self) -> None:
+        self.serving.clear()
         self._closed.set()
         self.runs.close()  # run processes end; their runs stay running, for the next hub
         # waiting long-polls hold server threads that the interpreter joins at exit

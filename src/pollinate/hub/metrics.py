@@ -4,6 +4,12 @@ What runs do arrives as their loop events (``Hub.events``), counted as they come
 fleet and the runs are is read from the hub at each scrape. ``pollinate hub`` serves them on
 ``--metrics-address`` (loopback by default), at ``/metrics``.
 
+The same server answers Kubernetes' probes (docs/kubernetes.md): ``/healthz`` is 200 while
+the hub process serves HTTP at all (liveness), ``/readyz`` is 200 only once the hub serves
+(its ports listen and the runs it found are resumed: ``Hub.serving``) and its data dir takes
+a new file now (``HubState.check_writable``, the check new work makes); otherwise 503 with
+the reason as one line of plain text.
+
 Names follow Prometheus's conventions: a ``pollinate_`` prefix, the unit in the name, and
 ``_total`` on counters (the client library adds it). Labels take only values the hub made
 (run ids, node ids, stages, states), never text a node sent, so a node cannot grow the
@@ -13,16 +19,19 @@ series without bound or write into them.
 from __future__ import annotations
 
 import math
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from threading import Thread
-from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from pollinate.errors import PollinateError
 from pollinate.hub.state import RunStatus
 from pollinate.loop.events import (
     Event,
@@ -32,6 +41,7 @@ from pollinate.loop.events import (
     StageStarted,
     UpdateRejected,
 )
+from pollinate.text import inert
 
 if TYPE_CHECKING:
     from pollinate.hub.hub import Hub
@@ -93,6 +103,7 @@ class HubMetrics:
             registry=registry,
         )
         registry.register(_HubState(hub))
+        self.hub = hub
         self._unsubscribe = hub.events.subscribe(self.on_event)
 
     def on_event(self, run_id: str, event: Event) -> None:
@@ -119,9 +130,15 @@ class HubMetrics:
             self.epsilon.labels(run_id).set(epsilon)
 
     def serve(self, address: str) -> MetricsServer:
-        """Serve ``/metrics`` on ``address`` (``HOST:PORT``; port 0 picks a free one)."""
+        """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``address`` (``HOST:PORT``;
+        port 0 picks a free one)."""
         host, _, port = address.rpartition(":")
-        server, thread = start_http_server(int(port), host or "127.0.0.1", self.registry)
+        host = host.strip("[]") or "127.0.0.1"
+        server_class = _ServerV6 if ":" in host else ThreadingWSGIServer
+        app = _with_probes(make_wsgi_app(self.registry), self.hub)
+        server = make_server(host, int(port), app, server_class, handler_class=_Quiet)
+        thread = Thread(target=server.serve_forever, name="hub-metrics", daemon=True)
+        thread.start()
         return MetricsServer(server, thread)
 
     def close(self) -> None:
@@ -139,6 +156,48 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5.0)
+
+
+def readiness_problem(hub: Hub) -> str | None:
+    """Why ``hub`` should not be sent traffic now, or None when it is ready."""
+    if not hub.serving.is_set():
+        return "the hub is not serving yet: its ports are opening or its runs resuming"
+    try:
+        hub.state.check_writable()
+    except (PollinateError, OSError) as exc:
+        return f"the hub's data dir refuses writes: {exc}"
+    return None
+
+
+_App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _with_probes(metrics: _App, hub: Hub) -> _App:
+    """The WSGI app: the probes, and ``metrics`` for every other path."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/healthz", "/readyz"):
+            return metrics(environ, start_response)
+        problem = readiness_problem(hub) if path == "/readyz" else None
+        status = "503 Service Unavailable" if problem else "200 OK"
+        body = (inert(problem) if problem else "ok").encode() + b"\n"
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+class _ServerV6(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    """No line per request: a probe every few seconds would fill the hub's log."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 class _HubState(Collector):

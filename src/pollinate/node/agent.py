@@ -14,19 +14,22 @@ import logging
 import random
 import secrets
 import threading
+import time
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pollinate.app import app_hash, load_app
 from pollinate.client.client import Context, handle
 from pollinate.errors import PollinateError
+from pollinate.node.health import HealthServer
 from pollinate.node.resources import detect_resources
 from pollinate.records import Config, Message
 from pollinate.secagg.identity import certificate_identity
 from pollinate.secagg.messages import SecAggError
 from pollinate.secagg.node import SecAggNode
 from pollinate.secagg.node import handlers as secagg_handlers
-from pollinate.security import NodeCredentials, SecurityError, should_renew
+from pollinate.security import NodeCredentials, SecurityError, certificate_expiry, should_renew
 from pollinate.transport.client import (
     FleetClient,
     HubRefused,
@@ -47,6 +50,8 @@ class NodeAgent:
     ``node_config`` holds TOML literals (``partition-id = "3"``); ``partition-id`` and
     ``num-partitions`` fill the client's Context. ``labels`` and ``resources`` (over those
     ``resources.detect_resources`` finds) go with every heartbeat, for placement.
+    ``health_address`` (``HOST:PORT``, port 0 picks a free one: ``health_port``) serves
+    ``/healthz`` and ``/readyz`` (``node/health.py``) from construction until ``run`` ends.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class NodeAgent:
         max_backoff: float = 30.0,
         labels: dict[str, str] | None = None,
         resources: dict[str, str] | None = None,
+        health_address: str | None = None,
     ) -> None:
         self.app = load_app(app_dir)
         self.app_hash = app_hash(app_dir)
@@ -84,9 +90,47 @@ class NodeAgent:
         self._handlers = secagg_handlers(self._answer_app, self._secure_node)
         self._connected = False
         self._serving: tuple[str, int] | None = None  # the (run, round) of the last task
+        self._heard: float | None = None  # time.monotonic() of the last answered heartbeat
+        self._health: HealthServer | None = None
+        if health_address is not None:
+            self._health = HealthServer(health_address, self.liveness_problem, self.ready_problem)
+
+    @property
+    def health_port(self) -> int | None:
+        """The port ``/healthz`` and ``/readyz`` are served on, or None when not served."""
+        return None if self._health is None else self._health.port
+
+    def liveness_problem(self) -> str | None:
+        """Why this agent is not live (it stopped), or None."""
+        return "the node agent stopped" if self.stop.is_set() else None
+
+    def ready_problem(self) -> str | None:
+        """Why this node cannot take a task now, or None: it must be enrolled (a node id,
+        a certificate still valid), have heard the hub lately, and have its app loaded."""
+        if self.stop.is_set():
+            return "the node agent stopped"
+        if self.client.node_id is None or self._heard is None:
+            return f"not connected yet: no heartbeat answered by the hub at {self.client.address}"
+        if self.credentials is not None:
+            expiry = certificate_expiry(self.credentials.cert_pem)
+            if expiry <= datetime.now(UTC):
+                return f"the node certificate expired at {expiry:%Y-%m-%d %H:%M:%S} UTC"
+        silent = time.monotonic() - self._heard
+        if silent > max(3 * self.interval, 3.0):  # three heartbeats missed
+            address = self.client.address
+            return f"the hub at {address} has not answered a heartbeat for {silent:.0f}s"
+        return None
 
     def run(self) -> None:
         """Serve until ``self.stop`` is set, reconnecting whenever the hub is away."""
+        try:
+            self._run()
+        finally:
+            self.stop.set()
+            if self._health is not None:
+                self._health.stop()
+
+    def _run(self) -> None:
         backoff = 0.5
         while not self.stop.is_set():
             try:
@@ -160,6 +204,7 @@ class NodeAgent:
             labels=self.labels,
             resources=self.resources,
         )
+        self._heard = time.monotonic()
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
