@@ -14,6 +14,8 @@ from pollinate.placement import (
     MAX_TERMS,
     MAX_VALUES,
     Op,
+    Placement,
+    PlacementError,
     Selector,
     SelectorError,
     Term,
@@ -219,3 +221,46 @@ def test_any_text_parses_or_raises_a_selector_error(text: str) -> None:
         assert str(exc).splitlines()[-1].startswith("Hint: ")
     else:
         assert parse_selector(str(selector)) == selector
+
+
+# --- a run's placement: its selector and node counts ------------------------------------------
+
+
+def test_a_placement_waits_for_min_nodes_and_takes_at_most_max_nodes_of_lowest_id() -> None:
+    assert Placement().pick([3, 1, 2]) == [1, 2, 3]
+    assert Placement(min_nodes=3).pick([5, 1]) == []
+    assert Placement(min_nodes=3).pick([5, 1, 4]) == [1, 4, 5]
+    assert Placement(max_nodes=2).pick([5, 1, 4]) == [1, 4]
+    assert Placement(min_nodes=2, max_nodes=2).pick([9, 8, 7]) == [7, 8]
+
+
+def test_a_placement_says_what_it_asks_for() -> None:
+    assert not Placement() and str(Placement()) == ""
+    assert str(Placement(parse_selector("gpus>=1"))) == "on the nodes that match gpus>=1"
+    assert str(Placement(min_nodes=2)) == "at least 2 nodes a round"
+    assert (
+        str(Placement(parse_selector("a"), 0, 4))
+        == "on the nodes that match a, at most 4 of them a round"
+    )
+
+
+@pytest.mark.parametrize(
+    ("min_nodes", "max_nodes", "problem"),
+    [
+        (-1, 0, "min_nodes=-1 is out of range"),
+        (0, 10**7, "max_nodes=10000000 is out of range"),
+        (3, 2, "max_nodes=2 is below min_nodes=3"),
+        (1.5, 0, "min_nodes must be an int, got 1.5"),
+        (0, False, "max_nodes must be an int, got False"),
+    ],
+)
+def test_node_counts_that_cannot_be_are_refused_with_the_fix(
+    min_nodes: int, max_nodes: int, problem: str
+) -> None:
+    with pytest.raises(PlacementError, match=rf"(?s){problem}.*\nHint: "):
+        Placement(min_nodes=min_nodes, max_nodes=max_nodes)
+
+
+def test_a_selector_error_is_a_placement_error() -> None:
+    with pytest.raises(PlacementError):
+        parse_selector("gpus>>1")

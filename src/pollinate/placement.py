@@ -60,7 +60,16 @@ _NAME = re.compile(r"[A-Za-z0-9_./-]+")
 _OPERATOR = re.compile(r"==|=|!=|>=|<=|>|<")
 
 
-class SelectorError(AppError, ValueError):
+MAX_RUN_NODES = 1_000_000
+"""The largest ``min_nodes`` or ``max_nodes`` a run may ask for."""
+
+
+class PlacementError(AppError, ValueError):
+    """A placement that cannot be: a bad selector, node count or label; the message says how
+    to fix it."""
+
+
+class SelectorError(PlacementError):
     """A selector that cannot be parsed; the message shows where and how to fix it."""
 
 
@@ -136,6 +145,66 @@ class Selector:
 
     def __bool__(self) -> bool:
         return bool(self.terms)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's tasks go: the nodes ``selector`` matches, once at least ``min_nodes`` of
+    them do (0: as many as the strategy asks for), and at most ``max_nodes`` of them a round
+    (0: all). PlacementError at construction if a count is negative, too large, or
+    ``max_nodes`` is below ``min_nodes``.
+
+    >>> placement = Placement(parse_selector("gpus>=1"), min_nodes=2, max_nodes=3)
+    >>> str(placement)
+    'on the nodes that match gpus>=1, at least 2 and at most 3 of them a round'
+    >>> placement.pick([4, 7]), placement.pick([7]), placement.pick([9, 4, 7, 5])
+    ([4, 7], [], [4, 5, 7])
+    """
+
+    selector: Selector = Selector()
+    min_nodes: int = 0
+    max_nodes: int = 0
+
+    def __post_init__(self) -> None:
+        example = "hub.submit_run(..., min_nodes=2, max_nodes=10)"
+        for name in ("min_nodes", "max_nodes"):
+            count = getattr(self, name)
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise PlacementError(f"{name} must be an int, got {count!r}.\nHint: {example}")
+            if not 0 <= count <= MAX_RUN_NODES:
+                raise PlacementError(
+                    f"{name}={count} is out of range: 0 (no bound) to {MAX_RUN_NODES}.\n"
+                    f"Hint: {example}"
+                )
+        if 0 < self.max_nodes < self.min_nodes:
+            raise PlacementError(
+                f"max_nodes={self.max_nodes} is below min_nodes={self.min_nodes}: no round "
+                f"could start.\nHint: raise max_nodes to at least {self.min_nodes}, or set it "
+                "to 0 (no maximum)."
+            )
+
+    def pick(self, matching: Iterable[int]) -> list[int]:
+        """The nodes a round may use of those that match now (sorted): none while fewer
+        than ``min_nodes`` match (the round waits for more), else the ``max_nodes`` of lowest
+        id (a stable choice: the same fleet gives the same nodes)."""
+        nodes = sorted(matching)
+        if len(nodes) < self.min_nodes:
+            return []
+        return nodes[: self.max_nodes] if self.max_nodes else nodes
+
+    def __str__(self) -> str:
+        parts = [f"on the nodes that match {self.selector}"] if self.selector else []
+        counts = []
+        if self.min_nodes:
+            counts.append(f"at least {self.min_nodes}")
+        if self.max_nodes:
+            counts.append(f"at most {self.max_nodes}")
+        if counts:
+            parts.append(" and ".join(counts) + (" of them a round" if parts else " nodes a round"))
+        return ", ".join(parts)
+
+    def __bool__(self) -> bool:
+        return bool(self.selector or self.min_nodes or self.max_nodes)
 
 
 def parse_selector(text: str) -> Selector:

@@ -118,7 +118,14 @@ def test_a_viewer_reads_and_is_told_which_role_stopping_needs() -> None:
 
 
 @pytest.mark.parametrize(
-    "action", [Action.MANAGE_TOKENS, Action.MANAGE_USERS, Action.REVOKE_NODES, Action.READ_AUDIT]
+    "action",
+    [
+        Action.MANAGE_TOKENS,
+        Action.MANAGE_USERS,
+        Action.REVOKE_NODES,
+        Action.MANAGE_NODES,
+        Action.READ_AUDIT,
+    ],
 )
 def test_only_admins_manage_the_hub(action: Action) -> None:
     with pytest.raises(Forbidden, match="needs role admin"):

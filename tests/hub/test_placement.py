@@ -19,7 +19,7 @@ from pollinate.hub.hub import Hub
 from pollinate.hub.journal import Journal
 from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState
-from pollinate.placement import SelectorError, parse_selector
+from pollinate.placement import Placement, SelectorError, parse_selector
 from tests.deployment.apps import write_tiny_app
 from tests.hub.test_grid import hub_grid
 
@@ -54,9 +54,9 @@ def test_a_runs_nodes_are_the_alive_nodes_its_selector_matches() -> None:
     fleet.heartbeat(3, "h", {}, labels={"region": "eu"}, resources=CPU)
     grid = hub_grid(fleet)
     assert grid.nodes() == [1, 2, 3]  # no selector: every node
-    grid.selector = parse_selector("gpus>=1,region in (eu,ch)")
+    grid.placement = Placement(parse_selector("gpus>=1,region in (eu,ch)"))
     assert grid.nodes() == [1]
-    grid.selector = parse_selector("!gpu_model,region notin (us)")
+    grid.placement = Placement(parse_selector("!gpu_model,region notin (us)"))
     assert grid.nodes() == [1, 3]
 
 
@@ -65,7 +65,7 @@ def test_placement_follows_the_fleet_every_time_the_grid_is_asked() -> None:
     fleet.heartbeat(1, "h", {}, resources=GPU)
     fleet.heartbeat(2, "h", {}, resources=CPU)
     grid = hub_grid(fleet)
-    grid.selector = parse_selector("gpus>=1,!draining")
+    grid.placement = Placement(parse_selector("gpus>=1,!draining"))
     assert grid.nodes() == [1]
     fleet.heartbeat(2, "h", {}, resources={"gpus": "2"})  # its next heartbeat: it matches
     assert grid.nodes() == [1, 2]
@@ -79,13 +79,13 @@ def test_a_node_presumed_alive_after_a_restart_matches_once_it_says_what_it_has(
     fleet.presume_alive([7])
     grid = hub_grid(fleet)
     assert grid.nodes() == [7]  # an unplaced run takes it, as before
-    grid.selector = parse_selector("gpus>=1")
+    grid.placement = Placement(parse_selector("gpus>=1"))
     assert grid.nodes() == []
     fleet.heartbeat(7, "h", {}, resources=GPU)
     assert grid.nodes() == [7]
 
 
-def test_a_runs_selector_is_recorded_with_it_and_kept_when_it_resumes(
+def test_a_runs_placement_is_recorded_with_it_and_kept_when_it_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     grids: list[HubGrid] = []
@@ -99,12 +99,15 @@ def test_a_runs_selector_is_recorded_with_it_and_kept_when_it_resumes(
     app = write_tiny_app(tmp_path / "app")
     state = HubState(tmp_path / "hub")
     runs = Runs(state, Fleet(), Journal(state))
-    selector = parse_selector("gpus>=1, region in (eu,ch)")
-    run_id = runs.submit(pack_app(app), app_hash(app), {}, 0, 0, selector)
+    placement = Placement(parse_selector("gpus>=1, region in (eu,ch)"), 2, 3)
+    run_id = runs.submit(pack_app(app), app_hash(app), {}, 0, 0, placement)
     runs.join(TIMEOUT)
     assert state.run_selector(run_id) == "gpus>=1,region in (eu,ch)"
     first = state.log_after(run_id, 0)[0].text
-    assert first.endswith("on the nodes that match gpus>=1,region in (eu,ch)")
+    assert first.endswith(
+        "on the nodes that match gpus>=1,region in (eu,ch), at least 2 and at most 3 of them "
+        "a round"
+    )
     state.update_run(run_id, status="running")  # as if the hub died before it noted the end
     state.close()
 
@@ -112,7 +115,7 @@ def test_a_runs_selector_is_recorded_with_it_and_kept_when_it_resumes(
     runs = Runs(state, Fleet(), Journal(state))
     runs.resume_all()
     runs.join(TIMEOUT)
-    assert [(grid.run_id, grid.selector) for grid in grids] == [(run_id, selector)] * 2
+    assert [(grid.run_id, grid.placement) for grid in grids] == [(run_id, placement)] * 2
     state.close()
 
 

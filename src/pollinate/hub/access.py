@@ -72,6 +72,7 @@ class Action(StrEnum):
     MANAGE_TOKENS = "manage join tokens"
     MANAGE_USERS = "manage users"
     REVOKE_NODES = "revoke nodes"
+    MANAGE_NODES = "manage nodes"  # label and cordon them
     READ_AUDIT = "read the audit"
 
 
@@ -82,6 +83,7 @@ ALLOWED: dict[Action, frozenset[Role]] = {
     Action.MANAGE_TOKENS: frozenset({Role.ADMIN}),
     Action.MANAGE_USERS: frozenset({Role.ADMIN}),
     Action.REVOKE_NODES: frozenset({Role.ADMIN}),
+    Action.MANAGE_NODES: frozenset({Role.ADMIN}),
     Action.READ_AUDIT: frozenset({Role.ADMIN}),
 }
 """The roles that may take each action (in the action's project, but admins in any)."""

@@ -17,7 +17,15 @@ Invariants:
   project must be one of the node's): a run sees only those nodes (``alive_for``), and a
   task queued for another fails at once, saying why;
 - a node cut off (revoked) is never alive again in this fleet: its tasks fail with the
-  reason, its poll ends, and it is given no task again.
+  reason, its poll ends, and it is given no task again;
+- placement (``placeable``) reads a node's effective labels: its heartbeat's, overridden key
+  by key by those an admin set at the hub; a cordoned node is placeable by no run, but the
+  tasks queued for it already are handed to it and answered as any others;
+- a node serving several runs takes their tasks round-robin across the runs (the run it was
+  served least recently first; within a run, in order), so no run starves another; a task
+  it took before and must take again comes first;
+- a node whose resources state ``gpus`` >= 1 holds at most that many tasks taken and not
+  answered (``take`` hands it no more): a node with one GPU runs one GPU task at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ log = logging.getLogger("pollinate.hub")
 
 MAX_TIMES_SENT = 3
 """A task a node took this often without answering fails, rather than being sent again."""
+
+
+MAX_RUNS_REMEMBERED = 64
+"""Runs whose turn a node remembers (``_next_in_turn``); past it, those with no task queued
+for the node are forgotten, and take their turn as new runs if they come back."""
 
 
 class Refused(PollinateError):
@@ -88,11 +101,26 @@ class _Node:
     session: str = ""
     labels: dict[str, str] = field(default_factory=dict)  # placement: its latest heartbeat's
     resources: dict[str, str] = field(default_factory=dict)
+    hub_labels: dict[str, str] = field(default_factory=dict)  # an admin's; they override
+    cordoned: bool = False
     heard: bool = False  # by this process (confirmed, not only presumed alive)
     queue: deque[QueuedTask] = field(default_factory=deque)
+    served: dict[str, int] = field(default_factory=dict)  # run id: when it was last served
 
     def alive(self, now: float, timeout: float) -> bool:
         return self.last_seen is not None and now - self.last_seen <= timeout
+
+    def effective_labels(self) -> dict[str, str]:
+        return {**self.labels, **self.hub_labels}
+
+    def gpu_slots(self) -> int | None:
+        """How many tasks the node may hold at once: its ``gpus``, if it states one or more;
+        None (no bound here) otherwise."""
+        try:
+            gpus = int(self.resources.get("gpus", "0"))
+        except ValueError:
+            return None
+        return gpus if gpus >= 1 else None
 
 
 def _serves_every_run(node_id: int, run_id: str) -> str | None:
@@ -124,6 +152,7 @@ class Fleet:
         self._closed = False
         self._changed = threading.Condition()
         self._watchers: list[Callable[[int | None], None]] = []
+        self._takes = 0  # tasks taken so far: orders the runs each node served
 
     def heartbeat(
         self,
@@ -165,7 +194,47 @@ class Fleet:
         """Count these nodes alive from now (until they miss the heartbeat timeout)."""
         with self._changed:
             for node_id in node_ids:
-                self._nodes.setdefault(node_id, _Node(time.monotonic()))
+                node = self._nodes.setdefault(node_id, _Node())
+                node.last_seen = node.last_seen or time.monotonic()
+
+    def restore(
+        self,
+        node_id: int,
+        labels: dict[str, str],
+        resources: dict[str, str],
+        hub_labels: dict[str, str],
+        cordoned: bool,
+    ) -> None:
+        """What a hub before this one knew of the node (``hub.db``): placement reads it until
+        the node's heartbeat says otherwise. It does not count the node alive."""
+        with self._changed:
+            node = self._nodes.setdefault(node_id, _Node())
+            if not node.heard:
+                node.labels, node.resources = dict(labels), dict(resources)
+            node.hub_labels, node.cordoned = dict(hub_labels), cordoned
+
+    def set_hub_labels(self, node_id: int, labels: dict[str, str]) -> dict[str, str]:
+        """Replace the labels an admin set on the node; returns its effective labels."""
+        with self._changed:
+            node = self._nodes.setdefault(node_id, _Node())
+            node.hub_labels = dict(labels)
+            return node.effective_labels()
+
+    def hub_labels(self, node_id: int) -> dict[str, str]:
+        """The labels an admin set on the node."""
+        with self._changed:
+            node = self._nodes.get(node_id)
+            return dict(node.hub_labels) if node else {}
+
+    def cordon(self, node_id: int, cordoned: bool) -> None:
+        """Take the node out of new placements (``placeable``), or put it back."""
+        with self._changed:
+            self._nodes.setdefault(node_id, _Node()).cordoned = cordoned
+
+    def cordoned(self, node_id: int) -> bool:
+        with self._changed:
+            node = self._nodes.get(node_id)
+            return node is not None and node.cordoned
 
     def sign_of_life(self, node_id: int) -> None:
         """Note a sign of life other than a heartbeat (a pull): the node is alive now."""
@@ -189,18 +258,18 @@ class Fleet:
         """The alive nodes that may take the run's tasks (``refuses``)."""
         return [n for n in self.alive() if self.refuses(n, run_id) is None]
 
-    def matching(self, node_ids: list[int], selector: Selector) -> list[int]:
-        """Those of ``node_ids`` whose latest labels and resources match ``selector`` (a
-        node presumed alive after a restart matches only once its heartbeat says what it
-        has)."""
-        if not selector:
-            return list(node_ids)
+    def placeable(self, node_ids: list[int], selector: Selector) -> list[int]:
+        """Those of ``node_ids`` not cordoned whose effective labels and latest resources
+        match ``selector`` (a node presumed alive after a restart: those the last hub kept,
+        ``restore``; none if it kept none)."""
         with self._changed:
             nodes = [(n, self._nodes.get(n)) for n in node_ids]
             return [
                 n
                 for n, node in nodes
-                if node is not None and selector.matches(node.labels, node.resources)
+                if node is not None
+                and not node.cordoned
+                and (not selector or selector.matches(node.effective_labels(), node.resources))
             ]
 
     def runs_of(self, node_id: int) -> list[str]:
@@ -215,11 +284,21 @@ class Fleet:
             )
 
     def labels_and_resources(self, node_id: int) -> tuple[dict[str, str], dict[str, str]]:
-        """The node's labels and resources as its latest heartbeat stated them."""
+        """The node's effective labels (its latest heartbeat's, overridden by an admin's) and
+        its latest resources."""
         with self._changed:
             node = self._nodes.get(node_id)
             if node is None:
                 return {}, {}
+            return node.effective_labels(), dict(node.resources)
+
+    def reported(self, node_id: int) -> tuple[dict[str, str], dict[str, str]] | None:
+        """The labels and resources the node itself reported last; None if it never did to
+        this process."""
+        with self._changed:
+            node = self._nodes.get(node_id)
+            if node is None or not node.heard:
+                return None
             return dict(node.labels), dict(node.resources)
 
     def heartbeat_ages(self) -> dict[int, float | None]:
@@ -309,12 +388,31 @@ class Fleet:
             if self._closed or self._polls.get(node_id) != ticket or node_id in self._cut_off:
                 raise PollEnded(f"the poll of node {node_id} ended")
             node = self._nodes.get(node_id)
-            if node is None or not node.queue:
+            if node is None or not node.queue or self._at_gpu_limit(node_id, node):
                 return None
-            task = node.queue.popleft()
+            task = _next_in_turn(node)
+            node.queue.remove(task)
             task.with_node = True
             task.times_sent += 1
+            self._takes += 1
+            node.served[task.message.run_id] = self._takes
+            if len(node.served) > MAX_RUNS_REMEMBERED:  # ended runs: their turn is moot
+                queued = {t.message.run_id for t in node.queue} | {task.message.run_id}
+                node.served = {r: n for r, n in node.served.items() if r in queued}
             return task
+
+    def _at_gpu_limit(self, node_id: int, node: _Node) -> bool:
+        """The node holds as many tasks taken and not answered as it has GPUs. Under the
+        lock."""
+        slots = node.gpu_slots()
+        if slots is None:
+            return False
+        held = sum(
+            1
+            for t in self._outstanding.values()
+            if t.message.node_id == node_id and t.with_node and t not in node.queue
+        )
+        return held >= slots
 
     def watch(self, wake: Callable[[int | None], None]) -> None:
         """Call ``wake(node_id)`` whenever a poll of that node may find something new (a task
@@ -369,6 +467,8 @@ class Fleet:
             node = self._nodes.get(node_id)
             if node is not None and task in node.queue:  # sent again, answered before taken
                 node.queue.remove(task)
+            if node is not None and node.queue and node.gpu_slots() is not None:
+                self._notify(node_id)  # a poll held back at its GPU limit may take one now
             return task
 
     def vet(self, node_id: int, head: Message, array_bytes: int) -> bool:
@@ -484,6 +584,15 @@ class Fleet:
         with self._changed:
             self._closed = True
             self._notify(None)
+
+
+def _next_in_turn(node: _Node) -> QueuedTask:
+    """The node's next task: one it took before and must take again, else the first of the
+    run it served least recently (a run never served first). The queue is not empty."""
+    for task in node.queue:
+        if task.with_node or task.times_sent:
+            return task
+    return min(node.queue, key=lambda t: node.served.get(t.message.run_id, 0))
 
 
 REPLY_SLACK_BYTES = 4 << 20

@@ -19,7 +19,7 @@ from pollinate.errors import RunError, StorageError
 from pollinate.hub.fleet import Fleet, QueuedTask
 from pollinate.hub.journal import Journal
 from pollinate.loop.grid import Grid, Timeout, ends_at
-from pollinate.placement import Selector
+from pollinate.placement import Placement
 from pollinate.records import Config, Message
 
 log = logging.getLogger("pollinate.hub")
@@ -43,10 +43,10 @@ class HubGrid(Grid):
         run_id: str,
         app_hash: str,
         run_config: Config,
-        selector: Selector | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.fleet = fleet
-        self.selector = selector or Selector()
+        self.placement = placement or Placement()
         self.journal = journal
         self.run_id = run_id
         self.app_hash = app_hash
@@ -58,10 +58,29 @@ class HubGrid(Grid):
         """Why the run waits for its data dir (empty while writes succeed)."""
 
     def nodes(self) -> list[int]:
-        """The alive nodes that may serve this run (its project's: ``Fleet.alive_for``) and
-        match its selector now: the loop asks every round, so placement follows the fleet's
-        latest labels and resources (a node relabelled to match joins at the next round)."""
-        return self.fleet.matching(self.fleet.alive_for(self.run_id), self.selector)
+        """The alive nodes that may serve this run (its project's: ``Fleet.alive_for``), are
+        not cordoned and match its selector now, as its placement picks them (none until
+        ``min_nodes`` match, at most ``max_nodes``): the loop asks every round, so placement
+        follows the fleet's latest labels and resources (a node relabelled to match joins at
+        the next round; a node cordoned is not asked again)."""
+        alive = self.fleet.alive_for(self.run_id)
+        return self.placement.pick(self.fleet.placeable(alive, self.placement.selector))
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[int]:
+        """``Grid.wait_for_nodes``, saying in the run's log when the wait is for the run's
+        ``min_nodes`` rather than for the strategy's count."""
+        placement = self.placement
+        if placement.min_nodes > count:
+            matching = self.fleet.placeable(self.fleet.alive_for(self.run_id), placement.selector)
+            if len(matching) < placement.min_nodes:
+                log.warning(
+                    "run %s waits for %d nodes (min_nodes), %d match its placement now",
+                    self.run_id,
+                    placement.min_nodes,
+                    len(matching),
+                    extra={"run_id": self.run_id},
+                )
+        return list(super().wait_for_nodes(count, timeout))
 
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         replies: queue.Queue[Message] = queue.Queue()

@@ -44,12 +44,13 @@ from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.fleet import Fleet, QueuedTask, Refused, TryLater, UnknownTask
 from pollinate.hub.journal import Journal
 from pollinate.hub.members import USER_TOKEN_SECONDS, Members
+from pollinate.hub.placement import NodePlacement
 from pollinate.hub.rate_limit import RateLimiter, source_of
 from pollinate.hub.runs import Runs
 from pollinate.hub.state import HubState, LogRow, NodeRow, RunRow
 from pollinate.hub.supervisor import RunLimits
 from pollinate.hub.users import UserRow
-from pollinate.placement import parse_selector
+from pollinate.placement import Placement, parse_selector
 from pollinate.records import Message
 from pollinate.security import SecurityError, parse_token
 from pollinate.security.keys import verified_csr_key
@@ -104,6 +105,7 @@ class Hub:
         for node_id, reason in self.members.revoked_nodes().items():
             self.fleet.cut_off(node_id, reason)
         self.fleet.presume_alive(self.state.alive_at_last_note(heartbeat_timeout))
+        self.placement = NodePlacement(self.state, self.fleet, self.audit_trail)
         self.journal = Journal(self.state)
         with contextlib.suppress(PollinateError):  # leftovers cost space, not correctness
             if swept := self.journal.sweep():
@@ -131,6 +133,7 @@ class Hub:
         labels: dict[str, str] | None = None,
         resources: dict[str, str] | None = None,
     ) -> None:
+        self.placement.heard(node_id, labels or {}, resources or {})  # a restarted hub's too
         if self.fleet.heartbeat(node_id, app_hash, node_config, session, labels, resources):
             # noted at once (the watchdog notes the rest): a hub restarted a moment from now
             # must expect this node back
@@ -238,6 +241,7 @@ class Hub:
         node_id = self.state.new_node(projects)
         self.members.joined(node_id, projects)
         certificate = credentials.ca.sign_node_key(public_key, node_id, credentials.cert_lifetime)
+        self.placement.note_certificate(node_id, certificate)
         log.info("node %d enrolled from %s into %s", node_id, host, ", ".join(projects))
         where = ",".join(projects)
         self.audit_trail.record(f"token {token_id}", "enrol a node", where, f"node {node_id}", OK)
@@ -273,7 +277,9 @@ class Hub:
         credentials = self._require_tls()
         if reason := self.members.revoked_nodes().get(node_id):
             raise SecurityError(f"renewal refused: {reason}")
-        return credentials.renew(node_id, csr_pem)
+        certificate = credentials.renew(node_id, csr_pem)
+        self.placement.note_certificate(node_id, certificate)
+        return certificate
 
     def _require_tls(self) -> HubCredentials:
         if self.credentials is None:
@@ -293,17 +299,22 @@ class Hub:
         project: str = DEFAULT_PROJECT,
         caller: Caller = LOCAL_ADMIN,
         select: str = "",
+        min_nodes: int = 0,
+        max_nodes: int = 0,
     ) -> str:
         """Start a run of the app in ``archive`` in ``project``; ``rounds`` None runs the
         app's own number. Only the project's nodes take its tasks, and of them only those
-        that match ``select`` (``pollinate.placement``; SelectorError if it does not parse)."""
+        that match ``select`` (``pollinate.placement``; SelectorError if it does not parse);
+        each round waits for ``min_nodes`` of them (0: the strategy's own minimum) and uses
+        at most ``max_nodes`` (0: no maximum); PlacementError if the counts cannot be."""
         check_name("project", project, "hub.submit_run(..., project='cardiology')")
-        selector = parse_selector(select)  # SelectorError (an AppError) names the mistake
+        # SelectorError and PlacementError (AppErrors) name the mistake
+        placement = Placement(parse_selector(select), min_nodes, max_nodes)
         app = f"app {app_hash[:16]}"
         self.audit_trail.authorize(caller, Action.SUBMIT, project, app)
         try:
             with self.state.submitting_to(project):
-                run_id = self.runs.submit(archive, app_hash, overrides, rounds, seed, selector)
+                run_id = self.runs.submit(archive, app_hash, overrides, rounds, seed, placement)
         except PollinateError as exc:
             self.audit_trail.record(caller.name, "submit run", project, app, f"failed: {exc}")
             raise
@@ -429,6 +440,25 @@ class Hub:
         its calls and renewal are refused, on this hub and the next on its data dir.
         Admins only."""
         self.fleet.cut_off(node_id, self.members.revoke_node(node_id, caller))
+
+    def label_node(
+        self,
+        node_id: int,
+        set: dict[str, str],  # the transport's keyword, though it shadows the builtin
+        remove: list[str],
+        *,
+        caller: Caller = LOCAL_ADMIN,
+    ) -> dict[str, str]:
+        """Set labels on the node from the hub (they override its own labels of the same
+        key) and remove labels set so before; returns the node's labels now. Kept across hub
+        restarts; placement reads them from the next round. Admins only."""
+        return self.placement.label(node_id, set, remove, caller)
+
+    def cordon_node(self, node_id: int, cordoned: bool, *, caller: Caller = LOCAL_ADMIN) -> None:
+        """Cordon the node (no run places new tasks on it from its next round; what it holds
+        is answered as usual) or, with ``cordoned`` False, uncordon it. Kept across hub
+        restarts. Admins only."""
+        self.placement.cordon(node_id, cordoned, caller)
 
     def list_nodes(self, *, caller: Caller = LOCAL_ADMIN) -> list[NodeRow]:
         """The nodes of the projects ``caller`` may read (an admin's: all), revoked ones too."""

@@ -33,7 +33,7 @@ from pollinate.hub.journal import Journal
 from pollinate.hub.state import HubState, RunRow, RunStatus
 from pollinate.hub.supervisor import Hooks, RunLimits, RunProcess, start_process
 from pollinate.loop.checkpoint import Checkpoint
-from pollinate.placement import Selector, parse_selector
+from pollinate.placement import Placement
 
 log = logging.getLogger("pollinate.hub")
 
@@ -67,13 +67,13 @@ class Runs:
         overrides: dict[str, str],
         rounds: int | None,
         seed: int,
-        selector: Selector | None = None,
+        placement: Placement | None = None,
     ) -> str:
         """Unpack and check the app, record the run and start it (``rounds`` None: the app's
-        own number) on the nodes that match ``selector`` (None: every node); AppError if it
+        own number) on the nodes its ``placement`` picks (None: every node); AppError if it
         is unusable, StorageError if the hub cannot record it. A refused submission leaves
         nothing on disk (``_discard_unless_used``)."""
-        selector = selector or Selector()
+        placement = placement or Placement()
         self.state.check_writable()  # the archive may be stored already: nothing new written
         # marked before it is stored: a refused submission of the same bytes must not
         # delete the archive between this one storing it and recording its run
@@ -84,7 +84,7 @@ class Runs:
                 actual = self._check_submitted(archive, declared_hash, digest)
                 process = self._start_process(digest, overrides)
                 run_id = self._record_submitted(
-                    process, actual, digest, overrides, rounds, seed, selector
+                    process, actual, digest, overrides, rounds, seed, placement
                 )
             except BaseException:
                 if process is not None:
@@ -93,7 +93,7 @@ class Runs:
                 raise
         with self.changed:
             self.changed.notify_all()
-        self._start(run_id, process, actual, rounds, seed, None, selector=selector)
+        self._start(run_id, process, actual, rounds, seed, None, placement=placement)
         return run_id
 
     def _check_submitted(self, archive: bytes, declared_hash: str, digest: str) -> str:
@@ -115,10 +115,10 @@ class Runs:
         overrides: dict[str, str],
         rounds: int | None,
         seed: int,
-        selector: Selector,
+        placement: Placement,
     ) -> str:
         run_id = secrets.token_hex(4)
-        placed = f", on the nodes that match {selector}" if selector else ""
+        placed = f", {placement}" if placement else ""
         self.state.add_run(
             RunRow(
                 run_id=run_id,
@@ -134,7 +134,7 @@ class Runs:
                 detail="",
             ),
             first_log=("status", f"run {run_id} of app {process.name} submitted{placed}"),
-            selector=str(selector),
+            placement=placement,
         )
         return run_id
 
@@ -186,7 +186,7 @@ class Runs:
         while True:
             try:
                 checkpoint = self._reload(row)
-                selector = parse_selector(self.state.run_selector(row.run_id))
+                placement = self.state.run_placement(row.run_id)
                 process = self._start_process(row.archive, row.overrides)
                 break
             except (StorageError, OSError) as exc:
@@ -196,13 +196,13 @@ class Runs:
                     log.error("run %s waits for its data dir to resume: %s", row.run_id, exc)
                 warned = True
                 time.sleep(STORAGE_RETRY_SECONDS)
-            except PollinateError as exc:  # a stored selector that no longer parses, too
+            except PollinateError as exc:  # a stored placement that no longer parses, too
                 return self._cannot_resume(row, exc)
         restart = 1 + sum(e.kind == "resume" for e in self.state.log_after(row.run_id, 0))
         where = "from the start" if checkpoint is None else f"after round {checkpoint.round}"
         note = f"hub restarted (restart {restart}): run {row.run_id} resumes {where}"
         self._start(
-            row.run_id, process, row.app_hash, row.rounds, row.seed, checkpoint, note, selector
+            row.run_id, process, row.app_hash, row.rounds, row.seed, checkpoint, note, placement
         )
 
     def _reload(self, row: RunRow) -> Checkpoint | None:
@@ -233,9 +233,9 @@ class Runs:
         seed: int,
         resume_from: Checkpoint | None,
         resume_note: str = "",
-        selector: Selector | None = None,
+        placement: Placement | None = None,
     ) -> None:
-        grid = HubGrid(self.fleet, self.journal, run_id, app_hash, process.config, selector)
+        grid = HubGrid(self.fleet, self.journal, run_id, app_hash, process.config, placement)
         thread = threading.Thread(
             target=self._run,
             args=(run_id, process, grid, rounds, seed, resume_from, resume_note),

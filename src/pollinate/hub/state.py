@@ -39,7 +39,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -49,6 +49,7 @@ from typing import Any
 
 from pollinate.errors import PollinateError, StorageError
 from pollinate.hub.access import DEFAULT_PROJECT
+from pollinate.placement import Placement, parse_selector
 from pollinate.text import MAX_LINE, MAX_NAME, inert
 
 _SCHEMA = """
@@ -68,6 +69,11 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS run_selectors (
     run_id TEXT PRIMARY KEY,
     selector TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_node_counts (
+    run_id TEXT PRIMARY KEY,
+    min_nodes INTEGER NOT NULL,
+    max_nodes INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS run_projects (
     run_id TEXT PRIMARY KEY,
@@ -89,6 +95,21 @@ CREATE TABLE IF NOT EXISTS revoked_nodes (
     node_id INTEGER PRIMARY KEY,
     revoked_at REAL NOT NULL,
     revoked_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_labels (
+    node_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    PRIMARY KEY (node_id, source)
+);
+CREATE TABLE IF NOT EXISTS cordoned_nodes (
+    node_id INTEGER PRIMARY KEY,
+    cordoned_at REAL NOT NULL,
+    cordoned_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_certificates (
+    node_id INTEGER PRIMARY KEY,
+    expires REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
@@ -152,6 +173,14 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class LabelSource(StrEnum):
+    """Whose labels a ``node_labels`` row holds. Stored as its value."""
+
+    NODE = "node"  # the labels of the node's latest heartbeat
+    RESOURCES = "resources"  # the resources of that heartbeat
+    HUB = "hub"  # set by an admin (``Hub.label_node``); they override the node's own
+
+
 @dataclass(frozen=True)
 class RunRow:
     """A run as the hub records it; ``rounds`` is None until the run's app has said how many
@@ -174,7 +203,8 @@ class RunRow:
 @dataclass(frozen=True)
 class NodeRow:
     """A node as the hub records it: its projects, and who revoked it and when (None: not
-    revoked). ``last_seen`` is when the hub last noted it alive (epoch seconds; 0: never)."""
+    revoked). ``last_seen`` is when the hub last noted it alive (epoch seconds; 0: never);
+    ``cordoned``: an admin took it out of new placements (``Hub.cordon_node``)."""
 
     node_id: int
     name: str | None
@@ -182,6 +212,9 @@ class NodeRow:
     last_seen: float
     revoked_at: float | None
     revoked_by: str
+    cordoned: bool = False
+    cert_expires: float | None = None  # epoch seconds; None: unknown (insecure mode, or
+    # enrolled by an older hub and not renewed since)
 
 
 @dataclass(frozen=True)
@@ -329,11 +362,14 @@ class HubState:
         finally:
             _SUBMISSION_PROJECT.reset(token)
 
-    def add_run(self, run: RunRow, first_log: tuple[str, str], selector: str = "") -> None:
-        """Record a new run, the first (kind, text) line of its log and its placement
-        ``selector`` (empty: every node), at once: a run is never recorded without a log that
-        says how it came to be, nor resumed on nodes it did not select."""
+    def add_run(
+        self, run: RunRow, first_log: tuple[str, str], placement: Placement | None = None
+    ) -> None:
+        """Record a new run, the first (kind, text) line of its log and its ``placement``
+        (None: every node), at once: a run is never recorded without a log that says how it
+        came to be, nor resumed on nodes it did not select."""
         project = _SUBMISSION_PROJECT.get() or run.project
+        placement = placement or Placement()
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO log (run_id, time, kind, text) VALUES (?, ?, ?, ?)",
@@ -356,8 +392,14 @@ class HubState:
                 ),
             )
             db.execute("INSERT INTO run_projects VALUES (?, ?)", (run.run_id, project))
-            if selector:
+            if placement.selector:
+                selector = str(placement.selector)
                 db.execute("INSERT INTO run_selectors VALUES (?, ?)", (run.run_id, selector))
+            if placement.min_nodes or placement.max_nodes:
+                db.execute(
+                    "INSERT INTO run_node_counts VALUES (?, ?, ?)",
+                    (run.run_id, placement.min_nodes, placement.max_nodes),
+                )
 
     def run_selector(self, run_id: str) -> str:
         """The run's placement selector as submitted; empty if it has none."""
@@ -366,6 +408,16 @@ class HubState:
                 "SELECT selector FROM run_selectors WHERE run_id = ?", (run_id,)
             ).fetchone()
         return "" if row is None else str(row[0])
+
+    def run_placement(self, run_id: str) -> Placement:
+        """The run's placement as submitted (a run recorded by an older hub: its selector,
+        no bounds); PlacementError if what is stored no longer parses."""
+        with self.reading() as db:
+            counts = db.execute(
+                "SELECT min_nodes, max_nodes FROM run_node_counts WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        min_nodes, max_nodes = (0, 0) if counts is None else (int(counts[0]), int(counts[1]))
+        return Placement(parse_selector(self.run_selector(run_id)), min_nodes, max_nodes)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         if "status" in fields:
@@ -427,11 +479,65 @@ class HubState:
                 "SELECT node_id, name, last_seen, revoked_at, COALESCE(revoked_by, '') "
                 "FROM nodes LEFT JOIN revoked_nodes USING (node_id) ORDER BY node_id"
             ).fetchall()
+        with self.reading() as db:
+            cordoned = {int(r[0]) for r in db.execute("SELECT node_id FROM cordoned_nodes")}
+            expiries = dict(db.execute("SELECT node_id, expires FROM node_certificates"))
         default = frozenset({DEFAULT_PROJECT})
         return [
-            NodeRow(node_id, name, projects.get(node_id, default), last_seen, revoked_at, by)
+            NodeRow(
+                node_id,
+                name,
+                projects.get(node_id, default),
+                last_seen,
+                revoked_at,
+                by,
+                node_id in cordoned,
+                expiries.get(node_id),
+            )
             for node_id, name, last_seen, revoked_at, by in rows
         ]
+
+    def known_node(self, node_id: int) -> bool:
+        """Whether the hub enrolled or named this node."""
+        with self.reading() as db:
+            return (
+                db.execute("SELECT 1 FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+                is not None
+            )
+
+    def set_node_labels(self, node_id: int, source: LabelSource, labels: Mapping[str, str]) -> None:
+        """Keep the node's labels (or resources) from ``source``, replacing what was kept."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO node_labels VALUES (?, ?, ?)",
+                (node_id, LabelSource(source).value, json.dumps(dict(labels), sort_keys=True)),
+            )
+
+    def node_labels(self) -> dict[int, dict[LabelSource, dict[str, str]]]:
+        """Every node's kept labels and resources, by source."""
+        with self.reading() as db:
+            rows = db.execute("SELECT node_id, source, labels FROM node_labels").fetchall()
+        kept: dict[int, dict[LabelSource, dict[str, str]]] = {}
+        for node_id, source, labels in rows:
+            kept.setdefault(int(node_id), {})[LabelSource(source)] = json.loads(labels)
+        return kept
+
+    def cordon_node(self, node_id: int, cordoned: bool, by: str) -> None:
+        """Note the node cordoned by ``by`` now (or not: uncordoned); cordoning a cordoned
+        node keeps its first cordon."""
+        with self.transaction() as db:
+            if cordoned:
+                db.execute(
+                    "INSERT OR IGNORE INTO cordoned_nodes VALUES (?, ?, ?)",
+                    (node_id, time.time(), inert(by, MAX_NAME)),
+                )
+            else:
+                db.execute("DELETE FROM cordoned_nodes WHERE node_id = ?", (node_id,))
+
+    def note_certificate(self, node_id: int, expires: float) -> None:
+        """Note when the node's newest certificate (enrolment, renewal) expires."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO node_certificates VALUES (?, ?)", (node_id, expires))
 
     def revoke_node(self, node_id: int, by: str) -> bool:
         """Note the node revoked by ``by`` now; False if the hub knows no such node. Revoking
