@@ -8,7 +8,7 @@ What is measured, per configuration of K node processes and a model of P float32
   ``pollinate run --hub`` for 3 rounds of FedAvg whose client returns the arrays it received
   plus one (no training), so what remains is the framework: the model down to K nodes, K
   updates back, decoding, reply checks, folding. The figure is the hub's own timing of each
-  round (``history.json``): best and median of the 3 rounds. The CPU seconds per round of
+  round (``history.jsonl``): best and median of the 3 rounds. The CPU seconds per round of
   the hub and of all nodes together come with it: here they share 2 cores;
 - the time to move the same bytes, 2 x K x 4P (the model down to each node, each update back),
   from one Python process to another over a loopback TCP socket with large ``sendall`` /
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import multiprocessing
 import os
 import re
@@ -54,6 +53,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from pollinate.loop.history import History
 from pollinate.security import CertificateAuthority
 from pollinate.transport import CHUNK_BYTES
 from pollinate.transport.fleet_service import DECODING_BYTES
@@ -276,9 +276,7 @@ def deployment(k: int, p: int, directory: Path) -> Figures:
         cpu = [cpu_seconds(pid) - b for pid, b in zip((hub, *nodes), before, strict=True)]
         hub_growth = memory(hub, "VmHWM") - hub_idle
         node_peak = max(memory(pid, "VmHWM") for pid in nodes)
-    records = [
-        r for r in json.loads((out / "history.json").read_text())["rounds"] if r["round"] > 0
-    ]
+    records = [r.to_dict() for r in History.load(out).rounds if r.round > 0]
     if len(records) != ROUNDS or any(r["replies"] != k for r in records):
         raise RuntimeError(f"the run did not finish {ROUNDS} rounds with {k} replies: {records}")
     seconds = [float(r["seconds"]) for r in records]

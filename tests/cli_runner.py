@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from pollinate.loop.history import History
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -35,7 +36,12 @@ def pollinate(
 def run_app(
     app: str | Path, out: Path, *args: str, drop_env: tuple[str, ...] = ()
 ) -> list[dict[str, Any]]:
-    """``pollinate run APP --out OUT ARGS``, which must succeed; its history.json's rounds."""
+    """``pollinate run APP --out OUT ARGS``, which must succeed; its history's rounds."""
     done = pollinate("run", app, "--out", out, *args, drop_env=drop_env)
     assert done.returncode == 0, done.stderr
-    return json.loads((out / "history.json").read_text())["rounds"]
+    return history_rounds(out)
+
+
+def history_rounds(out: Path) -> list[dict[str, Any]]:
+    """The rounds of the history a run wrote into ``out`` (``history.jsonl``), as dicts."""
+    return [record.to_dict() for record in History.load(out).rounds]

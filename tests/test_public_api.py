@@ -49,7 +49,9 @@ PUBLIC = [
     "Validation",
     "WireError",
     "__version__",
+    "load_arrays",
     "run_simulation",
+    "save_arrays",
     "weighted_average",
 ]
 
@@ -274,6 +276,7 @@ SUBPACKAGES = {
         "serve_dashboard",
         "serve_source",
     ],
+    "tracking": ["TRACKERS", "Tracker", "tracker_for"],
     "wire": [
         "DEFAULT_LIMITS",
         "DTYPES",

@@ -6,6 +6,7 @@ The common path needs nothing deeper than this module::
 """
 
 from pollinate.aggregate import weighted_average
+from pollinate.artifacts import load_arrays, save_arrays
 from pollinate.client import Client, Context, NumPyClient
 from pollinate.errors import AppError, ClientError, PollinateError, RunError, WireError
 from pollinate.loop import Grid, History, RoundRecord, RunResult, ServerApp, Validation
@@ -69,6 +70,8 @@ __all__ = [
     "Validation",
     "WireError",
     "__version__",
+    "load_arrays",
     "run_simulation",
+    "save_arrays",
     "weighted_average",
 ]

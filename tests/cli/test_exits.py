@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pollinate.loop.history import History
 from tests.cli_runner import EXAMPLES, ROOT, pollinate
 
 DEMO = EXAMPLES / "quickstart-numpy"
@@ -91,8 +92,7 @@ def test_every_client_failing_exits_1_quickly_and_says_why(tmp_path: Path) -> No
     assert "2000 x fit: client failed: ValueError: num_partitions=2000" in done.stdout
     assert "no fit task gave a usable update in 3 rounds in a row" in done.stderr
     assert "Traceback" not in done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())
-    assert [r["round"] for r in history["rounds"]] == [0, 1, 2, 3]  # stopped early
+    assert [r.round for r in History.load(tmp_path).rounds] == [0, 1, 2, 3]  # stopped early
 
 
 def test_a_fit_raising_on_every_client_exits_1_with_the_reason(tmp_path: Path) -> None:
@@ -132,7 +132,8 @@ def test_a_good_run_prints_each_round_once_and_one_summary(tmp_path: Path) -> No
     assert "best round: 4 (federated accuracy 0.4000)" in out
     assert "final (round 4): federated loss 4.0000 accuracy 0.4000" in out
     assert any(line.startswith("4 rounds in ") and line.endswith("s") for line in out)
-    assert f"history written to {tmp_path / 'out' / 'history.json'}" in out
+    assert f"history written to {tmp_path / 'out' / 'history.jsonl'}" in out
+    assert f"model written to {tmp_path / 'out' / 'model.npz'}" in out
 
 
 def test_piped_output_is_whole_lines_at_80_columns(tmp_path: Path) -> None:
@@ -153,7 +154,7 @@ def test_piped_output_is_whole_lines_at_80_columns(tmp_path: Path) -> None:
 
 
 def test_out_naming_a_file_is_refused_before_the_run(tmp_path: Path) -> None:
-    taken = tmp_path / "history.json"
+    taken = tmp_path / "history.jsonl"
     taken.write_text("mine")
     done = pollinate("run", DEMO, "--out", taken)
     assert done.returncode == 2
@@ -181,15 +182,15 @@ def test_ctrl_c_keeps_the_history_of_the_rounds_done(tmp_path: Path) -> None:
         process.kill()
     assert process.returncode == 130, stderr
     assert "interrupted after round" in stderr and "Traceback" not in stderr
-    history = json.loads((out / "history.json").read_text())
-    done = [r["round"] for r in history["rounds"]]
+    done = [r.round for r in History.load(out).rounds]
     assert done[:3] == [0, 1, 2] and done == list(range(len(done))) and len(done) < 51
 
 
 def test_the_history_file_says_what_ran(tmp_path: Path) -> None:
     done = pollinate("run", tiny_app(tmp_path), "--seed", "7", "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "out" / "history.json").read_text())
-    assert history["schema"] == 2 and history["app"] == "tiny" and history["seed"] == 7
-    assert history["config"] == {"num-rounds": 4, "fit-seconds": 0.0}
-    assert history["pollinate"] and len(history["rounds"]) == 5
+    header = json.loads((tmp_path / "out" / "history.jsonl").read_text().splitlines()[0])
+    assert header["schema"] == 3 and header["app"] == "tiny" and header["seed"] == 7
+    assert header["config"] == {"num-rounds": 4, "fit-seconds": 0.0}
+    assert header["strategy"] == "FedAvg" and header["clients"] == 3 and header["app_hash"]
+    assert header["pollinate"] and len(History.load(tmp_path / "out").rounds) == 5

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from pollinate.cli.new import FRAMEWORKS
-from tests.cli_runner import pollinate
+from tests.cli_runner import history_rounds, pollinate
 
 # after two rounds of five clients each template scores 0.80-0.86 on the digits (measured)
 FLOOR = 0.75
@@ -22,7 +21,7 @@ def test_a_new_app_runs_as_generated(framework: str, tmp_path: Path) -> None:
     assert (app / "README.md").exists() and (app / f"my_{framework}_app" / "task.py").exists()
     done = pollinate("run", app.name, "--rounds", "2", "--out", "out", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "out" / "history.json").read_text())["rounds"]
+    history = history_rounds(tmp_path / "out")
     assert [r["replies"] for r in history[1:]] == [5, 5]
     assert all(r["failures"] == 0 for r in history), [r["failed"] for r in history]
     assert "accuracy" in history[-1]["evaluate"]  # the clients' own evaluation works too

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli_runner import history_rounds
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "quickstart-numpy"
@@ -25,7 +26,7 @@ def pollinate(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_demo_reaches_ninety_percent_and_writes_history(tmp_path: Path) -> None:
     done = pollinate("run", str(DEMO), "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    history = history_rounds(tmp_path)
     assert [r["round"] for r in history] == list(range(21))
     last = history[-1]
     assert set(last) >= {
@@ -61,7 +62,7 @@ def test_overrides_change_the_run(tmp_path: Path) -> None:
         str(tmp_path),
     )
     assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    history = history_rounds(tmp_path)
     assert len(history) == 3 and history[-1]["replies"] == 5
 
 
@@ -108,7 +109,7 @@ def test_adversaries_attack_and_the_run_says_who_and_how(tmp_path: Path) -> None
     line = "adversaries: 6 of 20 clients ("
     assert line in done.stdout and "attack with scale (scale 4.0)" in done.stdout
     assert done.stdout.rindex(line) > done.stdout.index("best round: ")
-    assert len(json.loads((tmp_path / "history.json").read_text())["rounds"]) == 3
+    assert len(history_rounds(tmp_path)) == 3
 
 
 def test_an_attack_error_is_one_line_without_the_python_hint() -> None:
@@ -147,7 +148,7 @@ def test_the_demo_with_dp_reports_epsilon_and_stops_at_its_budget(tmp_path: Path
         str(tmp_path),
     )
     assert done.returncode == 0, done.stderr
-    history = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    history = history_rounds(tmp_path)
     spent = [r["fit"]["dp_epsilon"] for r in history[1:]]
     assert 0 < len(spent) < 20 and spent == sorted(spent) and spent[-1] <= 6
     assert "epsilon" in done.stdout and "stopped early: privacy budget" in done.stdout
@@ -168,7 +169,7 @@ def test_stragglers_slow_some_clients_and_a_bad_fraction_is_refused(tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "stragglers: 2 of 5 virtual clients, 3x slower" in done.stdout
-    history = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    history = history_rounds(tmp_path)
     assert [r["replies"] for r in history[1:]] == [5, 5]  # slow, not lost
     bad = pollinate("run", str(DEMO), "--stragglers", "2")
     assert bad.returncode == 2 and "must be a finite number in [0, 1]" in bad.stderr
@@ -182,7 +183,7 @@ def test_the_demo_runs_the_strategy_the_config_names(tmp_path: Path) -> None:
         args = [a for item in config for a in ("--config", item)]
         done = pollinate("run", str(DEMO), "--rounds", "1", "--out", str(out), *args)
         assert done.returncode == 0, done.stderr
-        history = json.loads((out / "history.json").read_text())["rounds"]
+        history = history_rounds(out)
         return float(history[1]["centralized"]["loss"])
 
     # FedProx's term pulls local training back to the global model: with a strong mu the

@@ -28,7 +28,7 @@ import pytest
 from pollinate.flower import start_client
 from pollinate.flower.classic import END_GRACE
 from pollinate.transport.client import HubUnavailable
-from tests.cli_runner import pollinate
+from tests.cli_runner import history_rounds, pollinate
 from tests.compat.test_flower_apps import with_pollinate_imports
 
 pytestmark = [pytest.mark.slow, pytest.mark.deployment]
@@ -106,7 +106,7 @@ def test_the_classic_tutorial_runs_and_matches_its_simulation(tmp_path: Path) ->
 
     done = pollinate("run", app, "--out", tmp_path, "--seed", "0", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    simulated = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    simulated = history_rounds(tmp_path)
     for record in simulated:
         rnd = record["round"]
         expected = [("losses_centralized", record["centralized"]["loss"])]

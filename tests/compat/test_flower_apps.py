@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.cli_runner import pollinate
+from tests.cli_runner import history_rounds, pollinate
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-13
@@ -58,9 +58,7 @@ def run_under_pollinate(app: str, tmp_path: Path) -> tuple[list[dict[str, Any]],
     out.mkdir()
     done = pollinate("run", copy, "--out", out, cwd=out)
     assert done.returncode == 0, done.stdout + done.stderr
-    history = json.loads((out / "history.json").read_text())
-    rounds = history["rounds"] if isinstance(history, dict) else history
-    return rounds, out
+    return history_rounds(out), out
 
 
 def assert_close(flower: dict[str, float], ours: dict[str, Any], what: str) -> None:

@@ -9,7 +9,6 @@ directory; when a test fails, the report shows them.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import socket
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from pollinate.loop.history import History
 from pollinate.transport.client import FleetClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ class Node:
 
 @dataclass
 class RunResult:
-    """What ``pollinate run --hub`` left: exit status, output and history.json (if written)."""
+    """What ``pollinate run --hub`` left: exit status, output and history.jsonl (if written)."""
 
     returncode: int
     stdout: str
@@ -326,8 +326,9 @@ def _accepts(address: str, process: Process) -> bool:
 
 
 def _history(out: Path) -> list[dict[str, Any]] | None:
-    path = out / "history.json"
-    return json.loads(path.read_text())["rounds"] if path.exists() else None
+    if not (out / "history.jsonl").exists():
+        return None
+    return [record.to_dict() for record in History.load(out).rounds]
 
 
 # --- fixtures -------------------------------------------------------------------------------

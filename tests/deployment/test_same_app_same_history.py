@@ -3,11 +3,11 @@ nodes as in simulation."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
+from tests.cli_runner import history_rounds
 from tests.deployment.conftest import QUICKSTART, Deployment
 
 ROUNDS = "5"
@@ -43,7 +43,7 @@ def test_three_nodes_train_the_quickstart_as_the_simulation_does(deployment: Dep
     assert deployed.returncode == 0, deployed.stderr
     assert simulated.returncode == 0, simulated.stderr
     assert deployed.history is not None
-    simulation = json.loads((simulation_out / "history.json").read_text())["rounds"]
+    simulation = history_rounds(simulation_out)
     assert [r["round"] for r in deployed.history] == [r["round"] for r in simulation]
     assert len(simulation) == int(ROUNDS) + 1
     for mine, theirs in zip(deployed.history, simulation, strict=True):

@@ -23,7 +23,7 @@ from pollinate.records import Message
 from pollinate.text import MAX_TEXT
 from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER, data_chunk
 from pollinate.transport.client import ControlClient, FleetClient, HubUnavailable
-from tests.cli_runner import pollinate
+from tests.cli_runner import history_rounds, pollinate
 from tests.deployment.apps import write_tiny_app
 from tests.deployment.conftest import RUN_TIMEOUT, BackgroundRun, Deployment, wait_for
 from tests.deployment.conftest import deployment as deployment  # the fixture
@@ -218,7 +218,7 @@ def test_a_long_exception_message_in_simulation_is_cut_and_logged_as_one_line(
     done = pollinate("run", app, "-v", "--out", tmp_path / "out", cwd=tmp_path, timeout=600)
 
     assert done.returncode == 0, done.stderr[-5000:]
-    history = json.loads((tmp_path / "out" / "history.json").read_text())["rounds"]
+    history = history_rounds(tmp_path / "out")
     [failure] = history[1]["failed"]
     reason = failure["reason"]
     assert reason.startswith("client failed: RuntimeError: xxxx")

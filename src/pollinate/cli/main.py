@@ -13,7 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.text import Text
 
-from pollinate.app import App, load_app
+from pollinate.app import App, app_hash, load_app
 from pollinate.cli.console import (
     console,
     err_console,
@@ -33,16 +33,18 @@ from pollinate.cli.deploy import (
     token_app,
 )
 from pollinate.cli.new import new
+from pollinate.cli.outputs import RunOutputs, plot_command
 from pollinate.cli.render import RunProgress, nothing_applied, summary
 from pollinate.dashboard import LocalRun, serve_source
 from pollinate.errors import AppError, PollinateError
 from pollinate.loop.app import ServerApp
-from pollinate.loop.events import Event, RoundFinished
+from pollinate.loop.events import Event
 from pollinate.loop.history import History
 from pollinate.simulation.adversary import ATTACKS, Adversaries
 from pollinate.simulation.run import run_simulation
 from pollinate.simulation.speed import Stragglers
 from pollinate.text import MAX_LINE, inert
+from pollinate.tracking import Tracker, tracker_for
 
 app = typer.Typer(
     help="pollinate: federated learning. The same app runs in simulation and across sites.",
@@ -119,8 +121,18 @@ def run(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Write history.json into this directory (created), rewritten as each round "
-            "ends: an interrupted run keeps the rounds it did. Checked before the run starts."
+            help="Write history.jsonl into this directory (created), a line appended as each "
+            "round ends (an interrupted run keeps the rounds it did), and the final model as "
+            "model.npz. Checked before the run starts."
+        ),
+    ] = None,
+    track: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KIND:DIR",
+            help="Also log the run's parameters, per-round metrics and final model to "
+            "mlflow:DIR (an MLflow store, or a tracking URI) or tensorboard:DIR; repeatable. "
+            "Needs pip install 'pollinate[mlflow]' or 'pollinate[tensorboard]'.",
         ),
     ] = None,
     max_failed_rounds: Annotated[
@@ -213,6 +225,7 @@ def run(
     """
     setup_logging(verbose)
     _check_out(out)
+    trackers = _trackers(track or [])
     attackers = _adversaries(adversaries, attack, attack_scale, attack_noise_std, seed)
     if hub is None and select is not None:
         raise fail(
@@ -220,6 +233,8 @@ def run(
             "Python (run_simulation(..., node_config_fn=..., select=...)).\nHint: pollinate "
             "run APP --hub HOST:9093 --select 'gpus>=1'"
         )
+    if hub is not None and trackers:
+        raise fail("--track works in simulation for now; with --hub, track the pulled history")
     if hub is not None and dashboard:
         raise fail("--dashboard shows a simulation; a hub serves its own (`pollinate hub`)")
     if hub is not None:
@@ -241,7 +256,17 @@ def run(
     )
     if attackers is not None:
         console.print(_attackers_line(attackers, num_clients))
-    history = History(app=loaded.name, seed=seed, config=dict(loaded.config))
+    history = History(
+        app=loaded.name,
+        seed=seed,
+        config=dict(loaded.config),
+        app_hash=app_hash(app_dir),
+        overrides=parse_overrides(config or []),
+        strategy=type(server_app.strategy).__name__,
+        num_rounds=server_app.num_rounds,
+        clients=num_clients,
+    )
+    outputs = RunOutputs(history, out, trackers)
     started = time.monotonic()
     local = LocalRun(loaded.name, server_app.num_rounds) if dashboard else None
     board = serve_source(local, "127.0.0.1:0") if local else None
@@ -251,8 +276,7 @@ def run(
         failure = _simulate(
             loaded,
             server_app,
-            history,
-            out,
+            outputs,
             num_clients=num_clients,
             seed=seed,
             concurrency=concurrency or loaded.concurrency,
@@ -268,7 +292,9 @@ def run(
     if attackers is not None:
         console.print(_attackers_line(attackers, num_clients))
     if out is not None:
-        console.print(Text(f"history written to {out / 'history.json'}"))
+        console.print(Text(f"history written to {outputs.writer.path if outputs.writer else out}"))
+    if outputs.model is not None:
+        console.print(Text(f"model written to {outputs.model}"))
     problem = str(failure) if failure is not None else nothing_applied(history)
     if problem is not None:
         raise run_failed(problem)
@@ -290,8 +316,7 @@ def _check_hub_options(simulated_clients: bool, max_failed_rounds: int | None) -
 def _simulate(
     loaded: App,
     server_app: ServerApp,
-    history: History,
-    out: Path | None,
+    outputs: RunOutputs,
     *,
     num_clients: int,
     seed: int,
@@ -300,8 +325,9 @@ def _simulate(
     speed: Stragglers | None,
     watch: Callable[[Event], None] | None = None,
 ) -> PollinateError | None:
-    """Run the simulation with its progress shown and ``history`` kept (and saved to
-    ``out``) as rounds end; the error that ended it early, if one did."""
+    """Run the simulation with its progress shown and its ``outputs`` kept as rounds end
+    (history, trackers) and when it ends (the model); the error that ended it early, if
+    one did."""
     try:
         with RunProgress(console, server_app.num_rounds) as progress:
             result = run_simulation(
@@ -312,34 +338,31 @@ def _simulate(
                 concurrency=concurrency,
                 run_config=loaded.config,
                 # saved, then shown (and watched: --dashboard)
-                on_event=_both(_HistoryWriter(history, out), progress, *([watch] if watch else [])),
+                on_event=_both(outputs, progress, *([watch] if watch else [])),
                 adversaries=attackers,
                 client_speed=speed,
             )
     except KeyboardInterrupt:
-        _interrupted(history, out)
+        outputs.finish(None, "interrupted")
+        _interrupted(outputs.history, outputs.out)
     except AppError as exc:
+        outputs.finish(None, "failed")
         raise fail(exc) from None
     except PollinateError as exc:  # RunError, ClientError: the run itself failed
+        outputs.finish(None, "failed")
         return exc
+    outputs.finish(result.arrays, "finished")
     if result.stopped is not None:
         console.print(Text(f"stopped early: {inert(result.stopped, MAX_LINE)}", "yellow"))
     return None
 
 
-class _HistoryWriter:
-    """Keeps the CLI's history as rounds end, and rewrites ``--out``'s history.json each
-    time: Ctrl-C or a failure later keeps every round done."""
-
-    def __init__(self, history: History, out: Path | None) -> None:
-        self.history, self.out = history, out
-
-    def __call__(self, event: Event) -> None:
-        if not isinstance(event, RoundFinished):
-            return
-        self.history.rounds.append(event.record)
-        if self.out is not None:
-            self.history.save(self.out)
+def _trackers(specs: list[str]) -> list[Tracker]:
+    """``--track`` as trackers, made before the run: a missing library fails at once."""
+    try:
+        return [tracker_for(spec) for spec in specs]
+    except ValueError as exc:
+        raise fail(exc) from None
 
 
 def _both(*handlers: Callable[[Event], None]) -> Callable[[Event], None]:
@@ -351,13 +374,13 @@ def _both(*handlers: Callable[[Event], None]) -> Callable[[Event], None]:
 
 
 def _check_out(out: Path | None) -> None:
-    """``--out`` must be a directory we can write history.json into: checked before the
+    """``--out`` must be a directory we can write history.jsonl into: checked before the
     run, so a run's history is never lost at its end."""
     if out is None:
         return
     if out.exists() and not out.is_dir():
         raise fail(
-            f"--out {out} is a file; --out names a directory, where history.json is written.\n"
+            f"--out {out} is a file; --out names a directory, where history.jsonl is written.\n"
             f"Hint: --out {out.parent / (out.stem or 'out')}"
         )
     try:
@@ -371,7 +394,7 @@ def _check_out(out: Path | None) -> None:
 
 def _interrupted(history: History, out: Path | None) -> NoReturn:
     done = history.rounds[-1].round if history.rounds else None
-    kept = f"; history.json in {out} keeps rounds 0 to {done}" if out and done is not None else ""
+    kept = f"; history.jsonl in {out} keeps rounds 0 to {done}" if out and done is not None else ""
     err_console.print(Text(f"interrupted after round {done}{kept}", "yellow"))
     raise typer.Exit(130)
 
@@ -386,6 +409,7 @@ app.command("nodes")(nodes_command)
 app.command("log")(log_command)
 app.command("stop")(stop_command)
 app.command()(new)
+app.command("plot")(plot_command)
 
 
 def _adversaries(

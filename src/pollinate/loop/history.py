@@ -1,9 +1,12 @@
-"""A run's history: one record per round, saved as ``history.json``.
+"""A run's history: what ran, and one record per round, saved as ``history.jsonl``.
 
-``history.json`` is an object: the schema version (``SCHEMA``), the pollinate version that
-wrote it, the app, seed and run config, and ``rounds``, one ``RoundRecord`` each.
-docs/history.md describes every field; ``History.load`` also reads the bare list of rounds
-that files without a ``schema`` held (schema 1).
+``history.jsonl`` is JSON lines: a header (the schema version, ``SCHEMA``; the pollinate
+version; the app, its hash, the run config and its overrides, seed, strategy, clients or
+placement) then one ``RoundRecord`` per line, appended as each round ends
+(``loop/history_writer.py``), so a run stopped at any moment keeps every round it finished.
+docs/history.md describes every field. ``History.load`` also reads the ``history.json``
+files of older pollinate: an object with the rounds inside (schema 2) or a bare list of
+rounds (schema 1).
 """
 
 from __future__ import annotations
@@ -12,16 +15,24 @@ import importlib.metadata
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pollinate.checks import is_number
 from pollinate.records import Scalar
 from pollinate.text import MAX_LINE, inert
 
-SCHEMA = 2
-"""The version of ``history.json``'s layout: 1 was a bare list of rounds, 2 the object."""
+SCHEMA = 3
+"""The version of the history's layout: 1 was a bare list of rounds, 2 an object holding
+them (both ``history.json``), 3 JSON lines (``history.jsonl``)."""
+FILE = "history.jsonl"
+"""The history's file in a run's output directory."""
+OLD_FILE = "history.json"
+"""What pollinate before schema 3 wrote; ``History.load`` reads it when no ``FILE`` is there."""
+MAX_LINE_BYTES = 64 << 20
+"""The longest line ``History.load`` reads (a round with thousands of failures is ~1 MB)."""
 
 
 @dataclass
@@ -73,9 +84,13 @@ class RoundRecord:
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
 
+    def line(self) -> str:
+        """The record as a line of ``history.jsonl``."""
+        return _line(self.to_dict())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoundRecord:
-        """The record ``to_dict`` (or a line of ``history.json``) describes."""
+        """The record ``to_dict`` (or a line of ``history.jsonl``) describes."""
         data = dict(data)
         failed = [Failure(**f) for f in data.pop("failed", [])]
         return cls(**data, failed=failed)
@@ -83,41 +98,99 @@ class RoundRecord:
 
 @dataclass
 class History:
-    """The rounds of a run, in order, and what ran: the app, its seed and run config."""
+    """What ran (the header of ``history.jsonl``) and its rounds, in order.
+
+    ``overrides`` are the ``--config`` values given on the command line (``config`` already
+    holds them); ``clients`` is the number of virtual clients of a simulation, ``placement``
+    the node selector of a hub run.
+    """
 
     rounds: list[RoundRecord] = field(default_factory=list)
     app: str = ""
     seed: int | None = None
     config: dict[str, Scalar] = field(default_factory=dict)
     pollinate: str = field(default_factory=lambda: _version())
+    app_hash: str = ""
+    overrides: dict[str, str] = field(default_factory=dict)
+    strategy: str = ""
+    num_rounds: int | None = None
+    clients: int | None = None
+    placement: str | None = None
+    run_id: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """``history.json`` as a dict (schema ``SCHEMA``)."""
+    def header(self) -> dict[str, Any]:
+        """The first line of ``history.jsonl``: what the run was."""
         return {
             "schema": SCHEMA,
             "pollinate": self.pollinate,
             "app": self.app,
+            "app_hash": self.app_hash,
+            "run_id": self.run_id,
             "seed": self.seed,
+            "strategy": self.strategy,
+            "num_rounds": self.num_rounds,
+            "clients": self.clients,
+            "placement": self.placement,
             "config": _json_safe(dict(self.config)),
-            "rounds": [r.to_dict() for r in self.rounds],
+            "overrides": dict(self.overrides),
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+    def lines(self) -> list[str]:
+        """``history.jsonl``'s lines: the header, then a line per round."""
+        return [_line(self.header()), *(r.line() for r in self.rounds)]
+
+    def with_round(self, record: RoundRecord) -> None:
+        """Add ``record``; a round run again (resumed after a hub restart) replaces the
+        records from its number on."""
+        self.rounds = [r for r in self.rounds if r.round < record.round]
+        self.rounds.append(record)
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str]) -> History:
+        """The history ``lines()`` wrote. A last line cut short (the writer was killed
+        mid-line) is left out; any other line that is not a record is a ValueError."""
+        numbered = list(enumerate(lines, start=1))
+        if not numbered:
+            raise ValueError("empty history: expected a header line")
+        history = cls._from_header(_parse(numbered[0][1], 1))
+        for number, line in numbered[1:]:
+            if not line.strip():
+                continue
+            try:
+                data = _parse(line, number)
+            except ValueError:
+                if number == len(numbered) and not line.endswith("\n"):
+                    break  # the line a crash cut: the rounds before it are whole
+                raise
+            history.with_round(_record(data, number))
+        return history
+
+    @classmethod
+    def _from_header(cls, data: dict[str, Any]) -> History:
+        schema = data.get("schema")
+        if not isinstance(schema, int) or "rounds" in data:
+            raise ValueError("not a pollinate history.jsonl: its first line has no 'schema'")
+        _check_schema(data)
+        if not all(isinstance(data.get(k, {}), dict) for k in ("config", "overrides")):
+            raise ValueError("history header: 'config' and 'overrides' must be objects")
+        try:
+            return cls(**{k: data[k] for k in _HEADER_FIELDS if k in data})
+        except TypeError as exc:
+            raise ValueError(f"history header: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The history as one object: the header's fields and ``rounds``."""
+        return {**self.header(), "rounds": [r.to_dict() for r in self.rounds]}
 
     @classmethod
     def from_json(cls, text: str) -> History:
-        """The history ``to_json`` wrote, or an older file's bare list of rounds."""
+        """An older ``history.json``: schema 2's object, or schema 1's bare list of rounds."""
         data = json.loads(text)
         if isinstance(data, list):  # schema 1: the rounds alone
             return cls([RoundRecord.from_dict(r) for r in data], pollinate="")
         if not isinstance(data, dict) or not isinstance(data.get("schema"), int):
             raise ValueError("not a pollinate history: expected an object with a 'schema'")
-        if data["schema"] > SCHEMA:
-            raise ValueError(
-                f"history schema {data['schema']} is newer than this pollinate reads "
-                f"({SCHEMA}).\nHint: read it with pollinate {data.get('pollinate', '?')}"
-            )
+        _check_schema(data)
         return cls(
             [RoundRecord.from_dict(r) for r in data["rounds"]],
             app=data.get("app", ""),
@@ -128,7 +201,8 @@ class History:
 
     @classmethod
     def load(cls, path: str | Path) -> History:
-        """Read ``history.json``, or the one in directory ``path``.
+        """Read ``history.jsonl`` (or an older ``history.json``), or the one in directory
+        ``path``.
 
         >>> import tempfile
         >>> out = History([RoundRecord(round=0)], app="demo", seed=1).save(tempfile.mkdtemp())
@@ -137,17 +211,24 @@ class History:
         """
         target = Path(path)
         if target.is_dir():
-            target = target / "history.json"
-        return cls.from_json(target.read_text())
+            target = target / FILE if (target / FILE).exists() else target / OLD_FILE
+        with open(target, encoding="utf-8", errors="replace") as file:
+            first = file.readline(MAX_LINE_BYTES)
+            if _is_header(first):
+                return cls.from_lines(_bounded_lines(first, file))
+            rest = file.read(4 * MAX_LINE_BYTES)  # schema 1 or 2: one JSON value
+            if file.read(1):
+                raise ValueError(f"{target}: longer than {4 * MAX_LINE_BYTES} characters")
+            return cls.from_json(first + rest)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``history.json`` into directory ``path`` (created if needed), whole or not
-        at all: a run interrupted while it writes leaves the previous file."""
+        """Write ``history.jsonl`` into directory ``path`` (created if needed), whole or not
+        at all. A running run appends instead (``HistoryWriter``)."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        target = out / "history.json"
-        partial = out / f".history.json.{os.getpid()}.tmp"
-        partial.write_text(self.to_json() + "\n")
+        target = out / FILE
+        partial = out / f".{FILE}.{os.getpid()}.tmp"
+        partial.write_text("".join(self.lines()))
         os.replace(partial, target)
         return target
 
@@ -159,6 +240,71 @@ class History:
             if is_number(value):
                 out.append((r.round, float(value)))
         return out
+
+
+_HEADER_FIELDS = (
+    *("app", "seed", "config", "pollinate", "app_hash", "overrides", "strategy"),
+    *("num_rounds", "clients", "placement", "run_id"),
+)
+
+
+def _check_schema(data: dict[str, Any]) -> None:
+    if data["schema"] > SCHEMA:
+        raise ValueError(
+            f"history schema {data['schema']} is newer than this pollinate reads "
+            f"({SCHEMA}).\nHint: read it with pollinate {data.get('pollinate', '?')}"
+        )
+
+
+def _is_header(line: str) -> bool:
+    """Whether ``line`` is the header of a ``history.jsonl`` (not the start of an older
+    ``history.json``, which is one JSON value holding its rounds)."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "rounds" not in data and "schema" in data
+
+
+def _line(data: dict[str, Any]) -> str:
+    return json.dumps(data, allow_nan=False, separators=(",", ":")) + "\n"
+
+
+def _parse(line: str, number: int) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"history line {number} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"history line {number} is not a JSON object")
+    return data
+
+
+def _record(data: dict[str, Any], number: int) -> RoundRecord:
+    """Line ``number`` as a RoundRecord, its fields' types checked: a file may come from
+    anywhere."""
+    sections_ok = all(isinstance(data.get(s, {}), dict) for s in ("fit", "evaluate", "centralized"))
+    failed_ok = isinstance(data.get("failed", []), list) and all(
+        isinstance(f, dict) for f in data.get("failed", [])
+    )
+    round_ok = isinstance(data.get("round"), int) and data["round"] >= 0
+    if not (sections_ok and failed_ok and round_ok):
+        raise ValueError(f"history line {number} is not a round record")
+    try:
+        return RoundRecord.from_dict(data)
+    except TypeError as exc:
+        raise ValueError(f"history line {number} is not a round record: {exc}") from None
+
+
+def _bounded_lines(first: str, file: IO[str]) -> Iterator[str]:
+    """``first``, then the file's lines, each at most ``MAX_LINE_BYTES``: a longer one is
+    refused rather than read whole."""
+    line = first
+    while line:
+        if len(line) >= MAX_LINE_BYTES and not line.endswith("\n"):
+            raise ValueError(f"a history line is longer than {MAX_LINE_BYTES} characters")
+        yield line
+        line = file.readline(MAX_LINE_BYTES)
 
 
 def _version() -> str:
