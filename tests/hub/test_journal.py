@@ -387,12 +387,21 @@ def test_the_history_is_per_run(journal: Journal) -> None:
     assert b is not None and [r.round for r in b.history.rounds] == [0]
 
 
-def test_saving_a_checkpoint_replaces_the_previous_file(state: HubState, journal: Journal) -> None:
+def test_every_rounds_checkpoint_is_kept_and_its_model_read_back(
+    state: HubState, journal: Journal
+) -> None:
     run_dir = state.data_dir / "runs" / "r"
     journal.save("r", checkpoint(0), record(0))
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-000000.pln"]
     journal.save("r", checkpoint(1), record(1))
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-000001.pln"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint-000000.pln",
+        "checkpoint-000001.pln",
+    ]
+    assert journal.model("r") == (1, checkpoint(1).arrays)
+    assert journal.model("r", 0) == (0, checkpoint(0).arrays)
+    loaded = journal.load("r")  # a resume reads the newest
+    assert loaded is not None and loaded.round == 1
     assert state.run("r") is None  # the journal does not invent runs
 
 
@@ -501,6 +510,20 @@ def test_the_sweep_deletes_what_a_crash_left_and_keeps_what_the_database_points_
     assert all(not p.exists() for p in leftovers) and not unpacking.exists()
     assert kept[0].exists()
     state.close()
+
+
+def test_the_sweep_keeps_earlier_rounds_checkpoints_and_deletes_one_written_after_the_newest(
+    state: HubState, journal: Journal
+) -> None:
+    saved_rounds(journal, "r", 2)
+    run_dir = state.data_dir / "runs" / "r"
+    (run_dir / "checkpoint-000003.pln").write_bytes(b"written, then the hub died")
+
+    assert journal.sweep() == 1
+
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        f"checkpoint-{r:06d}.pln" for r in range(3)
+    ]
 
 
 def test_the_sweep_deletes_app_archives_no_run_was_recorded_with_and_keeps_the_rest(

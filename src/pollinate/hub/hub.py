@@ -42,7 +42,7 @@ from pollinate.hub.access import (
 from pollinate.hub.audit import OK, Audit, AuditRow
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.fleet import Fleet, QueuedTask, Refused, TryLater, UnknownTask
-from pollinate.hub.journal import Journal
+from pollinate.hub.journal import Journal, NoModel
 from pollinate.hub.members import USER_TOKEN_SECONDS, Members
 from pollinate.hub.placement import NodePlacement
 from pollinate.hub.rate_limit import RateLimiter, source_of
@@ -51,7 +51,7 @@ from pollinate.hub.state import HubState, LogRow, NodeRow, RunRow
 from pollinate.hub.supervisor import RunLimits
 from pollinate.hub.users import UserRow
 from pollinate.placement import Placement, parse_selector
-from pollinate.records import Message
+from pollinate.records import Arrays, Message
 from pollinate.security import SecurityError, parse_token
 from pollinate.security.keys import verified_csr_key
 from pollinate.security.tokens import TokenKind
@@ -338,6 +338,25 @@ class Hub:
         if row is not None:
             self.audit_trail.authorize(caller, Action.READ, row.project, f"run {run_id}")
         return row
+
+    def model(
+        self, run_id: str, round: int | None = None, *, caller: Caller = LOCAL_ADMIN
+    ) -> tuple[int, Arrays]:
+        """The run's global model at the end of ``round`` (default: the newest round that
+        ended), with that round: what ``pollinate pull`` saves. Forbidden if ``caller`` may
+        not read the run; NoModel (``hub.journal``) if there is no such run or round."""
+        if round is not None and (isinstance(round, bool) or not isinstance(round, int)):
+            raise TypeError(f"round must be an int or None, got {round!r}")
+        if round is not None and round < 0:
+            raise ValueError(f"round {round} is negative.\nHint: hub.model(run_id, round=3)")
+        row = self.state.run(run_id)
+        if row is None:
+            raise NoModel(f"no run {run_id!r} on this hub.\nHint: pollinate ls lists the runs")
+        self.audit_trail.authorize(caller, Action.READ, row.project, f"run {run_id}")
+        pulled = self.journal.model(run_id, round)
+        where = f"run {run_id} round {pulled[0]}"
+        self.audit_trail.record(caller.name, "pull model", row.project, where, OK)
+        return pulled
 
     def stop_run(self, run_id: str, *, caller: Caller = LOCAL_ADMIN) -> str | None:
         """Stop a run; None if stopped, else why not. Forbidden if ``caller`` may not."""

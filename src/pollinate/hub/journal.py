@@ -2,7 +2,9 @@
 
 At the end of every round the run's checkpoint (global arrays and strategy state; the history
 is the run's log) is written to ``runs/RUN/checkpoint-ROUND.pln`` and committed together with
-the round's log line. Between checkpoints, every reply the hub accepts is written to
+the round's log line. Every round's checkpoint is kept, so any round's model can be pulled
+(``model``; a round costs the model and the strategy's state on disk). Between
+checkpoints, every reply the hub accepts is written to
 ``runs/RUN/replies/`` and noted against its task before the node hears "accepted".
 
 Invariants:
@@ -10,7 +12,9 @@ Invariants:
   across restarts, so it is aggregated at most once per round;
 - a reply a node was told was accepted is on disk: a restarted hub hands it back when the
   resumed round asks for its task again, and the node does not train twice;
-- a checkpoint file is complete before the database points at it.
+- a checkpoint file is complete before the database points at it;
+- a checkpoint file of a round after the one the database points at is a crash's leftover
+  (the round is run again); those up to it are kept.
 """
 
 from __future__ import annotations
@@ -33,8 +37,12 @@ from pollinate.hub.state import HubState, TaskRow
 from pollinate.loop import checkpoint as checkpoints
 from pollinate.loop.checkpoint import Checkpoint
 from pollinate.loop.history import History, RoundRecord
-from pollinate.records import Message
+from pollinate.records import Arrays, Message
 from pollinate.wire import decode, iter_encode
+
+
+class NoModel(LookupError):
+    """The hub holds no model of that run at that round (no such run, not yet, or not kept)."""
 
 
 @dataclass(frozen=True)
@@ -134,14 +142,13 @@ class Journal:
 
     def save(self, run_id: str, checkpoint: Checkpoint, record: RoundRecord) -> None:
         """Record the run's state after ``checkpoint.round`` and its round in the run's log,
-        at once; then delete what it replaces."""
-        path = self._run_dir(run_id) / f"checkpoint-{checkpoint.round:06d}.pln"
+        at once; then delete the replies it makes useless (earlier checkpoints stay)."""
+        path = self._checkpoint_path(run_id, checkpoint.round)
         self.state.write_file(path, checkpoints.iter_encode(checkpoint))
         line = ("round", json.dumps(record.to_dict()))
-        old, replies = self._save_checkpoint(run_id, checkpoint.round, str(path), line)
-        for stale in [old, *replies]:
-            if stale:
-                _remove(Path(stale))
+        _, replies = self._save_checkpoint(run_id, checkpoint.round, str(path), line)
+        for stale in replies:
+            _remove(Path(stale))
 
     def load(self, run_id: str) -> Checkpoint | None:
         """The run's newest checkpoint with its history, or None if it has none yet."""
@@ -159,6 +166,30 @@ class Journal:
         # read, not mapped: the run outlives this file (the next checkpoint deletes it)
         return checkpoints.decode(Path(path).read_bytes(), history)
 
+    def model(self, run_id: str, round: int | None = None) -> tuple[int, Arrays]:
+        """The run's global model at the end of ``round`` (default: its newest checkpoint's
+        round), with that round; NoModel, saying which rounds there are, if there is none."""
+        found = self._checkpoint(run_id)
+        if found is None:
+            raise NoModel(f"run {run_id!r} has no model yet: no round of it has ended")
+        newest, newest_path = found
+        wanted = newest if round is None else round
+        if wanted > newest:
+            raise NoModel(
+                f"run {run_id!r} has no round {wanted} yet: its newest model is of round "
+                f"{newest}.\nHint: leave out the round for the newest, or wait for round {wanted}"
+            )
+        path = Path(newest_path) if wanted == newest else self._checkpoint_path(run_id, wanted)
+        try:  # the whole file: the model must outlive it (nothing deletes a kept round today)
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise NoModel(
+                f"the hub kept no model of run {run_id!r} at round {wanted} (a run of an "
+                f"older hub kept only its newest).\nHint: pull round {newest}, its newest"
+            ) from None
+        checkpoint = checkpoints.decode(data)
+        return checkpoint.round, checkpoint.arrays
+
     def forget(self, run_id: str) -> None:
         """The run ended: its replies are of no more use (its last checkpoint stays)."""
         for path in self._forget_run_tasks(run_id):
@@ -173,11 +204,16 @@ class Journal:
         with self.state.reading() as db:
             kept = {row[0] for row in db.execute("SELECT reply FROM tasks WHERE reply NOT NULL")}
             kept |= {row[0] for row in db.execute("SELECT path FROM checkpoints")}
+            rounds = dict(db.execute("SELECT run_id, round FROM checkpoints").fetchall())
             archives = {row[0] for row in db.execute("SELECT archive FROM runs")}
         root = self.state.data_dir
         stale = [p for p in root.rglob("*.partial") if p.is_file()]
         stale += [p for p in root.glob("runs/*/replies/*.pln") if str(p) not in kept]
-        stale += [p for p in root.glob("runs/*/checkpoint-*.pln") if str(p) not in kept]
+        stale += [
+            p
+            for p in root.glob("runs/*/checkpoint-*.pln")
+            if str(p) not in kept and not _earlier_round(p, rounds)
+        ]
         stale += [p for p in root.glob("blobs/*/*") if p.is_file() and p.name not in archives]
         stale = list(dict.fromkeys(stale))  # a half-written archive is found twice
         for path in stale:
@@ -282,6 +318,9 @@ class Journal:
     def _run_dir(self, run_id: str) -> Path:
         return self.state.data_dir / "runs" / run_id
 
+    def _checkpoint_path(self, run_id: str, round: int) -> Path:
+        return self._run_dir(run_id) / f"checkpoint-{round:06d}.pln"
+
     def _reply_path(self, reply: Message) -> Path:
         name = hashlib.sha256(reply.task_id.encode()).hexdigest()[:32]
         return self._run_dir(reply.run_id) / "replies" / f"{name}-{secrets.token_hex(4)}.pln"
@@ -303,6 +342,13 @@ def _recorded_is(path: str, reply: Message) -> bool:
             "stands; this one is discarded (a node answers each task once)"
         )
     return True
+
+
+def _earlier_round(path: Path, rounds: dict[str, int]) -> bool:
+    """Whether ``path`` is the checkpoint of a round before its run's newest (kept)."""
+    _, _, number = path.stem.partition("-")
+    newest = rounds.get(path.parent.name)
+    return newest is not None and number.isdigit() and int(number) < newest
 
 
 def _remove(path: Path) -> None:
