@@ -5,9 +5,11 @@ clock is virtual where heartbeat ages matter."""
 from __future__ import annotations
 
 import queue
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +23,8 @@ from pollinate.hub.fleet import QueuedTask
 from pollinate.hub.grid import HubGrid
 from pollinate.hub.hub import Hub
 from pollinate.hub.inventory import NodeState, inventory
+from pollinate.hub.placement import REPORT_WRITES
+from pollinate.hub.state import LabelSource
 from pollinate.placement import Placement, PlacementError, parse_selector
 from pollinate.records import Arrays, Message
 from pollinate.security import make_key_and_csr
@@ -109,23 +113,31 @@ def test_labels_from_the_hub_and_what_nodes_reported_survive_a_restart(tmp_path:
         stop(hub)
 
 
-def test_a_heartbeat_is_written_down_only_when_what_it_reports_changes(
+def test_what_a_node_reports_is_written_when_it_changes_and_not_too_often(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (node,) = named(hub, "n")
-    writes: list[int] = []
+    clock = Clock()
+    hub.placement._writes._clock = clock.monotonic
+    (node,) = named(hub, "n")  # its first heartbeat: one write
+    writes: list[object] = []
     original = hub.state.set_node_labels
 
-    def counted(*args: object) -> None:
-        writes.append(1)
-        original(*args)  # type: ignore[arg-type]
+    def counted(node_id: int, by_source: Any) -> None:
+        writes.append(by_source)
+        original(node_id, by_source)
 
     monkeypatch.setattr(hub.state, "set_node_labels", counted)
     for _ in range(5):
         hub.heartbeat(node, "h", {}, labels={"a": "1"}, resources=GPU)
-    assert len(writes) == 2  # labels and resources, once
-    hub.heartbeat(node, "h", {}, labels={"a": "2"}, resources=GPU)
-    assert len(writes) == 4
+    assert len(writes) == 1  # labels and resources, once
+    for n in range(10):  # a node that changes them at every heartbeat
+        hub.heartbeat(node, "h", {}, labels={"a": str(n)}, resources=GPU)
+    assert len(writes) == REPORT_WRITES - 1  # its bucket is empty
+    clock.advance(60)
+    hub.heartbeat(node, "h", {}, labels={"a": "9"}, resources=GPU)
+    assert len(writes) == REPORT_WRITES
+    kept = hub.state.node_labels()[node]
+    assert (kept[LabelSource.NODE], kept[LabelSource.RESOURCES]) == ({"a": "9"}, GPU)
 
 
 def test_labels_from_the_hub_are_checked_before_anything_changes(hub: Hub) -> None:
@@ -279,5 +291,29 @@ def test_the_inventory_shows_when_each_nodes_certificate_expires(tmp_path: Path)
         hub.renew(node_id, make_key_and_csr()[1])
         (entry,) = inventory(hub)
         assert entry.cert_expires == pytest.approx(time.time() + 7200, abs=120)
+    finally:
+        stop(hub)
+
+
+def test_a_data_dir_of_a_hub_before_placement_at_the_hub_still_serves(tmp_path: Path) -> None:
+    app = write_tiny_app(tmp_path / "app")
+    hub = Hub(tmp_path / "hub")
+    (node,) = named(hub, "n")
+    run_id = hub.submit_run(pack_app(app), app_hash(app), {}, 1, 0, select="gpus>=1")
+    hub.stop_run(run_id)  # it waits for a GPU node, which never comes
+    hub.runs.join(30)
+    stop(hub)
+    with sqlite3.connect(tmp_path / "hub" / "hub.db") as db:  # as an older hub left it
+        for table in ("node_labels", "cordoned_nodes", "node_certificates", "run_node_counts"):
+            db.execute(f"DROP TABLE {table}")
+    db.close()
+
+    hub = Hub(tmp_path / "hub")
+    try:
+        assert hub.state.run_placement(run_id) == Placement(parse_selector("gpus>=1"))
+        ((entry),) = inventory(hub)
+        assert (entry.node_id, entry.state, entry.cert_expires) == (node, NodeState.ONLINE, None)
+        hub.cordon_node(node, True)
+        assert hub.label_node(node, {"region": "eu"}, []) == {"region": "eu"}
     finally:
         stop(hub)

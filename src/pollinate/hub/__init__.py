@@ -7,6 +7,8 @@ data dir and resumes its runs after a crash. One module per part:
 - ``state``: the durable state, SQLite (WAL) for rows and files for big bytes;
 - ``fleet``: which nodes are alive, and the tasks waiting for each of them;
 - ``grid``: :class:`HubGrid`, the run loop's Grid over the fleet;
+- ``placement``: labels set from the hub, cordons and what nodes reported, kept across
+  restarts; ``inventory``: the fleet at a glance, each node's state;
 - ``runs``: runs started, checkpointed, resumed and stopped;
 - ``journal``: each run's checkpoint and the replies of its current round, on disk;
 - ``events``: every run's loop events, published to subscribers (metrics, dashboards);

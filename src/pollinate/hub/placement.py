@@ -3,8 +3,9 @@
 Three things, each written to ``hub.db`` before the fleet acts on it, and given back to the
 fleet when a hub starts (``restore``), so a restarted hub places runs as the one before did:
 
-- the labels and resources each node reported last (written only when they change, not at
-  every heartbeat);
+- the labels and resources each node reported last (written when they change, at most
+  ``REPORT_WRITES`` times at once and then once a minute per node: a node that changes them
+  at every heartbeat costs the disk little);
 - labels an admin set from the hub (``label``): they override the node's own labels of the
   same key, until an admin removes them;
 - cordons (``cordon``): a cordoned node is placed on by no run from the next round; the tasks
@@ -25,6 +26,7 @@ from pollinate.errors import PollinateError, StorageError
 from pollinate.hub.access import Action, Caller
 from pollinate.hub.audit import OK, Audit
 from pollinate.hub.fleet import Fleet
+from pollinate.hub.rate_limit import RateLimiter
 from pollinate.hub.state import HubState, LabelSource
 from pollinate.placement import MAX_LABELS, PlacementError, label_problem
 from pollinate.security.certificates import certificate_expiry
@@ -33,13 +35,18 @@ log = logging.getLogger("pollinate.hub")
 
 _EXAMPLE = "hub.label_node(7, {'region': 'eu'}, ['draining'])"
 
+REPORT_WRITES = 4
+"""Writes of one node's reported labels and resources the hub makes at once; then one a
+minute. A change refused a write is written with the first heartbeat allowed one."""
+
 
 class NodePlacement:
     """Labels, cordons and reports of the hub's nodes, kept in ``state`` and told to ``fleet``."""
 
     def __init__(self, state: HubState, fleet: Fleet, audit: Audit) -> None:
         self.state, self.fleet, self.audit = state, fleet, audit
-        self._reported: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
+        self._reported: dict[int, tuple[dict[str, str], dict[str, str]]] = {}  # as kept
+        self._writes = RateLimiter(REPORT_WRITES, 1 / 60)
         self.restore()
 
     def restore(self) -> None:
@@ -58,11 +65,11 @@ class NodePlacement:
         """Keep what the node's heartbeat reported, if it changed. A disk that refuses is
         logged: placement goes on from the heartbeat; only a restart would forget it."""
         report = (dict(labels), dict(resources))
-        if self._reported.get(node_id) == report:
+        if self._reported.get(node_id) == report or not self._writes.allow(str(node_id)):
             return
+        by_source = {LabelSource.NODE: report[0], LabelSource.RESOURCES: report[1]}
         try:
-            self.state.set_node_labels(node_id, LabelSource.NODE, report[0])
-            self.state.set_node_labels(node_id, LabelSource.RESOURCES, report[1])
+            self.state.set_node_labels(node_id, by_source)
         except StorageError as exc:
             log.warning("could not keep node %d's labels and resources: %s", node_id, exc)
             return
@@ -85,7 +92,7 @@ class NodePlacement:
                 f"of {MAX_LABELS} (pollinate.placement.MAX_LABELS).\nHint: remove some first "
                 f"({_EXAMPLE})."
             )
-        self.state.set_node_labels(node_id, LabelSource.HUB, labels)
+        self.state.set_node_labels(node_id, {LabelSource.HUB: labels})
         effective = self.fleet.set_hub_labels(node_id, labels)
         change = " ".join([*(f"{k}={v}" for k, v in set.items()), *(f"-{k}" for k in remove)])
         log.info("node %d labelled by %s: %s", node_id, caller.name, change)

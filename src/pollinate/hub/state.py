@@ -505,12 +505,18 @@ class HubState:
                 is not None
             )
 
-    def set_node_labels(self, node_id: int, source: LabelSource, labels: Mapping[str, str]) -> None:
-        """Keep the node's labels (or resources) from ``source``, replacing what was kept."""
+    def set_node_labels(
+        self, node_id: int, by_source: Mapping[LabelSource, Mapping[str, str]]
+    ) -> None:
+        """Keep the node's labels (and resources) from each source given, replacing what
+        was kept from it; in one transaction."""
         with self.transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT OR REPLACE INTO node_labels VALUES (?, ?, ?)",
-                (node_id, LabelSource(source).value, json.dumps(dict(labels), sort_keys=True)),
+                [
+                    (node_id, LabelSource(source).value, json.dumps(dict(labels), sort_keys=True))
+                    for source, labels in by_source.items()
+                ],
             )
 
     def node_labels(self) -> dict[int, dict[LabelSource, dict[str, str]]]:
