@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from pathlib import Path
 from typing import Any
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 from flax import linen, nnx
 from sklearn.datasets import load_digits
 
-from pollinate import Arrays, Context, FedAvg, ServerApp, run_simulation
+from pollinate import Arrays, Context, FedAvg, ServerApp, load_arrays, run_simulation, save_arrays
 from pollinate.datasets import iid
 from pollinate.frameworks import jax as jax_adapter
 from pollinate.frameworks.jax import JaxClient, evaluate, get_arrays, set_arrays, train
@@ -274,3 +276,16 @@ def test_a_short_federated_run_learns() -> None:
     first, last = result.history.rounds[0], result.history.rounds[-1]
     assert last.centralized["accuracy"] > 0.85 > 0.3 > first.centralized["accuracy"]
     assert last.evaluate["accuracy"] > 0.8 and "train_loss" in last.fit
+
+
+def test_a_saved_model_becomes_a_flax_msgpack_file(tmp_path: Path) -> None:
+    trained = get_arrays(init_params(seed=3))
+    save_arrays(trained, tmp_path / "model.npz")  # what `pollinate run --out` leaves
+    template = init_params(seed=0)
+    path = jax_adapter.save_native(
+        load_arrays(tmp_path / "model.npz"), tmp_path / "model.msgpack", template
+    )
+    restored = flax.serialization.from_bytes(template, path.read_bytes())
+    assert get_arrays(restored) == trained
+    with pytest.raises(ValueError):
+        jax_adapter.save_native(Arrays({"w": np.zeros(2)}), tmp_path / "x.msgpack", template)

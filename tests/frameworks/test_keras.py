@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from pollinate import Arrays, Context, FedAvg, ServerApp, Validation, run_simulation
+from pollinate import (
+    Arrays,
+    Context,
+    FedAvg,
+    ServerApp,
+    Validation,
+    load_arrays,
+    run_simulation,
+    save_arrays,
+)
 from pollinate.datasets import iid
 from pollinate.frameworks import keras as pk
 from pollinate.frameworks.keras import KerasClient, get_arrays, set_arrays
@@ -246,3 +255,14 @@ def test_nothing_is_set_once_keras_is_imported(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     assert "keras" in sys.modules
     assert chosen() is None
+
+
+def test_a_saved_model_becomes_a_weights_file_keras_loads(tmp_path: Path) -> None:
+    trained = get_arrays(mlp(seed=3))
+    save_arrays(trained, tmp_path / "model.npz")  # what `pollinate run --out` leaves
+    path = pk.save_native(load_arrays(tmp_path / "model.npz"), tmp_path / "m.weights.h5", mlp())
+    reloaded = mlp(seed=9)
+    reloaded.load_weights(str(path))
+    assert get_arrays(reloaded) == trained
+    with pytest.raises(ValueError, match=r"Hint: save_native\(arrays, 'model.weights.h5'"):
+        pk.save_native(trained, tmp_path / "model.h5", mlp())

@@ -4,6 +4,7 @@ BatchNorm model (with its int64 buffer) federates through a real simulation."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pollinate import Arrays, Context, FedAvg, Message, ServerApp, run_simulation, wire
-from pollinate.frameworks.pytorch import TorchClient, evaluate, get_arrays, set_arrays, train
+from pollinate import (
+    Arrays,
+    Context,
+    FedAvg,
+    Message,
+    ServerApp,
+    load_arrays,
+    run_simulation,
+    save_arrays,
+    wire,
+)
+from pollinate.frameworks.pytorch import (
+    TorchClient,
+    evaluate,
+    get_arrays,
+    save_native,
+    set_arrays,
+    train,
+)
 
 
 class Mixed(nn.Module):
@@ -237,3 +255,16 @@ def test_a_batchnorm_model_federates_with_fedavg_through_run_simulation() -> Non
     # (4 * 128 + 6 * 48) / 176 = 4.55, and the hub rounds the int64 mean: 5, 10 (9.55), 15
     assert int(final["body.1.num_batches_tracked"]) == 15
     assert rounds[-1].evaluate["accuracy"] >= 0.9
+
+
+def test_a_saved_model_becomes_a_state_dict_file_torch_loads(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    trained = get_arrays(Mixed())
+    save_arrays(trained, tmp_path / "model.npz")  # what `pollinate run --out` leaves
+    fresh = Mixed()
+    path = save_native(load_arrays(tmp_path / "model.npz"), tmp_path / "model.pt", fresh)
+    reloaded = Mixed()
+    reloaded.load_state_dict(torch.load(path, weights_only=True))
+    assert get_arrays(reloaded) == trained  # every dtype: float16/64 params, int64 buffers
+    with pytest.raises(ValueError, match="do not fit"):
+        save_native(Arrays({"w": np.zeros(2)}), tmp_path / "other.pt", Mixed())

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import xgboost as xgb
 from sklearn.metrics import log_loss, roc_auc_score
 
-from pollinate import ServerApp, run_simulation, wire
+from pollinate import ServerApp, load_arrays, run_simulation, save_arrays, wire
 from pollinate.aggregate.trees import empty_booster
 from pollinate.client import Context
 from pollinate.frameworks.xgboost import (
@@ -24,6 +25,7 @@ from pollinate.frameworks.xgboost import (
     booster_to_arrays,
     empty_arrays,
     multiclass_metrics,
+    save_native,
 )
 from pollinate.records import Arrays, Message
 from pollinate.strategy import FedXgbBagging, FedXgbCyclic, FitResult
@@ -249,3 +251,14 @@ def trees_margin(booster: xgb.Booster) -> np.ndarray:
     """What a binary booster's trees add to the margin of its base score."""
     p = base_score(booster)
     return margin(booster) - np.log(p / (1 - p))
+
+
+def test_a_saved_model_becomes_a_booster_file_xgboost_loads(tmp_path: Path) -> None:
+    booster = xgb.train(PARAMS, data(0), 3)
+    save_arrays(booster_to_arrays(booster), tmp_path / "model.npz")  # `pollinate run --out`
+    for name in ("model.json", "model.ubj"):
+        path = save_native(load_arrays(tmp_path / "model.npz"), tmp_path / name)
+        loaded = xgb.Booster(model_file=str(path))
+        np.testing.assert_allclose(loaded.predict(data(1)), booster.predict(data(1)))
+    with pytest.raises(ValueError, match="no trees"):
+        save_native(empty_arrays(), tmp_path / "empty.json")

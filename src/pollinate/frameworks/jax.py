@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import jax
@@ -85,6 +86,28 @@ def set_arrays(tree: PyTree, arrays: Arrays) -> PyTree:
     _check_match(named, arrays)
     leaves = [_like(leaf, arrays[name]) for name, leaf in named.items()]
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def save_native(arrays: Arrays, path: str | Path, tree: PyTree) -> Path:
+    """Write ``arrays`` (a run's ``model.npz``: ``pollinate.load_arrays``), in the structure
+    of ``tree`` and checked as ``set_arrays`` checks them, as Flax's msgpack
+    (``flax.serialization.to_bytes``): the file ``from_bytes(tree, data)`` reads.
+
+    >>> import tempfile, flax.serialization
+    >>> params = {"Dense_0": {"kernel": jnp.ones((2, 3))}}
+    >>> path = save_native(get_arrays(params), tempfile.mkdtemp() + "/model.msgpack", params)
+    >>> flax.serialization.from_bytes(params, path.read_bytes())["Dense_0"]["kernel"].shape
+    (2, 3)
+    """
+    try:
+        import flax.serialization  # the jax extra's; imported when saving, not to train
+    except ImportError:
+        raise ImportError(
+            "save_native writes Flax's msgpack and needs flax.\nHint: pip install 'pollinate[jax]'"
+        ) from None
+    target = Path(path)
+    target.write_bytes(flax.serialization.to_bytes(set_arrays(tree, arrays)))
+    return target
 
 
 def train(

@@ -81,7 +81,7 @@ from pollinate.client.client import Client  # noqa: E402
 from pollinate.frameworks.shapes import mismatch  # noqa: E402
 from pollinate.records import ARRAY_DTYPES, Arrays, Config, Metrics  # noqa: E402
 
-__all__ = ["KerasClient", "get_arrays", "set_arrays"]
+__all__ = ["KerasClient", "get_arrays", "save_native", "set_arrays"]
 
 Data = tuple[np.ndarray, np.ndarray]
 """``(inputs, targets)`` as numpy arrays of the same length."""
@@ -118,6 +118,20 @@ def set_arrays(model: keras.Model, arrays: Mapping[str, np.ndarray]) -> None:
         )
     for name, variable in variables.items():
         variable.assign(arrays[name])
+
+
+def save_native(arrays: Mapping[str, np.ndarray], path: str | Path, model: keras.Model) -> Path:
+    """Assign ``arrays`` (a run's ``model.npz``: ``pollinate.load_arrays``) to ``model``,
+    checked as ``set_arrays`` checks them, and save them with ``model.save_weights``: the
+    ``.weights.h5`` file ``model.load_weights(path)`` reads."""
+    if not str(path).endswith(".weights.h5"):
+        raise ValueError(
+            f"save_native: Keras names weights files *.weights.h5, got {str(path)!r}.\n"
+            "Hint: save_native(arrays, 'model.weights.h5', model)"
+        )
+    set_arrays(model, arrays)
+    model.save_weights(str(path))
+    return Path(path)
 
 
 class KerasClient(Client):

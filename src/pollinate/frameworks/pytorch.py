@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from pollinate.client.fedprox import proximal_mu, proximal_term
 from pollinate.frameworks.shapes import mismatch
 from pollinate.records import Arrays, Config, Metrics
 
-__all__ = ["TorchClient", "evaluate", "get_arrays", "set_arrays", "train"]
+__all__ = ["TorchClient", "evaluate", "get_arrays", "save_native", "set_arrays", "train"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """Maps (outputs, targets) to the batch's mean loss, like ``nn.CrossEntropyLoss()``."""
@@ -82,6 +83,22 @@ def set_arrays(module: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
             "version on every node."
         )
     module.load_state_dict({name: _to_tensor(arrays[name]) for name in state})
+
+
+def save_native(arrays: Mapping[str, np.ndarray], path: str | Path, module: nn.Module) -> Path:
+    """Load ``arrays`` (a run's ``model.npz``: ``pollinate.load_arrays``) into ``module``,
+    checked as ``set_arrays`` checks them, and save its ``state_dict()`` with ``torch.save``:
+    the ``.pt`` file ``module.load_state_dict(torch.load(path, weights_only=True))`` reads.
+
+    >>> import tempfile
+    >>> net = torch.nn.Linear(2, 1)
+    >>> path = save_native(get_arrays(net), tempfile.mkdtemp() + "/model.pt", net)
+    >>> list(torch.load(path, weights_only=True))
+    ['weight', 'bias']
+    """
+    set_arrays(module, arrays)
+    torch.save(module.state_dict(), path)
+    return Path(path)
 
 
 def train(

@@ -28,6 +28,7 @@ for other objectives).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ __all__ = [
     "booster_to_arrays",
     "empty_arrays",
     "multiclass_metrics",
+    "save_native",
 ]
 
 BOOSTER = "booster"
@@ -85,6 +87,20 @@ def booster_from_arrays(arrays: Mapping[str, np.ndarray]) -> xgb.Booster | None:
             f"the {array.size} bytes in {BOOSTER!r} are not an XGBoost model ({first}).\n"
             "Hint: send boosters with booster_to_arrays(booster)."
         ) from None
+
+
+def save_native(arrays: Mapping[str, np.ndarray], path: str | Path) -> Path:
+    """Write the booster in ``arrays`` (a run's ``model.npz``: ``pollinate.load_arrays``) with
+    ``Booster.save_model``: JSON for ``.json``, UBJSON for ``.ubj``, the file
+    ``xgboost.Booster(model_file=path)`` reads. ValueError for the empty model (no trees)."""
+    booster = booster_from_arrays(arrays)
+    if booster is None:
+        raise ValueError(
+            "save_native: the arrays hold the empty model a run starts from, no trees.\n"
+            "Hint: save the model of a run that has applied a round"
+        )
+    booster.save_model(str(path))
+    return Path(path)
 
 
 def binary_metrics(booster: xgb.Booster | None, data: xgb.DMatrix) -> tuple[float, Metrics]:
