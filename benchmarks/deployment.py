@@ -198,7 +198,7 @@ class Fleet:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.processes: list[subprocess.Popen[bytes]] = []
-        self.fleet, self.enrol, self.control = (f"127.0.0.1:{free_port()}" for _ in range(3))
+        self.fleet = self.control = f"127.0.0.1:{free_port()}"  # the hub's one address
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.directory / f"{name}.log").open("wb") as log:
@@ -210,20 +210,25 @@ class Fleet:
         hub = self.spawn(
             "hub",
             *("hub", "--data-dir", str(self.directory / "hub"), "--address", self.fleet),
-            *("--enrol-address", self.enrol, "--control-address", self.control),
         )
-        for address in (self.fleet, self.enrol, self.control):
-            wait_for(partial(_listening, address, hub), f"the hub to listen on {address}")
+        wait_for(partial(_listening, self.fleet, hub), f"the hub to listen on {self.fleet}")
         if hub.poll() is not None:
             raise RuntimeError(f"the hub exited:\n{self.log('hub')}")
         return hub.pid
 
     def start_node(self, app: Path, index: int) -> int:
-        token = self.pollinate("token", "create", "--hub", self.control).strip()
+        token = self.pollinate(
+            "token",
+            "create",
+            "--hub",
+            self.control,
+            "--credentials",
+            str(self.directory / "hub" / "admin"),
+        ).strip()
         name = f"node-{index}"
         node = self.spawn(
             name,
-            *("node", "--hub", self.fleet, "--enrol-address", self.enrol, "--app", str(app)),
+            *("node", "--hub", self.fleet, "--app", str(app)),
             *("--token", token, "--data-dir", str(self.directory / name), "--verbose"),
         )
         connected = re.compile(r"connected as node \d+")

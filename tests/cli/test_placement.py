@@ -50,7 +50,7 @@ def test_a_selector_without_a_hub_is_refused(tmp_path: Path) -> None:
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[tuple[Hub, HubPorts]]:
     hub = Hub(tmp_path / "hub")
-    servers = serve(hub, "127.0.0.1:0", "127.0.0.1:0")
+    servers = serve(hub, "127.0.0.1:0")
     yield hub, servers
     servers.stop(0)
     hub.close()
@@ -64,14 +64,14 @@ def test_nodes_shows_each_nodes_labels_resources_and_state(hub: tuple[Hub, HubPo
         ("zurich", {"region": "ch"}, {"gpus": "2"}),
     ]
     for name, labels, resources in nodes:
-        client = FleetClient(f"127.0.0.1:{ports.fleet_port}")
+        client = FleetClient(f"127.0.0.1:{ports.port}")
         try:
             client.heartbeat("", {}, name=name, labels=labels, resources=resources)
         finally:
             client.close()
     zurich = the_hub.node_id_for_name("zurich")
     the_hub.revoke_node(zurich)
-    control = f"127.0.0.1:{ports.control_port}"
+    control = f"127.0.0.1:{ports.port}"
 
     done = pollinate("nodes", "--hub", control, "--json", timeout=60)
     assert done.returncode == 0, done.stderr
@@ -95,7 +95,7 @@ def test_nodes_shows_each_nodes_labels_resources_and_state(hub: tuple[Hub, HubPo
 
 
 def test_the_hub_refuses_a_bad_selector_for_nodes(hub: tuple[Hub, HubPorts]) -> None:
-    client = ControlClient(f"127.0.0.1:{hub[1].control_port}")
+    client = ControlClient(f"127.0.0.1:{hub[1].port}")
     try:
         with pytest.raises(HubRefused, match="expected '\\(' after 'in'"):
             client.list_nodes("region in eu")

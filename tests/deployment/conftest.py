@@ -31,6 +31,8 @@ QUICKSTART = ROOT / "examples" / "quickstart-numpy"
 POLLINATE = [sys.executable, "-m", "pollinate"]
 # wide enough that rich never wraps a line we look for; no colour codes in the text
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+ENV.pop("POLLINATE_HUB", None)  # commands name their hub; no login of the machine's user counts
+ENV.pop("POLLINATE_CREDENTIALS", None)
 
 # Generous bounds: they only matter when something hangs, and CI machines can be slow.
 START_TIMEOUT = 60.0
@@ -149,6 +151,9 @@ class Deployment:
         self.directory = directory
         self.processes: list[Process] = []
         self.fleet = self.control = self.metrics = self.dashboard = ""
+        # the commands' own config directory (no login of the machine's user leaks in), and
+        # what else their environment holds (POLLINATE_CREDENTIALS for a TLS hub)
+        self.env = {"XDG_CONFIG_HOME": str(directory / "config")}
         self._names = itertools.count()
 
     # --- processes ------------------------------------------------------------------------
@@ -161,10 +166,10 @@ class Deployment:
         return process
 
     def start_hub(self, *, heartbeat_timeout: float = 30.0) -> Process:
-        """A hub on free ports; returns once both its ports accept connections."""
-        self.fleet, self.control, self.metrics, self.dashboard = (
-            f"127.0.0.1:{p}" for p in free_ports(4)
-        )
+        """A hub on free ports; returns once its address accepts connections. ``fleet`` and
+        ``control`` name the same address: nodes and users reach a hub at one."""
+        self.fleet, self.metrics, self.dashboard = (f"127.0.0.1:{p}" for p in free_ports(3))
+        self.control = self.fleet
         return self.restart_hub(heartbeat_timeout=heartbeat_timeout)
 
     def restart_hub(self, *, heartbeat_timeout: float = 30.0) -> Process:
@@ -176,8 +181,6 @@ class Deployment:
             str(self.directory / "hub-data"),
             "--address",
             self.fleet,
-            "--control-address",
-            self.control,
             "--metrics-address",
             self.metrics,
             "--dashboard-address",
@@ -186,8 +189,7 @@ class Deployment:
             "--heartbeat-timeout",
             str(heartbeat_timeout),
         )
-        for address in (self.fleet, self.control):
-            wait_for(lambda a=address: _accepts(a, hub), f"the hub to listen on {address}")
+        wait_for(lambda: _accepts(self.fleet, hub), f"the hub to listen on {self.fleet}")
         return hub
 
     def dashboard_link(self, hub: Process) -> str:
@@ -267,7 +269,7 @@ class Deployment:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env=ENV,
+                env={**ENV, **self.env},
                 cwd=self.directory,
                 check=False,
             )

@@ -146,28 +146,25 @@ def listening(address: str, process: Process) -> bool:
         return False
 
 
-def start_tls_hub(deployment: Deployment) -> tuple[Process, str]:
-    """A hub with its own CA (mutual TLS on the fleet port); returns it and its enrolment
-    address, once its three ports accept connections."""
-    fleet, enrol, control = (f"127.0.0.1:{port}" for port in free_ports(3))
-    deployment.fleet, deployment.control = fleet, control
-    hub = deployment.spawn(
-        "hub",
-        *("hub", "--data-dir", str(deployment.directory / "hub-data"), "--address", fleet),
-        *("--enrol-address", enrol, "--control-address", control),
-    )
-    for address in (fleet, enrol, control):
-        wait_for(lambda a=address: listening(a, hub), f"the hub to listen on {address}")
-    return hub, enrol
+def start_tls_hub(deployment: Deployment) -> Process:
+    """A hub with its own CA (mutual TLS); returns it once its address accepts connections,
+    with the deployment's commands using its admin credential."""
+    (address,) = (f"127.0.0.1:{port}" for port in free_ports(1))
+    deployment.fleet = deployment.control = address
+    data = deployment.directory / "hub-data"
+    hub = deployment.spawn("hub", "hub", "--data-dir", str(data), "--address", address)
+    wait_for(lambda: listening(address, hub), f"the hub to listen on {address}")
+    deployment.env["POLLINATE_CREDENTIALS"] = str(data / "admin")
+    return hub
 
 
-def start_tls_node(deployment: Deployment, app: Path, enrol: str, partition: int) -> Process:
+def start_tls_node(deployment: Deployment, app: Path, partition: int) -> Process:
     """A node enrolled with a fresh join token; returns once it has connected."""
     created = deployment.cli("token", "create", "--hub", deployment.control)
     assert created.returncode == 0, created.stdout + created.stderr
     node = deployment.spawn(
         f"node-p{partition}",
-        *("node", "--hub", deployment.fleet, "--enrol-address", enrol, "--app", str(app)),
+        *("node", "--hub", deployment.fleet, "--app", str(app)),
         *("--token", created.stdout.strip(), "--verbose"),
         *("--data-dir", str(deployment.directory / f"node-{partition}")),
         *("--node-config", f"partition-id={partition}", "--node-config", "num-partitions=2"),
@@ -188,9 +185,9 @@ def test_a_1_gb_model_round_trips_and_hub_memory_is_bounded_by_the_model_not_the
     if available_memory() < 10 * MODEL_BYTES:
         pytest.skip("needs about 10 GB of free memory (hub ~4.3 GB, each node ~2.1 GB)")
     app = write_large_app(tmp_path / "large-app")
-    hub, enrol = start_tls_hub(deployment)
+    hub = start_tls_hub(deployment)
     for partition in (0, 1):
-        start_tls_node(deployment, app, enrol, partition)
+        start_tls_node(deployment, app, partition)
 
     result = deployment.run(app, timeout=TIMEOUT)
     hub_peak = peak_rss(hub)  # the hub is still up: its peak covers the whole run

@@ -38,8 +38,7 @@ class Running:
     def start(self) -> Hub:
         credentials = HubCredentials.load_or_create(self.data, ["localhost"], ["127.0.0.1"], 3600)
         self.hub = Hub(self.data, credentials=credentials, heartbeat_timeout=30)
-        fleet, control, enrolment = (f"127.0.0.1:{port}" for port in self.ports)
-        self.servers = serve(self.hub, fleet, control, enrolment)
+        self.servers = serve(self.hub, f"127.0.0.1:{self.ports[0]}")
         self.hub.start()
         return self.hub
 
@@ -55,9 +54,9 @@ def test_a_secure_round_survives_a_hub_crash(tmp_path: Path) -> None:
     markers.mkdir(), gates.mkdir()
     config = {"num-rounds": ROUNDS, "marker-dir": str(markers), "gate-dir": str(gates)}
     app = write_tiny_app(tmp_path / "app", **config, **{"secure-aggregation": True})
-    running = Running(tmp_path / "hub", free_ports(3))
+    running = Running(tmp_path / "hub", free_ports(1))
     hub = running.start()
-    fleet, enrolment = (f"127.0.0.1:{port}" for port in (running.ports[0], running.ports[2]))
+    fleet = enrolment = f"127.0.0.1:{running.ports[0]}"
     agents = []
     for partition in range(3):
         credentials = enrol(enrolment, hub.create_token(60)[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pollinate.errors import PollinateError
-from pollinate.security import NodeCredentials, node_id_from_certificate
+from pollinate.security import NodeCredentials, UserCredentials, node_id_from_certificate
 from pollinate.transport import client as client_module
 from pollinate.transport.client import ControlClient, FleetClient, enrol
 from tests.deployment.conftest import Process, free_ports, open_deployment, wait_for
@@ -32,12 +32,19 @@ TIMEOUT = 120.0
 @dataclass
 class TlsHub:
     process: Process
-    enrol: str
-    fleet: str
-    control: str
+    address: str  # one address: enrolment, the fleet and control
+    admin: Path  # the admin credential the hub wrote
+
+    @property
+    def enrol(self) -> str:
+        return self.address
+
+    @property
+    def fleet(self) -> str:
+        return self.address
 
     def token(self) -> str:
-        control = ControlClient(self.control)
+        control = ControlClient(self.address, UserCredentials.load(self.admin))
         try:
             return control.create_token(600)[0]
         finally:
@@ -50,7 +57,7 @@ class TlsHub:
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[TlsHub]:
-    fleet, enrol_port, control = (f"127.0.0.1:{p}" for p in free_ports(3))
+    (address,) = (f"127.0.0.1:{p}" for p in free_ports(1))
     with open_deployment(tmp_path / "deployment") as deployment:
         process = deployment.spawn(
             "hub",
@@ -58,11 +65,7 @@ def hub(tmp_path: Path) -> Iterator[TlsHub]:
             "--data-dir",
             str(deployment.directory / "hub-data"),
             "--address",
-            fleet,
-            "--enrol-address",
-            enrol_port,
-            "--control-address",
-            control,
+            address,
             "--enrol-burst",
             str(BURST),
             "--enrol-rate",
@@ -70,7 +73,7 @@ def hub(tmp_path: Path) -> Iterator[TlsHub]:
         )
         wait_for(lambda: "hub serving" in process.stdout or not process.alive(), "the hub")
         assert process.alive(), process.report()
-        yield TlsHub(process, enrol_port, fleet, control)
+        yield TlsHub(process, address, deployment.directory / "hub-data" / "admin")
 
 
 def wrong(token: str) -> str:

@@ -25,6 +25,7 @@ import pytest
 
 from pollinate import wire
 from pollinate.records import Arrays
+from pollinate.security.guest import ENROL_SERVER_NAME, GUEST_CERT_PEM, GUEST_KEY_PEM
 from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.client import ControlClient
@@ -54,16 +55,18 @@ class IdleCalls:
         node_id: int | None = None,
         root_pem: bytes | None = None,
     ) -> None:
-        """``count`` calls of ``method``, over TLS that trusts ``root_pem`` if given."""
+        """``count`` calls of ``method``; over TLS as a guest that trusts ``root_pem`` if
+        given (a stranger who fetched the hub's enrolment certificate, as anyone can)."""
         metadata = [(NODE_ID_HEADER, str(node_id))] if node_id is not None else []
         # a channel of its own per 20 calls: separate connections, as separate attackers use
         options = [("grpc.use_local_subchannel_pool", 1)]
         for start in range(0, count, 20):
-            channel = (
-                grpc.insecure_channel(address, options)
-                if root_pem is None
-                else grpc.secure_channel(address, grpc.ssl_channel_credentials(root_pem), options)
-            )
+            if root_pem is None:
+                channel = grpc.insecure_channel(address, options)
+            else:
+                guest = grpc.ssl_channel_credentials(root_pem, GUEST_KEY_PEM, GUEST_CERT_PEM)
+                override = ("grpc.ssl_target_name_override", ENROL_SERVER_NAME)
+                channel = grpc.secure_channel(address, guest, [*options, override])
             self._channels.append(channel)
             call = channel.stream_unary(method)
             for _ in range(min(20, count - start)):
@@ -164,17 +167,17 @@ def test_300_idle_fleet_calls_and_20_idle_control_calls_starve_no_run(
     wait_for(lambda: idle_calls.refused() >= 90, "the hub to refuse mallory's extra calls")
 
 
-def test_20_idle_calls_on_the_enrolment_port_do_not_stop_a_node_enrolling(
+def test_20_idle_enrolment_calls_do_not_stop_a_node_enrolling(
     deployment: Deployment, tmp_path: Path, idle_calls: IdleCalls
 ) -> None:
     app = write_tiny_app(tmp_path / "app", **{"num-rounds": 1})
-    _, enrol = start_tls_hub(deployment)
+    start_tls_hub(deployment)
     # strangers who trust the enrolment port (as anyone can), each on its own connection
     pinned = (deployment.directory / "hub-data" / "enrol" / "enrol.pem").read_bytes()
     for _ in range(20):
-        idle_calls.open(enrol, "/pollinate.v1.Fleet/Enrol", 1, root_pem=pinned)
+        idle_calls.open(deployment.fleet, "/pollinate.v1.Fleet/Enrol", 1, root_pem=pinned)
     for partition in (0, 1):
-        start_tls_node(deployment, app, enrol, partition)
+        start_tls_node(deployment, app, partition)
     result = deployment.run(app)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.history is not None and result.history[-1]["replies"] == 2

@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 from pollinate.security import NodeCredentials
+from pollinate.security.guest import ENROL_SERVER_NAME, GUEST_CERT_PEM, GUEST_KEY_PEM
 from pollinate.transport import control_service, fleet_service, guards
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.client import ControlClient, FleetClient, HubRefused, diagnose, enrol
@@ -46,17 +47,21 @@ class Ports:
 
     @property
     def control(self) -> str:
-        return f"127.0.0.1:{self.running.servers.control_port}"
+        return f"127.0.0.1:{self.running.servers.port}"
 
     def channel(self, port: str) -> grpc.Channel:
-        """A new connection to ``port`` ("fleet", "enrol" or "control"), closed at the end."""
-        address = f"127.0.0.1:{getattr(self.running.servers, port + '_port')}"
+        """A new connection to the hub as ``port`` says ("fleet": the node, "enrol": a
+        guest, "control": the admin), closed at the end."""
+        address = f"127.0.0.1:{self.running.servers.port}"
         options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own
         if port == "control":
-            channel = grpc.insecure_channel(address, options)
+            admin = self.running.admin
+            tls = grpc.ssl_channel_credentials(admin.ca_pem, admin.key_pem, admin.cert_pem)
+            channel = grpc.secure_channel(address, tls, options)
         elif port == "enrol":
-            pinned = self.node.enrol_pem
-            channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(pinned), options)
+            tls = grpc.ssl_channel_credentials(self.node.enrol_pem, GUEST_KEY_PEM, GUEST_CERT_PEM)
+            options.append(("grpc.ssl_target_name_override", ENROL_SERVER_NAME))
+            channel = grpc.secure_channel(address, tls, options)
         else:
             node = self.node
             tls = grpc.ssl_channel_credentials(node.ca_pem, node.key_pem, node.cert_pem)
@@ -156,7 +161,7 @@ def test_a_call_that_sends_no_request_is_cut_on_every_port_with_one_line_naming_
 
     # the hub goes on serving every port
     fleet = FleetClient(quick.running.fleet, quick.node)
-    control = ControlClient(quick.control)
+    control = ControlClient(quick.control, quick.running.admin)
     try:
         fleet.heartbeat("app", {})
         assert control.list_runs() == []
@@ -179,7 +184,7 @@ def test_idle_calls_on_every_port_hold_nothing_an_honest_call_needs(
     idle += held.open(patient.channel("control"), CONTROL + "FollowLog", 10)
 
     fleet = FleetClient(patient.running.fleet, patient.node)
-    control = ControlClient(patient.control)
+    control = ControlClient(patient.control, patient.running.admin)
     try:
         for _ in range(3):
             fleet.heartbeat("app", {})
@@ -191,10 +196,8 @@ def test_idle_calls_on_every_port_hold_nothing_an_honest_call_needs(
     assert codes(idle) == [None] * len(idle)  # all still held while the honest calls answered
 
 
-def test_a_source_holds_at_most_its_limit_of_calls_on_the_enrolment_port(
-    patient: Ports, held: Held
-) -> None:
-    limit = fleet_service.ENROL_CALLS_PER_SOURCE
+def test_a_source_holds_at_most_its_limit_of_newcomer_calls(patient: Ports, held: Held) -> None:
+    limit = fleet_service.NEWCOMER_CALLS_PER_SOURCE
     idle = held.open(patient.channel("enrol"), FLEET + "Enrol", 20)
     idle += held.open(patient.channel("enrol"), FLEET + "Diagnose", limit - 20 + 5)
 
@@ -241,9 +244,9 @@ def test_a_call_with_no_request_two_requests_or_garbage_is_refused(ports: Ports)
 
 def test_every_method_answers_the_unary_clients(ports: Ports) -> None:
     running, node = ports.running, ports.node
-    assert diagnose(running.enrol, node) is None  # Diagnose, on the enrolment port
+    assert diagnose(running.enrol, node) is None  # Diagnose, as a guest
     fleet = FleetClient(running.fleet, node)
-    control = ControlClient(ports.control)
+    control = ControlClient(ports.control, running.admin)
     try:
         fleet.heartbeat("app", {})  # Heartbeat
         assert fleet.pull_task(0.0) is None  # PullTask: no run, no task

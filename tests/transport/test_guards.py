@@ -52,7 +52,7 @@ def test_an_upload_that_stops_sending_is_cut_and_one_that_ends_is_not() -> None:
 @pytest.fixture
 def insecure_hub(tmp_path: Path) -> Iterator[HubPorts]:
     hub = Hub(tmp_path / "hub")
-    servers = serve(hub, "127.0.0.1:0", "127.0.0.1:0")
+    servers = serve(hub, "127.0.0.1:0")
     yield servers
     servers.stop(0)
     hub.close()
@@ -77,7 +77,7 @@ def insecure_hub(tmp_path: Path) -> Iterator[HubPorts]:
 def test_a_heartbeat_whose_fields_are_not_names_or_are_too_long_is_refused(
     insecure_hub: HubPorts, fields: dict[str, object], refusal: str
 ) -> None:
-    client = FleetClient(f"127.0.0.1:{insecure_hub.fleet_port}")
+    client = FleetClient(f"127.0.0.1:{insecure_hub.port}")
     arguments = {"app_hash": "", "node_config": {}, "name": "alice", **fields}
     try:
         with pytest.raises(HubRefused, match=refusal):

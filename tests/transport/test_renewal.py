@@ -41,7 +41,6 @@ def test_renewal_during_a_run_keeps_the_run_going(tmp_path: Path, monkeypatch) -
             {"partition-id": str(partition), "num-partitions": "2"},
             credentials=credentials,
             credentials_dir=tmp_path / f"node{partition}",
-            enrol_address=running.enrol,
         )
         agents.append((agent, credentials))
     threads = [threading.Thread(target=a.run, daemon=True) for a, _ in agents]

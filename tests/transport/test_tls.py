@@ -19,6 +19,7 @@ from pollinate.security import (
     CertificateAuthority,
     NodeCredentials,
     SecurityError,
+    UserCredentials,
     make_key_and_csr,
     node_id_from_certificate,
 )
@@ -39,11 +40,18 @@ class RunningHub:
 
     @property
     def fleet(self) -> str:
-        return f"127.0.0.1:{self.servers.fleet_port}"
+        return f"127.0.0.1:{self.servers.port}"
 
     @property
     def enrol(self) -> str:
-        return f"127.0.0.1:{self.servers.enrol_port}"
+        return f"127.0.0.1:{self.servers.port}"
+
+    @property
+    def admin(self) -> UserCredentials:
+        """The admin credential the hub wrote into its data dir."""
+        credentials = UserCredentials.load(self.hub.state.data_dir / "admin")
+        assert credentials is not None
+        return credentials
 
     def token(self, ttl: float = 60.0) -> str:
         return self.hub.create_token(ttl)[0]
@@ -54,7 +62,7 @@ def start_hub(data_dir: Path, cert_lifetime: int = 3600) -> RunningHub:
         data_dir, ["localhost"], ["127.0.0.1"], cert_lifetime
     )
     hub = Hub(data_dir, credentials=credentials, heartbeat_timeout=30)
-    return RunningHub(hub, serve(hub, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"))
+    return RunningHub(hub, serve(hub, "127.0.0.1:0"))
 
 
 @pytest.fixture

@@ -28,6 +28,13 @@ from pollinate.cli.console import (
     run_failed,
     setup_logging,
 )
+from pollinate.cli.hubs import (
+    CredentialsOption,
+    HubOption,
+    control_client,
+    refused_hint,
+    wait_for_hub,
+)
 from pollinate.cli.render import nothing_applied, round_lines, summary
 from pollinate.dashboard import DashboardServer, serve_dashboard
 from pollinate.errors import PollinateError
@@ -35,6 +42,7 @@ from pollinate.hub.archives import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
 from pollinate.hub.inventory import NodeEntry
+from pollinate.hub.members import ADMIN_DIR
 from pollinate.hub.metrics import HubMetrics, MetricsServer
 from pollinate.hub.rate_limit import RateLimiter
 from pollinate.hub.state import RunStatus
@@ -48,31 +56,19 @@ from pollinate.text import MAX_LINE, MAX_NAME, inert
 from pollinate.transport.client import ControlClient, HubUnavailable, LogLine, enrol
 from pollinate.transport.ports import serve
 
-HubOption = Annotated[
-    str, typer.Option("--hub", metavar="HOST:PORT", help="The hub's control address.")
-]
-DEFAULT_CONTROL = "127.0.0.1:9093"
 RECONNECT_PATIENCE = 600.0
 """Seconds ``run --hub`` and ``log`` wait for a hub that went away before they give up."""
-HUB_WAIT = 10.0
-"""Seconds a command waits for a hub that does not listen yet (one started a moment ago)."""
 
 
 def hub_command(
     data_dir: Annotated[Path, typer.Option(help="Where the hub keeps its state (created).")],
     address: Annotated[
-        str, typer.Option(metavar="HOST:PORT", help="Fleet API address, for nodes (mTLS).")
-    ] = "0.0.0.0:9092",
-    enrol_address: Annotated[
-        str | None,
+        str,
         typer.Option(
             metavar="HOST:PORT",
-            help="Enrolment address, for nodes with a join token (default: the fleet port - 1).",
+            help="The hub's one address: nodes, users and newcomers with a token (TLS).",
         ),
-    ] = None,
-    control_address: Annotated[
-        str, typer.Option(metavar="HOST:PORT", help="Control API address, for users.")
-    ] = DEFAULT_CONTROL,
+    ] = "0.0.0.0:9092",
     hostname: Annotated[
         list[str] | None,
         typer.Option(help="A name nodes use to reach the hub (certificate SAN); repeatable."),
@@ -113,7 +109,8 @@ def hub_command(
         ),
     ] = "127.0.0.1:0",
 ) -> None:
-    """Start a hub: nodes enrol and connect to its fleet API, users to its control API."""
+    """Start a hub: nodes enrol and connect to it, users drive runs through it, all at
+    --address. At its first start it writes an admin credential to DATA_DIR/admin."""
     setup_logging(True)
     credentials = None
     if insecure:
@@ -146,15 +143,19 @@ def hub_command(
                 "must be writable when the hub starts (it creates its database and CA there)."
             )
         ) from None
-    servers = serve(hub, address, control_address, enrol_address or _next_to(address, -1))
+    servers = serve(hub, address)
     metrics = _serve_metrics(hub, metrics_address)
     dashboard = _serve_dashboard(hub, dashboard_address)
     hub.start()
-    enrol = f", enrolment on port {servers.enrol_port}" if servers.enrol_port else ""
     console.print(
-        f"hub serving: fleet on port {servers.fleet_port}{enrol}, control on "
-        f"port {servers.control_port}, metrics on port {metrics.port}, state in {data_dir}"
+        f"hub serving on port {servers.port}, metrics on port {metrics.port}, state in {data_dir}"
     )
+    if credentials is not None:
+        admin = (data_dir / ADMIN_DIR).resolve()
+        console.print(
+            Text(f"admin credential: {admin} (export POLLINATE_CREDENTIALS={admin})"),
+            soft_wrap=True,
+        )
     console.print(f"dashboard: {dashboard.login_link()} (a one-time login link)", soft_wrap=True)
     stop = threading.Event()
     _on_signal(stop.set)
@@ -190,8 +191,16 @@ def _serve_dashboard(hub: Hub, address: str) -> DashboardServer:
 
 
 def node_command(
-    hub: Annotated[str, typer.Option("--hub", metavar="HOST:PORT", help="Hub fleet address.")],
-    app_dir: Annotated[Path, typer.Option("--app", help="The app directory this node serves.")],
+    context: typer.Context,
+    hub: Annotated[
+        str | None,
+        typer.Option(
+            "--hub", metavar="HOST:PORT", envvar="POLLINATE_HUB", help="The hub's address."
+        ),
+    ] = None,
+    app_dir: Annotated[
+        Path | None, typer.Option("--app", help="The app directory this node serves.")
+    ] = None,
     node_config: Annotated[
         list[str] | None,
         typer.Option(
@@ -205,10 +214,6 @@ def node_command(
     data_dir: Annotated[
         Path, typer.Option(help="Where the node keeps its key and certificate.")
     ] = Path(".pollinate-node"),
-    enrol_address: Annotated[
-        str | None,
-        typer.Option(metavar="HOST:PORT", help="Hub enrolment address (default: port - 1)."),
-    ] = None,
     name: Annotated[str, typer.Option(help="Stable node name (insecure mode).")] = "",
     label: Annotated[
         list[str] | None,
@@ -228,7 +233,15 @@ def node_command(
     insecure: Annotated[bool, typer.Option(help="No TLS: local experiments only.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start a node: it dials out to the hub and trains the app's client on local data."""
+    """Start a node: it dials out to the hub and trains the app's client on local data
+    (--hub and --app); or manage nodes at the hub (the commands below)."""
+    if context.invoked_subcommand is not None:
+        return
+    if hub is None or app_dir is None:
+        raise fail(
+            "a node needs --hub and --app.\nHint: pollinate node --hub HOST:9092 --app APP_DIR "
+            "--token TOKEN (`pollinate node --help` lists the rest)"
+        )
     setup_logging(verbose)
     logging.getLogger("pollinate.node.state").setLevel(logging.INFO)  # one line per change
     try:
@@ -247,8 +260,7 @@ def node_command(
                 )
             )
         else:
-            enrol_address = enrol_address or _next_to(hub, -1)
-            credentials = _node_credentials(data_dir, token, enrol_address)
+            credentials = _node_credentials(data_dir, token, hub)
         agent = NodeAgent(
             hub,
             app_dir,
@@ -256,7 +268,6 @@ def node_command(
             name=name or _default_name(overrides),
             credentials=credentials,
             credentials_dir=data_dir,
-            enrol_address=enrol_address or "",
             labels=labels,
             resources=stated,
         )
@@ -271,23 +282,33 @@ token_app = typer.Typer(help="Join tokens for new nodes.", no_args_is_help=True)
 
 @token_app.command("create")
 def token_create(
-    hub: HubOption = DEFAULT_CONTROL,
+    hub: HubOption = None,
+    credentials: CredentialsOption = None,
+    project: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PROJECT",
+            help="A project whose runs the nodes serve; repeatable [default: default].",
+        ),
+    ] = None,
+    uses: Annotated[
+        int, typer.Option(min=1, help="Nodes the token may enrol (many: automated roll-outs).")
+    ] = 1,
     ttl: Annotated[float, typer.Option(help="Seconds until the token expires.")] = 3600.0,
 ) -> None:
-    """Print a one-time join token; a node starts with --token TOKEN to enrol."""
-    wait_for_hub(hub)
+    """Print a join token (admins); a node starts with --token TOKEN to enrol."""
     try:
-        token, expires = ControlClient(hub).create_token(ttl)
+        client = control_client(hub, credentials)
+        token, expires = client.create_token(ttl, project or None, uses)
     except PollinateError as exc:
-        raise fail(exc) from None
-    err_console.print(
-        f"one-time join token, valid until "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(expires))}:"
-    )
+        raise fail(refused_hint(exc, hub, credentials)) from None
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+    what = "one-time join token" if uses == 1 else f"join token for {uses} nodes"
+    err_console.print(f"{what}, valid until {until}:")
     print(token)
 
 
-def _node_credentials(data_dir: Path, token: str | None, enrol_address: str) -> NodeCredentials:
+def _node_credentials(data_dir: Path, token: str | None, hub: str) -> NodeCredentials:
     saved = NodeCredentials.load(data_dir)
     if saved is not None and token is None:
         saved.check_not_expired()
@@ -297,28 +318,26 @@ def _node_credentials(data_dir: Path, token: str | None, enrol_address: str) -> 
             f"this node has no certificate in {data_dir}.\nHint: create a token on the hub "
             "(`pollinate token create`) and start the node with --token TOKEN."
         )
-    wait_for_hub(enrol_address)
-    credentials = enrol(enrol_address, token)
+    wait_for_hub(hub)
+    credentials = enrol(hub, token)
     credentials.save(data_dir)
     node = node_id_from_certificate(credentials.cert_pem)
     err_console.print(Text(f"enrolled as node {node}; certificate saved in {data_dir}"))
     return credentials
 
 
-def ls_command(hub: HubOption = DEFAULT_CONTROL) -> None:
-    """List the hub's runs with their status."""
-    wait_for_hub(hub)
-    client = ControlClient(hub)
+def ls_command(hub: HubOption = None, credentials: CredentialsOption = None) -> None:
+    """List the runs you may see (your projects'; an admin's: all) with their status."""
     try:
-        runs = client.list_runs()
+        runs = control_client(hub, credentials).list_runs()
     except PollinateError as exc:
-        raise fail(exc) from None
-    table = Table("run", "app", "status", "round", "created", "detail")
+        raise fail(refused_hint(exc, hub, credentials)) from None
+    table = Table("run", "project", "app", "status", "round", "created", "detail")
     for r in runs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
         # what a hub says (a run's app name, why it failed) is shown as text, never markup
         table.add_row(
-            *(Text(inert(v, MAX_NAME)) for v in (r.run_id, r.app, r.status)),
+            *(Text(inert(v, MAX_NAME)) for v in (r.run_id, r.project, r.app, r.status)),
             f"{r.round}/{'?' if r.rounds is None else r.rounds}",
             created,
             Text(inert(r.detail, MAX_LINE)),
@@ -331,7 +350,11 @@ SHOWN_RESOURCES = ("cpus", "memory_gib", "gpus", "gpu_model", "os", "arch")
 
 
 def nodes_command(
-    hub: HubOption = DEFAULT_CONTROL,
+    hub: HubOption = None,
+    credentials: CredentialsOption = None,
+    project: Annotated[
+        str, typer.Option(metavar="PROJECT", help="Only the nodes of this project.")
+    ] = "",
     select: Annotated[
         str,
         typer.Option(
@@ -347,11 +370,10 @@ def nodes_command(
     """List the hub's nodes: labels, resources, state, when each was last heard from and the
     runs it has tasks of."""
     selector = _selector(select)
-    wait_for_hub(hub)
     try:
-        nodes = ControlClient(hub).list_nodes(selector)
+        nodes = control_client(hub, credentials).list_nodes(selector, project)
     except PollinateError as exc:
-        raise fail(exc) from None
+        raise fail(refused_hint(exc, hub, credentials)) from None
     if as_json:
         print(json.dumps([_node_json(n) for n in nodes], indent=2))
         return
@@ -395,29 +417,29 @@ def _node_json(node: NodeEntry) -> dict[str, object]:
 
 def log_command(
     run_id: Annotated[str, typer.Argument(help="The run, as `pollinate ls` shows it.")],
-    hub: HubOption = DEFAULT_CONTROL,
+    hub: HubOption = None,
+    credentials: CredentialsOption = None,
     follow: Annotated[bool, typer.Option(help="Keep following until the run ends.")] = True,
 ) -> None:
     """Replay a run's log, then follow it until the run ends."""
-    wait_for_hub(hub)
-    client = ControlClient(hub)
     try:
+        client = control_client(hub, credentials)
         for line in follow_run(client, run_id, follow):
             _print_line(line.kind, line.text)
     except PollinateError as exc:
-        raise fail(exc) from None
+        raise fail(refused_hint(exc, hub, credentials)) from None
 
 
 def stop_command(
     run_id: Annotated[str, typer.Argument(help="The run to stop.")],
-    hub: HubOption = DEFAULT_CONTROL,
+    hub: HubOption = None,
+    credentials: CredentialsOption = None,
 ) -> None:
-    """Stop a running run."""
-    wait_for_hub(hub)
+    """Stop a running run (members and admins of its project)."""
     try:
-        ControlClient(hub).stop_run(run_id)
+        control_client(hub, credentials).stop_run(run_id)
     except PollinateError as exc:
-        raise fail(exc) from None
+        raise fail(refused_hint(exc, hub, credentials)) from None
     console.print(f"run {run_id} stopping")
 
 
@@ -429,18 +451,20 @@ def run_on_hub(
     seed: int,
     out: Path | None,
     select: str | None = None,
+    *,
+    project: str = "",
+    credentials: Path | None = None,
 ) -> None:
-    """Submit the app to the hub and stream its rounds until the run ends; ``select`` (else
-    the app's ``[tool.pollinate] select``) picks the nodes it may use."""
+    """Submit the app to the hub's ``project`` and stream its rounds until the run ends;
+    ``select`` (else the app's ``[tool.pollinate] select``) picks the nodes it may use."""
     try:  # a mistake in the app or its selector is told at once, not after the hub is found
         loaded = load_app(app_dir, overrides)
     except PollinateError as exc:
         raise fail(exc) from None
     selector = _selector(loaded.select if select is None else select)
-    wait_for_hub(hub)
-    client = ControlClient(hub)
     started = time.monotonic()
     try:
+        client = control_client(hub, credentials)
         history = History(app=loaded.name, seed=seed, config=dict(loaded.config))
         run_id = client.submit_run(
             pack_app(app_dir),
@@ -449,6 +473,7 @@ def run_on_hub(
             rounds,
             seed,
             selector,
+            project,
         )
         console.print(Text.assemble((loaded.name, "bold"), f": run {run_id} submitted to {hub}"))
         for line in follow_run(client, run_id, follow=True):
@@ -461,7 +486,7 @@ def run_on_hub(
                     history.save(out)
         status = _status(client, run_id)
     except PollinateError as exc:
-        raise fail(exc) from None
+        raise fail(refused_hint(exc, hub, credentials)) from None
     for summary_line in summary(history, time.monotonic() - started):
         console.print(summary_line)
     if out is not None:
@@ -479,29 +504,6 @@ def _selector(text: str) -> str:
         return str(parse_selector(text))
     except SelectorError as exc:
         raise fail(PollinateError(f"--select: {exc}")) from None
-
-
-def wait_for_hub(address: str, timeout: float = HUB_WAIT) -> None:
-    """Return once ``address`` accepts connections, or after ``timeout`` seconds (the call
-    that follows then says what is wrong), saying once that it waits: a command pasted
-    right after ``pollinate hub &`` works."""
-    host, _, port = address.rpartition(":")
-    deadline = time.monotonic() + timeout
-    said = False
-    while True:
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
-                return
-        except ValueError:
-            return  # not HOST:PORT: the call that follows says so
-        except OSError:
-            if time.monotonic() >= deadline:
-                return
-        if not said:
-            waiting = f"waiting up to {timeout:g}s for the hub at {address} to listen..."
-            err_console.print(Text(inert(waiting, MAX_LINE), "yellow"))
-            said = True
-        time.sleep(0.2)
 
 
 def follow_run(client: ControlClient, run_id: str, follow: bool) -> Iterator[LogLine]:
@@ -558,11 +560,6 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _next_to(address: str, offset: int) -> str:
-    host, _, port = address.rpartition(":")
-    return f"{host}:{int(port) + offset}"
 
 
 def _mkdir(path: Path) -> Path:

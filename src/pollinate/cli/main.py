@@ -14,6 +14,13 @@ import typer
 from rich.text import Text
 
 from pollinate.app import App, app_hash, load_app
+from pollinate.cli.admin import (
+    audit_command,
+    login_command,
+    node_revoke,
+    user_app,
+    whoami_command,
+)
 from pollinate.cli.console import (
     console,
     err_console,
@@ -32,6 +39,7 @@ from pollinate.cli.deploy import (
     stop_command,
     token_app,
 )
+from pollinate.cli.hubs import CredentialsOption
 from pollinate.cli.new import new
 from pollinate.cli.outputs import RunOutputs, plot_command
 from pollinate.cli.render import RunProgress, nothing_applied, summary
@@ -150,9 +158,18 @@ def run(
         str | None,
         typer.Option(
             metavar="HOST:PORT",
-            help="Run on a hub's fleet instead of in simulation: the hub's control address.",
+            help="Run on a hub's nodes instead of in simulation: the hub's address.",
         ),
     ] = None,
+    project: Annotated[
+        str,
+        typer.Option(
+            metavar="PROJECT",
+            help="With --hub: the project the run belongs to; only its nodes take part "
+            "[default: default].",
+        ),
+    ] = "",
+    credentials: CredentialsOption = None,
     select: Annotated[
         str | None,
         typer.Option(
@@ -231,15 +248,28 @@ def run(
         raise fail(
             "--select places a run on a hub's nodes; virtual clients have labels only from "
             "Python (run_simulation(..., node_config_fn=..., select=...)).\nHint: pollinate "
-            "run APP --hub HOST:9093 --select 'gpus>=1'"
+            "run APP --hub HOST:9092 --select 'gpus>=1'"
         )
+    if hub is None and (project or credentials):
+        raise fail("--project and --credentials go with --hub: a simulation has neither")
     if hub is not None and trackers:
         raise fail("--track works in simulation for now; with --hub, track the pulled history")
     if hub is not None and dashboard:
         raise fail("--dashboard shows a simulation; a hub serves its own (`pollinate hub`)")
     if hub is not None:
         _check_hub_options(attackers is not None or stragglers is not None, max_failed_rounds)
-        run_on_hub(app_dir, hub, parse_overrides(config or []), rounds, seed, out, select)
+        overrides = parse_overrides(config or [])
+        run_on_hub(
+            app_dir,
+            hub,
+            overrides,
+            rounds,
+            seed,
+            out,
+            select,
+            project=project,
+            credentials=credentials,
+        )
         return
     try:
         loaded = load_app(app_dir, parse_overrides(config or []))
@@ -401,9 +431,17 @@ def _interrupted(history: History, out: Path | None) -> NoReturn:
 
 # The other commands live beside this module (``deploy.py``, ``new.py``) and are registered
 # here, in the order ``--help`` lists them: a command module never imports this one.
+node_app = typer.Typer(invoke_without_command=True, help="Start a node, or manage the hub's nodes.")
+node_app.callback()(node_command)
+node_app.command("revoke")(node_revoke)
+
 app.command("hub")(hub_command)
-app.command("node")(node_command)
+app.add_typer(node_app, name="node")
 app.add_typer(token_app, name="token")
+app.command("login")(login_command)
+app.command("whoami")(whoami_command)
+app.add_typer(user_app, name="user")
+app.command("audit")(audit_command)
 app.command("ls")(ls_command)
 app.command("nodes")(nodes_command)
 app.command("log")(log_command)

@@ -161,7 +161,7 @@ def start_server(
             hub.state.close()
             raise
         log.warning(INSECURE, server_address)
-        log.info("Flower server serving at %s (port %d)", server_address, ports.fleet_port)
+        log.info("Flower server serving at %s (port %d)", server_address, ports.port)
         grid = HubGrid(hub.fleet, hub.journal, RUN_ID, "", {})
         try:
             result = run(grid, app, run_id=RUN_ID)  # its node wait waits for the clients
@@ -175,7 +175,7 @@ def start_server(
 
 def _serve(hub: Hub, address: str) -> HubPorts:
     try:  # no control port: this hub's one run is started here, nobody submits to it
-        return serve(hub, address, None)
+        return serve(hub, address, control=False)
     except RuntimeError as exc:  # grpc could not bind
         raise PollinateError(
             f"start_server cannot listen at {address!r}: {exc}.\nHint: another server may "

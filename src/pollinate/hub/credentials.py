@@ -1,5 +1,5 @@
-"""The hub's TLS material, kept in its data dir: the CA, the fleet port's server certificate,
-the enrolment port's pinned identity, and the join tokens."""
+"""The hub's TLS material, kept in its data dir: the CA, the server certificate, the pinned
+enrolment identity, and the join tokens."""
 
 from __future__ import annotations
 
@@ -33,9 +33,7 @@ class HubCredentials:
         """Load the CA (or create it on first start) and issue this start's server certificate."""
         ca = CertificateAuthority.load_or_create(data_dir / "ca")
         server_cert, server_key = ca.issue_server_certificate(hostnames, ips)
-        enrol_cert, enrol_key = load_or_create_enrolment_identity(
-            data_dir / "enrol", hostnames, ips
-        )
+        enrol_cert, enrol_key = load_or_create_enrolment_identity(data_dir / "enrol")
         connection = sqlite3.connect(data_dir / "hub.db", check_same_thread=False)
         return cls(
             ca,

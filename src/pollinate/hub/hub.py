@@ -445,6 +445,11 @@ class Hub:
             raise
         return certificate, credentials.ca.ca_pem
 
+    def renew_user(self, caller: Caller, csr_pem: bytes) -> tuple[bytes, bytes]:
+        """(new certificate, CA certificate) for the calling user, on the key in their CSR."""
+        certificate = self.members.renew_user(caller, verified_csr_key(csr_pem))
+        return certificate, self._require_tls().ca.ca_pem
+
     def list_users(self, *, caller: Caller = LOCAL_ADMIN) -> list[UserRow]:
         """Every user, revoked ones too. Admins only."""
         return self.members.list_users(caller)

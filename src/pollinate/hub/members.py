@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -50,6 +51,8 @@ log = logging.getLogger("pollinate.hub")
 
 USER_TOKEN_SECONDS = 24 * 3600.0
 """How long a user token (``add_user``) may wait to be redeemed: a day."""
+VERIFIED_CERTIFICATES = 65_536
+"""Certificates whose signature check is remembered (about 100 bytes each beyond the PEM)."""
 ADMIN_DIR = "admin"
 """Where in its data dir a hub writes its admin credential."""
 
@@ -65,6 +68,7 @@ class Members:
         self._projects_of_node = state.node_projects()
         self._project_of_run: dict[str, str] = {}
         self._revoked = {n.node_id: _revoked(n) for n in state.nodes() if n.revoked_at}
+        self._verified_until: dict[bytes, tuple[int | str, float]] = {}
         if credentials is not None:
             try:
                 self._write_admin_credential(credentials)
@@ -118,6 +122,13 @@ class Members:
         certificate = credentials.ca.sign_user_key(public_key, name, USER_CERT_SECONDS)
         log.info("user %s logged in from %s", name, host)
         self.audit.record(name, "log in", "", f"token {token_id} from {host}", OK)
+        return certificate
+
+    def renew_user(self, caller: Caller, public_key: PublicKey) -> bytes:
+        """A new certificate for the calling user (``check_user`` accepted their current
+        one, so they are not revoked)."""
+        certificate = self._require_tls().ca.sign_user_key(public_key, caller.name)
+        self.audit.record(caller.name, "renew certificate", "", caller.name, OK)
         return certificate
 
     def list_users(self, caller: Caller) -> list[UserRow]:
@@ -188,13 +199,13 @@ class Members:
 
     def check_caller(self, certificate_pem: bytes) -> Caller | NodeCaller:
         """``Hub.check_caller``."""
-        ca = self._require_tls().ca
-        if not names_a_user(load_certificate(certificate_pem)):
-            node_id = ca.verify_node_certificate(certificate_pem)
+        who = self._verified(certificate_pem)
+        if isinstance(who, int):
+            node_id = who
             if reason := self._revoked.get(node_id):
                 raise SecurityError(f"{reason}; enrol it again with a new token if it should serve")
             return NodeCaller(node_id, self.node_projects(node_id))
-        name = ca.verify_user_certificate(certificate_pem)
+        name = who
         row = self.users.get(name)
         if row is None:
             raise SecurityError(f"this hub knows no user {name!r}: log in again with a new token")
@@ -204,6 +215,26 @@ class Members:
                 "certificate is refused"
             )
         return row.caller
+
+    def _verified(self, certificate_pem: bytes) -> int | str:
+        """The node id or user name a certificate of this hub's CA names, if it is valid
+        now; SecurityError otherwise. Remembered until the certificate expires, so that a
+        call costs a lookup, not a signature check (revocation is checked by the caller)."""
+        now = time.time()
+        known = self._verified_until.get(certificate_pem)
+        if known is not None and now < known[1]:
+            return known[0]
+        ca = self._require_tls().ca
+        certificate = load_certificate(certificate_pem)
+        if names_a_user(certificate):
+            who: int | str = ca.verify_user_certificate(certificate_pem)
+        else:
+            who = ca.verify_node_certificate(certificate_pem)
+        if len(self._verified_until) >= VERIFIED_CERTIFICATES:
+            self._verified_until.clear()  # a flood of certificates costs checks, not memory
+        expires = certificate.not_valid_after_utc.timestamp()
+        self._verified_until[certificate_pem] = (who, expires)
+        return who
 
     def check_user(self, certificate_pem: bytes) -> Caller:
         caller = self.check_caller(certificate_pem)

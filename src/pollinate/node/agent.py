@@ -63,7 +63,6 @@ class NodeAgent:
         name: str = "",
         credentials: NodeCredentials | None = None,
         credentials_dir: Path | None = None,
-        enrol_address: str = "",
         max_backoff: float = 30.0,
         labels: dict[str, str] | None = None,
         resources: dict[str, str] | None = None,
@@ -79,7 +78,6 @@ class NodeAgent:
         self.resources = {**detect_resources(), **(resources or {})}
         self.credentials = credentials
         self.credentials_dir = credentials_dir
-        self.enrol_address = enrol_address
         self.client = FleetClient(hub_address, credentials)
         self.max_backoff = max_backoff
         self.stop = threading.Event()
@@ -168,7 +166,7 @@ class NodeAgent:
                 "(`pollinate token create` on the hub, then --token)."
             )
         try:
-            reason = diagnose(self.enrol_address, self.credentials)
+            reason = diagnose(self.client.address, self.credentials)
         except PollinateError:
             return  # the hub is really away: retry
         if reason is not None:

@@ -1,4 +1,5 @@
-"""Clients of the hub's two APIs: ``FleetClient`` for nodes, ``ControlClient`` for users.
+"""Clients of the hub's two APIs: ``FleetClient`` for nodes, ``ControlClient`` for users;
+``enrol`` and ``login`` for newcomers with a token.
 
 gRPC errors become pollinate errors here: ``HubUnavailable`` when the hub cannot be reached
 (the caller retries), ``PollinateError`` with the hub's reason otherwise.
@@ -14,12 +15,16 @@ import grpc
 
 import pollinate.wire as wire
 from pollinate.errors import PollinateError
+from pollinate.hub.access import Role
+from pollinate.hub.audit import AuditRow
 from pollinate.hub.inventory import NodeEntry, NodeState
 from pollinate.hub.state import RunStatus
+from pollinate.hub.users import UserRow
 from pollinate.records import Config, Message
 from pollinate.security import make_key_and_csr, parse_token
-from pollinate.security.credentials import NodeCredentials
+from pollinate.security.credentials import NodeCredentials, UserCredentials
 from pollinate.security.enrolment import fetch_pinned_certificate
+from pollinate.security.guest import ENROL_SERVER_NAME, GUEST_CERT_PEM, GUEST_KEY_PEM
 from pollinate.transport import (
     CHUNK_BYTES,
     FLEET_SERVICE,
@@ -62,39 +67,55 @@ def _translate(exc: grpc.RpcError) -> PollinateError:
     return HubRefused(details or str(code))
 
 
-def enrol(enrol_address: str, token: str) -> NodeCredentials:
-    """Redeem a join token at the hub's enrolment port: a new key, and a certificate for it.
+def enrol(address: str, token: str) -> NodeCredentials:
+    """Redeem a join token at the hub: a new key, and a certificate for it.
 
-    The token pins the enrolment port's certificate, so the token and CSR only ever travel
+    The token pins the hub's enrolment certificate, so the token and CSR only ever travel
     over TLS to the hub that made the token.
     """
-    parsed = parse_token(token)
-    host, _, port = enrol_address.rpartition(":")
-    root = fetch_pinned_certificate(host, int(port), parsed.ca_pin)
+    root = _pinned(address, token)
     key_pem, csr_pem = make_key_and_csr()
-    channel = grpc.secure_channel(enrol_address, grpc.ssl_channel_credentials(root))
-    try:
-        reply = _call(
-            rpc.FleetStub(channel).Enrol, pb.EnrolRequest(token=token, csr_pem=csr_pem), timeout=30
-        )
-    finally:
-        channel.close()
+    with _as_guest(address, root) as channel:
+        request = pb.EnrolRequest(token=token, csr_pem=csr_pem)
+        reply = _call(rpc.FleetStub(channel).Enrol, request, timeout=30)
     return NodeCredentials(key_pem, bytes(reply.certificate_pem), bytes(reply.ca_pem), root)
 
 
-def diagnose(enrol_address: str, credentials: NodeCredentials) -> str | None:
-    """Ask the hub why its fleet port refuses this node's certificate (None: it does not)."""
+def login(address: str, token: str) -> tuple[str, UserCredentials]:
+    """Redeem a user's login token at the hub: (their name, a new key and its certificate)."""
+    root = _pinned(address, token)
+    key_pem, csr_pem = make_key_and_csr()
+    with _as_guest(address, root) as channel:
+        request = pb.EnrolRequest(token=token, csr_pem=csr_pem)
+        reply = _call(rpc.FleetStub(channel).Login, request, timeout=30)
+    credentials = UserCredentials(key_pem, bytes(reply.certificate_pem), bytes(reply.ca_pem))
+    return str(reply.name), credentials
+
+
+def diagnose(address: str, credentials: NodeCredentials) -> str | None:
+    """Ask the hub why it refuses this node's certificate (None: it does not)."""
     if not credentials.enrol_pem:
         return None
-    channel = grpc.secure_channel(
-        enrol_address, grpc.ssl_channel_credentials(credentials.enrol_pem)
-    )
-    try:
+    with _as_guest(address, credentials.enrol_pem) as channel:
         request = pb.DiagnoseRequest(certificate_pem=credentials.cert_pem)
         reply = _call(rpc.FleetStub(channel).Diagnose, request, timeout=10)
-    finally:
-        channel.close()
     return None if reply.accepted else str(reply.reason)
+
+
+def _pinned(address: str, token: str) -> bytes:
+    """The hub's enrolment certificate, checked against the token's pin."""
+    pin = parse_token(token).ca_pin
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise PollinateError(f"{address!r} is not HOST:PORT.\nHint: --hub 127.0.0.1:9092")
+    return fetch_pinned_certificate(host, int(port), pin)
+
+
+def _as_guest(address: str, enrolment_pem: bytes) -> grpc.Channel:
+    """A channel to the hub's enrolment identity, presenting the guest certificate."""
+    tls = grpc.ssl_channel_credentials(enrolment_pem, GUEST_KEY_PEM, GUEST_CERT_PEM)
+    options = [("grpc.ssl_target_name_override", ENROL_SERVER_NAME)]
+    return grpc.secure_channel(address, tls, options)
 
 
 class FleetClient:
@@ -197,6 +218,7 @@ class RunSummary:
     rounds: int | None
     created: float
     detail: str
+    project: str = ""
 
 
 @dataclass(frozen=True)
@@ -208,10 +230,17 @@ class LogLine:
 
 
 class ControlClient:
-    """A user's connection to the hub's control API."""
+    """A user's connection to the hub's control API: TLS with their ``credentials``, or
+    plain text to a hub that runs with ``--insecure`` (None)."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, credentials: UserCredentials | None = None) -> None:
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address)
+        else:
+            tls = grpc.ssl_channel_credentials(
+                credentials.ca_pem, credentials.key_pem, credentials.cert_pem
+            )
+            self.channel = grpc.secure_channel(address, tls)
         self.stub = rpc.ControlStub(self.channel)
 
     def submit_run(
@@ -222,9 +251,11 @@ class ControlClient:
         rounds: int | None,
         seed: int,
         select: str = "",
+        project: str = "",
     ) -> str:
-        """Submit a run; ``rounds`` None runs the app's own number; only nodes that match
-        the selector ``select`` (``pollinate.placement``; empty: every node) take part."""
+        """Submit a run to ``project`` (empty: the default one); ``rounds`` None runs the
+        app's own number; only nodes that match the selector ``select``
+        (``pollinate.placement``; empty: every node) take part."""
         request = pb.SubmitRunRequest(
             app_archive=archive,
             app_hash=app_hash,
@@ -232,6 +263,7 @@ class ControlClient:
             rounds=rounds_to_wire(rounds),
             seed=seed,
             select=select,
+            project=project,
         )
         return str(_call(self.stub.SubmitRun, request, timeout=120).run_id)
 
@@ -246,6 +278,7 @@ class ControlClient:
                 rounds_from_wire(r.rounds),
                 r.created,
                 r.detail,
+                r.project,
             )
             for r in reply.runs
         ]
@@ -258,15 +291,20 @@ class ControlClient:
         except grpc.RpcError as exc:
             raise _translate(exc) from None
 
-    def create_token(self, ttl_seconds: float) -> tuple[str, float]:
-        reply = _call(
-            self.stub.CreateToken, pb.CreateTokenRequest(ttl_seconds=ttl_seconds), timeout=30
-        )
+    def create_token(
+        self, ttl_seconds: float, projects: list[str] | None = None, uses: int = 1
+    ) -> tuple[str, float]:
+        """A join token for ``uses`` nodes of ``projects`` (None: the default project),
+        and when it expires."""
+        request = pb.CreateTokenRequest(ttl_seconds=ttl_seconds, projects=projects, uses=uses)
+        reply = _call(self.stub.CreateToken, request, timeout=30)
         return str(reply.token), float(reply.expires)
 
-    def list_nodes(self, select: str = "") -> list[NodeEntry]:
-        """The fleet as the hub knows it; only the nodes that match ``select`` if given."""
-        reply = _call(self.stub.ListNodes, pb.ListNodesRequest(select=select), timeout=30)
+    def list_nodes(self, select: str = "", project: str = "") -> list[NodeEntry]:
+        """The fleet as the hub knows it; only the nodes that match ``select`` and belong to
+        ``project`` if given."""
+        request = pb.ListNodesRequest(select=select, project=project)
+        reply = _call(self.stub.ListNodes, request, timeout=30)
         return [
             NodeEntry(
                 int(n.node_id),
@@ -286,5 +324,62 @@ class ControlClient:
         if not reply.stopped:
             raise HubRefused(reply.reason)
 
+    def revoke_node(self, node_id: int) -> None:
+        _call(self.stub.RevokeNode, pb.RevokeNodeRequest(node_id=node_id), timeout=30)
+
+    # --- users ------------------------------------------------------------------------------
+
+    def who_am_i(self) -> UserRow:
+        """The caller as the hub sees them (their ``created`` fields are not sent)."""
+        return _user_row(_call(self.stub.WhoAmI, pb.WhoAmIRequest(), timeout=30))
+
+    def renew_user(self, credentials: UserCredentials) -> UserCredentials:
+        """New credentials (a new key and its certificate), over the current ones."""
+        key_pem, csr_pem = make_key_and_csr()
+        reply = _call(self.stub.RenewUser, pb.RenewRequest(csr_pem=csr_pem), timeout=30)
+        return UserCredentials(key_pem, bytes(reply.certificate_pem), credentials.ca_pem)
+
+    def add_user(
+        self, name: str, role: str, projects: list[str], ttl_seconds: float = 0.0
+    ) -> tuple[str, float]:
+        """Add a user; (their one-time login token, when it expires)."""
+        request = pb.AddUserRequest(
+            name=name, role=role, projects=projects, ttl_seconds=ttl_seconds
+        )
+        reply = _call(self.stub.AddUser, request, timeout=30)
+        return str(reply.token), float(reply.expires)
+
+    def user_token(self, name: str, ttl_seconds: float = 0.0) -> tuple[str, float]:
+        """Another one-time login token for an existing user."""
+        request = pb.UserTokenRequest(name=name, ttl_seconds=ttl_seconds)
+        reply = _call(self.stub.UserToken, request, timeout=30)
+        return str(reply.token), float(reply.expires)
+
+    def list_users(self) -> list[UserRow]:
+        reply = _call(self.stub.ListUsers, pb.ListUsersRequest(), timeout=30)
+        return [_user_row(user) for user in reply.users]
+
+    def revoke_user(self, name: str) -> None:
+        _call(self.stub.RevokeUser, pb.RevokeUserRequest(name=name), timeout=30)
+
+    def audit(self, limit: int = 100) -> list[AuditRow]:
+        reply = _call(self.stub.ListAudit, pb.ListAuditRequest(limit=limit), timeout=30)
+        return [
+            AuditRow(e.seq, e.time, e.who, e.action, e.project, e.target, e.outcome)
+            for e in reply.entries
+        ]
+
     def close(self) -> None:
         self.channel.close()
+
+
+def _user_row(user: Any) -> UserRow:
+    return UserRow(
+        user.name,
+        Role(user.role),
+        frozenset(user.projects),
+        user.created,
+        user.created_by,
+        user.revoked_at or None,
+        user.revoked_by,
+    )

@@ -1,4 +1,6 @@
-"""The control port: users submit, list, follow and stop runs, and create join tokens.
+"""The control API: users submit, list, follow and stop runs; admins manage tokens, users,
+nodes and read the audit. Every call acts as the user its certificate names (``callers.py``);
+the hub authorizes it (``hub.access``) and audits it.
 
 A follower of a run's log waits on the event loop, not in a thread, so any number of
 ``pollinate log`` followers cost the hub little; a source address holds at most
@@ -12,21 +14,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import grpc
 
 from pollinate.errors import PollinateError, StorageError
+from pollinate.hub.access import DEFAULT_PROJECT, Caller, Forbidden
 from pollinate.hub.hub import Hub
 from pollinate.hub.inventory import NodeEntry, inventory
+from pollinate.hub.members import USER_TOKEN_SECONDS
 from pollinate.hub.rate_limit import source_of
 from pollinate.hub.state import LogRow, RunRow, RunStatus
-from pollinate.placement import SelectorError, parse_selector
-from pollinate.text import inert
+from pollinate.hub.users import UserRow
+from pollinate.placement import parse_selector
+from pollinate.text import MAX_NAME, inert
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport import rounds_from_wire, rounds_to_wire
+from pollinate.transport.callers import Callers
 from pollinate.transport.guards import CallLimits, admitted, off_loop, one_request
 
 log = logging.getLogger("pollinate.transport")
@@ -37,14 +45,19 @@ CALLS_PER_SOURCE = 64
 LOG_POLL_SECONDS = 0.25
 """How often a follower looks for new lines of a running run's log."""
 CONTROL_SERVICE = "pollinate.v1.Control"
+MAX_AUDIT_ROWS = 10_000
+"""The most audit rows one call returns."""
 SUBMIT_SECONDS = 60.0
 """A SubmitRun request carries its app archive (up to gRPC's 4 MiB message limit), which a
 slow link to the hub takes tens of seconds to send: it gets this long, not REQUEST_SECONDS."""
 
 
 class ControlService:
-    def __init__(self, hub: Hub, pool: ThreadPoolExecutor) -> None:
-        self.hub, self._pool = hub, pool
+    """The control API: every method is called with the caller its certificate names
+    (``callers.py``), which the hub authorizes and audits."""
+
+    def __init__(self, hub: Hub, pool: ThreadPoolExecutor, callers: Callers) -> None:
+        self.hub, self._pool, self.callers = hub, pool, callers
         self.calls = CallLimits(CALLS_PER_SOURCE)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -54,6 +67,14 @@ class ControlService:
             "StopRun": (pb.StopRunRequest, pb.StopRunReply, None),
             "CreateToken": (pb.CreateTokenRequest, pb.CreateTokenReply, None),
             "ListNodes": (pb.ListNodesRequest, pb.ListNodesReply, None),
+            "WhoAmI": (pb.WhoAmIRequest, pb.UserInfo, None),
+            "RenewUser": (pb.RenewRequest, pb.LoginReply, None),
+            "AddUser": (pb.AddUserRequest, pb.AddUserReply, None),
+            "UserToken": (pb.UserTokenRequest, pb.AddUserReply, None),
+            "ListUsers": (pb.ListUsersRequest, pb.ListUsersReply, None),
+            "RevokeUser": (pb.RevokeUserRequest, pb.RevokeReply, None),
+            "RevokeNode": (pb.RevokeNodeRequest, pb.RevokeReply, None),
+            "ListAudit": (pb.ListAuditRequest, pb.ListAuditReply, None),
         }
         handlers = {
             name: grpc.stream_unary_rpc_method_handler(
@@ -68,84 +89,151 @@ class ControlService:
         return grpc.method_handlers_generic_handler(CONTROL_SERVICE, handlers)
 
     def _guarded(self, name: str, kind: Any, seconds: float | None) -> Callable[..., Any]:
-        """The method ``name`` with the caller's source under its call limit and its request
-        read within ``seconds`` (``guards.REQUEST_SECONDS`` if None) and parsed as ``kind``."""
+        """The method ``name``, called with its caller, the caller's source under its call
+        limit, its request read within ``seconds`` (``guards.REQUEST_SECONDS`` if None) and
+        parsed as ``kind``, and the hub's refusals turned into statuses."""
         method = getattr(self, name)
 
         async def guarded(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             async with admitted(self.calls, source_of(context.peer()), context):
+                caller = await self.callers.user(context)
                 request = await one_request(requests, kind, name, context, seconds)
-                return await method(request, context)
+                try:
+                    return await method(request, caller)
+                except Forbidden as exc:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                except StorageError as exc:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                except (PollinateError, ValueError, TypeError) as exc:  # a bad name, role...
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
         return guarded
 
-    async def SubmitRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            run_id = await self._off_loop(
-                functools.partial(self.hub.submit_run, select=request.select),
-                request.app_archive,
-                request.app_hash,
-                dict(request.config),
-                rounds_from_wire(request.rounds),
-                request.seed,
-            )
-        except StorageError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except PollinateError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    # --- runs -------------------------------------------------------------------------------
+
+    async def SubmitRun(self, request: Any, caller: Caller) -> Any:
+        submit = functools.partial(
+            self.hub.submit_run,
+            project=request.project or DEFAULT_PROJECT,
+            caller=caller,
+            select=request.select,
+        )
+        run_id = await self._off_loop(
+            submit,
+            request.app_archive,
+            request.app_hash,
+            dict(request.config),
+            rounds_from_wire(request.rounds),
+            request.seed,
+        )
         return pb.SubmitRunReply(run_id=run_id)
 
-    async def ListRuns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        rows = await self._off_loop(self.hub.list_runs)
+    async def ListRuns(self, request: Any, caller: Caller) -> Any:
+        rows = await self._off_loop(functools.partial(self.hub.list_runs, caller=caller))
         return pb.ListRunsReply(runs=[_run_info(row) for row in rows])
 
-    async def StopRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        reason = await self._off_loop(self.hub.stop_run, inert(request.run_id, 80))
+    async def StopRun(self, request: Any, caller: Caller) -> Any:
+        stop = functools.partial(self.hub.stop_run, caller=caller)
+        reason = await self._off_loop(stop, inert(request.run_id, 80))
         return pb.StopRunReply(stopped=reason is None, reason=reason or "")
 
-    async def CreateToken(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            token, expires = await self._off_loop(
-                self.hub.create_token, request.ttl_seconds or 3600.0
-            )
-        except PollinateError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    # --- the fleet --------------------------------------------------------------------------
+
+    async def CreateToken(self, request: Any, caller: Caller) -> Any:
+        create = functools.partial(
+            self.hub.create_token,
+            projects=list(request.projects) or [DEFAULT_PROJECT],
+            uses=request.uses or 1,
+            caller=caller,
+        )
+        token, expires = await self._off_loop(create, request.ttl_seconds or 3600.0)
         return pb.CreateTokenReply(token=token, expires=expires)
 
-    async def ListNodes(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            selector = parse_selector(request.select)
-        except SelectorError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        entries = await self._off_loop(inventory, self.hub, selector)
+    async def ListNodes(self, request: Any, caller: Caller) -> Any:
+        selector = parse_selector(request.select)  # SelectorError: INVALID_ARGUMENT
+        listed = functools.partial(inventory, caller=caller)
+        entries = await self._off_loop(listed, self.hub, selector)
+        if request.project:
+            entries = [entry for entry in entries if request.project in entry.projects]
         return pb.ListNodesReply(nodes=[_node_info(entry) for entry in entries])
+
+    async def RevokeNode(self, request: Any, caller: Caller) -> Any:
+        revoke = functools.partial(self.hub.revoke_node, caller=caller)
+        await self._off_loop(revoke, request.node_id)
+        return pb.RevokeReply(detail=f"node {request.node_id} revoked")
+
+    # --- users and the audit ----------------------------------------------------------------
+
+    async def WhoAmI(self, request: Any, caller: Caller) -> Any:
+        return pb.UserInfo(name=caller.name, role=caller.role, projects=sorted(caller.projects))
+
+    async def RenewUser(self, request: Any, caller: Caller) -> Any:
+        certificate, ca_pem = await self._off_loop(self.hub.renew_user, caller, request.csr_pem)
+        return pb.LoginReply(certificate_pem=certificate, ca_pem=ca_pem, name=caller.name)
+
+    async def AddUser(self, request: Any, caller: Caller) -> Any:
+        ttl = request.ttl_seconds or USER_TOKEN_SECONDS
+        add = functools.partial(self.hub.add_user, ttl_seconds=ttl, caller=caller)
+        token = await self._off_loop(add, request.name, request.role, list(request.projects))
+        return pb.AddUserReply(token=token, expires=time.time() + ttl)
+
+    async def UserToken(self, request: Any, caller: Caller) -> Any:
+        ttl = request.ttl_seconds or USER_TOKEN_SECONDS
+        new = functools.partial(self.hub.new_user_token, ttl_seconds=ttl, caller=caller)
+        token = await self._off_loop(new, request.name)
+        return pb.AddUserReply(token=token, expires=time.time() + ttl)
+
+    async def ListUsers(self, request: Any, caller: Caller) -> Any:
+        rows = await self._off_loop(functools.partial(self.hub.list_users, caller=caller))
+        return pb.ListUsersReply(users=[_user_info(row) for row in rows])
+
+    async def RevokeUser(self, request: Any, caller: Caller) -> Any:
+        revoke = functools.partial(self.hub.revoke_user, caller=caller)
+        await self._off_loop(revoke, request.name)
+        return pb.RevokeReply(detail=f"user {inert(request.name, MAX_NAME)} revoked")
+
+    async def ListAudit(self, request: Any, caller: Caller) -> Any:
+        limit = min(max(request.limit, 0) or 100, MAX_AUDIT_ROWS)
+        rows = await self._off_loop(functools.partial(self.hub.audit, limit, caller=caller))
+        return pb.ListAuditReply(entries=[pb.AuditEntry(**asdict(row)) for row in rows])
 
     async def FollowLog(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        """The run's log from ``after``; with ``follow``, new lines as they come until the run
+        ends. The caller is checked again at every poll: a revoked user's stream ends."""
         async with admitted(self.calls, source_of(context.peer()), context):
+            caller = await self.callers.user(context)
             request = await one_request(requests, pb.FollowLogRequest, "FollowLog", context)
-            if await self._off_loop(self.hub.run_info, request.run_id) is None:
+            run_id, after = inert(request.run_id, 80), request.after
+            try:
+                info = await self._off_loop(
+                    functools.partial(self.hub.run_info, caller=caller), run_id
+                )
+            except Forbidden as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            if info is None:
                 await context.abort(
                     grpc.StatusCode.NOT_FOUND,
-                    f"no run {inert(request.run_id, 80)!r}; `pollinate ls` lists the runs",
+                    f"no run {run_id!r}; `pollinate ls` lists the runs",
                 )
-            after = request.after
+            read = functools.partial(self.hub.wait_log, caller=caller)
             while True:
-                rows = await self._off_loop(self.hub.wait_log, request.run_id, after, 0.0)
+                rows = await self._off_loop(read, run_id, after, 0.0)
                 for row in rows:
                     after = row.seq
                     yield _entry(row)
                 if rows:
                     continue
-                info = await self._off_loop(self.hub.run_info, request.run_id)
+                info = await self._off_loop(self.hub.run_info, run_id)
                 if not request.follow or (
                     info is not None and info.status is not RunStatus.RUNNING
                 ):
-                    for row in await self._off_loop(self.hub.wait_log, request.run_id, after, 0.0):
+                    for row in await self._off_loop(read, run_id, after, 0.0):
                         yield _entry(row)
                     return
                 await asyncio.sleep(LOG_POLL_SECONDS)
+                await self.callers.user(context)
 
     async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
         return await off_loop(self._pool, call, *args)
@@ -164,6 +252,19 @@ def _run_info(row: RunRow) -> Any:
         rounds=rounds_to_wire(row.rounds),
         created=row.created,
         detail=row.detail,
+        project=row.project,
+    )
+
+
+def _user_info(row: UserRow) -> Any:
+    return pb.UserInfo(
+        name=row.name,
+        role=row.role,
+        projects=sorted(row.projects),
+        created=row.created,
+        created_by=row.created_by,
+        revoked_at=row.revoked_at or 0.0,
+        revoked_by=row.revoked_by,
     )
 
 

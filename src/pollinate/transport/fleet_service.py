@@ -1,10 +1,12 @@
-"""The fleet port (nodes, mutual TLS) and the enrolment port (a join token), on asyncio.
+"""The fleet API: nodes (mutual TLS) and newcomers (a join or login token), on asyncio.
 
 Invariants:
-- a node's identity is the one its certificate names (mutual TLS), never what it says;
+- a node's identity is the one its certificate names (mutual TLS), checked by the hub on
+  every call (``callers.py``: a revoked node is refused at once), never what it says;
 - a call whose request does not arrive within ``guards.REQUEST_SECONDS`` is cut (every method
   is served as client-streaming and reads its one request itself: ``guards.one_request``);
-- a source address holds at most ``ENROL_CALLS_PER_SOURCE`` open calls on the enrolment port;
+- a source address holds at most ``NEWCOMER_CALLS_PER_SOURCE`` open newcomer calls (``Enrol``,
+  ``Login``, ``Diagnose``: anyone may make them, so they count before their request arrives);
 - a node holds at most ``CALLS_PER_NODE`` open calls; a long-poll waits on the event loop,
   not in a thread, so idle calls starve nothing;
 - a reply is checked from its header (its task's owner, run, round and size, ``Hub.check_reply``)
@@ -33,10 +35,11 @@ from pollinate.hub.hub import Hub, TooManyAttempts
 from pollinate.hub.rate_limit import source_of
 from pollinate.placement import MAX_LABELS, label_problem
 from pollinate.records import Message, MessageKind
-from pollinate.security import node_id_from_certificate
+from pollinate.security.certificates import load_certificate, user_name_in
 from pollinate.text import MAX_TEXT, inert, name_problem
 from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
 from pollinate.transport import fleet_pb2 as pb
+from pollinate.transport.callers import Callers
 from pollinate.transport.guards import (
     BadRequest,
     ByteBudget,
@@ -59,7 +62,7 @@ CALLS_PER_NODE = 8
 """A node needs three at once (heartbeat, long-poll, upload); a restarting one a few more."""
 DECODING_BYTES = 1 << 30
 """Replies are decoded concurrently while the arrays they declare fit in this many bytes."""
-ENROL_CALLS_PER_SOURCE = 32
+NEWCOMER_CALLS_PER_SOURCE = 32
 """An enrolment is one short call per node, so a site enrolling its nodes at once behind one
 address needs a few; a stranger's idle calls are then bounded per address, not per connection."""
 
@@ -95,96 +98,91 @@ class Wakeups:
                 del self._listeners[node_id], self._events[node_id]
 
 
-class _Service:
-    """What both ports share: hub calls off the event loop, and the methods they serve."""
+class FleetService:
+    """The fleet API: enrolment, login and diagnosis for newcomers; heartbeats, renewal,
+    long-polls for tasks and replies for nodes."""
 
-    UNARY: dict[str, Any] = {"Diagnose": pb.DiagnoseReply}
-    """The unary methods this port serves, with their reply types. Each is served as
-    client-streaming, so it can cut a call whose request never comes (``one_request``)."""
+    UNARY: dict[str, Any] = {
+        "Enrol": pb.EnrolReply,
+        "Login": pb.LoginReply,
+        "Diagnose": pb.DiagnoseReply,
+        "Renew": pb.EnrolReply,
+        "Heartbeat": pb.HeartbeatReply,
+    }
+    """The unary methods, with their reply types. Each is served as client-streaming, so it
+    can cut a call whose request never comes (``one_request``)."""
 
-    def __init__(self, hub: Hub, pool: ThreadPoolExecutor) -> None:
-        self.hub, self._pool = hub, pool
+    def __init__(
+        self, hub: Hub, pool: ThreadPoolExecutor, callers: Callers, wakeups: Wakeups
+    ) -> None:
+        self.hub, self._pool, self.callers, self.wakeups = hub, pool, callers, wakeups
+        self.secure = callers.secure
+        self.calls = CallLimits(CALLS_PER_NODE)
+        self.newcomers = CallLimits(NEWCOMER_CALLS_PER_SOURCE)
+        self.decoding = ByteBudget(DECODING_BYTES)
+        hub.fleet.watch(wakeups.wake)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        """Requests arrive as bytes and are parsed here, so garbage is one log line."""
-        return {
+        """Requests arrive as bytes and are parsed here, so garbage is one log line.
+        PullTask's chunks leave as the bytes it yields, already serialized (``data_chunk``:
+        protobuf's serializer is slow)."""
+        unary = {
             name: grpc.stream_unary_rpc_method_handler(
                 getattr(self, name), response_serializer=reply.SerializeToString
             )
             for name, reply in self.UNARY.items()
         }
-
-    async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
-        return await off_loop(self._pool, call, *args)
-
-    async def Diagnose(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> Any:
-        request = await one_request(requests, pb.DiagnoseRequest, "Diagnose", context)
-        reason = await self._off_loop(self.hub.diagnose, request.certificate_pem)
-        return pb.DiagnoseReply(accepted=reason is None, reason=reason or "")
-
-
-class EnrolService(_Service):
-    """The enrolment port: only Enrol and Diagnose, over TLS that the join token pins. Anyone
-    may call it, so a call counts against its source address from its start, before its
-    request has arrived."""
-
-    UNARY = {"Enrol": pb.EnrolReply, "Diagnose": pb.DiagnoseReply}
-
-    def __init__(self, hub: Hub, pool: ThreadPoolExecutor) -> None:
-        super().__init__(hub, pool)
-        self.calls = CallLimits(ENROL_CALLS_PER_SOURCE)
-
-    async def Diagnose(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> Any:
-        async with admitted(self.calls, source_of(context.peer()), context):
-            return await super().Diagnose(requests, context)
-
-    async def Enrol(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-        async with admitted(self.calls, source_of(context.peer()), context):
-            request = await one_request(requests, pb.EnrolRequest, "Enrol", context)
-            return await self._enrol(request, context)
-
-    async def _enrol(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            cert, ca_pem, node_id = await self._off_loop(
-                self.hub.enrol, request.token, request.csr_pem, context.peer()
-            )
-        except TooManyAttempts as exc:  # the hub logged it, with the source, capped
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except PollinateError as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        return pb.EnrolReply(certificate_pem=cert, ca_pem=ca_pem, node_id=node_id)
-
-
-class FleetService(_Service):
-    """The fleet port: heartbeats, renewal, long-polls for tasks and replies."""
-
-    UNARY = {
-        "Diagnose": pb.DiagnoseReply,
-        "Renew": pb.EnrolReply,
-        "Heartbeat": pb.HeartbeatReply,
-    }
-
-    def __init__(self, hub: Hub, pool: ThreadPoolExecutor, secure: bool, wakeups: Wakeups) -> None:
-        super().__init__(hub, pool)
-        self.secure, self.wakeups = secure, wakeups
-        self.calls = CallLimits(CALLS_PER_NODE)
-        self.decoding = ByteBudget(DECODING_BYTES)
-        hub.fleet.watch(wakeups.wake)
-
-    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        """PullTask's chunks leave as the bytes it yields, already serialized (``data_chunk``:
-        protobuf's serializer is slow)."""
         return {
-            **super().handlers(),
+            **unary,
             "PullTask": grpc.stream_stream_rpc_method_handler(self.PullTask),
             "PushReply": grpc.stream_unary_rpc_method_handler(
                 self.PushReply, response_serializer=pb.PushReplyAck.SerializeToString
             ),
         }
+
+    async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
+        return await off_loop(self._pool, call, *args)
+
+    # --- newcomers --------------------------------------------------------------------------
+
+    async def Diagnose(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> Any:
+        async with admitted(self.newcomers, source_of(context.peer()), context):
+            request = await one_request(requests, pb.DiagnoseRequest, "Diagnose", context)
+            reason = await self._off_loop(self.hub.diagnose, request.certificate_pem)
+        return pb.DiagnoseReply(accepted=reason is None, reason=reason or "")
+
+    async def Enrol(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        async with admitted(self.newcomers, source_of(context.peer()), context):
+            request = await one_request(requests, pb.EnrolRequest, "Enrol", context)
+            cert, ca_pem, node_id = await self._redeem(
+                context, self.hub.enrol, request.token, request.csr_pem, context.peer()
+            )
+        return pb.EnrolReply(certificate_pem=cert, ca_pem=ca_pem, node_id=node_id)
+
+    async def Login(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        async with admitted(self.newcomers, source_of(context.peer()), context):
+            request = await one_request(requests, pb.EnrolRequest, "Login", context)
+            cert, ca_pem = await self._redeem(
+                context, self.hub.redeem_user_token, request.token, request.csr_pem, context.peer()
+            )
+        return pb.LoginReply(
+            certificate_pem=cert, ca_pem=ca_pem, name=user_name_in(load_certificate(cert))
+        )
+
+    async def _redeem(
+        self, context: grpc.aio.ServicerContext, redeem: Callable[..., T], *args: Any
+    ) -> T:
+        try:
+            return await self._off_loop(redeem, *args)
+        except TooManyAttempts as exc:  # the hub logged it, with the source, capped
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except PollinateError as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        raise AssertionError("unreachable")  # abort raises
+
+    # --- nodes ------------------------------------------------------------------------------
 
     async def Heartbeat(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -298,12 +296,7 @@ class FleetService(_Service):
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> int:
         if self.secure:
-            # mutual TLS verified the chain; the id is what the hub wrote into the certificate
-            pems = (context.auth_context() or {}).get("x509_pem_cert") or []
-            try:
-                return node_id_from_certificate(pems[0])
-            except (IndexError, PollinateError):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid node certificate")
+            return await self.callers.node(context)
         for key, value in context.invocation_metadata() or ():
             if key == NODE_ID_HEADER and str(value).isdigit():
                 return int(value)
@@ -336,6 +329,6 @@ def _heartbeat_problem(request: Any) -> str | None:
     return None
 
 
-def fleet_handler(service: _Service) -> grpc.GenericRpcHandler:
+def fleet_handler(service: FleetService) -> grpc.GenericRpcHandler:
     """The service's methods under the Fleet service's names."""
     return grpc.method_handlers_generic_handler(FLEET_SERVICE, service.handlers())

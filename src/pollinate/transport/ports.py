@@ -1,10 +1,17 @@
-"""The hub's gRPC servers: the fleet API for nodes and the control API for users.
+"""The hub's one address: the fleet API for nodes, the control API for users, enrolment and
+login for newcomers, all on one gRPC server.
 
 This package is the only place that imports ``grpc``; it turns RPCs into calls on a ``Hub``
-and back. The servers run on one asyncio event loop in a thread of their own (``grpc.aio``):
+and back. The server runs on an asyncio event loop in a thread of its own (``grpc.aio``):
 a call that waits (a long-poll, a stalled upload, a log follower, a call that never sends its
 request) costs a coroutine, not a thread, so no number of idle calls exhausts the hub. Hub
 calls that may block run in a small thread pool; every wait in them is short.
+
+With TLS, every connection presents a client certificate (gRPC for Python cannot make one
+optional): a node's, a user's, or a newcomer's guest certificate (``security.guest``). Who it
+is, and so what it may call, is decided per call against the hub's own CA (``callers.py``).
+The hub presents its CA-issued server certificate, or, to a client that asks for
+``ENROL_SERVER_NAME``, the enrolment certificate that tokens pin.
 
 Messages travel as wire chunks of at most ``CHUNK_BYTES``, so no transfer needs a
 whole-message gRPC limit and memory per transfer stays about one copy of the arrays.
@@ -21,14 +28,16 @@ from dataclasses import dataclass, field
 import grpc
 
 from pollinate.hub.hub import Hub
+from pollinate.security.guest import GUEST_CERT_PEM
 from pollinate.transport import FLEET_SERVER_OPTIONS
+from pollinate.transport.callers import Callers
 from pollinate.transport.control_service import ControlService
-from pollinate.transport.fleet_service import EnrolService, FleetService, Wakeups, fleet_handler
+from pollinate.transport.fleet_service import FleetService, Wakeups, fleet_handler
 
 log = logging.getLogger("pollinate.transport")
 
 HUB_THREADS = 16
-"""Threads that run hub calls (SQLite, fsync, signing) for all three ports together."""
+"""Threads that run hub calls (SQLite, fsync, signing) for every call together."""
 STREAMS_PER_CONNECTION = 32
 """Calls one connection may have open at once; a node uses three."""
 STOP_SECONDS = 8.0
@@ -37,12 +46,9 @@ STOP_SECONDS = 8.0
 
 @dataclass
 class HubPorts:
-    """The running servers, the ports they bound (enrol_port 0 when insecure), and the event
-    loop thread they run on."""
+    """The running server, the port it bound, and the event loop thread it runs on."""
 
-    fleet_port: int
-    control_port: int
-    enrol_port: int = 0
+    port: int
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop, repr=False)
     _servers: list[grpc.aio.Server] = field(default_factory=list, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -75,29 +81,22 @@ class HubPorts:
             await asyncio.wait(rest, timeout=STOP_SECONDS / 4)
 
 
-def serve(
-    hub: Hub,
-    fleet_address: str,
-    control_address: str | None,
-    enrol_address: str | None = None,
-) -> HubPorts:
-    """Start the fleet, control and (with TLS) enrolment servers; returns once they listen.
-    ``control_address`` None serves no control port (a hub its owner drives in-process).
+def serve(hub: Hub, address: str, *, control: bool = True) -> HubPorts:
+    """Serve the hub at ``address``; returns once it listens. ``control`` False serves no
+    control API (a hub its owner drives in-process).
 
-    With ``hub.credentials`` the fleet port speaks mutual TLS (a node's id is the one its
-    certificate names) and the enrolment port server-side TLS with the pinned identity;
-    without them (``--insecure``) the fleet port is plain text and there is no enrolment.
+    With ``hub.credentials`` the address speaks TLS with a client certificate on every
+    connection; without them (``--insecure``) it is plain text, nodes name themselves, every
+    control call acts as the local admin, and there is no enrolment.
     """
     pool = ThreadPoolExecutor(HUB_THREADS, thread_name_prefix="hub")
-    servers = HubPorts(0, 0, _pool=pool)
+    servers = HubPorts(0, _pool=pool)
     started: Future[None] = Future()
 
     def run_loop() -> None:
         asyncio.set_event_loop(servers._loop)
         try:
-            servers._loop.run_until_complete(
-                _start(servers, hub, pool, (fleet_address, control_address, enrol_address))
-            )
+            servers._loop.run_until_complete(_start(servers, hub, pool, address, control))
         except BaseException as exc:  # binding failed: the caller hears why
             started.set_exception(exc)
             servers._loop.close()
@@ -113,35 +112,22 @@ def serve(
 
 
 async def _start(
-    servers: HubPorts,
-    hub: Hub,
-    pool: ThreadPoolExecutor,
-    addresses: tuple[str, str | None, str | None],
+    servers: HubPorts, hub: Hub, pool: ThreadPoolExecutor, address: str, control: bool
 ) -> None:
-    fleet_address, control_address, enrol_address = addresses
-    tls = hub.credentials
     options = [*FLEET_SERVER_OPTIONS, ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION)]
-    fleet = grpc.aio.server(options=options)
-    wakeups = Wakeups(asyncio.get_running_loop())
-    service = FleetService(hub, pool, tls is not None, wakeups)
-    fleet.add_generic_rpc_handlers((fleet_handler(service),))
-    servers._servers = [fleet]
-    if control_address is not None:
-        control = grpc.aio.server(options=options)
-        control.add_generic_rpc_handlers((ControlService(hub, pool).handler(),))
-        servers.control_port = control.add_insecure_port(control_address)
-        servers._servers.append(control)
+    server = grpc.aio.server(options=options)
+    callers = Callers(hub)
+    fleet = FleetService(hub, pool, callers, Wakeups(asyncio.get_running_loop()))
+    server.add_generic_rpc_handlers((fleet_handler(fleet),))
+    if control:
+        server.add_generic_rpc_handlers((ControlService(hub, pool, callers).handler(),))
+    servers._servers = [server]
+    tls = hub.credentials
     if tls is None:
-        servers.fleet_port = fleet.add_insecure_port(fleet_address)
+        servers.port = server.add_insecure_port(address)
     else:
-        mutual = grpc.ssl_server_credentials(
-            [(tls.server_key, tls.server_cert)], tls.ca.ca_pem, require_client_auth=True
-        )
-        servers.fleet_port = fleet.add_secure_port(fleet_address, mutual)
-        enrol = grpc.aio.server(options=options)
-        enrol.add_generic_rpc_handlers((fleet_handler(EnrolService(hub, pool)),))
-        server_only = grpc.ssl_server_credentials([(tls.enrol_key, tls.enrol_cert)])
-        servers.enrol_port = enrol.add_secure_port(enrol_address or "127.0.0.1:0", server_only)
-        servers._servers.append(enrol)
-    for server in servers._servers:
-        await server.start()
+        identities = [(tls.server_key, tls.server_cert), (tls.enrol_key, tls.enrol_cert)]
+        trusted = tls.ca.ca_pem + GUEST_CERT_PEM  # who may finish a handshake, not who they are
+        credentials = grpc.ssl_server_credentials(identities, trusted, require_client_auth=True)
+        servers.port = server.add_secure_port(address, credentials)
+    await server.start()
