@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip install --quiet
 # `make check` leaves these out; `make test` runs them too (markers set in tests/conftest.py)
 SLOW := slow
 
-.PHONY: demo test check lint bench proto lock clean system-deps
+.PHONY: demo test check lint bench proto lock clean system-deps image image-torch
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,15 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy
 
-# tests/faults shape traffic with nftables inside network namespaces, and tests/dashboard
-# drive a headless Chromium through chromium-driver (Debian's); as root, install them
+# tests/faults shape traffic with nftables inside network namespaces, tests/dashboard
+# drive a headless Chromium through chromium-driver (Debian's), and tests/deployment/
+# test_image.py builds and runs the image with podman (runc; debootstrap for its base);
+# as root, install them
 system-deps:
+	@(command -v podman && command -v runc && command -v debootstrap) >/dev/null 2>&1 || \
+		[ "$$(id -u)" != 0 ] || \
+		apt-get install -y -qq podman buildah runc debootstrap >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq podman buildah runc debootstrap >/dev/null)
 	@command -v nft >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		apt-get install -y -qq nftables >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq nftables >/dev/null)
@@ -50,6 +56,17 @@ check: $(VENV)/.test-deps lint
 
 test: $(VENV)/.test-deps lint system-deps
 	$(BIN)/python -m pytest -q
+
+# The container image (deploy/Containerfile, docs/kubernetes.md), built once per content:
+# deploy/image.sh prints the tag. The default base is the official Python image; where no
+# registry is reachable, BASE=localhost/pollinate-base:bookworm builds one from Debian's
+# packages first (deploy/base/debian-python.sh, as root).
+BASE ?= docker.io/library/python:3.11-slim
+image: | $(BIN)/python
+	@BASE=$(BASE) deploy/image.sh runtime
+
+image-torch: | $(BIN)/python
+	@BASE=$(BASE) deploy/image.sh torch
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/aggregate.py

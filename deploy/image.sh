@@ -7,7 +7,7 @@
 #
 # Environment: BASE (default docker.io/library/python:3.11-slim; localhost/pollinate-base:*
 # is built from Debian's packages by deploy/base/debian-python.sh when missing), IMAGE
-# (default localhost/pollinate), PODMAN (default: podman with runc, see docs/containers.md).
+# (default localhost/pollinate), PODMAN (default: podman with runc, see docs/kubernetes.md).
 # Prints the tag it built or found: IMAGE:TARGET-HASH, also tagged IMAGE:TARGET.
 set -eu
 cd "$(dirname "$0")/.."
