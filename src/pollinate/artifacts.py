@@ -30,6 +30,8 @@ import numpy as np
 from pollinate.records import ARRAY_DTYPES, Arrays
 from pollinate.text import inert, name_problem
 
+MODEL_FILE = "model.npz"
+"""The final global model in a run's output directory (``--out``, ``run_simulation(out=)``)."""
 MAX_BYTES = 16 << 30
 """The most array bytes ``load_arrays`` reads by default (16 GiB); pass ``max_bytes``."""
 MAX_ARRAYS = 100_000

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from pollinate.artifacts import save_arrays
+from pollinate.artifacts import MODEL_FILE, save_arrays
 from pollinate.cli.console import console, fail
 from pollinate.loop.events import Event, RoundFinished
 from pollinate.loop.history import History, RoundRecord
@@ -28,9 +28,6 @@ from pollinate.text import MAX_LINE, inert
 from pollinate.tracking import Tracker
 
 logger = logging.getLogger(__name__)
-
-MODEL_FILE = "model.npz"
-"""The final global model in ``--out`` (``pollinate.artifacts``: NumPy's ``.npz``)."""
 
 
 class RunOutputs:

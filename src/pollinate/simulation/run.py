@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pollinate.artifacts import MODEL_FILE, save_arrays
 from pollinate.client.client import Client, ClientFn  # noqa: F401 (doctest)
 from pollinate.loop.app import ServerApp
+from pollinate.loop.events import Event
+from pollinate.loop.history import History
+from pollinate.loop.history_writer import HistoryWriter
 from pollinate.loop.run import EventHandler, RunResult, run
 from pollinate.records import Config
 from pollinate.simulation.adversary import Adversaries
@@ -24,13 +30,16 @@ def run_simulation(
     adversaries: Adversaries | None = None,
     client_speed: Stragglers | ClientSpeed | None = None,
     select: str = "",
+    out: str | Path | None = None,
 ) -> RunResult:
     """Run ``server_app`` with ``num_clients`` virtual clients made by ``client_fn``.
 
     ``adversaries=Adversaries(0.2, "sign-flip")`` makes a fifth of them attack;
     ``client_speed=Stragglers(0.2, slowdown=10.0)`` makes a fifth of them ten times slower.
     ``select="gpus>=1"`` runs only on the clients whose node config (``node_config_fn``)
-    matches, as a hub would place the run (docs/placement.md).
+    matches, as a hub would place the run (docs/placement.md). ``out="runs/a"`` writes the
+    run's ``history.jsonl`` there as it goes and its final ``model.npz`` at the end
+    (docs/history.md, docs/artifacts.md).
 
     >>> from pollinate import FedAvg, Sampling, ServerApp, Arrays
     >>> import numpy as np
@@ -42,6 +51,8 @@ def run_simulation(
     >>> run_simulation(app, lambda ctx: Nudge(), num_clients=3).arrays["w"].tolist()
     [2.0, 2.0]
     """
+    header = _header(server_app, num_clients, seed, run_config)
+    writer = None if out is None else HistoryWriter(out, header)  # before the grid's threads
     grid = SimulationGrid(
         client_fn,
         num_clients,
@@ -52,7 +63,37 @@ def run_simulation(
         client_speed=client_speed,
         select=select,
     )
+    handlers = [h for h in (writer, on_event) if h is not None]
     try:
-        return run(grid, server_app, seed=seed, run_id="simulation", on_event=on_event)
+        result = run(grid, server_app, seed=seed, run_id="simulation", on_event=_each(handlers))
     finally:
         grid.close()
+        if writer is not None:
+            writer.close()
+    if out is not None:
+        save_arrays(result.arrays, Path(out) / MODEL_FILE)
+    return result
+
+
+def _header(
+    server_app: ServerApp, num_clients: int, seed: int, run_config: Config | None
+) -> History:
+    """What ran, for ``history.jsonl``'s first line."""
+    return History(
+        seed=seed,
+        config=dict(run_config or {}),
+        strategy=type(server_app.strategy).__name__,
+        num_rounds=server_app.num_rounds,
+        clients=num_clients,
+    )
+
+
+def _each(handlers: list[EventHandler]) -> EventHandler | None:
+    if len(handlers) < 2:
+        return handlers[0] if handlers else None
+
+    def handle(event: Event) -> None:
+        for handler in handlers:
+            handler(event)
+
+    return handle
