@@ -44,4 +44,7 @@ $PODMAN build --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
     --file deploy/Containerfile --target "$TARGET" --build-arg BASE="$BASE" \
     --build-arg PIP_OFFLINE=1 --label org.opencontainers.image.revision="$hash" \
     --tag "$tag" --tag "$IMAGE:$TARGET" . >&2
+# earlier builds of this target are superseded: untag them, so they do not pile up
+$PODMAN images --format '{{.Repository}}:{{.Tag}}' | grep -F "$IMAGE:$TARGET-" \
+    | grep -vxF "$tag" | while read -r old; do $PODMAN rmi "$old" >/dev/null 2>&1 || true; done
 echo "$tag"
