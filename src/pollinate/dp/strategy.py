@@ -113,7 +113,7 @@ class DifferentialPrivacy(Strategy):
             it the noise comes from a cryptographic generator (``noise.py``).
 
     Each round's fit metrics carry ``dp_epsilon``, ``dp_delta``, ``dp_clipping_norm`` and
-    ``dp_noise_multiplier``, so they are in ``history.json`` and the run summary.
+    ``dp_noise_multiplier``, so they are in ``history.jsonl`` and the run summary.
 
     >>> from pollinate import FedAvg
     >>> strategy = DifferentialPrivacy(FedAvg(), noise_multiplier=1.0, clipping_norm=0.5)
