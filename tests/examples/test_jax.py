@@ -1,4 +1,4 @@
-"""examples/jax, run as a user runs it: the real CLI in a subprocess, a real history.json."""
+"""examples/jax, run as a user runs it: the real CLI in a subprocess, a real history.jsonl."""
 
 from __future__ import annotations
 

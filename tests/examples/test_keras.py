@@ -1,4 +1,4 @@
-"""examples/keras, run as a user runs it: the real CLI in a subprocess, a real history.json,
+"""examples/keras, run as a user runs it: the real CLI in a subprocess, a real history.jsonl,
 and no KERAS_BACKEND in the environment (the adapter picks an installed backend)."""
 
 from __future__ import annotations

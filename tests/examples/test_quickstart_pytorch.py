@@ -1,5 +1,5 @@
 """examples/quickstart-pytorch, run as a user runs it: the real CLI in a subprocess, a real
-history.json."""
+history.jsonl."""
 
 from __future__ import annotations
 

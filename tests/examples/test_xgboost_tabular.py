@@ -1,5 +1,5 @@
 """examples/xgboost-tabular, run as a user runs it: the real CLI in a subprocess, a real
-history.json, in both modes."""
+history.jsonl, in both modes."""
 
 from __future__ import annotations
 
