@@ -69,14 +69,23 @@ class Process:
     """A background ``pollinate`` process whose output goes to files."""
 
     def __init__(
-        self, name: str, args: Sequence[str], directory: Path, prefix: Sequence[str] = ()
+        self,
+        name: str,
+        args: Sequence[str],
+        directory: Path,
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.stdout_path = directory / f"{name}.stdout"
         self.stderr_path = directory / f"{name}.stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.popen = subprocess.Popen(
-                [*prefix, *POLLINATE, *args], stdout=out, stderr=err, env=ENV, cwd=directory
+                [*prefix, *POLLINATE, *args],
+                stdout=out,
+                stderr=err,
+                env={**ENV, **(env or {})},
+                cwd=directory,
             )
 
     @property
@@ -158,10 +167,17 @@ class Deployment:
 
     # --- processes ------------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str, prefix: Sequence[str] = ()) -> Process:
+    def spawn(
+        self,
+        name: str,
+        *args: str,
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> Process:
         """``pollinate ARGS`` in the background, run through ``prefix`` (e.g. ``ip netns
-        exec NS``) if given."""
-        process = Process(f"{name}-{next(self._names)}", args, self.directory, prefix)
+        exec NS``) if given, with the deployment's environment and ``env`` over it."""
+        environment = {**self.env, **(env or {})}
+        process = Process(f"{name}-{next(self._names)}", args, self.directory, prefix, environment)
         self.processes.append(process)
         return process
 
@@ -260,16 +276,17 @@ class Deployment:
     # --- the CLI --------------------------------------------------------------------------
 
     def cli(
-        self, *args: str | Path, timeout: float = CLI_TIMEOUT
+        self, *args: str | Path, timeout: float = CLI_TIMEOUT, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """``pollinate ARGS`` to completion, as a user runs it."""
+        """``pollinate ARGS`` to completion, as a user runs it (``env`` over the
+        deployment's environment)."""
         try:
             return subprocess.run(
                 [*POLLINATE, *map(str, args)],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env={**ENV, **self.env},
+                env={**ENV, **self.env, **(env or {})},
                 cwd=self.directory,
                 check=False,
             )

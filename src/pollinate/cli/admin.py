@@ -1,5 +1,5 @@
-"""Who may use a hub: ``login``, ``whoami``, ``user add/ls/token/revoke``, ``node revoke`` and
-``audit`` (docs/operations.md)."""
+"""Who may use a hub: ``login``, ``whoami``, ``user add/ls/token/revoke`` and ``audit``
+(docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -130,20 +130,6 @@ def user_revoke(
     except PollinateError as exc:
         raise fail(refused_hint(exc, hub, credentials)) from None
     console.print(Text(f"user {inert(name, MAX_NAME)} revoked"))
-
-
-def node_revoke(
-    node_id: Annotated[int, typer.Argument(help="The node, as `pollinate nodes` lists it.")],
-    hub: HubOption = None,
-    credentials: CredentialsOption = None,
-) -> None:
-    """Revoke a node (admins): its calls and renewal are refused from now on, its tasks fail
-    with the reason and their runs go on without it."""
-    try:
-        control_client(hub, credentials).revoke_node(node_id)
-    except PollinateError as exc:
-        raise fail(refused_hint(exc, hub, credentials)) from None
-    console.print(f"node {node_id} revoked")
 
 
 def audit_command(

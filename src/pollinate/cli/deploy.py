@@ -31,6 +31,7 @@ from pollinate.cli.console import (
 from pollinate.cli.hubs import (
     CredentialsOption,
     HubOption,
+    checked_selector,
     control_client,
     refused_hint,
     wait_for_hub,
@@ -41,7 +42,6 @@ from pollinate.errors import PollinateError
 from pollinate.hub.archives import pack_app
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import ENROL_BURST, ENROL_PER_SECOND, Hub
-from pollinate.hub.inventory import NodeEntry
 from pollinate.hub.members import ADMIN_DIR
 from pollinate.hub.metrics import HubMetrics, MetricsServer
 from pollinate.hub.rate_limit import RateLimiter
@@ -49,7 +49,7 @@ from pollinate.hub.state import RunStatus
 from pollinate.hub.supervisor import DEFAULT_RUN_MEMORY, RunLimits
 from pollinate.loop.history import History, RoundRecord
 from pollinate.node.agent import NodeAgent
-from pollinate.placement import SelectorError, parse_labels, parse_selector
+from pollinate.placement import parse_labels
 from pollinate.security import NodeCredentials, SecurityError
 from pollinate.security.certificates import node_id_from_certificate
 from pollinate.text import MAX_LINE, MAX_NAME, inert
@@ -209,7 +209,12 @@ def node_command(
         ),
     ] = None,
     token: Annotated[
-        str | None, typer.Option(help="A join token from `pollinate token create`.")
+        str | None,
+        typer.Option(
+            envvar="POLLINATE_TOKEN",
+            help="A join token from `pollinate token create` (from the environment, it "
+            "stays out of the process list).",
+        ),
     ] = None,
     data_dir: Annotated[
         Path, typer.Option(help="Where the node keeps its key and certificate.")
@@ -228,6 +233,14 @@ def node_command(
             metavar="KEY=VALUE",
             help="A resource stated by hand where detection cannot see it, e.g. gpus=2; "
             "overrides the detected one; repeatable.",
+        ),
+    ] = None,
+    health_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="Serve /healthz and /readyz here (ready: enrolled, heard by the hub, app "
+            "loaded), for Kubernetes probes [default: none].",
         ),
     ] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS: local experiments only.")] = False,
@@ -270,11 +283,16 @@ def node_command(
             credentials_dir=data_dir,
             labels=labels,
             resources=stated,
+            health_address=health_address,
         )
+        if agent.health_port is not None:
+            err_console.print(f"health: /healthz and /readyz on port {agent.health_port}")
         _on_signal(agent.shutdown)
         agent.run()
-    except PollinateError as exc:
+    except (PollinateError, ValueError) as exc:
         raise fail(exc) from None
+    except OSError as exc:  # the health address is taken, or not this machine's
+        raise fail(f"--health-address {health_address}: {exc}") from None
 
 
 token_app = typer.Typer(help="Join tokens for new nodes.", no_args_is_help=True)
@@ -345,76 +363,6 @@ def ls_command(hub: HubOption = None, credentials: CredentialsOption = None) -> 
     console.print(table)
 
 
-SHOWN_RESOURCES = ("cpus", "memory_gib", "gpus", "gpu_model", "os", "arch")
-"""The resources ``pollinate nodes`` shows in its table (``--json`` has them all)."""
-
-
-def nodes_command(
-    hub: HubOption = None,
-    credentials: CredentialsOption = None,
-    project: Annotated[
-        str, typer.Option(metavar="PROJECT", help="Only the nodes of this project.")
-    ] = "",
-    select: Annotated[
-        str,
-        typer.Option(
-            metavar="SELECTOR",
-            help="Only the nodes that match now, e.g. 'gpus>=1,region in (eu,ch)' "
-            "(docs/placement.md).",
-        ),
-    ] = "",
-    as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON list, every label and resource.")
-    ] = False,
-) -> None:
-    """List the hub's nodes: labels, resources, state, when each was last heard from and the
-    runs it has tasks of."""
-    selector = _selector(select)
-    try:
-        nodes = control_client(hub, credentials).list_nodes(selector, project)
-    except PollinateError as exc:
-        raise fail(refused_hint(exc, hub, credentials)) from None
-    if as_json:
-        print(json.dumps([_node_json(n) for n in nodes], indent=2))
-        return
-    table = Table("node", "name", "state", "heard", "runs", "projects")
-    table.add_column("labels", overflow="fold")  # wrapped, never cut: they are what selects
-    table.add_column("resources", overflow="fold")
-    for n in nodes:
-        heard = "-" if n.heartbeat_age is None else f"{n.heartbeat_age:.0f}s ago"
-        shown = {k: n.resources[k] for k in SHOWN_RESOURCES if k in n.resources}
-        # labels and names come from nodes: text, never markup
-        table.add_row(
-            str(n.node_id),
-            Text(inert(n.name, MAX_NAME)),
-            n.state.value,
-            heard,
-            Text(inert(",".join(n.runs) or "-", MAX_LINE)),
-            Text(inert(",".join(n.projects), MAX_LINE)),
-            Text(inert(_pairs(n.labels), MAX_LINE)),
-            Text(inert(_pairs(shown), MAX_LINE)),
-        )
-    console.print(table)
-
-
-def _pairs(values: dict[str, str]) -> str:
-    # a space between pairs, where the table wraps: no key or value holds one
-    return " ".join(f"{key}={value}" for key, value in sorted(values.items()))
-
-
-def _node_json(node: NodeEntry) -> dict[str, object]:
-    return {
-        "node_id": node.node_id,
-        "name": node.name,
-        "state": node.state.value,
-        "heartbeat_age": node.heartbeat_age,
-        "runs": list(node.runs),
-        "projects": list(node.projects),
-        "labels": node.labels,
-        "resources": node.resources,
-    }
-
-
 def log_command(
     run_id: Annotated[str, typer.Argument(help="The run, as `pollinate ls` shows it.")],
     hub: HubOption = None,
@@ -454,14 +402,16 @@ def run_on_hub(
     *,
     project: str = "",
     credentials: Path | None = None,
+    nodes: tuple[int, int] = (0, 0),
 ) -> None:
     """Submit the app to the hub's ``project`` and stream its rounds until the run ends;
-    ``select`` (else the app's ``[tool.pollinate] select``) picks the nodes it may use."""
+    ``select`` (else the app's ``[tool.pollinate] select``) picks the nodes it may use, at
+    least ``nodes[0]`` and at most ``nodes[1]`` of them (0: no bound)."""
     try:  # a mistake in the app or its selector is told at once, not after the hub is found
         loaded = load_app(app_dir, overrides)
     except PollinateError as exc:
         raise fail(exc) from None
-    selector = _selector(loaded.select if select is None else select)
+    selector = checked_selector(loaded.select if select is None else select)
     started = time.monotonic()
     try:
         client = control_client(hub, credentials)
@@ -474,6 +424,7 @@ def run_on_hub(
             seed,
             selector,
             project,
+            nodes,
         )
         console.print(Text.assemble((loaded.name, "bold"), f": run {run_id} submitted to {hub}"))
         for line in follow_run(client, run_id, follow=True):
@@ -496,14 +447,6 @@ def run_on_hub(
         raise run_failed(problem)
     if status is not RunStatus.FINISHED:
         raise typer.Exit(RUN_FAILED)
-
-
-def _selector(text: str) -> str:
-    """``text`` as a selector, checked here so a typo fails before anything is uploaded."""
-    try:
-        return str(parse_selector(text))
-    except SelectorError as exc:
-        raise fail(PollinateError(f"--select: {exc}")) from None
 
 
 def follow_run(client: ControlClient, run_id: str, follow: bool) -> Iterator[LogLine]:

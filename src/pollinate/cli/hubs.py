@@ -23,6 +23,7 @@ from rich.text import Text
 
 from pollinate.cli.console import err_console, fail
 from pollinate.errors import PollinateError
+from pollinate.placement import SelectorError, parse_selector
 from pollinate.security import UserCredentials, should_renew
 from pollinate.text import MAX_LINE, inert
 from pollinate.transport.client import ControlClient, HubUnavailable
@@ -125,6 +126,14 @@ def refused_hint(exc: PollinateError, hub: str | None, credentials: Path | None)
         f"`pollinate login --hub {address} --token TOKEN` (an admin runs `pollinate user add`), "
         "or, on the hub's machine, add --credentials DATA_DIR/admin"
     )
+
+
+def checked_selector(text: str) -> str:
+    """``text`` as a selector, checked here so a typo fails before anything is sent."""
+    try:
+        return str(parse_selector(text))
+    except SelectorError as exc:
+        raise fail(PollinateError(f"--select: {exc}")) from None
 
 
 def wait_for_hub(address: str, timeout: float = HUB_WAIT) -> None:

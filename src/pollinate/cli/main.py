@@ -17,7 +17,6 @@ from pollinate.app import App, app_hash, load_app
 from pollinate.cli.admin import (
     audit_command,
     login_command,
-    node_revoke,
     user_app,
     whoami_command,
 )
@@ -34,10 +33,16 @@ from pollinate.cli.deploy import (
     log_command,
     ls_command,
     node_command,
-    nodes_command,
     run_on_hub,
     stop_command,
     token_app,
+)
+from pollinate.cli.fleet import (
+    node_cordon,
+    node_label,
+    node_revoke,
+    node_uncordon,
+    nodes_command,
 )
 from pollinate.cli.hubs import CredentialsOption
 from pollinate.cli.new import new
@@ -170,6 +175,17 @@ def run(
         ),
     ] = "",
     credentials: CredentialsOption = None,
+    min_nodes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With --hub: wait for at least this many matching nodes before each round "
+            "(0: the strategy's own minimum).",
+        ),
+    ] = 0,
+    max_nodes: Annotated[
+        int, typer.Option(min=0, help="With --hub: use at most this many nodes (0: no bound).")
+    ] = 0,
     select: Annotated[
         str | None,
         typer.Option(
@@ -250,8 +266,11 @@ def run(
             "Python (run_simulation(..., node_config_fn=..., select=...)).\nHint: pollinate "
             "run APP --hub HOST:9092 --select 'gpus>=1'"
         )
-    if hub is None and (project or credentials):
-        raise fail("--project and --credentials go with --hub: a simulation has neither")
+    if hub is None and (project or credentials or min_nodes or max_nodes):
+        raise fail(
+            "--project, --credentials, --min-nodes and --max-nodes go with --hub: a "
+            "simulation has none of them (its --clients are all there)"
+        )
     if hub is not None and trackers:
         raise fail("--track works in simulation for now; with --hub, track the pulled history")
     if hub is not None and dashboard:
@@ -269,6 +288,7 @@ def run(
             select,
             project=project,
             credentials=credentials,
+            nodes=(min_nodes, max_nodes),
         )
         return
     try:
@@ -433,6 +453,9 @@ def _interrupted(history: History, out: Path | None) -> NoReturn:
 # here, in the order ``--help`` lists them: a command module never imports this one.
 node_app = typer.Typer(invoke_without_command=True, help="Start a node, or manage the hub's nodes.")
 node_app.callback()(node_command)
+node_app.command("label")(node_label)
+node_app.command("cordon")(node_cordon)
+node_app.command("uncordon")(node_uncordon)
 node_app.command("revoke")(node_revoke)
 
 app.command("hub")(hub_command)

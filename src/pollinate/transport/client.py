@@ -252,10 +252,12 @@ class ControlClient:
         seed: int,
         select: str = "",
         project: str = "",
+        nodes: tuple[int, int] = (0, 0),
     ) -> str:
         """Submit a run to ``project`` (empty: the default one); ``rounds`` None runs the
         app's own number; only nodes that match the selector ``select``
-        (``pollinate.placement``; empty: every node) take part."""
+        (``pollinate.placement``; empty: every node) take part, at least ``nodes[0]`` and
+        at most ``nodes[1]`` of them (0: no bound)."""
         request = pb.SubmitRunRequest(
             app_archive=archive,
             app_hash=app_hash,
@@ -264,6 +266,8 @@ class ControlClient:
             seed=seed,
             select=select,
             project=project,
+            min_nodes=nodes[0],
+            max_nodes=nodes[1],
         )
         return str(_call(self.stub.SubmitRun, request, timeout=120).run_id)
 
@@ -315,6 +319,7 @@ class ControlClient:
                 dict(n.labels),
                 dict(n.resources),
                 tuple(n.runs),
+                n.cert_expires or None,
             )
             for n in reply.nodes
         ]
@@ -326,6 +331,15 @@ class ControlClient:
 
     def revoke_node(self, node_id: int) -> None:
         _call(self.stub.RevokeNode, pb.RevokeNodeRequest(node_id=node_id), timeout=30)
+
+    def label_node(self, node_id: int, labels: dict[str, str], remove: list[str]) -> dict[str, str]:
+        """Set and remove the hub's labels of a node; its labels now."""
+        request = pb.LabelNodeRequest(node_id=node_id, set=labels, remove=remove)
+        return dict(_call(self.stub.LabelNode, request, timeout=30).labels)
+
+    def cordon_node(self, node_id: int, cordoned: bool = True) -> None:
+        request = pb.CordonNodeRequest(node_id=node_id, cordoned=cordoned)
+        _call(self.stub.CordonNode, request, timeout=30)
 
     # --- users ------------------------------------------------------------------------------
 

@@ -74,6 +74,8 @@ class ControlService:
             "ListUsers": (pb.ListUsersRequest, pb.ListUsersReply, None),
             "RevokeUser": (pb.RevokeUserRequest, pb.RevokeReply, None),
             "RevokeNode": (pb.RevokeNodeRequest, pb.RevokeReply, None),
+            "LabelNode": (pb.LabelNodeRequest, pb.LabelNodeReply, None),
+            "CordonNode": (pb.CordonNodeRequest, pb.CordonNodeReply, None),
             "ListAudit": (pb.ListAuditRequest, pb.ListAuditReply, None),
         }
         handlers = {
@@ -117,6 +119,8 @@ class ControlService:
             project=request.project or DEFAULT_PROJECT,
             caller=caller,
             select=request.select,
+            min_nodes=request.min_nodes,
+            max_nodes=request.max_nodes,
         )
         run_id = await self._off_loop(
             submit,
@@ -161,6 +165,18 @@ class ControlService:
         revoke = functools.partial(self.hub.revoke_node, caller=caller)
         await self._off_loop(revoke, request.node_id)
         return pb.RevokeReply(detail=f"node {request.node_id} revoked")
+
+    async def LabelNode(self, request: Any, caller: Caller) -> Any:
+        label = functools.partial(self.hub.label_node, caller=caller)
+        labels = await self._off_loop(
+            label, request.node_id, dict(request.set), list(request.remove)
+        )
+        return pb.LabelNodeReply(labels=labels)
+
+    async def CordonNode(self, request: Any, caller: Caller) -> Any:
+        cordon = functools.partial(self.hub.cordon_node, caller=caller)
+        await self._off_loop(cordon, request.node_id, request.cordoned)
+        return pb.CordonNodeReply()
 
     # --- users and the audit ----------------------------------------------------------------
 
@@ -279,4 +295,5 @@ def _node_info(entry: NodeEntry) -> Any:
         state=entry.state.value,
         heartbeat_age=age,
         runs=list(entry.runs),
+        cert_expires=entry.cert_expires or 0.0,
     )
