@@ -284,7 +284,7 @@ _USE = {
 
 def _hint(kind: TokenKind) -> str:
     if kind is TokenKind.USER:
-        return "ask an admin for a new one (`pollinate user add NAME`)"
+        return "ask an admin for a new one (`pollinate user token NAME`)"
     return _CREATE_HINT
 
 
