@@ -162,7 +162,7 @@ class History:
                 if number == len(numbered) and not line.endswith("\n"):
                     break  # the line a crash cut: the rounds before it are whole
                 raise
-            history.with_round(_record(data, number))
+            history.with_round(_record(data, f"history line {number}"))
         return history
 
     @classmethod
@@ -171,8 +171,8 @@ class History:
         if not isinstance(schema, int) or "rounds" in data:
             raise ValueError("not a pollinate history.jsonl: its first line has no 'schema'")
         _check_schema(data)
-        if not all(isinstance(data.get(k, {}), dict) for k in ("config", "overrides")):
-            raise ValueError("history header: 'config' and 'overrides' must be objects")
+        if not _typed(data, _HEADER_TYPES):
+            raise ValueError("history header: a field has the wrong type (docs/history.md)")
         try:
             return cls(**{k: data[k] for k in _HEADER_FIELDS if k in data})
         except TypeError as exc:
@@ -187,12 +187,14 @@ class History:
         """An older ``history.json``: schema 2's object, or schema 1's bare list of rounds."""
         data = json.loads(text)
         if isinstance(data, list):  # schema 1: the rounds alone
-            return cls([RoundRecord.from_dict(r) for r in data], pollinate="")
+            return cls(_records(data), pollinate="")
         if not isinstance(data, dict) or not isinstance(data.get("schema"), int):
             raise ValueError("not a pollinate history: expected an object with a 'schema'")
         _check_schema(data)
+        if not _typed(data, {**_HEADER_TYPES, "rounds": list}):
+            raise ValueError("history: a field has the wrong type (docs/history.md)")
         return cls(
-            [RoundRecord.from_dict(r) for r in data["rounds"]],
+            _records(data.get("rounds", [])),
             app=data.get("app", ""),
             seed=data.get("seed"),
             config=dict(data.get("config", {})),
@@ -280,20 +282,48 @@ def _parse(line: str, number: int) -> dict[str, Any]:
     return data
 
 
-def _record(data: dict[str, Any], number: int) -> RoundRecord:
-    """Line ``number`` as a RoundRecord, its fields' types checked: a file may come from
-    anywhere."""
-    sections_ok = all(isinstance(data.get(s, {}), dict) for s in ("fit", "evaluate", "centralized"))
-    failed_ok = isinstance(data.get("failed", []), list) and all(
-        isinstance(f, dict) for f in data.get("failed", [])
-    )
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("fit", "evaluate", "centralized"), dict),
+    **dict.fromkeys(("replies", "failures", "rejected"), int),
+    **dict.fromkeys(("applied", "resumed"), bool),
+    "seconds": (int, float),
+    "failed": list,
+    "aborted": (str, type(None)),
+}
+_HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("app", "app_hash", "run_id", "strategy", "pollinate"), str),
+    **dict.fromkeys(("seed", "num_rounds", "clients"), (int, type(None))),
+    **dict.fromkeys(("config", "overrides"), dict),
+    "placement": (str, type(None)),
+}
+
+
+def _record(data: object, where: str) -> RoundRecord:
+    """``data`` (``where`` says where it was) as a RoundRecord, its fields' types checked:
+    a file may come from anywhere."""
+    if not isinstance(data, dict) or not _typed(data, _FIELD_TYPES):
+        raise ValueError(f"{where} is not a round record")
     round_ok = isinstance(data.get("round"), int) and data["round"] >= 0
-    if not (sections_ok and failed_ok and round_ok):
-        raise ValueError(f"history line {number} is not a round record")
+    failed_ok = all(isinstance(f, dict) for f in data.get("failed", []))
+    if not (round_ok and failed_ok):
+        raise ValueError(f"{where} is not a round record")
     try:
         return RoundRecord.from_dict(data)
-    except TypeError as exc:
-        raise ValueError(f"history line {number} is not a round record: {exc}") from None
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"{where} is not a round record: {exc}") from None
+
+
+def _typed(data: dict[str, Any], types: dict[str, type | tuple[type, ...]]) -> bool:
+    """Whether each of ``data``'s fields named in ``types`` has its type (a bool is no int)."""
+    for name, kind in types.items():
+        value = data.get(name)
+        if name in data and (not isinstance(value, kind) or (kind is int and value is True)):
+            return False
+    return True
+
+
+def _records(rounds: list[Any]) -> list[RoundRecord]:
+    return [_record(r, f"history round entry {i}") for i, r in enumerate(rounds)]
 
 
 def _bounded_lines(first: str, file: IO[str]) -> Iterator[str]:
