@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pollinate import load_arrays
-from pollinate.loop.history import History
+from pollinate import Arrays, load_arrays
+from pollinate.cli.outputs import RunOutputs
+from pollinate.loop.history import History, RoundRecord
 from tests.cli.test_exits import tiny_app
 from tests.cli_runner import pollinate
 
@@ -72,3 +73,34 @@ def test_track_logs_the_run_to_tensorboard_and_mlflow(
     assert run.info.status == "FINISHED" and run.data.params["strategy"] == "FedAvg"
     assert run.data.metrics["federated/loss"] == 4.0
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model.npz"]
+
+
+class Failing:
+    """A tracker whose store breaks at the first round."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def start(self, history: History) -> None:
+        self.calls.append("start")
+
+    def log_round(self, record: RoundRecord) -> None:
+        raise OSError("the tracking store is full")
+
+    def finish(self, model: Path | None, status: str) -> None:
+        self.calls.append("finish")
+
+
+def test_a_failing_tracker_is_left_out_and_the_run_and_its_history_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = Failing()
+    outputs = RunOutputs(History(app="demo"), tmp_path, [tracker])
+    for number in (0, 1, 2):
+        outputs.add(RoundRecord(round=number))
+    assert outputs.finish(Arrays({"w": np.ones(2)}), "finished") == tmp_path / "model.npz"
+    assert tracker.calls == ["start"]  # left out after it failed: not finished
+    assert "Failing failed, left out from now on: OSError: the tracking store is full" in (
+        caplog.text
+    )
+    assert [r.round for r in History.load(tmp_path).rounds] == [0, 1, 2]
