@@ -224,6 +224,7 @@ SUBPACKAGES = {
     ],
     "transport": [
         "CHUNK_BYTES",
+        "CONTROL_SERVICE",
         "FLEET_SERVER_OPTIONS",
         "FLEET_SERVICE",
         "NODE_CHANNEL_OPTIONS",

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pollinate.artifacts import load_arrays
 from tests.deployment.apps import write_tiny_app
 from tests.deployment.conftest import Deployment, Process, wait_for
 from tests.deployment.test_large_model import start_tls_hub
@@ -147,6 +148,19 @@ def test_two_projects_share_one_hub_each_seeing_and_steering_only_its_own(
     assert [r["replies"] for r in rounds] == [0, 3, 2, 2]
     assert [r["fit"]["partition"] for r in rounds[1:]] == [0.5, 0.0, 0.0]  # never b's nodes
     assert re.search(rf"node {node_1_id} was revoked by admin", json.dumps(rounds[2]["failed"]))
+    pulled = deployment.directory / "pulled"
+    said = ok(deployment.cli("pull", alice_run, "--out", pulled, "--hub", hub, env=vic))
+    assert "round 3" in said
+    final = load_arrays(pulled / "model.npz")["w"]
+    said = ok(
+        deployment.cli("pull", alice_run, "--round", "1", "--out", pulled, "--hub", hub, env=alice)
+    )
+    assert "round 1" in said
+    first = load_arrays(pulled / "model.npz")["w"]
+    assert 0 < first[0] < final[0]  # each round adds what its nodes add
+    assert "in project a" in refused(
+        deployment.cli("pull", alice_run, "--out", pulled, "--hub", hub, env=bob)
+    )
     wait_for(lambda: not node_1.alive(), "the revoked node to stop")
     assert "revoked" in node_1.stderr
 

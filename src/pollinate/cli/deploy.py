@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pollinate.app import app_hash, load_app
+from pollinate.artifacts import save_arrays
 from pollinate.cli.console import (
     RUN_FAILED,
     console,
@@ -389,6 +390,28 @@ def stop_command(
     except PollinateError as exc:
         raise fail(refused_hint(exc, hub, credentials)) from None
     console.print(f"run {run_id} stopping")
+
+
+def pull_command(
+    run_id: Annotated[str, typer.Argument(help="The run, as `pollinate ls` shows it.")],
+    out: Annotated[Path, typer.Option(help="Directory to write model.npz into (created).")],
+    round_: Annotated[
+        int | None,
+        typer.Option("--round", min=0, help="The round whose model to pull [default: the last]."),
+    ] = None,
+    hub: HubOption = None,
+    credentials: CredentialsOption = None,
+) -> None:
+    """Save a run's model from the hub as DIR/model.npz (docs/artifacts.md): the newest round
+    that ended, or --round R. Whoever may read the run may pull it."""
+    try:
+        pulled, arrays = control_client(hub, credentials).pull_model(run_id, round_)
+        path = save_arrays(arrays, _mkdir(out) / "model.npz")
+    except PollinateError as exc:
+        raise fail(refused_hint(exc, hub, credentials)) from None
+    except OSError as exc:
+        raise fail(f"cannot write the model into {out}: {exc}") from None
+    console.print(Text(f"run {inert(run_id, MAX_NAME)} round {pulled}: model written to {path}"))
 
 
 def run_on_hub(

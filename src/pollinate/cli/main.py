@@ -33,6 +33,7 @@ from pollinate.cli.deploy import (
     log_command,
     ls_command,
     node_command,
+    pull_command,
     run_on_hub,
     stop_command,
     token_app,
@@ -465,6 +466,7 @@ app.command("login")(login_command)
 app.command("whoami")(whoami_command)
 app.add_typer(user_app, name="user")
 app.command("audit")(audit_command)
+app.command("pull")(pull_command)
 app.command("ls")(ls_command)
 app.command("nodes")(nodes_command)
 app.command("log")(log_command)

@@ -2,6 +2,7 @@
 
 __all__ = [
     "CHUNK_BYTES",
+    "CONTROL_SERVICE",
     "FLEET_SERVER_OPTIONS",
     "FLEET_SERVICE",
     "NODE_CHANNEL_OPTIONS",
@@ -18,6 +19,7 @@ NODE_ID_HEADER = "pollinate-node-id"
 """Metadata key that carries a node's id in insecure mode (mTLS takes it from the certificate)."""
 
 FLEET_SERVICE = "pollinate.v1.Fleet"
+CONTROL_SERVICE = "pollinate.v1.Control"
 
 # A node finds out within ~15 s that its connection died (a partition, a hub restarted behind
 # a NAT) rather than waiting on TCP's retransmission backoff, and redials at most 5 s apart

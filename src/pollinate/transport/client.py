@@ -20,13 +20,14 @@ from pollinate.hub.audit import AuditRow
 from pollinate.hub.inventory import NodeEntry, NodeState
 from pollinate.hub.state import RunStatus
 from pollinate.hub.users import UserRow
-from pollinate.records import Config, Message
+from pollinate.records import Arrays, Config, Message
 from pollinate.security import make_key_and_csr, parse_token
 from pollinate.security.credentials import NodeCredentials, UserCredentials
 from pollinate.security.enrolment import fetch_pinned_certificate
 from pollinate.security.guest import ENROL_SERVER_NAME, GUEST_CERT_PEM, GUEST_KEY_PEM
 from pollinate.transport import (
     CHUNK_BYTES,
+    CONTROL_SERVICE,
     FLEET_SERVICE,
     NODE_CHANNEL_OPTIONS,
     NODE_ID_HEADER,
@@ -242,6 +243,11 @@ class ControlClient:
             )
             self.channel = grpc.secure_channel(address, tls)
         self.stub = rpc.ControlStub(self.channel)
+        # the model's chunks arrive as bytes, parsed here (they may be many and large)
+        self._pull = self.channel.unary_stream(
+            f"/{CONTROL_SERVICE}/PullModel",
+            request_serializer=pb.PullModelRequest.SerializeToString,
+        )
 
     def submit_run(
         self,
@@ -328,6 +334,21 @@ class ControlClient:
         reply = _call(self.stub.StopRun, pb.StopRunRequest(run_id=run_id), timeout=30)
         if not reply.stopped:
             raise HubRefused(reply.reason)
+
+    def pull_model(self, run_id: str, round: int | None = None) -> tuple[int, Arrays]:
+        """A run's model after ``round`` (None: the newest round that ended), and that round."""
+        request = pb.PullModelRequest(run_id=run_id, round=-1 if round is None else round)
+        decoder = wire.Decoder()
+        try:
+            for chunk in self._pull(request, timeout=600):
+                decoder.feed(pb.Chunk.FromString(chunk).data)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        message = decoder.finish()
+        pulled = message.config.get("round")
+        if message.arrays is None or not isinstance(pulled, int):
+            raise HubRefused("the hub sent no model (no arrays, or no round)")
+        return pulled, message.arrays
 
     def revoke_node(self, node_id: int) -> None:
         _call(self.stub.RevokeNode, pb.RevokeNodeRequest(node_id=node_id), timeout=30)

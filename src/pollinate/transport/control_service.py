@@ -22,18 +22,27 @@ from typing import Any, TypeVar
 
 import grpc
 
+import pollinate.wire as wire
 from pollinate.errors import PollinateError, StorageError
 from pollinate.hub.access import DEFAULT_PROJECT, Caller, Forbidden
 from pollinate.hub.hub import Hub
 from pollinate.hub.inventory import NodeEntry, inventory
+from pollinate.hub.journal import NoModel
 from pollinate.hub.members import USER_TOKEN_SECONDS
 from pollinate.hub.rate_limit import source_of
 from pollinate.hub.state import LogRow, RunRow, RunStatus
 from pollinate.hub.users import UserRow
 from pollinate.placement import parse_selector
+from pollinate.records import Message, MessageKind
 from pollinate.text import MAX_NAME, inert
+from pollinate.transport import (
+    CHUNK_BYTES,
+    CONTROL_SERVICE,
+    data_chunk,
+    rounds_from_wire,
+    rounds_to_wire,
+)
 from pollinate.transport import fleet_pb2 as pb
-from pollinate.transport import rounds_from_wire, rounds_to_wire
 from pollinate.transport.callers import Callers
 from pollinate.transport.guards import CallLimits, admitted, off_loop, one_request
 
@@ -44,7 +53,6 @@ T = TypeVar("T")
 CALLS_PER_SOURCE = 64
 LOG_POLL_SECONDS = 0.25
 """How often a follower looks for new lines of a running run's log."""
-CONTROL_SERVICE = "pollinate.v1.Control"
 MAX_AUDIT_ROWS = 10_000
 """The most audit rows one call returns."""
 SUBMIT_SECONDS = 60.0
@@ -88,6 +96,8 @@ class ControlService:
         handlers["FollowLog"] = grpc.stream_stream_rpc_method_handler(
             self.FollowLog, response_serializer=pb.LogEntry.SerializeToString
         )
+        # the model's chunks leave as the bytes PullModel yields, already serialized
+        handlers["PullModel"] = grpc.stream_stream_rpc_method_handler(self.PullModel)
         return grpc.method_handlers_generic_handler(CONTROL_SERVICE, handlers)
 
     def _guarded(self, name: str, kind: Any, seconds: float | None) -> Callable[..., Any]:
@@ -250,6 +260,26 @@ class ControlService:
                     return
                 await asyncio.sleep(LOG_POLL_SECONDS)
                 await self.callers.user(context)
+
+    async def PullModel(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """A run's model at a round (-1: the newest), as wire chunks of one message holding
+        the arrays and, in its config, the round."""
+        async with admitted(self.calls, source_of(context.peer()), context):
+            caller = await self.callers.user(context)
+            request = await one_request(requests, pb.PullModelRequest, "PullModel", context)
+            wanted = None if request.round < 0 else request.round
+            pull = functools.partial(self.hub.model, caller=caller)
+            try:
+                round_, arrays = await self._off_loop(pull, inert(request.run_id, 80), wanted)
+            except Forbidden as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            except NoModel as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            message = Message(MessageKind.GET_ARRAYS, arrays=arrays, config={"round": round_})
+            for piece in wire.iter_encode(message, CHUNK_BYTES):
+                yield data_chunk(piece)
 
     async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
         return await off_loop(self._pool, call, *args)
