@@ -8,7 +8,8 @@ hierarchy (``tests/test_errors.py`` checks that it is drawn whole and true)::
     PollinateError                    base of everything pollinate raises on purpose
     ├── WireError (ValueError)        bytes that do not decode to a valid Message
     ├── AppError                      an app or its config cannot be loaded or is inconsistent
-    │   └── SelectorError (ValueError)  placement: a placement selector that does not parse
+    │   └── PlacementError (ValueError)  placement: a bad node count or label
+    │       └── SelectorError           placement: a placement selector that does not parse
     ├── ClientError                   a client raised, or replied with something unusable
     ├── RunError                      a run cannot go on (too few clients, too many failures)
     │   ├── TooFewClients             strategy.base: sampling found fewer clients than needed
@@ -30,6 +31,7 @@ hierarchy (``tests/test_errors.py`` checks that it is drawn whole and true)::
     │   ├── Duplicate                 hub.fleet: a second reply to one task
     │   └── TooManyAttempts           hub.hub: enrolment attempts over a source's rate
     ├── TryLater                      hub.fleet: the hub cannot take it now, but may soon
+    ├── NoModel (LookupError)         hub.journal: no model of that run at that round
     ├── PollEnded                     hub.fleet: a node's long-poll is over
     ├── Overloaded                    transport.guards: a peer holds as many calls as it may
     ├── Idle                          transport.guards: a stream sent nothing for too long

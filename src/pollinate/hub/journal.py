@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pollinate.errors import StorageError, WireError
+from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import Duplicate
 from pollinate.hub.state import HubState, TaskRow
 from pollinate.loop import checkpoint as checkpoints
@@ -41,7 +41,7 @@ from pollinate.records import Arrays, Message
 from pollinate.wire import decode, iter_encode
 
 
-class NoModel(LookupError):
+class NoModel(PollinateError, LookupError):
     """The hub holds no model of that run at that round (no such run, not yet, or not kept)."""
 
 
