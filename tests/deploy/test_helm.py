@@ -14,47 +14,22 @@ from typing import Any
 import helm_python as helm
 import kubernetes_validate
 import pytest
-import typer
 import yaml
 
-from pollinate.cli.main import app
+from tests.deploy.chart import CHART, container, kind, render
+from tests.deploy.cli import unknown_environment, unknown_options
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "deploy" / "helm" / "pollinate"
 VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBERNETES = "1.33"  # a current release; the chart asks for >= 1.27
-
-
-def render(values: dict[str, Any], namespace: str = "fl") -> list[dict[str, Any]]:
-    chart = helm.Chart.load(CHART)
-    try:
-        rendered = chart.render(values, name="pol", namespace=namespace, is_install=True)
-    finally:
-        chart.close()
-    return [
-        document
-        for path, text in sorted(rendered.items())
-        if path.endswith(".yaml")
-        for document in yaml.safe_load_all(text)
-        if document
-    ]
 
 
 def values_of(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def kind(objects: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] == name]
-
-
 def pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     workloads = [o for o in objects if o["kind"] in ("StatefulSet", "Deployment")]
     return [o["spec"]["template"]["spec"] for o in workloads]
-
-
-def container(objects: list[dict[str, Any]], kind_name: str, index: int = 0) -> dict[str, Any]:
-    return kind(objects, kind_name)[index]["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_the_chart_lints_clean() -> None:
@@ -139,8 +114,9 @@ def test_kubernetes_labels_and_gpu_requests_become_node_labels_and_resources() -
     assert "--label=region=eu" in args and "--label=site=berlin" in args
     assert "--resources=gpus=2" in args
     assert "--node-config=num-partitions=4" in args
-    assert "--token=$(POLLINATE_TOKEN)" in args
+    assert not any(a.startswith("--token") for a in args)  # never in the process list
     (token,) = node["env"]
+    assert token["name"] == "POLLINATE_TOKEN"
     assert token["valueFrom"]["secretKeyRef"] == {"name": "berlin-gpu-token", "key": "token"}
     assert node["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert gpu["spec"]["template"]["metadata"]["labels"]["pollinate.dev/region"] == "eu"
@@ -182,14 +158,11 @@ def test_an_ingress_without_a_host_is_refused() -> None:
         render({"hub": {"ingress": {"enabled": True}}})
 
 
-def test_the_chart_passes_only_options_the_cli_has() -> None:
-    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    objects = render(values_of(CHART / "ci" / "full-values.yaml"))
-    missing = set()
+@pytest.mark.parametrize("values", VALUES, ids=[p.stem for p in VALUES])
+def test_the_chart_passes_only_options_the_cli_has(values: Path) -> None:
+    objects = render(values_of(values))
     for kind_name in ("StatefulSet", "Deployment"):
-        args = container(objects, kind_name)["args"]
-        options = {o for p in commands[args[0]].params for o in p.opts}
-        missing |= {a.split("=")[0] for a in args[1:] if a.split("=")[0] not in options}
-    if missing == {"--health-address"}:
-        pytest.xfail("pollinate node has no --health-address option yet (NodeAgent has it)")
-    assert missing == set()
+        for index in range(len(kind(objects, kind_name))):
+            each = container(objects, kind_name, index)
+            assert unknown_options(each["args"]) == set(), each["args"]
+            assert unknown_environment(each["args"], each.get("env", [])) == set()

@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy.cli import unknown_environment, unknown_options
+
 ROOT = Path(__file__).resolve().parents[2]
 OCM = ROOT / "deploy" / "ocm"
 CRDS = Path(__file__).resolve().parent / "ocm-crds"
@@ -152,7 +154,9 @@ def test_the_agent_enrols_with_its_secret_keeps_its_identity_and_runs_unprivileg
     reference = node["env"][0]["valueFrom"]["secretKeyRef"]
     assert reference["name"] == secret["metadata"]["name"]
     assert reference["key"] in secret["stringData"]
-    assert "--token=$(POLLINATE_TOKEN)" in node["args"]
+    assert not any(a.startswith("--token") for a in node["args"])  # not in the process list
+    assert unknown_options(node["args"]) == set(), node["args"]
+    assert unknown_environment(node["args"], node["env"]) == set()
     assert "--label=cluster=cluster-7" in node["args"]
     assert "--resources=gpus=1" in node["args"]
     assert node["resources"]["limits"]["nvidia.com/gpu"] == "1"
