@@ -159,6 +159,8 @@ SUBPACKAGES = {
     ],
     "simulation": [
         "Adversaries",
+        "RayEngine",
+        "RayGrid",
         "SimulationGrid",
         "Stragglers",
         "flip_labels",

@@ -6,6 +6,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -55,6 +56,7 @@ from pollinate.loop.app import ServerApp
 from pollinate.loop.events import Event
 from pollinate.loop.history import History
 from pollinate.simulation.adversary import ATTACKS, Adversaries
+from pollinate.simulation.ray_engine import RayEngine
 from pollinate.simulation.run import run_simulation
 from pollinate.simulation.speed import Stragglers
 from pollinate.text import MAX_LINE, inert
@@ -89,6 +91,13 @@ def _root(
     if context.invoked_subcommand is None:  # bare `pollinate`: the help, and success
         print(context.get_help())
         raise typer.Exit()
+
+
+class Engine(StrEnum):
+    """``pollinate run --engine``: where a simulation's virtual clients run."""
+
+    IN_PROCESS = "in-process"
+    RAY = "ray"
 
 
 @app.command()
@@ -249,6 +258,21 @@ def run(
             "while it runs: prints a one-time login link."
         ),
     ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="Where the virtual clients run: in this process (threads), or on Ray "
+            "workers (pip install 'pollinate[ray]'); the same seed gives the same history.",
+        ),
+    ] = Engine.IN_PROCESS,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT",
+            help="With --engine ray: the Ray cluster's address, as `ray start --head` prints "
+            "it (default: start Ray on this machine, on 127.0.0.1 only).",
+        ),
+    ] = None,
 ) -> None:
     """Run an app: in simulation (virtual clients), or on a hub's nodes with --hub.
 
@@ -276,6 +300,13 @@ def run(
         raise fail("--track works in simulation for now; with --hub, track the pulled history")
     if hub is not None and dashboard:
         raise fail("--dashboard shows a simulation; a hub serves its own (`pollinate hub`)")
+    if hub is not None and engine is Engine.RAY:
+        raise fail("--engine ray runs a simulation; with --hub, the hub's nodes run the clients")
+    if address is not None and engine is not Engine.RAY:
+        raise fail(
+            "--address names a Ray cluster, for --engine ray.\n"
+            "Hint: pollinate run APP --engine ray --address HOST:6379"
+        )
     if hub is not None:
         _check_hub_options(attackers is not None or stragglers is not None, max_failed_rounds)
         overrides = parse_overrides(config or [])
@@ -334,6 +365,7 @@ def run(
             attackers=attackers,
             speed=_stragglers(stragglers, slowdown, seed, num_clients),
             watch=local.on_event if local else None,
+            engine=RayEngine(address) if engine is Engine.RAY else None,
         )
     finally:
         if board is not None:
@@ -375,6 +407,7 @@ def _simulate(
     attackers: Adversaries | None,
     speed: Stragglers | None,
     watch: Callable[[Event], None] | None = None,
+    engine: RayEngine | None = None,
 ) -> PollinateError | None:
     """Run the simulation with its progress shown and its ``outputs`` kept as rounds end
     (history, trackers) and when it ends (the model); the error that ended it early, if
@@ -392,6 +425,7 @@ def _simulate(
                 on_event=_both(outputs, progress, *([watch] if watch else [])),
                 adversaries=attackers,
                 client_speed=speed,
+                engine=engine,
             )
     except KeyboardInterrupt:
         outputs.finish(None, "interrupted")

@@ -177,15 +177,20 @@ class SimulationGrid(Grid):
             else:
                 future.cancel()
 
-    def _timed(self, instruction: Message) -> _Done:
-        """Handle the instruction; a slow client's reply is ready ``slowdown`` times its real
-        time after the task started."""
+    def answer(self, instruction: Message) -> tuple[Message, float]:
+        """Handle one instruction now, in this thread: the reply, and the seconds to hold it
+        back from then on, as a slow client (``client_speed``) takes ``slowdown`` times its
+        real time. Each Ray worker (``ray_engine.py``) answers through it."""
         started = time.monotonic()
         reply = self._handle(instruction)
-        done = time.monotonic()
+        took = time.monotonic() - started
         node = instruction.node_id
         slowdown = self.slowdowns[node] if self.slowdowns and 0 <= node < self.num_clients else 1.0
-        return _Done(reply, done + (slowdown - 1.0) * (done - started))
+        return reply, (slowdown - 1.0) * took
+
+    def _timed(self, instruction: Message) -> _Done:
+        reply, held = self.answer(instruction)
+        return _Done(reply, time.monotonic() + held)
 
     def _handle(self, instruction: Message) -> Message:
         node = instruction.node_id

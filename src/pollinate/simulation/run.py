@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from pollinate.artifacts import MODEL_FILE, save_arrays
@@ -14,6 +15,7 @@ from pollinate.loop.run import EventHandler, RunResult, run
 from pollinate.records import Config
 from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.grid import NodeConfigFn, SimulationGrid
+from pollinate.simulation.ray_engine import RayEngine, RayGrid
 from pollinate.simulation.speed import ClientSpeed, Stragglers
 
 
@@ -31,6 +33,7 @@ def run_simulation(
     client_speed: Stragglers | ClientSpeed | None = None,
     select: str = "",
     out: str | Path | None = None,
+    engine: RayEngine | None = None,
 ) -> RunResult:
     """Run ``server_app`` with ``num_clients`` virtual clients made by ``client_fn``.
 
@@ -39,7 +42,9 @@ def run_simulation(
     ``select="gpus>=1"`` runs only on the clients whose node config (``node_config_fn``)
     matches, as a hub would place the run (docs/placement.md). ``out="runs/a"`` writes the
     run's ``history.jsonl`` there as it goes and its final ``model.npz`` at the end
-    (docs/history.md, docs/artifacts.md).
+    (docs/history.md, docs/artifacts.md). ``engine=RayEngine("HOST:6379")`` runs the clients
+    on a Ray cluster (``RayEngine()``: a Ray started on this machine), with the same history
+    as in-process for the same seed (docs/simulation.md).
 
     >>> from pollinate import FedAvg, Sampling, ServerApp, Arrays
     >>> import numpy as np
@@ -53,7 +58,8 @@ def run_simulation(
     """
     header = _header(server_app, num_clients, seed, run_config)
     writer = None if out is None else HistoryWriter(out, header)  # before the grid's threads
-    grid = SimulationGrid(
+    make_grid = SimulationGrid if engine is None else partial(RayGrid, address=engine.address)
+    grid = make_grid(
         client_fn,
         num_clients,
         concurrency=concurrency,

@@ -1,0 +1,381 @@
+"""RayGrid: a simulation's virtual clients on the workers of a Ray cluster.
+
+When one machine is not enough (large models, GPUs on several hosts), the same app runs on
+a Ray cluster: ``run_simulation(..., engine=RayEngine("HOST:6379"))``, or ``pollinate run
+APP --engine ray --address HOST:6379``. Without an address, Ray starts on this machine bound
+to 127.0.0.1, with no dashboard and no usage stats (``LOOPBACK``); nothing is installed at
+run time (no pip or conda runtime_env).
+
+Each worker is a Ray actor holding a ``SimulationGrid`` of its own, built from the same
+arguments, so a virtual client is the same on every engine: its Context, node config,
+adversary and speed. Placement is pushed, as in Pollen (Sani et al. 2024): the driver
+decides which worker takes each client and sends the task straight to that actor (the
+first idle worker, one task each at a time, so no task waits behind a hung client), rather
+than submitting tasks for Ray's scheduler to place.
+
+Messages cross as ``pollinate.wire`` bytes, never pickled: the global arrays once per
+dispatch (Ray's object store hands them to each machine once), each reply read by
+``wire.decode`` as a node's would be. The app's package travels to the cluster's machines
+through Ray's own store (``py_modules``; nothing is downloaded or installed), so they need
+pollinate and the app's libraries, not the app.
+
+Invariant, as ``SimulationGrid``'s: replies are yielded in the order of the instructions,
+so a seeded run's history equals the in-process engine's exactly.
+
+Not here: partial aggregation on workers (Pollen's one partial sum per worker). The run
+loop screens every update against its round (validation, bounds relative to the round's
+median) before folding it in, and a Grid yields replies; a worker-side sum needs a round
+protocol that owns it (``loop/protocol.py``) and screening that runs on the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pollinate.client.client import ClientFn
+from pollinate.errors import RunError
+from pollinate.loop.grid import Grid, Timeout, ends_at
+from pollinate.records import Arrays, Config, Message
+from pollinate.simulation.adversary import Adversaries
+from pollinate.simulation.grid import NodeConfigFn, SimulationGrid
+from pollinate.simulation.speed import ClientSpeed, Stragglers
+from pollinate.wire import decode, encode
+
+LOOPBACK = {
+    # Ray on Linux swaps 127.0.0.1 for the host's address and listens on every interface;
+    # as on macOS, single-node mode keeps its node address, so its servers, loopback.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+"""The environment of a Ray started here (values already set win: told otherwise)."""
+
+LOCAL_START: dict[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+
+READY_SECONDS = 120.0  # for the workers to start (a worker process imports numpy and the app)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """Run the clients on a Ray cluster at ``address`` (``HOST:PORT``, as ``ray start
+    --head`` prints it), or, without one, on a Ray started on this machine (loopback only)."""
+
+    address: str | None = None
+
+
+class _Task:
+    """An instruction on its way: its Ray reference, then its reply and when it may go."""
+
+    __slots__ = ("instruction", "ready", "ref", "reply")
+
+    def __init__(self, instruction: Message, ref: Any) -> None:
+        self.instruction, self.ref = instruction, ref
+        self.reply: Message | None = None
+        self.ready = 0.0  # time.monotonic() from which the reply may be yielded
+
+    def held(self, now: float) -> bool:
+        """Answered, and held back for its client's slowdown (its worker is free)."""
+        return self.reply is not None and self.ready > now
+
+
+class RayGrid(Grid):
+    """``num_clients`` virtual clients on Ray workers; arguments as ``SimulationGrid``'s,
+    with ``concurrency`` the number of workers (default: the cluster's CPUs)."""
+
+    def __init__(
+        self,
+        client_fn: ClientFn,
+        num_clients: int,
+        *,
+        address: str | None = None,
+        concurrency: int | None = None,
+        run_config: Config | None = None,
+        node_config_fn: NodeConfigFn | None = None,
+        adversaries: Adversaries | None = None,
+        client_speed: Stragglers | ClientSpeed | None = None,
+        select: str = "",
+    ) -> None:
+        options: dict[str, Any] = {
+            "run_config": run_config,
+            "node_config_fn": node_config_fn,
+            "adversaries": adversaries,
+            "client_speed": client_speed,
+        }
+        # nodes() here, and every argument checked before Ray starts
+        self._here = SimulationGrid(client_fn, num_clients, concurrency=1, select=select, **options)
+        self.attackers = self._here.attackers
+        self._closed = False
+        self._ray, self._started = _connect(address, _app_packages(client_fn, node_config_fn))
+        try:
+            self._workers = self._start_workers(client_fn, num_clients, concurrency, options)
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def nodes(self) -> Sequence[int]:
+        return self._here.nodes()
+
+    def wait_for_nodes(self, count: int, timeout: float) -> Sequence[int]:
+        """Virtual clients are always there: more will not come by waiting."""
+        return self.nodes()
+
+    def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
+        ends = ends_at(timeout)
+        todo = deque(instructions)
+        window: deque[_Task] = deque()
+        bodies: dict[int, tuple[Arrays, Any]] = {}  # id(arrays) -> (arrays, its bytes in Ray)
+        try:
+            while True:
+                self._refill(window, todo, bodies)
+                if not window and not todo:
+                    return
+                self._collect(window)
+                head, now, deadline = window[0] if window else None, time.monotonic(), ends()
+                if head is not None and head.reply is not None and head.ready <= now:
+                    window.popleft()
+                    yield head.reply
+                    continue
+                if self._closed or (deadline is not None and deadline <= now):
+                    yield from _ready(window, now)
+                    return
+                self._wait(window, deadline, now)
+        finally:
+            self._cancel(window)  # abandoned, or the caller stopped reading
+
+    def close(self) -> None:
+        self._closed = True
+        self._here.close()
+        self._shutdown()
+
+    def _start_workers(
+        self, client_fn: ClientFn, num_clients: int, count: int | None, options: dict[str, Any]
+    ) -> _Workers:
+        ray = self._ray
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        count = count or cpus
+        # More workers than CPUs share them, rather than wait for CPUs that never come.
+        actor = ray.remote(_Worker).options(num_cpus=min(1.0, cpus / count), max_restarts=3)
+        actors = [actor.remote(client_fn, num_clients, options) for _ in range(count)]
+        try:
+            ray.get([a.ready.remote() for a in actors], timeout=READY_SECONDS)
+        except Exception as exc:  # a worker that cannot load the app, or no room to start
+            for a in actors:
+                ray.kill(a)
+            raise RunError(
+                f"the Ray workers did not start: {str(exc)[:2000]}\nHint: every machine of "
+                "the cluster needs pollinate and the app's libraries installed, in the "
+                "same Python version as this one"
+            ) from None
+        log.info("%d Ray workers on %d CPUs", count, cpus)
+        return _Workers(ray, actors)
+
+    def _refill(
+        self, window: deque[_Task], todo: deque[Message], bodies: dict[int, tuple[Arrays, Any]]
+    ) -> None:
+        """Push instructions to idle workers, keeping at most ``2 x workers`` replies that
+        wait for their turn (replies are yielded in instruction order)."""
+        now = time.monotonic()
+        waiting = sum(not task.held(now) for task in window)
+        while todo and waiting < 2 * len(self._workers.actors) and not self._closed:
+            worker = self._workers.idle()
+            if worker is None:
+                return
+            window.append(self._send(todo.popleft(), worker, bodies))
+            waiting += 1
+
+    def _send(
+        self, instruction: Message, worker: int, bodies: dict[int, tuple[Arrays, Any]]
+    ) -> _Task:
+        if instruction.kind == "secagg":
+            raise RunError(
+                "secure aggregation does not run on the Ray engine yet: each worker's "
+                "virtual clients sign with keys the other workers cannot check.\n"
+                "Hint: run it on the in-process engine (leave out --engine ray)"
+            )
+        arrays = instruction.arrays
+        if id(arrays) not in bodies:  # a round's tasks share one global model: put it once
+            body = encode(Message(instruction.kind, arrays=arrays))
+            bodies[id(arrays)] = (arrays, self._ray.put(body))
+        head = encode(replace(instruction, arrays=Arrays()))
+        return _Task(instruction, self._workers.send(worker, head, bodies[id(arrays)][1]))
+
+    def _collect(self, window: deque[_Task]) -> None:
+        """Take the replies of the tasks that finished since the last look."""
+        running = {task.ref: task for task in window if task.reply is None}
+        if not running:
+            return
+        done, _ = self._ray.wait(list(running), num_returns=len(running), timeout=0)
+        for ref in done:
+            task = running[ref]
+            try:
+                data, held = self._ray.get(ref)
+            except self._ray.exceptions.RayActorError as exc:  # its process died (OOM, crash)
+                task.reply = task.instruction.reply(error=f"the Ray worker died: {exc}")
+                continue
+            task.reply, task.ready = decode(data), time.monotonic() + held
+
+    def _wait(self, window: deque[_Task], deadline: float | None, now: float) -> None:
+        """Until a task ends (its worker is then idle), the head's held-back reply may go,
+        or the deadline."""
+        head = window[0] if window else None
+        ready = head.ready if head is not None and head.reply is not None else None
+        until = min((t for t in (deadline, ready) if t is not None), default=None)
+        wait = None if until is None else max(0.0, until - now)
+        running = [task.ref for task in window if task.reply is None]
+        if running:
+            self._ray.wait(running, num_returns=1, timeout=wait)
+        elif not window:  # every worker busy with other calls' tasks
+            self._workers.wait_idle(wait)
+        elif wait:
+            time.sleep(wait)
+
+    def _cancel(self, window: deque[_Task]) -> None:
+        for task in window:
+            if task.reply is None:
+                with contextlib.suppress(Exception):  # already done, or its worker gone
+                    self._ray.cancel(task.ref)
+
+    def _shutdown(self) -> None:
+        workers = getattr(self, "_workers", None)
+        for actor in workers.actors if workers else []:
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor)
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._started = False
+
+
+class _Workers:
+    """The Ray actors and which of them are busy, shared by concurrent dispatch calls.
+
+    A worker takes one task at a time: a task queued behind a hung client would miss its
+    deadline while another worker idles. A task counts until its end is seen, even after its
+    dispatch abandoned it (a hung client still holds its worker).
+    """
+
+    def __init__(self, ray: Any, actors: list[Any]) -> None:
+        self._ray, self.actors = ray, actors
+        self._busy: dict[Any, int] = {}  # a running task's ref -> its worker's index
+        self._lock = threading.Lock()
+
+    def idle(self) -> int | None:
+        """The first idle worker's index, or None while every worker is busy."""
+        with self._lock:
+            if self._busy:
+                busy = list(self._busy)
+                ended, _ = self._ray.wait(busy, num_returns=len(busy), timeout=0)
+                for ref in ended:
+                    del self._busy[ref]
+            taken = set(self._busy.values())
+            return next((i for i in range(len(self.actors)) if i not in taken), None)
+
+    def send(self, worker: int, head: bytes, body: Any) -> Any:
+        ref = self.actors[worker].answer.remote(head, body)
+        with self._lock:
+            self._busy[ref] = worker
+        return ref
+
+    def wait_idle(self, timeout: float | None) -> None:
+        with self._lock:
+            busy = list(self._busy)
+        if busy:
+            self._ray.wait(busy, num_returns=1, timeout=timeout)
+
+
+class _Worker:
+    """A Ray actor: a SimulationGrid of its own, answering one instruction at a time."""
+
+    def __init__(self, client_fn: ClientFn, num_clients: int, options: dict[str, Any]) -> None:
+        self._grid = SimulationGrid(client_fn, num_clients, concurrency=1, **options)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def answer(self, head: bytes, body: bytes) -> tuple[bytes, float]:
+        """The reply to the instruction ``head`` with the arrays of ``body`` (wire bytes),
+        as wire bytes, and the seconds its client's slowdown holds it back."""
+        instruction = replace(decode(head), arrays=decode(body).arrays)
+        reply, held = self._grid.answer(instruction)
+        return encode(reply), held
+
+
+def _ready(window: deque[_Task], now: float) -> Iterator[Message]:
+    """At the deadline: the replies already there and due, in order; the rest are dropped."""
+    for task in window:
+        if task.reply is not None and task.ready <= now:
+            yield task.reply
+
+
+def _connect(address: str | None, app: list[str]) -> tuple[Any, bool]:
+    """Ray, joined to the cluster at ``address`` or started here on loopback, with the
+    ``app`` packages for its workers; and whether this call started the connection (``close``
+    then ends it). A process already connected keeps its connection, and its workers must
+    find the app by themselves (``ray.init(runtime_env={"py_modules": [...]})``)."""
+    here = address is None or address.rpartition(":")[0] in ("127.0.0.1", "localhost")
+    for name, value in LOOPBACK.items():
+        if here or name == "RAY_USAGE_STATS_ENABLED":
+            os.environ.setdefault(name, value)  # read by Ray as it is imported
+    try:
+        ray: Any = importlib.import_module("ray")  # not typed here: its stubs are partial
+    except ImportError:
+        raise RunError(
+            "the Ray engine needs Ray, which is not installed.\nHint: pip install 'pollinate[ray]'"
+        ) from None
+    if ray.is_initialized():
+        return ray, False
+    if address is None:
+        _check_loopback(ray)
+    where = {"address": address} if address else {"address": "local", **LOCAL_START}
+    try:
+        # the library never prints: Ray's log and its workers' output stay in Ray's logs
+        ray.init(
+            **where,
+            runtime_env={"py_modules": app} if app else None,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RunError(
+            f"could not reach Ray at {address!r}: {exc}\nHint: start a cluster with `ray "
+            "start --head --port=6379` and pass the address it prints, or leave --address "
+            "out to start Ray on this machine"
+        ) from None
+    return ray, True
+
+
+def _check_loopback(ray: Any) -> None:
+    """Refuse a local start that Ray would expose on every interface."""
+    from ray._private import ray_constants  # where Ray keeps what it read at import
+
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        raise RunError(
+            "Ray was imported before pollinate could keep it on 127.0.0.1, and would listen "
+            "on every interface of this machine.\nHint: set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+            "=0 before importing ray, or start a cluster and pass its address"
+        )
+
+
+def _app_packages(*functions: Callable[..., Any] | None) -> list[str]:
+    """The directories of the packages that define ``functions`` and are not installed
+    (an app directory's): Ray copies them to every machine of the cluster (``py_modules``,
+    through its own object store), so that workers import the app as this process does."""
+    installed = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    found = []
+    for function in functions:
+        top = (getattr(function, "__module__", None) or "").partition(".")[0]
+        package = sys.modules.get(top)
+        where = os.path.abspath(getattr(package, "__file__", None) or installed[0])
+        if top != "pollinate" and where.endswith("__init__.py") and not where.startswith(installed):
+            found.append(os.path.dirname(where))
+    return sorted(set(found))

@@ -1,0 +1,213 @@
+"""The Ray engine, on a two-node Ray cluster started on this machine and bound to 127.0.0.1.
+
+One cluster for the whole module (Ray starts in 10-15 s here): a head and a second node of
+one CPU each, as two raylets with their own object stores, started with Ray's own test
+utility and stopped at the end. Every test runs against it; the grids it makes share the
+test process's connection to it, and the CLI test connects from a process of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pollinate import Arrays, Client, Grid
+from pollinate.app import load_app
+from pollinate.client import ClientFn
+from pollinate.simulation import Adversaries, RayEngine, RayGrid, run_simulation
+from pollinate.simulation.ray_engine import LOOPBACK
+from tests.loop.grid_contract import Doubler, GridContract, fit_task
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples" / "quickstart-numpy"
+GOLDEN = ROOT / "tests" / "golden"
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in LOOPBACK.items():
+            env.setenv(name, value)  # before Ray is imported: it reads them then
+        ray = pytest.importorskip("ray")
+        from ray.cluster_utils import Cluster
+
+        temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's sockets live there
+        head = {"num_cpus": 1, "include_dashboard": False, "temp_dir": temp}
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        try:
+            cluster.add_node(num_cpus=1)
+            # as RayGrid's own ray.init sends an app (the CLI test checks that one)
+            app = {"py_modules": [str(DEMO / "quickstart_numpy")]}
+            ray.init(address=cluster.address, runtime_env=app, logging_level=logging.WARNING)
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_the_cluster_has_two_nodes_listening_on_loopback_only(cluster: Any) -> None:
+    import psutil
+    import ray
+
+    assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"] * 2
+    me = psutil.Process()
+    listening = [
+        (process.name(), c.laddr.ip, c.laddr.port)
+        for process in [me, *me.children(recursive=True)]
+        for c in _connections(process)
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert any(name == "gcs_server" for name, _, _ in listening)
+    exposed = [s for s in listening if s[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert exposed == []
+
+
+class Hangs(Client):
+    """Sleeps in fit on the node named by ``hang_on`` (a thread event cannot reach Ray)."""
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+
+    def fit(self, arrays, config):
+        if config.get("hang_on") == self.node:
+            time.sleep(30)  # its worker is killed when the grid closes
+        return Doubler(self.node).fit(arrays, config)
+
+
+class TestRayGrid(GridContract):
+    @pytest.fixture(autouse=True)
+    def _cluster(self, cluster: Any) -> None:
+        pass
+
+    def make_grid(self, client_fn: ClientFn, num_nodes: int) -> Grid:
+        return RayGrid(client_fn, num_nodes, concurrency=2)
+
+    def test_the_deadline_ends_dispatch_without_the_hung_reply(self) -> None:
+        grid = self.make_grid(lambda ctx: Hangs(ctx.node_id), 3)
+        try:
+            tasks = [fit_task(n, hang_on=0) for n in grid.nodes()]
+            started = time.monotonic()
+            replies = list(grid.dispatch(tasks, timeout=2.0))
+        finally:
+            grid.close()
+        # a task is never queued behind a hung client: node 2 goes to the idle worker
+        assert sorted(r.node_id for r in replies) == [1, 2]
+        assert time.monotonic() - started < 5
+
+
+class WhereAmI(Client):
+    def fit(self, arrays, config):
+        import ray
+
+        time.sleep(0.05)  # long enough that one worker cannot take every task
+        return arrays, 1, {"ray-node": ray.get_runtime_context().get_node_id()}
+
+
+def test_clients_run_on_both_nodes_of_the_cluster(cluster: Any) -> None:
+    grid = RayGrid(lambda ctx: WhereAmI(), 20)
+    try:
+        replies = list(grid.dispatch([fit_task(n) for n in grid.nodes()], timeout=60))
+    finally:
+        grid.close()
+    assert [r.node_id for r in replies] == list(range(20))  # in instruction order
+    assert len({r.metrics["ray-node"] for r in replies}) == 2
+
+
+@pytest.mark.parametrize("case", ["fedavg-scale-attack", "sampled-half"])
+def test_the_history_equals_the_in_process_engines(cluster: Any, case: str) -> None:
+    """The golden histories, which the in-process engine gives (tests/golden), exactly."""
+    config, seed, attack = {
+        "fedavg-scale-attack": ({"num-rounds": "4"}, 0, Adversaries(0.2, "scale")),
+        "sampled-half": ({"fraction-fit": "0.5", "num-rounds": "4"}, 3, None),
+    }[case]
+    app = load_app(DEMO, config)
+    result = run_simulation(
+        app.server_app(),
+        app.client_fn,
+        app.clients,
+        seed=seed,
+        run_config=app.config,
+        adversaries=attack,
+        engine=RayEngine(),
+    )
+    assert _records(result.history.rounds) == json.loads((GOLDEN / f"{case}.json").read_text())
+
+
+def test_pollinate_run_engine_ray_on_the_cluster_writes_the_in_process_history(
+    cluster: Any, tmp_path: Path
+) -> None:
+    pollinate = str(Path(sys.executable).parent / "pollinate")
+    command = [pollinate, "run", str(DEMO), "--rounds", "2"]
+    env = {k: v for k, v in os.environ.items() if k not in LOOPBACK}  # the CLI sets them
+    env["PYTHONPATH"] = ""  # the app travels in Ray's store: workers need not find it
+    ray_engine = ["--engine", "ray", "--address", cluster.address]
+    for engine, out in (([], "threads"), (ray_engine, "ray")):
+        done = subprocess.run(
+            [*command, *engine, "--out", str(tmp_path / out)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    threads, ray = (_history_lines(tmp_path / out) for out in ("threads", "ray"))
+    assert ray == threads and len(ray) == 3  # rounds 0, 1 and 2
+    model = [np.load(tmp_path / out / "model.npz") for out in ("threads", "ray")]
+    assert all(np.array_equal(model[0][k], model[1][k]) for k in model[0].files)
+
+
+def test_a_client_fn_that_cannot_travel_says_so(cluster: Any) -> None:
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(Exception, match="lock"):
+        RayGrid(lambda ctx: Doubler(0) if lock else None, 2)
+
+
+def test_secure_aggregation_is_refused_with_a_hint(cluster: Any) -> None:
+    grid = RayGrid(lambda ctx: Doubler(ctx.node_id), 2, concurrency=1)
+    try:
+        task = fit_task(0)
+        secagg = type(task)("secagg", task_id="s", node_id=0, arrays=Arrays())
+        with pytest.raises(Exception, match="Hint: run it on the in-process engine"):
+            list(grid.dispatch([secagg], timeout=10))
+    finally:
+        grid.close()
+
+
+def _records(rounds: list[Any]) -> list[dict[str, Any]]:
+    records = [r.to_dict() for r in rounds]
+    for record in records:
+        record.pop("seconds")
+    return json.loads(json.dumps(records))
+
+
+def _history_lines(out: Path) -> list[dict[str, Any]]:
+    """history.jsonl's rounds, without wall-clock times."""
+    lines = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    rounds = [line for line in lines if "round" in line]
+    for line in rounds:
+        line.pop("seconds", None)
+    return rounds
+
+
+def _connections(process: Any) -> list[Any]:
+    try:
+        return process.net_connections(kind="inet")
+    except Exception:  # a process that ended meanwhile
+        return []
