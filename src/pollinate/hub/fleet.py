@@ -49,6 +49,11 @@ MAX_TIMES_SENT = 3
 """A task a node took this often without answering fails, rather than being sent again."""
 
 
+HEARTBEATS_PER_SECOND = 500
+"""The heartbeats a hub asks of its whole fleet at most (``Fleet.interval``): 10,000 nodes
+beating every 5 s would cost a 2-core hub most of its CPU (benchmarks/README.md, Fleet)."""
+
+
 MAX_RUNS_REMEMBERED = 64
 """Runs whose turn a node remembers (``_next_in_turn``); past it, those with no task queued
 for the node are forgotten, and take their turn as new runs if they come back."""
@@ -235,6 +240,20 @@ class Fleet:
         with self._changed:
             node = self._nodes.get(node_id)
             return node is not None and node.cordoned
+
+    def interval(self, base: float) -> float:
+        """How often each node is told to heartbeat: ``base``, or less often in a fleet so
+        large that all of it would beat more than ``HEARTBEATS_PER_SECOND`` times a second,
+        but at least three times per heartbeat timeout (as Nomad paces its clients).
+
+        >>> fleet = Fleet(heartbeat_timeout=30.0)
+        >>> fleet.interval(5.0), fleet._nodes.update({n: _Node() for n in range(6000)})
+        (5.0, None)
+        >>> fleet.interval(5.0)
+        10.0
+        """
+        paced = len(self._nodes) / HEARTBEATS_PER_SECOND  # a len() needs no lock
+        return max(base, min(paced, self.heartbeat_timeout / 3))
 
     def sign_of_life(self, node_id: int) -> None:
         """Note a sign of life other than a heartbeat (a pull): the node is alive now."""

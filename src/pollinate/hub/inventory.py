@@ -58,6 +58,7 @@ def inventory(
     selector)."""
     selector = selector or Selector()
     alive, ages = set(hub.fleet.alive()), hub.fleet.heartbeat_ages()
+    interval = hub.fleet.interval(hub.heartbeat_interval)  # what the nodes were told
     entries = []
     for row in sorted(hub.list_nodes(caller=caller), key=lambda row: row.node_id):
         labels, resources = hub.fleet.labels_and_resources(row.node_id)
@@ -69,7 +70,7 @@ def inventory(
                 row.node_id,
                 row.name or "",
                 tuple(sorted(row.projects)),
-                _state(row, row.node_id in alive, age, hub.heartbeat_interval),
+                _state(row, row.node_id in alive, age, interval),
                 age,
                 labels,
                 resources,

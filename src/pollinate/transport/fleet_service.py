@@ -113,9 +113,17 @@ class FleetService:
     can cut a call whose request never comes (``one_request``)."""
 
     def __init__(
-        self, hub: Hub, pool: ThreadPoolExecutor, callers: Callers, wakeups: Wakeups
+        self,
+        hub: Hub,
+        pool: ThreadPoolExecutor,
+        callers: Callers,
+        wakeups: Wakeups,
+        *,
+        heartbeats: ThreadPoolExecutor | None = None,
     ) -> None:
         self.hub, self._pool, self.callers, self.wakeups = hub, pool, callers, wakeups
+        # heartbeats never queue behind replies (an fsync each) or enrolments
+        self._heartbeats = heartbeats or pool
         self.secure = callers.secure
         self.calls = CallLimits(CALLS_PER_NODE)
         self.newcomers = CallLimits(NEWCOMER_CALLS_PER_SOURCE)
@@ -199,7 +207,8 @@ class FleetService:
             except StorageError as exc:  # a new name needs a row: the node tries again later
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         async with admitted(self.calls, f"node {node_id}", context):
-            await self._off_loop(
+            await off_loop(
+                self._heartbeats,
                 self.hub.heartbeat,
                 node_id,
                 request.app_hash,
@@ -208,7 +217,8 @@ class FleetService:
                 dict(request.labels),
                 dict(request.resources),
             )
-        return pb.HeartbeatReply(node_id=node_id, interval_seconds=self.hub.heartbeat_interval)
+        interval = self.hub.fleet.interval(self.hub.heartbeat_interval)
+        return pb.HeartbeatReply(node_id=node_id, interval_seconds=interval)
 
     async def Renew(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
         request = await one_request(requests, pb.RenewRequest, "Renew", context)

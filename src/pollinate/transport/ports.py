@@ -38,6 +38,9 @@ log = logging.getLogger("pollinate.transport")
 
 HUB_THREADS = 16
 """Threads that run hub calls (SQLite, fsync, signing) for every call together."""
+HEARTBEAT_THREADS = 4
+"""Threads that run heartbeats, apart: 10,000 nodes beat 2,000 times a second, and a beat
+queued behind a round's journaled replies (an fsync each) waited seconds for a thread."""
 STREAMS_PER_CONNECTION = 32
 """Calls one connection may have open at once; a node uses three."""
 STOP_SECONDS = 8.0
@@ -53,6 +56,7 @@ class HubPorts:
     _servers: list[grpc.aio.Server] = field(default_factory=list, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _beats: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving: calls still open after ``grace`` seconds are cancelled, and this
@@ -67,8 +71,9 @@ class HubPorts:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=STOP_SECONDS / 2)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._pool, self._beats):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     async def _stop_all(self, grace: float) -> None:
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
@@ -90,13 +95,14 @@ def serve(hub: Hub, address: str, *, control: bool = True) -> HubPorts:
     control call acts as the local admin, and there is no enrolment.
     """
     pool = ThreadPoolExecutor(HUB_THREADS, thread_name_prefix="hub")
-    servers = HubPorts(0, _pool=pool)
+    beats = ThreadPoolExecutor(HEARTBEAT_THREADS, thread_name_prefix="hub-heartbeat")
+    servers = HubPorts(0, _pool=pool, _beats=beats)
     started: Future[None] = Future()
 
     def run_loop() -> None:
         asyncio.set_event_loop(servers._loop)
         try:
-            servers._loop.run_until_complete(_start(servers, hub, pool, address, control))
+            servers._loop.run_until_complete(_start(servers, hub, pool, beats, address, control))
         except BaseException as exc:  # binding failed: the caller hears why
             started.set_exception(exc)
             servers._loop.close()
@@ -112,12 +118,18 @@ def serve(hub: Hub, address: str, *, control: bool = True) -> HubPorts:
 
 
 async def _start(
-    servers: HubPorts, hub: Hub, pool: ThreadPoolExecutor, address: str, control: bool
+    servers: HubPorts,
+    hub: Hub,
+    pool: ThreadPoolExecutor,
+    beats: ThreadPoolExecutor,
+    address: str,
+    control: bool,
 ) -> None:
     options = [*FLEET_SERVER_OPTIONS, ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION)]
     server = grpc.aio.server(options=options)
     callers = Callers(hub)
-    fleet = FleetService(hub, pool, callers, Wakeups(asyncio.get_running_loop()))
+    wakeups = Wakeups(asyncio.get_running_loop())
+    fleet = FleetService(hub, pool, callers, wakeups, heartbeats=beats)
     server.add_generic_rpc_handlers((fleet_handler(fleet),))
     if control:
         server.add_generic_rpc_handlers((ControlService(hub, pool, callers).handler(),))

@@ -1,0 +1,562 @@
+"""A hub with 1,000 and 10,000 connected nodes: heartbeats, hub CPU and memory, a round's dispatch.
+
+What runs, per fleet size N, all on 127.0.0.1 and bounded in time (every process ends by
+itself at its deadline, and is killed at the end anyway):
+
+- a hub process: ``Hub`` and ``transport.ports.serve`` as ``pollinate hub`` runs them (TLS
+  with a client certificate on every connection, heartbeat every 5 s, timeout 30 s), with an
+  enrolment rate limit wide enough for N enrolments from one address (``--enrol-burst``);
+- a few load-generator processes, each running N / processes simulated nodes on one asyncio
+  loop with ``grpc.aio``. Each node is **enrolled through the hub's real ``Enrol`` call**
+  (its own key and CSR, a multi-use join token from ``Hub.create_token(ttl, uses=N)``, the
+  enrolment identity pinned by the token, the guest certificate at the handshake), then opens
+  its own mutual-TLS channel with its certificate (one TCP connection per node), heartbeats
+  at the interval the hub answers (the first one at a random point of it), long-polls
+  ``PullTask`` (20 s, as ``NodeAgent`` does) and answers a fit task with its arrays
+  unchanged and one example.
+
+What is measured, once all N nodes are alive at the hub:
+
+- heartbeat latency p50 / p99 / max over a window of ``--window`` seconds (each node's
+  Heartbeat call, timed by its node), and how many heartbeats failed (from the start);
+- the hub's CPU over the window (process CPU seconds per wall second) and its memory per
+  connected node ((RSS now - RSS before any node) / N);
+- a round: a tiny app (10 float32 parameters, FedAvg) sampling ``--sample`` of the N nodes is
+  submitted; "dispatch" is the time from the round's fit stage starting at the hub
+  (``StageStarted``) to the last sampled node receiving its task (timed by the node, same
+  clock), and "round" is the hub's own time of the round (``RoundRecord.seconds``).
+
+Each process raises its RLIMIT_NOFILE soft limit to the hard limit: the hub needs one file
+descriptor per connected node (plus ~100), each generator one per node it runs.
+
+Run ``python benchmarks/fleet.py`` (1,000 then 10,000 nodes, ~5 minutes on 2 cores) or
+``--nodes 500 --window 10`` for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+import pollinate.wire as wire
+from pollinate.app import app_hash
+from pollinate.hub.archives import pack_app
+from pollinate.hub.credentials import HubCredentials
+from pollinate.hub.hub import Hub
+from pollinate.hub.rate_limit import RateLimiter
+from pollinate.loop.events import RoundFinished, Stage, StageStarted
+from pollinate.records import Message
+from pollinate.security import make_key_and_csr, parse_token
+from pollinate.security.enrolment import fetch_pinned_certificate
+from pollinate.security.guest import ENROL_SERVER_NAME, GUEST_CERT_PEM, GUEST_KEY_PEM
+from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_CHANNEL_OPTIONS, data_chunk
+from pollinate.transport import fleet_pb2 as pb
+from pollinate.transport.ports import serve
+
+SPAWN = multiprocessing.get_context("spawn")
+PULL_WAIT = 20.0  # as NodeAgent
+ENROLS_AT_ONCE = 24  # over all generators: the hub admits 32 newcomer calls per address
+CONNECTS_PER_SECOND = 400  # per generator: how fast its nodes open their channels
+CALL_TIMEOUT = 10.0  # a heartbeat's deadline, as FleetClient's
+
+PYPROJECT = """\
+[project]
+name = "fleet-bench"
+version = "0.1.0"
+
+[tool.pollinate]
+server = "fleet_bench.server:server_fn"
+client = "fleet_bench.client:client_fn"
+
+[tool.pollinate.config]
+sample = 1000
+available = 1000
+"""
+
+SERVER = """\
+import numpy as np
+
+from pollinate import Arrays, FedAvg, Sampling, ServerApp
+
+
+def server_fn(run_config):
+    sample, available = int(run_config["sample"]), int(run_config["available"])
+    sampling = Sampling(
+        fraction_fit=sample / available,
+        min_fit_clients=sample,
+        min_available_clients=sample,
+        fraction_evaluate=0.0,
+    )
+    model = Arrays({"w": np.ones(10, np.float32)})
+    return ServerApp(FedAvg(sampling=sampling), num_rounds=1, initial_arrays=model)
+"""
+
+CLIENT = """\
+from pollinate import Client
+
+
+class Echo(Client):
+    def fit(self, arrays, config):
+        return arrays, 1, {}
+
+
+def client_fn(context):
+    return Echo()
+"""
+
+
+def raise_file_limit() -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit; the new limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def write_app(directory: Path) -> Path:
+    package = directory / "fleet_bench"
+    package.mkdir(parents=True)
+    (directory / "pyproject.toml").write_text(PYPROJECT)
+    (package / "__init__.py").write_text("")
+    (package / "server.py").write_text(SERVER)
+    (package / "client.py").write_text(CLIENT)
+    return directory
+
+
+# --- the simulated nodes ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Tally:
+    """What a generator's nodes saw."""
+
+    beats: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (start, s)
+    failed_beats: list[str] = dataclasses.field(default_factory=list)
+    tasks: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (epoch, round)
+    refused_replies: list[str] = dataclasses.field(default_factory=list)
+    failed_pulls: int = 0
+    enrol_seconds: float = 0.0
+    enrol_retries: int = 0
+
+
+class SimulatedFleet:
+    """``count`` simulated nodes of one process, on its running asyncio loop."""
+
+    def __init__(self, address: str, token: str, count: int, enrols_at_once: int = 8) -> None:
+        self.address, self.token, self.count = address, token, count
+        self.enrols_at_once = enrols_at_once
+        self.tally = Tally()
+        self.connected = 0
+        self._channels: list[grpc.aio.Channel] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def enrol_all(self) -> list[tuple[bytes, bytes, bytes]]:
+        """Enrol every node through the hub's ``Enrol``: (key, certificate, CA) of each."""
+        started = time.perf_counter()
+        host, _, port = self.address.rpartition(":")
+        pin = parse_token(self.token).ca_pin
+        enrol_pem = await asyncio.to_thread(fetch_pinned_certificate, host, int(port), pin)
+        tls = grpc.ssl_channel_credentials(enrol_pem, GUEST_KEY_PEM, GUEST_CERT_PEM)
+        options = [("grpc.ssl_target_name_override", ENROL_SERVER_NAME)]
+        at_once = asyncio.Semaphore(self.enrols_at_once)
+        async with grpc.aio.secure_channel(self.address, tls, options) as channel:
+            call = channel.unary_unary(
+                f"/{FLEET_SERVICE}/Enrol",
+                request_serializer=pb.EnrolRequest.SerializeToString,
+                response_deserializer=pb.EnrolReply.FromString,
+            )
+            enrolled = await asyncio.gather(
+                *(self._enrol(call, at_once) for _ in range(self.count))
+            )
+        self.tally.enrol_seconds = time.perf_counter() - started
+        return enrolled
+
+    async def _enrol(self, call: Any, at_once: asyncio.Semaphore) -> tuple[bytes, bytes, bytes]:
+        key_pem, csr_pem = make_key_and_csr()
+        request = pb.EnrolRequest(token=self.token, csr_pem=csr_pem)
+        async with at_once:
+            for attempt in range(100):
+                try:
+                    reply = await call(request, timeout=60)
+                    return key_pem, bytes(reply.certificate_pem), bytes(reply.ca_pem)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in (
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        grpc.StatusCode.UNAVAILABLE,
+                    ):
+                        raise
+                    self.tally.enrol_retries += 1
+                    await asyncio.sleep(0.05 * (attempt + 1))
+        raise RuntimeError("an enrolment was refused 100 times")
+
+    def start(self, credentials: list[tuple[bytes, bytes, bytes]], until: float) -> None:
+        """Start every node (channels opened at ``CONNECTS_PER_SECOND``), each serving until
+        the monotonic time ``until``."""
+        for index, (key, cert, ca) in enumerate(credentials):
+            delay = index / CONNECTS_PER_SECOND
+            self._tasks.append(asyncio.create_task(self._node(key, cert, ca, delay, until)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(c.close(None) for c in self._channels), return_exceptions=True)
+
+    async def _node(self, key: bytes, cert: bytes, ca: bytes, delay: float, until: float) -> None:
+        await asyncio.sleep(delay)
+        tls = grpc.ssl_channel_credentials(ca, key, cert)
+        channel = grpc.aio.secure_channel(self.address, tls, NODE_CHANNEL_OPTIONS)
+        self._channels.append(channel)
+        node = _Node(channel, self.tally)
+        interval = await node.first_heartbeat()
+        self.connected += 1
+        await asyncio.gather(node.beat(interval, until), node.serve(until))
+
+
+class _Node:
+    """One simulated node: heartbeats and long-polls on its own channel."""
+
+    def __init__(self, channel: grpc.aio.Channel, tally: Tally) -> None:
+        self.tally = tally
+        self.session = f"{random.getrandbits(64):016x}"
+        self.heartbeat = channel.unary_unary(
+            f"/{FLEET_SERVICE}/Heartbeat",
+            request_serializer=pb.HeartbeatRequest.SerializeToString,
+            response_deserializer=pb.HeartbeatReply.FromString,
+        )
+        self.pull = channel.unary_stream(
+            f"/{FLEET_SERVICE}/PullTask",
+            request_serializer=pb.PullTaskRequest.SerializeToString,
+            response_deserializer=pb.TaskChunk.FromString,
+        )
+        self.push = channel.stream_unary(
+            f"/{FLEET_SERVICE}/PushReply", response_deserializer=pb.PushReplyAck.FromString
+        )
+
+    async def first_heartbeat(self) -> float:
+        """Heartbeat until the hub answers; the interval it asks for."""
+        while True:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                return await self._beat_once()
+            await asyncio.sleep(1.0)
+
+    async def _beat_once(self) -> float:
+        request = pb.HeartbeatRequest(app_hash="fleet-bench", session=self.session)
+        request.resources["cpus"] = "2"
+        started, clock = time.time(), time.perf_counter()
+        reply = await self.heartbeat(request, timeout=CALL_TIMEOUT)
+        self.tally.beats.append((started, time.perf_counter() - clock))
+        return float(reply.interval_seconds)
+
+    async def beat(self, interval: float, until: float) -> None:
+        await asyncio.sleep(random.uniform(0, interval))  # nodes start at random phases
+        while time.monotonic() < until:
+            try:
+                interval = await self._beat_once()
+            except grpc.aio.AioRpcError as exc:
+                self.tally.failed_beats.append(f"{exc.code().name}: {exc.details()}")
+            await asyncio.sleep(interval)
+
+    async def serve(self, until: float) -> None:
+        while time.monotonic() < until:
+            try:
+                task = await self._pull()
+            except grpc.aio.AioRpcError:
+                self.tally.failed_pulls += 1
+                await asyncio.sleep(1.0)
+                continue
+            if task is not None:
+                self.tally.tasks.append((time.time(), task.round))
+                await self._answer(task)
+
+    async def _pull(self) -> Message | None:
+        request = pb.PullTaskRequest(wait_seconds=PULL_WAIT)
+        decoder: wire.Decoder | None = None
+        async for chunk in self.pull(request, timeout=PULL_WAIT + 30):
+            if decoder is None:
+                decoder = wire.Decoder()  # the first chunk: app hash and run config
+                continue
+            decoder.feed(chunk.data)
+        return None if decoder is None else decoder.finish()
+
+    async def _answer(self, task: Message) -> None:
+        reply = task.reply(arrays=task.arrays, num_examples=1)
+        chunks = [data_chunk(piece) for piece in wire.iter_encode(reply, CHUNK_BYTES)]
+        try:
+            ack = await self.push(iter(chunks), timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            self.tally.refused_replies.append(f"{exc.code().name}: {exc.details()}")
+            return
+        if not ack.accepted:
+            self.tally.refused_replies.append(ack.reason)
+
+
+# --- the processes ---------------------------------------------------------------------------
+
+
+def generator_process(
+    address: str, token: str, count: int, enrols: int, lifetime: float, pipe: Connection
+) -> None:
+    """Enrol and run ``count`` nodes; answer the orchestrator's requests; end by ``lifetime``."""
+    raise_file_limit()
+    asyncio.run(_generate(address, token, count, enrols, time.monotonic() + lifetime, pipe))
+
+
+async def _generate(
+    address: str, token: str, count: int, enrols: int, until: float, pipe: Connection
+) -> None:
+    fleet = SimulatedFleet(address, token, count, enrols)
+    credentials = await fleet.enrol_all()
+    pipe.send(("enrolled", fleet.tally.enrol_seconds, fleet.tally.enrol_retries))
+    fleet.start(credentials, until)
+    try:
+        while time.monotonic() < until:
+            if not pipe.poll():
+                await asyncio.sleep(0.2)
+                continue
+            request = pipe.recv()
+            if request == "stop":
+                break
+            if request == "connected":
+                pipe.send(fleet.connected)
+            elif request == "tally":
+                pipe.send(fleet.tally)
+    finally:
+        await fleet.stop()
+
+
+def hub_process(
+    data_dir: str, nodes: int, interval: float, lifetime: float, pipe: Connection
+) -> None:
+    """A hub as ``pollinate hub`` runs one; answers the orchestrator; ends by ``lifetime``."""
+    raise_file_limit()
+    logging.basicConfig(level=logging.WARNING, format="hub %(levelname)s %(name)s: %(message)s")
+    directory = Path(data_dir)
+    credentials = HubCredentials.load_or_create(directory, ["localhost"], ["127.0.0.1"])
+    hub = Hub(
+        directory,
+        credentials=credentials,
+        heartbeat_interval=interval,
+        heartbeat_timeout=max(30.0, 6 * interval),  # as `pollinate hub` pairs them
+        enrol_limit=RateLimiter(nodes + 100, 100.0),
+    )
+    marks: dict[str, float] = {}
+
+    def note(run_id: str, event: object) -> None:
+        if isinstance(event, StageStarted) and event.stage == Stage.FIT and event.round > 0:
+            marks.setdefault("fit_started", time.time())
+        elif isinstance(event, RoundFinished) and event.record.round > 0:
+            marks.update(round_seconds=event.record.seconds, replies=event.record.replies)
+            marks["failures"] = event.record.failures
+
+    hub.events.subscribe(note)
+    servers = serve(hub, "127.0.0.1:0")
+    hub.start()
+    token, _ = hub.create_token(3600, uses=nodes)
+    pipe.send((servers.port, token))
+    until = time.monotonic() + lifetime
+    try:
+        while time.monotonic() < until:
+            if not pipe.poll(0.5):
+                continue
+            request, *args = pipe.recv()
+            if request == "stop":
+                break
+            if request == "alive":
+                pipe.send(len(hub.fleet.alive()))
+            elif request == "marks":
+                pipe.send(dict(marks))
+            elif request == "submit":
+                app = Path(args[0])
+                overrides = {"sample": str(args[1]), "available": str(nodes)}
+                pipe.send(hub.submit_run(pack_app(app), app_hash(app), overrides, None, 0))
+    finally:
+        servers.stop(0)
+        hub.close()
+
+
+# --- one fleet size ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    nodes: int
+    enrol_seconds: float
+    connect_seconds: float
+    beats: int
+    p50: float
+    p99: float
+    worst: float
+    failed_beats: int
+    hub_cpu: float  # CPU seconds per wall second over the window
+    bytes_per_node: float
+    sample: int
+    dispatch_seconds: float
+    round_seconds: float
+    replies: int
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def ask(pipe: Connection, request: Any, timeout: float = 120.0) -> Any:
+    pipe.send(request)
+    if not pipe.poll(timeout):
+        raise RuntimeError(f"no answer to {request!r} within {timeout:.0f}s")
+    return pipe.recv()
+
+
+def wait_for(condition: Any, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1.0)
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[Any]]:
+    """Processes started into the list are killed at the end, whatever happened."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=30)
+
+
+def measure(
+    nodes: int, generators: int, window: float, sample: int, interval: float = 5.0
+) -> Figures:
+    """Bring up a hub and ``nodes`` simulated nodes, measure, and stop them all."""
+    lifetime = 120 + nodes / 20 + window  # every process ends by itself after this long
+    with tempfile.TemporaryDirectory(prefix="pollinate-fleet-") as directory, processes() as ps:
+        hub_pipe, theirs = SPAWN.Pipe()
+        args = (f"{directory}/hub", nodes, interval, lifetime, theirs)
+        hub = SPAWN.Process(target=hub_process, args=args)
+        hub.start()
+        ps.append(hub)
+        port, token = hub_pipe.recv() if hub_pipe.poll(60) else (None, None)
+        if port is None:
+            raise RuntimeError("the hub did not start within 60 s")
+        idle_rss = proc_rss(hub.pid)
+        pipes = []
+        for index in range(generators):
+            count = nodes // generators + (index < nodes % generators)
+            ours, theirs = SPAWN.Pipe()
+            args = (f"127.0.0.1:{port}", token, count, ENROLS_AT_ONCE // generators, lifetime)
+            process = SPAWN.Process(target=generator_process, args=(*args, theirs))
+            process.start()
+            ps.append(process)
+            pipes.append(ours)
+        started = time.monotonic()
+        enrolled = [p.recv() if p.poll(lifetime) else None for p in pipes]
+        if None in enrolled:
+            raise RuntimeError("a generator did not finish enrolling")
+        enrol_seconds = time.monotonic() - started
+        connecting = time.monotonic()
+        wait_for(lambda: ask(hub_pipe, ("alive",)) >= nodes, f"{nodes} nodes alive", lifetime)
+        connect_seconds = time.monotonic() - connecting
+        time.sleep(interval)  # every node beats at its own phase
+        window_start, cpu_start = time.time(), proc_cpu(hub.pid)
+        time.sleep(window)
+        hub_cpu = (proc_cpu(hub.pid) - cpu_start) / (time.time() - window_start)
+        rss = proc_rss(hub.pid)
+        alive = ask(hub_pipe, ("alive",))
+        app = write_app(Path(directory) / "app")
+        ask(hub_pipe, ("submit", str(app), sample))
+        wait_for(lambda: "round_seconds" in ask(hub_pipe, ("marks",)), "the round", 300)
+        marks = ask(hub_pipe, ("marks",))
+        tallies: list[Tally] = [ask(p, "tally") for p in pipes]
+        for p in pipes:
+            p.send("stop")
+        hub_pipe.send(("stop",))
+    beats = [s for t in tallies for start, s in t.beats if start >= window_start]
+    taken = [when for t in tallies for when, _ in t.tasks]
+    quantiles = statistics.quantiles(beats, n=100) if len(beats) > 1 else [0.0] * 99
+    if alive < nodes:
+        print(f"  note: only {alive} of {nodes} nodes alive at the end of the window")
+    problems = Counter(p[:120] for t in tallies for p in t.failed_beats + t.refused_replies)
+    for problem, times in problems.most_common(5):
+        print(f"  {times} x {problem}")
+    if pulls := sum(t.failed_pulls for t in tallies):
+        print(f"  {pulls} long-polls failed")
+    return Figures(
+        nodes=nodes,
+        enrol_seconds=enrol_seconds,
+        connect_seconds=connect_seconds,
+        beats=len(beats),
+        p50=quantiles[49],
+        p99=quantiles[98],
+        worst=max(beats, default=0.0),
+        failed_beats=sum(len(t.failed_beats) for t in tallies),
+        hub_cpu=hub_cpu,
+        bytes_per_node=(rss - idle_rss) / nodes,
+        sample=sample,
+        dispatch_seconds=max(taken, default=float("nan")) - marks["fit_started"],
+        round_seconds=marks["round_seconds"],
+        replies=int(marks["replies"]),
+    )
+
+
+HEADER = (
+    f"{'nodes':>6} {'enrol s':>7} {'connect s':>9} {'beats':>6} {'p50 ms':>7} {'p99 ms':>7} "
+    f"{'max ms':>7} {'failed':>6} {'hub cpu':>7} {'KB/node':>7} {'sample':>6} "
+    f"{'dispatch s':>10} {'round s':>7} {'replies':>7}"
+)
+
+
+def row(f: Figures) -> str:
+    return (
+        f"{f.nodes:>6} {f.enrol_seconds:>7.1f} {f.connect_seconds:>9.1f} {f.beats:>6} "
+        f"{f.p50 * 1e3:>7.1f} {f.p99 * 1e3:>7.1f} {f.worst * 1e3:>7.0f} {f.failed_beats:>6} "
+        f"{f.hub_cpu:>7.2f} {f.bytes_per_node / 1e3:>7.1f} {f.sample:>6} "
+        f"{f.dispatch_seconds:>10.2f} {f.round_seconds:>7.2f} {f.replies:>7}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--generators", type=int, default=3, help="load-generator processes")
+    parser.add_argument("--window", type=float, default=30.0, help="seconds measured")
+    parser.add_argument("--sample", type=int, default=1000, help="nodes a round samples")
+    parser.add_argument("--interval", type=float, default=5.0, help="the hub's heartbeat interval")
+    args = parser.parse_args()
+    print(f"RLIMIT_NOFILE raised to {raise_file_limit()}; {os.cpu_count()} cores; {sys.version}")
+    print(HEADER)
+    for nodes in args.nodes:
+        sample = min(args.sample, nodes)
+        print(row(measure(nodes, args.generators, args.window, sample, args.interval)))
+
+
+if __name__ == "__main__":
+    main()
