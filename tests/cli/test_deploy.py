@@ -32,9 +32,10 @@ def quiet_node(deployment: Deployment, app: Path, partition: int, partitions: in
 
 
 def test_a_command_waits_for_a_hub_that_is_starting(deployment: Deployment) -> None:
-    ports = iter(free_ports(4))  # every address the hub serves, chosen before it starts
-    for name in ("fleet", "control", "metrics", "dashboard"):
+    ports = iter(free_ports(3))  # every address the hub serves, chosen before it starts
+    for name in ("fleet", "metrics", "dashboard"):
         setattr(deployment, name, f"127.0.0.1:{next(ports)}")
+    deployment.control = deployment.fleet  # one address for nodes and users
     listing = deployment.spawn("ls", "ls", "--hub", deployment.control)
     wait_for(lambda: "waiting up to 10s for the hub" in listing.stderr, "ls to say it waits")
     deployment.restart_hub()  # the hub starts only now

@@ -327,12 +327,6 @@ def test_a_hub_and_three_nodes_as_the_chart_runs_them_train_the_demo_through_a_h
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`pollinate node` enrols again whenever a token is given, POLLINATE_TOKEN included, "
-    "even with a valid certificate in --data-dir (cli/deploy.py _node_credentials); the chart "
-    "and the OCM agent always set it, so every container restart spends a token use",
-)
 def test_a_node_container_restarted_on_its_volume_keeps_its_node_id(
     containers: Containers,
 ) -> None:

@@ -104,6 +104,7 @@ def test_two_projects_share_one_hub_each_seeing_and_steering_only_its_own(
     bob_rounds = rounds_of(bobs)
     assert [r["replies"] for r in bob_rounds] == [0, 2]
     assert bob_rounds[1]["fit"]["partition"] == 2.0
+    assert load_arrays(bobs / "model.npz").keys() == {"w"}  # the final model, pulled
 
     # alice's run in project a, held at round 2 until the others have tried their luck
     gates, markers = deployment.directory / "gates", deployment.directory / "markers"

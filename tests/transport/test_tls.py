@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pollinate.cli.deploy import _node_credentials
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.hub import Hub
 from pollinate.security import (
@@ -180,3 +181,14 @@ def _with_fresh_key(
     return NodeCredentials(
         key_pem, issuer.sign_node_csr(csr_pem, 99), credentials.ca_pem, credentials.enrol_pem
     )
+
+
+def test_a_node_restarted_with_its_token_keeps_its_identity(
+    running: RunningHub, tmp_path: Path
+) -> None:
+    token = running.token()  # one use
+    first = _node_credentials(tmp_path / "node", token, running.fleet)
+    again = _node_credentials(tmp_path / "node", token, running.fleet)  # a restarted container
+    assert again == first  # the token was not spent twice (it could not be)
+    other = _node_credentials(tmp_path / "other", running.token(), running.fleet)
+    assert node_id_from_certificate(other.cert_pem) != node_id_from_certificate(first.cert_pem)

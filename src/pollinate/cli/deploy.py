@@ -10,7 +10,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +37,7 @@ from pollinate.cli.hubs import (
     refused_hint,
     wait_for_hub,
 )
+from pollinate.cli.outputs import RunOutputs
 from pollinate.cli.render import nothing_applied, round_lines, summary
 from pollinate.dashboard import DashboardServer, serve_dashboard
 from pollinate.errors import PollinateError
@@ -51,9 +52,10 @@ from pollinate.hub.supervisor import DEFAULT_RUN_MEMORY, RunLimits
 from pollinate.loop.history import History, RoundRecord
 from pollinate.node.agent import NodeAgent
 from pollinate.placement import parse_labels
-from pollinate.security import NodeCredentials, SecurityError
+from pollinate.security import NodeCredentials, SecurityError, ca_matches_pin, parse_token
 from pollinate.security.certificates import node_id_from_certificate
 from pollinate.text import MAX_LINE, MAX_NAME, inert
+from pollinate.tracking import Tracker
 from pollinate.transport.client import ControlClient, HubUnavailable, LogLine, enrol
 from pollinate.transport.ports import serve
 
@@ -200,7 +202,10 @@ def node_command(
         ),
     ] = None,
     app_dir: Annotated[
-        Path | None, typer.Option("--app", help="The app directory this node serves.")
+        list[Path] | None,
+        typer.Option(
+            "--app", help="An app directory this node serves; repeatable (one node, several apps)."
+        ),
     ] = None,
     node_config: Annotated[
         list[str] | None,
@@ -251,7 +256,7 @@ def node_command(
     (--hub and --app); or manage nodes at the hub (the commands below)."""
     if context.invoked_subcommand is not None:
         return
-    if hub is None or app_dir is None:
+    if hub is None or not app_dir:
         raise fail(
             "a node needs --hub and --app.\nHint: pollinate node --hub HOST:9092 --app APP_DIR "
             "--token TOKEN (`pollinate node --help` lists the rest)"
@@ -328,9 +333,14 @@ def token_create(
 
 
 def _node_credentials(data_dir: Path, token: str | None, hub: str) -> NodeCredentials:
+    """The node's saved credentials, or new ones from ``token``. A token is spent only when
+    there are none, they expired, or the token is from another hub than they are (its pin
+    does not match their enrolment certificate): a node restarted with the token it was
+    started with (a container's environment) keeps its identity."""
     saved = NodeCredentials.load(data_dir)
-    if saved is not None and token is None:
-        saved.check_not_expired()
+    fresh = token is not None and saved is not None and not saved.expired()
+    if saved is not None and (token is None or (fresh and _same_hub(saved, token))):
+        saved.check_not_expired()  # says how to enrol again if it expired
         return saved
     if token is None:
         raise SecurityError(
@@ -343,6 +353,13 @@ def _node_credentials(data_dir: Path, token: str | None, hub: str) -> NodeCreden
     node = node_id_from_certificate(credentials.cert_pem)
     err_console.print(Text(f"enrolled as node {node}; certificate saved in {data_dir}"))
     return credentials
+
+
+def _same_hub(saved: NodeCredentials, token: str) -> bool:
+    try:
+        return ca_matches_pin(saved.enrol_pem, parse_token(token).ca_pin)
+    except SecurityError:
+        return False  # a malformed token: enrol() says what is wrong with it
 
 
 def ls_command(hub: HubOption = None, credentials: CredentialsOption = None) -> None:
@@ -426,10 +443,12 @@ def run_on_hub(
     project: str = "",
     credentials: Path | None = None,
     nodes: tuple[int, int] = (0, 0),
+    trackers: Sequence[Tracker] = (),
 ) -> None:
     """Submit the app to the hub's ``project`` and stream its rounds until the run ends;
     ``select`` (else the app's ``[tool.pollinate] select``) picks the nodes it may use, at
-    least ``nodes[0]`` and at most ``nodes[1]`` of them (0: no bound)."""
+    least ``nodes[0]`` and at most ``nodes[1]`` of them (0: no bound). The history goes to
+    ``out`` as rounds end, the final model once the run finished, both to ``trackers`` too."""
     try:  # a mistake in the app or its selector is told at once, not after the hub is found
         loaded = load_app(app_dir, overrides)
     except PollinateError as exc:
@@ -438,37 +457,53 @@ def run_on_hub(
     started = time.monotonic()
     try:
         client = control_client(hub, credentials)
-        history = History(app=loaded.name, seed=seed, config=dict(loaded.config))
+        digest = app_hash(app_dir)
         run_id = client.submit_run(
-            pack_app(app_dir),
-            app_hash(app_dir),
-            overrides,
-            rounds,
-            seed,
-            selector,
-            project,
-            nodes,
+            pack_app(app_dir), digest, overrides, rounds, seed, selector, project, nodes
         )
         console.print(Text.assemble((loaded.name, "bold"), f": run {run_id} submitted to {hub}"))
-        for line in follow_run(client, run_id, follow=True):
-            _print_line(line.kind, line.text)
-            if line.kind == "round":
-                record = RoundRecord.from_dict(json.loads(line.text))
-                history.rounds = [r for r in history.rounds if r.round < record.round]
-                history.rounds.append(record)
-                if out is not None:  # as rounds end: an interrupted command keeps them
-                    history.save(out)
+        history = History(
+            app=loaded.name,
+            seed=seed,
+            config=dict(loaded.config),
+            app_hash=digest,
+            overrides=dict(overrides),
+            num_rounds=rounds,
+            placement=selector or None,
+            run_id=run_id,
+        )
+        outputs = RunOutputs(history, out, trackers)  # the header, at once
+        try:
+            for line in follow_run(client, run_id, follow=True):
+                _print_line(line.kind, line.text)
+                if line.kind == "round":
+                    outputs.add(RoundRecord.from_dict(json.loads(line.text)))
+        except KeyboardInterrupt:
+            outputs.finish(None, "interrupted")
+            err_console.print(
+                Text(
+                    f"stopped following; run {run_id} goes on at the hub (`pollinate log "
+                    f"{run_id}` follows it, `pollinate stop {run_id}` stops it)",
+                    "yellow",
+                )
+            )
+            raise typer.Exit(130) from None
         status = _status(client, run_id)
+        finished = status is RunStatus.FINISHED
+        arrays = client.pull_model(run_id)[1] if finished and (out or trackers) else None
+        outputs.finish(arrays, "finished" if finished else "failed")
     except PollinateError as exc:
         raise fail(refused_hint(exc, hub, credentials)) from None
-    for summary_line in summary(history, time.monotonic() - started):
+    for summary_line in summary(outputs.history, time.monotonic() - started):
         console.print(summary_line)
-    if out is not None:
-        console.print(Text(f"history written to {history.save(out)}"))
-    problem = nothing_applied(history)
+    if outputs.writer is not None:
+        console.print(Text(f"history written to {outputs.writer.path}"))
+    if outputs.model is not None:
+        console.print(Text(f"model written to {outputs.model}"))
+    problem = nothing_applied(outputs.history)
     if problem is not None:
         raise run_failed(problem)
-    if status is not RunStatus.FINISHED:
+    if not finished:
         raise typer.Exit(RUN_FAILED)
 
 

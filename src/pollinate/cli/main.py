@@ -296,8 +296,6 @@ def run(
             "--project, --credentials, --min-nodes and --max-nodes go with --hub: a "
             "simulation has none of them (its --clients are all there)"
         )
-    if hub is not None and trackers:
-        raise fail("--track works in simulation for now; with --hub, track the pulled history")
     if hub is not None and dashboard:
         raise fail("--dashboard shows a simulation; a hub serves its own (`pollinate hub`)")
     if hub is not None and engine is Engine.RAY:
@@ -321,6 +319,7 @@ def run(
             project=project,
             credentials=credentials,
             nodes=(min_nodes, max_nodes),
+            trackers=trackers,
         )
         return
     try:

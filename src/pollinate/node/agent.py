@@ -16,12 +16,13 @@ import secrets
 import threading
 import time
 import tomllib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pollinate.app import app_hash, load_app
 from pollinate.client.client import Context, handle
-from pollinate.errors import PollinateError
+from pollinate.errors import AppError, PollinateError
 from pollinate.node.health import HealthServer
 from pollinate.node.resources import detect_resources
 from pollinate.records import Config, Message
@@ -45,7 +46,9 @@ PULL_WAIT = 20.0
 
 
 class NodeAgent:
-    """Serves one app's client to the hub at ``hub_address`` until ``stop`` is set.
+    """Serves the clients of one or more apps to the hub at ``hub_address`` until ``stop`` is
+    set. A task names its app by hash; a task of an app the node does not hold is refused,
+    saying which it holds.
 
     ``node_config`` holds TOML literals (``partition-id = "3"``); ``partition-id`` and
     ``num-partitions`` fill the client's Context. ``labels`` and ``resources`` (over those
@@ -57,7 +60,7 @@ class NodeAgent:
     def __init__(
         self,
         hub_address: str,
-        app_dir: str | Path,
+        app_dir: str | Path | Sequence[str | Path],
         node_config: dict[str, str] | None = None,
         *,
         name: str = "",
@@ -68,8 +71,13 @@ class NodeAgent:
         resources: dict[str, str] | None = None,
         health_address: str | None = None,
     ) -> None:
-        self.app = load_app(app_dir)
-        self.app_hash = app_hash(app_dir)
+        dirs = [app_dir] if isinstance(app_dir, str | Path) else list(app_dir)
+        if not dirs:
+            raise AppError("a node serves at least one app.\nHint: pollinate node --app APP_DIR")
+        self.apps = {app_hash(path): load_app(path) for path in dirs}
+        """The apps this node serves, by hash, in the order given."""
+        self.app_hash = next(iter(self.apps))  # the first: what heartbeats name
+        self._app = self.apps[self.app_hash]  # the app of the task being answered
         self.node_config_text = dict(node_config or {})
         self.node_config = parse_node_config(self.node_config_text)
         self.name = name
@@ -226,14 +234,17 @@ class NodeAgent:
         log.info("node %s renewed its certificate", client.node_id)
 
     def _answer(self, task: PulledTask) -> Message:
-        if task.app_hash != self.app_hash:
+        app = self.apps.get(task.app_hash)
+        if app is None:
+            held = ", ".join(f"{digest[:12]} ({held.path})" for digest, held in self.apps.items())
             reason = (
                 f"node {self.client.node_id} refuses the task: the run needs app "
-                f"{task.app_hash[:12]} but this node has {self.app_hash[:12]} "
-                f"({self.app.path}); install the same app version on every node"
+                f"{task.app_hash[:12]} but this node has {held}; install the same app "
+                "version on every node (`pollinate node --app DIR` repeats)"
             )
             log.error(reason)
             return task.message.reply(error=reason)
+        self._app = app  # tasks are answered one at a time
         node_id = self.client.node_id or 0
         context = Context(
             node_id=node_id,
@@ -245,7 +256,7 @@ class NodeAgent:
         return self._handlers.answer(context, task.message)
 
     def _answer_app(self, context: Context, instruction: Message) -> Message:
-        return handle(self.app.client_fn, context, instruction)
+        return handle(self._app.client_fn, context, instruction)
 
     def _secure_node(self, context: Context) -> SecAggNode:
         """This node's side of secure aggregation, signing with its certificate key."""

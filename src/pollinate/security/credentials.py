@@ -45,6 +45,9 @@ class NodeCredentials:
             partial.write_bytes(data)
             os.replace(partial, directory / name)
 
+    def expired(self) -> bool:
+        return certificate_expiry(self.cert_pem) <= datetime.now(UTC)
+
     def check_not_expired(self) -> None:
         """SecurityError that says what to do when the certificate has expired."""
         expiry = certificate_expiry(self.cert_pem)
