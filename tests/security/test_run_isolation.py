@@ -6,7 +6,11 @@ are hostile or greedy on purpose. Each fails alone, saying why; the run beside i
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import pollinate
 from pollinate.app import app_hash
 from pollinate.hub import sandbox
 from pollinate.hub.archives import pack_app
@@ -156,3 +161,56 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+AS_NOBODY = """\
+import json, sys
+from pathlib import Path
+from pollinate.app import app_hash
+from pollinate.hub.archives import pack_app
+from pollinate.hub.fleet import Fleet
+from pollinate.hub.journal import Journal
+from pollinate.hub.runs import Runs
+from pollinate.hub.state import HubState
+from pollinate.hub.supervisor import RunLimits
+
+state = HubState(Path(sys.argv[1]))
+runs = Runs(state, Fleet(), Journal(state), RunLimits(memory=2 << 30, user="nobody"))
+ids = [
+    runs.submit(pack_app(Path(app)), app_hash(Path(app)), {"target": json.dumps(target)}, None, seed=0)
+    for app, target in zip(sys.argv[2::2], sys.argv[3::2])
+]
+runs.join(60)
+print(json.dumps([[state.run(i).status, state.run(i).detail] for i in ids]))
+runs.close()
+"""
+SYSTEM_PYTHON = Path("/usr/bin/python3.11")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not SYSTEM_PYTHON.exists(),
+    reason="switching users needs root; the test's hub runs on Debian's python3.11, which "
+    "user nobody can run (this venv's interpreter lives under /root, mode 0700)",
+)
+def test_a_run_as_another_user_runs_as_that_user_and_cannot_read_the_hub(tmp_path: Path) -> None:
+    nobody = str(pwd.getpwnam("nobody").pw_uid)
+    whoami = hostile_app(
+        tmp_path / "whoami", 'import os; assert str(os.getuid()) == run_config["target"]'
+    )
+    reader = hostile_app(tmp_path / "reader", 'open(run_config["target"]).read()')
+    database = tmp_path / "hub" / "hub.db"
+    site = next(Path(sys.prefix).glob("lib/python3.11/site-packages"))
+    env = {**os.environ, "PYTHONPATH": f"{Path(pollinate.__file__).parents[1]}:{site}"}
+    arguments = [str(whoami), nobody, str(reader), str(database)]
+    done = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", AS_NOBODY, str(tmp_path / "hub"), *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (status, detail), (read_status, read_detail) = json.loads(done.stdout.splitlines()[-1])
+    assert status == "finished", detail  # it ran as nobody
+    assert read_status == "failed" and "Permission denied" in read_detail, read_detail

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import threading
@@ -95,6 +96,15 @@ def hub_command(
         float,
         typer.Option(min=0, help="GiB of memory each run's server process may use (0: no bound)."),
     ] = DEFAULT_RUN_MEMORY / 2**30,
+    run_as_user: Annotated[
+        str | None,
+        typer.Option(
+            metavar="USER",
+            help="Run each run's server code as this OS user (the hub must run as root): "
+            "another user's files and processes are out of its reach too [default: the "
+            "hub's user].",
+        ),
+    ] = None,
     metrics_address: Annotated[
         str,
         typer.Option(
@@ -115,6 +125,7 @@ def hub_command(
     """Start a hub: nodes enrol and connect to it, users drive runs through it, all at
     --address. At its first start it writes an admin credential to DATA_DIR/admin."""
     setup_logging(True)
+    _check_run_user(run_as_user)
     credentials = None
     if insecure:
         err_console.print(
@@ -137,7 +148,7 @@ def hub_command(
             heartbeat_interval=max(heartbeat_timeout / 6, 0.2),
             credentials=credentials,
             enrol_limit=RateLimiter(enrol_burst, enrol_rate),
-            run_limits=RunLimits(memory=int(run_memory * 2**30)),
+            run_limits=RunLimits(memory=int(run_memory * 2**30), user=run_as_user),
         )
     except (PollinateError, OSError) as exc:
         raise fail(
@@ -167,6 +178,20 @@ def hub_command(
     metrics.stop()
     dashboard.stop()
     hub.close()
+
+
+def _check_run_user(user: str | None) -> None:
+    if user is None:
+        return
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise fail(
+            f"--run-as-user: there is no OS user {user!r}.\nHint: create one for run code "
+            "(`useradd --system --no-create-home pollinate-run`)"
+        ) from None
+    if os.geteuid() != 0:
+        raise fail("--run-as-user needs a hub started as root (it switches run processes to it)")
 
 
 def _serve_metrics(hub: Hub, address: str) -> MetricsServer:

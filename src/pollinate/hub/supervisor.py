@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import pwd
 import queue
 import shutil
 import signal
@@ -71,9 +72,12 @@ _ENV_PREFIXES = ("LC_", "OMP_", "OPENBLAS_", "MKL_", "CUDA_", "NVIDIA_", "POLLIN
 
 @dataclass(frozen=True)
 class RunLimits:
-    """What bounds each run process: ``memory`` bytes of address space (0: unbounded)."""
+    """What bounds each run process: ``memory`` bytes of address space (0: unbounded), and
+    the OS ``user`` it runs as (None: the hub's; another needs a hub run as root). A run as
+    another user gets a copy of its app in its scratch dir, both owned by that user."""
 
     memory: int = DEFAULT_RUN_MEMORY
+    user: str | None = None
 
     @property
     def max_message(self) -> int:
@@ -100,14 +104,18 @@ def start_process(
     scratch = Path(tempfile.mkdtemp(prefix="pollinate-run-"))
     parent, child = socket.socketpair()
     try:
+        identity = _as_user(limits.user, app_dir, scratch)
+        if limits.user is not None:
+            app_dir = scratch / "app"
         process = subprocess.Popen(
             [sys.executable, "-m", "pollinate.hub.run_process", str(child.fileno())],
             pass_fds=(child.fileno(),),
             cwd=scratch,
             env=_environment(scratch),
             stdin=subprocess.DEVNULL,
+            **identity,
         )
-    except OSError:
+    except BaseException:  # no such user, may not switch to it, cannot start Python
         parent.close()
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -129,6 +137,26 @@ def start_process(
         running.end()
         raise
     return running
+
+
+def _as_user(user: str | None, app_dir: Path, scratch: Path) -> dict[str, Any]:
+    """What ``Popen`` needs to start a run process as ``user`` (nothing for the hub's own),
+    having given that user a copy of the app and the scratch dir. AppError if there is no
+    such user; PermissionError if the hub may not switch to it (it is not root)."""
+    if user is None:
+        return {}
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise AppError(
+            f"there is no OS user {user!r} to run the run's code as.\nHint: create it "
+            "(`useradd --system pollinate-run`), or start the hub without --run-as-user"
+        ) from None
+    shutil.copytree(app_dir, scratch / "app")
+    for directory, _, files in os.walk(scratch):
+        for path in [directory, *(os.path.join(directory, name) for name in files)]:
+            os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _environment(scratch: Path) -> dict[str, str]:
