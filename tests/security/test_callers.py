@@ -21,6 +21,7 @@ from pollinate.hub.archives import pack_app
 from pollinate.security import NodeCredentials, UserCredentials
 from pollinate.security.guest import ENROL_SERVER_NAME, GUEST_CERT_PEM, GUEST_KEY_PEM
 from pollinate.transport.client import ControlClient, FleetClient, HubRefused, enrol, login
+from pollinate.transport.ports import serve
 from tests.deployment.apps import write_tiny_app
 from tests.transport.test_tls import RunningHub, start_hub
 
@@ -163,3 +164,18 @@ def test_a_login_saves_owner_only_credentials(running: RunningHub, tmp_path: Pat
         "ca.pem": 0o600,
     }
     assert UserCredentials.load(tmp_path / "carol") == credentials
+
+
+def test_a_dashboard_link_opens_the_dashboard_as_its_caller(tmp_path: Path) -> None:
+    running = start_hub(tmp_path / "hub")
+    running.servers.stop(0)  # serve again, with a dashboard whose links name their caller
+    servers = serve(running.hub, "127.0.0.1:0", dashboard_link=lambda c: f"link as {c.name}")
+    try:
+        address = f"127.0.0.1:{servers.port}"
+        _, credentials = login(address, running.hub.add_user("dora", Role.VIEWER, ["a"]))
+        dora = ControlClient(address, credentials)
+        assert dora.dashboard_link() == "link as dora"
+        dora.close()
+    finally:
+        servers.stop(0)
+        running.hub.close()

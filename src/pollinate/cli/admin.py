@@ -1,5 +1,5 @@
-"""Who may use a hub: ``login``, ``whoami``, ``user add/ls/token/revoke`` and ``audit``
-(docs/operations.md)."""
+"""Who may use a hub: ``login``, ``whoami``, ``dashboard``, ``user add/ls/token/revoke`` and
+``audit`` (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,17 @@ def whoami_command(hub: HubOption = None, credentials: CredentialsOption = None)
         raise fail(refused_hint(exc, hub, credentials)) from None
     where = "all projects" if me.role is Role.ADMIN else ", ".join(sorted(me.projects)) or "-"
     console.print(Text(f"{me.name} at {hub_address(hub)}: {me.role} in {where}"))
+
+
+def dashboard_command(hub: HubOption = None, credentials: CredentialsOption = None) -> None:
+    """Print a one-time link that opens the hub's web dashboard as you (viewers read only).
+    The dashboard listens where the hub's --dashboard-address says (loopback by default:
+    reach it through an SSH tunnel)."""
+    try:
+        link = control_client(hub, credentials).dashboard_link()
+    except PollinateError as exc:
+        raise fail(refused_hint(exc, hub, credentials)) from None
+    print(link)
 
 
 @user_app.command("add")

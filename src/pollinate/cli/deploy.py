@@ -157,9 +157,9 @@ def hub_command(
                 "must be writable when the hub starts (it creates its database and CA there)."
             )
         ) from None
-    servers = serve(hub, address)
-    metrics = _serve_metrics(hub, metrics_address)
     dashboard = _serve_dashboard(hub, dashboard_address)
+    servers = serve(hub, address, dashboard_link=dashboard.login_link)
+    metrics = _serve_metrics(hub, metrics_address)
     hub.start()
     console.print(
         f"hub serving on port {servers.port}, metrics on port {metrics.port}, state in {data_dir}"

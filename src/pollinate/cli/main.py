@@ -17,6 +17,7 @@ from rich.text import Text
 from pollinate.app import App, app_hash, load_app
 from pollinate.cli.admin import (
     audit_command,
+    dashboard_command,
     login_command,
     user_app,
     whoami_command,
@@ -497,6 +498,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(token_app, name="token")
 app.command("login")(login_command)
 app.command("whoami")(whoami_command)
+app.command("dashboard")(dashboard_command)
 app.add_typer(user_app, name="user")
 app.command("audit")(audit_command)
 app.command("pull")(pull_command)

@@ -368,6 +368,10 @@ class ControlClient:
         """The caller as the hub sees them (their ``created`` fields are not sent)."""
         return _user_row(_call(self.stub.WhoAmI, pb.WhoAmIRequest(), timeout=30))
 
+    def dashboard_link(self) -> str:
+        """A one-time link that opens the hub's dashboard as the caller."""
+        return str(_call(self.stub.DashboardLink, pb.DashboardLinkRequest(), timeout=30).link)
+
     def renew_user(self, credentials: UserCredentials) -> UserCredentials:
         """New credentials (a new key and its certificate), over the current ones."""
         key_pem, csr_pem = make_key_and_csr()

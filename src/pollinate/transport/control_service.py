@@ -64,8 +64,15 @@ class ControlService:
     """The control API: every method is called with the caller its certificate names
     (``callers.py``), which the hub authorizes and audits."""
 
-    def __init__(self, hub: Hub, pool: ThreadPoolExecutor, callers: Callers) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        pool: ThreadPoolExecutor,
+        callers: Callers,
+        dashboard_link: Callable[[Caller], str] | None = None,
+    ) -> None:
         self.hub, self._pool, self.callers = hub, pool, callers
+        self.dashboard_link = dashboard_link
         self.calls = CallLimits(CALLS_PER_SOURCE)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -76,6 +83,7 @@ class ControlService:
             "CreateToken": (pb.CreateTokenRequest, pb.CreateTokenReply, None),
             "ListNodes": (pb.ListNodesRequest, pb.ListNodesReply, None),
             "WhoAmI": (pb.WhoAmIRequest, pb.UserInfo, None),
+            "DashboardLink": (pb.DashboardLinkRequest, pb.DashboardLinkReply, None),
             "RenewUser": (pb.RenewRequest, pb.LoginReply, None),
             "AddUser": (pb.AddUserRequest, pb.AddUserReply, None),
             "UserToken": (pb.UserTokenRequest, pb.AddUserReply, None),
@@ -192,6 +200,11 @@ class ControlService:
 
     async def WhoAmI(self, request: Any, caller: Caller) -> Any:
         return pb.UserInfo(name=caller.name, role=caller.role, projects=sorted(caller.projects))
+
+    async def DashboardLink(self, request: Any, caller: Caller) -> Any:
+        if self.dashboard_link is None:
+            raise PollinateError("this hub serves no dashboard")
+        return pb.DashboardLinkReply(link=self.dashboard_link(caller))
 
     async def RenewUser(self, request: Any, caller: Caller) -> Any:
         certificate, ca_pem = await self._off_loop(self.hub.renew_user, caller, request.csr_pem)

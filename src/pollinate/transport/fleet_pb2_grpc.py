@@ -417,6 +417,11 @@ class ControlStub:
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=pollinate_dot_transport_dot_fleet__pb2.UserInfo.FromString,
                 _registered_method=True)
+        self.DashboardLink = channel.unary_unary(
+                '/pollinate.v1.Control/DashboardLink',
+                request_serializer=pollinate_dot_transport_dot_fleet__pb2.DashboardLinkRequest.SerializeToString,
+                response_deserializer=pollinate_dot_transport_dot_fleet__pb2.DashboardLinkReply.FromString,
+                _registered_method=True)
         self.RenewUser = channel.unary_unary(
                 '/pollinate.v1.Control/RenewUser',
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.RenewRequest.SerializeToString,
@@ -513,6 +518,13 @@ class ControlServicer:
 
     def WhoAmI(self, request, context):
         """Who the caller's certificate names, with role and projects.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DashboardLink(self, request, context):
+        """A one-time link that opens the hub's web dashboard as the caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -616,6 +628,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=pollinate_dot_transport_dot_fleet__pb2.WhoAmIRequest.FromString,
                     response_serializer=pollinate_dot_transport_dot_fleet__pb2.UserInfo.SerializeToString,
+            ),
+            'DashboardLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.DashboardLink,
+                    request_deserializer=pollinate_dot_transport_dot_fleet__pb2.DashboardLinkRequest.FromString,
+                    response_serializer=pollinate_dot_transport_dot_fleet__pb2.DashboardLinkReply.SerializeToString,
             ),
             'RenewUser': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewUser,
@@ -880,6 +897,33 @@ class Control:
             '/pollinate.v1.Control/WhoAmI',
             pollinate_dot_transport_dot_fleet__pb2.WhoAmIRequest.SerializeToString,
             pollinate_dot_transport_dot_fleet__pb2.UserInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DashboardLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollinate.v1.Control/DashboardLink',
+            pollinate_dot_transport_dot_fleet__pb2.DashboardLinkRequest.SerializeToString,
+            pollinate_dot_transport_dot_fleet__pb2.DashboardLinkReply.FromString,
             options,
             channel_credentials,
             insecure,

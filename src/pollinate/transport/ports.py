@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
 
+from pollinate.hub.access import Caller
 from pollinate.hub.hub import Hub
 from pollinate.security.guest import GUEST_CERT_PEM
 from pollinate.transport import FLEET_SERVER_OPTIONS
@@ -86,9 +88,16 @@ class HubPorts:
             await asyncio.wait(rest, timeout=STOP_SECONDS / 4)
 
 
-def serve(hub: Hub, address: str, *, control: bool = True) -> HubPorts:
+def serve(
+    hub: Hub,
+    address: str,
+    *,
+    control: bool = True,
+    dashboard_link: Callable[[Caller], str] | None = None,
+) -> HubPorts:
     """Serve the hub at ``address``; returns once it listens. ``control`` False serves no
-    control API (a hub its owner drives in-process).
+    control API (a hub its owner drives in-process); ``dashboard_link`` makes a caller's
+    one-time link to the hub's dashboard, if it serves one.
 
     With ``hub.credentials`` the address speaks TLS with a client certificate on every
     connection; without them (``--insecure``) it is plain text, nodes name themselves, every
@@ -102,7 +111,8 @@ def serve(hub: Hub, address: str, *, control: bool = True) -> HubPorts:
     def run_loop() -> None:
         asyncio.set_event_loop(servers._loop)
         try:
-            servers._loop.run_until_complete(_start(servers, hub, pool, beats, address, control))
+            served = (control, dashboard_link)
+            servers._loop.run_until_complete(_start(servers, hub, pool, beats, address, served))
         except BaseException as exc:  # binding failed: the caller hears why
             started.set_exception(exc)
             servers._loop.close()
@@ -123,7 +133,7 @@ async def _start(
     pool: ThreadPoolExecutor,
     beats: ThreadPoolExecutor,
     address: str,
-    control: bool,
+    control: tuple[bool, Callable[[Caller], str] | None],
 ) -> None:
     options = [*FLEET_SERVER_OPTIONS, ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION)]
     server = grpc.aio.server(options=options)
@@ -131,8 +141,10 @@ async def _start(
     wakeups = Wakeups(asyncio.get_running_loop())
     fleet = FleetService(hub, pool, callers, wakeups, heartbeats=beats)
     server.add_generic_rpc_handlers((fleet_handler(fleet),))
-    if control:
-        server.add_generic_rpc_handlers((ControlService(hub, pool, callers).handler(),))
+    serves_control, dashboard_link = control
+    if serves_control:
+        service = ControlService(hub, pool, callers, dashboard_link)
+        server.add_generic_rpc_handlers((service.handler(),))
     servers._servers = [server]
     tls = hub.credentials
     if tls is None:
