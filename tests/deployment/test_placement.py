@@ -74,7 +74,11 @@ def test_a_node_that_comes_to_match_joins_at_the_next_round(
     wait_for(lambda: fitted(markers, 0, 1) and fitted(markers, 1, 1), "round 1's fits")
     listing = deployment.cli("nodes", "--hub", deployment.control, "--json")
     assert listing.returncode == 0, listing.stderr
-    runs = {n["node_id"]: n["runs"] for n in json.loads(listing.stdout)}
+    listed = json.loads(listing.stdout)
+    runs = {n["node_id"]: n["runs"] for n in listed}
+    for node in listed:  # live use, read again with every heartbeat
+        assert float(node["resources"]["cpu_load"]) >= 0
+        assert float(node["resources"]["memory_available_gib"]) > 0
     run_id = re.search(r"run (\w+) submitted", run.process.stdout)
     assert run_id is not None
     assert [runs[n.node_id] for n in gpu_nodes] == [[run_id.group(1)]] * 2

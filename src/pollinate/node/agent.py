@@ -24,7 +24,7 @@ from pollinate.app import app_hash, load_app
 from pollinate.client.client import Context, handle
 from pollinate.errors import AppError, PollinateError
 from pollinate.node.health import HealthServer
-from pollinate.node.resources import detect_resources
+from pollinate.node.resources import detect_resources, utilisation
 from pollinate.records import Config, Message
 from pollinate.secagg.identity import certificate_identity
 from pollinate.secagg.messages import SecAggError
@@ -208,7 +208,7 @@ class NodeAgent:
             self.name,
             self.session,
             labels=self.labels,
-            resources=self.resources,
+            resources={**utilisation(), **self.resources},  # what was stated wins
         )
         self._heard = time.monotonic()
 

@@ -7,8 +7,13 @@ pollinate and installed ML framework versions, and GPUs through NVIDIA's managem
 (a GPU behind a library we do not read, a licence, a dataset) is stated by hand with
 ``pollinate node --resources gpus=2``, which overrides what was detected.
 
+``utilisation()`` is what changes while the node runs, read again for every heartbeat: the
+CPU load per core, the memory available, and the first GPU's use and memory in use.
+
 >>> resources = detect_resources()
 >>> int(resources["cpus"]) >= 1 and float(resources["memory_gib"]) > 0
+True
+>>> 0 <= float(utilisation()["cpu_load"])
 True
 """
 
@@ -46,6 +51,50 @@ def detect_resources() -> dict[str, str]:
             resources[framework] = version
     resources.update(_gpus())
     return {key: _spellable(value) for key, value in resources.items()}
+
+
+def utilisation() -> dict[str, str]:
+    """Live use of the node's machine: ``cpu_load`` (the 1-minute load average per core),
+    ``memory_available_gib`` and, with NVIDIA's library and a GPU, ``gpu_utilisation``
+    (percent) and ``gpu_memory_used_gib``. Each as placement can compare it
+    (``memory_available_gib>=4``)."""
+    live = {"cpu_load": f"{os.getloadavg()[0] / _cpus():.2f}"}
+    if (available := _memory_available_bytes()) is not None:
+        live["memory_available_gib"] = f"{available / 2**30:.1f}"
+    live.update(_gpu_use())
+    return live
+
+
+def _memory_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux): what new work can use without swapping."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gpu_use() -> dict[str, str]:
+    try:
+        nvml: Any = importlib.import_module("pynvml")
+        nvml.nvmlInit()
+    except Exception:  # no library, no driver: no GPU to report on
+        return {}
+    try:
+        if int(nvml.nvmlDeviceGetCount()) == 0:
+            return {}
+        first = nvml.nvmlDeviceGetHandleByIndex(0)
+        use = nvml.nvmlDeviceGetUtilizationRates(first).gpu
+        used = nvml.nvmlDeviceGetMemoryInfo(first).used
+        return {"gpu_utilisation": str(int(use)), "gpu_memory_used_gib": f"{used / 2**30:.1f}"}
+    except Exception as exc:
+        log.debug("could not read the GPU's use: %s", exc)
+        return {}
+    finally:
+        nvml.nvmlShutdown()
 
 
 def _cpus() -> int:
