@@ -18,7 +18,13 @@ Then, at N=1000: thread pool concurrency 1 vs 2 vs 4, with the near-zero client 
 client that does ~1 ms of numpy work (which releases the GIL, as real training does); and the
 same near-zero tasks on a process pool, which must pickle the arrays both ways.
 
-Run ``python benchmarks/simulation.py`` (well under a minute) or ``--quick``.
+Then the Ray engine next to the in-process one (``--engines``): a Ray started on this machine
+(``RayEngine()``, one worker per CPU), the same runs through one ``RayGrid``; its start-up,
+seconds per round, and the peak memory of the whole process tree (this process and every
+process Ray started), sampled every 50 ms.
+
+Run ``python benchmarks/simulation.py`` (well under a minute; about 2 minutes with
+``--engines``) or ``--quick``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ class _ClientClock:
     def add(self, seconds: float) -> None:
         with self._lock:
             self.seconds += seconds
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return _ClientClock, ()  # a Ray worker's clients count on a clock of their own
 
 
 CLOCK = _ClientClock()
@@ -217,11 +226,87 @@ def configurations(quick: bool) -> list[Setup]:
     return main + threads
 
 
+# --- the engines side by side -------------------------------------------------------------
+
+
+def engine_row(engine: str, n: int, client: str, repeats: int) -> str:
+    """One engine's start-up, seconds per round and peak process-tree memory at N clients
+    (in this process: Ray pickles this script's clients by value only from ``__main__``)."""
+    from pollinate.loop.run import run
+    from pollinate.simulation import RayGrid, SimulationGrid
+
+    tree = TreeMemory()
+    started = time.perf_counter()
+    make = SimulationGrid if engine == "in-process" else RayGrid
+    kind = CLIENTS[client]  # defined in __main__: Ray's workers get it by value
+    grid = make(lambda ctx: kind(), n)
+    startup = time.perf_counter() - started
+    try:
+        rounds = []
+        for _ in range(repeats):
+            strategy = FedAvg(sampling=Sampling(fraction_fit=1.0, fraction_evaluate=0.0))
+            initial = Arrays({"w": np.zeros(PARAMETERS, np.float32)})
+            app = ServerApp(strategy, num_rounds=ROUNDS, initial_arrays=initial)
+            result = run(grid, app, seed=0)
+            rounds += [r.seconds for r in result.history.rounds if r.round > 0]
+    finally:
+        grid.close()
+        tree.stop()
+    return (
+        f"{engine:<10} {client:<10} N={n:<5} {startup:>9.2f} {statistics.median(rounds):>9.4f} "
+        f"{min(rounds):>9.4f} {tree.peak / 1e6:>12.0f} {tree.processes:>9}"
+    )
+
+
+class TreeMemory:
+    """Peak summed RSS of this process and its descendants, sampled in a thread."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        import psutil
+
+        self.peak, self.processes = 0, 0
+        self._me, self._every = psutil.Process(), every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self._every):
+            total, count = 0, 0
+            for process in [self._me, *self._me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                    count += 1
+                except Exception:  # ended meanwhile
+                    continue
+            if total > self.peak:
+                self.peak, self.processes = total, count
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def engines(quick: bool, repeats: int) -> None:
+    print(f"{'engine':<10} {'client':<10} {'N':<7} {'startup s':>9} {'s/round':>9} "
+          f"{'best':>9} {'tree MB':>12} {'processes':>9}")  # fmt: skip
+    sizes = [10, 100] if quick else [10, 100, 1000]
+    cases = [(n, "near-zero") for n in sizes] + [(sizes[-1], "1 ms numpy")]
+    for n, client in cases:
+        for engine in ("in-process", "ray"):
+            print(engine_row(engine, n, client, repeats), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N in {10, 100} only")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration")
+    parser.add_argument("--engines", action="store_true", help="only the engines side by side")
     args = parser.parse_args()
+    if args.engines:
+        print(f"{ROUNDS} rounds, {PARAMETERS} float32 parameters, fraction_fit=1, 2 CPUs")
+        engines(args.quick, args.repeat)
+        return
     print(f"{ROUNDS} rounds, {PARAMETERS} float32 parameters, fraction_fit=1")
     print(HEADER)
     for config in configurations(args.quick):
