@@ -35,7 +35,7 @@ def test_metrics_during_and_after_a_run_agree_with_its_history(
     deployment.start_hub()
     deployment.start_nodes([app, app])
     before = scrape(deployment.metrics)
-    assert value(before, "pollinate_nodes", state="alive") == 2
+    assert value(before, "pollinate_nodes", state="online", project="default") == 2
     run = deployment.start_run(app)
     (gates / "r1").touch()
     run_id = wait_for(lambda: _running_run(deployment.metrics), "round 1 in the metrics")
@@ -61,6 +61,10 @@ def test_metrics_during_and_after_a_run_agree_with_its_history(
     assert abs(total - sum(r["seconds"] for r in history)) < 1e-6
     assert value(after, "pollinate_runs", status="finished") == 1
     assert 0 <= value(after, "pollinate_node_heartbeat_age_seconds", node="1") < 60
+    # the tiny model is 4 float64s: 32 bytes in every task that carries it and every update
+    assert value(after, "pollinate_reply_array_bytes_total") == 32 * fit_replies
+    sent = value(after, "pollinate_task_array_bytes_total")
+    assert sent >= 32 * 2 * 3 and sent % 32 == 0
 
 
 def _running_run(address: str) -> str | None:

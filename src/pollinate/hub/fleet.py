@@ -157,6 +157,8 @@ class Fleet:
         self._closed = False
         self._changed = threading.Condition()
         self._watchers: list[Callable[[int | None], None]] = []
+        self.array_bytes_sent = 0
+        """Array bytes of every task nodes took (a task sent again counts again)."""
         self._takes = 0  # tasks taken so far: orders the runs each node served
 
     def heartbeat(
@@ -413,6 +415,7 @@ class Fleet:
             node.queue.remove(task)
             task.with_node = True
             task.times_sent += 1
+            self.array_bytes_sent += _array_bytes(task.message)
             self._takes += 1
             node.served[task.message.run_id] = self._takes
             if len(node.served) > MAX_RUNS_REMEMBERED:  # ended runs: their turn is moot
@@ -617,6 +620,10 @@ def _next_in_turn(node: _Node) -> QueuedTask:
 REPLY_SLACK_BYTES = 4 << 20
 """Array bytes a fit reply may hold beyond twice its model's: room for models whose updates
 grow a little (boosted trees), never for an upload out of all proportion."""
+
+
+def _array_bytes(message: Message) -> int:
+    return 0 if message.arrays is None else message.arrays.nbytes
 
 
 def reply_bytes_allowed(instruction: Message) -> int | None:

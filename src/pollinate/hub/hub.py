@@ -113,6 +113,9 @@ class Hub:
         self.runs = Runs(self.state, self.fleet, self.journal, run_limits)
         self.events = self.runs.events  # subscribe here to every run's events
         self.heartbeat_interval = heartbeat_interval
+        self.array_bytes_received = 0
+        """Array bytes of every reply the hub recorded (the fleet counts those it sent)."""
+        self._counting = threading.Lock()
         self.enrol_limit = enrol_limit or RateLimiter(ENROL_BURST, ENROL_PER_SECOND)
         self._closed = threading.Event()
         self.serving = threading.Event()  # set by start(): its ports listen, its runs resumed
@@ -173,6 +176,8 @@ class Hub:
             (self.fleet.settle if recorded else self.fleet.unclaim)(task)
         if not recorded:
             raise Refused(f"task {message.task_id!r} closed (its stage ended) as its reply came")
+        with self._counting:
+            self.array_bytes_received += 0 if message.arrays is None else message.arrays.nbytes
         task.replies.put(message)
 
     def check_reply(self, node_id: int, head: Message, array_bytes: int) -> None:

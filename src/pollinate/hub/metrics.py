@@ -21,17 +21,19 @@ from __future__ import annotations
 import math
 import socket
 import time
+from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Iterator
 from threading import Thread
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from pollinate.errors import PollinateError
+from pollinate.hub.inventory import inventory
 from pollinate.hub.state import RunStatus
 from pollinate.loop.events import (
     Event,
@@ -208,24 +210,50 @@ class _HubState(Collector):
         self.started = time.time()
 
     def collect(self) -> Iterator[Metric]:
-        fleet = self.hub.fleet
-        ages = fleet.heartbeat_ages()
+        entries = inventory(self.hub)
         nodes = GaugeMetricFamily(
-            "pollinate_nodes", "Nodes the hub knows, by state.", labels=["state"]
+            "pollinate_nodes",
+            "Nodes the hub knows, by state (online, stale, offline, cordoned, revoked) and "
+            "project (a node of two projects counts in each).",
+            labels=["state", "project"],
         )
-        alive = set(fleet.alive())
-        nodes.add_metric(["alive"], len(alive))
-        nodes.add_metric(["silent"], len(ages) - len(alive & ages.keys()))
+        counts = Counter_(
+            (entry.state.value, project) for entry in entries for project in entry.projects
+        )
+        for (state, project), count in sorted(counts.items()):
+            nodes.add_metric([state, project], count)
         yield nodes
         age = GaugeMetricFamily(
             "pollinate_node_heartbeat_age_seconds",
             "Seconds since each node was last heard from (nodes never heard are left out).",
             labels=["node"],
         )
-        for node, seconds in sorted(ages.items()):
-            if seconds is not None:
-                age.add_metric([str(node)], seconds)
+        expiry = GaugeMetricFamily(
+            "pollinate_node_certificate_expiry_seconds",
+            "Seconds until each node's certificate expires (negative: expired; nodes whose "
+            "expiry the hub does not know are left out).",
+            labels=["node"],
+        )
+        now = time.time()
+        for entry in entries:
+            if entry.heartbeat_age is not None:
+                age.add_metric([str(entry.node_id)], entry.heartbeat_age)
+            if entry.cert_expires is not None:
+                expiry.add_metric([str(entry.node_id)], entry.cert_expires - now)
         yield age
+        yield expiry
+        sent = CounterMetricFamily(
+            "pollinate_task_array_bytes",
+            "Array bytes of the tasks nodes took (the models sent).",
+            value=self.hub.fleet.array_bytes_sent,
+        )
+        received = CounterMetricFamily(
+            "pollinate_reply_array_bytes",
+            "Array bytes of the replies the hub recorded (the updates received).",
+            value=self.hub.array_bytes_received,
+        )
+        yield sent
+        yield received
         runs = GaugeMetricFamily(
             "pollinate_runs", "Runs on this hub, by status.", labels=["status"]
         )
