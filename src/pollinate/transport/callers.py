@@ -13,12 +13,17 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import grpc
 
 from pollinate.hub.access import LOCAL_ADMIN, Caller, Forbidden
 from pollinate.hub.hub import Hub
 from pollinate.security import SecurityError
 from pollinate.security.guest import is_guest
+
+T = TypeVar("T")
 
 LOG_IN = "log in first: `pollinate login --hub HOST:PORT --token TOKEN` (an admin makes the token)"
 
@@ -38,13 +43,7 @@ class Callers:
         certificate = await self._certificate(context)
         if is_guest(certificate):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"no user certificate: {LOG_IN}")
-        try:
-            return self.hub.check_user(certificate)
-        except Forbidden as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except SecurityError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        raise AssertionError("unreachable")  # abort raises
+        return await _checked(context, self.hub.check_user, certificate)
 
     async def node(self, context: grpc.aio.ServicerContext) -> int:
         """The node making a fleet call (TLS only); the call is aborted if it is not one this
@@ -55,13 +54,7 @@ class Callers:
                 grpc.StatusCode.UNAUTHENTICATED,
                 "no node certificate: enrol first (`pollinate node --token TOKEN`)",
             )
-        try:
-            return self.hub.check_node(certificate)
-        except Forbidden as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except SecurityError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        raise AssertionError("unreachable")
+        return await _checked(context, self.hub.check_node, certificate)
 
     @staticmethod
     async def _certificate(context: grpc.aio.ServicerContext) -> bytes:
@@ -69,3 +62,16 @@ class Callers:
         if not pems:  # the handshake demands one: only a misconfigured server gets here
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
         return bytes(pems[0])
+
+
+async def _checked(
+    context: grpc.aio.ServicerContext, check: Callable[[bytes], T], certificate: bytes
+) -> T:
+    """``check(certificate)``; the call aborted with the reason if the hub refuses it."""
+    try:
+        return check(certificate)
+    except Forbidden as exc:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    except SecurityError as exc:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+    raise AssertionError("unreachable")  # abort raises
