@@ -2,7 +2,8 @@
 
 Nothing is downloaded: the driver is ``/usr/bin/chromedriver``, so Selenium's own browser
 manager never runs. ``make system-deps`` installs both packages. The deployment fixtures
-(a real hub and nodes) come from ``tests/deployment/conftest.py``.
+(a real hub and nodes) come from ``tests/deployment/conftest.py``; ``hub`` and ``dashboard``
+are a hub in the test's process and its dashboard.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from pollinate.dashboard import DashboardServer, serve_dashboard
+from pollinate.hub.hub import Hub
 from tests.deployment.conftest import (  # noqa: F401 (fixtures and the report hook)
     deployment,
     pytest_runtest_makereport,
@@ -49,6 +52,22 @@ def browser() -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    """A hub in this process, without TLS (nodes named by the test: ``node_id_for_name``)."""
+    hub = Hub(tmp_path / "hub")
+    yield hub
+    hub.close()
+
+
+@pytest.fixture
+def dashboard(hub: Hub) -> Iterator[DashboardServer]:
+    """``hub``'s dashboard, on a free loopback port."""
+    server = serve_dashboard(hub, "127.0.0.1:0")
+    yield server
+    server.stop()
 
 
 def console_errors(driver: WebDriver) -> list[str]:

@@ -1,12 +1,12 @@
 """Who may see and do what on the dashboard, and text from outside shown as text, in a real
-Chromium against an in-process hub whose run (a real run process) waits for nodes."""
+Chromium against an in-process hub (``hub``, ``dashboard``: conftest.py) whose run (a real run
+process) waits for nodes."""
 
 from __future__ import annotations
 
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from pollinate.app import app_hash
-from pollinate.dashboard import DashboardServer, serve_dashboard
+from pollinate.dashboard import DashboardServer
 from pollinate.hub.access import DEFAULT_PROJECT, LOCAL_ADMIN, Caller, Role
 from pollinate.hub.archives import pack_app
 from pollinate.hub.hub import Hub
@@ -30,20 +30,6 @@ STRANGER = Caller("sam", Role.MEMBER, frozenset({"oncology"}))  # the run is in 
 HOSTILE_METRIC = '<img src=x onerror="window.pwned=1">loss'
 HOSTILE_ID = '"><img src=x onerror="window.pwned=1">'
 HOSTILE_LINE = "<script>window.pwned = 1</script> node says hi"
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    hub = Hub(tmp_path / "hub")
-    yield hub
-    hub.close()
-
-
-@pytest.fixture
-def dashboard(hub: Hub) -> Iterator[DashboardServer]:
-    server = serve_dashboard(hub, "127.0.0.1:0")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 The dashboard never asks which it was given. A ``Source`` answers for a ``Caller`` (who the
 session acts as) and publishes its runs' loop events; ``HubSource`` is a hub (every read and
 action through the hub's own checks: ``Hub.list_runs``, ``run_info``, ``stop_run``, which
-authorize and audit), ``LocalRun`` is a simulation in this process (one run, the virtual
-clients that took part as its fleet; ``pollinate run APP --dashboard``).
+authorize and audit; its nodes are the hub's ``inventory`` for the caller), ``LocalRun`` is a
+simulation in this process (one run, the virtual clients that took part as its fleet;
+``pollinate run APP --dashboard``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from pollinate.hub.access import DEFAULT_PROJECT, Action, Caller, Forbidden, Role, authorize
+from pollinate.hub.access import DEFAULT_PROJECT, Action, Caller, Forbidden, authorize
 from pollinate.hub.events import RunEvents, Subscriber
+from pollinate.hub.inventory import NodeEntry, inventory
+from pollinate.hub.inventory import NodeState as Availability
 from pollinate.hub.state import LogRow, RunRow, RunStatus
 from pollinate.loop.events import Event, ReplyReceived, RoundFinished, UpdateRejected
 from pollinate.text import MAX_LINE, inert
@@ -28,17 +31,22 @@ if TYPE_CHECKING:
 
 MAX_LOCAL_NODES = 10_000
 """Virtual clients a simulation's fleet page lists (those heard from last)."""
+PROJECTS = (DEFAULT_PROJECT,)
+ONLINE = Availability.ONLINE  # a virtual client is there while the simulation runs
 
 
 @dataclass(frozen=True)
 class NodeState:
-    """A node as the fleet page shows it: alive or not, seconds since it was heard from
-    (None: never), and its node config (text it sent: shown as text)."""
+    """A node as the fleet and node pages show it: its line of the hub's inventory (name,
+    projects, state, heartbeat age, labels, resources, runs, certificate expiry) and its node
+    config. Text in either came from the node: shown as text."""
 
-    node_id: int
-    alive: bool
-    age: float | None
+    entry: NodeEntry
     config: dict[str, str]
+
+    @property
+    def node_id(self) -> int:
+        return self.entry.node_id
 
 
 class Source(Protocol):
@@ -83,13 +91,9 @@ class HubSource:
         return self.hub.events.subscribe(subscriber)
 
     def nodes(self, caller: Caller) -> list[NodeState]:
-        fleet = self.hub.fleet
-        ages, alive = fleet.heartbeat_ages(), set(fleet.alive())
-        return [
-            NodeState(node_id, node_id in alive, ages[node_id], fleet.node_config(node_id))
-            for node_id in sorted(ages)
-            if self._sees(node_id, caller)
-        ]
+        """``inventory`` for ``caller``: it sees the nodes of the projects it may read."""
+        config = self.hub.fleet.node_config
+        return [NodeState(e, config(e.node_id)) for e in inventory(self.hub, caller=caller)]
 
     def runs(self, caller: Caller) -> list[RunRow]:
         return self.hub.list_runs(caller=caller)
@@ -109,12 +113,6 @@ class HubSource:
 
     def stop(self, run_id: str, caller: Caller) -> str | None:
         return self.hub.stop_run(run_id, caller=caller)
-
-    def _sees(self, node_id: int, caller: Caller) -> bool:
-        """An admin sees every node; others the nodes that serve a project they may read."""
-        if caller.role is Role.ADMIN:
-            return True
-        return any(caller.may_read(project) for project in self.hub.node_projects(node_id))
 
 
 class LocalRun:
@@ -176,7 +174,11 @@ class LocalRun:
         now = time.monotonic()
         with self._lock:
             heard = list(self._heard.items())
-        return [NodeState(node, True, now - when, {}) for node, when in sorted(heard)]
+            runs = (self.RUN_ID,) if self._row.status is RunStatus.RUNNING else ()
+        return [
+            NodeState(NodeEntry(node, "", PROJECTS, ONLINE, now - when, runs=runs), {})
+            for node, when in sorted(heard)
+        ]
 
     def runs(self, caller: Caller) -> list[RunRow]:
         with self._lock:

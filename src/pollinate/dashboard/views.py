@@ -3,40 +3,57 @@
 A caller sees what the source lets it (a hub: the runs of the projects it may read, and the
 nodes that serve them; a refusal is ``Forbidden``, which the hub audits).
 
-Text that came from outside (node config, log lines, failure reasons, metric names) is
-passed on as data, never as markup: the pages set it with ``textContent``. These functions
-may wait (a hub's state database): the web loop calls them in a worker thread.
+Text that came from outside (node names, labels, resources, node config, log lines, failure
+reasons, metric names) is passed on as data, never as markup: the pages set it with
+``textContent``. These functions may wait (a hub's state database): the web loop calls them
+in a worker thread.
+
+A node's runs and last task show only the runs ``caller`` may read (``Source.runs``, which
+filters without a refusal to audit): a viewer sees a node that also serves another project,
+not that project's runs.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from pollinate.dashboard.feed import Activity
 from pollinate.dashboard.source import NodeState, Source
 from pollinate.hub.access import Caller, Forbidden
 from pollinate.hub.state import LogRow, RunRow
+from pollinate.text import MAX_NAME, MAX_TEXT, inert
 
 MAX_LOG_LINES = 2000
 """Log lines a run page starts with (the newest); more stream in as they come."""
+FLEET_RESOURCES = ("cpus", "memory_gib", "gpus", "gpu_model", "cpu_load", "memory_available_gib")
+"""The resources the fleet page shows of each node (its node page shows them all)."""
 
 
 def fleet_view(
     source: Source, activity: dict[int, Activity], caller: Caller
 ) -> list[dict[str, Any]]:
-    """Every node ``caller`` may see: state, heartbeat age, config, and its last task."""
-    return [_node(source, node, activity, caller) for node in source.nodes(caller)]
+    """Every node ``caller`` may see: name, state, heartbeat age, projects, runs, certificate
+    expiry, labels, the main resources, and its last task."""
+    readable = {row.run_id for row in source.runs(caller)}
+    views = []
+    for node in source.nodes(caller):
+        shown = {k: v for k, v in node.entry.resources.items() if k in FLEET_RESOURCES}
+        views.append({**_node(node, activity, readable), "resources": _pairs(shown)})
+    return views
 
 
 def node_view(
     source: Source, node_id: int, activity: dict[int, Activity], caller: Caller
 ) -> dict[str, Any] | None:
-    """The node page's data, or None if the source does not know the node or ``caller``
-    may not see it."""
+    """The node page's data (the fleet page's, with every resource and the node config), or
+    None if the source does not know the node or ``caller`` may not see it."""
     for node in source.nodes(caller):
         if node.node_id == node_id:
-            return _node(source, node, activity, caller)
+            readable = {row.run_id for row in source.runs(caller)}
+            shown = {"resources": _pairs(node.entry.resources), "config": node.config}
+            return {**_node(node, activity, readable), **shown}
     return None
 
 
@@ -97,19 +114,27 @@ def run_view(source: Source, run_id: str, caller: Caller) -> dict[str, Any] | No
     }
 
 
-def _node(
-    source: Source, node: NodeState, activity: dict[int, Activity], caller: Caller
-) -> dict[str, Any]:
-    last = activity.get(node.node_id)
-    if last is not None and not may_read_run(source, last.run_id, caller):
-        last = None
+def _node(node: NodeState, activity: dict[int, Activity], readable: set[str]) -> dict[str, Any]:
+    entry, last = node.entry, activity.get(node.node_id)
+    expires = entry.cert_expires
     return {
-        "id": node.node_id,
-        "state": "alive" if node.alive else "silent",
-        "age": node.age,
-        "config": node.config,
-        "last": None if last is None else _activity(last),
+        "id": entry.node_id,
+        "name": inert(entry.name, MAX_NAME),
+        "state": entry.state.value,
+        "age": entry.heartbeat_age,
+        "projects": list(entry.projects),
+        "runs": [run for run in entry.runs if run in readable],
+        "labels": _pairs(entry.labels),
+        # seconds left by the hub's clock, so a browser's wrong clock cannot move it
+        "cert_left": None if expires is None else expires - time.time(),
+        "cert_expires": expires,
+        "last": None if last is None or last.run_id not in readable else _activity(last),
     }
+
+
+def _pairs(values: dict[str, str]) -> dict[str, str]:
+    """Labels or resources by key, each key and value capped to one line of text."""
+    return {inert(k, MAX_NAME): inert(v, MAX_TEXT) for k, v in sorted(values.items())}
 
 
 def _activity(last: Activity) -> dict[str, Any]:

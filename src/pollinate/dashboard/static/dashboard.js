@@ -1,7 +1,7 @@
 // The dashboard's pages. Each page is an empty frame that this script fills from its
 // server-sent event stream and keeps current. Text from outside (metric names, log lines,
-// node config, failure reasons) is only ever set with textContent or as Text nodes: never
-// as HTML.
+// node names, labels, resources and config, failure reasons) is only ever set with
+// textContent or as Text nodes: never as HTML.
 "use strict";
 
 (() => {
@@ -86,15 +86,19 @@
 
   // --- the fleet -------------------------------------------------------------------------
 
+  const STATES = ["online", "stale", "offline", "cordoned", "revoked"];
+
   function fleetPage() {
     const summary = el("p", { id: "summary" });
-    const [nodes, rows] = table("nodes", ["Node", "State", "Last heard", "Config", "Last task"]);
+    const [nodes, rows] = table("nodes", [
+      "Node", "Name", "State", "Heard", "Projects", "Runs", "Certificate", "Labels · resources",
+    ]);
     main.append(el("h1", {}, "Fleet"), summary, nodes);
     stream("/events/fleet", {
       snapshot(data) {
-        const alive = data.nodes.filter((n) => n.state === "alive").length;
-        summary.textContent =
-          data.nodes.length + " nodes: " + alive + " alive, " + (data.nodes.length - alive) + " silent";
+        const counts = STATES.map((state) => [state, data.nodes.filter((n) => n.state === state).length]);
+        const parts = counts.filter(([, count]) => count > 0).map(([state, count]) => count + " " + state);
+        summary.textContent = data.nodes.length + " nodes" + (parts.length ? ": " + parts.join(", ") : "");
         rows.replaceChildren(...data.nodes.map(nodeRow));
       },
     });
@@ -105,17 +109,40 @@
       "tr",
       { "data-node": node.id },
       el("td", {}, nodeLink(node.id)),
-      el("td", {}, el("span", { class: "state " + node.state }, node.state)),
-      el("td", {}, age(node.age)),
-      el("td", {}, configText(node.config)),
-      el("td", {}, activity(node.last)),
+      el("td", { class: "name" }, node.name || "-"),
+      el("td", {}, stateOf(node)),
+      el("td", { class: "heard" }, age(node.age)),
+      el("td", { class: "projects" }, node.projects.join(", ")),
+      el("td", { class: "runs" }, ...runsOf(node)),
+      el("td", { class: "expiry" }, expiry(node)),
+      el("td", { class: "chips" }, ...chips(node.labels, "label"), ...chips(node.resources, "resource")),
     );
   }
 
-  function configText(config) {
-    return Object.entries(config)
-      .map(([k, v]) => k + "=" + v)
-      .join(", ");
+  function stateOf(node) {
+    return el("span", { class: "state " + node.state }, node.state);
+  }
+
+  function runsOf(node) {
+    if (!node.runs.length) return ["-"];
+    return node.runs.flatMap((run, i) => (i ? [" ", runLink(run)] : [runLink(run)]));
+  }
+
+  // labels or resources as `k=v` chips, wrapping; text from the node, set as text
+  function chips(values, kind) {
+    return Object.entries(values).map(([k, v]) => el("span", { class: "chip " + kind, title: kind }, k + "=" + v));
+  }
+
+  // time left on the node's certificate ("-": unknown, a hub without TLS)
+  function expiry(node) {
+    if (node.cert_left === null || node.cert_left === undefined) return "-";
+    const left = node.cert_left;
+    let text = (left / 86400).toFixed(1) + " days";
+    if (left <= 0) text = "expired";
+    else if (left < 3600) text = Math.ceil(left / 60) + " min";
+    else if (left < 86400) text = (left / 3600).toFixed(1) + " h";
+    const soon = left < 7 * 86400 ? " soon" : "";
+    return el("span", { class: "cert" + soon, title: "expires " + when(node.cert_expires) }, text);
   }
 
   function activity(last) {
@@ -408,9 +435,17 @@
   function nodePage() {
     const title = el("h1", {}, "Node " + subject);
     const facts = el("dl", { id: "facts" });
+    const labels = el("p", { id: "labels", class: "chips" });
+    const resources = el("p", { id: "resources", class: "chips" });
     const [config, configRows] = table("config", ["Key", "Value"]);
     const took = el("div", { id: "took" });
-    main.append(title, facts, el("h2", {}, "Config"), config, el("h2", {}, "Took part in"), took);
+    main.append(
+      title, facts,
+      el("h2", {}, "Labels"), labels,
+      el("h2", {}, "Resources"), resources,
+      el("h2", {}, "Config"), config,
+      el("h2", {}, "Took part in"), took,
+    );
     stream("/events/nodes/" + encodeURIComponent(subject), {
       snapshot(data) {
         const node = data.node;
@@ -419,10 +454,16 @@
           return;
         }
         facts.replaceChildren(
-          el("dt", {}, "State"), el("dd", {}, el("span", { class: "state " + node.state }, node.state)),
+          el("dt", {}, "Name"), el("dd", { class: "name" }, node.name || "-"),
+          el("dt", {}, "State"), el("dd", {}, stateOf(node)),
           el("dt", {}, "Last heard"), el("dd", {}, age(node.age)),
+          el("dt", {}, "Projects"), el("dd", { class: "projects" }, node.projects.join(", ")),
+          el("dt", {}, "Runs now"), el("dd", { class: "runs" }, ...runsOf(node)),
+          el("dt", {}, "Certificate"), el("dd", { class: "expiry" }, expiry(node)),
           el("dt", {}, "Last task"), el("dd", {}, activity(node.last)),
         );
+        labels.replaceChildren(...orNone(chips(node.labels, "label")));
+        resources.replaceChildren(...orNone(chips(node.resources, "resource")));
         configRows.replaceChildren(
           ...Object.entries(node.config).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, v))),
         );
@@ -433,6 +474,10 @@
         );
       },
     });
+  }
+
+  function orNone(nodes) {
+    return nodes.length ? nodes : ["none"];
   }
 
   ({ fleet: fleetPage, runs: runsPage, run: runPage, node: nodePage })[page]();
