@@ -14,6 +14,10 @@ What is measured, per configuration of K node processes and a model of P float32
   from one Python process to another over a loopback TCP socket with large ``sendall`` /
   ``recv_into`` buffers (best of 3): the floor for any transport here. Target: a round costs
   at most 2x that ("ratio");
+- the **TLS floor**: the same bytes from one process to another over a TLS connection (Python's
+  ``ssl`` on a loopback socket, the hub's kind of certificate, 4 MiB ``sendall`` / ``recv_into``
+  buffers; best of 3): what any secure transport must pay here. Target (issue 20): a round
+  costs at most 3x that ("round/tls");
 - the same bytes as 1 MiB messages over gRPC with TLS between two processes, with nothing of
   pollinate (no protobuf, no wire format, no arrays): the floor for pollinate's transport;
 - the hub's peak RSS (VmHWM, read just before it is stopped) minus its RSS before the run,
@@ -38,6 +42,7 @@ import multiprocessing
 import os
 import re
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -84,12 +89,13 @@ client = "bench_app.client:client_fn"
 [tool.pollinate.config]
 parameters = 1000
 nodes = 2
+screen = "on"
 """
 
 SERVER = """\
 import numpy as np
 
-from pollinate import Arrays, FedAvg, ServerApp
+from pollinate import Arrays, FedAvg, Sampling, ServerApp, Validation
 
 
 def server_fn(run_config):
@@ -98,7 +104,10 @@ def server_fn(run_config):
         sampling=Sampling(min_fit_clients=k, min_available_clients=k, fraction_evaluate=0.0)
     )
     model = Arrays({"w": np.ones(int(run_config["parameters"]), np.float32)})
-    return ServerApp(strategy, num_rounds=3, initial_arrays=model)
+    validation = Validation()  # the default: updates screened side by side
+    if run_config["screen"] == "off":  # streaming: O(model) memory, no relative bounds
+        validation = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
+    return ServerApp(strategy, num_rounds=3, initial_arrays=model, validation=validation)
 """
 
 CLIENT = """\
@@ -121,12 +130,14 @@ class Figures:
 
     k: int
     p: int
+    screen: str
     round_seconds: list[float]
     hub_cpu: float  # CPU seconds over the whole run: 3 rounds, round 0, starting the run
     nodes_cpu: float
     hub_growth: int
     node_peak: int
     raw_seconds: float = 0.0
+    tls_seconds: float = 0.0
     grpc_seconds: float = 0.0
 
     @property
@@ -135,6 +146,9 @@ class Figures:
 
     def ratio(self) -> float:
         return statistics.median(self.round_seconds) / self.raw_seconds
+
+    def tls_ratio(self) -> float:
+        return statistics.median(self.round_seconds) / self.tls_seconds
 
 
 # --- the deployment --------------------------------------------------------------------------
@@ -267,7 +281,7 @@ def fleet_of(k: int, app: Path, directory: Path) -> Iterator[tuple[Fleet, int, l
         fleet.close()
 
 
-def deployment(k: int, p: int, directory: Path) -> Figures:
+def deployment(k: int, p: int, screen: str, directory: Path) -> Figures:
     """Run the app on a fresh hub and ``k`` fresh nodes; the figures but the floors."""
     app = write_app(directory / "app")
     out = directory / "out"
@@ -276,7 +290,9 @@ def deployment(k: int, p: int, directory: Path) -> Figures:
         before = [cpu_seconds(pid) for pid in (hub, *nodes)]
         fleet.pollinate(
             *("run", str(app), "--hub", fleet.control, "--out", str(out)),
+            *("--credentials", str(directory / "hub" / "admin")),
             *("--config", f"parameters={p}", "--config", f"nodes={k}"),
+            *("--config", f"screen={screen!r}"),
         )
         cpu = [cpu_seconds(pid) - b for pid, b in zip((hub, *nodes), before, strict=True)]
         hub_growth = memory(hub, "VmHWM") - hub_idle
@@ -285,7 +301,7 @@ def deployment(k: int, p: int, directory: Path) -> Figures:
     if len(records) != ROUNDS or any(r["replies"] != k for r in records):
         raise RuntimeError(f"the run did not finish {ROUNDS} rounds with {k} replies: {records}")
     seconds = [float(r["seconds"]) for r in records]
-    return Figures(k, p, seconds, cpu[0], sum(cpu[1:]), hub_growth, node_peak)
+    return Figures(k, p, screen, seconds, cpu[0], sum(cpu[1:]), hub_growth, node_peak)
 
 
 # --- floor 1: the same bytes over a plain socket --------------------------------------------
@@ -340,7 +356,63 @@ def _answer(pipe: Connection) -> int:
     return int(pipe.recv())
 
 
-# --- floor 2: the same bytes over gRPC with TLS, without pollinate ---------------------------
+# --- floor 2: the same bytes over TLS (Python's ssl) -----------------------------------------
+
+
+def receive_tls(total: int, certificate: bytes, key: bytes, pipe: Connection) -> None:
+    """As ``receive``, over TLS with ``certificate`` (runs in its own process)."""
+    with tempfile.TemporaryDirectory() as directory:
+        cert_file, key_file = Path(directory, "cert.pem"), Path(directory, "key.pem")
+        cert_file.write_bytes(certificate)
+        key_file.write_bytes(key)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert_file, key_file)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        pipe.send(listener.getsockname()[1])
+        plain, _ = listener.accept()
+    buffer = memoryview(bytearray(RAW_BUFFER))
+    received = 0
+    with tls.wrap_socket(plain, server_side=True) as connection:
+        while received < total:
+            count = connection.recv_into(buffer)
+            if count == 0:
+                break
+            received += count
+    pipe.send(received)
+
+
+def tls_seconds(model: memoryview, copies: int) -> float:
+    """Best seconds to send ``copies`` times ``model`` to another process over TLS."""
+    ca = CertificateAuthority.create()
+    certificate, key = ca.issue_server_certificate(["localhost"], ["127.0.0.1"])
+    tls = ssl.create_default_context(cadata=ca.ca_pem.decode())
+    best = float("inf")
+    for _ in range(REPEATS):
+        ours, theirs = SPAWN.Pipe()
+        args = (len(model) * copies, certificate, key, theirs)
+        receiver = SPAWN.Process(target=receive_tls, args=args)
+        receiver.start()
+        try:
+            best = min(best, _send_tls(model, copies, tls, ours))
+        finally:
+            receiver.kill()
+            receiver.join()
+    return best
+
+
+def _send_tls(model: memoryview, copies: int, tls: ssl.SSLContext, pipe: Connection) -> float:
+    plain = socket.create_connection(("127.0.0.1", _answer(pipe)))
+    with tls.wrap_socket(plain, server_hostname="localhost") as sender:
+        started = time.perf_counter()
+        for _ in range(copies):
+            for start in range(0, len(model), RAW_BUFFER):
+                sender.sendall(model[start : start + RAW_BUFFER])
+        if _answer(pipe) != len(model) * copies:
+            raise RuntimeError("the TLS receiver did not get every byte")
+        return time.perf_counter() - started
+
+
+# --- floor 3: the same bytes over gRPC with TLS, without pollinate ---------------------------
 
 
 def serve_grpc(certificate: bytes, key: bytes, pipe: Connection) -> None:
@@ -389,12 +461,15 @@ def _stream(push: grpc.StreamUnaryMultiCallable, model: memoryview, copies: int)
 # --- one configuration, and the machine ------------------------------------------------------
 
 
-def measure(k: int, p: int) -> Figures:
+def measure(k: int, p: int, screen: str) -> Figures:
     with tempfile.TemporaryDirectory(prefix="pollinate-bench-") as directory:
-        figures = deployment(k, p, Path(directory))
+        figures = deployment(k, p, screen, Path(directory))
     model = np.ones(p, np.float32).data.cast("B")
     return dataclasses.replace(
-        figures, raw_seconds=raw_seconds(model, 2 * k), grpc_seconds=grpc_seconds(model, 2 * k)
+        figures,
+        raw_seconds=raw_seconds(model, 2 * k),
+        tls_seconds=tls_seconds(model, 2 * k),
+        grpc_seconds=grpc_seconds(model, 2 * k),
     )
 
 
@@ -418,8 +493,9 @@ def fresh_memory_rate(nbytes: int = 10**9) -> float:
 # --- report ----------------------------------------------------------------------------------
 
 HEADER = (
-    f"{'K':>3} {'P':>7} {'model MB':>8} {'round s':>8} {'median s':>8} {'raw s':>7} "
-    f"{'ratio':>6} {'grpc s':>7} {'grpc/raw':>8} {'hub cpu s':>9} {'nodes cpu s':>11} "
+    f"{'K':>3} {'P':>7} {'screen':>6} {'model MB':>8} {'round s':>8} {'median s':>8} {'raw s':>7} "
+    f"{'ratio':>6} {'tls s':>7} {'round/tls':>9} {'grpc s':>7} {'grpc/raw':>8} "
+    f"{'hub cpu s':>9} {'nodes cpu s':>11} "
     f"{'hub growth MB':>13} {'x model':>7} {'node peak MB':>12} {'x model':>7}"
 )
 
@@ -428,8 +504,9 @@ def row(f: Figures) -> str:
     model = f.model_bytes / 1e6
     hub, node = f.hub_growth / 1e6, f.node_peak / 1e6
     return (
-        f"{f.k:>3} {f.p:>7.1e} {model:>8.0f} {min(f.round_seconds):>8.3f} "
+        f"{f.k:>3} {f.p:>7.1e} {f.screen:>6} {model:>8.0f} {min(f.round_seconds):>8.3f} "
         f"{statistics.median(f.round_seconds):>8.3f} {f.raw_seconds:>7.3f} {f.ratio():>5.1f}x "
+        f"{f.tls_seconds:>7.3f} {f.tls_ratio():>8.1f}x "
         f"{f.grpc_seconds:>7.3f} {f.grpc_seconds / f.raw_seconds:>7.1f}x "
         f"{f.hub_cpu / ROUNDS:>9.2f} {f.nodes_cpu / ROUNDS:>11.2f} "
         f"{hub:>13.0f} {hub / model:>7.1f} {node:>12.0f} {node / model:>7.1f}"
@@ -443,10 +520,18 @@ def main() -> None:
     parser.add_argument(
         "--parameters", type=float, nargs="+", default=[1e6, 1e7, 2.5e8], help="values of P"
     )
+    parser.add_argument(
+        "--screen",
+        nargs="+",
+        choices=["on", "off"],
+        default=["on", "off"],
+        help="on: the default Validation (updates kept side by side); off: streaming",
+    )
     args = parser.parse_args()
     ks, ps = ([2], [10**6]) if args.quick else (args.nodes, [int(p) for p in args.parameters])
     print(f"fresh memory (a new process fills a new 1 GB array): {fresh_memory_rate():.2f} GB/s")
-    print("ratio = median round / raw; raw and grpc move the round's bytes (see the docstring)")
+    print("ratio = median round / raw, round/tls = median round / tls; raw, tls and grpc move")
+    print("the round's bytes (see the docstring)")
     print(HEADER)
     for p in ps:
         for k in ks:
@@ -454,7 +539,8 @@ def main() -> None:
             if need > MEMORY_CAP:
                 print(f"{k:>3} {p:>7.1e}  skipped: needs about {need / 1e9:.0f} GB (cap 16 GB)")
                 continue
-            print(row(measure(k, p)), flush=True)
+            for screen in args.screen:
+                print(row(measure(k, p, screen)), flush=True)
 
 
 if __name__ == "__main__":

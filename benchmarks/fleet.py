@@ -151,7 +151,7 @@ class Tally:
     failed_beats: list[str] = dataclasses.field(default_factory=list)
     tasks: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (epoch, round)
     refused_replies: list[str] = dataclasses.field(default_factory=list)
-    failed_pulls: int = 0
+    failed_pulls: list[str] = dataclasses.field(default_factory=list)
     enrol_seconds: float = 0.0
     enrol_retries: int = 0
 
@@ -278,8 +278,8 @@ class _Node:
         while time.monotonic() < until:
             try:
                 task = await self._pull()
-            except grpc.aio.AioRpcError:
-                self.tally.failed_pulls += 1
+            except grpc.aio.AioRpcError as exc:
+                self.tally.failed_pulls.append(f"{exc.code().name}: {exc.details()}")
                 await asyncio.sleep(1.0)
                 continue
             if task is not None:
@@ -461,7 +461,7 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="pollinate-fleet-") as directory, processes() as ps:
         hub_pipe, theirs = SPAWN.Pipe()
         args = (f"{directory}/hub", nodes, interval, lifetime, theirs)
-        hub = SPAWN.Process(target=hub_process, args=args)
+        hub = SPAWN.Process(target=hub_process, args=args, daemon=True)
         hub.start()
         ps.append(hub)
         port, token = hub_pipe.recv() if hub_pipe.poll(60) else (None, None)
@@ -473,7 +473,7 @@ def measure(
             count = nodes // generators + (index < nodes % generators)
             ours, theirs = SPAWN.Pipe()
             args = (f"127.0.0.1:{port}", token, count, ENROLS_AT_ONCE // generators, lifetime)
-            process = SPAWN.Process(target=generator_process, args=(*args, theirs))
+            process = SPAWN.Process(target=generator_process, args=(*args, theirs), daemon=True)
             process.start()
             ps.append(process)
             pipes.append(ours)
@@ -504,11 +504,13 @@ def measure(
     quantiles = statistics.quantiles(beats, n=100) if len(beats) > 1 else [0.0] * 99
     if alive < nodes:
         print(f"  note: only {alive} of {nodes} nodes alive at the end of the window")
-    problems = Counter(p[:120] for t in tallies for p in t.failed_beats + t.refused_replies)
-    for problem, times in problems.most_common(5):
-        print(f"  {times} x {problem}")
-    if pulls := sum(t.failed_pulls for t in tallies):
-        print(f"  {pulls} long-polls failed")
+    for what, problems in (
+        ("heartbeats", Counter(p[:120] for t in tallies for p in t.failed_beats)),
+        ("long-polls", Counter(p[:120] for t in tallies for p in t.failed_pulls)),
+        ("replies", Counter(p[:120] for t in tallies for p in t.refused_replies)),
+    ):
+        for problem, times in problems.most_common(3):
+            print(f"  {what}: {times} x {problem}")
     return Figures(
         nodes=nodes,
         enrol_seconds=enrol_seconds,

@@ -231,6 +231,7 @@ SUBPACKAGES = {
         "FLEET_SERVICE",
         "NODE_CHANNEL_OPTIONS",
         "NODE_ID_HEADER",
+        "chunk_data",
         "data_chunk",
         "rounds_from_wire",
         "rounds_to_wire",

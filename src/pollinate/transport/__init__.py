@@ -7,6 +7,7 @@ __all__ = [
     "FLEET_SERVICE",
     "NODE_CHANNEL_OPTIONS",
     "NODE_ID_HEADER",
+    "chunk_data",
     "data_chunk",
     "rounds_from_wire",
     "rounds_to_wire",
@@ -67,3 +68,30 @@ def data_chunk(piece: bytes | memoryview) -> bytes:
         size >>= 7
     head.append(size)
     return bytes(head) + piece
+
+
+def chunk_data(raw: bytes) -> memoryview | None:
+    """The data of a serialized ``Chunk`` (or data-only ``TaskChunk``) laid out as
+    ``data_chunk`` lays it out, as a view of ``raw`` (no copy); None for any other layout,
+    which the caller parses with protobuf. Nothing else is accepted: field 1, length-delimited,
+    its length exactly what follows.
+
+    >>> bytes(chunk_data(data_chunk(b"abc")))
+    b'abc'
+    >>> chunk_data(b"\\x0a\\x05abc") is None  # a length that is not what follows
+    True
+    """
+    if len(raw) < 2 or raw[0] != 0x0A:
+        return None
+    size, at = 0, 1
+    for shift in range(0, 35, 7):  # a length of at most 5 varint bytes
+        byte = raw[at]
+        size |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            break
+        if at == len(raw):
+            return None
+    else:
+        return None
+    return memoryview(raw)[at:] if at + size == len(raw) else None

@@ -31,6 +31,7 @@ from pollinate.transport import (
     FLEET_SERVICE,
     NODE_CHANNEL_OPTIONS,
     NODE_ID_HEADER,
+    chunk_data,
     data_chunk,
     rounds_from_wire,
     rounds_to_wire,
@@ -133,6 +134,12 @@ class FleetClient:
             self.channel = grpc.secure_channel(address, tls, options)
         self.address = address
         self.stub = rpc.FleetStub(self.channel)
+        # a task's chunks arrive as bytes: its data is read without a copy (chunk_data)
+        self._pull = self.channel.unary_stream(
+            f"/{FLEET_SERVICE}/PullTask",
+            request_serializer=pb.PullTaskRequest.SerializeToString,
+            _registered_method=True,
+        )
         # PushReply with chunks serialized by data_chunk (protobuf's serializer is slow)
         self._push = self.channel.stream_unary(
             f"/{FLEET_SERVICE}/PushReply",
@@ -177,7 +184,7 @@ class FleetClient:
 
     def pull_task(self, wait: float) -> PulledTask | None:
         """The next task (waiting up to ``wait`` seconds for one), or None."""
-        stream = self.stub.PullTask(
+        stream = self._pull(
             pb.PullTaskRequest(wait_seconds=wait), metadata=self._metadata(), timeout=wait + 30
         )
         try:
@@ -199,15 +206,24 @@ class FleetClient:
         return [] if self.node_id is None else [(NODE_ID_HEADER, str(self.node_id))]
 
 
-def _assemble(stream: Iterator[Any]) -> PulledTask | None:
-    first = next(stream, None)
-    if first is None:
+def _assemble(stream: Iterator[bytes]) -> PulledTask | None:
+    raw = next(stream, None)
+    if raw is None:
         return None
+    first = _task_chunk(raw)
     run_config = wire.decode(first.run_config).config
     decoder = wire.Decoder()
-    for chunk in stream:
-        decoder.feed(chunk.data)
+    for raw in stream:
+        view = chunk_data(raw)
+        decoder.feed(_task_chunk(raw).data if view is None else view)
     return PulledTask(decoder.finish(), first.app_hash, run_config)
+
+
+def _task_chunk(raw: bytes) -> Any:
+    try:
+        return pb.TaskChunk.FromString(raw)
+    except Exception:  # protobuf raises DecodeError and, for some garbage, other errors
+        raise HubRefused("the hub sent a task chunk that is not a valid TaskChunk") from None
 
 
 @dataclass(frozen=True)

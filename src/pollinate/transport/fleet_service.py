@@ -37,7 +37,13 @@ from pollinate.placement import MAX_LABELS, label_problem
 from pollinate.records import Message, MessageKind
 from pollinate.security.certificates import load_certificate, user_name_in
 from pollinate.text import MAX_TEXT, inert, name_problem
-from pollinate.transport import CHUNK_BYTES, FLEET_SERVICE, NODE_ID_HEADER, data_chunk
+from pollinate.transport import (
+    CHUNK_BYTES,
+    FLEET_SERVICE,
+    NODE_ID_HEADER,
+    chunk_data,
+    data_chunk,
+)
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.callers import Callers
 from pollinate.transport.guards import (
@@ -291,7 +297,7 @@ class FleetService:
             raw = await next_within(chunks)
             if raw is None:
                 break
-            decoder.feed(parse(pb.Chunk, raw, "a reply chunk", peer).data)
+            decoder.feed(_data(raw, peer))
         head, declared = decoder.head, decoder.array_bytes or 0
         if head is None:
             raise WireError("the reply ended before its header")
@@ -300,7 +306,7 @@ class FleetService:
             raise StorageError(problem)
         async with self.decoding.hold(declared):
             while (raw := await next_within(chunks)) is not None:
-                decoder.feed(parse(pb.Chunk, raw, "a reply chunk", peer).data)
+                decoder.feed(_data(raw, peer))
             message = decoder.finish()
             await self._off_loop(self.hub.accept_reply, node_id, message)
 
@@ -315,6 +321,13 @@ class FleetService:
             "no node identity: send a Heartbeat with a name first (insecure mode)",
         )
         raise AssertionError("unreachable")  # abort raises
+
+
+def _data(raw: bytes, peer: str) -> bytes | memoryview:
+    """A reply chunk's data: a view of ``raw`` in the layout nodes send (``chunk_data``),
+    else parsed by protobuf (a copy; garbage is BadRequest)."""
+    view = chunk_data(raw)
+    return parse(pb.Chunk, raw, "a reply chunk", peer).data if view is None else view
 
 
 def _heartbeat_problem(request: Any) -> str | None:
