@@ -21,7 +21,7 @@ from typing import Any
 
 from pollinate.dashboard.feed import Activity
 from pollinate.dashboard.source import NodeState, Source
-from pollinate.hub.access import Caller, Forbidden
+from pollinate.hub.access import Caller
 from pollinate.hub.state import LogRow, RunRow
 from pollinate.text import MAX_NAME, MAX_TEXT, inert
 
@@ -76,13 +76,6 @@ def run_row(row: RunRow, may_stop: bool) -> dict[str, Any]:
         "detail": row.detail,
         "may_stop": may_stop,
     }
-
-
-def may_read_run(source: Source, run_id: str, caller: Caller) -> bool:
-    try:
-        return source.run(run_id, caller) is not None
-    except Forbidden:
-        return False
 
 
 def log_entries(rows: list[LogRow]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
