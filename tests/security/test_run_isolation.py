@@ -176,10 +176,9 @@ from pollinate.hub.supervisor import RunLimits
 
 state = HubState(Path(sys.argv[1]))
 runs = Runs(state, Fleet(), Journal(state), RunLimits(memory=2 << 30, user="nobody"))
-ids = [
-    runs.submit(pack_app(Path(app)), app_hash(Path(app)), {"target": json.dumps(target)}, None, seed=0)
-    for app, target in zip(sys.argv[2::2], sys.argv[3::2])
-]
+pairs = zip(sys.argv[2::2], sys.argv[3::2])
+apps = [(Path(app), {"target": json.dumps(target)}) for app, target in pairs]
+ids = [runs.submit(pack_app(app), app_hash(app), config, None, seed=0) for app, config in apps]
 runs.join(60)
 print(json.dumps([[state.run(i).status, state.run(i).detail] for i in ids]))
 runs.close()
