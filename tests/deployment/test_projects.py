@@ -67,7 +67,8 @@ def start_node(
     node = deployment.spawn(
         f"node-p{partition}",
         *("node", "--hub", deployment.fleet, "--app", str(app), "--token", token, "--verbose"),
-        *("--data-dir", str(deployment.directory / f"node-{partition}")),
+        # a data dir of its own: two nodes may serve one partition
+        *("--data-dir", str(deployment.directory / f"node-{len(deployment.processes)}")),
         *("--node-config", f"partition-id={partition}", "--node-config", "num-partitions=3"),
     )
 
