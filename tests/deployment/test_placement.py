@@ -98,3 +98,30 @@ def test_a_node_that_comes_to_match_joins_at_the_next_round(
     assert [r["replies"] for r in result.history[1:]] == [2, 3, 3]
     assert not fitted(markers, 2, 1)
     assert "serving run" not in late.process.stderr
+
+
+def test_an_admin_labels_cordons_and_uncordons_a_node_from_the_command_line(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    app = write_tiny_app(tmp_path / "app")
+    deployment.start_hub()
+    node = deployment.start_node(app, 0, 1, args=("--label", "site=berlin"))
+    hub, node_id = deployment.control, str(node.node_id)
+
+    def listed() -> dict[str, object]:
+        done = deployment.cli("nodes", "--hub", hub, "--json")
+        assert done.returncode == 0, done.stderr
+        (entry,) = json.loads(done.stdout)
+        return dict(entry)
+
+    said = deployment.cli("node", "label", node_id, "region=eu", "site=paris", "--hub", hub)
+    assert said.returncode == 0 and "region=eu site=paris" in said.stdout, said.stderr
+    assert listed()["labels"] == {"region": "eu", "site": "paris"}  # the hub's label wins
+    assert deployment.cli("node", "label", node_id, "site-", "--hub", hub).returncode == 0
+    assert listed()["labels"] == {"region": "eu", "site": "berlin"}  # the node's own again
+    assert deployment.cli("node", "cordon", node_id, "--hub", hub).returncode == 0
+    assert listed()["state"] == "cordoned"
+    assert deployment.cli("node", "uncordon", node_id, "--hub", hub).returncode == 0
+    assert listed()["state"] == "online"
+    bad = deployment.cli("node", "label", node_id, "region", "--hub", hub)
+    assert bad.returncode == 2 and "neither KEY=VALUE nor KEY-" in bad.stderr
