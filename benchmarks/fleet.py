@@ -17,8 +17,9 @@ itself at its deadline, and is killed at the end anyway):
 
 What is measured, once all N nodes are alive at the hub:
 
-- heartbeat latency p50 / p99 / max over a window of ``--window`` seconds (each node's
-  Heartbeat call, timed by its node), and how many heartbeats failed (from the start);
+- heartbeat latency p50 / p99 over a window of ``--window`` seconds with every node connected
+  and no round (each node's Heartbeat call, timed by its node), and how many failed in it;
+  then the p99, the slowest and the failures of the heartbeats that started during the round;
 - the hub's CPU over the window (process CPU seconds per wall second) and its memory per
   connected node ((RSS now - RSS before any node) / N);
 - a round: a tiny app (10 float32 parameters, FedAvg) sampling ``--sample`` of the N nodes is
@@ -148,7 +149,7 @@ class Tally:
     """What a generator's nodes saw."""
 
     beats: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (start, s)
-    failed_beats: list[str] = dataclasses.field(default_factory=list)
+    failed_beats: list[tuple[float, str]] = dataclasses.field(default_factory=list)
     tasks: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (epoch, round)
     refused_replies: list[str] = dataclasses.field(default_factory=list)
     failed_pulls: list[str] = dataclasses.field(default_factory=list)
@@ -271,7 +272,8 @@ class _Node:
             try:
                 interval = await self._beat_once()
             except grpc.aio.AioRpcError as exc:
-                self.tally.failed_beats.append(f"{exc.code().name}: {exc.details()}")
+                failure = f"{exc.code().name}: {exc.details()}"
+                self.tally.failed_beats.append((time.time(), failure))
             await asyncio.sleep(interval)
 
     async def serve(self, until: float) -> None:
@@ -364,6 +366,7 @@ def hub_process(
             marks.setdefault("fit_started", time.time())
         elif isinstance(event, RoundFinished) and event.record.round > 0:
             marks.update(round_seconds=event.record.seconds, replies=event.record.replies)
+            marks["round_finished"] = time.time()
             marks["failures"] = event.record.failures
 
     hub.events.subscribe(note)
@@ -401,10 +404,12 @@ class Figures:
     enrol_seconds: float
     connect_seconds: float
     beats: int
-    p50: float
+    p50: float  # over the window, all nodes connected and idle
     p99: float
-    worst: float
-    failed_beats: int
+    failed_beats: int  # over the window
+    round_p99: float  # heartbeats that started during the round
+    round_worst: float
+    round_failed_beats: int
     hub_cpu: float  # CPU seconds per wall second over the window
     bytes_per_node: float
     sample: int
@@ -488,7 +493,8 @@ def measure(
         time.sleep(interval)  # every node beats at its own phase
         window_start, cpu_start = time.time(), proc_cpu(hub.pid)
         time.sleep(window)
-        hub_cpu = (proc_cpu(hub.pid) - cpu_start) / (time.time() - window_start)
+        window_end = time.time()
+        hub_cpu = (proc_cpu(hub.pid) - cpu_start) / (window_end - window_start)
         rss = proc_rss(hub.pid)
         alive = ask(hub_pipe, ("alive",))
         app = write_app(Path(directory) / "app")
@@ -499,13 +505,19 @@ def measure(
         for p in pipes:
             p.send("stop")
         hub_pipe.send(("stop",))
-    beats = [s for t in tallies for start, s in t.beats if start >= window_start]
+
+    def during(start: float, end: float) -> tuple[list[float], int]:
+        beats = [s for t in tallies for at, s in t.beats if start <= at < end]
+        return beats, sum(start <= at < end for t in tallies for at, _ in t.failed_beats)
+
+    beats, failed = during(window_start, window_end)
+    in_round, failed_in_round = during(marks["fit_started"], marks["round_finished"])
     taken = [when for t in tallies for when, _ in t.tasks]
     quantiles = statistics.quantiles(beats, n=100) if len(beats) > 1 else [0.0] * 99
     if alive < nodes:
         print(f"  note: only {alive} of {nodes} nodes alive at the end of the window")
     for what, problems in (
-        ("heartbeats", Counter(p[:120] for t in tallies for p in t.failed_beats)),
+        ("heartbeats", Counter(p[:120] for t in tallies for _, p in t.failed_beats)),
         ("long-polls", Counter(p[:120] for t in tallies for p in t.failed_pulls)),
         ("replies", Counter(p[:120] for t in tallies for p in t.refused_replies)),
     ):
@@ -518,8 +530,10 @@ def measure(
         beats=len(beats),
         p50=quantiles[49],
         p99=quantiles[98],
-        worst=max(beats, default=0.0),
-        failed_beats=sum(len(t.failed_beats) for t in tallies),
+        failed_beats=failed,
+        round_p99=statistics.quantiles(in_round, n=100)[98] if len(in_round) > 1 else 0.0,
+        round_worst=max(in_round, default=0.0),
+        round_failed_beats=failed_in_round,
         hub_cpu=hub_cpu,
         bytes_per_node=(rss - idle_rss) / nodes,
         sample=sample,
@@ -531,7 +545,8 @@ def measure(
 
 HEADER = (
     f"{'nodes':>6} {'enrol s':>7} {'connect s':>9} {'beats':>6} {'p50 ms':>7} {'p99 ms':>7} "
-    f"{'max ms':>7} {'failed':>6} {'hub cpu':>7} {'KB/node':>7} {'sample':>6} "
+    f"{'failed':>6} {'round p99 ms':>12} {'max ms':>7} {'failed':>6} {'hub cpu':>7} "
+    f"{'KB/node':>7} {'sample':>6} "
     f"{'dispatch s':>10} {'round s':>7} {'replies':>7}"
 )
 
@@ -539,7 +554,8 @@ HEADER = (
 def row(f: Figures) -> str:
     return (
         f"{f.nodes:>6} {f.enrol_seconds:>7.1f} {f.connect_seconds:>9.1f} {f.beats:>6} "
-        f"{f.p50 * 1e3:>7.1f} {f.p99 * 1e3:>7.1f} {f.worst * 1e3:>7.0f} {f.failed_beats:>6} "
+        f"{f.p50 * 1e3:>7.1f} {f.p99 * 1e3:>7.1f} {f.failed_beats:>6} "
+        f"{f.round_p99 * 1e3:>12.0f} {f.round_worst * 1e3:>7.0f} {f.round_failed_beats:>6} "
         f"{f.hub_cpu:>7.2f} {f.bytes_per_node / 1e3:>7.1f} {f.sample:>6} "
         f"{f.dispatch_seconds:>10.2f} {f.round_seconds:>7.2f} {f.replies:>7}"
     )
