@@ -24,6 +24,7 @@ from pollinate.app import app_hash, load_app
 from pollinate.client.client import Context, handle
 from pollinate.errors import AppError, PollinateError
 from pollinate.node.health import HealthServer
+from pollinate.node.metrics import NodeMetrics
 from pollinate.node.resources import detect_resources, utilisation
 from pollinate.records import Config, Message
 from pollinate.secagg.identity import certificate_identity
@@ -98,8 +99,11 @@ class NodeAgent:
         self._serving: tuple[str, int] | None = None  # the (run, round) of the last task
         self._heard: float | None = None  # time.monotonic() of the last answered heartbeat
         self._health: HealthServer | None = None
+        self.metrics = NodeMetrics(lambda: {**self.resources, **utilisation()})
         if health_address is not None:
-            self._health = HealthServer(health_address, self.liveness_problem, self.ready_problem)
+            self._health = HealthServer(
+                health_address, self.liveness_problem, self.ready_problem, self.metrics.exposition
+            )
 
     @property
     def health_port(self) -> int | None:
@@ -191,7 +195,10 @@ class NodeAgent:
             task = self.client.pull_task(PULL_WAIT)
             if task is not None:
                 self._note_task(task.message)
-                self._push(self._answer(task))
+                started = time.monotonic()
+                reply = self._answer(task)
+                self.metrics.answered(task.message, reply, time.monotonic() - started)
+                self._push(reply)
 
     def _note_task(self, task: Message) -> None:
         """One state line when a task starts another run, and one per round of it."""

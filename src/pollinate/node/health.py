@@ -1,4 +1,5 @@
-"""A node's ``/healthz`` and ``/readyz``, for Kubernetes' probes (docs/kubernetes.md).
+"""A node's ``/healthz`` and ``/readyz``, for Kubernetes' probes (docs/kubernetes.md), and
+its ``/metrics`` (``metrics.py``).
 
 ``/healthz`` (liveness) is 200 while the agent has not stopped: its process answers HTTP.
 ``/readyz`` (readiness) is 200 only when the node can do a task now: it holds a node id from
@@ -21,14 +22,19 @@ from typing import Any
 
 from pollinate.text import inert
 
+TEXT_TYPE = "text/plain; charset=utf-8"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus's text format
 Check = Callable[[], str | None]
 """Why the node is not live (or ready) now, or None when it is."""
 
 
 class HealthServer:
-    """Serves ``/healthz`` and ``/readyz`` from two checks on ``address`` until ``stop``."""
+    """Serves ``/healthz`` and ``/readyz`` from two checks, and ``/metrics`` from
+    ``metrics`` (Prometheus's text format), on ``address`` until ``stop``."""
 
-    def __init__(self, address: str, live: Check, ready: Check) -> None:
+    def __init__(
+        self, address: str, live: Check, ready: Check, metrics: Callable[[], bytes]
+    ) -> None:
         host, _, port = address.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         if not port.isdigit():
@@ -38,7 +44,7 @@ class HealthServer:
             )
         checks = {"/healthz": live, "/readyz": ready}
         server_class = _ServerV6 if ":" in host else ThreadingHTTPServer
-        self._server = server_class((host, int(port)), _handler(checks))
+        self._server = server_class((host, int(port)), _handler(checks, metrics))
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
@@ -56,22 +62,27 @@ class _ServerV6(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-def _handler(checks: dict[str, Check]) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    checks: dict[str, Check], metrics: Callable[[], bytes]
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = 10  # a client that sends nothing holds a thread for at most this long
 
         def do_GET(self) -> None:
-            check = checks.get(self.path.split("?", 1)[0])
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, metrics(), METRICS_TYPE)
+                return
+            check = checks.get(path)
             if check is None:
-                self._send(404, "not found: try /healthz or /readyz")
+                self._send(404, b"not found: try /healthz, /readyz or /metrics\n")
                 return
             problem = check()
-            self._send(503 if problem else 200, problem or "ok")
+            self._send(503 if problem else 200, inert(problem or "ok").encode() + b"\n")
 
-        def _send(self, status: int, text: str) -> None:
-            body = inert(text).encode() + b"\n"
+        def _send(self, status: int, body: bytes, kind: str = TEXT_TYPE) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Type", kind)
             self.send_header("Cache-Control", "no-store")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
