@@ -172,7 +172,7 @@ def test_20_idle_enrolment_calls_do_not_stop_a_node_enrolling(
 ) -> None:
     app = write_tiny_app(tmp_path / "app", **{"num-rounds": 1})
     start_tls_hub(deployment)
-    # strangers who trust the enrolment port (as anyone can), each on its own connection
+    # strangers who trust the enrolment certificate (as anyone can), each on its own connection
     pinned = (deployment.directory / "hub-data" / "enrol" / "enrol.pem").read_bytes()
     for _ in range(20):
         idle_calls.open(deployment.fleet, "/pollinate.v1.Fleet/Enrol", 1, root_pem=pinned)

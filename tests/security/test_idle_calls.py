@@ -5,7 +5,7 @@ methods as unary, a peer that sent headers and then nothing held its call until 
 (at most 32 per connection, any number of connections). Now every method reads its one request
 itself, within ``guards.REQUEST_SECONDS``; the nodes' and users' unary clients are unchanged.
 
-A real hub with TLS on its three ports runs in this process on 127.0.0.1, so the deadline is
+A real hub with TLS on its one address runs in this process on 127.0.0.1, so the deadline is
 patched small where a test waits for it, or large where a test needs calls held; every wait
 polls a call's status with a generous bound, and nothing asserts how long anything took.
 """
