@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.deployment.conftest import free_ports
@@ -21,7 +22,7 @@ def test_the_operations_page_runs_as_written(tmp_path: Path) -> None:
     blocks = re.findall(r"^```sh\n(.*?)^```", PAGE.read_text(), flags=re.S | re.M)
     (port,) = free_ports(1)
     script = "set -euo pipefail\n" + "\n".join(blocks).replace("9092", str(port))
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / ".venv").symlink_to(sys.prefix)  # the venv running the tests
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLLINATE_")}
     env |= {"COLUMNS": "200", "NO_COLOR": "1", "XDG_CONFIG_HOME": str(tmp_path / "config")}

@@ -243,10 +243,10 @@ def paused_detail(deployment: Deployment, run_id: str) -> str:
     """The text of ``pollinate ls`` once it shows the run paused (bounded wait)."""
 
     def paused() -> str:
-        listed = deployment.cli("ls", "--hub", deployment.control)
+        listed = deployment.cli("ls", "--hub", deployment.control, "--json")
         assert listed.returncode == 0, listed.stdout + listed.stderr
-        text = " ".join(listed.stdout.split())
-        return text if run_id in text and "paused:" in text else ""
+        details = [r["detail"] for r in json.loads(listed.stdout) if r["run_id"] == run_id]
+        return details[0] if details and details[0].startswith("paused:") else ""
 
     return str(wait_for(paused, "`pollinate ls` to show the run paused", PAUSE_TIMEOUT))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -387,12 +388,19 @@ def _same_hub(saved: NodeCredentials, token: str) -> bool:
         return False  # a malformed token: enrol() says what is wrong with it
 
 
-def ls_command(hub: HubOption = None, credentials: CredentialsOption = None) -> None:
+def ls_command(
+    hub: HubOption = None,
+    credentials: CredentialsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list, for scripts.")] = False,
+) -> None:
     """List the runs you may see (your projects'; an admin's: all) with their status."""
     try:
         runs = control_client(hub, credentials).list_runs()
     except PollinateError as exc:
         raise fail(refused_hint(exc, hub, credentials)) from None
+    if as_json:  # json.dumps escapes what a hub sent: the output stays one JSON document
+        print(json.dumps([dataclasses.asdict(r) for r in runs], indent=2))
+        return
     table = Table("run", "project", "app", "status", "round", "created", "detail")
     for r in runs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
