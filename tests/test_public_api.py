@@ -102,6 +102,7 @@ SUBPACKAGES = {
     "loop": [
         "Event",
         "Failure",
+        "FailureKind",
         "Grid",
         "History",
         "ReplyBounded",
@@ -113,6 +114,7 @@ SUBPACKAGES = {
         "ServerApp",
         "Stage",
         "StageStarted",
+        "TaskFailed",
         "UpdateRejected",
         "Validation",
         "run",

@@ -162,7 +162,9 @@ class Message:
 
     An instruction carries ``arrays`` (the global model) and ``config``; its reply carries the
     same ``kind`` and ``task_id``, plus ``arrays`` (fit), ``loss`` (evaluate),
-    ``num_examples``, ``metrics``, or ``error`` if the client failed.
+    ``num_examples``, ``metrics``, or ``error`` if the client failed. ``lost`` marks a reply
+    the hub made itself for a task its node will not answer (gone silent, revoked); it never
+    travels on the wire, so no node can claim it.
 
     Its text is bounded whoever built it (``pollinate.text``): ``error`` is kept as one line
     of at most ``MAX_TEXT`` characters, str config and metric values are cut at ``MAX_TEXT``
@@ -182,6 +184,7 @@ class Message:
     num_examples: int = 0
     loss: float | None = None
     error: str | None = None
+    lost: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MESSAGE_KINDS:

@@ -190,7 +190,7 @@ def test_the_history_file_says_what_ran(tmp_path: Path) -> None:
     done = pollinate("run", tiny_app(tmp_path), "--seed", "7", "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     header = json.loads((tmp_path / "out" / "history.jsonl").read_text().splitlines()[0])
-    assert header["schema"] == 3 and header["app"] == "tiny" and header["seed"] == 7
+    assert header["schema"] == 4 and header["app"] == "tiny" and header["seed"] == 7
     assert header["config"] == {"num-rounds": 4, "fit-seconds": 0.0}
     assert header["strategy"] == "FedAvg" and header["clients"] == 3 and header["app_hash"]
     assert header["pollinate"] and len(History.load(tmp_path / "out").rounds) == 5

@@ -31,9 +31,11 @@ def test_metrics_during_and_after_a_run_agree_with_its_history(
 ) -> None:
     gates = tmp_path / "gates"
     gates.mkdir()
-    app = write_tiny_app(tmp_path / "app", **{"num-rounds": 3, "gate-dir": str(gates)})
+    # partition 1's update (norm 4) is over max-norm every round: one rejection a round
+    config = {"num-rounds": 3, "gate-dir": str(gates), "max-norm": 3.0}
+    app = write_tiny_app(tmp_path / "app", **config)
     deployment.start_hub()
-    deployment.start_nodes([app, app])
+    nodes = deployment.start_nodes([app, app])
     before = scrape(deployment.metrics)
     assert value(before, "pollinate_nodes", state="online", project="default") == 2
     run = deployment.start_run(app)
@@ -59,10 +61,20 @@ def test_metrics_during_and_after_a_run_agree_with_its_history(
     assert value(after, "pollinate_round_duration_seconds_count", run=run_id) == 4
     total = value(after, "pollinate_round_duration_seconds_sum", run=run_id)
     assert abs(total - sum(r["seconds"] for r in history)) < 1e-6
+    aggregation = value(after, "pollinate_aggregation_duration_seconds_sum", run=run_id)
+    assert abs(aggregation - sum(r["aggregation_seconds"] for r in history)) < 1e-6
+    assert 0 < aggregation < total
+    rejected = [f for r in history for f in r["failed"] if f["kind"] == "rejected"]
+    assert len(rejected) == 3 == sum(r["rejected"] for r in history)
+    assert {f["node_id"] for f in rejected} == {nodes[1].node_id}
+    failures = value(after, "pollinate_failures_total", run=run_id, stage="fit", kind="rejected")
+    assert failures == value(after, "pollinate_rejected_updates_total", run=run_id) == 3
+    assert not [f for r in history for f in r["failed"] if f["kind"] != "rejected"]
     assert value(after, "pollinate_runs", status="finished") == 1
     assert 0 <= value(after, "pollinate_node_heartbeat_age_seconds", node="1") < 60
     # the tiny model is 4 float64s: 32 bytes in every task that carries it and every update
-    assert value(after, "pollinate_reply_array_bytes_total") == 32 * fit_replies
+    # the hub recorded (the rejected ones too: they are screened after they are recorded)
+    assert value(after, "pollinate_reply_array_bytes_total") == 32 * (fit_replies + 3)
     sent = value(after, "pollinate_task_array_bytes_total")
     assert sent >= 32 * 2 * 3 and sent % 32 == 0
 

@@ -149,7 +149,9 @@ def test_two_projects_share_one_hub_each_seeing_and_steering_only_its_own(
     rounds = rounds_of(alices)  # the initial evaluation and three rounds
     assert [r["replies"] for r in rounds] == [0, 3, 2, 2]
     assert [r["fit"]["partition"] for r in rounds[1:]] == [0.5, 0.0, 0.0]  # never b's nodes
-    assert re.search(rf"node {node_1_id} was revoked by admin", json.dumps(rounds[2]["failed"]))
+    [revoked] = rounds[2]["failed"]  # the hub's word, not the node's: kind "lost"
+    assert re.match(rf"node {node_1_id} was revoked by admin", revoked["reason"])
+    assert (revoked["node_id"], revoked["kind"]) == (node_1_id, "lost")
     pulled = deployment.directory / "pulled"
     said = ok(deployment.cli("pull", alice_run, "--out", pulled, "--hub", hub, env=vic))
     assert "round 3" in said

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.app import load_app
+from pollinate.loop.history import WALL_TIMES
 from pollinate.simulation import Adversaries, run_simulation
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +53,8 @@ def history(case: dict[str, Any]) -> list[dict[str, Any]]:
     )
     records = [r.to_dict() for r in result.history.rounds]
     for record in records:
-        record.pop("seconds")
+        for name in WALL_TIMES:
+            record.pop(name)
     return json.loads(json.dumps(records))
 
 

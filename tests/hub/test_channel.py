@@ -18,8 +18,8 @@ from pollinate.hub.channel import (
     event_to_json,
 )
 from pollinate.hub.supervisor import _task
-from pollinate.loop.events import ReplyReceived, RoundFinished, Stage
-from pollinate.loop.history import Failure, RoundRecord
+from pollinate.loop.events import ReplyReceived, RoundFinished, Stage, TaskFailed
+from pollinate.loop.history import Failure, FailureKind, RoundRecord
 from pollinate.records import Arrays, Message, MessageKind
 
 
@@ -84,12 +84,19 @@ def test_events_are_rebuilt_field_by_field() -> None:
     assert event_from_json(event_to_json(ReplyReceived(2, Stage.FIT, 3, True))) == ReplyReceived(
         2, Stage.FIT, 3, True
     )
+    failed = TaskFailed(2, Stage.EVALUATE, 3, FailureKind.LOST)
+    assert event_from_json(event_to_json(failed)) == failed
+    lost = RoundRecord(round=2, failed=[Failure(3, "fit", "gone", FailureKind.LOST)])
+    assert event_from_json(event_to_json(RoundFinished(lost))) == RoundFinished(lost)
     for bad in (
         {"type": "ReplyReceived", "round": "2", "stage": "fit", "node_id": 3, "ok": True},
         {"type": "ReplyReceived", "round": 2, "stage": "steal", "node_id": 3, "ok": True},
         {"type": "Exec", "code": "import os"},
         {"type": "RoundFinished", "record": {"round": 1, "fit": [1, 2]}},
         {"type": "RoundFinished", "record": {"round": 1, "__class__": "x"}},
+        {"type": "TaskFailed", "round": 2, "stage": "fit", "node_id": 3, "kind": "pwned"},
+        {"type": "TaskFailed", "round": 2, "stage": "fit", "node_id": 3, "kind": ["lost"]},
+        {"type": "RoundFinished", "record": {"round": 1, "failed": [{"node_id": 1}]}},
     ):
         with pytest.raises(ChannelError):
             event_from_json(bad)

@@ -15,6 +15,7 @@ from pollinate import Arrays, Client, FedAdam, FedAvg, FedAvgM, SimulationGrid, 
 from pollinate.loop import History, RoundFinished, RoundRecord, ServerApp, run
 from pollinate.loop.checkpoint import Checkpoint, decode, iter_encode
 from pollinate.loop.events import Event
+from pollinate.loop.history import WALL_TIMES
 from pollinate.records import Config, Message, Metrics
 from pollinate.strategy import Sampling
 from pollinate.strategy.base import Strategy
@@ -173,7 +174,9 @@ def comparable(history: History) -> list[dict[str, Any]]:
     """The history without what a resumed run changes on purpose (timings, the mark)."""
     rounds = [r.to_dict() for r in history.rounds]
     for r in rounds:
-        r.pop("seconds"), r.pop("resumed")
+        r.pop("resumed")
+        for name in WALL_TIMES:
+            r.pop(name)
     return rounds
 
 

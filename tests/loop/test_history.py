@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from pollinate.loop.events import RoundFinished, StageStarted
-from pollinate.loop.history import SCHEMA, Failure, History, RoundRecord
+from pollinate.loop.history import SCHEMA, Failure, FailureKind, History, RoundRecord
 from pollinate.loop.history_writer import HistoryWriter
 
 
 def history() -> History:
-    failed = [Failure(3, "fit", "client failed: x"), Failure(4, "evaluate", "timed out")]
+    failed = [
+        Failure(3, "fit", "client failed: x", FailureKind.CLIENT),
+        Failure(4, "evaluate", "timed out", FailureKind.TIMEOUT),
+    ]
     rounds = [RoundRecord(round=0), RoundRecord(round=1, replies=2, failures=1, failed=failed)]
     return History(
         rounds,
@@ -146,3 +149,28 @@ def test_saving_replaces_the_file_whole(tmp_path: Path) -> None:
     shorter.save(tmp_path)
     assert History.load(tmp_path) == shorter
     assert [p.name for p in tmp_path.iterdir()] == ["history.jsonl"]
+
+
+def test_a_schema_3_file_reads_with_failures_of_unknown_kind(tmp_path: Path) -> None:
+    header = {**history().header(), "schema": 3}
+    round_1 = history().rounds[1].to_dict()
+    round_1.pop("aggregation_seconds")
+    for failure in round_1["failed"]:
+        failure.pop("kind")
+    file = tmp_path / "history.jsonl"
+    file.write_text(json.dumps(header) + "\n" + json.dumps(round_1) + "\n")
+    loaded = History.load(file).rounds[0]
+    assert [(f.node_id, f.kind) for f in loaded.failed] == [
+        (3, FailureKind.UNKNOWN),
+        (4, FailureKind.UNKNOWN),
+    ]
+    assert loaded.aggregation_seconds == 0.0
+
+
+def test_a_failure_of_a_kind_pollinate_does_not_know_is_refused(tmp_path: Path) -> None:
+    round_1 = history().rounds[1].to_dict()
+    round_1["failed"][0]["kind"] = "<script>"
+    file = tmp_path / "history.jsonl"
+    file.write_text(json.dumps(history().header()) + "\n" + json.dumps(round_1) + "\n")
+    with pytest.raises(ValueError, match="history line 2 is not a round record"):
+        History.load(file)

@@ -259,3 +259,46 @@ def test_an_update_the_aggregator_refuses_is_counted_as_rejected_with_its_reason
     assert record.replies == 2 and record.rejected == 1 and record.applied
     assert [(f.node_id, f.reason) for f in record.failed] == [(1, "node 1's update is of no use")]
     assert [e.node_id for e in events if isinstance(e, UpdateRejected)] == [1]
+
+
+def test_each_failure_is_recorded_and_announced_with_its_kind() -> None:
+    from pollinate.loop import FailureKind, TaskFailed
+    from pollinate.loop.events import Event
+    from pollinate.records import MessageKind
+
+    def on_fit(change: Callable[[Message, Message], list[Message]]) -> Fault:
+        return lambda task, reply: change(task, reply) if task.kind == "fit" else [reply]
+
+    nan = Arrays({"w": np.full(3, np.nan, np.float32)})
+    faults: dict[int, Fault] = {
+        0: on_fit(lambda task, reply: [task.reply(error="ValueError: bad partition")]),
+        1: on_fit(lambda task, reply: [task.reply(error="node 1 went silent", lost=True)]),
+        2: on_fit(lambda task, reply: []),  # never answers
+        3: on_fit(lambda task, reply: [task.reply(arrays=nan, num_examples=10)]),
+        4: lambda task, reply: (
+            [task.reply(loss=float("nan"), num_examples=5)]
+            if task.kind == MessageKind.EVALUATE
+            else [reply]
+        ),
+    }
+    events: list[Event] = []
+    app = _app(failure_tolerance=1.0, sampling=Sampling(fraction_evaluate=1.0))
+    result = run(ScriptedGrid(6, faults), app, on_event=events.append)
+    record = result.history.rounds[1]
+    kinds = {(f.node_id, f.stage, f.kind) for f in record.failed}
+    assert kinds == {
+        (0, "fit", FailureKind.CLIENT),
+        (1, "fit", FailureKind.LOST),
+        (2, "fit", FailureKind.TIMEOUT),
+        (3, "fit", FailureKind.REJECTED),
+        (4, "evaluate", FailureKind.INVALID),
+    }
+    reasons = {f.node_id: f.reason for f in record.failed}
+    assert reasons[0] == "client failed: ValueError: bad partition"
+    assert reasons[1] == "node 1 went silent"  # the hub's words, not the client's
+    announced = {(e.node_id, e.stage, e.kind) for e in events if isinstance(e, TaskFailed)}
+    assert announced == kinds - {(3, "fit", FailureKind.REJECTED)}  # an UpdateRejected
+    assert record.replies == 2 and record.applied
+    assert 0 < record.aggregation_seconds < record.seconds
+    again = type(record).from_dict(record.to_dict())
+    assert {(f.node_id, f.kind) for f in again.failed} == {(n, k) for n, _, k in kinds}

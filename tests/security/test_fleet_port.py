@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from pollinate import wire
+from pollinate.loop.history import WALL_TIMES
 from pollinate.records import Arrays
 from pollinate.security.guest import ENROL_SERVER_NAME, GUEST_CERT_PEM, GUEST_KEY_PEM
 from pollinate.transport import CHUNK_BYTES, NODE_ID_HEADER
@@ -126,7 +127,7 @@ class ControlWatch:
 def comparable(history: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """A history without what differs between two runs of the same seed: how long it took."""
     assert history is not None
-    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+    return [{k: v for k, v in record.items() if k not in WALL_TIMES} for record in history]
 
 
 def test_300_idle_fleet_calls_and_20_idle_control_calls_starve_no_run(

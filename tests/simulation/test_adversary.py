@@ -11,6 +11,7 @@ import pytest
 from pollinate import Adversaries, Arrays, Client, FedAvg, ServerApp, run_simulation
 from pollinate.app import App, load_app
 from pollinate.client import Context
+from pollinate.loop.history import WALL_TIMES
 from pollinate.records import Message
 from pollinate.simulation import SimulationGrid, flip_labels
 from pollinate.simulation.adversary import gaussian_noise, scale_update, sign_flip
@@ -229,7 +230,7 @@ def test_a_seeded_simulation_with_adversaries_repeats_exactly() -> None:
             concurrency=4,
             adversaries=Adversaries(0.4, "gaussian-noise", noise_std=0.5, seed=seed),
         )
-        history = [{**r.to_dict(), "seconds": 0} for r in result.history.rounds]
+        history = [{**r.to_dict(), **dict.fromkeys(WALL_TIMES, 0)} for r in result.history.rounds]
         return history, result.arrays
 
     assert run(1) == run(1)

@@ -26,6 +26,7 @@ import pytest
 from pollinate import Arrays, Client, Grid
 from pollinate.app import load_app
 from pollinate.client import ClientFn
+from pollinate.loop.history import WALL_TIMES
 from pollinate.simulation import Adversaries, RayEngine, RayGrid, run_simulation
 from pollinate.simulation.ray_engine import LOOPBACK
 from tests.loop.grid_contract import Doubler, GridContract, fit_task
@@ -193,7 +194,8 @@ def test_secure_aggregation_is_refused_with_a_hint(cluster: Any) -> None:
 def _records(rounds: list[Any]) -> list[dict[str, Any]]:
     records = [r.to_dict() for r in rounds]
     for record in records:
-        record.pop("seconds")
+        for name in WALL_TIMES:
+            record.pop(name)
     return json.loads(json.dumps(records))
 
 
@@ -202,7 +204,8 @@ def _history_lines(out: Path) -> list[dict[str, Any]]:
     lines = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     rounds = [line for line in lines if "round" in line]
     for line in rounds:
-        line.pop("seconds", None)
+        for name in WALL_TIMES:
+            line.pop(name, None)
     return rounds
 
 

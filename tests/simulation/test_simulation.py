@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, SimulationGrid, run_simulation
+from pollinate.loop.history import WALL_TIMES
 from pollinate.records import Message
 from pollinate.strategy import Sampling
 
@@ -123,7 +124,7 @@ def test_same_seed_same_history() -> None:
             seed=seed,
             concurrency=4,
         )
-        return [{**r.to_dict(), "seconds": 0} for r in result.history.rounds]
+        return [{**r.to_dict(), **dict.fromkeys(WALL_TIMES, 0)} for r in result.history.rounds]
 
     assert history(1) == history(1)
     assert history(1) != history(2)

@@ -59,6 +59,7 @@ from pollinate.loop.events import (
     ReplyReceived,
     RoundFinished,
     StageStarted,
+    TaskFailed,
     UpdateRejected,
 )
 from pollinate.text import MAX_LINE, inert
@@ -303,6 +304,9 @@ def _event(event: Event) -> tuple[str, dict[str, Any]]:
     if isinstance(event, ReplyReceived):
         data = {"round": event.round, "stage": str(event.stage), "ok": event.ok}
         return "reply", {**data, "node": event.node_id}
+    if isinstance(event, TaskFailed):
+        data = {"round": event.round, "stage": str(event.stage), "kind": str(event.kind)}
+        return "failed", {**data, "node": event.node_id}
     if isinstance(event, UpdateRejected):
         data = {"round": event.round, "node": event.node_id}
         return "rejected", {**data, "reason": inert(event.reason, MAX_LINE)}

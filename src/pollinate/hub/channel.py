@@ -34,9 +34,10 @@ from pollinate.loop.events import (
     RoundFinished,
     Stage,
     StageStarted,
+    TaskFailed,
     UpdateRejected,
 )
-from pollinate.loop.history import Failure, RoundRecord
+from pollinate.loop.history import Failure, FailureKind, RoundRecord
 from pollinate.records import check_scalars
 from pollinate.text import MAX_LINE, MAX_TEXT, inert
 
@@ -158,6 +159,10 @@ def field(op: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
 _EVENT_FIELDS: dict[str, tuple[type, dict[str, type]]] = {
     "StageStarted": (StageStarted, {"round": int, "stage": Stage, "tasks": int}),
     "ReplyReceived": (ReplyReceived, {"round": int, "stage": Stage, "node_id": int, "ok": bool}),
+    "TaskFailed": (
+        TaskFailed,
+        {"round": int, "stage": Stage, "node_id": int, "kind": FailureKind},
+    ),
     "UpdateRejected": (UpdateRejected, {"round": int, "node_id": int, "reason": str}),
     "ReplyBounded": (ReplyBounded, {"round": int, "stage": Stage, "node_id": int, "note": str}),
 }
@@ -183,10 +188,10 @@ def event_from_json(data: object) -> Event:
     values: dict[str, Any] = {}
     for key, kind in names.items():
         value = data.get(key)
-        if kind is Stage:
-            if value not in set(Stage):
-                raise ChannelError(f"{name}: unknown stage {inert(repr(value), 80)}")
-            value = Stage(value)
+        if kind is Stage or kind is FailureKind:
+            if not isinstance(value, str) or value not in set(kind):
+                raise ChannelError(f"{name}: unknown {key} {inert(repr(value), 80)}")
+            value = kind(value)
         elif type(value) is not kind:
             raise ChannelError(f"{name}: {key!r} must be {kind.__name__}")
         elif kind is str:
@@ -202,6 +207,7 @@ _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "failures": (int,),
     "rejected": (int,),
     "seconds": (int, float),
+    "aggregation_seconds": (int, float),
     "applied": (bool,),
     "resumed": (bool,),
     "aborted": (str, type(None)),
@@ -247,10 +253,13 @@ def _list(value: object) -> list[Any]:
 def _failure(value: object) -> Failure:
     if (
         not isinstance(value, dict)
-        or set(value) != {"node_id", "stage", "reason"}
+        or set(value) != {"node_id", "stage", "reason", "kind"}
         or type(value["node_id"]) is not int
         or not isinstance(value["stage"], str)
         or not isinstance(value["reason"], str)
+        or value["kind"] not in set(FailureKind)
     ):
-        raise TypeError("a failure must be {node_id: int, stage: str, reason: str}")
-    return Failure(value["node_id"], inert(value["stage"], 80), value["reason"])
+        raise TypeError(
+            "a failure must be {node_id: int, stage: str, reason: str, kind: FailureKind}"
+        )
+    return Failure(value["node_id"], inert(value["stage"], 80), value["reason"], value["kind"])

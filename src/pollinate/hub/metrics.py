@@ -40,15 +40,19 @@ from pollinate.loop.events import (
     ReplyBounded,
     ReplyReceived,
     RoundFinished,
+    Stage,
     StageStarted,
+    TaskFailed,
     UpdateRejected,
 )
+from pollinate.loop.history import FailureKind
 from pollinate.text import inert
 
 if TYPE_CHECKING:
     from pollinate.hub.hub import Hub
 
 ROUND_SECONDS_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+AGGREGATION_SECONDS_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300)
 
 
 class HubMetrics:
@@ -65,6 +69,14 @@ class HubMetrics:
             "Tasks that ended: outcome ok (a usable reply) or failed (an error, a timeout, "
             "a reply that failed validation).",
             ["run", "stage", "outcome"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "pollinate_failures",
+            "Tasks that gave nothing usable, by kind: client (it raised or refused), timeout, "
+            "lost (the node went silent or was revoked), invalid (a malformed reply), "
+            "rejected (an update that failed validation).",
+            ["run", "stage", "kind"],
             registry=registry,
         )
         self.rejections = Counter(
@@ -92,6 +104,14 @@ class HubMetrics:
             buckets=ROUND_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.aggregation_seconds = Histogram(
+            "pollinate_aggregation_duration_seconds",
+            "Time each completed round spent screening and folding updates and finishing "
+            "the aggregate (part of the round's duration).",
+            ["run"],
+            buckets=AGGREGATION_SECONDS_BUCKETS,
+            registry=registry,
+        )
         self.last_round = Gauge(
             "pollinate_run_round",
             "The last completed round of each run.",
@@ -115,7 +135,10 @@ class HubMetrics:
         elif isinstance(event, ReplyReceived):
             outcome = "ok" if event.ok else "failed"
             self.replies.labels(run_id, event.stage, outcome).inc()
+        elif isinstance(event, TaskFailed):
+            self.failures.labels(run_id, event.stage, event.kind).inc()
         elif isinstance(event, UpdateRejected):
+            self.failures.labels(run_id, Stage.FIT, FailureKind.REJECTED).inc()
             self.rejections.labels(run_id).inc()
         elif isinstance(event, ReplyBounded):
             self.bounded.labels(run_id, event.stage).inc()
@@ -126,6 +149,7 @@ class HubMetrics:
         record = event.record
         self.rounds.labels(run_id, str(record.applied).lower()).inc()
         self.round_seconds.labels(run_id).observe(record.seconds)
+        self.aggregation_seconds.labels(run_id).observe(record.aggregation_seconds)
         self.last_round.labels(run_id).set(record.round)
         epsilon = record.fit.get("dp_epsilon")
         if isinstance(epsilon, int | float) and math.isfinite(epsilon):

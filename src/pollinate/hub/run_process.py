@@ -27,6 +27,7 @@ died): a run process never outlives its hub.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -199,7 +200,9 @@ class ProxyGrid(Grid):
                     _raise_if_error(op)
                     return
                 data = messages[0]
-                yield wire.decode(data, wire.Limits(len(data), len(data), len(data)))
+                reply = wire.decode(data, wire.Limits(len(data), len(data), len(data)))
+                # the hub's word that it lost the node travels beside the message (Message.lost)
+                yield dataclasses.replace(reply, lost=op.get("lost") is True)
                 self.channel.send({"op": "next", "call": call, "remaining": _left(ends)})
         finally:
             if not ended:

@@ -395,7 +395,9 @@ class _Dispatch(threading.Thread):
                 except StopIteration:
                     self.process._reply({"op": "end", "call": self.call})
                     return
-                self.process._reply({"op": "reply", "call": self.call}, [wire.iter_encode(reply)])
+                op = {"op": "reply", "call": self.call, "lost": reply.lost}
+                self.process._reply(op, [wire.iter_encode(reply)])
+                del reply  # the run process has it now: this copy goes before the loop folds it
                 remaining = self.inbox.get()
                 if remaining is None:  # the process closed its iterator
                     return

@@ -9,16 +9,18 @@ from pollinate.loop.events import (
     RoundFinished,
     Stage,
     StageStarted,
+    TaskFailed,
     UpdateRejected,
 )
 from pollinate.loop.grid import Grid
-from pollinate.loop.history import Failure, History, RoundRecord
+from pollinate.loop.history import Failure, FailureKind, History, RoundRecord
 from pollinate.loop.run import RunResult, run
 from pollinate.loop.screen import Validation
 
 __all__ = [
     "Event",
     "Failure",
+    "FailureKind",
     "Grid",
     "History",
     "ReplyBounded",
@@ -30,6 +32,7 @@ __all__ = [
     "ServerApp",
     "Stage",
     "StageStarted",
+    "TaskFailed",
     "UpdateRejected",
     "Validation",
     "run",

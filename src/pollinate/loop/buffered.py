@@ -57,9 +57,10 @@ from pollinate.errors import RunError
 from pollinate.loop.app import ServerApp
 from pollinate.loop.deadline import no_reply
 from pollinate.loop.events import Stage
+from pollinate.loop.history import FailureKind
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.screen import RecentBounds, Screen
-from pollinate.loop.stages import Stages, task_id
+from pollinate.loop.stages import Problem, Stages, reply_problem, task_id
 from pollinate.records import Arrays, Config, Message, MessageKind, Metrics
 from pollinate.strategy.base import FitResult
 
@@ -158,7 +159,8 @@ class BufferedRounds:
             return step.arrays
         if not rounds.tolerated(self.strategy.failure_tolerance, ended):
             return step.arrays
-        return step.buffer.finish()
+        with rounds.aggregating():
+            return step.buffer.finish()
 
     # --- tasks out ---------------------------------------------------------------------------
 
@@ -216,34 +218,38 @@ class BufferedRounds:
         node, rounds = task.message.node_id, step.rounds
         if outcome is None:
             del self._in_flight[task_id]
-            self._fail(rounds, node, no_reply(self.app.stage_timeout(1)))
+            self._fail(rounds, node, (FailureKind.TIMEOUT, no_reply(self.app.stage_timeout(1))))
             return
         if outcome.task_id != task_id or not outcome.is_reply or outcome.node_id != node:
             rounds.dropped(outcome.task_id, outcome.node_id)
             return
         del self._in_flight[task_id]
-        if outcome.error is not None:
-            self._fail(rounds, node, f"client failed: {outcome.error}")
+        failure = reply_problem(outcome)
+        if failure is not None:
+            self._fail(rounds, node, failure)
             return
-        problem = _problem(self.app, outcome, task.message.arrays)
+        with rounds.aggregating():
+            problem = _problem(self.app, outcome, task.message.arrays)
         if problem is not None:
             rounds.received(Stage.FIT, node, False)
             rounds.reject(node, problem)
             return
         base = task.message.arrays
         update = FitResult(node, outcome.arrays, outcome.num_examples, outcome.metrics)
-        update, notes = self._bounds.bound(update, base)
+        with rounds.aggregating():
+            update, notes = self._bounds.bound(update, base)
         for note in notes:
             rounds.bound(node, Stage.FIT, note)
         staleness = step.number - 1 - task.version
         weight = self.strategy.staleness_weight(staleness)
-        step.buffer.add(update.arrays, base, update.num_examples, weight)
+        with rounds.aggregating():
+            step.buffer.add(update.arrays, base, update.num_examples, weight)
         step.folded.append((update.num_examples, update.metrics, staleness))
         rounds.received(Stage.FIT, node, True)
 
     @staticmethod
-    def _fail(rounds: RoundRecorder, node: int, reason: str) -> None:
-        rounds.fail(node, Stage.FIT, reason)
+    def _fail(rounds: RoundRecorder, node: int, problem: Problem) -> None:
+        rounds.fail(node, Stage.FIT, *problem)
         rounds.received(Stage.FIT, node, False)
 
 

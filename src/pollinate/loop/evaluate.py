@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pollinate.loop.bounds import bound_examples
 from pollinate.loop.events import Stage
+from pollinate.loop.history import FailureKind
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.screen import evaluate_problem
 from pollinate.loop.stages import Stages
@@ -25,11 +26,11 @@ def evaluate(stages: Stages, strategy: Strategy, rounds: RoundRecorder, arrays: 
     replies: list[Message] = []
     tasks = dict.fromkeys(nodes, (arrays, config))
     for node, reply, problem in stages.collect(rounds, Stage.EVALUATE, tasks):
-        if problem is None:
-            problem = evaluate_problem(reply)
+        if problem is None and (invalid := evaluate_problem(reply)) is not None:
+            problem = FailureKind.INVALID, invalid
         rounds.received(Stage.EVALUATE, node, problem is None)
         if problem is not None:
-            rounds.fail(node, Stage.EVALUATE, problem)
+            rounds.fail(node, Stage.EVALUATE, *problem)
             continue
         replies.append(reply)
     validation = stages.app.validation

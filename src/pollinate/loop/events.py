@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pollinate.loop.history import RoundRecord
+from pollinate.loop.history import FailureKind, RoundRecord
 
 
 class Stage(StrEnum):
@@ -40,6 +40,17 @@ class ReplyReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """A task of ``stage`` produced nothing usable, for a reason of ``kind`` (a rejected
+    update is an ``UpdateRejected`` instead)."""
+
+    round: int
+    stage: Stage
+    node_id: int
+    kind: FailureKind
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateRejected:
     """A node's fit update of ``round`` arrived and failed validation, for ``reason``."""
 
@@ -64,4 +75,4 @@ class RoundFinished:
     record: RoundRecord
 
 
-Event = StageStarted | ReplyReceived | ReplyBounded | UpdateRejected | RoundFinished
+Event = StageStarted | ReplyReceived | TaskFailed | ReplyBounded | UpdateRejected | RoundFinished

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,15 +25,37 @@ from pollinate.checks import is_number
 from pollinate.records import Scalar
 from pollinate.text import MAX_LINE, inert
 
-SCHEMA = 3
+SCHEMA = 4
 """The version of the history's layout: 1 was a bare list of rounds, 2 an object holding
-them (both ``history.json``), 3 JSON lines (``history.jsonl``)."""
+them (both ``history.json``), 3 JSON lines (``history.jsonl``), 4 added each failure's
+``kind`` and each round's ``aggregation_seconds``."""
 FILE = "history.jsonl"
 """The history's file in a run's output directory."""
 OLD_FILE = "history.json"
 """What pollinate before schema 3 wrote; ``History.load`` reads it when no ``FILE`` is there."""
+WALL_TIMES = ("seconds", "aggregation_seconds")
+"""A round record's wall-clock fields: the only ones two runs of the same seed differ in."""
 MAX_LINE_BYTES = 64 << 20
 """The longest line ``History.load`` reads (a round with thousands of failures is ~1 MB)."""
+
+
+class FailureKind(StrEnum):
+    """Why a task produced nothing usable, in a word a dashboard or an alert can count."""
+
+    CLIENT = "client"
+    """The client raised, or its node refused the task (its own error, quoted)."""
+    TIMEOUT = "timeout"
+    """No reply by the stage's deadline."""
+    LOST = "lost"
+    """The hub ended the task without a reply: the node went silent, was revoked, or took
+    the task again and again without answering."""
+    INVALID = "invalid"
+    """A reply that breaks the protocol: a non-finite loss, a malformed secure-aggregation
+    part."""
+    REJECTED = "rejected"
+    """A fit update that arrived and failed validation, or that the strategy could not use."""
+    UNKNOWN = "unknown"
+    """Recorded by pollinate before kinds were kept (history schema 3 and older)."""
 
 
 @dataclass
@@ -46,9 +69,11 @@ class Failure:
     node_id: int
     stage: str
     reason: str
+    kind: FailureKind = FailureKind.UNKNOWN
 
     def __post_init__(self) -> None:
         self.reason = inert(self.reason, MAX_LINE)
+        self.kind = FailureKind(self.kind)
 
 
 @dataclass
@@ -65,7 +90,9 @@ class RoundRecord:
     too large, or quarantined as an anomaly). ``resumed`` is True for
     the round a run went on with after its hub restarted (the round that was interrupted).
     ``aborted`` says why secure aggregation gave up on the round (e.g. substituted keys).
-    Round 0 records the centralized evaluation of the initial model.
+    ``aggregation_seconds`` is the part of ``seconds`` the hub spent screening and folding
+    the updates and finishing the aggregate. Round 0 records the centralized evaluation of
+    the initial model.
     """
 
     round: int
@@ -80,6 +107,7 @@ class RoundRecord:
     rejected: int = 0
     resumed: bool = False
     aborted: str | None = None
+    aggregation_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
@@ -286,7 +314,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("fit", "evaluate", "centralized"), dict),
     **dict.fromkeys(("replies", "failures", "rejected"), int),
     **dict.fromkeys(("applied", "resumed"), bool),
-    "seconds": (int, float),
+    **dict.fromkeys(("seconds", "aggregation_seconds"), (int, float)),
     "failed": list,
     "aborted": (str, type(None)),
 }
@@ -309,7 +337,7 @@ def _record(data: object, where: str) -> RoundRecord:
         raise ValueError(f"{where} is not a round record")
     try:
         return RoundRecord.from_dict(data)
-    except (TypeError, AttributeError) as exc:
+    except (TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"{where} is not a round record: {exc}") from None
 
 

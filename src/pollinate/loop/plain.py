@@ -44,20 +44,20 @@ class PlainRounds:
         metrics: list[tuple[int, Metrics]] = []
         tasks = dict.fromkeys(nodes, (arrays, config))
         for node, reply, problem in self.stages.collect(rounds, Stage.FIT, tasks):
-            if problem is None and reply.error is not None:
-                problem = f"client failed: {reply.error}"
             if problem is not None:
                 rounds.received(Stage.FIT, node, False)
-                rounds.fail(node, Stage.FIT, problem)
+                rounds.fail(node, Stage.FIT, *problem)
                 continue
-            rejected = screen.problem(reply)
+            with rounds.aggregating():
+                rejected = screen.problem(reply)
             rounds.received(Stage.FIT, node, rejected is None)
             if rejected is not None:
                 rounds.reject(node, rejected)
                 continue
             result = FitResult(node, reply.arrays, reply.num_examples, reply.metrics)
             metrics += fold(aggregator, screen.admit(result), rounds)
-        held, notes, left_out = screen.close()
+        with rounds.aggregating():
+            held, notes, left_out = screen.close()
         for node, note in notes:
             rounds.bound(node, Stage.FIT, note)
         for node, reason in left_out:
@@ -81,7 +81,8 @@ def fold(
     folded = []
     for result in results:
         try:
-            aggregator.add(result)
+            with rounds.aggregating():
+                aggregator.add(result)
         except UnusableUpdate as exc:
             rounds.reject(result.node_id, str(exc))
             continue
@@ -103,7 +104,8 @@ def finish_fit(
     if not rounds.tolerated(strategy.failure_tolerance, sampled):
         return arrays
     try:
-        return aggregator.finish()
+        with rounds.aggregating():
+            return aggregator.finish()
     except TooFewReplies as exc:
         rounds.keep_model(str(exc))
         return arrays

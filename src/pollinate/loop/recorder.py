@@ -6,8 +6,9 @@ event. A subscriber (the CLI's progress, the hub's run log, a dashboard, metrics
 sees every round the same way whichever protocol ran it.
 
 Invariants:
-- each failure is one ``Failure`` in the record and one log line; a rejection is also an
-  ``UpdateRejected`` event and counts in ``rejected``;
+- each failure is one ``Failure`` in the record, with its kind, and one log line; it is
+  also a ``TaskFailed`` event, or an ``UpdateRejected`` event for a rejection, which counts
+  in ``rejected``;
 - a round that keeps the previous model says why, in the log and in ``applied``/``aborted``;
 - ``on_checkpoint`` sees a finished round before ``RoundFinished`` announces it.
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pollinate.loop.checkpoint import Checkpoint
@@ -27,9 +29,10 @@ from pollinate.loop.events import (
     RoundFinished,
     Stage,
     StageStarted,
+    TaskFailed,
     UpdateRejected,
 )
-from pollinate.loop.history import Failure, History, RoundRecord
+from pollinate.loop.history import Failure, FailureKind, History, RoundRecord
 from pollinate.records import Arrays
 
 log = logging.getLogger("pollinate.loop")
@@ -86,16 +89,17 @@ class RoundRecorder:
         """A task of ``stage`` ended with a reply (``ok``) or a failure."""
         self.run.emit(ReplyReceived(self.number, stage, node, ok))
 
-    def fail(self, node: int, stage: Stage, reason: str) -> None:
-        """A task that produced nothing usable: it timed out, the client raised, or the
-        reply was malformed."""
-        self.record.failed.append(Failure(node, stage, reason))
+    def fail(self, node: int, stage: Stage, kind: FailureKind, reason: str) -> None:
+        """A task that produced nothing usable: it timed out, the client raised, the node
+        was lost, or the reply was malformed."""
+        self.record.failed.append(Failure(node, stage, reason, kind))
+        self.run.emit(TaskFailed(self.number, stage, node, kind))
         self._warn("%s from node %d failed: %s", stage, node, reason)
 
     def reject(self, node: int, reason: str) -> None:
         """An update that arrived and did not pass validation (``screen.py``), or that the
         strategy could not use."""
-        self.record.failed.append(Failure(node, Stage.FIT, reason))
+        self.record.failed.append(Failure(node, Stage.FIT, reason, FailureKind.REJECTED))
         self.record.rejected += 1
         self.run.emit(UpdateRejected(self.number, node, reason))
         self._warn("update from node %d rejected: %s", node, reason)
@@ -104,6 +108,15 @@ class RoundRecorder:
         """A reply that counts, bounded to its fair share (``bounds.py``)."""
         self.run.emit(ReplyBounded(self.number, stage, node, note))
         self._warn("%s reply of node %d bounded: %s", stage, node, note)
+
+    @contextmanager
+    def aggregating(self) -> Iterator[None]:
+        """Count the time inside towards the round's ``aggregation_seconds``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record.aggregation_seconds += time.perf_counter() - started
 
     def keep_model(self, why: str) -> None:
         """The round's aggregate is not applied: the global model stays as it was."""

@@ -28,9 +28,10 @@ import numpy as np
 
 from pollinate.loop.evaluate import evaluate
 from pollinate.loop.events import Stage
+from pollinate.loop.history import FailureKind
 from pollinate.loop.plain import finish_fit
 from pollinate.loop.recorder import RoundRecorder
-from pollinate.loop.stages import Outcome, Stages, Tasks
+from pollinate.loop.stages import Outcome, Problem, Stages, Tasks
 from pollinate.loop.validate import arrays_problem
 from pollinate.records import Arrays, Config, Message, MessageKind, Metrics
 from pollinate.secagg import codec
@@ -70,8 +71,8 @@ class SecureRounds:
         outcome = SecureFit(self.config, self.stages.run_id, collect).run(
             rnd, nodes, arrays, config
         )
-        for node, reason in outcome.failures:
-            rounds.fail(node, Stage.FIT, reason)
+        for node, (kind, reason) in outcome.failures:
+            rounds.fail(node, Stage.FIT, kind, reason)
         rounds.count_fit(0)
         rounds.record.fit = strategy.aggregate_fit_metrics(outcome.metrics)
         if outcome.arrays is None:
@@ -99,7 +100,7 @@ class SecureOutcome:
     arrays: Arrays | None = None
     examples: int = 0
     clients: int = 0
-    failures: list[tuple[int, str]] = field(default_factory=list)
+    failures: list[tuple[int, Problem]] = field(default_factory=list)
     metrics: list[tuple[int, Metrics]] = field(default_factory=list)
     aborted: str | None = None
 
@@ -218,7 +219,8 @@ class SecureFit:
         try:
             yield
         except SecAggError as exc:
-            out.failures.append((node, f"secure aggregation ({stage}): {exc}"))
+            reason = f"secure aggregation ({stage}): {exc}"
+            out.failures.append((node, (FailureKind.INVALID, reason)))
 
     def _stage(
         self, stage: str, tasks: Mapping[int, Mapping[str, np.ndarray]], out: SecureOutcome
@@ -237,10 +239,10 @@ class SecureFit:
         config = {**(extra or {}), **codec.config_items(self.config), codec.STAGE_KEY: stage}
         instructions = {u: (Arrays(dict(arrays)), config) for u, arrays in tasks.items()}
         for node, reply, problem in self.collect(Stage(f"secagg-{stage}"), instructions):
-            if problem is None and reply.error is not None:
+            if problem is not None and reply.error is not None and not reply.lost:
                 if reply.error.startswith("KeySubstituted"):
                     raise SecAggError(f"node {node} reports: {reply.error}")
-                problem = f"secure aggregation ({stage}): {reply.error}"
+                problem = FailureKind.CLIENT, f"secure aggregation ({stage}): {reply.error}"
             if problem is not None:
                 out.failures.append((node, problem))
                 continue

@@ -8,7 +8,9 @@ Invariants:
 - task ids depend only on ``(run, round, stage, node)``, so a resumed round asks for the same
   tasks again and a grid that kept their replies across a crash can hand them back;
 - each task of a stage yields exactly once: its reply, or a failure at the stage's deadline
-  (``deadline.py``); a reply for an unknown or finished task is dropped, logged.
+  (``deadline.py``); a reply for an unknown or finished task is dropped, logged;
+- a reply carrying an error yields as a failure of the client (its words), or of the hub
+  that lost the node (``Message.lost``), never as a reply.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pollinate.loop.app import ServerApp
 from pollinate.loop.deadline import StageClock, no_reply
 from pollinate.loop.events import Stage
 from pollinate.loop.grid import Grid
+from pollinate.loop.history import FailureKind
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.records import Arrays, Config, Message, MessageKind
 from pollinate.strategy.base import TooFewClients
@@ -28,8 +31,11 @@ from pollinate.strategy.base import TooFewClients
 Sampler = Callable[[Sequence[int], np.random.Generator], list[int]]
 Tasks = Mapping[int, tuple[Arrays, Config]]
 """Each node's instruction for a stage: its arrays and config."""
-Outcome = tuple[int, Message, "str | None"]
-"""``(node, reply, problem)``: the node's reply, or its task and why it failed."""
+Problem = tuple[FailureKind, str]
+"""Why a task gave nothing usable: its kind, and the reason in words."""
+Outcome = tuple[int, Message, "Problem | None"]
+"""``(node, reply, problem)``: the node's reply, or its task (or error reply) and why it
+failed."""
 
 
 class Stages:
@@ -91,9 +97,19 @@ class Stages:
             del pending[reply.task_id]
             if isinstance(timeout, StageClock):
                 timeout.replied()
-            yield task.node_id, reply, None
+            yield task.node_id, reply, reply_problem(reply)
         for task in pending.values():
-            yield task.node_id, task, no_reply(timeout)
+            yield task.node_id, task, (FailureKind.TIMEOUT, no_reply(timeout))
+
+
+def reply_problem(reply: Message) -> Problem | None:
+    """The failure a reply carries: its client's error, or the hub's word that it lost the
+    node; None for a reply with no error."""
+    if reply.error is None:
+        return None
+    if reply.lost:
+        return FailureKind.LOST, reply.error
+    return FailureKind.CLIENT, f"client failed: {reply.error}"
 
 
 def task_id(run_id: str, rnd: int, stage: Stage | str, node: int) -> str:

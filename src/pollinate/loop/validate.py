@@ -60,9 +60,7 @@ def _all_finite(array: np.ndarray, block: int = 1 << 20) -> bool:
 
 
 def evaluate_reply_problem(reply: Message) -> str | None:
-    """Why an evaluate reply cannot be counted, or None if it can."""
-    if reply.error is not None:
-        return f"client failed: {reply.error}"
+    """Why an evaluate reply without an error cannot be counted, or None if it can."""
     if reply.loss is None or not np.isfinite(reply.loss):
         return f"reported loss {reply.loss!r}; expected a finite number"
     return None
