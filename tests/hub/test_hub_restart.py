@@ -118,14 +118,14 @@ class SlowDisk:
 
     def __init__(self, hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
         self.writing, self._released = threading.Event(), threading.Event()
-        write_file = hub.state.write_file
+        write_file = hub.state.write_file_bytes
 
         def write_slowly(path: Path, pieces: Iterable[bytes | memoryview]) -> None:
             write_file(path, pieces)
             self.writing.set()
             assert self._released.wait(TIMEOUT), "the test never released the disk"
 
-        monkeypatch.setattr(hub.state, "write_file", write_slowly)
+        monkeypatch.setattr(hub.state, "write_file_bytes", write_slowly)
 
     def wait_writing(self) -> None:
         assert self.writing.wait(TIMEOUT), "no reply reached the disk"

@@ -9,8 +9,11 @@ resumes from.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -130,14 +133,14 @@ def two_pushes_at_once(
     each push was told, and the files they wrote."""
     both_written = threading.Barrier(2, timeout=TIMEOUT)
     written: list[Path] = []
-    write_file = state.write_file
+    write_file = state.write_file_bytes
 
     def write_then_wait(path: Path, pieces: Iterable[bytes | memoryview]) -> None:
         write_file(path, pieces)
         written.append(path)
         both_written.wait()  # neither push notes its file before both are on disk
 
-    monkeypatch.setattr(state, "write_file", write_then_wait)
+    monkeypatch.setattr(state, "write_file_bytes", write_then_wait)
     told: list[bool | PollinateError] = [False, False]
 
     def push(i: int) -> None:
@@ -199,6 +202,160 @@ def test_the_same_reply_recorded_again_is_taken_and_a_different_one_is_a_duplica
         journal.record(reply_to(task, 1.5))
     assert len(replies_on_disk(state)) == 1
     assert_same_reply(journal.open([task]).answered[task.task_id], reply)
+
+
+# --- replies recorded at once share their commit (group commit) --------------------------------
+
+
+def pushes_at_once(journal: Journal, pushes: list[Message]) -> list[bool | PollinateError]:
+    """Record ``pushes``, each from its own thread, all let go at once; what each was told."""
+    start = threading.Barrier(len(pushes), timeout=TIMEOUT)
+    told: list[bool | PollinateError] = [False] * len(pushes)
+
+    def push(i: int) -> None:
+        start.wait()
+        try:
+            told[i] = journal.record(pushes[i])
+        except PollinateError as exc:
+            told[i] = exc
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(len(pushes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads), "a push never returned"
+    return told
+
+
+def test_many_replies_recorded_at_once_each_get_their_answer_and_duplicates_are_told(
+    tmp_path: Path,
+) -> None:
+    state = HubState(tmp_path / "hub")
+    journal = Journal(state)
+    tasks = [instruction(node) for node in range(40)]
+    journal.open(tasks)
+    twice = [reply_to(task, 1.0) for task in tasks[:20]]  # pushed twice: both are told True
+    rivals = [reply_to(task, value) for task in tasks[20:] for value in (1.0, 2.0)]
+    stray = reply_to(instruction(99))  # a task never opened
+
+    told = pushes_at_once(journal, [*twice, *twice, *rivals, stray])
+
+    assert told[:40] == [True] * 40
+    recorded = journal.open(tasks).answered
+    for i, task in enumerate(tasks[20:]):
+        first, second = told[40 + 2 * i], told[41 + 2 * i]
+        assert sorted([first is True, second is True]) == [False, True], task.task_id
+        loser = second if first is True else first
+        assert isinstance(loser, Duplicate), task.task_id
+        winner = rivals[2 * i] if first is True else rivals[2 * i + 1]
+        assert_same_reply(recorded[task.task_id], winner)
+    assert told[-1] is False
+    for reply in twice:
+        assert_same_reply(recorded[reply.task_id], reply)
+    assert replies_on_disk(state) == {reply_file(journal, task) for task in tasks}
+    state.close()  # the process dies: nothing is written after this
+
+    after = HubState(tmp_path / "hub")
+    try:
+        again = Journal(after)
+        opened = again.open(tasks)  # a restarted hub reads every one of them back
+        assert opened.sent_before == frozenset()
+        for task in tasks:
+            assert_same_reply(opened.answered[task.task_id], recorded[task.task_id])
+        assert pushes_at_once(again, twice) == [True] * 20  # pushed again: there already
+        told_again = pushes_at_once(again, [reply_to(task, 3.0) for task in tasks])
+        assert all(isinstance(t, Duplicate) for t in told_again)  # at most once, across it
+        assert len(replies_on_disk(after)) == len(tasks)
+    finally:
+        after.close()
+
+
+class HeldFirstCommit:
+    """Holds the journal's first group commit (at its folder fsync) until ``release()``, and
+    counts the group commits."""
+
+    def __init__(self, state: HubState, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.commits = 0
+        self.started, self._released = threading.Event(), threading.Event()
+        sync_folders = state.sync_folders
+
+        def held(folders: Iterable[Path]) -> None:
+            self.commits += 1
+            if self.commits == 1:
+                self.started.set()
+                assert self._released.wait(TIMEOUT), "the test never released the commit"
+            sync_folders(folders)
+
+        monkeypatch.setattr(state, "sync_folders", held)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def test_replies_that_come_while_a_commit_is_under_way_share_the_next_one(
+    state: HubState, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldFirstCommit(state, monkeypatch)
+    tasks = [instruction(node) for node in range(17)]
+    journal.open(tasks)
+    first = threading.Thread(target=journal.record, args=(reply_to(tasks[0]),))
+    first.start()
+    assert held.started.wait(TIMEOUT)
+    later = threading.Thread(
+        target=pushes_at_once, args=(journal, [reply_to(t) for t in tasks[1:]])
+    )
+    later.start()
+    poll(lambda: len(journal._answer._waiting) == 16)  # written, and waiting for the commit
+
+    held.release()
+    first.join(TIMEOUT)
+    later.join(TIMEOUT)
+
+    assert held.commits == 2  # 17 replies, two folder fsyncs and two transactions
+    assert all(has_reply(journal, task) for task in tasks)
+
+
+def test_a_commit_the_disk_refuses_fails_every_reply_in_it_and_keeps_none_of_their_files(
+    state: HubState, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldFirstCommit(state, monkeypatch)
+    tasks = [instruction(node) for node in range(5)]
+    journal.open(tasks)
+    first = threading.Thread(target=journal.record, args=(reply_to(tasks[0]),))
+    first.start()
+    assert held.started.wait(TIMEOUT)
+    told: list[list[bool | PollinateError]] = []
+    later = threading.Thread(
+        target=lambda: told.append(pushes_at_once(journal, [reply_to(t) for t in tasks[1:]]))
+    )
+    later.start()
+    poll(lambda: len(journal._answer._waiting) == 4)
+    refused = state.storage_error(OSError(28, "No space left on device"))
+    real = iter([state.transaction])  # the first commit's goes through, the next is refused
+
+    def transaction() -> AbstractContextManager[sqlite3.Connection]:
+        if (begin := next(real, None)) is None:
+            raise refused
+        return begin()
+
+    monkeypatch.setattr(state, "transaction", transaction)
+
+    held.release()
+    first.join(TIMEOUT)
+    later.join(TIMEOUT)
+
+    assert has_reply(journal, tasks[0])  # committed before the disk filled
+    assert len(told[0]) == 4 and all(t is refused for t in told[0])
+    assert not any(has_reply(journal, task) for task in tasks[1:])
+    assert replies_on_disk(state) == {reply_file(journal, tasks[0])}
+
+
+def poll(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.001)
 
 
 # --- open(): what a resumed round gets back ----------------------------------------------------

@@ -5,7 +5,9 @@ is the run's log) is written to ``runs/RUN/checkpoint-ROUND.pln`` and committed 
 the round's log line. Every round's checkpoint is kept, so any round's model can be pulled
 (``model``; a round costs the model and the strategy's state on disk). Between
 checkpoints, every reply the hub accepts is written to
-``runs/RUN/replies/`` and noted against its task before the node hears "accepted".
+``runs/RUN/replies/`` and noted against its task before the node hears "accepted"; replies
+recorded at the same time share the folder's fsync and the transaction (a group commit:
+``group_commit.py``), so a round's replies do not queue for the disk one by one.
 
 Invariants:
 - a reply is recorded at most once per task id (the database says who was first), also
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import Duplicate
+from pollinate.hub.group_commit import GroupCommit
 from pollinate.hub.state import HubState, TaskRow
 from pollinate.loop import checkpoint as checkpoints
 from pollinate.loop.checkpoint import Checkpoint
@@ -66,6 +69,9 @@ class Journal:
         self._unrecorded: dict[str, str] = {}
         """By run id: why the last reply to it could not be recorded (cleared by the next
         one that is). A run waiting for replies learns here that it waits for its disk."""
+        self._answer = GroupCommit(self._answer_tasks)
+        """Notes a reply against its task: replies recorded at once share the folder's fsync
+        and the transaction (``group_commit.py``)."""
 
     # --- tasks and their replies ---------------------------------------------------------
 
@@ -102,8 +108,9 @@ class Journal:
             return _recorded_is(task.reply, reply)
         path = self._reply_path(reply)  # its own file: pushes of one reply never share one
         try:
-            self.state.write_file(path, iter_encode(reply))
-            answered = self._answer_task(reply.task_id, str(path))
+            # the file's bytes in this thread: the fsyncs of concurrent pushes overlap
+            self.state.write_file_bytes(path, iter_encode(reply))
+            answered = self._answer((reply.task_id, path))
         except StorageError as exc:
             self._unrecorded[reply.run_id] = str(exc)
             _remove(path)
@@ -249,14 +256,14 @@ class Journal:
             ]
         return [TaskRow(*row) for row in rows if row is not None]
 
-    def _answer_task(self, task_id: str, reply_path: str) -> bool:
-        """Record the reply of an open task; False if the task is unknown or answered."""
+    def _answer_tasks(self, answers: list[tuple[str, Path]]) -> list[bool]:
+        """Record the replies of open tasks, ``(task_id, reply file)`` whose bytes are on
+        disk, in one transaction, their files' names on disk first. For each, False if its
+        task is unknown or answered (also by one before it in ``answers``)."""
+        self.state.sync_folders({path.parent for _, path in answers})
+        answer = "UPDATE tasks SET reply = ? WHERE task_id = ? AND reply IS NULL"
         with self.state.transaction() as db:
-            cursor = db.execute(
-                "UPDATE tasks SET reply = ? WHERE task_id = ? AND reply IS NULL",
-                (reply_path, task_id),
-            )
-            return cursor.rowcount == 1
+            return [db.execute(answer, (str(path), task)).rowcount == 1 for task, path in answers]
 
     def _reopen_task(self, task_id: str) -> None:
         with self.state.transaction() as db:

@@ -322,6 +322,13 @@ class HubState:
     def write_file(self, path: Path, pieces: Iterable[bytes | memoryview]) -> None:
         """Write ``path`` whole or not at all, and on the disk (not only in a cache) when this
         returns: a crash leaves the old file or the new one, never a torn one."""
+        self.write_file_bytes(path, pieces)
+        self.sync_folders([path.parent])
+
+    def write_file_bytes(self, path: Path, pieces: Iterable[bytes | memoryview]) -> None:
+        """``write_file`` but for the folder: the file's bytes are on the disk and its name
+        is whole or absent, but its name survives a crash of the machine only once
+        ``sync_folders`` of its folder returns (a writer of many files syncs it once)."""
         with self._storage_errors():
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
@@ -334,11 +341,16 @@ class HubState:
                 os.replace(partial, path)
             finally:
                 partial.unlink(missing_ok=True)
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+
+    def sync_folders(self, folders: Iterable[Path]) -> None:
+        """Put on the disk the names of the files written into ``folders``."""
+        with self._storage_errors():
+            for folder in folders:
+                directory = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
 
     def check_writable(self) -> None:
         """StorageError unless the data dir takes a new file now. On a full disk SQLite may
