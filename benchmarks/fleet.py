@@ -6,13 +6,14 @@ itself at its deadline, and is killed at the end anyway):
 - a hub process: ``Hub`` and ``transport.ports.serve`` as ``pollinate hub`` runs them (TLS
   with a client certificate on every connection, heartbeat every 5 s, timeout 30 s), with an
   enrolment rate limit wide enough for N enrolments from one address (``--enrol-burst``);
-- a few load-generator processes, each running N / processes simulated nodes on one asyncio
-  loop with ``grpc.aio``. Each node is **enrolled through the hub's real ``Enrol`` call**
-  (its own key and CSR, a multi-use join token from ``Hub.create_token(ttl, uses=N)``, the
-  enrolment identity pinned by the token, the guest certificate at the handshake), then opens
-  its own mutual-TLS channel with its certificate (one TCP connection per node), heartbeats
-  at the interval the hub answers (the first one at a random point of it), long-polls
-  ``PullTask`` (20 s, as ``NodeAgent`` does) and answers a fit task with its arrays
+- load-generator processes (3, or one per 2,500 nodes), each running its share of the
+  simulated nodes on one asyncio loop with ``grpc.aio``. Each node is **enrolled through the
+  hub's real ``Enrol`` call** (its own key and CSR, a multi-use join token from
+  ``Hub.create_token(ttl, uses=N)``, the enrolment identity pinned by the token, the guest
+  certificate at the handshake), then opens its own mutual-TLS channel with its certificate
+  (one TCP connection per node, 150 a second over the fleet), heartbeats at the interval the
+  hub answers (the first one at a random point of it), long-polls
+  ``PullTask`` (50 s, as ``NodeAgent`` does) and answers a fit task with its arrays
   unchanged and one example.
 
 What is measured, once all N nodes are alive at the hub:
@@ -30,7 +31,7 @@ What is measured, once all N nodes are alive at the hub:
 Each process raises its RLIMIT_NOFILE soft limit to the hard limit: the hub needs one file
 descriptor per connected node (plus ~100), each generator one per node it runs.
 
-Run ``python benchmarks/fleet.py`` (1,000 then 10,000 nodes, ~5 minutes on 2 cores) or
+Run ``python benchmarks/fleet.py`` (1,000 then 10,000 nodes, ~10 minutes on 2 cores) or
 ``--nodes 500 --window 10`` for a quick look.
 """
 
@@ -73,9 +74,11 @@ from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.ports import serve
 
 SPAWN = multiprocessing.get_context("spawn")
-PULL_WAIT = 20.0  # as NodeAgent
+PULL_WAIT = 50.0  # as NodeAgent
 ENROLS_AT_ONCE = 24  # over all generators: the hub admits 32 newcomer calls per address
-CONNECTS_PER_SECOND = 400  # per generator: how fast its nodes open their channels
+CONNECTS_PER_SECOND = 150  # over all generators: how fast nodes open their channels (a
+# node's first heartbeat costs the hub two SQLite commits, ~7 ms here: faster arrivals queue)
+NODES_PER_GENERATOR = 2500  # more generators past it (``--generators`` overrides)
 CALL_TIMEOUT = 10.0  # a heartbeat's deadline, as FleetClient's
 
 PYPROJECT = """\
@@ -207,11 +210,16 @@ class SimulatedFleet:
                     await asyncio.sleep(0.05 * (attempt + 1))
         raise RuntimeError("an enrolment was refused 100 times")
 
-    def start(self, credentials: list[tuple[bytes, bytes, bytes]], until: float) -> None:
-        """Start every node (channels opened at ``CONNECTS_PER_SECOND``), each serving until
-        the monotonic time ``until``."""
+    def start(
+        self,
+        credentials: list[tuple[bytes, bytes, bytes]],
+        until: float,
+        connects: float = CONNECTS_PER_SECOND,
+    ) -> None:
+        """Start every node (``connects`` channels opened a second), each serving until the
+        monotonic time ``until``."""
         for index, (key, cert, ca) in enumerate(credentials):
-            delay = index / CONNECTS_PER_SECOND
+            delay = index / connects
             self._tasks.append(asyncio.create_task(self._node(key, cert, ca, delay, until)))
 
     async def stop(self) -> None:
@@ -314,20 +322,22 @@ class _Node:
 
 
 def generator_process(
-    address: str, token: str, count: int, enrols: int, lifetime: float, pipe: Connection
+    address: str, token: str, count: int, generators: int, lifetime: float, pipe: Connection
 ) -> None:
-    """Enrol and run ``count`` nodes; answer the orchestrator's requests; end by ``lifetime``."""
+    """Enrol and run ``count`` nodes, one of ``generators`` processes; answer the
+    orchestrator's requests; end by ``lifetime``."""
     raise_file_limit()
-    asyncio.run(_generate(address, token, count, enrols, time.monotonic() + lifetime, pipe))
+    until = time.monotonic() + lifetime
+    asyncio.run(_generate(address, token, count, generators, until, pipe))
 
 
 async def _generate(
-    address: str, token: str, count: int, enrols: int, until: float, pipe: Connection
+    address: str, token: str, count: int, generators: int, until: float, pipe: Connection
 ) -> None:
-    fleet = SimulatedFleet(address, token, count, enrols)
+    fleet = SimulatedFleet(address, token, count, max(1, ENROLS_AT_ONCE // generators))
     credentials = await fleet.enrol_all()
     pipe.send(("enrolled", fleet.tally.enrol_seconds, fleet.tally.enrol_retries))
-    fleet.start(credentials, until)
+    fleet.start(credentials, until, CONNECTS_PER_SECOND / generators)
     try:
         while time.monotonic() < until:
             if not pipe.poll():
@@ -462,7 +472,9 @@ def measure(
     nodes: int, generators: int, window: float, sample: int, interval: float = 5.0
 ) -> Figures:
     """Bring up a hub and ``nodes`` simulated nodes, measure, and stop them all."""
-    lifetime = 120 + nodes / 20 + window  # every process ends by itself after this long
+    # every process ends by itself after this long: enrolments (~100 a second), connections
+    # (CONNECTS_PER_SECOND), the window and a round, with room
+    lifetime = 180 + nodes / 100 + nodes / CONNECTS_PER_SECOND + window
     with tempfile.TemporaryDirectory(prefix="pollinate-fleet-") as directory, processes() as ps:
         hub_pipe, theirs = SPAWN.Pipe()
         args = (f"{directory}/hub", nodes, interval, lifetime, theirs)
@@ -477,7 +489,7 @@ def measure(
         for index in range(generators):
             count = nodes // generators + (index < nodes % generators)
             ours, theirs = SPAWN.Pipe()
-            args = (f"127.0.0.1:{port}", token, count, ENROLS_AT_ONCE // generators, lifetime)
+            args = (f"127.0.0.1:{port}", token, count, generators, lifetime)
             process = SPAWN.Process(target=generator_process, args=(*args, theirs), daemon=True)
             process.start()
             ps.append(process)
@@ -564,7 +576,11 @@ def row(f: Figures) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--generators", type=int, default=3, help="load-generator processes")
+    parser.add_argument(
+        "--generators",
+        type=int,
+        help=f"load-generator processes (default: 3, or one per {NODES_PER_GENERATOR} nodes)",
+    )
     parser.add_argument("--window", type=float, default=30.0, help="seconds measured")
     parser.add_argument("--sample", type=int, default=1000, help="nodes a round samples")
     parser.add_argument("--interval", type=float, default=5.0, help="the hub's heartbeat interval")
@@ -573,7 +589,8 @@ def main() -> None:
     print(HEADER)
     for nodes in args.nodes:
         sample = min(args.sample, nodes)
-        print(row(measure(nodes, args.generators, args.window, sample, args.interval)))
+        generators = args.generators or max(3, -(-nodes // NODES_PER_GENERATOR))
+        print(row(measure(nodes, generators, args.window, sample, args.interval)))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Invariants:
 - a reply is accepted at most once, only from the node its task was given to, and only while
   the task is outstanding (not after its round closed);
-- a node silent for longer than ``heartbeat_timeout`` has its tasks failed, so no round waits
-  for a dead node (nor for one it sampled just before the node fell silent);
+- a node silent for longer than ``timeout()`` (the hub's ``heartbeat_timeout``, longer in a
+  fleet whose heartbeats are paced) has its tasks failed, so no round waits for a dead node
+  (nor for one it sampled just before the node fell silent);
 - the hub never dials a node: nodes long-poll ``next_task``, one poll at a time, so a newer
   poll from a node supersedes an older one still waiting;
 - a node that asks for work holds none (a node works one task at a time, and pushes its
@@ -51,7 +52,12 @@ MAX_TIMES_SENT = 3
 
 HEARTBEATS_PER_SECOND = 500
 """The heartbeats a hub asks of its whole fleet at most (``Fleet.interval``): 10,000 nodes
-beating every 5 s would cost a 2-core hub most of its CPU (benchmarks/README.md, Fleet)."""
+beating every 5 s would cost a 2-core hub most of its CPU (benchmarks/README.md, Fleet).
+Past ``heartbeat_timeout / 3 * HEARTBEATS_PER_SECOND`` nodes (5,000 with the defaults), the
+timeout grows with the interval (``Fleet.timeout``), so a node may still miss two beats."""
+
+BEATS_PER_TIMEOUT = 3
+"""Paced heartbeats a node has within the timeout (``Fleet.timeout``)."""
 
 
 MAX_RUNS_REMEMBERED = 64
@@ -245,17 +251,27 @@ class Fleet:
 
     def interval(self, base: float) -> float:
         """How often each node is told to heartbeat: ``base``, or less often in a fleet so
-        large that all of it would beat more than ``HEARTBEATS_PER_SECOND`` times a second,
-        but at least three times per heartbeat timeout (as Nomad paces its clients).
+        large that all of it would beat more than ``HEARTBEATS_PER_SECOND`` times a second
+        (as Nomad paces its clients; ``timeout`` grows with it).
 
         >>> fleet = Fleet(heartbeat_timeout=30.0)
-        >>> fleet.interval(5.0), fleet._nodes.update({n: _Node() for n in range(6000)})
+        >>> fleet.interval(5.0), fleet._nodes.update({n: _Node() for n in range(10_000)})
         (5.0, None)
-        >>> fleet.interval(5.0)
-        10.0
+        >>> fleet.interval(5.0), fleet.timeout()
+        (20.0, 60.0)
         """
-        paced = len(self._nodes) / HEARTBEATS_PER_SECOND  # a len() needs no lock
-        return max(base, min(paced, self.heartbeat_timeout / 3))
+        return max(base, self._paced())
+
+    def timeout(self) -> float:
+        """Seconds of silence after which a node is silent (not alive, its tasks failed): the
+        hub's ``heartbeat_timeout``, or ``BEATS_PER_TIMEOUT`` paced intervals if that is
+        longer, as Nomad's heartbeat TTL grows with its cluster. A paced fleet would otherwise
+        lose nodes that missed one beat: 10,000 nodes beat every 20 s, so a node is silent
+        after 60 s instead of 30."""
+        return max(self.heartbeat_timeout, BEATS_PER_TIMEOUT * self._paced())
+
+    def _paced(self) -> float:
+        return len(self._nodes) / HEARTBEATS_PER_SECOND  # a len() needs no lock
 
     def sign_of_life(self, node_id: int) -> None:
         """Note a sign of life other than a heartbeat (a pull): the node is alive now."""
@@ -267,12 +283,12 @@ class Fleet:
     def alive(self) -> list[int]:
         """Ids of nodes heard from within the heartbeat timeout, or presumed alive
         (``presume_alive``) and not yet past it."""
-        now = time.monotonic()
+        now, timeout = time.monotonic(), self.timeout()
         with self._changed:
             return sorted(
                 n
                 for n, node in self._nodes.items()
-                if node.alive(now, self.heartbeat_timeout) and n not in self._cut_off
+                if node.alive(now, timeout) and n not in self._cut_off
             )
 
     def alive_for(self, run_id: str) -> list[int]:
@@ -355,7 +371,7 @@ class Fleet:
             reason = self._cut_off.get(node_id, reason)
             if reason is not None:
                 log.warning("task %s not sent: %s", task.message.task_id, reason)
-                task.replies.put(task.message.reply(error=reason, lost=True))
+                task.replies.put(task.message.reply(error=reason))
                 return
             node = self._nodes.setdefault(node_id, _Node())
             if task not in node.queue:
@@ -464,7 +480,7 @@ class Fleet:
             if task.times_sent >= MAX_TIMES_SENT:  # not lost: the node cannot answer it
                 del self._outstanding[task.message.task_id]
                 reason = f"node {node_id} took this task {task.times_sent} times and never answered"
-                task.replies.put(task.message.reply(error=reason, lost=True))
+                task.replies.put(task.message.reply(error=reason))
         again = [t for t in taken if t.message.task_id in self._outstanding]
         node.queue.extendleft(reversed(again))
         if again:
@@ -547,12 +563,12 @@ class Fleet:
         silent (or never heard from) fail too: a round that sampled a node just before the
         node fell silent would otherwise wait for it forever.
         """
-        now = time.monotonic()
+        now, timeout = time.monotonic(), self.timeout()
         newly_silent: list[int] = []
         with self._changed:
             silent = set()
             for node_id, node in self._nodes.items():
-                if node.alive(now, self.heartbeat_timeout):
+                if node.alive(now, timeout):
                     continue
                 silent.add(node_id)
                 if node.last_seen is not None:
@@ -561,10 +577,8 @@ class Fleet:
             failed = self._withdraw(silent)
         for task in failed:
             node_id = task.message.node_id
-            reason = (
-                f"node {node_id} went silent: no heartbeat for over {self.heartbeat_timeout:g}s"
-            )
-            task.replies.put(task.message.reply(error=reason, lost=True))
+            reason = f"node {node_id} went silent: no heartbeat for over {timeout:g}s"
+            task.replies.put(task.message.reply(error=reason))
         for node_id in newly_silent:
             log.warning("node %d went silent; its tasks failed", node_id)
         return newly_silent
@@ -580,7 +594,7 @@ class Fleet:
             failed = self._withdraw({node_id})
             self._notify(node_id)
         for task in failed:
-            task.replies.put(task.message.reply(error=reason, lost=True))
+            task.replies.put(task.message.reply(error=reason))
         if failed:
             log.warning("node %d cut off; %d of its tasks failed: %s", node_id, len(failed), reason)
 

@@ -43,7 +43,9 @@ from pollinate.transport.client import (
 log = logging.getLogger("pollinate.node")
 state = logging.getLogger("pollinate.node.state")
 
-PULL_WAIT = 20.0
+PULL_WAIT = 50.0
+"""Seconds a long-poll waits for a task (the hub holds it up to 60): an idle node costs the hub
+one call per wait, and a task queued meanwhile is answered at once."""
 
 
 class NodeAgent:

@@ -4,7 +4,8 @@ Invariants:
 - a node's identity is the one its certificate names (mutual TLS), checked by the hub on
   every call (``callers.py``: a revoked node is refused at once), never what it says;
 - a call whose request does not arrive within ``guards.REQUEST_SECONDS`` is cut (every method
-  is served as client-streaming and reads its one request itself: ``guards.one_request``);
+  is served as client-streaming and reads its one request itself: ``guards.one_request``, or
+  ``FleetService._node_request`` for heartbeats and long-polls);
 - a source address holds at most ``NEWCOMER_CALLS_PER_SOURCE`` open newcomer calls (``Enrol``,
   ``Login``, ``Diagnose``: anyone may make them, so they count before their request arrives);
 - a node holds at most ``CALLS_PER_NODE`` open calls; a long-poll waits on the event loop,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +45,7 @@ from pollinate.transport import (
     NODE_ID_HEADER,
     chunk_data,
     data_chunk,
+    guards,
 )
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.callers import Callers
@@ -63,7 +66,13 @@ log = logging.getLogger("pollinate.transport")
 
 T = TypeVar("T")
 
-MAX_PULL_WAIT = 30.0
+MAX_PULL_WAIT = 60.0
+"""The longest a long-poll waits for a task. Nodes ask for 50 s (``node.agent.PULL_WAIT``):
+each poll is a call, and an idle fleet of 10,000 nodes polling every 20 s made 500 calls a
+second (benchmarks/README.md, Fleet). A queued task wakes a waiting poll at once."""
+ABANDONED_LOG_SECONDS = 60.0
+"""Node calls whose client went away before its request came are logged as one line with
+their count at most this often (``Abandoned``), not one line each."""
 CALLS_PER_NODE = 8
 """A node needs three at once (heartbeat, long-poll, upload); a restarting one a few more."""
 DECODING_BYTES = 1 << 30
@@ -104,6 +113,33 @@ class Wakeups:
                 del self._listeners[node_id], self._events[node_id]
 
 
+class Abandoned:
+    """Counts node calls that ended without a request: their node stopped waiting (a
+    heartbeat's 10 s deadline passed before the hub read it, the node stopped), so no one
+    hears an error. One log line per ``ABANDONED_LOG_SECONDS`` says how many: an overloaded
+    hub with 10,000 nodes logged 7,000-11,000 lines of them in a minute, one per call,
+    which only added to its load. Used from the event loop only."""
+
+    def __init__(self, every: float = ABANDONED_LOG_SECONDS) -> None:
+        self.every, self.count, self.total = every, 0, 0
+        self._since: float | None = None
+
+    def note(self, what: str) -> None:
+        now = time.monotonic()
+        self.count, self.total = self.count + 1, self.total + 1
+        if self._since is None:
+            self._since = now
+        if now - self._since >= self.every or self.total == 1:  # the first one at once
+            log.warning(
+                "%d node call(s) (the latest a %s) ended without a request in the last %.0fs: "
+                "their nodes stopped waiting; many mean the hub answers too slowly",
+                self.count,
+                what,
+                now - self._since,
+            )
+            self.count, self._since = 0, now
+
+
 class FleetService:
     """The fleet API: enrolment, login and diagnosis for newcomers; heartbeats, renewal,
     long-polls for tasks and replies for nodes."""
@@ -133,6 +169,7 @@ class FleetService:
         self.secure = callers.secure
         self.calls = CallLimits(CALLS_PER_NODE)
         self.newcomers = CallLimits(NEWCOMER_CALLS_PER_SOURCE)
+        self.abandoned = Abandoned()
         self.decoding = ByteBudget(DECODING_BYTES)
         hub.fleet.watch(wakeups.wake)
 
@@ -201,7 +238,7 @@ class FleetService:
     async def Heartbeat(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> Any:
-        request = await one_request(requests, pb.HeartbeatRequest, "Heartbeat", context)
+        request = await self._node_request(pb.HeartbeatRequest, "Heartbeat", context)
         if problem := _heartbeat_problem(request):
             log.warning("refused a heartbeat from %s: %s", inert(context.peer(), 80), problem)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -240,7 +277,7 @@ class FleetService:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """The task as serialized TaskChunks: app hash and run config first, then data."""
-        request = await one_request(requests, pb.PullTaskRequest, "PullTask", context)
+        request = await self._node_request(pb.PullTaskRequest, "PullTask", context)
         node_id = await self._identify(context)
         async with admitted(self.calls, f"node {node_id}", context):
             task = await self._next_task(
@@ -254,21 +291,51 @@ class FleetService:
                 yield data_chunk(piece)
 
     async def _next_task(self, node_id: int, wait: float) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
+        """The node's next task, waiting up to ``wait`` seconds on the event loop (a timer,
+        no task of its own) for the fleet to wake it."""
+        deadline = asyncio.get_running_loop().time() + wait
         with self.wakeups.listening(node_id) as woken:
             ticket = self.hub.open_poll(node_id)
-            while True:
-                woken.clear()
-                try:
-                    task = self.hub.fleet.take(node_id, ticket)
-                except PollEnded:
-                    return None
-                remaining = deadline - loop.time()
-                if task is not None or remaining <= 0:
-                    return task
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), remaining)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    while True:
+                        woken.clear()
+                        try:
+                            task = self.hub.fleet.take(node_id, ticket)
+                        except PollEnded:
+                            return None
+                        if task is not None:
+                            return task
+                        await woken.wait()
+            return None
+
+    async def _node_request(self, kind: Any, what: str, context: grpc.aio.ServicerContext) -> Any:
+        """A node call's one request, held to ``guards.one_request``'s rules (it and its end
+        within ``REQUEST_SECONDS``, garbage or two requests refused, one log line each) but
+        read without a task per call, for the calls every node makes all the time; a call
+        its client abandoned before sending its request is counted (``Abandoned``)."""
+        try:
+            async with asyncio.timeout(guards.REQUEST_SECONDS):
+                raw = await context.read()
+                if raw is grpc.aio.EOF:
+                    self.abandoned.note(what)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: no request")
+                if await context.read() is not grpc.aio.EOF:
+                    refusal: PollinateError = BadRequest(
+                        f"{what} from {inert(context.peer(), 80)} sent more than one request"
+                    )
+                else:
+                    return parse(kind, raw, what, inert(context.peer(), 80))
+        except TimeoutError:
+            refusal = Idle(
+                f"{what} from {inert(context.peer(), 80)} sent no request within "
+                f"{guards.REQUEST_SECONDS:g}s: the call was cut"
+            )
+        except BadRequest as exc:
+            refusal = exc
+        log.warning("%s", refusal)
+        await context.abort(status_for(refusal), str(refusal))
+        raise AssertionError("unreachable")  # abort raises
 
     async def PushReply(
         self, chunks: AsyncIterator[bytes], context: grpc.aio.ServicerContext
