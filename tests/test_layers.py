@@ -14,6 +14,7 @@ LAYERS = {
     "errors": 0,
     "text": 0,
     "checks": 0,
+    "npz": 0,
     "artifacts": 2,
     "records": 1,
     "placement": 1,

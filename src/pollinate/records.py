@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from pollinate.checks import integer
+from pollinate.npz import MAX_ARRAYS, MAX_BYTES, read_npz, write_npz
 from pollinate.text import cap, inert, name_problem
 
 Scalar = bool | int | float | str | bytes
@@ -92,6 +94,26 @@ class Arrays(Mapping[str, np.ndarray]):
 
     def to_list(self) -> list[np.ndarray]:
         return list(self._data.values())
+
+    def save(self, path: str | Path) -> Path:
+        """Write the arrays to ``path`` as NumPy's ``.npz`` (docs/artifacts.md), whole or
+        not at all; returns the path."""
+        return write_npz(self._data, path)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, max_bytes: int = MAX_BYTES, max_arrays: int = MAX_ARRAYS
+    ) -> Arrays:
+        """The arrays of the ``.npz`` file at ``path``, in its order. The file may come from
+        anyone: ValueError if it is not an ``.npz`` of plain arrays, or holds more than
+        ``max_bytes`` of arrays or more than ``max_arrays`` arrays (nothing is unpickled).
+
+        >>> import tempfile
+        >>> path = Arrays({"w": np.eye(2)}).save(tempfile.mkdtemp() + "/model.npz")
+        >>> Arrays.load(path)["w"].tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+        """
+        return cls(read_npz(path, ARRAY_DTYPES, max_bytes=max_bytes, max_arrays=max_arrays))
 
     @property
     def names(self) -> list[str]:
