@@ -249,7 +249,7 @@
         .sort((a, b) => a[0] - b[0])
         .map(([node, outcome]) => el("span", { class: "took " + outcome }, nodeLink(node), " "));
       const why = (record.failed || []).map((f) =>
-        el("div", {}, "node " + f.node_id + " (" + f.stage + "): " + f.reason),
+        el("div", {}, "node " + f.node_id + " (" + f.stage + ", " + f.kind + "): " + f.reason),
       );
       if (record.aborted) why.push(el("div", {}, "aborted: " + record.aborted));
       return el(
