@@ -1,10 +1,10 @@
 """Population size: a simulated round costs O(sampled), whatever the population.
 
 Each population runs in its own process (so its peak RSS is its own): FedAvg, 1,000 clients
-sampled per round from 1 million, 10 million and 100 million virtual clients, a 10-number
-model, 5 rounds. Prints seconds per round and the process's peak RSS.
+sampled per round from 10 thousand to 100 million virtual clients, a 10-number model, 5
+rounds. Prints seconds per round and the process's peak RSS.
 
-    .venv/bin/python benchmarks/population.py
+    .venv/bin/python benchmarks/scale.py
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 
 SAMPLED, ROUNDS = 1_000, 5
-POPULATIONS = (1_000_000, 10_000_000, 100_000_000)
+POPULATIONS = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 
 
 def one(population: int) -> dict[str, float]:
