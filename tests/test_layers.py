@@ -15,6 +15,7 @@ LAYERS = {
     "text": 0,
     "checks": 0,
     "npz": 0,
+    "dirlock": 1,
     "artifacts": 2,
     "records": 1,
     "placement": 1,

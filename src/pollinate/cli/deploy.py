@@ -42,6 +42,7 @@ from pollinate.cli.hubs import (
 from pollinate.cli.outputs import RunOutputs
 from pollinate.cli.render import nothing_applied, round_lines, summary
 from pollinate.dashboard import DashboardServer, serve_dashboard
+from pollinate.dirlock import lock_dir
 from pollinate.errors import PollinateError
 from pollinate.hub.archives import pack_app
 from pollinate.hub.credentials import HubCredentials
@@ -305,6 +306,8 @@ def node_command(
                 )
             )
         else:
+            # held until the process ends: two nodes on one data dir would share an identity
+            lock_dir(_mkdir(data_dir), "node", "--data-dir")
             credentials = _node_credentials(data_dir, token, hub)
         agent = NodeAgent(
             hub,
