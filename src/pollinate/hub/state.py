@@ -31,8 +31,6 @@ write a data dir a newer one used.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -47,7 +45,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pollinate.errors import PollinateError, StorageError
+from pollinate.dirlock import lock_dir
+from pollinate.errors import StorageError
 from pollinate.hub.access import DEFAULT_PROJECT
 from pollinate.placement import Placement, parse_selector
 from pollinate.text import MAX_LINE, MAX_NAME, inert
@@ -245,7 +244,7 @@ class HubState:
         self.lock = threading.RLock()
         with self._storage_errors():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._owner = _lock_data_dir(self.data_dir)
+            self._owner = lock_dir(self.data_dir, "hub", "--data-dir")
             self.connection = self._connect()
             self.connection.executescript(_SCHEMA)
 
@@ -635,26 +634,3 @@ def _run_row(row: tuple[Any, ...]) -> RunRow:
         RunStatus(status),
         *rest,
     )
-
-
-def _lock_data_dir(data_dir: Path) -> int:
-    """Hold a lock on ``data_dir`` for the life of the process: two hubs on one data dir would
-    run the same rounds and write the same files. The lock is on the directory itself, so a
-    read-only data dir can be locked too; the kernel drops it when the holder dies, however
-    it dies. Returns the descriptor that holds it."""
-    owner = os.open(data_dir, os.O_RDONLY)
-    try:
-        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(owner)
-        try:
-            holder = (data_dir / "hub.lock").read_text().strip() or "another process"
-        except OSError:
-            holder = "another process"
-        raise PollinateError(
-            f"another hub ({holder}) runs on the data dir {data_dir}.\nHint: stop it first, or "
-            "give this hub its own --data-dir."
-        ) from None
-    with contextlib.suppress(OSError):  # who holds it, for the message above; read-only: no
-        (data_dir / "hub.lock").write_text(f"pid {os.getpid()}")
-    return owner
