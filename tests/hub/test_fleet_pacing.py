@@ -7,11 +7,19 @@ longer than the hub's timeout, so a node of a paced fleet may still miss two bea
 
 from __future__ import annotations
 
+import logging
 import queue
 
 import numpy as np
+import pytest
 
-from pollinate.hub.fleet import BEATS_PER_TIMEOUT, HEARTBEATS_PER_SECOND, Fleet, QueuedTask
+from pollinate.hub.fleet import (
+    BEATS_PER_TIMEOUT,
+    HEARTBEATS_PER_SECOND,
+    SILENT_LINES,
+    Fleet,
+    QueuedTask,
+)
 from pollinate.records import Arrays, Message
 from tests.hub.conftest import Clock
 
@@ -40,8 +48,8 @@ def test_a_large_fleet_is_paced_and_its_nodes_may_miss_two_paced_beats(clock: Cl
     for node_id in range(1, LARGE + 1):
         fleet.heartbeat(node_id, "apphash", {})
     interval = fleet.interval(5.0)
-    assert interval == LARGE / HEARTBEATS_PER_SECOND == 20.0
-    assert fleet.timeout() == BEATS_PER_TIMEOUT * interval == 60.0
+    assert interval == LARGE / HEARTBEATS_PER_SECOND == 40.0
+    assert fleet.timeout() == BEATS_PER_TIMEOUT * interval == 120.0
     task = fit_task(7)
     fleet.enqueue(task)
     assert fleet.take(7, fleet.open_poll(7)) is task
@@ -52,8 +60,29 @@ def test_a_large_fleet_is_paced_and_its_nodes_may_miss_two_paced_beats(clock: Cl
     assert fleet.fail_silent_nodes() == []
     assert 7 in fleet.alive()
 
-    clock.advance(interval)  # 65 s of silence: past three paced beats
+    clock.advance(interval)  # 125 s of silence: past three paced beats
     silent = fleet.fail_silent_nodes()
     assert 7 in silent and 8 not in silent
     failed = task.replies.get_nowait()
-    assert failed.error is not None and "no heartbeat for over 60s" in failed.error
+    assert failed.error is not None and "no heartbeat for over 120s" in failed.error
+
+
+def test_nodes_falling_silent_together_are_one_log_line_and_a_few_are_one_each(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = Fleet(heartbeat_timeout=3)
+    for node_id in range(1, 101):
+        fleet.heartbeat(node_id, "apphash", {})
+    clock.advance(4)
+    with caplog.at_level(logging.WARNING, "pollinate.hub"):
+        assert len(fleet.fail_silent_nodes()) == 100
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("100 nodes went silent (no heartbeat for over 3s)")
+    assert line.endswith(f"nodes 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and {100 - SILENT_LINES} more")
+
+    caplog.clear()
+    fleet.heartbeat(5, "apphash", {})
+    clock.advance(4)
+    with caplog.at_level(logging.WARNING, "pollinate.hub"):
+        assert fleet.fail_silent_nodes() == [5]
+    assert [r.getMessage() for r in caplog.records] == ["node 5 went silent; its tasks failed"]

@@ -50,14 +50,20 @@ MAX_TIMES_SENT = 3
 """A task a node took this often without answering fails, rather than being sent again."""
 
 
-HEARTBEATS_PER_SECOND = 500
-"""The heartbeats a hub asks of its whole fleet at most (``Fleet.interval``): 10,000 nodes
-beating every 5 s would cost a 2-core hub most of its CPU (benchmarks/README.md, Fleet).
-Past ``heartbeat_timeout / 3 * HEARTBEATS_PER_SECOND`` nodes (5,000 with the defaults), the
-timeout grows with the interval (``Fleet.timeout``), so a node may still miss two beats."""
+HEARTBEATS_PER_SECOND = 250
+"""The heartbeats a hub asks of its whole fleet at most (``Fleet.interval``): a heartbeat
+costs the hub ~1 ms of CPU here, nearly all of it inside gRPC, so 10,000 nodes beating every
+5 s would need both cores of a 2-core hub; paced, they beat every 40 s (benchmarks/README.md,
+Fleet; Nomad's default is 50 a second). Past ``heartbeat_timeout / 3 * HEARTBEATS_PER_SECOND``
+nodes (2,500 with the defaults), the timeout grows with the interval (``Fleet.timeout``), so a
+node may still miss two beats."""
 
 BEATS_PER_TIMEOUT = 3
 """Paced heartbeats a node has within the timeout (``Fleet.timeout``)."""
+
+SILENT_LINES = 10
+"""Nodes falling silent at once that are logged one line each; more are one line together (a
+hub that could not keep up with 10,000 nodes logged 5,000 lines in a minute)."""
 
 
 MAX_RUNS_REMEMBERED = 64
@@ -203,6 +209,38 @@ class Fleet:
             self._changed.notify_all()
             return arrived
 
+    def beat(
+        self,
+        node_id: int,
+        app_hash: str,
+        node_config: dict[str, str],
+        session: str,
+        labels: dict[str, str],
+        resources: dict[str, str],
+    ) -> bool:
+        """``heartbeat`` for a node this process already counts alive, heard in the same
+        session: True once noted. False, noting nothing, for any other node (new, silent,
+        presumed, restarted, cut off): its heartbeat is an arrival, which ``Hub.heartbeat``
+        writes to hub.db. Cheap enough for the event loop."""
+        with self._changed:
+            node = self._nodes.get(node_id)
+            if (
+                node is None
+                or node.last_seen is None
+                or not node.heard
+                or session != node.session
+                or node_id in self._cut_off
+            ):
+                return False
+            node.last_seen, node.app_hash, node.node_config = (
+                time.monotonic(),
+                app_hash,
+                node_config,
+            )
+            node.labels, node.resources = labels, resources
+            self._changed.notify_all()
+            return True
+
     def presume_alive(self, node_ids: list[int]) -> None:
         """Count these nodes alive from now (until they miss the heartbeat timeout)."""
         with self._changed:
@@ -258,7 +296,7 @@ class Fleet:
         >>> fleet.interval(5.0), fleet._nodes.update({n: _Node() for n in range(10_000)})
         (5.0, None)
         >>> fleet.interval(5.0), fleet.timeout()
-        (20.0, 60.0)
+        (40.0, 120.0)
         """
         return max(base, self._paced())
 
@@ -266,8 +304,8 @@ class Fleet:
         """Seconds of silence after which a node is silent (not alive, its tasks failed): the
         hub's ``heartbeat_timeout``, or ``BEATS_PER_TIMEOUT`` paced intervals if that is
         longer, as Nomad's heartbeat TTL grows with its cluster. A paced fleet would otherwise
-        lose nodes that missed one beat: 10,000 nodes beat every 20 s, so a node is silent
-        after 60 s instead of 30."""
+        lose nodes that missed one beat: 10,000 nodes beat every 40 s, so a node is silent
+        after 120 s instead of 30."""
         return max(self.heartbeat_timeout, BEATS_PER_TIMEOUT * self._paced())
 
     def _paced(self) -> float:
@@ -579,6 +617,17 @@ class Fleet:
             node_id = task.message.node_id
             reason = f"node {node_id} went silent: no heartbeat for over {timeout:g}s"
             task.replies.put(task.message.reply(error=reason))
+        if len(newly_silent) > SILENT_LINES:  # a fleet's worth: one line, not thousands
+            shown = ", ".join(map(str, newly_silent[:SILENT_LINES]))
+            log.warning(
+                "%d nodes went silent (no heartbeat for over %gs); their tasks failed: nodes "
+                "%s and %d more",
+                len(newly_silent),
+                timeout,
+                shown,
+                len(newly_silent) - SILENT_LINES,
+            )
+            return newly_silent
         for node_id in newly_silent:
             log.warning("node %d went silent; its tasks failed", node_id)
         return newly_silent

@@ -145,6 +145,24 @@ class Hub:
             except PollinateError as exc:
                 log.warning("could not note node %d as alive: %s", node_id, exc)
 
+    def heartbeat_in_memory(
+        self,
+        node_id: int,
+        app_hash: str,
+        node_config: dict[str, str],
+        session: str,
+        labels: dict[str, str],
+        resources: dict[str, str],
+    ) -> bool:
+        """Note a heartbeat that writes nothing (``Fleet.beat``: the node is alive in this
+        session, and it reports the labels and resources kept for it): True. False, noting
+        nothing: call ``heartbeat``, which may write to hub.db, off the event loop. The fleet
+        service tries this first, on the event loop: a steady fleet's heartbeats cost no
+        thread."""
+        if not self.placement.keeps(node_id, labels, resources):
+            return False
+        return self.fleet.beat(node_id, app_hash, node_config, session, labels, resources)
+
     def next_task(
         self, node_id: int, wait: float, active: Callable[[], bool] | None = None
     ) -> QueuedTask | None:

@@ -75,6 +75,11 @@ class NodePlacement:
             return
         self._reported[node_id] = report
 
+    def keeps(self, node_id: int, labels: Mapping[str, str], resources: Mapping[str, str]) -> bool:
+        """Whether these are the labels and resources kept for the node: ``heard`` would
+        write nothing."""
+        return self._reported.get(node_id) == (labels, resources)
+
     def label(
         self, node_id: int, set: Mapping[str, str], remove: Sequence[str], caller: Caller
     ) -> dict[str, str]:

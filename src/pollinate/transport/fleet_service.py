@@ -249,17 +249,17 @@ class FleetService:
                 node_id = await self._off_loop(self.hub.node_id_for_name, request.name)
             except StorageError as exc:  # a new name needs a row: the node tries again later
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        async with admitted(self.calls, f"node {node_id}", context):
-            await off_loop(
-                self._heartbeats,
-                self.hub.heartbeat,
-                node_id,
-                request.app_hash,
-                dict(request.node_config),
-                request.session,
-                dict(request.labels),
-                dict(request.resources),
-            )
+        beat = (
+            node_id,
+            request.app_hash,
+            dict(request.node_config),
+            request.session,
+            dict(request.labels),
+            dict(request.resources),
+        )
+        if not self.hub.heartbeat_in_memory(*beat):  # an arrival, or a new report: hub.db
+            async with admitted(self.calls, f"node {node_id}", context):
+                await off_loop(self._heartbeats, self.hub.heartbeat, *beat)
         interval = self.hub.fleet.interval(self.hub.heartbeat_interval)
         return pb.HeartbeatReply(node_id=node_id, interval_seconds=interval)
 
