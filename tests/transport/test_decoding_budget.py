@@ -1,30 +1,59 @@
-"""The fleet port decodes replies side by side only while the arrays they declare fit in a
-byte budget, so the hub's memory does not grow with the number of nodes."""
+"""The hub holds a few replies at once, from their first array byte until their run loop has
+folded them (``guards.ReplyBudget``), so its memory does not grow with the number of nodes:
+a node whose reply does not fit waits, held back by gRPC's flow control.
+
+The first tests drive the budget alone on an event loop; the others run a real hub over real
+gRPC on 127.0.0.1, with nodes pushing replies of a known size to a run loop that folds them
+only when the test lets it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from pollinate.transport.guards import ByteBudget
+import grpc
+import numpy as np
+import pytest
+
+from pollinate import wire
+from pollinate.hub.grid import HubGrid, RunStopped
+from pollinate.hub.hub import Hub
+from pollinate.records import Arrays, Message
+from pollinate.transport import NODE_ID_HEADER, guards
+from pollinate.transport import fleet_pb2 as pb
+from pollinate.transport.client import FleetClient, HubRefused
+from pollinate.transport.guards import Lease, ReplyBudget, TooLarge
+from pollinate.transport.ports import HubPorts, serve
+
+TIMEOUT = 60.0  # a bound on every wait below, never a measure: the machine may be loaded
 
 
-async def holding(budget: ByteBudget, nbytes: int, held: asyncio.Event, release: asyncio.Event):
-    async with budget.hold(nbytes):
-        held.set()
-        await release.wait()
+# --- the budget alone ---------------------------------------------------------------------
 
 
-class Holders:
-    """Tasks that each hold some bytes of one budget until released."""
+class Replies:
+    """Replies asking one budget for a place, each from its own peer unless told."""
 
-    def __init__(self, limit: int) -> None:
-        self.budget = ByteBudget(limit)
+    def __init__(self, budget: ReplyBudget) -> None:
+        self.budget = budget
+        self.leases: dict[str, Lease] = {}
         self.tasks: list[asyncio.Task[None]] = []
 
-    def hold(self, nbytes: int) -> tuple[asyncio.Event, asyncio.Event]:
-        held, release = asyncio.Event(), asyncio.Event()
-        self.tasks.append(asyncio.create_task(holding(self.budget, nbytes, held, release)))
-        return held, release
+    def ask(self, name: str, nbytes: int, peer: str | None = None) -> None:
+        async def admit() -> None:
+            self.leases[name] = await self.budget.admit(peer or name, nbytes)
+
+        self.tasks.append(asyncio.create_task(admit()))
+
+    def admitted(self) -> set[str]:
+        return set(self.leases)
 
 
 async def settled() -> None:
@@ -32,44 +61,313 @@ async def settled() -> None:
         await asyncio.sleep(0)
 
 
-def test_replies_that_fit_the_budget_together_are_decoded_side_by_side() -> None:
+def test_at_most_the_budgets_replies_are_held_at_once_and_the_next_waits_its_turn() -> None:
     async def scenario() -> None:
-        holders = Holders(100)
-        (first, release_first), (second, release_second) = holders.hold(60), holders.hold(40)
+        replies = Replies(ReplyBudget(replies=2, floor=0))
+        for name in "abc":
+            replies.ask(name, 100)
         await settled()
-        assert first.is_set() and second.is_set()
-        release_first.set(), release_second.set()
-        await asyncio.gather(*holders.tasks)
+        assert replies.admitted() == {"a", "b"}
+        replies.leases["a"].release()
+        await settled()
+        assert replies.admitted() == {"a", "b", "c"}
+        assert (replies.budget.peak_replies, replies.budget.peak_bytes) == (2, 200)
 
     asyncio.run(scenario())
 
 
-def test_a_reply_past_the_budget_waits_until_the_bytes_held_are_released() -> None:
+def test_small_replies_under_the_floor_are_held_side_by_side_whatever_their_number() -> None:
     async def scenario() -> None:
-        holders = Holders(100)
-        first, release_first = holders.hold(60)
-        second, release_second = holders.hold(60)
+        replies = Replies(ReplyBudget(replies=2, floor=1000))
+        for index in range(10):
+            replies.ask(f"r{index}", 100)
+        replies.ask("large", 500)
         await settled()
-        assert first.is_set() and not second.is_set()
-        release_first.set()
-        await asyncio.wait_for(second.wait(), 5)
-        release_second.set()
-        await asyncio.gather(*holders.tasks)
+        assert len(replies.admitted()) == 10 and "large" not in replies.admitted()
+        for index in range(5):
+            replies.leases[f"r{index}"].release()
+        await settled()
+        assert "large" in replies.admitted()
 
     asyncio.run(scenario())
 
 
-def test_an_oversized_reply_is_decoded_alone_and_one_without_arrays_never_waits() -> None:
+def test_first_come_first_served_a_large_reply_is_not_overtaken_by_small_ones() -> None:
     async def scenario() -> None:
-        holders = Holders(100)
-        large, release_large = holders.hold(500)
+        replies = Replies(ReplyBudget(replies=1, floor=150))
+        replies.ask("first", 100)
         await settled()
-        (small, release_small), (empty, release_empty) = holders.hold(1), holders.hold(0)
+        replies.ask("large", 1000)
+        replies.ask("small", 10)  # would fit under the floor, but comes after "large"
         await settled()
-        assert large.is_set() and empty.is_set() and not small.is_set()
-        release_large.set()
-        await asyncio.wait_for(small.wait(), 5)
-        release_small.set(), release_empty.set()
-        await asyncio.gather(*holders.tasks)
+        assert replies.admitted() == {"first"}
+        replies.leases["first"].release()
+        await settled()
+        assert replies.admitted() == {"first", "large"}
 
     asyncio.run(scenario())
+
+
+def test_a_node_holds_one_place_at_a_time_and_others_pass_its_second_reply() -> None:
+    async def scenario() -> None:
+        replies = Replies(ReplyBudget(replies=3, floor=0))
+        replies.ask("one", 100, peer="node 1")
+        replies.ask("two", 100, peer="node 1")
+        replies.ask("other", 100, peer="node 2")
+        await settled()
+        assert replies.admitted() == {"one", "other"}
+        replies.leases["one"].release()
+        await settled()
+        assert replies.admitted() == {"one", "two", "other"}
+
+    asyncio.run(scenario())
+
+
+def test_a_release_from_another_thread_counts_once_and_an_empty_reply_never_waits() -> None:
+    async def scenario() -> None:
+        budget = ReplyBudget(replies=1, floor=0)
+        replies = Replies(budget)
+        replies.ask("held", 100)
+        await settled()
+        replies.ask("next", 100)
+        replies.ask("empty", 0)
+        await settled()
+        assert replies.admitted() == {"held", "empty"}
+        lease = replies.leases["held"]
+        releasing = [threading.Thread(target=lease.release) for _ in range(3)]
+        for thread in releasing:
+            thread.start()
+        for thread in releasing:
+            thread.join()
+        for _ in range(1000):
+            if "next" in replies.admitted():
+                break
+            await asyncio.sleep(0.01)
+        assert replies.admitted() == {"held", "next", "empty"}
+        assert budget.held_replies == 1 and budget.held_bytes == 100
+
+    asyncio.run(scenario())
+
+
+def test_a_reply_that_leaves_while_it_waits_gives_up_its_turn() -> None:
+    async def scenario() -> None:
+        replies = Replies(ReplyBudget(replies=1, floor=0))
+        replies.ask("held", 100)
+        await settled()
+        replies.ask("gone", 100)
+        replies.ask("next", 100)
+        await settled()
+        replies.tasks[1].cancel()  # its call ended
+        replies.leases["held"].release()
+        await settled()
+        assert replies.admitted() == {"held", "next"}
+        assert replies.budget.waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_reply_larger_than_the_hub_holds_for_one_is_refused_at_once() -> None:
+    async def scenario() -> None:
+        budget = ReplyBudget(replies=2, floor=0, largest=1000)
+        with pytest.raises(TooLarge, match="node 7's reply declares 1001 bytes of arrays, more "):
+            await budget.admit("node 7", 1001)
+        assert (budget.held_replies, budget.waiting) == (0, 0)
+
+    asyncio.run(scenario())
+
+
+# --- a real hub, real gRPC ----------------------------------------------------------------
+
+REPLY_FLOATS = 1 << 18  # 1 MiB of float32: several chunks each
+REPLY_BYTES = 4 * REPLY_FLOATS
+
+
+@dataclass
+class Deployment:
+    hub: Hub
+    ports: HubPorts
+    budget: ReplyBudget
+    grid: HubGrid
+    clients: list[FleetClient] = field(default_factory=list)
+    loops: list[Loop] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.ports.port}"
+
+    def node(self, name: str) -> FleetClient:
+        client = FleetClient(self.address)
+        client.heartbeat("apphash", {}, name=name)
+        self.clients.append(client)
+        return client
+
+    def loop(self, tasks: list[Message]) -> Loop:
+        loop = Loop(self.grid, tasks)
+        loop.start()
+        self.loops.append(loop)
+        return loop
+
+    def task(self, client: FleetClient, index: int) -> Message:
+        assert client.node_id is not None
+        arrays = Arrays({"w": np.zeros(REPLY_FLOATS, np.float32)})
+        return Message(
+            "fit", task_id=f"run:1:fit:{index}", run_id="run", round=1, node_id=client.node_id,
+            arrays=arrays,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    hub = Hub(tmp_path / "hub")
+    ports = serve(hub, "127.0.0.1:0", control=False)
+    assert ports.fleet is not None
+    budget = ports.fleet.decoding = ReplyBudget(replies=2, floor=0, largest=8 * REPLY_BYTES)
+    grid = HubGrid(hub.fleet, hub.journal, "run", "apphash", {})
+    deployment = Deployment(hub, ports, budget, grid)
+    yield deployment
+    grid.close()
+    for loop in deployment.loops:
+        loop.join(TIMEOUT)  # its dispatch ends, and closes its tasks, before the hub closes
+    for client in deployment.clients:
+        client.close()
+    hub.close()
+    ports.stop()
+    hub.state.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+class Answering(threading.Thread):
+    """A node that pulls its one task and pushes its reply (the task's arrays, plus one)."""
+
+    def __init__(self, client: FleetClient) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.outcome: str | BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while (task := self.client.pull_task(0.5)) is None:
+                assert time.monotonic() < deadline, "no task came"
+            update = Arrays({"w": task.message.arrays["w"] + 1})
+            self.client.push_reply(task.message.reply(arrays=update, num_examples=1))
+            self.outcome = "accepted"
+        except BaseException as exc:  # the test reports it
+            self.outcome = exc
+
+
+class Loop(threading.Thread):
+    """A run loop: takes the dispatch's replies as they come, into ``replies``."""
+
+    def __init__(self, grid: HubGrid, tasks: list[Message]) -> None:
+        super().__init__(daemon=True)
+        self.grid, self.tasks = grid, tasks
+        self.replies: queue.Queue[Message | None] = queue.Queue()
+
+    def run(self) -> None:
+        try:
+            for reply in self.grid.dispatch(self.tasks, timeout=TIMEOUT):
+                self.replies.put(reply)
+        except RunStopped:  # the test closed the grid
+            pass
+        self.replies.put(None)
+
+
+def test_a_slow_loop_holds_back_the_nodes_and_the_hub_never_holds_more_than_its_budget(
+    deployment: Deployment,
+) -> None:
+    budget, count = deployment.budget, 6
+    clients = [deployment.node(f"node-{index}") for index in range(count)]
+    tasks = [deployment.task(client, index) for index, client in enumerate(clients)]
+    nodes = [Answering(client) for client in clients]
+    for node in nodes:
+        node.start()
+
+    got: list[str] = []
+    for reply in deployment.grid.dispatch(tasks, timeout=TIMEOUT):
+        assert reply.error is None, reply.error
+        got.append(reply.task_id)
+        # the loop has this reply and has not folded it: it still counts, and the replies
+        # not yet folded are all at the hub, held or waiting for a place
+        unfolded = count - len(got) + 1
+        wait_until(
+            lambda: budget.held_replies + budget.waiting == unfolded,  # noqa: B023
+            f"{unfolded} replies held or waiting",
+        )
+        assert budget.held_replies == min(unfolded, 2)
+        assert budget.held_bytes <= 2 * REPLY_BYTES
+    # every reply came, each accepted, and no more than two were ever held at once
+    assert sorted(got) == sorted(task.task_id for task in tasks)
+    for node in nodes:
+        node.join(TIMEOUT)
+        assert node.outcome == "accepted", node.outcome
+    assert (budget.peak_replies, budget.peak_bytes) == (2, 2 * REPLY_BYTES)
+    wait_until(lambda: budget.held_replies == 0, "the last place to be given back")
+    assert len(deployment.hub.fleet.held) == 0
+
+
+def test_a_reply_larger_than_the_hub_holds_for_one_is_refused_with_the_reason(
+    deployment: Deployment,
+) -> None:
+    client = deployment.node("node-0")
+    deployment.budget.largest = REPLY_BYTES // 2
+    loop = deployment.loop([deployment.task(client, 0)])
+    node = Answering(client)
+    node.start()
+    node.join(TIMEOUT)
+    assert isinstance(node.outcome, HubRefused), node.outcome
+    assert f"declares {REPLY_BYTES} bytes of arrays, more than the {REPLY_BYTES // 2}" in str(
+        node.outcome
+    )
+    assert (deployment.budget.peak_replies, deployment.budget.held_replies) == (0, 0)
+    deployment.grid.close()
+    assert loop.replies.get(timeout=TIMEOUT) is None  # no reply came
+
+
+def stalled_upload(reply: Message, release: threading.Event) -> Iterator[Any]:
+    """The reply's header and its first array chunk, then nothing until ``release``."""
+    chunks = wire.iter_encode(reply, 1 << 16)
+    yield pb.Chunk(data=bytes(next(chunks)))
+    yield pb.Chunk(data=bytes(next(chunks)))
+    release.wait(TIMEOUT)
+
+
+def test_a_node_that_stalls_with_a_place_is_cut_and_the_others_replies_come_in(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guards, "IDLE_SECONDS", 1.0)  # what an admitted upload may take, plus
+    monkeypatch.setattr(guards, "UPLOAD_BYTES_PER_SECOND", 1 << 30)  # its bytes at 1 GiB/s
+    deployment.budget.replies = 1
+    mallory, alice = deployment.node("mallory"), deployment.node("alice")
+    tasks = [deployment.task(mallory, 0), deployment.task(alice, 1)]
+    loop = deployment.loop(tasks)
+    task = mallory.pull_task(TIMEOUT)
+    assert task is not None
+    release = threading.Event()
+    try:
+        stalled = mallory.stub.PushReply.future(
+            stalled_upload(task.message.reply(arrays=task.message.arrays), release),
+            metadata=[(NODE_ID_HEADER, str(mallory.node_id))],
+            timeout=TIMEOUT,
+        )
+        wait_until(lambda: deployment.budget.peak_replies == 1, "mallory to take the place")
+        honest = Answering(alice)
+        honest.start()
+        reply = loop.replies.get(timeout=TIMEOUT)
+        assert reply is not None and reply.task_id == tasks[1].task_id and reply.error is None
+        honest.join(TIMEOUT)
+        assert honest.outcome == "accepted", honest.outcome
+        with pytest.raises(grpc.RpcError) as cut:
+            stalled.result(TIMEOUT)
+        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "upload took over" in str(cut.value.details())
+        assert deployment.budget.peak_replies == 1  # never mallory's and alice's at once
+    finally:
+        release.set()
+        deployment.grid.close()

@@ -171,8 +171,9 @@ class Hub:
         self.fleet.sign_of_life(node_id)
         return self.fleet.next_task(node_id, wait, active)
 
-    def accept_reply(self, node_id: int, message: Message) -> None:
-        """Record a node's reply, then route it to its run.
+    def accept_reply(self, node_id: int, message: Message) -> bool:
+        """Record a node's reply, then route it to its run; True if it went to a round that
+        waits for it, False if it is recorded for a round that will ask for it later.
 
         Refused (with the reason) if it has no place; TryLater if it cannot be recorded now
         (StorageError) or another push of it is being recorded: the node pushes again. A
@@ -185,7 +186,7 @@ class Hub:
         except UnknownTask:
             queued = self._accept_unqueued(node_id, message)
             if queued is None:
-                return
+                return False
             task = queued
         recorded = False
         try:
@@ -197,6 +198,7 @@ class Hub:
         with self._counting:
             self.array_bytes_received += 0 if message.arrays is None else message.arrays.nbytes
         task.replies.put(message)
+        return True
 
     def check_reply(self, node_id: int, head: Message, array_bytes: int) -> None:
         """Refuse a reply from its header, before any of its arrays is read: it must answer a

@@ -12,8 +12,12 @@ Invariants:
   not in a thread, so idle calls starve nothing;
 - a reply is checked from its header (its task's owner, run, round and size, ``Hub.check_reply``)
   before any array byte is accepted, and an upload that stalls is cut (``guards.next_within``);
-- the replies being decoded at once declare at most ``DECODING_BYTES`` of arrays (or are one
-  reply, however large), so hub memory does not grow with the number of nodes;
+- the hub holds at most ``guards.REPLIES_AT_ONCE`` replies with arrays at once (or more while
+  they hold under ``guards.FLOOR_BYTES`` together), one per node, from the first array byte
+  read until the run loop has folded the reply (``ReplyBudget``, ``hub/held.py``): a node whose
+  reply does not fit waits, held back by gRPC's flow control, so hub memory is a few replies
+  whatever the number of nodes; an admitted upload that is too slow is cut
+  (``guards.upload_seconds``);
 - garbage is one log line and an error status, never a traceback.
 """
 
@@ -51,15 +55,18 @@ from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.callers import Callers
 from pollinate.transport.guards import (
     BadRequest,
-    ByteBudget,
     CallLimits,
     Idle,
+    Lease,
+    ReplyBudget,
+    TooLarge,
     admitted,
     next_within,
     off_loop,
     one_request,
     parse,
     status_for,
+    upload_seconds,
 )
 
 log = logging.getLogger("pollinate.transport")
@@ -75,8 +82,6 @@ ABANDONED_LOG_SECONDS = 60.0
 their count at most this often (``Abandoned``), not one line each."""
 CALLS_PER_NODE = 8
 """A node needs three at once (heartbeat, long-poll, upload); a restarting one a few more."""
-DECODING_BYTES = 1 << 30
-"""Replies are decoded concurrently while the arrays they declare fit in this many bytes."""
 NEWCOMER_CALLS_PER_SOURCE = 32
 """An enrolment is one short call per node, so a site enrolling its nodes at once behind one
 address needs a few; a stranger's idle calls are then bounded per address, not per connection."""
@@ -170,7 +175,7 @@ class FleetService:
         self.calls = CallLimits(CALLS_PER_NODE)
         self.newcomers = CallLimits(NEWCOMER_CALLS_PER_SOURCE)
         self.abandoned = Abandoned()
-        self.decoding = ByteBudget(DECODING_BYTES)
+        self.decoding = ReplyBudget(largest=wire.DEFAULT_LIMITS.max_total_array_bytes)
         hub.fleet.watch(wakeups.wake)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -344,7 +349,7 @@ class FleetService:
         async with admitted(self.calls, f"node {node_id}", context):
             try:
                 await self._receive(node_id, chunks)
-            except (WireError, Refused) as exc:
+            except (WireError, Refused, TooLarge) as exc:
                 log.warning("refused a reply from node %d: %s", node_id, exc)
                 return pb.PushReplyAck(accepted=False, reason=str(exc))
             except (TryLater, StorageError) as exc:
@@ -357,7 +362,8 @@ class FleetService:
 
     async def _receive(self, node_id: int, stream: AsyncIterator[bytes]) -> None:
         """Read a reply: its header first, checked against its task before any array byte is
-        taken; then its arrays while they fit the decoding budget; then hand it to the hub."""
+        taken; then, once it has a place in the decoding budget, its arrays; then hand it to
+        the hub. The place stays taken until the run loop has folded the reply."""
         chunks, decoder = aiter(stream), wire.Decoder()
         peer = f"node {node_id}"
         while decoder.head is None:
@@ -371,11 +377,32 @@ class FleetService:
         await self._off_loop(self.hub.check_reply, node_id, head, declared)
         if problem := self.hub.journal.refusing():
             raise StorageError(problem)
-        async with self.decoding.hold(declared):
-            while (raw := await next_within(chunks)) is not None:
-                decoder.feed(_data(raw, peer))
+        # until it has a place, the rest of the upload waits in gRPC's flow-control window
+        lease = await self.decoding.admit(peer, declared)
+        handed = False
+        try:
+            if declared:  # it may have waited: is its task still open?
+                await self._off_loop(self.hub.check_reply, node_id, head, declared)
+            await _read_within(chunks, decoder, peer, upload_seconds(declared))
             message = decoder.finish()
-            await self._off_loop(self.hub.accept_reply, node_id, message)
+            del decoder  # the message holds the arrays now
+            handed = await self._hand_over(node_id, message, lease)
+        finally:
+            if not handed:
+                lease.release()
+
+    async def _hand_over(self, node_id: int, message: Message, lease: Lease) -> bool:
+        """Record and route the reply; True if it went to a waiting round, which then gives
+        its place back (``hub/held.py``) once the run loop has folded it."""
+        held = self.hub.fleet.held
+        held.hold(message.task_id, lease.release)
+        handed = False
+        try:
+            handed = await self._off_loop(self.hub.accept_reply, node_id, message)
+        finally:
+            if not handed:
+                held.drop(message.task_id, lease.release)
+        return handed
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> int:
         if self.secure:
@@ -388,6 +415,21 @@ class FleetService:
             "no node identity: send a Heartbeat with a name first (insecure mode)",
         )
         raise AssertionError("unreachable")  # abort raises
+
+
+async def _read_within(
+    chunks: AsyncIterator[bytes], decoder: wire.Decoder, peer: str, seconds: float
+) -> None:
+    """Feed the rest of the upload to ``decoder``; Idle if it takes over ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            while (raw := await next_within(chunks)) is not None:
+                decoder.feed(_data(raw, peer))
+    except TimeoutError:
+        raise Idle(
+            f"{peer}'s upload took over {seconds:g}s: it was cut, so that it does not keep its "
+            "place in the hub's decoding budget from other nodes' replies"
+        ) from None
 
 
 def _data(raw: bytes, peer: str) -> bytes | memoryview:

@@ -6,8 +6,10 @@ bound what each peer may hold:
 
 - ``CallLimits``: at most ``per_peer`` open calls per peer (a node id, or a source address);
   more are refused at once with RESOURCE_EXHAUSTED;
-- ``ByteBudget``: the arrays being decoded at once fit a budget, so memory does not grow with
-  the number of uploads;
+- ``ReplyBudget``: the hub holds a few replies at once (``REPLIES_AT_ONCE``, or any number
+  under ``FLOOR_BYTES``), from their decoding until their run loop has folded them, so its
+  memory does not grow with the number of nodes; a node holds one place at a time, and an
+  admitted upload must finish within ``upload_seconds`` or is cut;
 - ``one_request``: a call whose request does not arrive within ``REQUEST_SECONDS`` is cut;
 - ``next_within``: an upload that sends nothing for ``IDLE_SECONDS`` is cut;
 - ``parse``: a request that is not valid protobuf is one log line and INVALID_ARGUMENT, never a
@@ -23,11 +25,14 @@ request itself, with a deadline (``one_request``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -45,6 +50,16 @@ REQUEST_SECONDS = 5.0
 cut. Requests are small (a heartbeat, a CSR, a run id: a few KiB), so on a working link they
 take milliseconds; 5 s leaves room for a couple of lost packets (TCP resends after 1 s, then
 2 s), while a stranger's idle call costs the hub a coroutine for 5 s, not until it hangs up."""
+
+REPLIES_AT_ONCE = 3
+"""Replies the hub holds at once, however large (``ReplyBudget``): one arriving, one being
+recorded (an fsync), one with its run loop; more adds memory, not speed (decoding runs on the
+one event loop)."""
+FLOOR_BYTES = 64 << 20
+"""Replies holding this many array bytes together are admitted whatever their number, so small
+models are not received one after another."""
+UPLOAD_BYTES_PER_SECOND = 256 << 10
+"""The slowest an admitted upload may be on average (2 Mbit/s), past ``IDLE_SECONDS``."""
 
 T = TypeVar("T")
 
@@ -74,28 +89,139 @@ class CallLimits:
             del self._open[peer]
 
 
-class ByteBudget:
-    """Admits holders while the bytes they hold fit in ``limit``; a holder larger than the
-    limit is admitted alone, and one of no bytes at once. Used from the event loop only."""
+class Lease:
+    """A reply's place in a ``ReplyBudget``, held from its admission until ``release``."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit, self._held = limit, 0
-        self._changed = asyncio.Condition()
+    def __init__(self, budget: ReplyBudget, peer: str, nbytes: int) -> None:
+        self.budget, self.peer, self.nbytes = budget, peer, nbytes
+        self._lock = threading.Lock()
+        self._released = False
 
-    @asynccontextmanager
-    async def hold(self, nbytes: int) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._fits(nbytes))
-            self._held += nbytes
+    def release(self) -> None:
+        """Give the place back; from any thread, any number of times (the first counts)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self.budget._give_back(self)
+
+    def __repr__(self) -> str:
+        return f"Lease({self.peer!r}, {self.nbytes} bytes, released={self._released})"
+
+
+class TooLarge(PollinateError):
+    """A reply declares more array bytes than the hub could ever hold for it."""
+
+
+class ReplyBudget:
+    """Admits replies, in the order they ask, while the hub holds at most ``replies`` of them
+    (whatever their size) or while those it holds declare at most ``floor`` bytes of arrays
+    together; a peer holds one place at a time, and a reply of no arrays needs none.
+
+    A place is held from admission until its ``Lease`` is released: through receiving and
+    decoding, recording, and waiting for the run loop, which lets go once it has folded the
+    reply (``hub/held.py``). So the hub's memory for replies is about ``replies`` times the
+    largest reply its tasks allow (or ``floor``), whatever the number of nodes. A reply
+    declaring more than ``largest`` bytes is refused (``TooLarge``), never left to wait.
+
+    The waiting is on the event loop; ``Lease.release`` may come from any thread. The high
+    water marks (``peak_replies``, ``peak_bytes``) say what was held at once.
+    """
+
+    def __init__(
+        self, replies: int = REPLIES_AT_ONCE, floor: int = FLOOR_BYTES, largest: int = 8 << 30
+    ) -> None:
+        if replies < 1:
+            raise ValueError(f"replies must be at least 1, got {replies!r}")
+        self.replies, self.floor, self.largest = replies, floor, largest
+        self.held_replies = self.held_bytes = self.peak_replies = self.peak_bytes = 0
+        self._peers: set[str] = set()
+        self._waiting: deque[_Ticket] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Replies waiting for a place now."""
+        return len(self._waiting)
+
+    async def admit(self, peer: str, nbytes: int) -> Lease:
+        """Wait for a place for ``peer``'s reply of ``nbytes`` array bytes; its lease."""
+        if nbytes > self.largest:
+            raise TooLarge(
+                f"{peer}'s reply declares {nbytes} bytes of arrays, more than the {self.largest} "
+                "the hub holds for one reply: it was refused before any array byte was read"
+            )
+        self._loop = asyncio.get_running_loop()
+        lease = Lease(self, peer, nbytes)
+        if nbytes == 0:
+            return lease
+        ticket = _Ticket(lease, self._loop.create_future())
+        self._waiting.append(ticket)
+        self._admit_waiting()
         try:
-            yield
-        finally:
-            async with self._changed:
-                self._held -= nbytes
-                self._changed.notify_all()
+            await ticket.admitted
+        except BaseException:  # the call ended while it waited, or as it was admitted
+            if ticket in self._waiting:
+                self._waiting.remove(ticket)
+                self._admit_waiting()  # it may have held back others of its peer
+            else:
+                lease.release()
+            raise
+        return lease
 
     def _fits(self, nbytes: int) -> bool:
-        return nbytes == 0 or self._held == 0 or self._held + nbytes <= self._limit
+        return self.held_replies < self.replies or self.held_bytes + nbytes <= self.floor
+
+    def _admit_waiting(self) -> None:
+        """Admit waiting replies in order; one that does not fit stops the rest (first come,
+        first served), one whose peer holds a place lets the others by."""
+        for ticket in list(self._waiting):
+            lease = ticket.lease
+            if ticket.admitted.cancelled():  # its call ended; it leaves the queue itself
+                continue
+            if lease.peer in self._peers:
+                continue
+            if not self._fits(lease.nbytes):
+                return
+            self._waiting.remove(ticket)
+            self._peers.add(lease.peer)
+            self.held_replies += 1
+            self.held_bytes += lease.nbytes
+            self.peak_replies = max(self.peak_replies, self.held_replies)
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+            ticket.admitted.set_result(None)
+
+    def _give_back(self, lease: Lease) -> None:
+        if lease.nbytes == 0 or self._loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._returned(lease)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._returned, lease)
+
+    def _returned(self, lease: Lease) -> None:
+        self._peers.discard(lease.peer)
+        self.held_replies -= 1
+        self.held_bytes -= lease.nbytes
+        self._admit_waiting()
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    lease: Lease
+    admitted: asyncio.Future[None]
+
+
+def upload_seconds(nbytes: int) -> float:
+    """How long an admitted upload of ``nbytes`` may take: ``IDLE_SECONDS``, plus its bytes at
+    ``UPLOAD_BYTES_PER_SECOND``. A peer slower than that would keep its place from the
+    others, so it is cut (and may push again)."""
+    return IDLE_SECONDS + nbytes / UPLOAD_BYTES_PER_SECOND
 
 
 class Idle(PollinateError):

@@ -59,6 +59,8 @@ class HubPorts:
     _thread: threading.Thread | None = field(default=None, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _beats: ThreadPoolExecutor | None = field(default=None, repr=False)
+    fleet: FleetService | None = field(default=None, repr=False)
+    """The fleet API it serves (its guards: ``fleet.decoding``, the reply budget)."""
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving: calls still open after ``grace`` seconds are cancelled, and this
@@ -139,7 +141,7 @@ async def _start(
     server = grpc.aio.server(options=options)
     callers = Callers(hub)
     wakeups = Wakeups(asyncio.get_running_loop())
-    fleet = FleetService(hub, pool, callers, wakeups, heartbeats=beats)
+    fleet = servers.fleet = FleetService(hub, pool, callers, wakeups, heartbeats=beats)
     server.add_generic_rpc_handlers((fleet_handler(fleet),))
     serves_control, dashboard_link = control
     if serves_control:
