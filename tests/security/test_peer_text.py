@@ -147,7 +147,9 @@ def test_a_megabyte_error_from_a_node_is_recorded_cut_and_the_hub_keeps_answerin
     reason = f"client failed: {'x' * MAX_TEXT}… [{HUGE} chars]"
     for record in result.history[1:]:
         assert (record["replies"], record["failures"]) == (2, 1)
-        assert record["failed"] == [{"node_id": hostile.node_id, "stage": "fit", "reason": reason}]
+        assert record["failed"] == [
+            {"node_id": hostile.node_id, "stage": "fit", "reason": reason, "kind": "client"}
+        ]
     # the run's log and the hub's own log say so on one line each, and hold no megabyte
     log = deployment.cli("log", result.run_id, "--hub", deployment.control)
     assert log.returncode == 0, log.stderr
@@ -266,6 +268,8 @@ def test_a_recorded_megabyte_error_replayed_after_a_hub_restart_costs_nothing(
     [first] = result.history[1:]
     assert first["resumed"] and (first["replies"], first["failures"]) == (2, 1)
     reason = f"client failed: {'x' * MAX_TEXT}… [{HUGE} chars]"
-    assert first["failed"] == [{"node_id": hostile.node_id, "stage": "fit", "reason": reason}]
+    assert first["failed"] == [
+        {"node_id": hostile.node_id, "stage": "fit", "reason": reason, "kind": "client"}
+    ]
     assert f"…[{HUGE}chars]" in "".join(hub.stderr.split())  # the new hub logged it, cut
     assert len(hub.stderr) < 100_000
