@@ -53,7 +53,7 @@ from pollinate.loop.checkpoint import Checkpoint
 from pollinate.loop.grid import Grid, Timeout, ends_at
 from pollinate.loop.history import History, RoundRecord
 from pollinate.loop.run import run
-from pollinate.records import Message
+from pollinate.records import Arrays, Message
 from pollinate.text import MAX_LINE, inert
 
 EXIT_HUB_GONE = 70
@@ -191,8 +191,9 @@ class ProxyGrid(Grid):
         call, answers = self._open()
         ended = False
         try:
-            tasks = [wire.iter_encode(m) for m in instructions]
-            self.channel.send({"op": "dispatch", "call": call, "remaining": _left(ends)}, tasks)
+            same_arrays, tasks = _tasks(instructions)
+            op = {"op": "dispatch", "call": call, "remaining": _left(ends)}
+            self.channel.send({**op, "same_arrays": same_arrays}, tasks)
             while True:
                 op, messages = answers.get()
                 if op["op"] != "reply":
@@ -240,6 +241,22 @@ class ProxyGrid(Grid):
                 answers = self._calls.get(op.get("call", -1))
             if answers is not None:
                 answers.put((op, messages))
+
+
+def _tasks(instructions: Sequence[Message]) -> tuple[list[int], list[Iterator[bytes | memoryview]]]:
+    """For each instruction, the index of the instruction whose arrays it carries, and its wire
+    chunks: a round's tasks share one model (the same ``Arrays``), which then crosses to the
+    hub once, and is held there once, not once per node."""
+    first: dict[int, int] = {}  # id of an Arrays: the first instruction that carries it
+    same_arrays: list[int] = []
+    tasks: list[Iterator[bytes | memoryview]] = []
+    for index, message in enumerate(instructions):
+        carrier = first.setdefault(id(message.arrays), index) if message.arrays else index
+        same_arrays.append(carrier)
+        if carrier != index:
+            message = dataclasses.replace(message, arrays=Arrays())
+        tasks.append(wire.iter_encode(message))
+    return same_arrays, tasks
 
 
 def _left(ends: Any) -> float | None:

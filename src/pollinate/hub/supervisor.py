@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -330,7 +331,7 @@ class RunProcess:
 
     def _dispatch(self, op: dict[str, Any], messages: list[bytearray], grid: HubGrid) -> None:
         call = self._call(op)
-        tasks = [_task(data, grid.run_id) for data in messages]
+        tasks = _tasks(messages, op.get("same_arrays"), grid.run_id)
         dispatch = _Dispatch(self, call, grid, tasks, _remaining(op))
         with self._calls_lock:
             self._calls[call] = dispatch
@@ -456,6 +457,26 @@ def _checkpoint(data: bytearray, history: History) -> Checkpoint:
         return checkpoints.decode(memoryview(data), history)
     except WireError as exc:
         raise ChannelError(f"a checkpoint that is not one: {exc}") from None
+
+
+def _tasks(messages: list[bytearray], same_arrays: Any, run_id: str) -> list[Message]:
+    """A dispatch's tasks; ``same_arrays[i]`` names the earlier task whose arrays task ``i``
+    shares (it came without its own: a round's model crosses once), or ``i`` itself."""
+    tasks = [_task(data, run_id) for data in messages]
+    if same_arrays is None:
+        return tasks
+    if not isinstance(same_arrays, list) or len(same_arrays) != len(tasks):
+        raise ChannelError("'same_arrays' must be a list with one index per task")
+    for index, carrier in enumerate(same_arrays):
+        if carrier == index and type(carrier) is int:
+            continue
+        if type(carrier) is not int or not 0 <= carrier < index or same_arrays[carrier] != carrier:
+            shown = inert(repr(carrier), 80)
+            raise ChannelError(f"task {index} cannot share the arrays of task {shown}")
+        if tasks[index].arrays:
+            raise ChannelError(f"task {index} shares task {carrier}'s arrays and has its own")
+        tasks[index] = dataclasses.replace(tasks[index], arrays=tasks[carrier].arrays)
+    return tasks
 
 
 def _task(data: bytearray, run_id: str) -> Message:
