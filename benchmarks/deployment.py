@@ -22,7 +22,10 @@ What is measured, per configuration of K node processes and a model of P float32
   pollinate (no protobuf, no wire format, no arrays): the floor for pollinate's transport;
 - the hub's peak RSS (VmHWM, read just before it is stopped) minus its RSS before the run,
   and the largest node's peak RSS, as multiples of the model. Target: the hub's does not grow
-  with K (O(model), not O(K x model));
+  with K (O(model), not O(K x model)): it holds at most ``REPLIES_AT_ONCE`` replies at once
+  (``transport/guards.py``), from decoding until the run loop has folded them. Beside it, the
+  peak RSS of the run's own process (the hub's child that runs the strategy: with the screen
+  on it keeps the round's updates side by side), sampled while the run goes on;
 - once per run, how fast this machine hands out fresh memory (a new process fills a new 1 GB
   array): every round allocates several models' worth of it (decoded replies, the
   accumulator, the result; at each node the decoded model and the client's output), and on
@@ -37,6 +40,7 @@ killed at the end. Run ``python benchmarks/deployment.py`` (about 2 minutes) or 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -47,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -61,16 +66,17 @@ import numpy as np
 from pollinate.loop.history import History
 from pollinate.security import CertificateAuthority
 from pollinate.transport import CHUNK_BYTES
-from pollinate.transport.fleet_service import DECODING_BYTES
+from pollinate.transport.guards import FLOOR_BYTES, REPLIES_AT_ONCE
 
 ROUNDS = 3
 REPEATS = 3  # of each floor
 RAW_BUFFER = 4 << 20  # bytes per sendall / recv_into
 MEMORY_CAP = 16e9
 # Peak RSS of a hub and of a node, in models, for the memory estimate (measured, rounded up):
-# the hub holds the initial and the global model, the accumulator, the result and a reply,
-# plus the replies it decodes at once (up to DECODING_BYTES of them); a node holds the model
-# it got and the client's output.
+# the hub holds the round's tasks (the model, once per node) and the replies it holds at once
+# (REPLIES_AT_ONCE, or FLOOR_BYTES of small ones); the run process the model, the accumulator,
+# the result and, with the screen on, every update of the round; a node holds the model it
+# got and the client's output.
 HUB_MODELS, NODE_MODELS, PROCESS_BYTES = 5, 3, 150e6
 TIMEOUT = 600.0
 POLLINATE = [sys.executable, "-m", "pollinate"]
@@ -136,6 +142,7 @@ class Figures:
     nodes_cpu: float
     hub_growth: int
     node_peak: int
+    run_peak: int
     raw_seconds: float = 0.0
     tls_seconds: float = 0.0
     grpc_seconds: float = 0.0
@@ -288,12 +295,13 @@ def deployment(k: int, p: int, screen: str, directory: Path) -> Figures:
     with fleet_of(k, app, directory) as (fleet, hub, nodes):
         hub_idle = memory(hub, "VmRSS")
         before = [cpu_seconds(pid) for pid in (hub, *nodes)]
-        fleet.pollinate(
-            *("run", str(app), "--hub", fleet.control, "--out", str(out)),
-            *("--credentials", str(directory / "hub" / "admin")),
-            *("--config", f"parameters={p}", "--config", f"nodes={k}"),
-            *("--config", f"screen={screen!r}"),
-        )
+        with ChildPeak(hub) as run_process:
+            fleet.pollinate(
+                *("run", str(app), "--hub", fleet.control, "--out", str(out)),
+                *("--credentials", str(directory / "hub" / "admin")),
+                *("--config", f"parameters={p}", "--config", f"nodes={k}"),
+                *("--config", f"screen={screen!r}"),
+            )
         cpu = [cpu_seconds(pid) - b for pid, b in zip((hub, *nodes), before, strict=True)]
         hub_growth = memory(hub, "VmHWM") - hub_idle
         node_peak = max(memory(pid, "VmHWM") for pid in nodes)
@@ -301,7 +309,42 @@ def deployment(k: int, p: int, screen: str, directory: Path) -> Figures:
     if len(records) != ROUNDS or any(r["replies"] != k for r in records):
         raise RuntimeError(f"the run did not finish {ROUNDS} rounds with {k} replies: {records}")
     seconds = [float(r["seconds"]) for r in records]
-    return Figures(k, p, screen, seconds, cpu[0], sum(cpu[1:]), hub_growth, node_peak)
+    return Figures(
+        k, p, screen, seconds, cpu[0], sum(cpu[1:]), hub_growth, node_peak, run_process.peak
+    )
+
+
+class ChildPeak:
+    """The largest peak RSS (VmHWM) of ``pid``'s children, sampled every 0.1 s while in the
+    ``with`` block: the run process ends with its run, so it is read while it lives."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ChildPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.1):
+            for child in children(self.pid):
+                with contextlib.suppress(OSError, RuntimeError):  # it ended meanwhile
+                    self.peak = max(self.peak, memory(child, "VmHWM"))
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of a live process (of all its threads)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 # --- floor 1: the same bytes over a plain socket --------------------------------------------
@@ -474,8 +517,9 @@ def measure(k: int, p: int, screen: str) -> Figures:
 
 
 def estimated_memory(k: int, p: int) -> float:
-    decoding = min(k * 4 * p, max(DECODING_BYTES, 4 * p))
-    return float((HUB_MODELS + NODE_MODELS * k) * 4 * p + decoding + (k + 1) * PROCESS_BYTES)
+    replies = min(k * 4 * p, max(FLOOR_BYTES, REPLIES_AT_ONCE * 4 * p))
+    models = HUB_MODELS + k + NODE_MODELS * k + k  # hub, its tasks, nodes, screened updates
+    return float(models * 4 * p + replies + (k + 2) * PROCESS_BYTES)
 
 
 def _fill_fresh(nbytes: int) -> float:
@@ -496,20 +540,22 @@ HEADER = (
     f"{'K':>3} {'P':>7} {'screen':>6} {'model MB':>8} {'round s':>8} {'median s':>8} {'raw s':>7} "
     f"{'ratio':>6} {'tls s':>7} {'round/tls':>9} {'grpc s':>7} {'grpc/raw':>8} "
     f"{'hub cpu s':>9} {'nodes cpu s':>11} "
-    f"{'hub growth MB':>13} {'x model':>7} {'node peak MB':>12} {'x model':>7}"
+    f"{'hub growth MB':>13} {'x model':>7} {'node peak MB':>12} {'x model':>7} "
+    f"{'run peak MB':>11} {'x model':>7}"
 )
 
 
 def row(f: Figures) -> str:
     model = f.model_bytes / 1e6
-    hub, node = f.hub_growth / 1e6, f.node_peak / 1e6
+    hub, node, run = f.hub_growth / 1e6, f.node_peak / 1e6, f.run_peak / 1e6
     return (
         f"{f.k:>3} {f.p:>7.1e} {f.screen:>6} {model:>8.0f} {min(f.round_seconds):>8.3f} "
         f"{statistics.median(f.round_seconds):>8.3f} {f.raw_seconds:>7.3f} {f.ratio():>5.1f}x "
         f"{f.tls_seconds:>7.3f} {f.tls_ratio():>8.1f}x "
         f"{f.grpc_seconds:>7.3f} {f.grpc_seconds / f.raw_seconds:>7.1f}x "
         f"{f.hub_cpu / ROUNDS:>9.2f} {f.nodes_cpu / ROUNDS:>11.2f} "
-        f"{hub:>13.0f} {hub / model:>7.1f} {node:>12.0f} {node / model:>7.1f}"
+        f"{hub:>13.0f} {hub / model:>7.1f} {node:>12.0f} {node / model:>7.1f} "
+        f"{run:>11.0f} {run / model:>7.1f}"
     )
 
 
