@@ -11,7 +11,7 @@ itself at its deadline, and is killed at the end anyway):
   hub's real ``Enrol`` call** (its own key and CSR, a multi-use join token from
   ``Hub.create_token(ttl, uses=N)``, the enrolment identity pinned by the token, the guest
   certificate at the handshake), then opens its own mutual-TLS channel with its certificate
-  (one TCP connection per node, 150 a second over the fleet), heartbeats at the interval the
+  (one TCP connection per node, 75 a second over the fleet), heartbeats at the interval the
   hub answers (the first one at a random point of it), long-polls
   ``PullTask`` (50 s, as ``NodeAgent`` does) and answers a fit task with its arrays
   unchanged and one example.
@@ -77,8 +77,9 @@ from pollinate.transport.ports import serve
 SPAWN = multiprocessing.get_context("spawn")
 PULL_WAIT = 50.0  # as NodeAgent
 ENROLS_AT_ONCE = 24  # over all generators: the hub admits 32 newcomer calls per address
-CONNECTS_PER_SECOND = 150  # over all generators: how fast nodes open their channels (a
-# node's first heartbeat costs the hub two SQLite commits, ~7 ms here: faster arrivals queue)
+CONNECTS_PER_SECOND = 75  # over all generators: how fast nodes open their channels (a
+# node's TLS handshake and its first heartbeat, two SQLite commits, cost the hub ~10 ms here:
+# faster arrivals queue on a loaded machine, time out and come again)
 NODES_PER_GENERATOR = 2500  # more generators past it (``--generators`` overrides)
 MOSTLY_ALIVE = 0.95
 NO_ROUND = {"fit_started": 0.0, "round_finished": 0.0, "round_seconds": math.nan, "replies": 0}
