@@ -412,7 +412,7 @@ class Fleet:
             reason = self._cut_off.get(node_id, reason)
             if reason is not None:
                 log.warning("task %s not sent: %s", task.message.task_id, reason)
-                task.replies.put(task.message.reply(error=reason))
+                task.replies.put(task.message.reply(error=reason, lost=True))
                 return
             node = self._nodes.setdefault(node_id, _Node())
             if task not in node.queue:
@@ -521,7 +521,7 @@ class Fleet:
             if task.times_sent >= MAX_TIMES_SENT:  # not lost: the node cannot answer it
                 del self._outstanding[task.message.task_id]
                 reason = f"node {node_id} took this task {task.times_sent} times and never answered"
-                task.replies.put(task.message.reply(error=reason))
+                task.replies.put(task.message.reply(error=reason, lost=True))
         again = [t for t in taken if t.message.task_id in self._outstanding]
         node.queue.extendleft(reversed(again))
         if again:
@@ -619,7 +619,7 @@ class Fleet:
         for task in failed:
             node_id = task.message.node_id
             reason = f"node {node_id} went silent: no heartbeat for over {timeout:g}s"
-            task.replies.put(task.message.reply(error=reason))
+            task.replies.put(task.message.reply(error=reason, lost=True))
         if len(newly_silent) > SILENT_LINES:  # a fleet's worth: one line, not thousands
             shown = ", ".join(map(str, newly_silent[:SILENT_LINES]))
             log.warning(
@@ -646,7 +646,7 @@ class Fleet:
             failed = self._withdraw({node_id})
             self._notify(node_id)
         for task in failed:
-            task.replies.put(task.message.reply(error=reason))
+            task.replies.put(task.message.reply(error=reason, lost=True))
         if failed:
             log.warning("node %d cut off; %d of its tasks failed: %s", node_id, len(failed), reason)
 
