@@ -41,8 +41,8 @@ log = logging.getLogger("pollinate.transport")
 HUB_THREADS = 16
 """Threads that run hub calls (SQLite, fsync, signing) for every call together."""
 HEARTBEAT_THREADS = 4
-"""Threads that run heartbeats, apart: 10,000 nodes beat 2,000 times a second, and a beat
-queued behind a round's journaled replies (an fsync each) waited seconds for a thread."""
+"""Threads that run the heartbeats that write (an arrival, a restart, a new report), apart:
+a beat queued behind a round's journaled replies (an fsync each) waited seconds for a thread."""
 STREAMS_PER_CONNECTION = 32
 """Calls one connection may have open at once; a node uses three."""
 STOP_SECONDS = 8.0
