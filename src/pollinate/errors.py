@@ -36,6 +36,7 @@ hierarchy (``tests/test_errors.py`` checks that it is drawn whole and true)::
     ├── Overloaded                    transport.guards: a peer holds as many calls as it may
     ├── Idle                          transport.guards: a stream sent nothing for too long
     ├── BadRequest                    transport.guards: a request that could not be parsed
+    ├── TooLarge                      transport.guards: a reply larger than the hub holds for one
     ├── ChannelError                  hub.channel: a run's process broke the local API's format
     │   └── ChannelClosed             hub.channel: a run's process closed its end (it exited)
     └── SandboxUnavailable            hub.sandbox: no Landlock here; run code is not confined
