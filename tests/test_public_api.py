@@ -197,6 +197,7 @@ SUBPACKAGES = {
         "strategy_class",
     ],
     "aggregate": [
+        "PartialSum",
         "QFedAvgStep",
         "WeightedMean",
         "adagrad_moment",

@@ -2,8 +2,8 @@
 
 Strategies are thin policy on top of this package. One module per kind of aggregate:
 
-- ``mean``: the streaming weighted mean (FedAvg) and the server optimizers (FedAvgM, FedOpt);
-  O(model) memory whatever the number of updates.
+- ``mean``: the streaming weighted mean (FedAvg), summed in pieces if need be (``PartialSum``),
+  and the server optimizers (FedAvgM, FedOpt); O(model) memory whatever the number of updates.
 - ``robust``: coordinate-wise median and trimmed mean, Krum, Multi-Krum and Bulyan; these
   need every update of a round at once (the caller holds one copy per update).
 - ``fair``: q-FedAvg's step, streamed like the mean.
@@ -16,6 +16,7 @@ from pollinate.aggregate.mean import (
     _BLOCK as _BLOCK,  # tests size their multi-block cases by it
 )
 from pollinate.aggregate.mean import (
+    PartialSum,
     WeightedMean,
     adagrad_moment,
     adam_moment,
@@ -35,6 +36,7 @@ from pollinate.aggregate.robust import (
 )
 
 __all__ = [
+    "PartialSum",
     "QFedAvgStep",
     "WeightedMean",
     "adagrad_moment",

@@ -4,6 +4,12 @@ Invariant: ``WeightedMean`` holds one accumulator the size of the model, whateve
 of updates folded into it, so a hub's memory is O(model), not O(clients x model). (Each thread
 that folds also keeps one fixed-size scratch block per dtype, reused across rounds.)
 Strategies are thin policy on top of this module.
+
+A mean can also be summed in pieces: ``partial`` exports what a ``WeightedMean`` holds (its
+float64 sums and total weight, a ``PartialSum``) and ``merge`` adds one into another, so
+that updates folded where they were computed (a Ray worker's, ``simulation/ray_engine.py``)
+travel back as one sum. Merging is adding float64 sums, like folding: the mean, rounded back
+to a float32 model, does not depend on how the updates were grouped.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +38,24 @@ _SPLIT = 1 << 21
 _Pair = tuple[np.ndarray, np.ndarray]
 _helper: tuple[int, ThreadPoolExecutor] | None = None
 _local = threading.local()
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """Part of a weighted mean, summed elsewhere: ``sums`` holds ``sum_k w_k x_k`` per array
+    (float64, complex128 for complex arrays), over ``count`` updates of ``total_weight``
+    ``sum_k w_k``. No update of it may be empty (``count == 0`` has no ``sums``).
+
+    >>> mean = WeightedMean(Arrays({"w": np.zeros(2)}))
+    >>> mean.add(Arrays({"w": np.array([1.0, 2.0])}), 2)
+    >>> part = mean.partial()
+    >>> part.sums["w"].tolist(), part.total_weight, part.count
+    ([2.0, 4.0], 2.0, 1)
+    """
+
+    sums: Arrays
+    total_weight: float
+    count: int
 
 
 class WeightedMean:
@@ -75,6 +100,35 @@ class WeightedMean:
             _fold_all(pairs, scale)
         self.total_weight += weight
         self.count += 1
+
+    def partial(self) -> PartialSum:
+        """What was folded in so far, as sums (views of the accumulator: export it when
+        done adding)."""
+        if self.count == 0:
+            return PartialSum(Arrays(), 0.0, 0)
+        return PartialSum(Arrays(self._acc), self.total_weight, self.count)
+
+    def merge(self, partial: PartialSum) -> None:
+        """Add ``partial`` in, as if its updates had been folded in here one by one; its
+        sums must have this mean's names and shapes, in float64 (complex128)."""
+        if partial.count == 0:
+            return
+        if partial.total_weight < 0 or not np.isfinite(partial.total_weight):
+            raise ValueError(f"total_weight must be finite and >= 0, got {partial.total_weight!r}")
+        pairs = self._pairs(partial.sums)
+        for acc, sums in pairs:
+            if sums.dtype != acc.dtype:
+                raise ValueError(
+                    f"partial sums are {sums.dtype}, expected {acc.dtype}: a PartialSum holds "
+                    "a WeightedMean's own sums (WeightedMean.partial)"
+                )
+        for acc, sums in pairs:
+            if self.count == 0:
+                np.copyto(acc, sums)
+            else:
+                np.add(acc, sums, out=acc)
+        self.total_weight += partial.total_weight
+        self.count += partial.count
 
     def result(self) -> Arrays:
         """The mean so far; raises ValueError if nothing (or only zero weight) was added."""
