@@ -3,6 +3,12 @@
 The loop sends instructions and receives replies as they come; it never knows whether they
 come from threads (simulation), Ray actors or nodes over gRPC (deployment). Tests plug in
 grids that inject faults.
+
+A grid whose clients run on remote workers may also offer summed fit stages
+(``sums_updates``, ``dispatch_summed``; ``summing.py``): each worker screens and sums its
+share of the updates, and one partial sum per worker comes back. Every grid carries replies;
+summing is a capability a grid declares, and the round uses it only where the result cannot
+differ.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+from pollinate.aggregate.mean import PartialSum
+from pollinate.loop.summing import Answered, Seen, Summing
 from pollinate.records import Message
 
 
@@ -46,6 +54,23 @@ class Grid(ABC):
         dropped. A grid may yield replies that do not match any instruction (a confused or
         hostile node); the caller checks them.
         """
+
+    @property
+    def sums_updates(self) -> bool:
+        """Whether ``dispatch_summed`` works here: most grids carry each update back."""
+        return False
+
+    def dispatch_summed(
+        self, instructions: Sequence[Message], timeout: Timeout, summing: Summing, seen: Seen
+    ) -> Iterator[Answered | PartialSum]:
+        """Send fit ``instructions``, screen and sum their updates where they are computed
+        (``summing.WorkerSum``), and yield each task's ``Answered`` facts, each only with (or
+        after) the ``PartialSum`` its update is in; ``seen()`` as each task's end is seen.
+
+        Ends as ``dispatch`` does: tasks without facts by the ``timeout`` are abandoned, and
+        what was summed of the others still comes back.
+        """
+        raise NotImplementedError(f"{type(self).__name__} carries each update back")
 
     def wait_for_nodes(self, count: int, timeout: float) -> Sequence[int]:
         """``nodes()`` once at least ``count`` nodes can take work, or after ``timeout``

@@ -6,16 +6,26 @@ Invariants:
 - no update counts for more than its bounded share (``screen.py``, ``bounds.py``);
 - a round that lost more fit tasks than ``failure_tolerance`` allows, or whose strategy
   cannot aggregate what it got, keeps the previous global model.
+
+Where the grid offers it and nothing can tell the difference (``summing.py``), a round's
+updates are screened and summed where they are computed, and the round merges one sum per
+worker: it records the same events and the same history as when each update comes here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from pollinate.aggregate.mean import PartialSum
+from pollinate.loop.deadline import StageClock, no_reply
 from pollinate.loop.evaluate import evaluate
 from pollinate.loop.events import Stage
+from pollinate.loop.history import FailureKind
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.screen import Screen
-from pollinate.loop.stages import Stages
-from pollinate.records import Arrays, Metrics
+from pollinate.loop.stages import Problem, Stages, Tasks, reply_problem, task_id
+from pollinate.loop.summing import Answered, MergesSums, Summing, summing_for
+from pollinate.records import Arrays, Config, Message, MessageKind, Metrics
 from pollinate.strategy.base import (
     FitAggregator,
     FitResult,
@@ -40,9 +50,24 @@ class PlainRounds:
         screen = Screen(
             validation, arrays, len(nodes), strategy.updates_like_model, strategy.bounds_outliers
         )
-        # (examples, metrics) of the folded updates: not the updates, which must go once folded
-        metrics: list[tuple[int, Metrics]] = []
         tasks = dict.fromkeys(nodes, (arrays, config))
+        summing = summing_for(
+            self.stages.grid.sums_updates, validation, strategy.updates_like_model
+        )
+        if summing is not None and isinstance(aggregator, MergesSums):
+            metrics = self._fit_summed(rounds, tasks, screen, summing, aggregator)
+        else:
+            metrics = self._fit_each(rounds, tasks, screen, aggregator)
+        rounds.count_fit(len(metrics))
+        rounds.record.fit = strategy.aggregate_fit_metrics(metrics)
+        return finish_fit(rounds, strategy, arrays, aggregator, len(nodes))
+
+    def _fit_each(
+        self, rounds: RoundRecorder, tasks: Tasks, screen: Screen, aggregator: FitAggregator
+    ) -> list[tuple[int, Metrics]]:
+        """Each update comes here, is screened and folded: the (examples, metrics) of those
+        folded (not the updates, which must go once folded)."""
+        metrics: list[tuple[int, Metrics]] = []
         for node, reply, problem in self.stages.collect(rounds, Stage.FIT, tasks):
             if problem is not None:
                 rounds.received(Stage.FIT, node, False)
@@ -62,10 +87,62 @@ class PlainRounds:
             rounds.bound(node, Stage.FIT, note)
         for node, reason in left_out:
             rounds.reject(node, reason)
-        metrics += fold(aggregator, held, rounds)
-        rounds.count_fit(len(metrics))
-        rounds.record.fit = strategy.aggregate_fit_metrics(metrics)
-        return finish_fit(rounds, strategy, arrays, aggregator, len(nodes))
+        return metrics + fold(aggregator, held, rounds)
+
+    def _fit_summed(
+        self,
+        rounds: RoundRecorder,
+        tasks: Tasks,
+        screen: Screen,
+        summing: Summing,
+        aggregator: MergesSums,
+    ) -> list[tuple[int, Metrics]]:
+        """The grid screens and sums the updates where they are computed; here each task's
+        facts are recorded as ``_fit_each`` records its reply, and each sum is merged."""
+        metrics: list[tuple[int, Metrics]] = []
+        for node, answer, problem in self._collect_summed(rounds, tasks, summing, aggregator):
+            rejected = None if problem is not None else answer.rejected
+            rounds.received(Stage.FIT, node, problem is None and rejected is None)
+            if problem is not None:
+                rounds.fail(node, Stage.FIT, *problem)
+            elif rejected is not None:
+                rounds.reject(node, rejected)
+            else:
+                result = FitResult(node, Arrays(), answer.reply.num_examples, answer.reply.metrics)
+                metrics += [(r.num_examples, r.metrics) for r in screen.admit(result)]
+        _held, notes, _left_out = screen.close()  # nothing held: no relative bound is on
+        for node, note in notes:
+            rounds.bound(node, Stage.FIT, note)
+        return metrics
+
+    def _collect_summed(
+        self, rounds: RoundRecorder, tasks: Tasks, summing: Summing, aggregator: MergesSums
+    ) -> Iterator[tuple[int, Answered, Problem | None]]:
+        """As ``Stages.collect``, for a summed stage: each task's facts (or its timeout) once;
+        every partial sum merged into ``aggregator`` as it comes."""
+        stages, rnd = self.stages, rounds.number
+        pending = {
+            message.task_id: message
+            for message in (fit_message(stages.run_id, rnd, n, a, c) for n, (a, c) in tasks.items())
+        }
+        rounds.stage_started(Stage.FIT, len(pending))
+        timeout = stages.app.stage_timeout(len(pending))
+        seen = timeout.replied if isinstance(timeout, StageClock) else _nothing
+        summed = stages.grid.dispatch_summed(list(pending.values()), timeout, summing, seen)
+        for item in summed:
+            if isinstance(item, PartialSum):
+                with rounds.aggregating():
+                    aggregator.merge(item)
+                continue
+            reply = item.reply
+            task = pending.get(reply.task_id)
+            if task is None or not reply.is_reply or reply.node_id != task.node_id:
+                rounds.dropped(reply.task_id, reply.node_id)
+                continue
+            del pending[reply.task_id]
+            yield task.node_id, item, reply_problem(reply)
+        for task in pending.values():
+            yield task.node_id, Answered(task), (FailureKind.TIMEOUT, no_reply(timeout))
 
     def evaluate(self, rounds: RoundRecorder, arrays: Arrays) -> None:
         evaluate(self.stages, self.strategy, rounds, arrays)
@@ -88,6 +165,22 @@ def fold(
             continue
         folded.append((result.num_examples, result.metrics))
     return folded
+
+
+def fit_message(run_id: str, rnd: int, node: int, arrays: Arrays, config: Config) -> Message:
+    return Message(
+        kind=MessageKind.FIT,
+        task_id=task_id(run_id, rnd, Stage.FIT, node),
+        run_id=run_id,
+        round=rnd,
+        node_id=node,
+        arrays=arrays,
+        config=config,
+    )
+
+
+def _nothing() -> None:
+    pass
 
 
 def finish_fit(

@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol, TypedDict, Unpack
 
 import numpy as np
 
-from pollinate.aggregate import WeightedMean, weighted_average
+from pollinate.aggregate import PartialSum, WeightedMean, weighted_average
 from pollinate.checks import integer, number
 from pollinate.errors import RunError
 from pollinate.records import Arrays, Config, Metrics
@@ -368,6 +368,10 @@ class _MeanThenUpdate:
 
     def add(self, result: FitResult) -> None:
         self._mean.add(result.arrays, result.num_examples)
+
+    def merge(self, partial: PartialSum) -> None:
+        """Updates summed elsewhere (a Ray worker's, ``loop/summing.py``), as if added here."""
+        self._mean.merge(partial)
 
     def finish(self) -> Arrays:
         return self._strategy.server_update(self._current, self._mean.result())
