@@ -17,17 +17,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from pollinate import Arrays, Client, Grid
+from pollinate import Arrays, Client, FedAvg, Grid, Sampling, ServerApp, Validation
 from pollinate.app import load_app
 from pollinate.client import ClientFn
+from pollinate.loop import ReplyBounded, RoundFinished, run
 from pollinate.loop.history import WALL_TIMES
-from pollinate.simulation import Adversaries, RayEngine, RayGrid, run_simulation
+from pollinate.simulation import Adversaries, RayEngine, RayGrid, SimulationGrid, run_simulation
 from pollinate.simulation.ray_engine import LOOPBACK
 from tests.loop.grid_contract import Doubler, GridContract, fit_task
 
@@ -189,6 +191,117 @@ def test_secure_aggregation_is_refused_with_a_hint(cluster: Any) -> None:
             list(grid.dispatch([secagg], timeout=10))
     finally:
         grid.close()
+
+
+STREAMING = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
+
+
+@pytest.mark.parametrize("screen", ["streaming", "relative"])
+def test_a_streaming_run_sums_on_the_workers_with_the_in_process_history(
+    cluster: Any, screen: str
+) -> None:
+    """One partial sum per worker per round comes back, and the history is the in-process
+    engine's; a screen relative to the round (the demo's) keeps every update (no sum)."""
+    app = load_app(DEMO, {"num-rounds": "3"})
+    server_app = app.server_app()
+    if screen == "streaming":
+        server_app = replace(server_app, validation=STREAMING)
+    attack = Adversaries(0.2, "scale")
+    options: dict[str, Any] = {"run_config": app.config, "adversaries": attack}
+    here = SimulationGrid(app.client_fn, app.clients, **options)
+    ray = RayGrid(app.client_fn, app.clients, concurrency=2, **options)
+    try:
+        expected = run(here, server_app, seed=1).history.rounds
+        got = run(ray, replace(server_app, strategy=app.server_app().strategy), seed=1)
+    finally:
+        here.close()
+        ray.close()
+    assert _records(got.history.rounds) == _records(expected)
+    assert ray.sums_received == (2 * 3 if screen == "streaming" else 0)
+
+
+class Troubled(Client):
+    """Node 1 raises, node 2 sends NaN, node 3 a huge update, node 4 claims many examples."""
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+
+    def fit(self, arrays, config):
+        if self.node == 1:
+            raise ValueError("no data today")
+        w = arrays["w"] + np.float32(0.1 * (self.node + 1) / 3)
+        if self.node == 2:
+            w = np.full_like(w, np.nan)
+        if self.node == 3:
+            w = w + np.float32(1e6)
+        return Arrays({"w": w}), 10**6 if self.node == 4 else 7 + self.node, {"x": self.node}
+
+
+def test_failures_and_rejections_on_workers_are_recorded_as_in_process(cluster: Any) -> None:
+    validation = replace(STREAMING, max_norm=50.0, max_examples=100)
+    initial = Arrays({"w": np.linspace(-1, 1, 50, dtype=np.float32)})
+
+    def events_and_rounds(grid: Grid) -> tuple[list[Any], list[dict[str, Any]]]:
+        strategy = FedAvg(sampling=Sampling(fraction_evaluate=0.0))
+        app = ServerApp(strategy, num_rounds=2, initial_arrays=initial, validation=validation)
+        events: list[Any] = []
+        try:
+            result = run(grid, app, seed=2, on_event=events.append)
+        finally:
+            grid.close()
+        kept = [e for e in events if not isinstance(e, RoundFinished)]
+        return kept, _records(result.history.rounds)
+
+    ray = RayGrid(lambda ctx: Troubled(ctx.node_id), 7, concurrency=2)
+    got = events_and_rounds(ray)
+    assert got == events_and_rounds(SimulationGrid(lambda ctx: Troubled(ctx.node_id), 7))
+    assert ray.sums_received == 2 * 2
+    failed = {f["node_id"]: (f["kind"], f["reason"]) for f in got[1][1]["failed"]}
+    assert failed[1][0] == "client" and "no data today" in failed[1][1]
+    assert failed[2][0] == "rejected" and "non-finite" in failed[2][1]
+    assert failed[3][0] == "rejected" and "max_norm" in failed[3][1]
+    assert sum(isinstance(e, ReplyBounded) for e in got[0]) == 2  # node 4, capped each round
+
+
+class HangsInRoundOne(Client):
+    def __init__(self, node: int) -> None:
+        self.node = node
+
+    def fit(self, arrays, config):
+        if self.node == 0 and config["round"] == 1:
+            time.sleep(20)  # its worker is killed when the grid closes
+        return Arrays({"w": arrays["w"] + 1}), 1, {}
+
+
+def test_a_hung_client_on_a_worker_costs_its_batch_the_deadline_not_the_round(
+    cluster: Any,
+) -> None:
+    """Round 1: node 0 hangs on worker 0, whose later tasks (2, 4) wait behind it; at the
+    deadline the worker sends the sum of what it answered (nothing) and worker 1 its own, and
+    the round applies the mean of nodes 1, 3 and 5. Round 2: worker 0 still holds the hung
+    client (a task counts until its end is seen), so worker 1 takes every task."""
+    strategy = FedAvg(
+        sampling=Sampling(fraction_evaluate=0.0), on_fit_config_fn=lambda rnd: {"round": rnd}
+    )
+    initial = Arrays({"w": np.zeros(3, np.float32)})
+    app = ServerApp(
+        strategy, num_rounds=2, initial_arrays=initial, validation=STREAMING, round_timeout=3.0
+    )
+    grid = RayGrid(lambda ctx: HangsInRoundOne(ctx.node_id), 6, concurrency=2)
+    try:
+        started = time.monotonic()
+        result = run(grid, app, seed=0)
+        took = time.monotonic() - started
+    finally:
+        grid.close()
+    first, second = result.history.rounds[1:]
+    assert [(f.node_id, f.kind) for f in first.failed] == [(n, "timeout") for n in (0, 2, 4)]
+    assert "round_timeout=3.0s" in first.failed[0].reason
+    assert first.replies == 3 and first.applied
+    assert second.replies == 6 and second.failed == []
+    assert result.arrays["w"].tolist() == [2.0, 2.0, 2.0]
+    assert grid.sums_received == 2 + 1
+    assert took < 15  # not the hung client's 20 s
 
 
 def _records(rounds: list[Any]) -> list[dict[str, Any]]:

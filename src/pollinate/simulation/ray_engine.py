@@ -42,12 +42,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pollinate.aggregate.mean import PartialSum
 from pollinate.client.client import ClientFn
 from pollinate.errors import RunError
 from pollinate.loop.grid import Grid, Timeout, ends_at
+from pollinate.loop.summing import Answered, Seen, Summing
 from pollinate.records import Arrays, Config, Message
 from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.grid import NodeConfigFn, SimulationGrid
+from pollinate.simulation.ray_sums import WorkerBatch, dispatch_summed
 from pollinate.simulation.speed import ClientSpeed, Stragglers
 from pollinate.wire import decode, encode
 
@@ -91,7 +94,8 @@ class _Task:
 
 class RayGrid(Grid):
     """``num_clients`` virtual clients on Ray workers; arguments as ``SimulationGrid``'s,
-    with ``concurrency`` the number of workers (default: the cluster's CPUs)."""
+    with ``concurrency`` the number of workers (default: the cluster's CPUs).
+    ``summing=False`` brings every update back even where a round could sum them."""
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class RayGrid(Grid):
         adversaries: Adversaries | None = None,
         client_speed: Stragglers | ClientSpeed | None = None,
         select: str = "",
+        summing: bool = True,
     ) -> None:
         options: dict[str, Any] = {
             "run_config": run_config,
@@ -115,6 +120,8 @@ class RayGrid(Grid):
         # nodes() here, and every argument checked before Ray starts
         self._here = SimulationGrid(client_fn, num_clients, concurrency=1, select=select, **options)
         self.attackers = self._here.attackers
+        self._summing = summing
+        self.sums_received = 0  # partial sums that came back (one per worker per summed stage)
         self._closed = False
         self._ray, self._started = _connect(address, _app_packages(client_fn, node_config_fn))
         try:
@@ -129,6 +136,21 @@ class RayGrid(Grid):
     def wait_for_nodes(self, count: int, timeout: float) -> Sequence[int]:
         """Virtual clients are always there: more will not come by waiting."""
         return self.nodes()
+
+    @property
+    def sums_updates(self) -> bool:
+        """Workers sum their share (``ray_sums.py``), unless ``summing=False`` or clients are
+        slow (``client_speed``), whose held-back replies a worker's sum cannot wait for."""
+        return self._summing and self._here.slowdowns is None
+
+    def dispatch_summed(
+        self, instructions: Sequence[Message], timeout: Timeout, summing: Summing, seen: Seen
+    ) -> Iterator[Answered | PartialSum]:
+        summed = dispatch_summed(self._ray, self._workers, instructions, timeout, summing, seen)
+        for item in summed:
+            if isinstance(item, PartialSum):
+                self.sums_received += 1
+            yield item
 
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         ends = ends_at(timeout)
@@ -165,7 +187,9 @@ class RayGrid(Grid):
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         count = count or cpus
         # More workers than CPUs share them, rather than wait for CPUs that never come.
-        actor = ray.remote(_Worker).options(num_cpus=min(1.0, cpus / count), max_restarts=3)
+        actor = ray.remote(_Worker).options(
+            num_cpus=min(1.0, cpus / count), max_restarts=3, max_concurrency=2
+        )
         actors = [actor.remote(client_fn, num_clients, options) for _ in range(count)]
         try:
             ray.get([a.ready.remote() for a in actors], timeout=READY_SECONDS)
@@ -271,6 +295,10 @@ class _Workers:
 
     def idle(self) -> int | None:
         """The first idle worker's index, or None while every worker is busy."""
+        return next(iter(self.all_idle()), None)
+
+    def all_idle(self) -> list[int]:
+        """The indices of the workers that run nothing now."""
         with self._lock:
             if self._busy:
                 busy = list(self._busy)
@@ -278,13 +306,17 @@ class _Workers:
                 for ref in ended:
                     del self._busy[ref]
             taken = set(self._busy.values())
-            return next((i for i in range(len(self.actors)) if i not in taken), None)
+            return [i for i in range(len(self.actors)) if i not in taken]
 
     def send(self, worker: int, head: bytes, body: Any) -> Any:
         ref = self.actors[worker].answer.remote(head, body)
+        self.hold(worker, ref)
+        return ref
+
+    def hold(self, worker: int, ref: Any) -> None:
+        """``worker`` is busy until ``ref`` is ready (a task, a batch, a hung client's end)."""
         with self._lock:
             self._busy[ref] = worker
-        return ref
 
     def wait_idle(self, timeout: float | None) -> None:
         with self._lock:
@@ -294,10 +326,23 @@ class _Workers:
 
 
 class _Worker:
-    """A Ray actor: a SimulationGrid of its own, answering one instruction at a time."""
+    """A Ray actor: a SimulationGrid of its own, answering one instruction at a time, or
+    a summed batch (``ray_sums.py``; its second thread takes the batch's ``stop``)."""
 
     def __init__(self, client_fn: ClientFn, num_clients: int, options: dict[str, Any]) -> None:
         self._grid = SimulationGrid(client_fn, num_clients, concurrency=1, **options)
+        self._batch = WorkerBatch(self._grid)
+
+    def fold(
+        self, key: str, heads: list[bytes], body: bytes, summing: Summing
+    ) -> Iterator[tuple[str, Any, Any]]:
+        yield from self._batch.fold(key, heads, body, summing)
+
+    def stop(self, key: str) -> None:
+        self._batch.stop(key)
+
+    def settle(self) -> None:
+        self._batch.settle()
 
     def ready(self) -> int:
         return os.getpid()
