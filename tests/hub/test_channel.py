@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pollinate.wire as wire
 from pollinate.hub.channel import (
+    MAPPED,
+    MAPPED_BYTES,
     Channel,
     ChannelClosed,
     ChannelError,
     event_from_json,
     event_to_json,
 )
+from pollinate.hub.sealed import SEALS
 from pollinate.hub.supervisor import _task
 from pollinate.loop.events import ReplyReceived, RoundFinished, Stage, TaskFailed
 from pollinate.loop.history import Failure, FailureKind, RoundRecord
@@ -100,3 +106,105 @@ def test_events_are_rebuilt_field_by_field() -> None:
     ):
         with pytest.raises(ChannelError):
             event_from_json(bad)
+
+
+# --- large messages travel in a sealed memfd (MAPPED) ------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _send_with_fd(channel: Channel, kind: int, body: bytes, fd: int) -> None:
+    socket.send_fds(channel.sock, [struct.pack(">IB", len(body), kind) + body], [fd])
+
+
+def _sealed(data: bytes, seals: int = SEALS) -> int:
+    fd = os.memfd_create("test", os.MFD_ALLOW_SEALING)
+    os.write(fd, data)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+@pytest.fixture
+def big_pair() -> Iterator[tuple[Channel, Channel]]:
+    a, b = socket.socketpair()
+    hub, child = (
+        Channel(a, max_json=1024, max_message=64 << 20),
+        Channel(b, max_json=1024, max_message=64 << 20),
+    )
+    yield hub, child
+    hub.close()
+    child.close()
+
+
+def test_a_large_message_arrives_mapped_and_cannot_change(
+    big_pair: tuple[Channel, Channel],
+) -> None:
+    hub, run = big_pair
+    model = np.arange(MAPPED_BYTES // 4 * 3, dtype=np.float32)  # 3 MiB: mapped
+    reply = Message(MessageKind.FIT, task_id="r:1:fit:3", run_id="r", arrays=Arrays({"w": model}))
+    small = Message(MessageKind.EVALUATE, task_id="r:1:evaluate:3", run_id="r")
+    before = _open_fds()
+    hub.send({"op": "reply"}, [wire.iter_encode(reply), wire.iter_encode(small)])
+    op, (data, tiny) = run.receive()
+    assert op == {"op": "reply", "messages": 2}
+    assert isinstance(tiny.obj, bytearray) and not isinstance(data.obj, bytearray)
+    assert data.readonly
+    got = wire.decode(data, wire.Limits(len(data), len(data), len(data)))
+    np.testing.assert_array_equal(got.arrays["w"], model)
+    assert wire.decode(tiny).task_id == "r:1:evaluate:3"
+    assert _open_fds() == before  # both ends closed the descriptor; the mapping holds the bytes
+
+
+def test_a_descriptor_that_is_not_a_sealed_memfd_is_refused_and_closed(
+    big_pair: tuple[Channel, Channel], tmp_path: Path
+) -> None:
+    hub, run = big_pair
+    size = struct.pack(">Q", 4096)
+    plain = tmp_path / "file"
+    plain.write_bytes(b"x" * 4096)
+    unsealed = os.memfd_create("test", os.MFD_ALLOW_SEALING)
+    os.write(unsealed, b"x" * 4096)
+    # sealed against growing and shrinking but not writing: the sender could change it later
+    writable = _sealed(b"x" * 4096, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    cases = {
+        os.open(plain, os.O_RDONLY): "not a sealed memory file",
+        unsealed: "could still change",
+        writable: "could still change",
+        _sealed(b"x" * 100): "of 100 bytes, said to be 4096",
+    }
+    before = _open_fds()
+    for fd, error in cases.items():
+        hub.send({"op": "reply"}, [])  # announces no message: then one comes regardless
+        _announce(hub)
+        _send_with_fd(hub, MAPPED, size, fd)
+        os.close(fd)
+        run.receive()
+        with pytest.raises(ChannelError, match=error):
+            run.receive()
+    assert _open_fds() == before - len(cases)
+
+
+def test_a_descriptor_with_any_other_frame_is_refused_and_closed(
+    big_pair: tuple[Channel, Channel],
+) -> None:
+    hub, run = big_pair
+    fd = _sealed(b"x" * 4096)
+    before = _open_fds()
+    _send_with_fd(hub, 1, b'{"op": "x"}', fd)  # a JSON frame with a descriptor
+    with pytest.raises(ChannelError, match="kind 1 came with 1 descriptors"):
+        run.receive()
+    run.sock.recv(64)  # the refused frame's body: a channel that refused anything is closed
+    _announce(hub)
+    hub.sock.sendall(struct.pack(">IBQ", 8, MAPPED, 4096))  # MAPPED without its descriptor
+    with pytest.raises(ChannelError, match="kind 4 came with 0 descriptors"):
+        run.receive()
+    os.close(fd)
+    assert _open_fds() == before - 1
+
+
+def _announce(channel: Channel) -> None:
+    """A JSON frame saying one message follows, sent by hand."""
+    body = b'{"op": "reply", "messages": 1}'
+    channel.sock.sendall(struct.pack(">IB", len(body), 1) + body)

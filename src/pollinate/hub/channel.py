@@ -7,19 +7,31 @@ only through one end of a socketpair; the hub (``supervisor.py``) holds the othe
     kind 1 = JSON   a UTF-8 JSON object {"op": ..., ...}, at most `max_json` bytes
     kind 2 = CHUNK  the next piece of a wire message (``pollinate.wire``), at most CHUNK bytes
     kind 3 = END    the wire message whose chunks came before is complete (empty body)
+    kind 4 = MAPPED a whole wire message in a sealed memfd, sent with this frame (SCM_RIGHTS);
+                    body: its size, u64 big-endian
 
 A JSON frame with ``"messages": n`` is followed by n wire messages, each as CHUNK frames and
-one END; a message is at most `max_message` bytes. Nothing is pickled: a run process is as
-untrusted as a node, and what it sends is parsed by ``json`` and ``pollinate.wire`` alone.
+one END, or (from ``MAPPED_BYTES`` on) as one MAPPED frame; a message is at most
+`max_message` bytes. Nothing is pickled: a run process is as untrusted as a node, and what it
+sends is parsed by ``json`` and ``pollinate.wire`` alone.
+
+Why MAPPED: a round's replies (K models) cross to the run process, and through the socket
+each byte was copied four times (into the kernel, out into a fresh frame, into the growing
+message; the fresh pages cost more than the copies here). Written once into a memfd and
+mapped by the receiver, a message is copied once. The receiver maps only a memfd sealed
+against writing, growing and shrinking, so a hostile sender can neither change a message
+once it is checked nor cut it short under the reader's feet (a SIGBUS).
 
 Invariant: ``Channel.receive`` raises only ``ChannelError`` (the peer broke the format or a
-limit; nothing beyond the limit was read into memory) and ``ChannelClosed`` (the peer is gone).
+limit; nothing beyond the limit was read into memory; a descriptor that came with a refused
+frame is closed) and ``ChannelClosed`` (the peer is gone).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import struct
 import threading
@@ -27,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pollinate.errors import PollinateError
+from pollinate.hub.sealed import SealedError, map_sealed, write_sealed
 from pollinate.loop.events import (
     Event,
     ReplyBounded,
@@ -41,10 +54,14 @@ from pollinate.loop.history import Failure, FailureKind, RoundRecord
 from pollinate.records import check_scalars
 from pollinate.text import MAX_LINE, MAX_TEXT, inert
 
-JSON, CHUNK, END = 1, 2, 3
+JSON, CHUNK, END, MAPPED = 1, 2, 3, 4
 CHUNK_BYTES = 4 << 20
+MAPPED_BYTES = 1 << 20
+"""Messages from this size on travel MAPPED; smaller ones are cheaper as a few frames."""
 MAX_MESSAGES = 10_000
 _HEAD = struct.Struct(">IB")
+_SIZE = struct.Struct(">Q")
+_FD_ROOM = socket.CMSG_SPACE(struct.calcsize("i"))  # one descriptor per frame, no more
 
 Chunks = Iterable[bytes | memoryview]
 """A wire message as ``pollinate.wire.iter_encode`` gives it."""
@@ -72,15 +89,12 @@ class Channel:
         with self._send_lock:
             self._frame(JSON, body)
             for chunks in messages:
-                for chunk in chunks:
-                    view = memoryview(chunk).cast("B")
-                    for at in range(0, len(view), CHUNK_BYTES):
-                        self._frame(CHUNK, view[at : at + CHUNK_BYTES])
-                self._frame(END, b"")
+                self._send_message(chunks)
 
-    def receive(self) -> tuple[dict[str, Any], list[bytearray]]:
-        """The next op and the bytes of the wire messages that came with it."""
-        kind, body = self._read_frame(self.max_json)
+    def receive(self) -> tuple[dict[str, Any], list[memoryview]]:
+        """The next op and the bytes of the wire messages that came with it (read-only
+        views of a mapping for large ones)."""
+        kind, body, _ = self._read_frame(self.max_json)
         if kind != JSON:
             raise ChannelError(f"expected a JSON frame, got kind {kind}")
         try:
@@ -102,25 +116,82 @@ class Channel:
         if len(body):
             self.sock.sendall(body)
 
-    def _read_message(self) -> bytearray:
+    def _send_message(self, chunks: Chunks) -> None:
+        """One wire message: as CHUNK frames and END while it is small, else MAPPED."""
+        pieces: list[memoryview] = []
+        size = 0
+        iterator = iter(chunks)
+        for chunk in iterator:
+            view = memoryview(chunk).cast("B")
+            pieces.append(view)
+            size += len(view)
+            if size >= MAPPED_BYTES:
+                self._send_mapped([*pieces, *(memoryview(c).cast("B") for c in iterator)])
+                return
+        for view in pieces:
+            for at in range(0, len(view), CHUNK_BYTES):
+                self._frame(CHUNK, view[at : at + CHUNK_BYTES])
+        self._frame(END, b"")
+
+    def _send_mapped(self, pieces: Iterable[memoryview]) -> None:
+        fd = write_sealed(pieces)
+        try:
+            frame = _HEAD.pack(_SIZE.size, MAPPED) + _SIZE.pack(os.fstat(fd).st_size)
+            sent = socket.send_fds(self.sock, [frame], [fd])
+            self.sock.sendall(frame[sent:])  # the descriptor went with the first byte
+        finally:
+            os.close(fd)
+
+    def _read_message(self) -> memoryview:
         data = bytearray()
         while True:
-            kind, body = self._read_frame(CHUNK_BYTES)
+            kind, body, fd = self._read_frame(CHUNK_BYTES, mapped=not data)
+            if kind == MAPPED:
+                return _mapping(fd, _SIZE.unpack(body)[0], self.max_message)
             if kind == END:
-                return data
+                return memoryview(data)
             if kind != CHUNK:
-                raise ChannelError(f"expected a CHUNK or END frame, got kind {kind}")
+                raise ChannelError(f"expected a CHUNK, END or MAPPED frame, got kind {kind}")
             if len(data) + len(body) > self.max_message:
                 raise ChannelError(f"a wire message over {self.max_message} bytes")
             data += body
 
-    def _read_frame(self, limit: int) -> tuple[int, bytearray]:
-        length, kind = _HEAD.unpack(self._read(_HEAD.size))
+    def _read_frame(self, limit: int, mapped: bool = False) -> tuple[int, bytearray, int]:
+        """A frame's kind and body, and the descriptor of a MAPPED one (where ``mapped``
+        allows one: first in a message); any other descriptor is closed and refused."""
+        head, fds = self._read_head()
+        length, kind = _HEAD.unpack(head)
+        if kind == MAPPED and mapped and length == _SIZE.size and len(fds) == 1:
+            return kind, self._read(length), fds[0]
+        _close(fds)
+        if kind == MAPPED or fds:
+            raise ChannelError(f"a frame of kind {kind} came with {len(fds)} descriptors")
         if kind not in (JSON, CHUNK, END):
             raise ChannelError(f"unknown frame kind {kind}")
         if length > limit:
             raise ChannelError(f"a frame of {length} bytes; the limit is {limit}")
-        return kind, self._read(length)
+        return kind, self._read(length), -1
+
+    def _read_head(self) -> tuple[bytearray, list[int]]:
+        """A frame's head, and the descriptors that came with it (read with ``recvmsg``:
+        a plain read would drop them)."""
+        head = bytearray(_HEAD.size)
+        view, got = memoryview(head), 0
+        fds: list[int] = []
+        while got < len(head):
+            try:
+                n, ancillary, flags, _ = self.sock.recvmsg_into([view[got:]], _FD_ROOM)
+            except OSError as exc:
+                _close(fds)
+                raise ChannelClosed(f"the channel failed: {exc}") from None
+            fds += _descriptors(ancillary)
+            if flags & socket.MSG_CTRUNC:
+                fds.append(-1)  # more than room was made for: the kernel closed the rest
+            if n == 0:
+                _close(fds)
+                raise ChannelClosed("the peer closed the channel")
+            got += n
+        return head, fds
 
     def _read(self, size: int) -> bytearray:
         buffer = bytearray(size)
@@ -135,6 +206,34 @@ class Channel:
                 raise ChannelClosed("the peer closed the channel")
             got += n
         return buffer
+
+
+def _mapping(fd: int, size: int, limit: int) -> memoryview:
+    """The message in memfd ``fd`` (``sealed.py``), at most ``limit`` bytes; the descriptor
+    is closed either way (the mapping keeps the bytes)."""
+    try:
+        if size > limit:
+            raise ChannelError(f"a mapped message of {size} bytes; the limit is {limit}")
+        return map_sealed(fd, size)
+    except SealedError as exc:
+        raise ChannelError(f"a mapped message refused: {exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds += struct.unpack(f"{usable // 4}i", data[:usable])
+    return fds
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 def ints(value: object, what: str) -> list[int]:

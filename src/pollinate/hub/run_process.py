@@ -125,14 +125,14 @@ def _load(channel: Channel, setup: dict[str, Any]) -> App | None:
 
 
 def _run(
-    channel: Channel, app: App, start: dict[str, Any], messages: list[bytearray]
+    channel: Channel, app: App, start: dict[str, Any], messages: list[memoryview]
 ) -> tuple[str, str]:
     """Run the loop; (status, detail) for the hub."""
     run_id = str(start["run_id"])
     resume_from = None
     if messages:
         history = History([RoundRecord.from_dict(r) for r in start["history"]])
-        resume_from = checkpoints.decode(memoryview(messages[0]), history)
+        resume_from = checkpoints.decode(messages[0], history)
     grid = ProxyGrid(channel)
     try:
         server_app = app.server_app()
@@ -175,7 +175,7 @@ class ProxyGrid(Grid):
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self._calls: dict[int, queue.Queue[tuple[dict[str, Any], list[bytearray]]]] = {}
+        self._calls: dict[int, queue.Queue[tuple[dict[str, Any], list[memoryview]]]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         threading.Thread(target=self._read, name="hub-channel", daemon=True).start()
@@ -220,8 +220,8 @@ class ProxyGrid(Grid):
         _raise_if_error(answer)
         return answer
 
-    def _open(self) -> tuple[int, queue.Queue[tuple[dict[str, Any], list[bytearray]]]]:
-        answers: queue.Queue[tuple[dict[str, Any], list[bytearray]]] = queue.Queue()
+    def _open(self) -> tuple[int, queue.Queue[tuple[dict[str, Any], list[memoryview]]]]:
+        answers: queue.Queue[tuple[dict[str, Any], list[memoryview]]] = queue.Queue()
         with self._lock:
             call = next(self._ids)
             self._calls[call] = answers

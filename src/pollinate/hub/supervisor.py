@@ -267,7 +267,7 @@ class RunProcess:
     # --- the calls -------------------------------------------------------------------------
 
     def _handle(
-        self, op: dict[str, Any], messages: list[bytearray], grid: HubGrid, hooks: Hooks
+        self, op: dict[str, Any], messages: list[memoryview], grid: HubGrid, hooks: Hooks
     ) -> None:
         name = op["op"]
         if name == "checkpoint":
@@ -329,7 +329,7 @@ class RunProcess:
 
         threading.Thread(target=wait, name=f"wait-{grid.run_id}", daemon=True).start()
 
-    def _dispatch(self, op: dict[str, Any], messages: list[bytearray], grid: HubGrid) -> None:
+    def _dispatch(self, op: dict[str, Any], messages: list[memoryview], grid: HubGrid) -> None:
         call = self._call(op)
         tasks = _tasks(messages, op.get("same_arrays"), grid.run_id)
         dispatch = _Dispatch(self, call, grid, tasks, _remaining(op))
@@ -446,20 +446,20 @@ def _lines(text: str) -> str:
     return "\n".join(inert(line) for line in cap(text, MAX_LINE).split("\n")[:20])
 
 
-def _one(messages: list[bytearray]) -> bytearray:
+def _one(messages: list[memoryview]) -> memoryview:
     if len(messages) != 1:
         raise ChannelError(f"expected one wire message, got {len(messages)}")
     return messages[0]
 
 
-def _checkpoint(data: bytearray, history: History) -> Checkpoint:
+def _checkpoint(data: memoryview, history: History) -> Checkpoint:
     try:
-        return checkpoints.decode(memoryview(data), history)
+        return checkpoints.decode(data, history)
     except WireError as exc:
         raise ChannelError(f"a checkpoint that is not one: {exc}") from None
 
 
-def _tasks(messages: list[bytearray], same_arrays: Any, run_id: str) -> list[Message]:
+def _tasks(messages: list[memoryview], same_arrays: Any, run_id: str) -> list[Message]:
     """A dispatch's tasks; ``same_arrays[i]`` names the earlier task whose arrays task ``i``
     shares (it came without its own: a round's model crosses once), or ``i`` itself."""
     tasks = [_task(data, run_id) for data in messages]
@@ -479,7 +479,7 @@ def _tasks(messages: list[bytearray], same_arrays: Any, run_id: str) -> list[Mes
     return tasks
 
 
-def _task(data: bytearray, run_id: str) -> Message:
+def _task(data: memoryview, run_id: str) -> Message:
     """A task of the run ``run_id``: a run process cannot reach another run's tasks."""
     try:
         task = wire.decode(data)
