@@ -63,9 +63,11 @@ class Grid(ABC):
     def dispatch_summed(
         self, instructions: Sequence[Message], timeout: Timeout, summing: Summing, seen: Seen
     ) -> Iterator[Answered | PartialSum]:
-        """Send fit ``instructions``, screen and sum their updates where they are computed
-        (``summing.WorkerSum``), and yield each task's ``Answered`` facts, each only with (or
-        after) the ``PartialSum`` its update is in; ``seen()`` as each task's end is seen.
+        """Send fit ``instructions`` (they share one ``Arrays``, the round's global model,
+        which every update is screened against), screen and sum their updates where they
+        are computed (``summing.WorkerSum``), and yield each task's ``Answered`` facts, each
+        only after the ``PartialSum`` its update is in; call ``seen()`` as each task's end is
+        seen (the stage's deadline counts it then).
 
         Ends as ``dispatch`` does: tasks without facts by the ``timeout`` are abandoned, and
         what was summed of the others still comes back.

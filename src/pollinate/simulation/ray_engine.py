@@ -9,9 +9,9 @@ run time (no pip or conda runtime_env).
 Each worker is a Ray actor holding a ``SimulationGrid`` of its own, built from the same
 arguments, so a virtual client is the same on every engine: its Context, node config,
 adversary and speed. Placement is pushed, as in Pollen (Sani et al. 2024): the driver
-decides which worker takes each client and sends the task straight to that actor (the
-first idle worker, one task each at a time, so no task waits behind a hung client), rather
-than submitting tasks for Ray's scheduler to place.
+decides which worker takes each client and sends the task straight to that actor (reply by
+reply: the first idle worker, one task each at a time, so no task waits behind a hung
+client), rather than submitting tasks for Ray's scheduler to place.
 
 Messages cross as ``pollinate.wire`` bytes, never pickled: the global arrays once per
 dispatch (Ray's object store hands them to each machine once), each reply read by
@@ -19,13 +19,16 @@ dispatch (Ray's object store hands them to each machine once), each reply read b
 through Ray's own store (``py_modules``; nothing is downloaded or installed), so they need
 pollinate and the app's libraries, not the app.
 
-Invariant, as ``SimulationGrid``'s: replies are yielded in the order of the instructions,
-so a seeded run's history equals the in-process engine's exactly.
+Partial aggregation on the workers, as in Pollen: where a round's result cannot differ (a
+weighted-mean strategy, a screen that looks at each update alone, no secure aggregation;
+``loop/summing.py`` decides), ``dispatch_summed`` pushes each idle worker its share of the
+round's fit tasks in one call; the worker screens each reply as the hub would and sums the
+updates it accepts, and only one partial sum per worker per round travels back, with each
+task's small facts (``ray_sums.py``). ``summing=False`` turns it off; slow clients
+(``client_speed``) keep every reply.
 
-Not here: partial aggregation on workers (Pollen's one partial sum per worker). The run
-loop screens every update against its round (validation, bounds relative to the round's
-median) before folding it in, and a Grid yields replies; a worker-side sum needs a round
-protocol that owns it (``loop/protocol.py``) and screening that runs on the workers.
+Invariant, as ``SimulationGrid``'s: replies (and a summed stage's facts) are yielded in the
+order of the instructions, so a seeded run's history equals the in-process engine's exactly.
 """
 
 from __future__ import annotations

@@ -179,36 +179,59 @@ def dispatch_summed(
 ) -> Iterator[Answered | PartialSum]:
     """``Grid.dispatch_summed`` on Ray (see the module docstring)."""
     ends = ends_at(timeout)
+    if any(task.arrays is not instructions[0].arrays for task in instructions):
+        raise ValueError(
+            "a summed stage's tasks must share one Arrays, the round's global model: the "
+            "workers screen every update against it\nHint: send them through dispatch()"
+        )
     idle = _idle_workers(workers, ends)
     if not instructions or not idle:
         return
     key = uuid.uuid4().hex
-    body = ray.put(encode(Message(MessageKind.FIT, arrays=instructions[0].arrays)))
-    batches = _shares(instructions, idle)
-    for batch in batches:
-        heads = [encode(replace(task, arrays=Arrays())) for _, task in batch.tasks]
-        actor = workers.actors[batch.worker]
-        batch.stream = actor.fold.remote(key, heads, body, summing)
-        workers.hold(batch.worker, batch.stream.completed())
+    batches = _send(ray, workers, key, _shares(instructions, idle), summing)
     results: dict[int, Answered | None] = {}
     order = _InOrder(len(instructions), results)
-    stopping = None
-    while any(not b.ended for b in batches):
-        deadline, now = ends(), time.monotonic()
-        if stopping is None and deadline is not None and now >= deadline:
-            stopping = now + STOP_GRACE
-            for batch in batches:
-                if not batch.ended:
-                    workers.actors[batch.worker].stop.remote(key)
-        if stopping is not None and now >= stopping:
-            break  # the workers that did not answer the stop lose their share
-        until = stopping if stopping is not None else deadline
-        streams = {b.stream: b for b in batches if not b.ended}
-        ready, _ = ray.wait(list(streams), num_returns=1, timeout=_left(until, now))
-        for stream in ready:
-            yield from _take(ray, workers, streams[stream], seen, results)
-        yield from order.ready()
-    yield from order.rest()
+    stopping = None  # once the deadline passed: until when stopped workers may send
+    try:
+        while any(not b.ended for b in batches):
+            now = time.monotonic()
+            if stopping is None and _passed(ends(), now):
+                stopping = now + STOP_GRACE
+                _stop(workers, key, batches)
+            if stopping is not None and now >= stopping:
+                break  # the workers that did not answer the stop lose their share
+            streams = {b.stream: b for b in batches if not b.ended}
+            until = ends() if stopping is None else stopping
+            ready, _ = ray.wait(list(streams), num_returns=1, timeout=_left(until, now))
+            for stream in ready:
+                yield from _take(ray, workers, streams[stream], seen, results)
+            yield from order.ready()
+        yield from order.rest()
+    finally:
+        _stop(workers, key, batches)  # abandoned by the caller: no worker goes on for it
+
+
+def _send(
+    ray: Any, workers: Workers, key: str, batches: list[_Batch], summing: Summing
+) -> list[_Batch]:
+    """Start each batch on its worker: the global arrays put once, each task's header."""
+    body = ray.put(encode(Message(MessageKind.FIT, arrays=batches[0].tasks[0][1].arrays)))
+    for batch in batches:
+        heads = [encode(replace(task, arrays=Arrays())) for _, task in batch.tasks]
+        batch.stream = workers.actors[batch.worker].fold.remote(key, heads, body, summing)
+        workers.hold(batch.worker, batch.stream.completed())
+    return batches
+
+
+def _stop(workers: Workers, key: str, batches: list[_Batch]) -> None:
+    for batch in batches:
+        if not batch.ended:
+            with contextlib.suppress(Exception):  # its worker gone
+                workers.actors[batch.worker].stop.remote(key)
+
+
+def _passed(deadline: float | None, now: float) -> bool:
+    return deadline is not None and now >= deadline
 
 
 def _idle_workers(workers: Workers, ends: Any) -> list[int]:
