@@ -21,10 +21,14 @@ same near-zero tasks on a process pool, which must pickle the arrays both ways.
 Then the Ray engine next to the in-process one (``--engines``): a Ray started on this machine
 (``RayEngine()``, one worker per CPU), the same runs through one ``RayGrid``; its start-up,
 seconds per round, and the peak memory of the whole process tree (this process and every
-process Ray started), sampled every 50 ms.
+process Ray started), sampled every 50 ms. The runs screen each update by itself
+(``Validation`` without bounds relative to the round), so Ray runs them two ways: ``ray
+each``, every update back on its own (``RayGrid(summing=False)``, one actor call per task),
+and ``ray sums``, each worker's share in one call and one partial sum back per worker per
+round (the default for such runs; ``loop/summing.py``).
 
-Run ``python benchmarks/simulation.py`` (well under a minute; about 2 minutes with
-``--engines``) or ``--quick``.
+Run ``python benchmarks/simulation.py`` (well under a minute; about 3 minutes with
+``--engines`` on an idle machine) or ``--quick``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pollinate import Arrays, Client, FedAvg, Sampling, ServerApp, run_simulation
+from pollinate import Arrays, Client, FedAvg, Sampling, ServerApp, Validation, run_simulation
 from pollinate.records import Config, Metrics
 
 PARAMETERS = 10_000
@@ -229,6 +233,10 @@ def configurations(quick: bool) -> list[Setup]:
 # --- the engines side by side -------------------------------------------------------------
 
 
+ENGINES = ("in-process", "ray each", "ray sums")
+STREAMING = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
+
+
 def engine_row(engine: str, n: int, client: str, repeats: int) -> str:
     """One engine's start-up, seconds per round and peak process-tree memory at N clients
     (in this process: Ray pickles this script's clients by value only from ``__main__``)."""
@@ -237,24 +245,29 @@ def engine_row(engine: str, n: int, client: str, repeats: int) -> str:
 
     tree = TreeMemory()
     started = time.perf_counter()
-    make = SimulationGrid if engine == "in-process" else RayGrid
     kind = CLIENTS[client]  # defined in __main__: Ray's workers get it by value
-    grid = make(lambda ctx: kind(), n)
+    if engine == "in-process":
+        grid: SimulationGrid | RayGrid = SimulationGrid(lambda ctx: kind(), n)
+    else:
+        grid = RayGrid(lambda ctx: kind(), n, summing=engine == "ray sums")
     startup = time.perf_counter() - started
     try:
         rounds = []
         for _ in range(repeats):
             strategy = FedAvg(sampling=Sampling(fraction_fit=1.0, fraction_evaluate=0.0))
             initial = Arrays({"w": np.zeros(PARAMETERS, np.float32)})
-            app = ServerApp(strategy, num_rounds=ROUNDS, initial_arrays=initial)
+            app = ServerApp(
+                strategy, num_rounds=ROUNDS, initial_arrays=initial, validation=STREAMING
+            )
             result = run(grid, app, seed=0)
             rounds += [r.seconds for r in result.history.rounds if r.round > 0]
+        sums = getattr(grid, "sums_received", 0)
     finally:
         grid.close()
         tree.stop()
     return (
         f"{engine:<10} {client:<10} N={n:<5} {startup:>9.2f} {statistics.median(rounds):>9.4f} "
-        f"{min(rounds):>9.4f} {tree.peak / 1e6:>12.0f} {tree.processes:>9}"
+        f"{min(rounds):>9.4f} {tree.peak / 1e6:>12.0f} {tree.processes:>9} {sums:>5}"
     )
 
 
@@ -289,11 +302,11 @@ class TreeMemory:
 
 def engines(quick: bool, repeats: int) -> None:
     print(f"{'engine':<10} {'client':<10} {'N':<7} {'startup s':>9} {'s/round':>9} "
-          f"{'best':>9} {'tree MB':>12} {'processes':>9}")  # fmt: skip
+          f"{'best':>9} {'tree MB':>12} {'processes':>9} {'sums':>5}")  # fmt: skip
     sizes = [10, 100] if quick else [10, 100, 1000]
     cases = [(n, "near-zero") for n in sizes] + [(sizes[-1], "1 ms numpy")]
     for n, client in cases:
-        for engine in ("in-process", "ray"):
+        for engine in ENGINES:
             print(engine_row(engine, n, client, repeats), flush=True)
 
 
