@@ -30,7 +30,7 @@ from pollinate.client import ClientFn
 from pollinate.loop import ReplyBounded, RoundFinished, run
 from pollinate.loop.history import WALL_TIMES
 from pollinate.simulation import Adversaries, RayEngine, RayGrid, SimulationGrid, run_simulation
-from pollinate.simulation.ray_engine import LOOPBACK
+from pollinate.simulation.ray_start import LOOPBACK
 from tests.loop.grid_contract import Doubler, GridContract, fit_task
 
 ROOT = Path(__file__).resolve().parents[2]
