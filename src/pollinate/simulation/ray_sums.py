@@ -95,7 +95,8 @@ class WorkerBatch:
                 reply = self._run(replace(decode(head), arrays=current), stop)
                 if reply is None:
                     break
-                answered = total.take(reply)
+                # screened as the hub screens what it decodes (little-endian, checked)
+                answered = total.take(decode(encode(reply)))
                 facts.append((encode(answered.reply), answered.rejected))
                 if time.monotonic() - sent >= PROGRESS_SECONDS:
                     yield "facts", facts, None
