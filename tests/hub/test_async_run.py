@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from pollinate import Arrays, Client, FedBuff, ServerApp
 from pollinate.client.client import Context, handle
@@ -61,14 +59,6 @@ class Nodes:
         self.stop.set()
         for thread in self.threads:
             thread.join(TIMEOUT)
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    hub = Hub(tmp_path / "hub")
-    yield hub
-    hub.close()
-    hub.state.close()
 
 
 class Paced(Client):

@@ -26,15 +26,6 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    hub = Hub(tmp_path / "hub")
-    try:
-        yield hub
-    finally:
-        hub.close()
-
-
-@pytest.fixture
 def server(hub: Hub) -> Iterator[MetricsServer]:
     metrics = HubMetrics(hub)
     server = metrics.serve("127.0.0.1:0")

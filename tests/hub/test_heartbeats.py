@@ -7,25 +7,12 @@ noted nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from pollinate.hub.hub import Hub
 from pollinate.hub.state import LabelSource
 from pollinate.transport.client import FleetClient
 from pollinate.transport.ports import serve
 
 GPU = {"gpus": "1"}
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    hub = Hub(tmp_path / "hub")
-    yield hub
-    hub.close()
-    hub.state.close()
 
 
 def beat(hub: Hub, node_id: int, session: str = "s1", **report: dict[str, str]) -> bool:

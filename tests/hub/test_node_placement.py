@@ -7,7 +7,6 @@ from __future__ import annotations
 import queue
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ from tests.hub.conftest import Clock
 
 GPU = {"gpus": "1"}
 BOB = Caller("bob", Role.MEMBER, frozenset({"default"}))
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    hub = Hub(tmp_path / "hub")
-    yield hub
-    stop(hub)
 
 
 def stop(hub: Hub) -> None:
