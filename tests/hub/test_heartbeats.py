@@ -7,6 +7,12 @@ noted nothing.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
 from pollinate.hub.hub import Hub
 from pollinate.hub.state import LabelSource
 from pollinate.transport.client import FleetClient
@@ -56,3 +62,40 @@ def test_over_the_wire_a_new_report_is_kept_and_a_steady_one_keeps_the_node_aliv
     finally:
         client.close()
         servers.stop(0)
+
+
+def test_nodes_arriving_together_are_noted_in_one_transaction(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each arrival is in hub.db before its heartbeat returns (a restarted hub expects the
+    node back), and arrivals that wait for the disk meanwhile share the next transaction."""
+    nodes = [hub.node_id_for_name(f"node-{i}") for i in range(8)]
+    commits: list[list[int]] = []
+    first_commit, go_on = threading.Event(), threading.Event()
+    mark_alive = hub.state.mark_alive
+
+    def slow_mark_alive(node_ids: Sequence[int]) -> None:
+        commits.append(list(node_ids))
+        first_commit.set()
+        go_on.wait(30)  # the disk is slow: the others arrive meanwhile
+        mark_alive(node_ids)
+
+    monkeypatch.setattr(hub.state, "mark_alive", slow_mark_alive)
+    threads = [
+        threading.Thread(target=hub.heartbeat, args=(node, "apphash", {}, "s1", {}, GPU))
+        for node in nodes
+    ]
+    threads[0].start()
+    assert first_commit.wait(30)
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(hub._note_arrival._waiting) < len(nodes) - 1:  # all wait behind the first
+        assert time.monotonic() < deadline, "the arrivals never queued"
+        time.sleep(0.001)
+    go_on.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(commits) == 2 and commits[0] == [nodes[0]]
+    assert sorted(commits[1]) == sorted(nodes[1:])
+    assert sorted(hub.state.alive_at_last_note(60)) == sorted(nodes)

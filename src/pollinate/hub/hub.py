@@ -42,6 +42,7 @@ from pollinate.hub.access import (
 from pollinate.hub.audit import OK, Audit, AuditRow
 from pollinate.hub.credentials import HubCredentials
 from pollinate.hub.fleet import Fleet, QueuedTask, Refused, TryLater, UnknownTask
+from pollinate.hub.group_commit import GroupCommit
 from pollinate.hub.journal import Journal, NoModel
 from pollinate.hub.members import USER_TOKEN_SECONDS, Members
 from pollinate.hub.placement import NodePlacement
@@ -106,6 +107,9 @@ class Hub:
             self.fleet.cut_off(node_id, reason)
         self.fleet.presume_alive(self.state.alive_at_last_note(heartbeat_timeout))
         self.placement = NodePlacement(self.state, self.fleet, self.audit_trail)
+        self._note_arrival = GroupCommit(self._mark_alive)
+        """Notes an arriving node in hub.db before its heartbeat is answered; arrivals at
+        the same moment (a fleet reconnecting) share one transaction."""
         self.journal = Journal(self.state)
         with contextlib.suppress(PollinateError):  # leftovers cost space, not correctness
             if swept := self.journal.sweep():
@@ -141,9 +145,13 @@ class Hub:
             # noted at once (the watchdog notes the rest): a hub restarted a moment from now
             # must expect this node back
             try:
-                self.state.mark_alive([node_id])
+                self._note_arrival(node_id)
             except PollinateError as exc:
                 log.warning("could not note node %d as alive: %s", node_id, exc)
+
+    def _mark_alive(self, node_ids: list[int]) -> list[None]:
+        self.state.mark_alive(node_ids)
+        return [None] * len(node_ids)
 
     def heartbeat_in_memory(
         self,
