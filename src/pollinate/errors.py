@@ -39,6 +39,7 @@ hierarchy (``tests/test_errors.py`` checks that it is drawn whole and true)::
     ├── TooLarge                      transport.guards: a reply larger than the hub holds for one
     ├── ChannelError                  hub.channel: a run's process broke the local API's format
     │   └── ChannelClosed             hub.channel: a run's process closed its end (it exited)
+    ├── SealedError (ValueError)      hub.sealed: a descriptor that is no sealed memfd of its size
     └── SandboxUnavailable            hub.sandbox: no Landlock here; run code is not confined
 
 Misuse of the Python API (wrong types, impossible arguments) raises plain ``TypeError`` or

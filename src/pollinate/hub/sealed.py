@@ -22,6 +22,8 @@ import os
 import weakref
 from collections.abc import Iterable
 
+from pollinate.errors import PollinateError
+
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -38,7 +40,7 @@ _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-class SealedError(ValueError):
+class SealedError(PollinateError, ValueError):
     """A descriptor that is not a sealed memfd of the size it was said to be."""
 
 
