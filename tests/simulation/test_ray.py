@@ -32,6 +32,7 @@ from pollinate.loop.history import WALL_TIMES
 from pollinate.simulation import Adversaries, RayEngine, RayGrid, SimulationGrid, run_simulation
 from pollinate.simulation.ray_start import LOOPBACK
 from tests.loop.grid_contract import Doubler, GridContract, fit_task
+from tests.loop.test_summing import Mixed
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "quickstart-numpy"
@@ -220,23 +221,6 @@ def test_a_streaming_run_sums_on_the_workers_with_the_in_process_history(
     assert ray.sums_received == (2 * 3 if screen == "streaming" else 0)
 
 
-class Troubled(Client):
-    """Node 1 raises, node 2 sends NaN, node 3 a huge update, node 4 claims many examples."""
-
-    def __init__(self, node: int) -> None:
-        self.node = node
-
-    def fit(self, arrays, config):
-        if self.node == 1:
-            raise ValueError("no data today")
-        w = arrays["w"] + np.float32(0.1 * (self.node + 1) / 3)
-        if self.node == 2:
-            w = np.full_like(w, np.nan)
-        if self.node == 3:
-            w = w + np.float32(1e6)
-        return Arrays({"w": w}), 10**6 if self.node == 4 else 7 + self.node, {"x": self.node}
-
-
 def test_failures_and_rejections_on_workers_are_recorded_as_in_process(cluster: Any) -> None:
     validation = replace(STREAMING, max_norm=50.0, max_examples=100)
     initial = Arrays({"w": np.linspace(-1, 1, 50, dtype=np.float32)})
@@ -252,9 +236,9 @@ def test_failures_and_rejections_on_workers_are_recorded_as_in_process(cluster: 
         kept = [e for e in events if not isinstance(e, RoundFinished)]
         return kept, _records(result.history.rounds)
 
-    ray = RayGrid(lambda ctx: Troubled(ctx.node_id), 7, concurrency=2)
+    ray = RayGrid(lambda ctx: Mixed(ctx.node_id), 7, concurrency=2)
     got = events_and_rounds(ray)
-    assert got == events_and_rounds(SimulationGrid(lambda ctx: Troubled(ctx.node_id), 7))
+    assert got == events_and_rounds(SimulationGrid(lambda ctx: Mixed(ctx.node_id), 7))
     assert ray.sums_received == 2 * 2
     failed = {f["node_id"]: (f["kind"], f["reason"]) for f in got[1][1]["failed"]}
     assert failed[1][0] == "client" and "no data today" in failed[1][1]
