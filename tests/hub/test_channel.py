@@ -208,3 +208,24 @@ def _announce(channel: Channel) -> None:
     """A JSON frame saying one message follows, sent by hand."""
     body = b'{"op": "reply", "messages": 1}'
     channel.sock.sendall(struct.pack(">IB", len(body), 1) + body)
+
+
+def test_a_large_message_of_arrays_the_encoder_converts_arrives_whole(
+    big_pair: tuple[Channel, Channel],
+) -> None:
+    """Big-endian and non-contiguous arrays are converted while the message is written: the
+    mapped path writes each piece as it comes."""
+    big_endian = np.arange(600_000, dtype=">f4")
+    strided = np.arange(1_200_000, dtype=np.float32)[::2]
+    message = Message(
+        MessageKind.FIT,
+        task_id="r:1:fit:3",
+        run_id="r",
+        arrays=Arrays({"a": big_endian, "b": strided}),
+    )
+    hub, run = big_pair
+    hub.send({"op": "reply"}, [wire.iter_encode(message)])
+    _, (data,) = run.receive()
+    got = wire.decode(data, wire.Limits(len(data), len(data), len(data))).arrays
+    np.testing.assert_array_equal(got["a"], big_endian)
+    np.testing.assert_array_equal(got["b"], strided)

@@ -29,6 +29,7 @@ frame is closed) and ``ChannelClosed`` (the peer is gone).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -125,8 +126,9 @@ class Channel:
             view = memoryview(chunk).cast("B")
             pieces.append(view)
             size += len(view)
-            if size >= MAPPED_BYTES:
-                self._send_mapped([*pieces, *(memoryview(c).cast("B") for c in iterator)])
+            if size >= MAPPED_BYTES:  # the rest is written as it comes, never held
+                rest = (memoryview(c).cast("B") for c in iterator)
+                self._send_mapped(itertools.chain(pieces, rest))
                 return
         for view in pieces:
             for at in range(0, len(view), CHUNK_BYTES):
@@ -162,7 +164,11 @@ class Channel:
         head, fds = self._read_head()
         length, kind = _HEAD.unpack(head)
         if kind == MAPPED and mapped and length == _SIZE.size and len(fds) == 1:
-            return kind, self._read(length), fds[0]
+            try:
+                return kind, self._read(length), fds[0]
+            except ChannelClosed:
+                _close(fds)
+                raise
         _close(fds)
         if kind == MAPPED or fds:
             raise ChannelError(f"a frame of kind {kind} came with {len(fds)} descriptors")
