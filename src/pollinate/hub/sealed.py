@@ -75,5 +75,6 @@ def map_sealed(fd: int, size: int) -> memoryview:
     if address in (None, _MAP_FAILED):
         raise SealedError(f"cannot map it: {os.strerror(ctypes.get_errno())}")
     memory = (ctypes.c_char * size).from_address(address)
-    weakref.finalize(memory, _libc.munmap, address, size)
+    unmap = weakref.finalize(memory, _libc.munmap, address, size)
+    unmap.atexit = False  # at exit, views may still be read: the kernel unmaps it after
     return memoryview(memory).cast("B").toreadonly()
