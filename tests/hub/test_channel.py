@@ -19,6 +19,7 @@ from pollinate.hub.channel import (
     Channel,
     ChannelClosed,
     ChannelError,
+    File,
     event_from_json,
     event_to_json,
 )
@@ -229,3 +230,28 @@ def test_a_large_message_of_arrays_the_encoder_converts_arrives_whole(
     got = wire.decode(data, wire.Limits(len(data), len(data), len(data))).arrays
     np.testing.assert_array_equal(got["a"], big_endian)
     np.testing.assert_array_equal(got["b"], strided)
+
+
+def test_a_file_goes_as_it_is_and_only_a_channel_that_trusts_its_peer_maps_it(
+    tmp_path: Path,
+) -> None:
+    """The hub hands its run process a reply as the journal wrote it; the hub's own end,
+    whose peer is untrusted, refuses a plain file (its sender could truncate it)."""
+    message = Message(
+        MessageKind.FIT, task_id="r:1:fit:3", run_id="r", arrays=Arrays({"w": np.arange(9.0)})
+    )
+    recorded = tmp_path / "reply.pln"
+    recorded.write_bytes(wire.encode(message))
+    a, b = socket.socketpair()
+    hub = Channel(a, max_json=1024, max_message=4096)
+    run = Channel(b, max_json=1024, max_message=4096, files_from_peer=True)
+    before = _open_fds()
+    hub.send({"op": "reply"}, [File(os.open(recorded, os.O_RDONLY))])
+    _, (data,) = run.receive()
+    assert wire.decode(data).arrays["w"].tolist() == list(range(9))
+    run.send({"op": "checkpoint"}, [File(os.open(recorded, os.O_RDONLY))])
+    with pytest.raises(ChannelError, match="not a sealed memory file"):
+        hub.receive()
+    assert _open_fds() == before  # every descriptor closed: sent, mapped or refused
+    hub.close()
+    run.close()

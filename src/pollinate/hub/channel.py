@@ -22,6 +22,10 @@ mapped by the receiver, a message is copied once. The receiver maps only a memfd
 against writing, growing and shrinking, so a hostile sender can neither change a message
 once it is checked nor cut it short under the reader's feet (a SIGBUS).
 
+A message may also be a ``File`` the sender wrote before (the hub's journal of a reply): it
+goes MAPPED as it is, and only a channel told ``files_from_peer`` (the run process's, whose
+peer is the hub) maps a plain, unsealed file.
+
 Invariant: ``Channel.receive`` raises only ``ChannelError`` (the peer broke the format or a
 limit; nothing beyond the limit was read into memory; a descriptor that came with a refused
 frame is closed) and ``ChannelClosed`` (the peer is gone).
@@ -34,13 +38,15 @@ import json
 import math
 import os
 import socket
+import stat
 import struct
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pollinate.errors import PollinateError
-from pollinate.hub.sealed import SealedError, map_sealed, write_sealed
+from pollinate.hub.sealed import SealedError, map_file, map_sealed, write_sealed
 from pollinate.loop.events import (
     Event,
     ReplyBounded,
@@ -68,6 +74,14 @@ Chunks = Iterable[bytes | memoryview]
 """A wire message as ``pollinate.wire.iter_encode`` gives it."""
 
 
+@dataclass(frozen=True)
+class File:
+    """A wire message already whole in a file, open as ``fd`` (read-only), sent as it is;
+    ``send`` closes ``fd``, sent or not."""
+
+    fd: int
+
+
 class ChannelError(PollinateError):
     """The peer sent something the channel's format or limits do not allow."""
 
@@ -79,18 +93,34 @@ class ChannelClosed(ChannelError):
 class Channel:
     """One end of a socket carrying frames; ``send`` may be called from several threads."""
 
-    def __init__(self, sock: socket.socket, *, max_json: int, max_message: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        max_json: int,
+        max_message: int,
+        files_from_peer: bool = False,
+    ) -> None:
         self.sock = sock
         self.max_json, self.max_message = max_json, max_message
+        self.files_from_peer = files_from_peer
+        """Whether the peer may send plain files (``File``): only the hub, which is trusted."""
         self._send_lock = threading.Lock()
 
-    def send(self, op: dict[str, Any], messages: Sequence[Chunks] = ()) -> None:
+    def send(self, op: dict[str, Any], messages: Sequence[Chunks | File] = ()) -> None:
         """Send ``op`` (``messages`` is set to how many wire messages follow) and the messages."""
-        body = json.dumps({**op, "messages": len(messages)}, allow_nan=False).encode()
-        with self._send_lock:
-            self._frame(JSON, body)
-            for chunks in messages:
-                self._send_message(chunks)
+        files = [message.fd for message in messages if isinstance(message, File)]
+        try:
+            body = json.dumps({**op, "messages": len(messages)}, allow_nan=False).encode()
+            with self._send_lock:
+                self._frame(JSON, body)
+                for message in messages:
+                    if isinstance(message, File):
+                        self._send_descriptor(message.fd)
+                    else:
+                        self._send_message(message)
+        finally:  # sent or not: the peer has its own descriptor of each
+            _close(files)
 
     def receive(self) -> tuple[dict[str, Any], list[memoryview]]:
         """The next op and the bytes of the wire messages that came with it (read-only
@@ -138,18 +168,22 @@ class Channel:
     def _send_mapped(self, pieces: Iterable[memoryview]) -> None:
         fd = write_sealed(pieces)
         try:
-            frame = _HEAD.pack(_SIZE.size, MAPPED) + _SIZE.pack(os.fstat(fd).st_size)
-            sent = socket.send_fds(self.sock, [frame], [fd])
-            self.sock.sendall(frame[sent:])  # the descriptor went with the first byte
+            self._send_descriptor(fd)
         finally:
             os.close(fd)
+
+    def _send_descriptor(self, fd: int) -> None:
+        """A MAPPED frame with ``fd`` (the caller closes it)."""
+        frame = _HEAD.pack(_SIZE.size, MAPPED) + _SIZE.pack(os.fstat(fd).st_size)
+        sent = socket.send_fds(self.sock, [frame], [fd])
+        self.sock.sendall(frame[sent:])  # the descriptor went with the first byte
 
     def _read_message(self) -> memoryview:
         data = bytearray()
         while True:
             kind, body, fd = self._read_frame(CHUNK_BYTES, mapped=not data)
             if kind == MAPPED:
-                return _mapping(fd, _SIZE.unpack(body)[0], self.max_message)
+                return self._mapping(fd, _SIZE.unpack(body)[0])
             if kind == END:
                 return memoryview(data)
             if kind != CHUNK:
@@ -199,6 +233,23 @@ class Channel:
             got += n
         return head, fds
 
+    def _mapping(self, fd: int, size: int) -> memoryview:
+        """The message in ``fd``: a sealed memfd (``sealed.py``), or a plain file from a
+        trusted peer; at most ``max_message`` bytes. ``fd`` is closed either way (the mapping
+        keeps the bytes)."""
+        try:
+            if size > self.max_message:
+                raise ChannelError(
+                    f"a mapped message of {size} bytes; the limit is {self.max_message}"
+                )
+            if self.files_from_peer and stat.S_ISREG(os.fstat(fd).st_mode):
+                return map_file(fd, size)
+            return map_sealed(fd, size)
+        except (SealedError, OSError) as exc:
+            raise ChannelError(f"a mapped message refused: {exc}") from None
+        finally:
+            os.close(fd)
+
     def _read(self, size: int) -> bytearray:
         buffer = bytearray(size)
         view = memoryview(buffer)
@@ -212,19 +263,6 @@ class Channel:
                 raise ChannelClosed("the peer closed the channel")
             got += n
         return buffer
-
-
-def _mapping(fd: int, size: int, limit: int) -> memoryview:
-    """The message in memfd ``fd`` (``sealed.py``), at most ``limit`` bytes; the descriptor
-    is closed either way (the mapping keeps the bytes)."""
-    try:
-        if size > limit:
-            raise ChannelError(f"a mapped message of {size} bytes; the limit is {limit}")
-        return map_sealed(fd, size)
-    except SealedError as exc:
-        raise ChannelError(f"a mapped message refused: {exc}") from None
-    finally:
-        os.close(fd)
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

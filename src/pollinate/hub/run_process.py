@@ -65,7 +65,7 @@ _SYSTEM_READ_ONLY = ("/usr", "/lib", "/lib32", "/lib64", "/etc/ld.so.cache", "/e
 
 def main(argv: Sequence[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
-    channel = Channel(sock, max_json=FROM_HUB, max_message=FROM_HUB)
+    channel = Channel(sock, max_json=FROM_HUB, max_message=FROM_HUB, files_from_peer=True)
     try:
         setup, _ = channel.receive()
         try:

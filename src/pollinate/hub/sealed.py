@@ -11,6 +11,10 @@ descriptor for as long as the mapping lives (Python < 3.13): a run that holds a 
 updates would hold a thousand descriptors. Here the descriptor is closed at once and the
 mapping goes when the last view of it does. It is private and copy-on-write, so a stray
 write costs a page, not the process, and the view handed out is read-only.
+
+A trusted sender may hand over a plain file instead (``map_file``: the hub gives its run
+process each reply as the journal wrote it, so the bytes are not copied again); only a
+receiver that trusts its peer maps one, since nothing stops the sender from truncating it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import ctypes
 import fcntl
 import mmap
 import os
+import stat
 import weakref
 from collections.abc import Iterable
 
@@ -70,6 +75,19 @@ def map_sealed(fd: int, size: int) -> memoryview:
         raise SealedError("a memory file its sender could still change")
     if actual != size or size <= 0:
         raise SealedError(f"a memory file of {actual} bytes, said to be {size}")
+    return _map(fd, size)
+
+
+def map_file(fd: int, size: int) -> memoryview:
+    """A read-only view of the ``size`` bytes of the plain file ``fd`` (from a trusted
+    sender: see the module's docstring); else SealedError. The caller still closes ``fd``."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size != size or size <= 0:
+        raise SealedError(f"not a file of {size} bytes")
+    return _map(fd, size)
+
+
+def _map(fd: int, size: int) -> memoryview:
     flags = mmap.PROT_READ | mmap.PROT_WRITE
     address = _libc.mmap(None, size, flags, mmap.MAP_PRIVATE, fd, 0)
     if address in (None, _MAP_FAILED):

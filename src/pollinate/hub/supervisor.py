@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ from pollinate.hub.channel import (
     Channel,
     ChannelClosed,
     ChannelError,
+    Chunks,
+    File,
     event_from_json,
     field,
     record_from_json,
@@ -345,7 +347,7 @@ class RunProcess:
             return  # it ended meanwhile (its deadline): the process hears "end"
         dispatch.inbox.put(None if op["op"] == "close" else _remaining(op))
 
-    def _reply(self, op: dict[str, Any], messages: list[Iterator[bytes | memoryview]] = []) -> None:  # noqa: B006 - never mutated
+    def _reply(self, op: dict[str, Any], messages: Sequence[Chunks | File] = ()) -> None:
         with contextlib.suppress(OSError):  # a process that died: its serve() tells why
             self.channel.send(op, messages)
 
@@ -397,7 +399,7 @@ class _Dispatch(threading.Thread):
                     self.process._reply({"op": "end", "call": self.call})
                     return
                 op = {"op": "reply", "call": self.call, "lost": reply.lost}
-                self.process._reply(op, [wire.iter_encode(reply)])
+                self.process._reply(op, [self._recorded(reply) or wire.iter_encode(reply)])
                 del reply  # the run process has it now: this copy goes before the loop folds it
                 remaining = self.inbox.get()
                 if remaining is None:  # the process closed its iterator
@@ -414,6 +416,20 @@ class _Dispatch(threading.Thread):
                 close()
             with self.process._calls_lock:
                 self.process._calls.pop(self.call, None)
+
+    def _recorded(self, reply: Message) -> File | None:
+        """The journal's file of ``reply`` (its wire bytes, as the node's were checked and
+        recorded), which the run process maps as it is: no copy of the reply's bytes; None
+        for a reply the hub made (a lost node's) or one whose file is gone."""
+        if reply.lost or not reply.arrays:
+            return None
+        task = self.grid.journal.task(reply.task_id)
+        if task is None or task.reply is None:
+            return None
+        try:
+            return File(os.open(task.reply, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            return None
 
     def _error(self, stopped: bool, message: str) -> None:
         op = {"op": "error", "call": self.call, "stopped": stopped, "message": message}
