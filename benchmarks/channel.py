@@ -9,6 +9,9 @@ ends), for ``--replies`` replies of a model of ``--parameters`` float32 values:
   growing message);
 - "mapped": the channel now: a message of 1 MiB or more written once into a sealed memfd,
   which the receiver maps (``hub/sealed.py``);
+- "file": the reply as the journal wrote it (a file in ``--dir``, written once beforehand:
+  the hub writes it anyway), its descriptor sent, the file mapped (the hub's path for
+  replies now);
 - "socket": the baseline, the same bytes through the same kind of socketpair with 4 MiB
   ``sendall`` / ``recv_into`` into one buffer the receiver reuses: one copy each way, no
   fresh memory, no framing.
@@ -23,10 +26,14 @@ every page of its arrays, as the run's aggregation would. Printed: wall and CPU 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -59,6 +66,27 @@ def through_channel(reply: Message, count: int, mapped: bool) -> None:
             channel.MAPPED_BYTES = sender_threshold
         a.close()
         b.close()
+
+
+def through_file(reply: Message, count: int, directory: Path) -> None:
+    recorded = directory / "reply.pln"
+    recorded.write_bytes(wire.encode(reply))
+    a, b = socket.socketpair()
+    sender = channel.Channel(a, max_json=1 << 20, max_message=1 << 40)
+    receiver = channel.Channel(b, max_json=1 << 20, max_message=1 << 40, files_from_peer=True)
+
+    def send() -> None:
+        for _ in range(count):
+            sender.send({"op": "reply"}, [channel.File(os.open(recorded, os.O_RDONLY))])
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    for _ in range(count):
+        _, (data,) = receiver.receive()
+        _touch(wire.decode(data, wire.Limits(len(data), len(data), len(data))))
+    thread.join()
+    a.close()
+    b.close()
 
 
 def through_socket(reply: Message, count: int) -> None:
@@ -103,7 +131,9 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=10)
     parser.add_argument("--parameters", type=float, default=1e7)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="where the file path writes")
     args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(dir=args.dir))
     model = np.ones(int(args.parameters), np.float32)
     reply = Message(
         MessageKind.FIT, task_id="r:1:fit:3", run_id="r", node_id=3, arrays=Arrays({"w": model})
@@ -113,7 +143,9 @@ def main() -> None:
         "socket": best(lambda: through_socket(reply, n), args.repeat),
         "frames": best(lambda: through_channel(reply, n, mapped=False), args.repeat),
         "mapped": best(lambda: through_channel(reply, n, mapped=True), args.repeat),
+        "file": best(lambda: through_file(reply, n, directory), args.repeat),
     }
+    shutil.rmtree(directory)
     print(f"{n} replies of {model.nbytes / 1e6:.0f} MB, best of {args.repeat}")
     print(f"{'path':8} {'wall s':>8} {'cpu s':>8} {'cpu/socket':>11}")
     for name, (wall, cpu) in rows.items():
