@@ -62,9 +62,14 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise _translate(exc) from None
 
 
+_AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+"""Statuses that are no answer from the hub: it is away, slow, or stopping (a hub that stops
+cancels the calls it is serving; it never cancels one to say no)."""
+
+
 def _translate(exc: grpc.RpcError) -> PollinateError:
     code, details = exc.code(), exc.details()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in _AWAY:
         return HubUnavailable(f"hub unavailable: {details}")
     return HubRefused(details or str(code))
 
