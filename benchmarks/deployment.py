@@ -22,8 +22,9 @@ What is measured, per configuration of K node processes and a model of P float32
   pollinate (no protobuf, no wire format, no arrays): the floor for pollinate's transport;
 - the hub's peak RSS (VmHWM, read just before it is stopped) minus its RSS before the run,
   and the largest node's peak RSS, as multiples of the model. Target: the hub's does not grow
-  with K (O(model), not O(K x model)): it holds at most ``REPLIES_AT_ONCE`` replies at once
-  (``transport/guards.py``), from decoding until the run loop has folded them. Beside it, the
+  with K (O(model), not O(K x model)): it takes in at most ``UPLOADS_AT_ONCE`` uploads at once
+  (``transport/guards.py``), each straight into its journal file, while the other nodes wait
+  with only their reply's header sent. Beside it, the
   peak RSS of the run's own process (the hub's child that runs the strategy: with the screen
   on it keeps the round's updates side by side), sampled while the run goes on;
 - once per run, how fast this machine hands out fresh memory (a new process fills a new 1 GB
@@ -66,15 +67,16 @@ import numpy as np
 from pollinate.loop.history import History
 from pollinate.security import CertificateAuthority
 from pollinate.transport import CHUNK_BYTES
-from pollinate.transport.guards import FLOOR_BYTES, REPLIES_AT_ONCE
+from pollinate.transport.guards import FLOOR_BYTES, UPLOADS_AT_ONCE
 
 ROUNDS = 3
 REPEATS = 3  # of each floor
 RAW_BUFFER = 4 << 20  # bytes per sendall / recv_into
 MEMORY_CAP = 16e9
 # Peak RSS of a hub and of a node, in models, for the memory estimate (measured, rounded up):
-# the hub holds the round's tasks (the model, once per node) and the replies it holds at once
-# (REPLIES_AT_ONCE, or FLOOR_BYTES of small ones); the run process the model, the accumulator,
+# the hub holds the round's tasks (the model, once per node) and the chunks of the uploads it
+# takes in at once (UPLOADS_AT_ONCE, or FLOOR_BYTES of small ones: at most the model each);
+# the run process the model, the accumulator,
 # the result and, with the screen on, every update of the round; a node holds the model it
 # got and the client's output.
 HUB_MODELS, NODE_MODELS, PROCESS_BYTES = 5, 3, 150e6
@@ -517,7 +519,7 @@ def measure(k: int, p: int, screen: str) -> Figures:
 
 
 def estimated_memory(k: int, p: int) -> float:
-    replies = min(k * 4 * p, max(FLOOR_BYTES, REPLIES_AT_ONCE * 4 * p))
+    replies = min(k * 4 * p, max(FLOOR_BYTES, UPLOADS_AT_ONCE * 4 * p))
     models = HUB_MODELS + k + NODE_MODELS * k + k  # hub, its tasks, nodes, screened updates
     return float(models * 4 * p + replies + (k + 2) * PROCESS_BYTES)
 

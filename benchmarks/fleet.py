@@ -273,7 +273,7 @@ class _Node:
             request_serializer=pb.PullTaskRequest.SerializeToString,
             response_deserializer=pb.TaskChunk.FromString,
         )
-        self.push = channel.stream_unary(
+        self.push = channel.stream_stream(
             f"/{FLEET_SERVICE}/PushReply", response_deserializer=pb.PushReplyAck.FromString
         )
 
@@ -325,15 +325,27 @@ class _Node:
         return None if decoder is None else decoder.finish()
 
     async def _answer(self, task: Message) -> None:
+        """Push the reply as a node does: its header, its arrays once the hub says so."""
         reply = task.reply(arrays=task.arrays, num_examples=1)
-        chunks = [data_chunk(piece) for piece in wire.iter_encode(reply, CHUNK_BYTES)]
+        head, body = wire.encode_parts(reply, CHUNK_BYTES)
+        call = self.push(timeout=60)
         try:
-            ack = await self.push(iter(chunks), timeout=60)
+            await call.write(data_chunk(head))
+            answer = await call.read() if reply.arrays.nbytes else None
+            if answer is None or (answer is not grpc.aio.EOF and answer.send_arrays):
+                for piece in body:
+                    await call.write(data_chunk(piece))
+                await call.done_writing()
+                answer = await call.read()
         except grpc.aio.AioRpcError as exc:
             self.tally.refused_replies.append(f"{exc.code().name}: {exc.details()}")
             return
-        if not ack.accepted:
-            self.tally.refused_replies.append(ack.reason)
+        finally:
+            call.cancel()  # over already, unless the hub refused the reply from its header
+        if answer is grpc.aio.EOF or not answer.accepted:
+            self.tally.refused_replies.append(
+                "no answer" if answer is grpc.aio.EOF else answer.reason
+            )
 
 
 # --- the processes ---------------------------------------------------------------------------

@@ -292,6 +292,7 @@ SUBPACKAGES = {
         "Limits",
         "decode",
         "encode",
+        "encode_parts",
         "iter_encode",
     ],
 }

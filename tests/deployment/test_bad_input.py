@@ -114,7 +114,7 @@ def test_replies_with_no_place_are_refused_with_the_reason_and_the_run_goes_on(
     wrong_kind = dataclasses.replace(task.reply(loss=0.0, num_examples=1), kind="evaluate")
     with pytest.raises(HubRefused, match="reply does not match task"):
         alice.client.push_reply(wrong_kind)
-    junk = alice.client.stub.PushReply(
+    [junk] = alice.client.stub.PushReply(
         iter([pb.Chunk(data=b"\x00junk" * 100)]),
         metadata=[(NODE_ID_HEADER, str(alice.node_id))],
         timeout=30,

@@ -206,7 +206,7 @@ def test_a_reply_is_refused_from_its_header_while_its_sender_still_holds_the_str
     try:
         for sender in (alice, bob):  # alice's own task, then bob answering alice's task
             started = time.monotonic()
-            ack = sender.client.stub.PushReply(
+            [ack] = sender.client.stub.PushReply(
                 held_upload(head, release),
                 metadata=[(NODE_ID_HEADER, str(sender.node_id))],
                 timeout=CALL_TIMEOUT,
@@ -236,14 +236,14 @@ def test_garbage_requests_are_one_line_each_and_sigterm_stops_a_hub_with_streams
     mallory = FakeNode(deployment.fleet, "mallory")
     channel = grpc.insecure_channel(deployment.fleet)
     raw_heartbeat = channel.unary_unary("/pollinate.v1.Fleet/Heartbeat")
-    raw_push = channel.stream_unary("/pollinate.v1.Fleet/PushReply")
+    raw_push = channel.stream_stream("/pollinate.v1.Fleet/PushReply")
     metadata = [(NODE_ID_HEADER, str(mallory.node_id))]
     for _ in range(10):
         with pytest.raises(grpc.RpcError) as refused:
             raw_heartbeat(b"\xff\xff\xff\xff not protobuf", timeout=CALL_TIMEOUT)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as refused:
-            raw_push(iter([b"\xff\xff\xff\xff"]), metadata=metadata, timeout=CALL_TIMEOUT)
+            list(raw_push(iter([b"\xff\xff\xff\xff"]), metadata=metadata, timeout=CALL_TIMEOUT))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     channel.close()
     wait_for(lambda: hub.stderr.count("is not a valid") >= 20, "a line for each garbage call")

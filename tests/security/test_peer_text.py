@@ -85,7 +85,7 @@ class HostileNode:
         pieces = range(0, len(data), CHUNK_BYTES)
         chunks = iter([data_chunk(data[i : i + CHUNK_BYTES]) for i in pieces])
         # the FleetClient's own stream, fed bytes that no Message would encode
-        ack = self.client._push(
+        *_, ack = self.client._push(
             chunks, metadata=[(NODE_ID_HEADER, str(self.node_id))], timeout=RUN_TIMEOUT
         )
         assert ack.accepted, ack.reason

@@ -40,7 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pollinate.errors import PollinateError
-from pollinate.hub.held import HeldReplies
 from pollinate.placement import Selector
 from pollinate.records import Config, Message
 
@@ -173,8 +172,6 @@ class Fleet:
         self.array_bytes_sent = 0
         """Array bytes of every task nodes took (a task sent again counts again)."""
         self._takes = 0  # tasks taken so far: orders the runs each node served
-        self.held = HeldReplies()
-        """Replies decoded for a run loop that has not taken them yet (``hub/held.py``)."""
 
     def heartbeat(
         self,

@@ -98,16 +98,10 @@ class HubGrid(Grid):
                 if reply is None:
                     return
                 yield reply
-                # the loop asks for the next reply, so it has folded this one: its place in
-                # the hub's decoding budget goes back (hub/held.py), and we let go of it too
-                task_id = reply.task_id
-                del reply
-                self.fleet.held.let_go([task_id])
         finally:
             with self._lock:
                 self._waiting.difference_update(task_ids)
             self.fleet.cancel(task_ids)
-            self.fleet.held.let_go(task_ids)  # replies that came and were never asked for
             with contextlib.suppress(StorageError):  # the run's end forgets them anyway
                 self.journal.close_unanswered(task_ids)
 

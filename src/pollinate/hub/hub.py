@@ -187,18 +187,40 @@ class Hub:
         (StorageError) or another push of it is being recorded: the node pushes again. A
         reply recorded before (the node did not hear "accepted") is accepted again, once.
         """
+        return self._accept(node_id, message, lambda: self.journal.record(message))
+
+    def accept_file(self, node_id: int, message: Message, path: Path) -> bool:
+        """``accept_reply`` for a reply whose bytes are on disk in ``path`` already (a
+        finished ``Journal.reply_file``: the transport writes a reply there as it arrives,
+        and ``message`` is a view of it). The file is removed unless it is recorded."""
+        recorded = False
+
+        def record() -> bool:
+            nonlocal recorded
+            recorded = self.journal.record_file(message, path)
+            return recorded
+
+        try:
+            return self._accept(node_id, message, record)
+        finally:
+            if not recorded:  # a disk that refuses leaves it to the journal's sweep
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+
+    def _accept(self, node_id: int, message: Message, record: Callable[[], bool]) -> bool:
+        """``accept_reply``, with ``record`` putting the reply on disk (``Journal.record``)."""
         if not message.is_reply:
             raise Refused("the message is not a reply")
         try:
             task = self.fleet.claim(node_id, message)
         except UnknownTask:
-            queued = self._accept_unqueued(node_id, message)
+            queued = self._accept_unqueued(node_id, message, record)
             if queued is None:
                 return False
             task = queued
         recorded = False
         try:
-            recorded = self.journal.record(message)
+            recorded = record()
         finally:
             (self.fleet.settle if recorded else self.fleet.unclaim)(task)
         if not recorded:
@@ -237,7 +259,9 @@ class Hub:
         self.fleet.sign_of_life(node_id)
         return self.fleet.open_poll(node_id)
 
-    def _accept_unqueued(self, node_id: int, message: Message) -> QueuedTask | None:
+    def _accept_unqueued(
+        self, node_id: int, message: Message, record: Callable[[], bool]
+    ) -> QueuedTask | None:
         """A reply to a task this process has not queued: one recorded before (its node did
         not hear "accepted"), or one sent before a restart that its round has not sent again
         yet, which is recorded now and handed back when the round asks. Returns the task
@@ -248,7 +272,7 @@ class Hub:
             with contextlib.suppress(UnknownTask):
                 return self.fleet.claim(node_id, message)
             self._check_journaled(node_id, message)
-            if not self.journal.record(message):
+            if not record():
                 raise Refused(f"task {message.task_id!r} closed (its stage ended)")
         log.info("node %d: reply to %s recorded", node_id, message.task_id)
         return None

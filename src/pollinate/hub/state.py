@@ -48,6 +48,7 @@ from typing import Any
 from pollinate.dirlock import lock_dir
 from pollinate.errors import StorageError
 from pollinate.hub.access import DEFAULT_PROJECT
+from pollinate.hub.atomic_file import AtomicFile
 from pollinate.placement import Placement, parse_selector
 from pollinate.text import MAX_LINE, MAX_NAME, inert
 
@@ -328,18 +329,18 @@ class HubState:
         """``write_file`` but for the folder: the file's bytes are on the disk and its name
         is whole or absent, but its name survives a crash of the machine only once
         ``sync_folders`` of its folder returns (a writer of many files syncs it once)."""
-        with self._storage_errors():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-            try:
-                with partial.open("wb") as out:
-                    for piece in pieces:
-                        out.write(piece)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(partial, path)
-            finally:
-                partial.unlink(missing_ok=True)
+        file = self.new_file(path)
+        try:
+            for piece in pieces:
+                file.write(piece)
+        except BaseException:
+            file.discard()
+            raise
+        file.commit()
+
+    def new_file(self, path: Path) -> AtomicFile:
+        """``path`` to write whole or not at all, as ``write_file_bytes`` does at once."""
+        return AtomicFile(path, self.storage_error)
 
     def sync_folders(self, folders: Iterable[Path]) -> None:
         """Put on the disk the names of the files written into ``folders``."""

@@ -17,15 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pollinate.aggregate.mean import PartialSum
-from pollinate.loop.deadline import StageClock, no_reply
 from pollinate.loop.evaluate import evaluate
 from pollinate.loop.events import Stage
-from pollinate.loop.history import FailureKind
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.loop.screen import Screen
-from pollinate.loop.stages import Problem, Stages, Tasks, reply_problem, task_id
+from pollinate.loop.stages import Problem, Stages, Tasks, reply_problem
 from pollinate.loop.summing import Answered, MergesSums, Summing, summing_for
-from pollinate.records import Arrays, Config, Message, MessageKind, Metrics
+from pollinate.records import Arrays, Metrics
 from pollinate.strategy.base import (
     FitAggregator,
     FitResult,
@@ -119,30 +117,21 @@ class PlainRounds:
         self, rounds: RoundRecorder, tasks: Tasks, summing: Summing, aggregator: MergesSums
     ) -> Iterator[tuple[int, Answered, Problem | None]]:
         """As ``Stages.collect``, for a summed stage: each task's facts (or its timeout) once;
-        every partial sum merged into ``aggregator`` as it comes."""
-        stages, rnd = self.stages, rounds.number
-        pending = {
-            message.task_id: message
-            for message in (fit_message(stages.run_id, rnd, n, a, c) for n, (a, c) in tasks.items())
-        }
-        rounds.stage_started(Stage.FIT, len(pending))
-        timeout = stages.app.stage_timeout(len(pending))
-        seen = timeout.replied if isinstance(timeout, StageClock) else _nothing
-        summed = stages.grid.dispatch_summed(list(pending.values()), timeout, summing, seen)
+        every partial sum merged into ``aggregator`` as it comes. The grid says when a task
+        ends (``pending.replied``): its sum may come later."""
+        pending = self.stages.open(rounds, Stage.FIT, tasks)
+        grid = self.stages.grid
+        summed = grid.dispatch_summed(
+            pending.instructions(), pending.timeout, summing, pending.replied
+        )
         for item in summed:
             if isinstance(item, PartialSum):
                 with rounds.aggregating():
                     aggregator.merge(item)
-                continue
-            reply = item.reply
-            task = pending.get(reply.task_id)
-            if task is None or not reply.is_reply or reply.node_id != task.node_id:
-                rounds.dropped(reply.task_id, reply.node_id)
-                continue
-            del pending[reply.task_id]
-            yield task.node_id, item, reply_problem(reply)
-        for task in pending.values():
-            yield task.node_id, Answered(task), (FailureKind.TIMEOUT, no_reply(timeout))
+            elif (task := pending.answered_by(item.reply)) is not None:
+                yield task.node_id, item, reply_problem(item.reply)
+        for node, task, problem in pending.timed_out():
+            yield node, Answered(task), problem
 
     def evaluate(self, rounds: RoundRecorder, arrays: Arrays) -> None:
         evaluate(self.stages, self.strategy, rounds, arrays)
@@ -165,22 +154,6 @@ def fold(
             continue
         folded.append((result.num_examples, result.metrics))
     return folded
-
-
-def fit_message(run_id: str, rnd: int, node: int, arrays: Arrays, config: Config) -> Message:
-    return Message(
-        kind=MessageKind.FIT,
-        task_id=task_id(run_id, rnd, Stage.FIT, node),
-        run_id=run_id,
-        round=rnd,
-        node_id=node,
-        arrays=arrays,
-        config=config,
-    )
-
-
-def _nothing() -> None:
-    pass
 
 
 def finish_fit(

@@ -22,7 +22,7 @@ import numpy as np
 from pollinate.loop.app import ServerApp
 from pollinate.loop.deadline import StageClock, no_reply
 from pollinate.loop.events import Stage
-from pollinate.loop.grid import Grid
+from pollinate.loop.grid import Grid, Timeout
 from pollinate.loop.history import FailureKind
 from pollinate.loop.recorder import RoundRecorder
 from pollinate.records import Arrays, Config, Message, MessageKind
@@ -73,6 +73,22 @@ class Stages:
         ``kind`` is the messages' kind when it is not the stage's name (the stages of secure
         aggregation).
         """
+        pending = self.open(rounds, stage, tasks, kind)
+        for reply in self.grid.dispatch(pending.instructions(), pending.timeout):
+            task = pending.answered_by(reply)
+            if task is not None:
+                pending.replied()
+                yield task.node_id, reply, reply_problem(reply)
+        yield from pending.timed_out()
+
+    def open(
+        self,
+        rounds: RoundRecorder,
+        stage: Stage,
+        tasks: Tasks,
+        kind: MessageKind | None = None,
+    ) -> Pending:
+        """The stage's instructions, announced (``stage_started``), with their deadline."""
         rnd = rounds.number
         messages = (
             Message(
@@ -86,20 +102,39 @@ class Stages:
             )
             for node, (arrays, config) in tasks.items()
         )
-        pending = {message.task_id: message for message in messages}
-        rounds.stage_started(stage, len(pending))
-        timeout = self.app.stage_timeout(len(pending))
-        for reply in self.grid.dispatch(list(pending.values()), timeout):
-            task = pending.get(reply.task_id)
-            if task is None or not reply.is_reply or reply.node_id != task.node_id:
-                rounds.dropped(reply.task_id, reply.node_id)
-                continue
-            del pending[reply.task_id]
-            if isinstance(timeout, StageClock):
-                timeout.replied()
-            yield task.node_id, reply, reply_problem(reply)
-        for task in pending.values():
-            yield task.node_id, task, (FailureKind.TIMEOUT, no_reply(timeout))
+        open_tasks = {message.task_id: message for message in messages}
+        rounds.stage_started(stage, len(open_tasks))
+        return Pending(rounds, open_tasks, self.app.stage_timeout(len(open_tasks)))
+
+
+class Pending:
+    """A stage's tasks not yet answered, by task id, and the stage's deadline."""
+
+    def __init__(self, rounds: RoundRecorder, tasks: dict[str, Message], timeout: Timeout) -> None:
+        self.rounds, self.tasks, self.timeout = rounds, tasks, timeout
+
+    def instructions(self) -> list[Message]:
+        return list(self.tasks.values())
+
+    def answered_by(self, reply: Message) -> Message | None:
+        """The open task ``reply`` answers, now closed; None (the reply is dropped, and
+        logged) if it answers none: an unknown or finished task, or not from its node."""
+        task = self.tasks.get(reply.task_id)
+        if task is None or not reply.is_reply or reply.node_id != task.node_id:
+            self.rounds.dropped(reply.task_id, reply.node_id)
+            return None
+        del self.tasks[reply.task_id]
+        return task
+
+    def replied(self) -> None:
+        """A task ended with a reply: a deadline that waits for stragglers hears of it."""
+        if isinstance(self.timeout, StageClock):
+            self.timeout.replied()
+
+    def timed_out(self) -> Iterator[Outcome]:
+        """Each task still open, as failed at the deadline."""
+        for task in self.tasks.values():
+            yield task.node_id, task, (FailureKind.TIMEOUT, no_reply(self.timeout))
 
 
 def reply_problem(reply: Message) -> Problem | None:

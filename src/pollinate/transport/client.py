@@ -7,6 +7,7 @@ gRPC errors become pollinate errors here: ``HubUnavailable`` when the hub cannot
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +147,7 @@ class FleetClient:
             _registered_method=True,
         )
         # PushReply with chunks serialized by data_chunk (protobuf's serializer is slow)
-        self._push = self.channel.stream_unary(
+        self._push = self.channel.stream_stream(
             f"/{FLEET_SERVICE}/PushReply",
             response_deserializer=pb.PushReplyAck.FromString,
             _registered_method=True,
@@ -198,11 +199,37 @@ class FleetClient:
             raise _translate(exc) from None
 
     def push_reply(self, message: Message) -> None:
-        """Send a reply in chunks; HubRefused with the hub's reason if it is not accepted."""
-        chunks = (data_chunk(p) for p in wire.iter_encode(message, CHUNK_BYTES))
-        ack = _call(self._push, chunks, metadata=self._metadata(), timeout=3600)
-        if not ack.accepted:
-            raise HubRefused(ack.reason)
+        """Send a reply in chunks: its header, then its arrays once the hub has a place for
+        them (it says ``send_arrays``: until then a waiting node costs the hub nothing but
+        the header); HubRefused with the hub's reason if it is not accepted."""
+        head, body = wire.encode_parts(message, CHUNK_BYTES)
+        place, ended = threading.Event(), threading.Event()
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(head), CHUNK_BYTES):
+                yield data_chunk(head[start : start + CHUNK_BYTES])
+            if message.arrays.nbytes:
+                while not place.wait(1.0):
+                    if ended.is_set():
+                        return
+            for piece in body:
+                yield data_chunk(piece)
+
+        answers = self._push(chunks(), metadata=self._metadata(), timeout=3600)
+        try:
+            for answer in answers:
+                if answer.send_arrays:
+                    place.set()
+                elif not answer.accepted:
+                    raise HubRefused(answer.reason)
+                else:
+                    return
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        finally:
+            ended.set()
+            answers.cancel()
+        raise HubUnavailable("the hub ended the reply's call without an answer")
 
     def close(self) -> None:
         self.channel.close()

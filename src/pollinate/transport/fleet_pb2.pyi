@@ -112,12 +112,14 @@ class PullTaskRequest(_message.Message):
     def __init__(self, wait_seconds: _Optional[float] = ...) -> None: ...
 
 class PushReplyAck(_message.Message):
-    __slots__ = ("accepted", "reason")
+    __slots__ = ("accepted", "reason", "send_arrays")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SEND_ARRAYS_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     reason: str
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    send_arrays: bool
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., send_arrays: _Optional[bool] = ...) -> None: ...
 
 class SubmitRunRequest(_message.Message):
     __slots__ = ("app_archive", "app_hash", "config", "rounds", "seed", "select", "project", "min_nodes", "max_nodes")

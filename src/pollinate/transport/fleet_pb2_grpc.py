@@ -65,7 +65,7 @@ class FleetStub:
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.PullTaskRequest.SerializeToString,
                 response_deserializer=pollinate_dot_transport_dot_fleet__pb2.TaskChunk.FromString,
                 _registered_method=True)
-        self.PushReply = channel.stream_unary(
+        self.PushReply = channel.stream_stream(
                 '/pollinate.v1.Fleet/PushReply',
                 request_serializer=pollinate_dot_transport_dot_fleet__pb2.Chunk.SerializeToString,
                 response_deserializer=pollinate_dot_transport_dot_fleet__pb2.PushReplyAck.FromString,
@@ -121,7 +121,9 @@ class FleetServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PushReply(self, request_iterator, context):
-        """A reply, as wire chunks of one encoded Message.
+        """A reply, as wire chunks of one encoded Message: its header first, alone; then, if it
+        holds array bytes, the rest once the hub says send_arrays. The last answer says whether
+        the reply was accepted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,7 +162,7 @@ def add_FleetServicer_to_server(servicer, server):
                     request_deserializer=pollinate_dot_transport_dot_fleet__pb2.PullTaskRequest.FromString,
                     response_serializer=pollinate_dot_transport_dot_fleet__pb2.TaskChunk.SerializeToString,
             ),
-            'PushReply': grpc.stream_unary_rpc_method_handler(
+            'PushReply': grpc.stream_stream_rpc_method_handler(
                     servicer.PushReply,
                     request_deserializer=pollinate_dot_transport_dot_fleet__pb2.Chunk.FromString,
                     response_serializer=pollinate_dot_transport_dot_fleet__pb2.PushReplyAck.SerializeToString,
@@ -350,7 +352,7 @@ class Fleet:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
             '/pollinate.v1.Fleet/PushReply',

@@ -12,12 +12,19 @@ Invariants:
   not in a thread, so idle calls starve nothing;
 - a reply is checked from its header (its task's owner, run, round and size, ``Hub.check_reply``)
   before any array byte is accepted, and an upload that stalls is cut (``guards.next_within``);
-- the hub holds at most ``guards.REPLIES_AT_ONCE`` replies with arrays at once (or more while
-  they hold under ``guards.FLOOR_BYTES`` together), one per node, from the first array byte
-  read until the run loop has folded the reply (``ReplyBudget``, ``hub/held.py``): a node whose
-  reply does not fit waits, held back by gRPC's flow control, so hub memory is a few replies
-  whatever the number of nodes; an admitted upload that is too slow is cut
+- a node sends its reply's header alone, and its arrays only once the hub answers
+  ``send_arrays``: at most ``guards.UPLOADS_AT_ONCE`` uploads arrive at once (or more while
+  they declare under ``guards.FLOOR_BYTES`` together), one per node (``UploadBudget``), so
+  the hub's memory for replies is a few uploads' chunks in flight whatever the number of
+  nodes; a node that sends before it is told is held back by the HTTP/2 window
+  (``transport.UPLOAD_WINDOW``); an admitted upload that is too slow is cut
   (``guards.upload_seconds``);
+- a reply's header must come whole within ``guards.upload_seconds`` of its size limit, in
+  chunks that are not empty (what the hub keeps meanwhile is the header and a chunk);
+- a reply's bytes go straight into its journal file as they arrive, never into arrays at the
+  hub; the file is decoded whole (every check of the wire format) before it is recorded
+  (``hub/reply_file.py``); every step that touches the file runs in the hub's pool and ends
+  even if the node hangs up meanwhile: the reply is then recorded, or its file is gone;
 - garbage is one log line and an error status, never a traceback.
 """
 
@@ -39,6 +46,7 @@ from pollinate.errors import PollinateError, StorageError, WireError
 from pollinate.hub.fleet import PollEnded, Refused, TryLater
 from pollinate.hub.hub import Hub, TooManyAttempts
 from pollinate.hub.rate_limit import source_of
+from pollinate.hub.reply_file import ReplyFile
 from pollinate.placement import MAX_LABELS, label_problem
 from pollinate.records import Message, MessageKind
 from pollinate.security.certificates import load_certificate, user_name_in
@@ -57,9 +65,8 @@ from pollinate.transport.guards import (
     BadRequest,
     CallLimits,
     Idle,
-    Lease,
-    ReplyBudget,
     TooLarge,
+    UploadBudget,
     admitted,
     next_within,
     off_loop,
@@ -68,6 +75,7 @@ from pollinate.transport.guards import (
     status_for,
     upload_seconds,
 )
+from pollinate.wire.format import PREFIX_BYTES
 
 log = logging.getLogger("pollinate.transport")
 
@@ -175,7 +183,7 @@ class FleetService:
         self.calls = CallLimits(CALLS_PER_NODE)
         self.newcomers = CallLimits(NEWCOMER_CALLS_PER_SOURCE)
         self.abandoned = Abandoned()
-        self.decoding = ReplyBudget(largest=wire.DEFAULT_LIMITS.max_total_array_bytes)
+        self.uploads = UploadBudget(largest=wire.DEFAULT_LIMITS.max_total_array_bytes)
         hub.fleet.watch(wakeups.wake)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -191,7 +199,7 @@ class FleetService:
         return {
             **unary,
             "PullTask": grpc.stream_stream_rpc_method_handler(self.PullTask),
-            "PushReply": grpc.stream_unary_rpc_method_handler(
+            "PushReply": grpc.stream_stream_rpc_method_handler(
                 self.PushReply, response_serializer=pb.PushReplyAck.SerializeToString
             ),
         }
@@ -344,65 +352,84 @@ class FleetService:
 
     async def PushReply(
         self, chunks: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> Any:
+    ) -> None:
+        """A reply: its header, checked; ``send_arrays`` once it has a place in the upload
+        budget; its bytes into its journal file; then the answer: accepted or not."""
         node_id = await self._identify(context)
         async with admitted(self.calls, f"node {node_id}", context):
             try:
-                await self._receive(node_id, chunks)
+                await self._receive(node_id, chunks, context)
             except (WireError, Refused, TooLarge) as exc:
                 log.warning("refused a reply from node %d: %s", node_id, exc)
-                return pb.PushReplyAck(accepted=False, reason=str(exc))
+                await context.write(pb.PushReplyAck(accepted=False, reason=str(exc)))
+                return
             except (TryLater, StorageError) as exc:
                 log.warning("a reply from node %d must wait: %s", node_id, exc)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             except (Idle, BadRequest) as exc:
                 log.warning("cut a reply from node %d: %s", node_id, exc)
                 await context.abort(status_for(exc), str(exc))
-        return pb.PushReplyAck(accepted=True)
+        await context.write(pb.PushReplyAck(accepted=True))
 
-    async def _receive(self, node_id: int, stream: AsyncIterator[bytes]) -> None:
-        """Read a reply: its header first, checked against its task before any array byte is
-        taken; then, once it has a place in the decoding budget, its arrays; then hand it to
-        the hub. The place stays taken until the run loop has folded the reply."""
-        chunks, decoder = aiter(stream), wire.Decoder()
-        peer = f"node {node_id}"
-        while decoder.head is None:
-            raw = await next_within(chunks)
-            if raw is None:
-                break
-            decoder.feed(_data(raw, peer))
-        head, declared = decoder.head, decoder.array_bytes or 0
-        if head is None:
-            raise WireError("the reply ended before its header")
+    async def _receive(
+        self, node_id: int, stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Take a reply: its header first, checked against its task before any array byte is
+        taken; then, once it has a place in the upload budget (the node waits until told),
+        its bytes straight into its journal file; then hand it to the hub."""
+        chunks, peer = aiter(stream), f"node {node_id}"
+        head, declared, size, received = await _read_head(chunks, peer)
         await self._off_loop(self.hub.check_reply, node_id, head, declared)
         if problem := self.hub.journal.refusing():
             raise StorageError(problem)
-        # until it has a place, the rest of the upload waits in gRPC's flow-control window
-        lease = await self.decoding.admit(peer, declared)
-        handed = False
+        lease = await self.uploads.admit(peer, declared)
+        file = self.hub.journal.reply_file(head, size)  # made on disk by its first write
         try:
             if declared:  # it may have waited: is its task still open?
                 await self._off_loop(self.hub.check_reply, node_id, head, declared)
-            await _read_within(chunks, decoder, peer, upload_seconds(declared))
-            message = decoder.finish()
-            del decoder  # the message holds the arrays now
-            handed = await self._hand_over(node_id, message, lease)
+                await context.write(_SEND_ARRAYS)
+            await self._write_within(chunks, file, received, peer, upload_seconds(declared))
+        except BaseException:
+            self._pool.submit(file.discard)  # in its turn, after any write under way
+            raise
         finally:
-            if not handed:
-                lease.release()
+            lease.release()  # its bytes are on their way to the disk: the memory is free
+        # one job, which runs to its end even if the node hangs up meanwhile: the reply is
+        # then recorded (a push again is accepted), or its file is gone
+        await self._off_loop(self._record, node_id, file)
 
-    async def _hand_over(self, node_id: int, message: Message, lease: Lease) -> bool:
-        """Record and route the reply; True if it went to a waiting round, which then gives
-        its place back (``hub/held.py``) once the run loop has folded it."""
-        held = self.hub.fleet.held
-        held.hold(message.task_id, lease.release)
-        handed = False
+    def _record(self, node_id: int, file: ReplyFile) -> None:
+        """Check the whole reply in its file, then record and route it (``accept_file``)."""
+        self.hub.accept_file(node_id, file.finish(), file.path)
+
+    async def _write_within(
+        self,
+        chunks: AsyncIterator[bytes],
+        file: ReplyFile,
+        first: bytes | bytearray,
+        peer: str,
+        seconds: float,
+    ) -> None:
+        """Write ``first`` and the rest of the upload into ``file``, each chunk in the hub's
+        pool while the next arrives; Idle if it takes over ``seconds``. Returns (or raises)
+        only once no write is under way."""
+        writing = self._pool.submit(file.write, first)
         try:
-            handed = await self._off_loop(self.hub.accept_reply, node_id, message)
+            async with asyncio.timeout(seconds):
+                while (raw := await next_within(chunks)) is not None:
+                    data = _data(raw, peer)
+                    await asyncio.wrap_future(writing)
+                    writing = self._pool.submit(file.write, data)
+                await asyncio.wrap_future(writing)
+        except TimeoutError:
+            raise Idle(
+                f"{peer}'s upload took over {seconds:g}s: it was cut, so that it does not keep "
+                "its place in the hub's upload budget from other nodes' replies"
+            ) from None
         finally:
-            if not handed:
-                held.drop(message.task_id, lease.release)
-        return handed
+            if not writing.done():  # the upload ended early: let the write end first
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wrap_future(writing)
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> int:
         if self.secure:
@@ -417,19 +444,33 @@ class FleetService:
         raise AssertionError("unreachable")  # abort raises
 
 
-async def _read_within(
-    chunks: AsyncIterator[bytes], decoder: wire.Decoder, peer: str, seconds: float
-) -> None:
-    """Feed the rest of the upload to ``decoder``; Idle if it takes over ``seconds``."""
+async def _read_head(
+    chunks: AsyncIterator[bytes], peer: str
+) -> tuple[Message, int, int, bytearray]:
+    """A reply's header (checked, as the wire format checks it), the array bytes and the
+    whole bytes it declares, and the bytes read so far: the header's and any that came with
+    it. No array is allocated (``Decoder.feed_head``); the header must come within
+    ``guards.upload_seconds`` of its size limit, in chunks that are not empty, so what is
+    kept meanwhile is at most the limit and a chunk."""
+    decoder, received = wire.Decoder(), bytearray()
+    seconds = upload_seconds(PREFIX_BYTES + wire.DEFAULT_LIMITS.max_header_bytes)
     try:
         async with asyncio.timeout(seconds):
-            while (raw := await next_within(chunks)) is not None:
-                decoder.feed(_data(raw, peer))
+            while (head := decoder.head) is None:
+                raw = await next_within(chunks)
+                if raw is None:
+                    raise WireError("the reply ended before its header")
+                data = _data(raw, peer)
+                if not data:
+                    raise WireError("an empty chunk before the reply's header was whole")
+                received += data
+                decoder.feed_head(data)
     except TimeoutError:
-        raise Idle(
-            f"{peer}'s upload took over {seconds:g}s: it was cut, so that it does not keep its "
-            "place in the hub's decoding budget from other nodes' replies"
-        ) from None
+        raise Idle(f"{peer}'s reply header took over {seconds:g}s: the upload was cut") from None
+    return head, decoder.array_bytes or 0, decoder.size or 0, received
+
+
+_SEND_ARRAYS = pb.PushReplyAck(send_arrays=True)
 
 
 def _data(raw: bytes, peer: str) -> bytes | memoryview:

@@ -6,10 +6,10 @@ bound what each peer may hold:
 
 - ``CallLimits``: at most ``per_peer`` open calls per peer (a node id, or a source address);
   more are refused at once with RESOURCE_EXHAUSTED;
-- ``ReplyBudget``: the hub holds a few replies at once (``REPLIES_AT_ONCE``, or any number
-  under ``FLOOR_BYTES``), from their decoding until their run loop has folded them, so its
-  memory does not grow with the number of nodes; a node holds one place at a time, and an
-  admitted upload must finish within ``upload_seconds`` or is cut;
+- ``UploadBudget``: the hub takes in a few uploads at once (``UPLOADS_AT_ONCE``, or any number
+  under ``FLOOR_BYTES``) while the other nodes wait with their header sent, so its memory
+  does not grow with the number of nodes; a node holds one place at a time, and an admitted
+  upload must finish within ``upload_seconds`` or is cut;
 - ``one_request``: a call whose request does not arrive within ``REQUEST_SECONDS`` is cut;
 - ``next_within``: an upload that sends nothing for ``IDLE_SECONDS`` is cut;
 - ``parse``: a request that is not valid protobuf is one log line and INVALID_ARGUMENT, never a
@@ -51,13 +51,14 @@ cut. Requests are small (a heartbeat, a CSR, a run id: a few KiB), so on a worki
 take milliseconds; 5 s leaves room for a couple of lost packets (TCP resends after 1 s, then
 2 s), while a stranger's idle call costs the hub a coroutine for 5 s, not until it hangs up."""
 
-REPLIES_AT_ONCE = 3
-"""Replies the hub holds at once, however large (``ReplyBudget``): one arriving, one being
-recorded (an fsync), one with its run loop; more adds memory, not speed (decoding runs on the
-one event loop)."""
+UPLOADS_AT_ONCE = 4
+"""Uploads of replies the hub takes in at once, however large (``UploadBudget``). Each holds
+at most its HTTP/2 window and a chunk or two in the hub (its bytes go to its file as they
+come), so this bounds the hub's memory for replies; a few at once keep the link busy while
+one waits for the disk, more add memory, not speed (they cross one event loop)."""
 FLOOR_BYTES = 64 << 20
-"""Replies holding this many array bytes together are admitted whatever their number, so small
-models are not received one after another."""
+"""Uploads declaring this many array bytes together are admitted whatever their number, so
+small models are not taken in one after another."""
 UPLOAD_BYTES_PER_SECOND = 256 << 10
 """The slowest an admitted upload may be on average (2 Mbit/s), past ``IDLE_SECONDS``."""
 
@@ -90,9 +91,9 @@ class CallLimits:
 
 
 class Lease:
-    """A reply's place in a ``ReplyBudget``, held from its admission until ``release``."""
+    """An upload's place in an ``UploadBudget``, held from its admission until ``release``."""
 
-    def __init__(self, budget: ReplyBudget, peer: str, nbytes: int) -> None:
+    def __init__(self, budget: UploadBudget, peer: str, nbytes: int) -> None:
         self.budget, self.peer, self.nbytes = budget, peer, nbytes
         self._lock = threading.Lock()
         self._released = False
@@ -113,39 +114,41 @@ class TooLarge(PollinateError):
     """A reply declares more array bytes than the hub could ever hold for it."""
 
 
-class ReplyBudget:
-    """Admits replies, in the order they ask, while the hub holds at most ``replies`` of them
-    (whatever their size) or while those it holds declare at most ``floor`` bytes of arrays
-    together; a peer holds one place at a time, and a reply of no arrays needs none.
+class UploadBudget:
+    """Admits uploads of replies, in the order they ask, while at most ``uploads`` of them
+    arrive at once (whatever their size) or while those arriving declare at most ``floor``
+    bytes of arrays together; a peer holds one place at a time, and a reply of no arrays
+    needs none.
 
-    A place is held from admission until its ``Lease`` is released: through receiving and
-    decoding, recording, and waiting for the run loop, which lets go once it has folded the
-    reply (``hub/held.py``). So the hub's memory for replies is about ``replies`` times the
-    largest reply its tasks allow (or ``floor``), whatever the number of nodes. A reply
-    declaring more than ``largest`` bytes is refused (``TooLarge``), never left to wait.
+    A place is held from admission until its ``Lease`` is released, once the upload's bytes
+    are all in its file (``hub/reply_file.py``). A node not admitted yet waits with only its
+    header sent (it sends its arrays when told: ``PushReply``), so the hub's memory for
+    replies is ``uploads`` times what one upload holds in flight, whatever the number of
+    nodes. A reply declaring more than ``largest`` bytes is refused (``TooLarge``), never
+    left to wait.
 
     The waiting is on the event loop; ``Lease.release`` may come from any thread. The high
-    water marks (``peak_replies``, ``peak_bytes``) say what was held at once.
+    water marks (``peak_uploads``, ``peak_bytes``) say what was admitted at once.
     """
 
     def __init__(
-        self, replies: int = REPLIES_AT_ONCE, floor: int = FLOOR_BYTES, largest: int = 8 << 30
+        self, uploads: int = UPLOADS_AT_ONCE, floor: int = FLOOR_BYTES, largest: int = 8 << 30
     ) -> None:
-        if replies < 1:
-            raise ValueError(f"replies must be at least 1, got {replies!r}")
-        self.replies, self.floor, self.largest = replies, floor, largest
-        self.held_replies = self.held_bytes = self.peak_replies = self.peak_bytes = 0
+        if uploads < 1:
+            raise ValueError(f"uploads must be at least 1, got {uploads!r}")
+        self.uploads, self.floor, self.largest = uploads, floor, largest
+        self.held_uploads = self.held_bytes = self.peak_uploads = self.peak_bytes = 0
         self._peers: set[str] = set()
         self._waiting: deque[_Ticket] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def waiting(self) -> int:
-        """Replies waiting for a place now."""
+        """Uploads waiting for a place now."""
         return len(self._waiting)
 
     async def admit(self, peer: str, nbytes: int) -> Lease:
-        """Wait for a place for ``peer``'s reply of ``nbytes`` array bytes; its lease."""
+        """Wait for a place for the upload of ``peer``'s reply of ``nbytes`` array bytes."""
         if nbytes > self.largest:
             raise TooLarge(
                 f"{peer}'s reply declares {nbytes} bytes of arrays, more than the {self.largest} "
@@ -170,7 +173,7 @@ class ReplyBudget:
         return lease
 
     def _fits(self, nbytes: int) -> bool:
-        return self.held_replies < self.replies or self.held_bytes + nbytes <= self.floor
+        return self.held_uploads < self.uploads or self.held_bytes + nbytes <= self.floor
 
     def _admit_waiting(self) -> None:
         """Admit waiting replies in order; one that does not fit stops the rest (first come,
@@ -185,9 +188,9 @@ class ReplyBudget:
                 return
             self._waiting.remove(ticket)
             self._peers.add(lease.peer)
-            self.held_replies += 1
+            self.held_uploads += 1
             self.held_bytes += lease.nbytes
-            self.peak_replies = max(self.peak_replies, self.held_replies)
+            self.peak_uploads = max(self.peak_uploads, self.held_uploads)
             self.peak_bytes = max(self.peak_bytes, self.held_bytes)
             ticket.admitted.set_result(None)
 
@@ -206,7 +209,7 @@ class ReplyBudget:
 
     def _returned(self, lease: Lease) -> None:
         self._peers.discard(lease.peer)
-        self.held_replies -= 1
+        self.held_uploads -= 1
         self.held_bytes -= lease.nbytes
         self._admit_waiting()
 

@@ -60,7 +60,7 @@ class HubPorts:
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _beats: ThreadPoolExecutor | None = field(default=None, repr=False)
     fleet: FleetService | None = field(default=None, repr=False)
-    """The fleet API it serves (its guards: ``fleet.decoding``, the reply budget)."""
+    """The fleet API it serves (its guards: ``fleet.uploads``, the upload budget)."""
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving: calls still open after ``grace`` seconds are cancelled, and this

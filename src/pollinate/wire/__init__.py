@@ -23,7 +23,7 @@ array([0., 1., 2.])
 from __future__ import annotations
 
 from pollinate.wire.decoding import Decoder, decode
-from pollinate.wire.encoding import encode, iter_encode
+from pollinate.wire.encoding import encode, encode_parts, iter_encode
 from pollinate.wire.format import DEFAULT_LIMITS, DTYPES, MAGIC, Limits
 
 __all__ = [
@@ -34,5 +34,6 @@ __all__ = [
     "Limits",
     "decode",
     "encode",
+    "encode_parts",
     "iter_encode",
 ]

@@ -84,6 +84,26 @@ class Decoder:
             self._error = error
             raise
 
+    def feed_head(self, chunk: bytes | bytearray | memoryview) -> int:
+        """Take header bytes only from the front of ``chunk``; return how many it took. For a
+        receiver that keeps the body itself (the hub writes a reply to its journal file as it
+        comes, then decodes the file whole): no array is allocated here."""
+        self._check_usable()
+        view, taken = _byte_view(chunk), 0
+        try:
+            while view and self._header is None:
+                step = self._take(view)
+                view, taken = view[step:], taken + step
+        except WireError as error:
+            self._error = error
+            raise
+        return taken
+
+    @property
+    def size(self) -> int | None:
+        """The whole message's bytes, once its header is in (None before)."""
+        return None if self._header is None else self._header.end
+
     @property
     def array_bytes(self) -> int | None:
         """Bytes of array data the message declares, once its header is in (None before)."""

@@ -7,9 +7,10 @@ raises TypeError/ValueError here; ``WireError`` is kept for bytes received.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,8 @@ from pollinate.wire.format import ALIGNMENT, FIELD_TYPES, LITTLE_ENDIAN, MAGIC, 
 
 def encode(message: Message) -> bytes:
     """The wire bytes of ``message``; raise TypeError/ValueError if it cannot travel."""
-    return b"".join(_pieces(*_plan(message)))
+    head, arrays = _plan(message)
+    return b"".join([head, *_pieces(head, arrays)])
 
 
 def iter_encode(message: Message, chunk_size: int = 4 << 20) -> Iterator[bytes | memoryview]:
@@ -29,12 +31,23 @@ def iter_encode(message: Message, chunk_size: int = 4 << 20) -> Iterator[bytes |
     Contiguous little-endian arrays are sent as memoryview slices of their own data, so a large
     model streams without a second copy. The message is fully checked before the first piece.
     """
+    head, body = encode_parts(message, chunk_size)
+    return itertools.chain(_chunks([head], chunk_size), body)
+
+
+def encode_parts(
+    message: Message, chunk_size: int = 4 << 20
+) -> tuple[bytes, Iterator[bytes | memoryview]]:
+    """``iter_encode`` in two parts: the prefix and header whole, then the rest in pieces of at
+    most ``chunk_size`` bytes. A sender can let the receiver check the header before it sends
+    a byte of the arrays (a node's reply waits for the hub's "send the arrays")."""
     if type(chunk_size) is not int or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    return _chunks(_pieces(*_plan(message)), chunk_size)
+    head, arrays = _plan(message)
+    return head, _chunks(_pieces(head, arrays), chunk_size)
 
 
-def _chunks(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
+def _chunks(pieces: Iterable[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
     for piece in pieces:
         for start in range(0, len(piece), size):
             yield piece[start : start + size]
@@ -60,7 +73,7 @@ def _plan(message: Message) -> tuple[bytes, list[np.ndarray]]:
 
 
 def _pieces(head: bytes, arrays: list[np.ndarray]) -> Iterator[bytes | memoryview]:
-    yield head
+    """The bytes after ``head``: each array after its padding."""
     position = len(head)
     for array in arrays:
         padding = -position % ALIGNMENT

@@ -1,19 +1,22 @@
-"""The hub holds a few replies at once, from their first array byte until their run loop has
-folded them (``guards.ReplyBudget``), so its memory does not grow with the number of nodes:
-a node whose reply does not fit waits, held back by gRPC's flow control.
+"""The hub takes in a few uploads of replies at once (``guards.UploadBudget``), each straight
+into its journal file, so its memory does not grow with the number of nodes: a node whose
+upload has no place yet waits with its header sent, and sends its arrays when the hub says so.
 
 The first tests drive the budget alone on an event loop; the others run a real hub over real
-gRPC on 127.0.0.1, with nodes pushing replies of a known size to a run loop that folds them
-only when the test lets it.
+gRPC on 127.0.0.1, with nodes pushing replies of a known size to a run loop that takes them
+only when the test lets it, and a client against a hub played by the test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,11 @@ from pollinate import wire
 from pollinate.hub.grid import HubGrid, RunStopped
 from pollinate.hub.hub import Hub
 from pollinate.records import Arrays, Message
-from pollinate.transport import NODE_ID_HEADER, guards
+from pollinate.transport import FLEET_SERVICE as FLEET
+from pollinate.transport import NODE_ID_HEADER, data_chunk, guards
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.client import FleetClient, HubRefused
-from pollinate.transport.guards import Lease, ReplyBudget, TooLarge
+from pollinate.transport.guards import Lease, TooLarge, UploadBudget
 from pollinate.transport.ports import HubPorts, serve
 
 TIMEOUT = 60.0  # a bound on every wait below, never a measure: the machine may be loaded
@@ -39,9 +43,9 @@ TIMEOUT = 60.0  # a bound on every wait below, never a measure: the machine may 
 
 
 class Replies:
-    """Replies asking one budget for a place, each from its own peer unless told."""
+    """Uploads of replies asking one budget for a place, each from its own peer unless told."""
 
-    def __init__(self, budget: ReplyBudget) -> None:
+    def __init__(self, budget: UploadBudget) -> None:
         self.budget = budget
         self.leases: dict[str, Lease] = {}
         self.tasks: list[asyncio.Task[None]] = []
@@ -61,9 +65,9 @@ async def settled() -> None:
         await asyncio.sleep(0)
 
 
-def test_at_most_the_budgets_replies_are_held_at_once_and_the_next_waits_its_turn() -> None:
+def test_at_most_the_budgets_uploads_arrive_at_once_and_the_next_waits_its_turn() -> None:
     async def scenario() -> None:
-        replies = Replies(ReplyBudget(replies=2, floor=0))
+        replies = Replies(UploadBudget(uploads=2, floor=0))
         for name in "abc":
             replies.ask(name, 100)
         await settled()
@@ -71,14 +75,14 @@ def test_at_most_the_budgets_replies_are_held_at_once_and_the_next_waits_its_tur
         replies.leases["a"].release()
         await settled()
         assert replies.admitted() == {"a", "b", "c"}
-        assert (replies.budget.peak_replies, replies.budget.peak_bytes) == (2, 200)
+        assert (replies.budget.peak_uploads, replies.budget.peak_bytes) == (2, 200)
 
     asyncio.run(scenario())
 
 
-def test_small_replies_under_the_floor_are_held_side_by_side_whatever_their_number() -> None:
+def test_small_uploads_under_the_floor_arrive_side_by_side_whatever_their_number() -> None:
     async def scenario() -> None:
-        replies = Replies(ReplyBudget(replies=2, floor=1000))
+        replies = Replies(UploadBudget(uploads=2, floor=1000))
         for index in range(10):
             replies.ask(f"r{index}", 100)
         replies.ask("large", 500)
@@ -94,7 +98,7 @@ def test_small_replies_under_the_floor_are_held_side_by_side_whatever_their_numb
 
 def test_first_come_first_served_a_large_reply_is_not_overtaken_by_small_ones() -> None:
     async def scenario() -> None:
-        replies = Replies(ReplyBudget(replies=1, floor=150))
+        replies = Replies(UploadBudget(uploads=1, floor=150))
         replies.ask("first", 100)
         await settled()
         replies.ask("large", 1000)
@@ -110,7 +114,7 @@ def test_first_come_first_served_a_large_reply_is_not_overtaken_by_small_ones() 
 
 def test_a_node_holds_one_place_at_a_time_and_others_pass_its_second_reply() -> None:
     async def scenario() -> None:
-        replies = Replies(ReplyBudget(replies=3, floor=0))
+        replies = Replies(UploadBudget(uploads=3, floor=0))
         replies.ask("one", 100, peer="node 1")
         replies.ask("two", 100, peer="node 1")
         replies.ask("other", 100, peer="node 2")
@@ -125,7 +129,7 @@ def test_a_node_holds_one_place_at_a_time_and_others_pass_its_second_reply() -> 
 
 def test_a_release_from_another_thread_counts_once_and_an_empty_reply_never_waits() -> None:
     async def scenario() -> None:
-        budget = ReplyBudget(replies=1, floor=0)
+        budget = UploadBudget(uploads=1, floor=0)
         replies = Replies(budget)
         replies.ask("held", 100)
         await settled()
@@ -144,14 +148,14 @@ def test_a_release_from_another_thread_counts_once_and_an_empty_reply_never_wait
                 break
             await asyncio.sleep(0.01)
         assert replies.admitted() == {"held", "next", "empty"}
-        assert budget.held_replies == 1 and budget.held_bytes == 100
+        assert budget.held_uploads == 1 and budget.held_bytes == 100
 
     asyncio.run(scenario())
 
 
-def test_a_reply_that_leaves_while_it_waits_gives_up_its_turn() -> None:
+def test_an_upload_that_leaves_while_it_waits_gives_up_its_turn() -> None:
     async def scenario() -> None:
-        replies = Replies(ReplyBudget(replies=1, floor=0))
+        replies = Replies(UploadBudget(uploads=1, floor=0))
         replies.ask("held", 100)
         await settled()
         replies.ask("gone", 100)
@@ -168,10 +172,10 @@ def test_a_reply_that_leaves_while_it_waits_gives_up_its_turn() -> None:
 
 def test_a_reply_larger_than_the_hub_holds_for_one_is_refused_at_once() -> None:
     async def scenario() -> None:
-        budget = ReplyBudget(replies=2, floor=0, largest=1000)
+        budget = UploadBudget(uploads=2, floor=0, largest=1000)
         with pytest.raises(TooLarge, match="node 7's reply declares 1001 bytes of arrays, more "):
             await budget.admit("node 7", 1001)
-        assert (budget.held_replies, budget.waiting) == (0, 0)
+        assert (budget.held_uploads, budget.waiting) == (0, 0)
 
     asyncio.run(scenario())
 
@@ -186,7 +190,7 @@ REPLY_BYTES = 4 * REPLY_FLOATS
 class Deployment:
     hub: Hub
     ports: HubPorts
-    budget: ReplyBudget
+    budget: UploadBudget
     grid: HubGrid
     clients: list[FleetClient] = field(default_factory=list)
     loops: list[Loop] = field(default_factory=list)
@@ -221,7 +225,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     hub = Hub(tmp_path / "hub")
     ports = serve(hub, "127.0.0.1:0", control=False)
     assert ports.fleet is not None
-    budget = ports.fleet.decoding = ReplyBudget(replies=2, floor=0, largest=8 * REPLY_BYTES)
+    budget = ports.fleet.uploads = UploadBudget(uploads=2, floor=0, largest=8 * REPLY_BYTES)
     grid = HubGrid(hub.fleet, hub.journal, "run", "apphash", {})
     deployment = Deployment(hub, ports, budget, grid)
     yield deployment
@@ -279,7 +283,7 @@ class Loop(threading.Thread):
         self.replies.put(None)
 
 
-def test_a_slow_loop_holds_back_the_nodes_and_the_hub_never_holds_more_than_its_budget(
+def test_every_reply_is_taken_in_while_the_loop_waits_and_at_most_the_budgets_uploads_at_once(
     deployment: Deployment,
 ) -> None:
     budget, count = deployment.budget, 6
@@ -289,27 +293,22 @@ def test_a_slow_loop_holds_back_the_nodes_and_the_hub_never_holds_more_than_its_
     for node in nodes:
         node.start()
 
-    got: list[str] = []
-    for reply in deployment.grid.dispatch(tasks, timeout=TIMEOUT):
-        assert reply.error is None, reply.error
-        got.append(reply.task_id)
-        # the loop has this reply and has not folded it: it still counts, and the replies
-        # not yet folded are all at the hub, held or waiting for a place
-        unfolded = count - len(got) + 1
-        wait_until(
-            lambda: budget.held_replies + budget.waiting == unfolded,  # noqa: B023
-            f"{unfolded} replies held or waiting",
-        )
-        assert budget.held_replies == min(unfolded, 2)
-        assert budget.held_bytes <= 2 * REPLY_BYTES
-    # every reply came, each accepted, and no more than two were ever held at once
-    assert sorted(got) == sorted(task.task_id for task in tasks)
+    dispatch = deployment.grid.dispatch(tasks, timeout=TIMEOUT)
+    first = next(dispatch)
+    # the loop holds one reply and asks for no other: the hub still takes every one in,
+    # into its file, never more than two uploads at once
     for node in nodes:
         node.join(TIMEOUT)
         assert node.outcome == "accepted", node.outcome
-    assert (budget.peak_replies, budget.peak_bytes) == (2, 2 * REPLY_BYTES)
-    wait_until(lambda: budget.held_replies == 0, "the last place to be given back")
-    assert len(deployment.hub.fleet.held) == 0
+    assert (budget.peak_uploads, budget.held_uploads, budget.waiting) == (2, 0, 0)
+    assert budget.peak_bytes == 2 * REPLY_BYTES
+
+    replies = [first, *dispatch]
+    assert sorted(r.task_id for r in replies) == sorted(task.task_id for task in tasks)
+    for reply in replies:  # each as its node sent it: the task's arrays, plus one
+        assert reply.error is None, reply.error
+        np.testing.assert_array_equal(reply.arrays["w"], np.ones(REPLY_FLOATS, np.float32))
+        assert not reply.arrays["w"].flags.writeable  # a view of the file the journal keeps
 
 
 def test_a_reply_larger_than_the_hub_holds_for_one_is_refused_with_the_reason(
@@ -325,13 +324,15 @@ def test_a_reply_larger_than_the_hub_holds_for_one_is_refused_with_the_reason(
     assert f"declares {REPLY_BYTES} bytes of arrays, more than the {REPLY_BYTES // 2}" in str(
         node.outcome
     )
-    assert (deployment.budget.peak_replies, deployment.budget.held_replies) == (0, 0)
+    assert (deployment.budget.peak_uploads, deployment.budget.held_uploads) == (0, 0)
+    assert not list((deployment.hub.state.data_dir / "runs").rglob("*.pln*"))  # no file made
     deployment.grid.close()
     assert loop.replies.get(timeout=TIMEOUT) is None  # no reply came
 
 
 def stalled_upload(reply: Message, release: threading.Event) -> Iterator[Any]:
-    """The reply's header and its first array chunk, then nothing until ``release``."""
+    """The reply's header and its first array chunk at once, without waiting to be told,
+    then nothing until ``release``."""
     chunks = wire.iter_encode(reply, 1 << 16)
     yield pb.Chunk(data=bytes(next(chunks)))
     yield pb.Chunk(data=bytes(next(chunks)))
@@ -343,20 +344,20 @@ def test_a_node_that_stalls_with_a_place_is_cut_and_the_others_replies_come_in(
 ) -> None:
     monkeypatch.setattr(guards, "IDLE_SECONDS", 1.0)  # what an admitted upload may take, plus
     monkeypatch.setattr(guards, "UPLOAD_BYTES_PER_SECOND", 1 << 30)  # its bytes at 1 GiB/s
-    deployment.budget.replies = 1
+    deployment.budget.uploads = 1
     mallory, alice = deployment.node("mallory"), deployment.node("alice")
     tasks = [deployment.task(mallory, 0), deployment.task(alice, 1)]
     loop = deployment.loop(tasks)
     task = mallory.pull_task(TIMEOUT)
     assert task is not None
     release = threading.Event()
+    answers = mallory.stub.PushReply(
+        stalled_upload(task.message.reply(arrays=task.message.arrays), release),
+        metadata=[(NODE_ID_HEADER, str(mallory.node_id))],
+        timeout=TIMEOUT,
+    )
     try:
-        stalled = mallory.stub.PushReply.future(
-            stalled_upload(task.message.reply(arrays=task.message.arrays), release),
-            metadata=[(NODE_ID_HEADER, str(mallory.node_id))],
-            timeout=TIMEOUT,
-        )
-        wait_until(lambda: deployment.budget.peak_replies == 1, "mallory to take the place")
+        assert next(answers).send_arrays  # mallory has the place
         honest = Answering(alice)
         honest.start()
         reply = loop.replies.get(timeout=TIMEOUT)
@@ -364,10 +365,154 @@ def test_a_node_that_stalls_with_a_place_is_cut_and_the_others_replies_come_in(
         honest.join(TIMEOUT)
         assert honest.outcome == "accepted", honest.outcome
         with pytest.raises(grpc.RpcError) as cut:
-            stalled.result(TIMEOUT)
+            next(answers)
         assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "upload took over" in str(cut.value.details())
-        assert deployment.budget.peak_replies == 1  # never mallory's and alice's at once
+        assert deployment.budget.peak_uploads == 1  # never mallory's and alice's at once
     finally:
         release.set()
         deployment.grid.close()
+
+
+# --- the node's side, against a hub the test plays ------------------------------------------
+
+
+class PlayedHub:
+    """PushReply as the test says: it reads the header, answers ``answers`` in turn (reading
+    the rest of the upload before an ``accepted``), and counts every byte it was sent."""
+
+    def __init__(self, answers: list[pb.PushReplyAck]) -> None:
+        self.answers, self.received = answers, 0
+        self.ended = threading.Event()
+        self.server = grpc.server(ThreadPoolExecutor(2))
+        handler = grpc.stream_stream_rpc_method_handler(
+            self.push, response_serializer=pb.PushReplyAck.SerializeToString
+        )
+        service = {"PushReply": handler}
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(FLEET, service)])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def push(self, chunks: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+        decoder = wire.Decoder()
+        try:
+            while decoder.head is None:
+                data = pb.Chunk.FromString(next(chunks)).data
+                self.received += len(data)
+                decoder.feed_head(data)
+            for answer in self.answers:
+                if answer.accepted:  # as a hub does, once it has read the whole upload
+                    for raw in chunks:
+                        self.received += len(pb.Chunk.FromString(raw).data)
+                yield answer
+            for raw in chunks:  # what a node sends after a refusal: nothing, it hangs up
+                self.received += len(pb.Chunk.FromString(raw).data)
+        finally:
+            self.ended.set()
+
+    def stop(self) -> None:
+        self.server.stop(None)
+
+
+def reply_of(nbytes: int) -> Message:
+    arrays = Arrays({"w": np.arange(nbytes, dtype=np.uint8)})
+    return Message("fit", task_id="t", run_id="r", round=1, is_reply=True, arrays=arrays)
+
+
+@pytest.mark.parametrize("answers", ["refused", "accepted"])
+def test_a_node_sends_its_arrays_only_once_the_hub_says_so(answers: str) -> None:
+    reply = reply_of(3 * 1024 * 1024)
+    head = len(wire.encode_parts(reply)[0])
+    if answers == "refused":  # from its header: not one byte of the arrays travels
+        hub = PlayedHub([pb.PushReplyAck(accepted=False, reason="no task of yours")])
+    else:
+        hub = PlayedHub([pb.PushReplyAck(send_arrays=True), pb.PushReplyAck(accepted=True)])
+    client = FleetClient(f"127.0.0.1:{hub.port}")
+    try:
+        if answers == "refused":
+            with pytest.raises(HubRefused, match="no task of yours"):
+                client.push_reply(reply)
+        else:
+            client.push_reply(reply)
+        assert hub.ended.wait(TIMEOUT)
+        assert hub.received == (head if answers == "refused" else len(wire.encode(reply)))
+    finally:
+        client.close()
+        hub.stop()
+
+
+def test_a_reply_without_array_bytes_goes_whole_and_waits_for_no_word() -> None:
+    reply = reply_of(0)
+    hub = PlayedHub([pb.PushReplyAck(accepted=True)])
+    client = FleetClient(f"127.0.0.1:{hub.port}")
+    try:
+        client.push_reply(reply)
+        assert hub.ended.wait(TIMEOUT) and hub.received == len(wire.encode(reply))
+    finally:
+        client.close()
+        hub.stop()
+
+
+@pytest.mark.parametrize("damage", ["longer", "shorter"])
+def test_an_upload_longer_or_shorter_than_its_header_says_is_refused_and_leaves_no_file(
+    deployment: Deployment, damage: str
+) -> None:
+    client = deployment.node("mallory")
+    loop = deployment.loop([deployment.task(client, 0)])
+    task = client.pull_task(TIMEOUT)
+    assert task is not None
+    data = wire.encode(task.message.reply(arrays=task.message.arrays))
+    data = data + b"\0" * 8 if damage == "longer" else data[:-8]
+    pieces = [data[start : start + (1 << 18)] for start in range(0, len(data), 1 << 18)]
+    *_, answer = client.stub.PushReply(
+        iter([pb.Chunk(data=piece) for piece in pieces]),
+        metadata=[(NODE_ID_HEADER, str(client.node_id))],
+        timeout=TIMEOUT,
+    )
+    assert not answer.accepted
+    reason = "unexpected bytes after the end" if damage == "longer" else "truncated"
+    assert reason in answer.reason, answer.reason
+    assert not list((deployment.hub.state.data_dir / "runs").rglob("*.pln*"))
+    assert deployment.budget.held_uploads == 0  # its place is back
+    client.push_reply(task.message.reply(arrays=task.message.arrays))  # the right one is taken
+    reply = loop.replies.get(timeout=TIMEOUT)
+    assert reply is not None and reply.error is None
+
+
+def test_an_upload_cut_while_its_last_write_fails_is_one_line_and_no_traceback(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = deployment.node("mallory")
+    deployment.loop([deployment.task(client, 0)])
+    task = client.pull_task(TIMEOUT)
+    assert task is not None
+    head, body = wire.encode_parts(task.message.reply(arrays=task.message.arrays))
+    told = threading.Event()
+
+    def upload() -> Iterator[bytes]:
+        yield data_chunk(head)
+        told.wait(TIMEOUT)
+        yield data_chunk(b"".join(map(bytes, body)) + bytes(100))  # past its declared size
+        yield b"\xff\xff\xff"  # and at once garbage: the upload ends while that write fails
+
+    answers = client._push(upload(), metadata=[(NODE_ID_HEADER, str(client.node_id))])
+    assert next(answers).send_arrays
+    told.set()
+    with pytest.raises(grpc.RpcError) as cut:
+        next(answers)
+    assert cut.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    wait_until(lambda: deployment.budget.held_uploads == 0, "its place to come back")
+    gc.collect()  # an exception no one retrieved is logged when its future goes
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not list((deployment.hub.state.data_dir / "runs").rglob("*.pln*"))
+
+
+def test_empty_chunks_before_the_header_is_whole_are_refused(deployment: Deployment) -> None:
+    client = deployment.node("mallory")
+    prefix = wire.encode_parts(reply_of(8))[0][:4]
+    [answer] = client.stub.PushReply(
+        iter([pb.Chunk(data=prefix), *[pb.Chunk(data=b"")] * 1000]),
+        metadata=[(NODE_ID_HEADER, str(client.node_id))],
+        timeout=TIMEOUT,
+    )
+    assert not answer.accepted and "an empty chunk before the reply's header" in answer.reason
