@@ -204,6 +204,44 @@ def test_the_same_reply_recorded_again_is_taken_and_a_different_one_is_a_duplica
     assert_same_reply(journal.open([task]).answered[task.task_id], reply)
 
 
+def pushed_file(journal: Journal, reply: Message) -> Path:
+    """The reply written into a journal file as the fleet port writes one, not yet recorded."""
+    data = wire.encode(reply)
+    file = journal.reply_file(reply, len(data))
+    file.write(data)
+    file.finish()
+    return file.path
+
+
+def test_a_pushed_file_is_recorded_once_and_a_different_one_is_told_a_duplicate(
+    state: HubState, journal: Journal
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    first = pushed_file(journal, reply_to(task, 1.0))
+    assert journal.record_file(reply_to(task, 1.0), first) is True
+    assert reply_file(journal, task) == first
+
+    again = pushed_file(journal, reply_to(task, 1.0))
+    assert journal.record_file(reply_to(task, 1.0), again) is True  # its node missed "accepted"
+    other = pushed_file(journal, reply_to(task, 1.5))
+    with pytest.raises(Duplicate, match="which stands"):
+        journal.record_file(reply_to(task, 1.5), other)
+    assert replies_on_disk(state) == {first}
+
+
+def test_a_pushed_file_that_cannot_be_read_back_is_not_called_a_duplicate(
+    state: HubState, journal: Journal
+) -> None:
+    task = instruction(1)
+    journal.open([task])
+    assert journal.record(reply_to(task, 1.0)) is True
+    gone = pushed_file(journal, reply_to(task, 1.0))
+    gone.unlink()  # the disk lost it: nothing says it differs from the recorded reply
+    assert journal.record_file(reply_to(task, 1.0), gone) is True
+    assert len(replies_on_disk(state)) == 1
+
+
 # --- replies recorded at once share their commit (group commit) --------------------------------
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pollinate.errors import PollinateError, StorageError, WireError
+from pollinate.hub.atomic_file import PARTIAL_SUFFIX
 from pollinate.hub.fleet import Duplicate
 from pollinate.hub.group_commit import GroupCommit
 from pollinate.hub.reply_file import ReplyFile
@@ -266,7 +267,7 @@ class Journal:
             rounds = dict(db.execute("SELECT run_id, round FROM checkpoints").fetchall())
             archives = {row[0] for row in db.execute("SELECT archive FROM runs")}
         root = self.state.data_dir
-        stale = [p for p in root.rglob("*.partial") if p.is_file()]
+        stale = [p for p in root.rglob(f"*{PARTIAL_SUFFIX}") if p.is_file()]
         stale += [p for p in root.glob("runs/*/replies/*.pln") if str(p) not in kept]
         stale += [
             p
@@ -387,8 +388,8 @@ class Journal:
 
 def _recorded_is(path: str, pieces: Iterable[bytes | memoryview], task_id: str) -> bool:
     """True if the reply recorded at ``path`` has the bytes ``pieces`` (a push again of the
-    one recorded), Duplicate if it is another. A record that cannot be read is not held
-    against the push: the task is asked for again when its round resumes (``open``)."""
+    one recorded), Duplicate if it is another. A record or push that cannot be read is not
+    held against the push: the task is asked for again when its round resumes (``open``)."""
     try:
         with open(path, "rb") as recorded:
             same = all(recorded.read(len(piece)) == piece for piece in pieces)
@@ -404,8 +405,8 @@ def _recorded_is(path: str, pieces: Iterable[bytes | memoryview], task_id: str) 
 
 
 def _read(path: Path, piece: int = 1 << 20) -> Iterator[bytes]:
-    """The bytes of ``path`` in pieces (none if it cannot be read)."""
-    with contextlib.suppress(OSError), path.open("rb") as file:
+    """The bytes of ``path`` in pieces."""
+    with path.open("rb") as file:
         while data := file.read(piece):
             yield data
 
