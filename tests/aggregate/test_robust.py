@@ -302,6 +302,20 @@ def test_results_do_not_depend_on_the_block_size(fn: Combine, small_blocks: None
         np.testing.assert_allclose(in_blocks[name], whole[name], rtol=1e-6, err_msg=name)
 
 
+@every_function
+def test_results_are_the_same_bits_whatever_the_number_of_threads(
+    fn: Combine, small_blocks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    updates = model_updates(7, seed=5)
+    monkeypatch.setattr(robust, "_THREADS", 1)
+    alone, distances = fn(updates), robust.median_distances(updates)
+    monkeypatch.setattr(robust, "_THREADS", 3)
+    shared = fn(updates)
+    for name in alone:
+        assert alone[name].tobytes() == shared[name].tobytes(), name
+    assert robust.median_distances(updates).tobytes() == distances.tobytes()
+
+
 def test_the_inputs_are_not_written() -> None:
     updates = model_updates(7)
     for u in updates:

@@ -7,7 +7,9 @@ model)), where the mean streams in O(model).
 
 Invariant: the functions themselves never stack whole models. They work over blocks of
 coordinates, gathering the n updates' values of one block into an n x block float64 buffer
-of about 8 MB, so their own temporary memory does not grow with the model.
+of about 8 MB, so their own temporary memory does not grow with the model. Blocks are shared
+among a few threads, each with its own buffer (numpy copies and sorts without holding the
+GIL); results are combined in block order, so they do not depend on the thread count.
 
 Every function takes the updates as a sequence of Arrays with equal names and shapes,
 computes in float64 and returns Arrays with the names, shapes and dtypes of the first update
@@ -18,8 +20,11 @@ statistics need an order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,8 +36,14 @@ from pollinate.records import Arrays
 # n is, large enough that numpy's per-call overhead vanishes, small enough to stay in cache.
 _STACK = 1 << 20
 
+# Threads that share a model's blocks: the statistics are numpy sorts and copies, which run
+# without the GIL, so each core takes its share.
+_THREADS = min(4, os.cpu_count() or 1)
+
 _Statistic = Callable[[np.ndarray], np.ndarray]
 """Maps an (n, block) float64 stack, which it may overwrite, to the block's (block,) values."""
+
+T = TypeVar("T")
 
 
 def coordinate_median(updates: Sequence[Arrays]) -> Arrays:
@@ -150,11 +161,19 @@ def median_distances(updates: Sequence[Arrays]) -> np.ndarray:
     >>> np.round(median_distances(ups) ** 2, 2).tolist()
     [0.5, 0.5, 0.5, 112.5]
     """
+
+    def squares(name: str, _: int, stack: np.ndarray) -> np.ndarray | None:
+        dtype = updates[0][name].dtype
+        if dtype.kind != "f":
+            return None
+        # sorted as sent (float32 sorts faster than float64), the same median either way
+        stack -= _median(stack.astype(dtype) if dtype.itemsize < 8 else stack.copy())
+        return np.einsum("ij,ij->i", stack, stack)
+
     squared = np.zeros(len(updates))
-    for name, _, stack in _stacks(updates):
-        if updates[0][name].dtype.kind == "f":
-            stack -= _median(stack.copy())  # _median sorts what it gets
-            squared += np.einsum("ij,ij->i", stack, stack)
+    for block in _each_block(updates, squares):
+        if block is not None:
+            squared += block
     return np.sqrt(squared)
 
 
@@ -169,8 +188,9 @@ def _median(stack: np.ndarray) -> np.ndarray:
 
 
 def _middle(column_sorted: np.ndarray) -> np.ndarray:
+    """The median of each column, in float64 whatever the stack's float type."""
     n = column_sorted.shape[0]
-    return (column_sorted[(n - 1) // 2] + column_sorted[n // 2]) / 2
+    return np.add(column_sorted[(n - 1) // 2], column_sorted[n // 2], dtype=np.float64) / 2
 
 
 def _trimmed(stack: np.ndarray, k: int) -> np.ndarray:
@@ -193,9 +213,8 @@ def _nearest_median(stack: np.ndarray, beta: int) -> np.ndarray:
 
 def _squared_distances(updates: Sequence[Arrays]) -> np.ndarray:
     """The n x n matrix of ``||V_i - V_j||^2``, summed over blocks of coordinates."""
-    n = len(updates)
-    d = np.zeros((n, n))
-    for _, _, stack in _stacks(updates):
+
+    def block_distances(_: str, __: int, stack: np.ndarray) -> np.ndarray:
         # ||x - y||^2 = x.x + y.y - 2 x.y is a matrix product (fast), but it cancels badly
         # when the vectors are long and close. Centring on the median first leaves the honest
         # updates short, whatever an outlier sends, and distances do not change under a shift.
@@ -204,7 +223,11 @@ def _squared_distances(updates: Sequence[Arrays]) -> np.ndarray:
         sq = gram.diagonal()
         block = sq[:, None] + sq[None, :] - 2 * gram
         # inf - inf from a huge outlier is nan: it is infinitely far, not unknowable
-        d += np.where(np.isnan(block), np.inf, block)
+        return np.where(np.isnan(block), np.inf, block)
+
+    d = np.zeros((len(updates), len(updates)))
+    for block in _each_block(updates, block_distances):
+        d += block
     np.maximum(d, 0.0, out=d)  # rounding can leave a tiny negative square
     np.fill_diagonal(d, 0.0)
     # exactly symmetric, so that the ties of mutual nearest neighbours are exact ties
@@ -261,28 +284,44 @@ def _per_coordinate(updates: Sequence[Arrays], statistic: _Statistic) -> Arrays:
     """Arrays like the first update, each coordinate ``statistic`` of the updates' values."""
     like = _checked(updates)
     out = {name: np.empty(a.size, a.dtype) for name, a in like.items()}
-    for name, start, stack in _stacks(updates):
+
+    def fill(name: str, start: int, stack: np.ndarray) -> None:
         values = statistic(stack)
         if out[name].dtype.kind in "biu":
             values = np.rint(values)
         out[name][start : start + values.size] = values
+
+    _each_block(updates, fill)
     return Arrays({name: out[name].reshape(a.shape) for name, a in like.items()})
 
 
-def _stacks(updates: Sequence[Arrays]) -> Iterator[tuple[str, int, np.ndarray]]:
-    """``(name, start, stack)`` per block: row i of ``stack`` holds update i's flat values of
-    ``name`` from ``start`` on, as float64. One buffer serves every block."""
+def _each_block(updates: Sequence[Arrays], work: Callable[[str, int, np.ndarray], T]) -> list[T]:
+    """``work(name, start, stack)`` for every block of coordinates, results in block order:
+    row i of ``stack`` holds update i's flat values of ``name`` from ``start`` on, as float64.
+    The blocks are dealt out to up to ``_THREADS`` threads, each filling one buffer of its
+    own."""
     like = _checked(updates)
     width = max(1, _STACK // len(updates))
+    flat = {name: [np.asarray(u[name]).reshape(-1) for u in updates] for name in like.names}
+    blocks = [(name, start) for name, a in like.items() for start in range(0, a.size, width)]
+    parts = max(1, min(_THREADS, len(blocks)))
     largest = max((a.size for a in like.values()), default=0)
-    buf = np.empty((len(updates), min(width, largest)), np.float64)
-    for name, a in like.items():
-        flat = [np.asarray(u[name]).reshape(-1) for u in updates]
-        for start in range(0, a.size, width):
-            stack = buf[:, : min(width, a.size - start)]
-            for row, values in zip(stack, flat, strict=True):
+
+    def share(part: int) -> list[T]:
+        buf = np.empty((len(updates), min(width, largest)), np.float64)
+        done = []
+        for name, start in blocks[part::parts]:
+            stack = buf[:, : min(width, like[name].size - start)]
+            for row, values in zip(stack, flat[name], strict=True):
                 row[...] = values[start : start + stack.shape[1]]
-            yield name, start, stack
+            done.append(work(name, start, stack))
+        return done
+
+    if parts == 1:
+        return share(0)
+    with ThreadPoolExecutor(parts, thread_name_prefix="robust") as pool:
+        shares = list(pool.map(share, range(parts)))
+    return [shares[i % parts][i // parts] for i in range(len(blocks))]
 
 
 def _checked(updates: Sequence[Arrays]) -> Arrays:
