@@ -137,8 +137,8 @@ def test_text_from_outside_is_shown_as_text(
     hub.runs.log(run_id, "log", HOSTILE_LINE)  # as the run's log takes a node's warning
     poll(lambda: texts(browser, "#rounds tr[data-round='1']"), "the hostile round")
     poll(lambda: any(HOSTILE_LINE in t for t in texts(browser, "#log .line")), "the line")
-    captions = texts(browser, "figcaption")
-    assert HOSTILE_METRIC in captions
+    # the charts follow the table on the next animation frame
+    poll(lambda: HOSTILE_METRIC in texts(browser, "figcaption"), "the metric's chart")
     assert HOSTILE_LINE in browser.find_element(By.CSS_SELECTOR, "tr[data-round='1'] .why").text
     assert browser.find_elements(By.CSS_SELECTOR, "main script, main img") == []
     assert browser.execute_script("return window.pwned") is None

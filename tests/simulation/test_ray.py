@@ -49,6 +49,10 @@ def cluster() -> Iterator[Any]:
         from ray.cluster_utils import Cluster
 
         temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's sockets live there
+        # the cluster notes its address in $RAY_TMPDIR/ray, a folder it does not make (on a
+        # fresh machine /tmp/ray is not there): ours, so nothing is left in /tmp/ray either
+        env.setenv("RAY_TMPDIR", temp)
+        Path(temp, "ray").mkdir()
         head = {"num_cpus": 1, "include_dashboard": False, "temp_dir": temp}
         cluster = Cluster(initialize_head=True, head_node_args=head)
         try:
