@@ -36,7 +36,6 @@ hierarchy (``tests/test_errors.py`` checks that it is drawn whole and true)::
     ├── Overloaded                    transport.guards: a peer holds as many calls as it may
     ├── Idle                          transport.guards: a stream sent nothing for too long
     ├── BadRequest                    transport.guards: a request that could not be parsed
-    ├── TooLarge                      transport.guards: a reply larger than the hub holds for one
     ├── ChannelError                  hub.channel: a run's process broke the local API's format
     │   └── ChannelClosed             hub.channel: a run's process closed its end (it exited)
     ├── SealedError (ValueError)      hub.sealed: a descriptor that is no sealed memfd of its size

@@ -189,9 +189,11 @@ class FleetClient:
         return float(reply.interval_seconds)
 
     def pull_task(self, wait: float) -> PulledTask | None:
-        """The next task (waiting up to ``wait`` seconds for one), or None."""
+        """The next task (waiting up to ``wait`` seconds for one), or None. Its download
+        may wait its turn at the hub (``guards.DOWNLOADS_AT_ONCE``) and take long on a slow
+        link: the hub bounds it, and keepalive pings find a hub that is gone."""
         stream = self._pull(
-            pb.PullTaskRequest(wait_seconds=wait), metadata=self._metadata(), timeout=wait + 30
+            pb.PullTaskRequest(wait_seconds=wait), metadata=self._metadata(), timeout=wait + 3600
         )
         try:
             return _assemble(stream)

@@ -14,12 +14,15 @@ Invariants:
   before any array byte is accepted, and an upload that stalls is cut (``guards.next_within``);
 - a node sends its reply's header alone, and its arrays only once the hub answers
   ``send_arrays``: at most ``guards.UPLOADS_AT_ONCE`` uploads arrive at once (or more while
-  they declare under ``guards.FLOOR_BYTES`` together), one per node (``UploadBudget``), so
+  they declare under ``guards.FLOOR_BYTES`` together), one per node (``TransferBudget``), so
   the hub's memory for replies is a few uploads' chunks in flight whatever the number of
   nodes; a node that sends before it is told is held back by the HTTP/2 window
   (``transport.UPLOAD_WINDOW``); an admitted upload that is too slow is cut
-  (``guards.upload_seconds``);
-- a reply's header must come whole within ``guards.upload_seconds`` of its size limit, in
+  (``guards.transfer_seconds``);
+- likewise a task's arrays go out to at most ``guards.DOWNLOADS_AT_ONCE`` nodes at once (the
+  others have its first chunk and wait); a download slower than ``guards.transfer_seconds``
+  gives its place to the next node, so a node that does not read holds none for long;
+- a reply's header must come whole within ``guards.transfer_seconds`` of its size limit, in
   chunks that are not empty (what the hub keeps meanwhile is the header and a chunk);
 - a reply's bytes go straight into its journal file as they arrive, never into arrays at the
   hub; the file is decoded whole (every check of the wire format) before it is recorded
@@ -65,15 +68,15 @@ from pollinate.transport.guards import (
     BadRequest,
     CallLimits,
     Idle,
-    TooLarge,
-    UploadBudget,
+    Lease,
+    TransferBudget,
     admitted,
     next_within,
     off_loop,
     one_request,
     parse,
     status_for,
-    upload_seconds,
+    transfer_seconds,
 )
 from pollinate.wire.format import PREFIX_BYTES
 
@@ -183,12 +186,14 @@ class FleetService:
         self.calls = CallLimits(CALLS_PER_NODE)
         self.newcomers = CallLimits(NEWCOMER_CALLS_PER_SOURCE)
         self.abandoned = Abandoned()
-        self.uploads = UploadBudget(largest=wire.DEFAULT_LIMITS.max_total_array_bytes)
+        self.limits = wire.DEFAULT_LIMITS  # what a reply's header may declare
+        self.uploads = TransferBudget(guards.UPLOADS_AT_ONCE)
+        self.downloads = TransferBudget(guards.DOWNLOADS_AT_ONCE)
         hub.fleet.watch(wakeups.wake)
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """Requests arrive as bytes and are parsed here, so garbage is one log line.
-        PullTask's chunks leave as the bytes it yields, already serialized (``data_chunk``:
+        PullTask's chunks leave as the bytes it writes, already serialized (``data_chunk``:
         protobuf's serializer is slow)."""
         unary = {
             name: grpc.stream_unary_rpc_method_handler(
@@ -288,8 +293,9 @@ class FleetService:
 
     async def PullTask(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        """The task as serialized TaskChunks: app hash and run config first, then data."""
+    ) -> None:
+        """The task as serialized TaskChunks: app hash and run config first, then, once the
+        download has a place in its budget, the message's bytes."""
         request = await self._node_request(pb.PullTaskRequest, "PullTask", context)
         node_id = await self._identify(context)
         async with admitted(self.calls, f"node {node_id}", context):
@@ -299,9 +305,32 @@ class FleetService:
             if task is None:
                 return
             config = wire.encode(Message(MessageKind.GET_ARRAYS, config=task.run_config))
-            yield pb.TaskChunk(app_hash=task.app_hash, run_config=config).SerializeToString()
-            for piece in wire.iter_encode(task.message, CHUNK_BYTES):
-                yield data_chunk(piece)
+            await context.write(
+                pb.TaskChunk(app_hash=task.app_hash, run_config=config).SerializeToString()
+            )
+            nbytes = task.message.arrays.nbytes
+            lease = await self.downloads.admit(f"node {node_id}", nbytes)
+            # a node too slow to read its task loses its place, not its download: a write
+            # gRPC is still sending cannot be cut short (the call could not be ended after)
+            overdue = asyncio.get_running_loop().call_later(
+                transfer_seconds(nbytes), self._overdue, node_id, lease
+            )
+            try:
+                for piece in wire.iter_encode(task.message, CHUNK_BYTES):
+                    if not await _sent(context, data_chunk(piece), f"node {node_id}"):
+                        return
+            finally:
+                overdue.cancel()
+                lease.release()
+
+    @staticmethod
+    def _overdue(node_id: int, lease: Lease) -> None:
+        log.warning(
+            "node %d took over %gs to download its task: its place goes to the next node",
+            node_id,
+            transfer_seconds(lease.nbytes),
+        )
+        lease.release()
 
     async def _next_task(self, node_id: int, wait: float) -> Any:
         """The node's next task, waiting up to ``wait`` seconds on the event loop (a timer,
@@ -359,7 +388,7 @@ class FleetService:
         async with admitted(self.calls, f"node {node_id}", context):
             try:
                 await self._receive(node_id, chunks, context)
-            except (WireError, Refused, TooLarge) as exc:
+            except (WireError, Refused) as exc:
                 log.warning("refused a reply from node %d: %s", node_id, exc)
                 await context.write(pb.PushReplyAck(accepted=False, reason=str(exc)))
                 return
@@ -378,7 +407,7 @@ class FleetService:
         taken; then, once it has a place in the upload budget (the node waits until told),
         its bytes straight into its journal file; then hand it to the hub."""
         chunks, peer = aiter(stream), f"node {node_id}"
-        head, declared, size, received = await _read_head(chunks, peer)
+        head, declared, size, received = await _read_head(chunks, peer, self.limits)
         await self._off_loop(self.hub.check_reply, node_id, head, declared)
         if problem := self.hub.journal.refusing():
             raise StorageError(problem)
@@ -388,7 +417,7 @@ class FleetService:
             if declared:  # it may have waited: is its task still open?
                 await self._off_loop(self.hub.check_reply, node_id, head, declared)
                 await context.write(_SEND_ARRAYS)
-            await self._write_within(chunks, file, received, peer, upload_seconds(declared))
+            await self._write_within(chunks, file, received, peer, transfer_seconds(declared))
         except BaseException:
             self._pool.submit(file.discard)  # in its turn, after any write under way
             raise
@@ -445,15 +474,15 @@ class FleetService:
 
 
 async def _read_head(
-    chunks: AsyncIterator[bytes], peer: str
+    chunks: AsyncIterator[bytes], peer: str, limits: wire.Limits
 ) -> tuple[Message, int, int, bytearray]:
-    """A reply's header (checked, as the wire format checks it), the array bytes and the
-    whole bytes it declares, and the bytes read so far: the header's and any that came with
-    it. No array is allocated (``Decoder.feed_head``); the header must come within
-    ``guards.upload_seconds`` of its size limit, in chunks that are not empty, so what is
-    kept meanwhile is at most the limit and a chunk."""
-    decoder, received = wire.Decoder(), bytearray()
-    seconds = upload_seconds(PREFIX_BYTES + wire.DEFAULT_LIMITS.max_header_bytes)
+    """A reply's header (checked, as the wire format checks it against ``limits``), the
+    array bytes and the whole bytes it declares, and the bytes read so far: the header's and
+    any that came with it. No array is allocated (``Decoder.feed_head``); the header must
+    come within ``guards.transfer_seconds`` of its size limit, in chunks that are not empty,
+    so what is kept meanwhile is at most the limit and a chunk."""
+    decoder, received = wire.Decoder(limits), bytearray()
+    seconds = transfer_seconds(PREFIX_BYTES + limits.max_header_bytes)
     try:
         async with asyncio.timeout(seconds):
             while (head := decoder.head) is None:
@@ -471,6 +500,17 @@ async def _read_head(
 
 
 _SEND_ARRAYS = pb.PushReplyAck(send_arrays=True)
+
+
+async def _sent(context: grpc.aio.ServicerContext, message: bytes, peer: str) -> bool:
+    """Write ``message``; False if the call takes no more: its peer hung up, so gRPC fails
+    the write (and could send no status either: the call just ends)."""
+    try:
+        await context.write(message)
+    except grpc.aio.InternalError:
+        log.info("%s hung up during its download", peer)
+        return False
+    return True
 
 
 def _data(raw: bytes, peer: str) -> bytes | memoryview:

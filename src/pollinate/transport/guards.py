@@ -1,4 +1,4 @@
-"""What keeps one peer from starving the others: call limits, a byte budget, idle cuts.
+"""What keeps one peer from starving the others: call limits, transfer budgets, idle cuts.
 
 The hub's servers run on one asyncio event loop (``ports.py``), so a call that waits (a
 long-poll, a log follower, an upload that stalls) costs a coroutine, not a thread. These guards
@@ -6,10 +6,12 @@ bound what each peer may hold:
 
 - ``CallLimits``: at most ``per_peer`` open calls per peer (a node id, or a source address);
   more are refused at once with RESOURCE_EXHAUSTED;
-- ``UploadBudget``: the hub takes in a few uploads at once (``UPLOADS_AT_ONCE``, or any number
-  under ``FLOOR_BYTES``) while the other nodes wait with their header sent, so its memory
-  does not grow with the number of nodes; a node holds one place at a time, and an admitted
-  upload must finish within ``upload_seconds`` or is cut;
+- ``TransferBudget``: the hub takes in a few uploads at once (``UPLOADS_AT_ONCE``) while the
+  other nodes wait with their header sent, and sends out a few tasks' arrays at once
+  (``DOWNLOADS_AT_ONCE``) while the other nodes wait with their task's first chunk (or any
+  number of either under ``FLOOR_BYTES``), so its memory does not grow with the number of
+  nodes; a node holds one place of each at a time, and an admitted transfer must finish
+  within ``transfer_seconds`` or is cut;
 - ``one_request``: a call whose request does not arrive within ``REQUEST_SECONDS`` is cut;
 - ``next_within``: an upload that sends nothing for ``IDLE_SECONDS`` is cut;
 - ``parse``: a request that is not valid protobuf is one log line and INVALID_ARGUMENT, never a
@@ -52,15 +54,20 @@ take milliseconds; 5 s leaves room for a couple of lost packets (TCP resends aft
 2 s), while a stranger's idle call costs the hub a coroutine for 5 s, not until it hangs up."""
 
 UPLOADS_AT_ONCE = 4
-"""Uploads of replies the hub takes in at once, however large (``UploadBudget``). Each holds
-at most its HTTP/2 window and a chunk or two in the hub (its bytes go to its file as they
-come), so this bounds the hub's memory for replies; a few at once keep the link busy while
-one waits for the disk, more add memory, not speed (they cross one event loop)."""
+"""Uploads of replies the hub takes in at once, however large (``TransferBudget``). Each
+holds at most its HTTP/2 window and a chunk or two in the hub (its bytes go to its file as
+they come), so this bounds the hub's memory for replies; a few at once keep the link busy
+while one waits for the disk, more add memory, not speed (they cross one event loop)."""
+DOWNLOADS_AT_ONCE = 8
+"""Tasks whose arrays the hub sends at once, however large (``TransferBudget``). Each holds a
+chunk or two in the hub (the model itself is shared by every task of a round), so this
+bounds the hub's memory for downloads; more at once were slower, not faster (40 nodes and a
+40 MB model: 5.5 s a round unbounded, 4.6 s with 8; benchmarks/README.md)."""
 FLOOR_BYTES = 64 << 20
-"""Uploads declaring this many array bytes together are admitted whatever their number, so
-small models are not taken in one after another."""
-UPLOAD_BYTES_PER_SECOND = 256 << 10
-"""The slowest an admitted upload may be on average (2 Mbit/s), past ``IDLE_SECONDS``."""
+"""Transfers of this many array bytes together are admitted whatever their number, so small
+models are not moved one after another."""
+SLOWEST_BYTES_PER_SECOND = 256 << 10
+"""The slowest an admitted transfer may be on average (2 Mbit/s), past ``IDLE_SECONDS``."""
 
 T = TypeVar("T")
 
@@ -91,9 +98,9 @@ class CallLimits:
 
 
 class Lease:
-    """An upload's place in an ``UploadBudget``, held from its admission until ``release``."""
+    """A transfer's place in a ``TransferBudget``, held from its admission until ``release``."""
 
-    def __init__(self, budget: UploadBudget, peer: str, nbytes: int) -> None:
+    def __init__(self, budget: TransferBudget, peer: str, nbytes: int) -> None:
         self.budget, self.peer, self.nbytes = budget, peer, nbytes
         self._lock = threading.Lock()
         self._released = False
@@ -110,34 +117,29 @@ class Lease:
         return f"Lease({self.peer!r}, {self.nbytes} bytes, released={self._released})"
 
 
-class TooLarge(PollinateError):
-    """A reply declares more array bytes than the hub could ever hold for it."""
+class TransferBudget:
+    """Admits transfers of arrays (uploads of replies, or downloads of tasks), in the order
+    they ask, while at most ``at_once`` of them move at once (whatever their size) or while
+    those moving carry at most ``floor`` bytes of arrays together; a peer holds one place at
+    a time, and a transfer of no arrays needs none.
 
-
-class UploadBudget:
-    """Admits uploads of replies, in the order they ask, while at most ``uploads`` of them
-    arrive at once (whatever their size) or while those arriving declare at most ``floor``
-    bytes of arrays together; a peer holds one place at a time, and a reply of no arrays
-    needs none.
-
-    A place is held from admission until its ``Lease`` is released, once the upload's bytes
-    are all in its file (``hub/reply_file.py``). A node not admitted yet waits with only its
-    header sent (it sends its arrays when told: ``PushReply``), so the hub's memory for
-    replies is ``uploads`` times what one upload holds in flight, whatever the number of
-    nodes. A reply declaring more than ``largest`` bytes is refused (``TooLarge``), never
-    left to wait.
+    A place is held from admission until its ``Lease`` is released, once the transfer's
+    bytes are all on their way (into the reply's file, ``hub/reply_file.py``, or handed to
+    gRPC). A node not admitted yet waits with only its reply's header sent (it sends its
+    arrays when told: ``PushReply``) or its task's first chunk received (``PullTask``), so
+    the hub's memory for transfers is ``at_once`` times what one holds in flight, whatever
+    the number of nodes. (A reply declaring more than the hub would ever take in is refused
+    by its header's check, before it asks for a place.)
 
     The waiting is on the event loop; ``Lease.release`` may come from any thread. The high
-    water marks (``peak_uploads``, ``peak_bytes``) say what was admitted at once.
+    water marks (``peak``, ``peak_bytes``) say what was admitted at once.
     """
 
-    def __init__(
-        self, uploads: int = UPLOADS_AT_ONCE, floor: int = FLOOR_BYTES, largest: int = 8 << 30
-    ) -> None:
-        if uploads < 1:
-            raise ValueError(f"uploads must be at least 1, got {uploads!r}")
-        self.uploads, self.floor, self.largest = uploads, floor, largest
-        self.held_uploads = self.held_bytes = self.peak_uploads = self.peak_bytes = 0
+    def __init__(self, at_once: int, floor: int = FLOOR_BYTES) -> None:
+        if at_once < 1:
+            raise ValueError(f"at_once must be at least 1, got {at_once!r}")
+        self.at_once, self.floor = at_once, floor
+        self.held = self.held_bytes = self.peak = self.peak_bytes = 0
         self._peers: set[str] = set()
         self._waiting: deque[_Ticket] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,12 +150,7 @@ class UploadBudget:
         return len(self._waiting)
 
     async def admit(self, peer: str, nbytes: int) -> Lease:
-        """Wait for a place for the upload of ``peer``'s reply of ``nbytes`` array bytes."""
-        if nbytes > self.largest:
-            raise TooLarge(
-                f"{peer}'s reply declares {nbytes} bytes of arrays, more than the {self.largest} "
-                "the hub holds for one reply: it was refused before any array byte was read"
-            )
+        """Wait for a place for a transfer of ``nbytes`` array bytes to or from ``peer``."""
         self._loop = asyncio.get_running_loop()
         lease = Lease(self, peer, nbytes)
         if nbytes == 0:
@@ -173,7 +170,7 @@ class UploadBudget:
         return lease
 
     def _fits(self, nbytes: int) -> bool:
-        return self.held_uploads < self.uploads or self.held_bytes + nbytes <= self.floor
+        return self.held < self.at_once or self.held_bytes + nbytes <= self.floor
 
     def _admit_waiting(self) -> None:
         """Admit waiting replies in order; one that does not fit stops the rest (first come,
@@ -188,9 +185,9 @@ class UploadBudget:
                 return
             self._waiting.remove(ticket)
             self._peers.add(lease.peer)
-            self.held_uploads += 1
+            self.held += 1
             self.held_bytes += lease.nbytes
-            self.peak_uploads = max(self.peak_uploads, self.held_uploads)
+            self.peak = max(self.peak, self.held)
             self.peak_bytes = max(self.peak_bytes, self.held_bytes)
             ticket.admitted.set_result(None)
 
@@ -209,7 +206,7 @@ class UploadBudget:
 
     def _returned(self, lease: Lease) -> None:
         self._peers.discard(lease.peer)
-        self.held_uploads -= 1
+        self.held -= 1
         self.held_bytes -= lease.nbytes
         self._admit_waiting()
 
@@ -220,11 +217,11 @@ class _Ticket:
     admitted: asyncio.Future[None]
 
 
-def upload_seconds(nbytes: int) -> float:
-    """How long an admitted upload of ``nbytes`` may take: ``IDLE_SECONDS``, plus its bytes at
-    ``UPLOAD_BYTES_PER_SECOND``. A peer slower than that would keep its place from the
-    others, so it is cut (and may push again)."""
-    return IDLE_SECONDS + nbytes / UPLOAD_BYTES_PER_SECOND
+def transfer_seconds(nbytes: int) -> float:
+    """How long an admitted transfer of ``nbytes`` may take: ``IDLE_SECONDS``, plus its bytes
+    at ``SLOWEST_BYTES_PER_SECOND``. A peer slower than that would keep its place from the
+    others, so it is cut (and may push, or pull, again)."""
+    return IDLE_SECONDS + nbytes / SLOWEST_BYTES_PER_SECOND
 
 
 class Idle(PollinateError):

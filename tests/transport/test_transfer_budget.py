@@ -1,6 +1,8 @@
-"""The hub takes in a few uploads of replies at once (``guards.UploadBudget``), each straight
-into its journal file, so its memory does not grow with the number of nodes: a node whose
-upload has no place yet waits with its header sent, and sends its arrays when the hub says so.
+"""The hub takes in a few uploads of replies at once, each straight into its journal file,
+and sends a few tasks' arrays at once (``guards.TransferBudget``), so its memory does not
+grow with the number of nodes: a node whose upload has no place yet waits with its header
+sent, and sends its arrays when the hub says so; a node whose download has no place yet has
+its task's first chunk and waits for the rest.
 
 The first tests drive the budget alone on an event loop; the others run a real hub over real
 gRPC on 127.0.0.1, with nodes pushing replies of a known size to a run loop that takes them
@@ -33,7 +35,7 @@ from pollinate.transport import FLEET_SERVICE as FLEET
 from pollinate.transport import NODE_ID_HEADER, data_chunk, guards
 from pollinate.transport import fleet_pb2 as pb
 from pollinate.transport.client import FleetClient, HubRefused
-from pollinate.transport.guards import Lease, TooLarge, UploadBudget
+from pollinate.transport.guards import Lease, TransferBudget
 from pollinate.transport.ports import HubPorts, serve
 
 TIMEOUT = 60.0  # a bound on every wait below, never a measure: the machine may be loaded
@@ -45,7 +47,7 @@ TIMEOUT = 60.0  # a bound on every wait below, never a measure: the machine may 
 class Replies:
     """Uploads of replies asking one budget for a place, each from its own peer unless told."""
 
-    def __init__(self, budget: UploadBudget) -> None:
+    def __init__(self, budget: TransferBudget) -> None:
         self.budget = budget
         self.leases: dict[str, Lease] = {}
         self.tasks: list[asyncio.Task[None]] = []
@@ -67,7 +69,7 @@ async def settled() -> None:
 
 def test_at_most_the_budgets_uploads_arrive_at_once_and_the_next_waits_its_turn() -> None:
     async def scenario() -> None:
-        replies = Replies(UploadBudget(uploads=2, floor=0))
+        replies = Replies(TransferBudget(2, floor=0))
         for name in "abc":
             replies.ask(name, 100)
         await settled()
@@ -75,14 +77,14 @@ def test_at_most_the_budgets_uploads_arrive_at_once_and_the_next_waits_its_turn(
         replies.leases["a"].release()
         await settled()
         assert replies.admitted() == {"a", "b", "c"}
-        assert (replies.budget.peak_uploads, replies.budget.peak_bytes) == (2, 200)
+        assert (replies.budget.peak, replies.budget.peak_bytes) == (2, 200)
 
     asyncio.run(scenario())
 
 
 def test_small_uploads_under_the_floor_arrive_side_by_side_whatever_their_number() -> None:
     async def scenario() -> None:
-        replies = Replies(UploadBudget(uploads=2, floor=1000))
+        replies = Replies(TransferBudget(2, floor=1000))
         for index in range(10):
             replies.ask(f"r{index}", 100)
         replies.ask("large", 500)
@@ -98,7 +100,7 @@ def test_small_uploads_under_the_floor_arrive_side_by_side_whatever_their_number
 
 def test_first_come_first_served_a_large_reply_is_not_overtaken_by_small_ones() -> None:
     async def scenario() -> None:
-        replies = Replies(UploadBudget(uploads=1, floor=150))
+        replies = Replies(TransferBudget(1, floor=150))
         replies.ask("first", 100)
         await settled()
         replies.ask("large", 1000)
@@ -114,7 +116,7 @@ def test_first_come_first_served_a_large_reply_is_not_overtaken_by_small_ones() 
 
 def test_a_node_holds_one_place_at_a_time_and_others_pass_its_second_reply() -> None:
     async def scenario() -> None:
-        replies = Replies(UploadBudget(uploads=3, floor=0))
+        replies = Replies(TransferBudget(3, floor=0))
         replies.ask("one", 100, peer="node 1")
         replies.ask("two", 100, peer="node 1")
         replies.ask("other", 100, peer="node 2")
@@ -129,7 +131,7 @@ def test_a_node_holds_one_place_at_a_time_and_others_pass_its_second_reply() -> 
 
 def test_a_release_from_another_thread_counts_once_and_an_empty_reply_never_waits() -> None:
     async def scenario() -> None:
-        budget = UploadBudget(uploads=1, floor=0)
+        budget = TransferBudget(1, floor=0)
         replies = Replies(budget)
         replies.ask("held", 100)
         await settled()
@@ -148,14 +150,14 @@ def test_a_release_from_another_thread_counts_once_and_an_empty_reply_never_wait
                 break
             await asyncio.sleep(0.01)
         assert replies.admitted() == {"held", "next", "empty"}
-        assert budget.held_uploads == 1 and budget.held_bytes == 100
+        assert budget.held == 1 and budget.held_bytes == 100
 
     asyncio.run(scenario())
 
 
 def test_an_upload_that_leaves_while_it_waits_gives_up_its_turn() -> None:
     async def scenario() -> None:
-        replies = Replies(UploadBudget(uploads=1, floor=0))
+        replies = Replies(TransferBudget(1, floor=0))
         replies.ask("held", 100)
         await settled()
         replies.ask("gone", 100)
@@ -170,16 +172,6 @@ def test_an_upload_that_leaves_while_it_waits_gives_up_its_turn() -> None:
     asyncio.run(scenario())
 
 
-def test_a_reply_larger_than_the_hub_holds_for_one_is_refused_at_once() -> None:
-    async def scenario() -> None:
-        budget = UploadBudget(uploads=2, floor=0, largest=1000)
-        with pytest.raises(TooLarge, match="node 7's reply declares 1001 bytes of arrays, more "):
-            await budget.admit("node 7", 1001)
-        assert (budget.held_uploads, budget.waiting) == (0, 0)
-
-    asyncio.run(scenario())
-
-
 # --- a real hub, real gRPC ----------------------------------------------------------------
 
 REPLY_FLOATS = 1 << 18  # 1 MiB of float32: several chunks each
@@ -190,7 +182,8 @@ REPLY_BYTES = 4 * REPLY_FLOATS
 class Deployment:
     hub: Hub
     ports: HubPorts
-    budget: UploadBudget
+    budget: TransferBudget
+    downloads: TransferBudget
     grid: HubGrid
     clients: list[FleetClient] = field(default_factory=list)
     loops: list[Loop] = field(default_factory=list)
@@ -211,9 +204,9 @@ class Deployment:
         self.loops.append(loop)
         return loop
 
-    def task(self, client: FleetClient, index: int) -> Message:
+    def task(self, client: FleetClient, index: int, floats: int = REPLY_FLOATS) -> Message:
         assert client.node_id is not None
-        arrays = Arrays({"w": np.zeros(REPLY_FLOATS, np.float32)})
+        arrays = Arrays({"w": np.zeros(floats, np.float32)})
         return Message(
             "fit", task_id=f"run:1:fit:{index}", run_id="run", round=1, node_id=client.node_id,
             arrays=arrays,
@@ -225,9 +218,10 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     hub = Hub(tmp_path / "hub")
     ports = serve(hub, "127.0.0.1:0", control=False)
     assert ports.fleet is not None
-    budget = ports.fleet.uploads = UploadBudget(uploads=2, floor=0, largest=8 * REPLY_BYTES)
+    budget = ports.fleet.uploads = TransferBudget(2, floor=0)
+    downloads = ports.fleet.downloads = TransferBudget(2, floor=0)
     grid = HubGrid(hub.fleet, hub.journal, "run", "apphash", {})
-    deployment = Deployment(hub, ports, budget, grid)
+    deployment = Deployment(hub, ports, budget, downloads, grid)
     yield deployment
     grid.close()
     for loop in deployment.loops:
@@ -300,7 +294,7 @@ def test_every_reply_is_taken_in_while_the_loop_waits_and_at_most_the_budgets_up
     for node in nodes:
         node.join(TIMEOUT)
         assert node.outcome == "accepted", node.outcome
-    assert (budget.peak_uploads, budget.held_uploads, budget.waiting) == (2, 0, 0)
+    assert (budget.peak, budget.held, budget.waiting) == (2, 0, 0)
     assert budget.peak_bytes == 2 * REPLY_BYTES
 
     replies = [first, *dispatch]
@@ -311,20 +305,68 @@ def test_every_reply_is_taken_in_while_the_loop_waits_and_at_most_the_budgets_up
         assert not reply.arrays["w"].flags.writeable  # a view of the file the journal keeps
 
 
+def test_every_node_gets_its_task_whole_with_at_most_the_budgets_downloads_at_once(
+    deployment: Deployment,
+) -> None:
+    downloads, count = deployment.downloads, 6
+    clients = [deployment.node(f"node-{index}") for index in range(count)]
+    tasks = [deployment.task(client, index) for index, client in enumerate(clients)]
+    loop = deployment.loop(tasks)
+    with ThreadPoolExecutor(count) as pool:
+        pulled = list(pool.map(lambda client: client.pull_task(TIMEOUT), clients))
+    for task, got in zip(tasks, pulled, strict=True):
+        assert got is not None and got.message.task_id == task.task_id
+        np.testing.assert_array_equal(got.message.arrays["w"], task.arrays["w"])
+    assert (downloads.peak, downloads.held, downloads.waiting) == (2, 0, 0)
+    assert downloads.peak_bytes == 2 * REPLY_BYTES
+    deployment.grid.close()
+    assert loop.replies.get(timeout=TIMEOUT) is None
+
+
+def test_a_node_that_does_not_read_its_download_loses_its_place_to_the_next_node(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(guards, "IDLE_SECONDS", 1.0)  # what an admitted download may take,
+    monkeypatch.setattr(guards, "SLOWEST_BYTES_PER_SECOND", 1 << 30)  # plus its bytes at 1 GiB/s
+    deployment.downloads.at_once = 1
+    mallory, alice = deployment.node("mallory"), deployment.node("alice")
+    # mallory's task is larger than what HTTP/2 windows and socket buffers take in unread
+    tasks = [deployment.task(mallory, 0, floats=16 << 20), deployment.task(alice, 1)]
+    loop = deployment.loop(tasks)
+    stream = mallory.stub.PullTask(
+        pb.PullTaskRequest(wait_seconds=TIMEOUT),
+        metadata=[(NODE_ID_HEADER, str(mallory.node_id))],
+        timeout=TIMEOUT,
+    )
+    try:
+        next(stream)  # the task's first chunk; then mallory reads no more
+        wait_until(lambda: deployment.downloads.held == 1, "mallory's download to have a place")
+        task = alice.pull_task(TIMEOUT)  # waits its turn, then comes whole
+        assert task is not None and task.message.task_id == tasks[1].task_id
+        np.testing.assert_array_equal(task.message.arrays["w"], tasks[1].arrays["w"])
+        assert (deployment.downloads.peak, deployment.downloads.held) == (1, 0)
+        assert any("to download its task: its place goes" in r.message for r in caplog.records)
+    finally:
+        stream.cancel()  # mallory hangs up: her call ends
+        deployment.grid.close()
+    assert loop.replies.get(timeout=TIMEOUT) is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 def test_a_reply_larger_than_the_hub_holds_for_one_is_refused_with_the_reason(
     deployment: Deployment,
 ) -> None:
     client = deployment.node("node-0")
-    deployment.budget.largest = REPLY_BYTES // 2
+    fleet = deployment.ports.fleet
+    assert fleet is not None
+    fleet.limits = wire.Limits(max_total_array_bytes=REPLY_BYTES // 2)
     loop = deployment.loop([deployment.task(client, 0)])
     node = Answering(client)
     node.start()
     node.join(TIMEOUT)
     assert isinstance(node.outcome, HubRefused), node.outcome
-    assert f"declares {REPLY_BYTES} bytes of arrays, more than the {REPLY_BYTES // 2}" in str(
-        node.outcome
-    )
-    assert (deployment.budget.peak_uploads, deployment.budget.held_uploads) == (0, 0)
+    assert "max_total_array_bytes" in str(node.outcome)
+    assert (deployment.budget.peak, deployment.budget.held) == (0, 0)
     assert not list((deployment.hub.state.data_dir / "runs").rglob("*.pln*"))  # no file made
     deployment.grid.close()
     assert loop.replies.get(timeout=TIMEOUT) is None  # no reply came
@@ -343,8 +385,8 @@ def test_a_node_that_stalls_with_a_place_is_cut_and_the_others_replies_come_in(
     deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(guards, "IDLE_SECONDS", 1.0)  # what an admitted upload may take, plus
-    monkeypatch.setattr(guards, "UPLOAD_BYTES_PER_SECOND", 1 << 30)  # its bytes at 1 GiB/s
-    deployment.budget.uploads = 1
+    monkeypatch.setattr(guards, "SLOWEST_BYTES_PER_SECOND", 1 << 30)  # its bytes at 1 GiB/s
+    deployment.budget.at_once = 1
     mallory, alice = deployment.node("mallory"), deployment.node("alice")
     tasks = [deployment.task(mallory, 0), deployment.task(alice, 1)]
     loop = deployment.loop(tasks)
@@ -368,7 +410,7 @@ def test_a_node_that_stalls_with_a_place_is_cut_and_the_others_replies_come_in(
             next(answers)
         assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "upload took over" in str(cut.value.details())
-        assert deployment.budget.peak_uploads == 1  # never mallory's and alice's at once
+        assert deployment.budget.peak == 1  # never mallory's and alice's at once
     finally:
         release.set()
         deployment.grid.close()
@@ -473,7 +515,7 @@ def test_an_upload_longer_or_shorter_than_its_header_says_is_refused_and_leaves_
     reason = "unexpected bytes after the end" if damage == "longer" else "truncated"
     assert reason in answer.reason, answer.reason
     assert not list((deployment.hub.state.data_dir / "runs").rglob("*.pln*"))
-    assert deployment.budget.held_uploads == 0  # its place is back
+    assert deployment.budget.held == 0  # its place is back
     client.push_reply(task.message.reply(arrays=task.message.arrays))  # the right one is taken
     reply = loop.replies.get(timeout=TIMEOUT)
     assert reply is not None and reply.error is None
@@ -501,7 +543,7 @@ def test_an_upload_cut_while_its_last_write_fails_is_one_line_and_no_traceback(
     with pytest.raises(grpc.RpcError) as cut:
         next(answers)
     assert cut.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    wait_until(lambda: deployment.budget.held_uploads == 0, "its place to come back")
+    wait_until(lambda: deployment.budget.held == 0, "its place to come back")
     gc.collect()  # an exception no one retrieved is logged when its future goes
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert not list((deployment.hub.state.data_dir / "runs").rglob("*.pln*"))
