@@ -18,6 +18,12 @@ What is measured, per configuration of K updates of P float32 parameters:
   ``acc += w * u``;
 - the largest relative error of the result against a float64 numpy reference.
 
+With ``--robust``, the robust statistics instead: ``coordinate_median`` of K updates of P
+float32 and ``median_distances`` (the default screen's anomaly score), each as shipped (a
+sorting network down the rows up to 32 updates, blocks shared among threads) against the
+same code with numpy's sort and one thread (what they were before), and against
+``np.median`` of the stacked updates, all in the same run: seconds, best of ``--repeat``.
+
 Run ``python benchmarks/aggregate.py`` (under half a minute) or ``--quick`` (seconds).
 """
 
@@ -32,10 +38,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from pollinate import Arrays, FedAvg
+from pollinate.aggregate import coordinate_median, robust
 from pollinate.strategy.base import FitResult
 
 POOL_BYTES = 256 * 10**6
@@ -198,11 +206,56 @@ def row(f: Figures, bandwidth: float) -> str:
     )
 
 
+# --- robust statistics ---------------------------------------------------------------------
+
+
+def robust_rows(ks: list[int], p: int, repeats: int) -> None:
+    print(
+        f"{'K':>4} {'P':>6} {'statistic':>17} {'shipped s':>9} {'sort, 1 thread s':>16} "
+        f"{'x':>5} {'np.median s':>11} {'x':>5}"
+    )
+    rng = np.random.default_rng(0)
+    for k in ks:
+        updates = [Arrays({"w": rng.standard_normal(p).astype(np.float32)}) for _ in range(k)]
+        baseline = _best(partial(_stacked_median, updates), repeats)
+        for name, statistic in (
+            ("coordinate_median", coordinate_median),
+            ("median_distances", robust.median_distances),
+        ):
+            shipped = _best(partial(statistic, updates), repeats)
+            network, threads = robust._NETWORK_ROWS, robust._THREADS
+            robust._NETWORK_ROWS, robust._THREADS = 0, 1
+            try:
+                before = _best(partial(statistic, updates), repeats)
+            finally:
+                robust._NETWORK_ROWS, robust._THREADS = network, threads
+            print(
+                f"{k:>4} {p:>6.0e} {name:>17} {shipped:>9.3f} {before:>16.3f} "
+                f"{before / shipped:>4.1f}x {baseline:>11.3f} {baseline / shipped:>4.1f}x"
+            )
+
+
+def _stacked_median(updates: list[Arrays]) -> np.ndarray:
+    return np.median(np.stack([u["w"] for u in updates]), axis=0)
+
+
+def _best(work: Callable[[], object], repeats: int) -> float:
+    return min(_timed(work) for _ in range(repeats))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="K in {10, 50}, P = 1e6")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per configuration")
+    parser.add_argument(
+        "--robust", action="store_true", help="the robust statistics (K in {5, 10, 20, 50})"
+    )
     args = parser.parse_args()
+    if args.robust:
+        robust_rows(
+            [5, 10] if args.quick else [5, 10, 20, 50], 10**6 if args.quick else 10**7, args.repeat
+        )
+        return
     ks, ps = ([10, 50], [10**6]) if args.quick else ([10, 100], [10**6, 10**7])
     before = read_bandwidth(BANDWIDTH_BYTES)
     figures = [measure_in_child(k, p, args.repeat) for p in ps for k in ks]

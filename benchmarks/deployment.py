@@ -24,7 +24,8 @@ What is measured, per configuration of K node processes and a model of P float32
   and the largest node's peak RSS, as multiples of the model. Target: the hub's does not grow
   with K (O(model), not O(K x model)): it takes in at most ``UPLOADS_AT_ONCE`` uploads at once
   (``transport/guards.py``), each straight into its journal file, while the other nodes wait
-  with only their reply's header sent. Beside it, the
+  with only their reply's header sent, and sends out at most ``DOWNLOADS_AT_ONCE`` tasks'
+  arrays at once (one model shared by all), while the others wait. Beside it, the
   peak RSS of the run's own process (the hub's child that runs the strategy: with the screen
   on it keeps the round's updates side by side), sampled while the run goes on;
 - once per run, how fast this machine hands out fresh memory (a new process fills a new 1 GB
@@ -74,8 +75,8 @@ REPEATS = 3  # of each floor
 RAW_BUFFER = 4 << 20  # bytes per sendall / recv_into
 MEMORY_CAP = 16e9
 # Peak RSS of a hub and of a node, in models, for the memory estimate (measured, rounded up):
-# the hub holds the round's tasks (the model, once per node) and the chunks of the uploads it
-# takes in at once (UPLOADS_AT_ONCE, or FLOOR_BYTES of small ones: at most the model each);
+# the hub holds the round's model (shared by its tasks) and the chunks of the transfers it
+# makes at once (UPLOADS_AT_ONCE, or FLOOR_BYTES of small ones: at most the model each);
 # the run process the model, the accumulator,
 # the result and, with the screen on, every update of the round; a node holds the model it
 # got and the client's output.

@@ -316,6 +316,33 @@ def test_results_are_the_same_bits_whatever_the_number_of_threads(
     assert robust.median_distances(updates).tobytes() == distances.tobytes()
 
 
+# --- the sorting network down the rows ------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", range(1, 15))
+def test_the_sorting_network_sorts_every_input_of_zeros_and_ones(rows: int) -> None:
+    # a comparator network that sorts every 0/1 input sorts every input (the 0-1 principle)
+    columns = np.arange(2**rows)
+    stack = ((columns[None, :] >> np.arange(rows)[:, None]) & 1).astype(np.float32)
+    robust._sort_columns(stack)
+    assert (np.diff(stack, axis=0) >= 0).all()
+    assert (stack.sum(axis=0) == [bin(c).count("1") for c in columns]).all()
+
+
+@pytest.mark.parametrize("rows", [15, 16, 17, 24, 31, 32, 33])
+def test_columns_of_more_rows_are_sorted_as_numpy_sorts_them(rows: int) -> None:
+    stack = np.random.default_rng(rows).integers(-5, 5, (rows, 500)).astype(np.float64)
+    expected = np.sort(stack, axis=0)
+    robust._sort_columns(stack)
+    np.testing.assert_array_equal(stack, expected)
+
+
+def test_a_column_with_nan_sorts_it_last_as_numpy_does() -> None:
+    stack = np.array([[3.0, np.nan], [np.nan, 1.0], [1.0, 2.0]])
+    robust._sort_columns(stack)
+    np.testing.assert_array_equal(stack, [[1.0, 1.0], [3.0, 2.0], [np.nan, np.nan]])
+
+
 def test_the_inputs_are_not_written() -> None:
     updates = model_updates(7)
     for u in updates:

@@ -107,6 +107,18 @@ def test_an_outlier_is_pulled_in_to_the_median_distance_and_a_far_one_left_out()
     assert node == 9 and reason.startswith("left out of this round: anomaly score 23.")
 
 
+def test_the_norm_bound_takes_a_pulled_in_update_as_pulled_not_as_it_arrived() -> None:
+    screen = Screen(Validation(norm_multiple=1.0), ZERO, expected=5)
+    for n in range(4):  # norms 1.732, 1.792, 1.855, 1.921
+        screen.admit(result(n, update(1 + 0.1 * n, 1, 1)))
+    screen.admit(result(8, update(1.1, 1.3, 1.4)))  # norm 2.205 as it arrived
+    passed, notes, _ = screen.close()
+    [pulled] = [reason for node, reason in notes if node == 8 and "scaled" in reason]
+    # pulled in to the median distance 0.1 from (1.1, 1, 1): (1.1, 1.06, 1.08), norm 1.871
+    assert pulled.startswith("update norm 1.871 scaled to 1.855"), pulled
+    assert change_norm(passed[4].arrays, ZERO) == pytest.approx(1.855, rel=1e-3)
+
+
 def close_round(
     validation: Validation, bound_outliers: bool
 ) -> tuple[list[FitResult], list[Note], list[Note]]:

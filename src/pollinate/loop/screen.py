@@ -216,6 +216,9 @@ class Screen:
         self._holding = expected >= 2 and validation.relative
         self._held: list[FitResult] = []
         self._notes: list[Note] = []
+        # each held update's change norm, taken as it arrives (while others are on their way)
+        # rather than all at close: by id of its arrays, kept with them
+        self._norms: dict[int, tuple[Arrays, float]] = {}
 
     def problem(self, reply: Message) -> str | None:
         """Why the update in ``reply`` is rejected at once (layers 1 and 2), or None."""
@@ -246,6 +249,9 @@ class Screen:
             result = replace(result, num_examples=cap)
         if not self._holding:
             return [result]
+        if self.like_model and self.bound_outliers and self.validation.norm_multiple is not None:
+            norm = change_norm(result.arrays, self.current)
+            self._norms[id(result.arrays)] = (result.arrays, norm)
         self._held.append(result)
         return []
 
@@ -262,6 +268,7 @@ class Screen:
             held = self._pull_outliers(held, notes, left_out)
             if self.bound_outliers:
                 held = self._bound_norms(held, notes)
+        self._norms.clear()
         return held, notes, left_out
 
     def _bound_examples(self, held: list[FitResult], notes: list[Note]) -> list[FitResult]:
@@ -288,7 +295,7 @@ class Screen:
         multiple = self.validation.norm_multiple
         if multiple is None:
             return held
-        norms = [change_norm(r.arrays, self.current) for r in held]
+        norms = [self._norm(r.arrays) for r in held]
         bound = norm_bound(norms, multiple)
         out = []
         for result, norm in zip(held, norms, strict=True):
@@ -305,6 +312,11 @@ class Screen:
                 )
             out.append(result)
         return out
+
+    def _norm(self, arrays: Arrays) -> float:
+        """The change norm taken on arrival, or now for arrays made since (pulled in)."""
+        taken, norm = self._norms.get(id(arrays), (None, 0.0))
+        return norm if taken is arrays else change_norm(arrays, self.current)
 
     def _pull_outliers(
         self, held: list[FitResult], notes: list[Note], left_out: list[Note]

@@ -33,7 +33,7 @@ NODE_CHANNEL_OPTIONS = [
 UPLOAD_WINDOW = 2 << 20
 """Bytes a node may send on a call before the hub reads them (HTTP/2 flow control): what a
 node that sends its reply's arrays before the hub gave it a place in the upload budget
-(``guards.UploadBudget``; honest nodes wait) holds at the hub. gRPC's default probes the
+(``guards.TransferBudget``; honest nodes wait) holds at the hub. gRPC's default probes the
 link and widens each window to several MB on loopback (17-28 MB of hub memory per waiting
 node, measured); 2 MiB still keeps a 50 ms link at ~40 MB/s per node."""
 

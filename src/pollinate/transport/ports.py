@@ -60,7 +60,8 @@ class HubPorts:
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _beats: ThreadPoolExecutor | None = field(default=None, repr=False)
     fleet: FleetService | None = field(default=None, repr=False)
-    """The fleet API it serves (its guards: ``fleet.uploads``, the upload budget)."""
+    """The fleet API it serves (its guards: ``fleet.uploads`` and ``fleet.downloads``, the
+    transfer budgets)."""
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving: calls still open after ``grace`` seconds are cancelled, and this
