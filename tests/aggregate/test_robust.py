@@ -337,6 +337,14 @@ def test_columns_of_more_rows_are_sorted_as_numpy_sorts_them(rows: int) -> None:
     np.testing.assert_array_equal(stack, expected)
 
 
+def test_a_column_keeps_its_values_when_zeros_differ_in_sign() -> None:
+    for column in ([0.0, -0.0, 1.0], [-0.0, 0.0, -1.0]):
+        stack = np.array(column)[:, None].repeat(3, axis=1)
+        robust._sort_columns(stack)
+        assert np.signbit(stack[:, 0]).sum() == (1 if -1.0 in column else 0)  # no -0.0
+        np.testing.assert_array_equal(stack[:, 0], sorted(column))
+
+
 def test_a_column_with_nan_sorts_it_last_as_numpy_does() -> None:
     stack = np.array([[3.0, np.nan], [np.nan, 1.0], [1.0, 2.0]])
     robust._sort_columns(stack)

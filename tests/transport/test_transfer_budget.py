@@ -323,11 +323,10 @@ def test_every_node_gets_its_task_whole_with_at_most_the_budgets_downloads_at_on
     assert loop.replies.get(timeout=TIMEOUT) is None
 
 
-def test_a_node_that_does_not_read_its_download_loses_its_place_to_the_next_node(
+def test_a_node_that_does_not_read_its_download_is_cut_and_the_next_node_gets_its_task(
     deployment: Deployment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(guards, "IDLE_SECONDS", 1.0)  # what an admitted download may take,
-    monkeypatch.setattr(guards, "SLOWEST_BYTES_PER_SECOND", 1 << 30)  # plus its bytes at 1 GiB/s
+    monkeypatch.setattr(guards, "IDLE_SECONDS", 1.0)  # what a chunk may take to be read
     deployment.downloads.at_once = 1
     mallory, alice = deployment.node("mallory"), deployment.node("alice")
     # mallory's task is larger than what HTTP/2 windows and socket buffers take in unread
@@ -344,11 +343,34 @@ def test_a_node_that_does_not_read_its_download_loses_its_place_to_the_next_node
         task = alice.pull_task(TIMEOUT)  # waits its turn, then comes whole
         assert task is not None and task.message.task_id == tasks[1].task_id
         np.testing.assert_array_equal(task.message.arrays["w"], tasks[1].arrays["w"])
+        with pytest.raises(grpc.RpcError) as cut:  # mallory reads again: her call has ended
+            for _ in stream:
+                pass
+        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "download of its task stalled for 1s" in str(cut.value.details())
         assert (deployment.downloads.peak, deployment.downloads.held) == (1, 0)
-        assert any("to download its task: its place goes" in r.message for r in caplog.records)
     finally:
-        stream.cancel()  # mallory hangs up: her call ends
+        stream.cancel()
         deployment.grid.close()
+    assert loop.replies.get(timeout=TIMEOUT) is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_node_that_hangs_up_during_its_download_ends_its_call_without_a_traceback(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    mallory = deployment.node("mallory")
+    loop = deployment.loop([deployment.task(mallory, 0, floats=16 << 20)])
+    stream = mallory.stub.PullTask(
+        pb.PullTaskRequest(wait_seconds=TIMEOUT),
+        metadata=[(NODE_ID_HEADER, str(mallory.node_id))],
+        timeout=TIMEOUT,
+    )
+    next(stream)
+    wait_until(lambda: deployment.downloads.held == 1, "mallory's download to have a place")
+    stream.cancel()
+    wait_until(lambda: deployment.downloads.held == 0, "her place to come back")
+    deployment.grid.close()
     assert loop.replies.get(timeout=TIMEOUT) is None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
-from functools import cache
+from functools import cache, partial
 from typing import TypeVar
 
 import numpy as np
@@ -201,6 +202,9 @@ def _sort_columns(stack: np.ndarray) -> None:
     if rows > _NETWORK_ROWS or not np.isfinite(stack).all():
         stack.sort(axis=0)
         return
+    # min and max of 0.0 and -0.0 may both return the same one: make every zero +0.0 first,
+    # so that a column keeps its values
+    np.add(stack, 0.0, out=stack)
     low = np.empty_like(stack[0])
     for i, j in _network(rows):
         np.minimum(stack[i], stack[j], out=low)
@@ -340,37 +344,41 @@ def _per_coordinate(updates: Sequence[Arrays], statistic: _Statistic) -> Arrays:
             values = np.rint(values)
         out[name][start : start + values.size] = values
 
-    _each_block(updates, fill)
+    for _ in _each_block(updates, fill):
+        pass
     return Arrays({name: out[name].reshape(a.shape) for name, a in like.items()})
 
 
-def _each_block(updates: Sequence[Arrays], work: Callable[[str, int, np.ndarray], T]) -> list[T]:
-    """``work(name, start, stack)`` for every block of coordinates, results in block order:
-    row i of ``stack`` holds update i's flat values of ``name`` from ``start`` on, as float64.
-    The blocks are dealt out to up to ``_THREADS`` threads, each filling one buffer of its
-    own."""
+def _each_block(
+    updates: Sequence[Arrays], work: Callable[[str, int, np.ndarray], T]
+) -> Iterator[T]:
+    """``work(name, start, stack)`` for every block of coordinates, results in block order,
+    each as soon as it and those before it are done: row i of ``stack`` holds update i's
+    flat values of ``name`` from ``start`` on, as float64. The blocks are shared among up to
+    ``_THREADS`` threads, each filling one buffer of its own; one array name's flat values
+    are gathered at a time (a copy only for an array that is not contiguous)."""
     like = _checked(updates)
     width = max(1, _STACK // len(updates))
-    flat = {name: [np.asarray(u[name]).reshape(-1) for u in updates] for name in like.names}
-    blocks = [(name, start) for name, a in like.items() for start in range(0, a.size, width)]
-    parts = max(1, min(_THREADS, len(blocks)))
     largest = max((a.size for a in like.values()), default=0)
+    local = threading.local()
 
-    def share(part: int) -> list[T]:
-        buf = np.empty((len(updates), min(width, largest)), np.float64)
-        done = []
-        for name, start in blocks[part::parts]:
-            stack = buf[:, : min(width, like[name].size - start)]
-            for row, values in zip(stack, flat[name], strict=True):
-                row[...] = values[start : start + stack.shape[1]]
-            done.append(work(name, start, stack))
-        return done
+    def one(name: str, flat: list[np.ndarray], start: int) -> T:
+        if not hasattr(local, "buf"):
+            local.buf = np.empty((len(updates), min(width, largest)), np.float64)
+        stack = local.buf[:, : min(width, like[name].size - start)]
+        for row, values in zip(stack, flat, strict=True):
+            row[...] = values[start : start + stack.shape[1]]
+        return work(name, start, stack)
 
-    if parts == 1:
-        return share(0)
-    with ThreadPoolExecutor(parts, thread_name_prefix="robust") as pool:
-        shares = list(pool.map(share, range(parts)))
-    return [shares[i % parts][i // parts] for i in range(len(blocks))]
+    threads = min(_THREADS, -(-largest // width))
+    with ThreadPoolExecutor(max(threads, 1), thread_name_prefix="robust") as pool:
+        for name, a in like.items():
+            flat = [np.asarray(u[name]).reshape(-1) for u in updates]
+            starts = range(0, a.size, width)
+            if threads <= 1:
+                yield from (one(name, flat, start) for start in starts)
+            else:
+                yield from pool.map(partial(one, name, flat), starts)
 
 
 def _checked(updates: Sequence[Arrays]) -> Arrays:

@@ -263,12 +263,14 @@ class Screen:
         if not held:
             return held, notes, []
         left_out: list[Note] = []
-        held = self._bound_examples(held, notes)
-        if self.like_model:
-            held = self._pull_outliers(held, notes, left_out)
-            if self.bound_outliers:
-                held = self._bound_norms(held, notes)
-        self._norms.clear()
+        try:
+            held = self._bound_examples(held, notes)
+            if self.like_model:
+                held = self._pull_outliers(held, notes, left_out)
+                if self.bound_outliers:
+                    held = self._bound_norms(held, notes)
+        finally:
+            self._norms.clear()
         return held, notes, left_out
 
     def _bound_examples(self, held: list[FitResult], notes: list[Note]) -> list[FitResult]:

@@ -126,6 +126,9 @@ def _as_guest(address: str, enrolment_pem: bytes) -> grpc.Channel:
     return grpc.secure_channel(address, tls, options)
 
 
+_DAY = 24 * 3600.0  # seconds
+
+
 class FleetClient:
     """A node's connection to the hub's fleet API (mutual TLS with ``credentials``)."""
 
@@ -191,9 +194,10 @@ class FleetClient:
     def pull_task(self, wait: float) -> PulledTask | None:
         """The next task (waiting up to ``wait`` seconds for one), or None. Its download
         may wait its turn at the hub (``guards.DOWNLOADS_AT_ONCE``) and take long on a slow
-        link: the hub bounds it, and keepalive pings find a hub that is gone."""
+        link: the hub bounds it (``guards.transfer_seconds``: 9 hours for the largest
+        message), and keepalive pings find a hub that is gone; a day is a bound for bugs."""
         stream = self._pull(
-            pb.PullTaskRequest(wait_seconds=wait), metadata=self._metadata(), timeout=wait + 3600
+            pb.PullTaskRequest(wait_seconds=wait), metadata=self._metadata(), timeout=wait + _DAY
         )
         try:
             return _assemble(stream)

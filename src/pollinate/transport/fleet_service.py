@@ -20,8 +20,9 @@ Invariants:
   (``transport.UPLOAD_WINDOW``); an admitted upload that is too slow is cut
   (``guards.transfer_seconds``);
 - likewise a task's arrays go out to at most ``guards.DOWNLOADS_AT_ONCE`` nodes at once (the
-  others have its first chunk and wait); a download slower than ``guards.transfer_seconds``
-  gives its place to the next node, so a node that does not read holds none for long;
+  others have its first chunk and wait); a download whose node takes no chunk for
+  ``guards.IDLE_SECONDS``, or that takes over ``guards.transfer_seconds``, is cut, and its
+  place and the model it held go with its call;
 - a reply's header must come whole within ``guards.transfer_seconds`` of its size limit, in
   chunks that are not empty (what the hub keeps meanwhile is the header and a chunk);
 - a reply's bytes go straight into its journal file as they arrive, never into arrays at the
@@ -68,7 +69,6 @@ from pollinate.transport.guards import (
     BadRequest,
     CallLimits,
     Idle,
-    Lease,
     TransferBudget,
     admitted,
     next_within,
@@ -305,32 +305,39 @@ class FleetService:
             if task is None:
                 return
             config = wire.encode(Message(MessageKind.GET_ARRAYS, config=task.run_config))
-            await context.write(
-                pb.TaskChunk(app_hash=task.app_hash, run_config=config).SerializeToString()
-            )
-            nbytes = task.message.arrays.nbytes
-            lease = await self.downloads.admit(f"node {node_id}", nbytes)
-            # a node too slow to read its task loses its place, not its download: a write
-            # gRPC is still sending cannot be cut short (the call could not be ended after)
-            overdue = asyncio.get_running_loop().call_later(
-                transfer_seconds(nbytes), self._overdue, node_id, lease
-            )
+            first = pb.TaskChunk(app_hash=task.app_hash, run_config=config).SerializeToString()
+            if not await _sent(context, first, node_id):
+                return
+            lease = await self.downloads.admit(f"node {node_id}", task.message.arrays.nbytes)
             try:
-                for piece in wire.iter_encode(task.message, CHUNK_BYTES):
-                    if not await _sent(context, data_chunk(piece), f"node {node_id}"):
-                        return
+                await self._send_arrays(task.message, node_id, context)
             finally:
-                overdue.cancel()
                 lease.release()
 
-    @staticmethod
-    def _overdue(node_id: int, lease: Lease) -> None:
-        log.warning(
-            "node %d took over %gs to download its task: its place goes to the next node",
-            node_id,
-            transfer_seconds(lease.nbytes),
-        )
-        lease.release()
+    async def _send_arrays(
+        self, message: Message, node_id: int, context: grpc.aio.ServicerContext
+    ) -> None:
+        """The task's bytes, each chunk taken by the node within ``IDLE_SECONDS`` and all
+        within ``transfer_seconds``; else the call ends with DEADLINE_EXCEEDED (the status
+        set, not ``abort``: with a write cut short, gRPC could send it only once the node
+        read again) and its place and its model go."""
+        limit = transfer_seconds(message.arrays.nbytes)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        try:
+            for piece in wire.iter_encode(message, CHUNK_BYTES):
+                async with asyncio.timeout_at(min(end, loop.time() + guards.IDLE_SECONDS)):
+                    if not await _sent(context, data_chunk(piece), node_id):
+                        return
+        except TimeoutError:
+            slow = Idle(
+                f"node {node_id}'s download of its task stalled for {guards.IDLE_SECONDS:g}s "
+                f"or took over {limit:g}s: it was cut, so that it does not keep its place "
+                "from other nodes (it pulls again)"
+            )
+            log.warning("%s", slow)
+            context.set_code(status_for(slow))
+            context.set_details(str(slow))
 
     async def _next_task(self, node_id: int, wait: float) -> Any:
         """The node's next task, waiting up to ``wait`` seconds on the event loop (a timer,
@@ -502,13 +509,13 @@ async def _read_head(
 _SEND_ARRAYS = pb.PushReplyAck(send_arrays=True)
 
 
-async def _sent(context: grpc.aio.ServicerContext, message: bytes, peer: str) -> bool:
-    """Write ``message``; False if the call takes no more: its peer hung up, so gRPC fails
-    the write (and could send no status either: the call just ends)."""
+async def _sent(context: grpc.aio.ServicerContext, message: bytes, node_id: int) -> bool:
+    """Write ``message``; False if the call takes no more: gRPC fails the write once the
+    node has hung up (and could send no status either: the call just ends)."""
     try:
         await context.write(message)
-    except grpc.aio.InternalError:
-        log.info("%s hung up during its download", peer)
+    except grpc.aio.InternalError as exc:
+        log.info("node %d's task could not be sent (it hung up): %s", node_id, exc)
         return False
     return True
 

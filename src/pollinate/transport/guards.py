@@ -11,7 +11,7 @@ bound what each peer may hold:
   (``DOWNLOADS_AT_ONCE``) while the other nodes wait with their task's first chunk (or any
   number of either under ``FLOOR_BYTES``), so its memory does not grow with the number of
   nodes; a node holds one place of each at a time, and an admitted transfer must finish
-  within ``transfer_seconds`` or is cut;
+  within ``transfer_seconds``, taking no ``IDLE_SECONDS`` over a chunk, or is cut;
 - ``one_request``: a call whose request does not arrive within ``REQUEST_SECONDS`` is cut;
 - ``next_within``: an upload that sends nothing for ``IDLE_SECONDS`` is cut;
 - ``parse``: a request that is not valid protobuf is one log line and INVALID_ARGUMENT, never a
@@ -146,7 +146,7 @@ class TransferBudget:
 
     @property
     def waiting(self) -> int:
-        """Uploads waiting for a place now."""
+        """Transfers waiting for a place now."""
         return len(self._waiting)
 
     async def admit(self, peer: str, nbytes: int) -> Lease:
@@ -173,7 +173,7 @@ class TransferBudget:
         return self.held < self.at_once or self.held_bytes + nbytes <= self.floor
 
     def _admit_waiting(self) -> None:
-        """Admit waiting replies in order; one that does not fit stops the rest (first come,
+        """Admit waiting transfers in order; one that does not fit stops the rest (first come,
         first served), one whose peer holds a place lets the others by."""
         for ticket in list(self._waiting):
             lease = ticket.lease
