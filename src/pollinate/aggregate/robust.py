@@ -38,8 +38,9 @@ from pollinate.records import Arrays
 # n is, large enough that numpy's per-call overhead vanishes, small enough to stay in cache.
 _STACK = 1 << 20
 
-# Rows up to which a sorting network sorts columns faster than numpy's sort (10 to 30 rows:
-# 4x to 1.5x faster for float32, 2.6x to 1.2x for float64; benchmarks/README.md)
+# Rows up to which a sorting network sorts columns faster than numpy's sort (measured on one
+# 8 MB block: 10 rows 5.8x faster in float32, 2.6x in float64; 20 rows 2.9x and 1.2x; 40
+# rows 1.5x and 0.8x; benchmarks/README.md)
 _NETWORK_ROWS = 32
 
 # Threads that share a model's blocks: the statistics are numpy sorts and copies, which run
@@ -195,8 +196,8 @@ def _median(stack: np.ndarray) -> np.ndarray:
 
 def _sort_columns(stack: np.ndarray) -> None:
     """Sort each column of ``stack`` in place. A few rows of finite values go through a
-    sorting network, whole rows at a time: numpy sorts down the rows a column at a time, 4-6x
-    slower for 10 rows (``benchmarks/README.md``); NaN, which a network would not move to the
+    sorting network, whole rows at a time: numpy sorts down the rows a column at a time,
+    2.6-6x slower for 10 rows (``_NETWORK_ROWS``); NaN, which a network would not move to the
     end, leaves the sort to numpy."""
     rows = stack.shape[0]
     if rows > _NETWORK_ROWS or not np.isfinite(stack).all():
