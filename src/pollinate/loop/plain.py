@@ -78,7 +78,9 @@ class PlainRounds:
                 rounds.reject(node, rejected)
                 continue
             result = FitResult(node, reply.arrays, reply.num_examples, reply.metrics)
-            metrics += fold(aggregator, screen.admit(result), rounds)
+            with rounds.aggregating():  # a held update's norm is taken here
+                ready = screen.admit(result)
+            metrics += fold(aggregator, ready, rounds)
         with rounds.aggregating():
             held, notes, left_out = screen.close()
         for node, note in notes:
