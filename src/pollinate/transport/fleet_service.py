@@ -310,34 +310,9 @@ class FleetService:
                 return
             lease = await self.downloads.admit(f"node {node_id}", task.message.arrays.nbytes)
             try:
-                await self._send_arrays(task.message, node_id, context)
+                await _send_within(task.message, node_id, context)
             finally:
                 lease.release()
-
-    async def _send_arrays(
-        self, message: Message, node_id: int, context: grpc.aio.ServicerContext
-    ) -> None:
-        """The task's bytes, each chunk taken by the node within ``IDLE_SECONDS`` and all
-        within ``transfer_seconds``; else the call ends with DEADLINE_EXCEEDED (the status
-        set, not ``abort``: with a write cut short, gRPC could send it only once the node
-        read again) and its place and its model go."""
-        limit = transfer_seconds(message.arrays.nbytes)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + limit
-        try:
-            for piece in wire.iter_encode(message, CHUNK_BYTES):
-                async with asyncio.timeout_at(min(end, loop.time() + guards.IDLE_SECONDS)):
-                    if not await _sent(context, data_chunk(piece), node_id):
-                        return
-        except TimeoutError:
-            slow = Idle(
-                f"node {node_id}'s download of its task stalled for {guards.IDLE_SECONDS:g}s "
-                f"or took over {limit:g}s: it was cut, so that it does not keep its place "
-                "from other nodes (it pulls again)"
-            )
-            log.warning("%s", slow)
-            context.set_code(status_for(slow))
-            context.set_details(str(slow))
 
     async def _next_task(self, node_id: int, wait: float) -> Any:
         """The node's next task, waiting up to ``wait`` seconds on the event loop (a timer,
@@ -507,6 +482,30 @@ async def _read_head(
 
 
 _SEND_ARRAYS = pb.PushReplyAck(send_arrays=True)
+
+
+async def _send_within(message: Message, node_id: int, context: grpc.aio.ServicerContext) -> None:
+    """The task's bytes, each chunk taken by the node within ``IDLE_SECONDS`` and all
+    within ``transfer_seconds``; else the call ends with DEADLINE_EXCEEDED (the status
+    set, not ``abort``: with a write cut short, gRPC could send it only once the node
+    read again) and its place and its model go."""
+    limit = transfer_seconds(message.arrays.nbytes)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    try:
+        for piece in wire.iter_encode(message, CHUNK_BYTES):
+            async with asyncio.timeout_at(min(end, loop.time() + guards.IDLE_SECONDS)):
+                if not await _sent(context, data_chunk(piece), node_id):
+                    return
+    except TimeoutError:
+        slow = Idle(
+            f"node {node_id}'s download of its task stalled for {guards.IDLE_SECONDS:g}s "
+            f"or took over {limit:g}s: it was cut, so that it does not keep its place "
+            "from other nodes (it pulls again)"
+        )
+        log.warning("%s", slow)
+        context.set_code(status_for(slow))
+        context.set_details(str(slow))
 
 
 async def _sent(context: grpc.aio.ServicerContext, message: bytes, node_id: int) -> bool:
