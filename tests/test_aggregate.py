@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pollinate.aggregate import (
-    _BLOCK,
     WeightedMean,
     adagrad_moment,
     adam_moment,
@@ -26,6 +25,7 @@ from pollinate.aggregate import (
     yogi_moment,
 )
 from pollinate.records import Arrays
+from pollinate.scratch import BLOCK
 
 
 def mean_of(updates: list[tuple[Arrays, float]]) -> Arrays:
@@ -206,11 +206,11 @@ def random_updates(rng: np.random.Generator, size: int, dtype: type, count: int)
 @pytest.mark.parametrize(
     ("size", "dtype"),
     [
-        (_BLOCK - 1, np.float64),
-        (_BLOCK + 1, np.float32),
-        (2 * _BLOCK + 12_345, np.float32),
-        (2 * _BLOCK + 12_345, np.int32),
-        (3 * _BLOCK, np.float64),
+        (BLOCK - 1, np.float64),
+        (BLOCK + 1, np.float32),
+        (2 * BLOCK + 12_345, np.float32),
+        (2 * BLOCK + 12_345, np.int32),
+        (3 * BLOCK, np.float64),
     ],
     ids=["block-1-f64", "block+1-f32", "2blocks+rest-f32", "2blocks+rest-i32", "3blocks-f64"],
 )
@@ -234,10 +234,10 @@ def test_a_model_of_several_arrays_larger_than_a_block_folds_like_the_reference(
     # sizes straddle block boundaries and the model as a whole is several blocks large
     rng = np.random.default_rng(1)
     layout = {
-        "a": (_BLOCK // 2 + 3, np.float32),
+        "a": (BLOCK // 2 + 3, np.float32),
         "b": (7, np.float64),
-        "c": (_BLOCK + 5, np.float32),
-        "d": (_BLOCK // 3, np.int64),
+        "c": (BLOCK + 5, np.float32),
+        "d": (BLOCK // 3, np.int64),
         "e": (1, np.float32),
     }
     weights = [5, 2, 9]
@@ -251,13 +251,13 @@ def test_a_model_of_several_arrays_larger_than_a_block_folds_like_the_reference(
 
 
 def test_the_last_element_of_a_multi_block_array_is_folded() -> None:
-    size = 2 * _BLOCK + 1
+    size = 2 * BLOCK + 1
     update = np.zeros(size)
     update[-1] = 6.0
-    update[_BLOCK] = 3.0
+    update[BLOCK] = 3.0
     result = mean_of([(Arrays({"w": update}), 2), (Arrays({"w": np.zeros(size)}), 1)])
     assert result["w"][-1] == 4.0
-    assert result["w"][_BLOCK] == 2.0
+    assert result["w"][BLOCK] == 2.0
     assert np.count_nonzero(result["w"]) == 2
 
 
@@ -278,7 +278,7 @@ def test_the_accumulator_keeps_no_reference_to_added_updates() -> None:
 
 
 def test_updates_larger_than_a_block_are_not_kept_either() -> None:
-    size = _BLOCK + 1
+    size = BLOCK + 1
     acc = WeightedMean(Arrays({"w": np.zeros(size, np.float32)}))
     refs = []
     for k in range(3):

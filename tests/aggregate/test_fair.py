@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pollinate.aggregate import _BLOCK, QFedAvgStep, WeightedMean
+from pollinate.aggregate import QFedAvgStep, WeightedMean
 from pollinate.records import Arrays
+from pollinate.scratch import BLOCK
 
 
 def step(current: Arrays, updates: list[tuple[Arrays, float]], q: float, lip: float) -> Arrays:
@@ -138,10 +139,10 @@ def test_the_order_of_the_updates_does_not_change_the_result(
 
 
 def test_a_model_larger_than_a_block_is_folded_whole() -> None:
-    size = 2 * _BLOCK + 3
+    size = 2 * BLOCK + 3
     current = Arrays({"w": np.zeros(size, np.float32)})
     update = np.zeros(size, np.float32)
-    update[-1], update[_BLOCK] = -2.0, -1.0
+    update[-1], update[BLOCK] = -2.0, -1.0
     # one client, q = 0: w' = w_1
     got = step(current, [(Arrays({"w": update}), 1.0)], q=0.0, lip=3.0)
     np.testing.assert_array_equal(got["w"], update)

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pollinate.aggregate import _BLOCK, PartialSum, WeightedMean
+from pollinate.aggregate import PartialSum, WeightedMean
 from pollinate.records import Arrays
+from pollinate.scratch import BLOCK
 
 LIKE = Arrays({"w": np.zeros(3, np.float32), "n": np.zeros(2, np.int64)})
 
@@ -77,11 +78,11 @@ def test_an_empty_partial_changes_nothing() -> None:
 
 
 def test_partials_larger_than_a_block_merge_whole() -> None:
-    like = Arrays({"w": np.zeros(_BLOCK + 7, np.float32)})
-    ones = Arrays({"w": np.ones(_BLOCK + 7, np.float32)})
+    like = Arrays({"w": np.zeros(BLOCK + 7, np.float32)})
+    ones = Arrays({"w": np.ones(BLOCK + 7, np.float32)})
     mean, piece = WeightedMean(like), WeightedMean(like)
     mean.add(ones, 1)
-    piece.add(Arrays({"w": np.full(_BLOCK + 7, 4, np.float32)}), 2)
+    piece.add(Arrays({"w": np.full(BLOCK + 7, 4, np.float32)}), 2)
     mean.merge(piece.partial())
     assert np.all(mean.result()["w"] == 3.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import pytest
 from pollinate import Arrays, Client, FedAvg, ServerApp, Validation, run_simulation
 from pollinate.loop.events import Event, ReplyBounded, UpdateRejected
 from pollinate.loop.screen import Note, Screen, anomaly_scores, change_norm
+from pollinate.loop.validate import finite_problem
 from pollinate.records import Message
+from pollinate.scratch import BLOCK
 from pollinate.strategy import Sampling
 from pollinate.strategy.base import FitResult
 
@@ -34,6 +37,33 @@ def result(node: int, arrays: Arrays) -> FitResult:
 
 def test_change_norm_is_the_l2_norm_of_the_float_arrays_change() -> None:
     assert change_norm(update(3.0, 4.0, 0.0), ZERO) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_change_norm_over_many_blocks_matches_the_float64_norm(dtype: type) -> None:
+    rng = np.random.default_rng(0)
+    size = 2 * BLOCK + 11
+    sent, base = (rng.standard_normal(size).astype(dtype) for _ in range(2))
+    exact = float(np.linalg.norm(sent.astype(np.float64) - base))
+    got = change_norm(Arrays({"w": sent}), Arrays({"w": base}))
+    assert got == pytest.approx(exact, rel=1e-6)
+
+
+def test_change_norm_is_exact_where_float32_would_overflow() -> None:
+    big = np.float32(3e38)
+    sent = Arrays({"w": np.array([big, -big, 1.0], np.float32)})
+    base = Arrays({"w": np.array([-big, big, 1.0], np.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        norm = change_norm(sent, base)
+    assert norm == pytest.approx(math.sqrt(2) * 2 * float(big), rel=1e-12)
+
+
+def test_a_non_finite_value_in_a_late_block_is_found() -> None:
+    values = np.zeros(3 * BLOCK, np.float32)
+    values[-1] = np.inf
+    assert "1 non-finite" in str(finite_problem(Arrays({"w": values})))
+    assert math.isinf(change_norm(Arrays({"w": values}), Arrays({"w": np.zeros_like(values)})))
 
 
 def test_anomaly_scores_are_distances_to_the_coordinate_median_in_median_distances() -> None:

@@ -13,9 +13,6 @@ Strategies are thin policy on top of this package. One module per kind of aggreg
 
 from pollinate.aggregate.fair import QFedAvgStep
 from pollinate.aggregate.mean import (
-    _BLOCK as _BLOCK,  # tests size their multi-block cases by it
-)
-from pollinate.aggregate.mean import (
     PartialSum,
     WeightedMean,
     adagrad_moment,

@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from pollinate.aggregate.mean import _BLOCK
 from pollinate.checks import number
 from pollinate.records import Arrays
+from pollinate.scratch import BLOCK
 
 # F_k^(q-1) is infinite at F_k = 0 for q < 1: one client that already fits its data
 # perfectly would make sum h_k infinite and freeze the whole step. A floor this far below any
@@ -86,9 +86,9 @@ class QFedAvgStep:
         for name, w in self._current.items():
             acc, flat = self._acc[name].reshape(-1), np.asarray(w).reshape(-1)
             new = np.empty(flat.size, w.dtype)
-            for start in range(0, flat.size, _BLOCK):
-                part = flat[start : start + _BLOCK] - scale * acc[start : start + _BLOCK]
-                new[start : start + _BLOCK] = np.rint(part) if w.dtype.kind in "biu" else part
+            for start in range(0, flat.size, BLOCK):
+                part = flat[start : start + BLOCK] - scale * acc[start : start + BLOCK]
+                new[start : start + BLOCK] = np.rint(part) if w.dtype.kind in "biu" else part
             out[name] = new.reshape(w.shape)
         return Arrays(out)
 
@@ -97,12 +97,12 @@ class QFedAvgStep:
         acc = self._acc[name].reshape(-1)
         w, wk = np.asarray(self._current[name]).reshape(-1), np.asarray(update).reshape(-1)
         squared = 0.0
-        for start in range(0, acc.size, _BLOCK):
-            diff = w[start : start + _BLOCK].astype(acc.dtype)
-            diff -= wk[start : start + _BLOCK]
+        for start in range(0, acc.size, BLOCK):
+            diff = w[start : start + BLOCK].astype(acc.dtype)
+            diff -= wk[start : start + BLOCK]
             squared += float(np.vdot(diff, diff).real)
             diff *= fq
-            acc[start : start + _BLOCK] += diff
+            acc[start : start + BLOCK] += diff
         return squared
 
     def _check(self, arrays: Arrays) -> None:

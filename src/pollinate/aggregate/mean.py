@@ -15,7 +15,6 @@ to a float32 model, does not depend on how the updates were grouped.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,12 +23,11 @@ import numpy as np
 
 from pollinate.checks import is_number
 from pollinate.records import Arrays, Metrics
+from pollinate.scratch import BLOCK, scratch
 
-# Fold in blocks that stay in cache: the scaled temporary never goes to main memory, so each
-# update byte is read once and the accumulator is read and written once per update. Blocks of
-# 512K elements (2 MB of float32) measured as fast as any on one thread and on two; blocks of
-# 128K or fewer pay for Python's overhead per ufunc call (benchmarks/README.md).
-_BLOCK = 1 << 19
+# Fold in blocks that stay in cache (``scratch.py``): the scaled temporary never goes to main
+# memory, so each update byte is read once and the accumulator is read and written once per
+# update.
 # Updates of at least this many elements are folded half on the caller's thread and half on
 # a helper thread: numpy releases the GIL, so two cores stream memory at once. Below it the
 # hand-over (~0.1 ms) costs more than it saves.
@@ -37,7 +35,6 @@ _SPLIT = 1 << 21
 
 _Pair = tuple[np.ndarray, np.ndarray]
 _helper: tuple[int, ThreadPoolExecutor] | None = None
-_local = threading.local()
 
 
 @dataclass(frozen=True)
@@ -163,15 +160,6 @@ def _acc_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.complex128) if dtype.kind == "c" else np.dtype(np.float64)
 
 
-def _scratch(dtype: np.dtype) -> np.ndarray:
-    """This thread's scratch block of ``dtype``, kept across rounds so that its pages are
-    faulted in once, not once per round."""
-    blocks: dict[np.dtype, np.ndarray] = _local.__dict__.setdefault("blocks", {})
-    if dtype not in blocks or blocks[dtype].size < _BLOCK:
-        blocks[dtype] = np.empty(_BLOCK, dtype)
-    return blocks[dtype]
-
-
 def _halves(pairs: list[_Pair]) -> tuple[list[_Pair], list[_Pair]]:
     """Split the pairs into two lists of about the same number of elements."""
     half = sum(acc.size for acc, _ in pairs) // 2
@@ -214,16 +202,16 @@ def _scale_all(pairs: list[_Pair], weight: float) -> None:
 
 def _fold_all(pairs: list[_Pair], weight: float) -> None:
     for acc, update in pairs:
-        _fold(acc, update, weight, _scratch(acc.dtype))
+        _fold(acc, update, weight, scratch(acc.dtype))
 
 
 def _fold(acc: np.ndarray, update: np.ndarray, weight: float, buf: np.ndarray) -> None:
-    for start in range(0, acc.size, _BLOCK):
-        a = acc[start : start + _BLOCK]
+    for start in range(0, acc.size, BLOCK):
+        a = acc[start : start + BLOCK]
         t = buf[: a.size]
         # widen, scale, add: three passes over a cache-sized block beat one mixed-dtype
         # multiply, which numpy runs through its slower buffered casting loop
-        np.copyto(t, update[start : start + _BLOCK], casting="unsafe")
+        np.copyto(t, update[start : start + BLOCK], casting="unsafe")
         t *= weight
         a += t
 

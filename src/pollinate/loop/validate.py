@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from pollinate.records import Arrays, Message
+from pollinate.scratch import BLOCK, scratch
 from pollinate.text import inert
 
 
@@ -53,10 +54,15 @@ def finite_problem(arrays: Arrays) -> str | None:
     return None
 
 
-def _all_finite(array: np.ndarray, block: int = 1 << 20) -> bool:
-    """``np.isfinite(array).all()`` without a bool array the size of the update."""
-    flat = array.reshape(-1)
-    return all(np.isfinite(flat[i : i + block]).all() for i in range(0, flat.size, block))
+def _all_finite(array: np.ndarray) -> bool:
+    """``np.isfinite(array).all()`` a block at a time into this thread's scratch block: no
+    bool array the size of the update, no fresh memory per call."""
+    flat, buf = array.reshape(-1), scratch(np.bool_)
+    for i in range(0, flat.size, BLOCK):
+        finite = buf[: min(BLOCK, flat.size - i)]
+        if not np.isfinite(flat[i : i + BLOCK], out=finite).all():
+            return False
+    return True
 
 
 def evaluate_reply_problem(reply: Message) -> str | None:
