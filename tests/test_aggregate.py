@@ -440,3 +440,23 @@ def test_adaptive_step_hand_case() -> None:
     # 1 + 0.5 * 0.4 / (sqrt(0.25) + 0.3) = 1 + 0.2 / 0.8 = 1.25
     x = adaptive_step(np.array([1.0]), np.array([0.4]), np.array([0.25]), eta=0.5, tau=0.3)
     np.testing.assert_allclose(x, [1.25])
+
+
+def test_a_mean_folds_into_the_last_ones_accumulator_once_it_is_gone() -> None:
+    like = Arrays({"w": np.zeros(BLOCK + 3, np.float32)})
+    first = WeightedMean(like)
+    first.add(Arrays({"w": np.full(BLOCK + 3, 5.0, np.float32)}), 1.0)
+    held = first.partial()  # views of its accumulator
+    where = held.sums["w"].ctypes.data
+    del first
+    second = WeightedMean(like)  # the first's accumulator is still held: not reused
+    second.add(Arrays({"w": np.ones(BLOCK + 3, np.float32)}), 2.0)
+    assert second.partial().sums["w"].ctypes.data != where
+    np.testing.assert_array_equal(held.sums["w"], 5.0)
+    address = second.partial().sums["w"].ctypes.data
+    del second, held
+    third = WeightedMean(like)
+    third.add(Arrays({"w": np.full(BLOCK + 3, 3.0, np.float32)}), 1.0)
+    third.add(Arrays({"w": np.ones(BLOCK + 3, np.float32)}), 1.0)
+    assert third.partial().sums["w"].ctypes.data == address
+    np.testing.assert_array_equal(third.result()["w"], 2.0)

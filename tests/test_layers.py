@@ -15,6 +15,8 @@ LAYERS = {
     "text": 0,
     "checks": 0,
     "npz": 0,
+    "scratch": 0,
+    "recycle": 0,
     "dirlock": 1,
     "artifacts": 2,
     "records": 1,

@@ -23,6 +23,7 @@ import numpy as np
 
 from pollinate.checks import is_number
 from pollinate.records import Arrays, Metrics
+from pollinate.recycle import Recycler
 from pollinate.scratch import BLOCK, scratch
 
 # Fold in blocks that stay in cache (``scratch.py``): the scaled temporary never goes to main
@@ -35,6 +36,7 @@ _SPLIT = 1 << 21
 
 _Pair = tuple[np.ndarray, np.ndarray]
 _helper: tuple[int, ThreadPoolExecutor] | None = None
+_accumulators = Recycler()
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,11 @@ class WeightedMean:
 
     def __init__(self, like: Arrays) -> None:
         self._like = like
-        # Not zeros: the first update is scaled straight in, so each page is faulted in once by
-        # that write (np.zeros + add maps the zero page, reads it, then faults on the write).
-        self._acc = {name: np.empty(a.shape, _acc_dtype(a.dtype)) for name, a in like.items()}
+        # Not zeros: the first update is scaled straight in (np.zeros + add maps the zero page,
+        # reads it, then faults on the write); and the last round's, once nobody holds it, so
+        # its pages are not faulted in again every round (``recycle.py``)
+        self._acc = {name: _accumulator(a) for name, a in like.items()}
+        _accumulators.keep(self._acc.values())
         self._size = sum(a.size for a in self._acc.values())
         self.total_weight = 0.0
         self.count = 0
@@ -154,6 +158,13 @@ class WeightedMean:
                 )
             pairs.append((acc.reshape(-1), update.reshape(-1)))
         return pairs
+
+
+def _accumulator(like: np.ndarray) -> np.ndarray:
+    """An accumulator for an array like ``like``, its contents stale."""
+    dtype = _acc_dtype(like.dtype)
+    reused = _accumulators.take(like.shape, dtype)
+    return np.empty(like.shape, dtype) if reused is None else reused
 
 
 def _acc_dtype(dtype: np.dtype) -> np.dtype:

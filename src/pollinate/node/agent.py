@@ -194,13 +194,18 @@ class NodeAgent:
         state.info("node %s connected as node %d", self.name, self.client.node_id)
         self._connected = True
         while not self.stop.is_set():
-            task = self.client.pull_task(PULL_WAIT)
-            if task is not None:
-                self._note_task(task.message)
-                started = time.monotonic()
-                reply = self._answer(task)
-                self.metrics.answered(task.message, reply, time.monotonic() - started)
-                self._push(reply)
+            self._answer_one(self.client.pull_task(PULL_WAIT))
+
+    def _answer_one(self, task: PulledTask | None) -> None:
+        """Answer one task. Its arrays go when this returns, so that the next task can be
+        decoded into them (``wire.Recycler``) unless the app kept them."""
+        if task is None:
+            return
+        self._note_task(task.message)
+        started = time.monotonic()
+        reply = self._answer(task)
+        self.metrics.answered(task.message, reply, time.monotonic() - started)
+        self._push(reply)
 
     def _note_task(self, task: Message) -> None:
         """One state line when a task starts another run, and one per round of it."""

@@ -22,6 +22,7 @@ from pollinate.hub.inventory import NodeEntry, NodeState
 from pollinate.hub.state import RunStatus
 from pollinate.hub.users import UserRow
 from pollinate.records import Arrays, Config, Message
+from pollinate.recycle import Recycler
 from pollinate.security import make_key_and_csr, parse_token
 from pollinate.security.credentials import NodeCredentials, UserCredentials
 from pollinate.security.enrolment import fetch_pinned_certificate
@@ -143,6 +144,8 @@ class FleetClient:
             self.channel = grpc.secure_channel(address, tls, options)
         self.address = address
         self.stub = rpc.FleetStub(self.channel)
+        # each task is decoded into the last one's arrays if the node let go of them
+        self._recycler = Recycler()
         # a task's chunks arrive as bytes: its data is read without a copy (chunk_data)
         self._pull = self.channel.unary_stream(
             f"/{FLEET_SERVICE}/PullTask",
@@ -200,7 +203,7 @@ class FleetClient:
             pb.PullTaskRequest(wait_seconds=wait), metadata=self._metadata(), timeout=wait + _DAY
         )
         try:
-            return _assemble(stream)
+            return _assemble(stream, self._recycler)
         except grpc.RpcError as exc:
             raise _translate(exc) from None
 
@@ -244,13 +247,13 @@ class FleetClient:
         return [] if self.node_id is None else [(NODE_ID_HEADER, str(self.node_id))]
 
 
-def _assemble(stream: Iterator[bytes]) -> PulledTask | None:
+def _assemble(stream: Iterator[bytes], recycler: Recycler) -> PulledTask | None:
     raw = next(stream, None)
     if raw is None:
         return None
     first = _task_chunk(raw)
     run_config = wire.decode(first.run_config).config
-    decoder = wire.Decoder()
+    decoder = wire.Decoder(recycler=recycler)
     for raw in stream:
         view = chunk_data(raw)
         decoder.feed(_task_chunk(raw).data if view is None else view)

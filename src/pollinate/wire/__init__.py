@@ -11,7 +11,8 @@ or 1, that padding is zero and that the length is exact. The parts:
   and the checks on a Message field that both directions make;
 - ``encoding``: ``encode`` and ``iter_encode`` (bounded pieces, no second copy of the arrays);
 - ``header``: the prefix and JSON header of received bytes, checked field by field;
-- ``decoding``: ``decode`` (zero-copy views) and the streaming ``Decoder``.
+- ``decoding``: ``decode`` (zero-copy views) and the streaming ``Decoder`` (which may decode
+  into arrays a ``Recycler``, ``pollinate/recycle.py``, hands out).
 
 >>> import numpy as np
 >>> from pollinate.records import Arrays, Message

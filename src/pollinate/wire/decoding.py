@@ -13,6 +13,7 @@ import numpy as np
 
 from pollinate.errors import WireError
 from pollinate.records import Arrays, Message
+from pollinate.recycle import Recycler
 from pollinate.wire.format import DEFAULT_LIMITS, PREFIX_BYTES, Limits, show
 from pollinate.wire.header import ArraySpec, Header, check_magic, header_length, parse_header
 
@@ -62,8 +63,9 @@ class Decoder:
     {'lr': 0.1}
     """
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, recycler: Recycler | None = None) -> None:
         self._limits = limits
+        self._recycler = recycler  # arrays to decode into again (``recycle.py``)
         self._head = bytearray()  # prefix and header, until the header is parsed
         self._length: int | None = None  # of the header, once the prefix has arrived
         self._header: Header | None = None
@@ -122,10 +124,13 @@ class Decoder:
             if self._header is None or self._regions:
                 raise WireError(self._truncation())
             ordered = {spec.name: self._arrays[spec.name] for spec in self._header.specs}
-            return _message(self._header, ordered)
+            message = _message(self._header, ordered)
         except WireError as error:
             self._error = error
             raise
+        if self._recycler is not None:
+            self._recycler.keep(ordered.values())
+        return message
 
     def _check_usable(self) -> None:
         if self._error is not None:
@@ -180,7 +185,8 @@ class Decoder:
         # a short message cannot make the receiver reserve its declared (maybe huge) sizes.
         array = self._arrays.get(spec.name)
         if array is None:
-            array = self._arrays[spec.name] = _allocate(spec)
+            reused = None if self._recycler is None else self._recycler.take(spec.shape, spec.dtype)
+            array = self._arrays[spec.name] = _allocate(spec) if reused is None else reused
         target = array.reshape(-1).view(np.uint8)
         target[at : at + len(piece)] = np.frombuffer(piece, np.uint8)
 
