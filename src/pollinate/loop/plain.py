@@ -14,7 +14,7 @@ worker: it records the same events and the same history as when each update come
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pollinate.aggregate.mean import PartialSum
 from pollinate.loop.evaluate import evaluate
@@ -55,17 +55,19 @@ class PlainRounds:
         if summing is not None and isinstance(aggregator, MergesSums):
             metrics = self._fit_summed(rounds, tasks, screen, summing, aggregator)
         else:
-            metrics = self._fit_each(rounds, tasks, screen, aggregator)
+            metrics, aggregator = self._fit_each(rounds, tasks, screen, aggregator)
         rounds.count_fit(len(metrics))
         rounds.record.fit = strategy.aggregate_fit_metrics(metrics)
         return finish_fit(rounds, strategy, arrays, aggregator, len(nodes))
 
     def _fit_each(
         self, rounds: RoundRecorder, tasks: Tasks, screen: Screen, aggregator: FitAggregator
-    ) -> list[tuple[int, Metrics]]:
-        """Each update comes here, is screened and folded: the (examples, metrics) of those
-        folded (not the updates, which must go once folded)."""
+    ) -> tuple[list[tuple[int, Metrics]], FitAggregator]:
+        """Each update comes here, is screened and folded (held ones provisionally, as they
+        arrive): the (examples, metrics) of those folded (not the updates, which must go once
+        folded), and the aggregator that holds them."""
         metrics: list[tuple[int, Metrics]] = []
+        early = Provisional(aggregator)
         for node, reply, problem in self.stages.collect(rounds, Stage.FIT, tasks):
             if problem is not None:
                 rounds.received(Stage.FIT, node, False)
@@ -81,13 +83,20 @@ class PlainRounds:
             with rounds.aggregating():  # a held update's norm is taken here
                 ready = screen.admit(result)
             metrics += fold(aggregator, ready, rounds)
+            if screen.holding:
+                early.add(screen.newest, rounds)
         with rounds.aggregating():
             held, notes, left_out = screen.close()
         for node, note in notes:
             rounds.bound(node, Stage.FIT, note)
         for node, reason in left_out:
             rounds.reject(node, reason)
-        return metrics + fold(aggregator, held, rounds)
+        if not screen.holding:
+            return metrics, aggregator
+        del aggregator  # the provisional one: it goes if the bounds moved an update
+        return early.settle(
+            held, rounds, lambda: self.strategy.start_fit(rounds.number, screen.current)
+        )
 
     def _fit_summed(
         self,
@@ -140,6 +149,55 @@ class PlainRounds:
 
     def close(self) -> None:
         pass
+
+
+class Provisional:
+    """A round's held updates, folded as they arrive rather than all once the round closes:
+    if the bounds then move none of them (``Screen.close`` returns the very updates held, in
+    order), the aggregator stands as it is, the same bits as folding them at the close; else
+    it is dropped and the bounded updates are folded into a fresh one. A strategy's ``add``
+    changes only its aggregator (its state moves in ``finish``), so a dropped one leaves no
+    trace; why an update was unusable is recorded only once it is settled."""
+
+    def __init__(self, aggregator: FitAggregator) -> None:
+        self._aggregator: FitAggregator | None = aggregator  # None once settled
+        self._folded: list[tuple[FitResult, str | None]] = []  # each, and why it was unusable
+
+    def add(self, result: FitResult, rounds: RoundRecorder) -> None:
+        if self._aggregator is None:
+            raise RuntimeError("a Provisional fold takes no update once settled")
+        problem = None
+        try:
+            with rounds.aggregating():
+                self._aggregator.add(result)
+        except UnusableUpdate as exc:
+            problem = str(exc)
+        self._folded.append((result, problem))
+
+    def settle(
+        self,
+        held: list[FitResult],
+        rounds: RoundRecorder,
+        start: Callable[[], FitAggregator],
+    ) -> tuple[list[tuple[int, Metrics]], FitAggregator]:
+        """The (examples, metrics) of the updates folded and their aggregator, given the
+        updates the bounds left (``held``); ``start`` makes a fresh aggregator."""
+        aggregator, self._aggregator = self._aggregator, None
+        folded, self._folded = self._folded, []
+        same = len(held) == len(folded) and all(
+            h is r for h, (r, _) in zip(held, folded, strict=True)
+        )
+        if aggregator is not None and same:
+            metrics = []
+            for result, problem in folded:
+                if problem is None:
+                    metrics.append((result.num_examples, result.metrics))
+                else:
+                    rounds.reject(result.node_id, problem)
+            return metrics, aggregator
+        del aggregator, folded  # before the fresh one, whose memory may then be reused
+        fresh = start()
+        return fold(fresh, held, rounds), fresh
 
 
 def fold(

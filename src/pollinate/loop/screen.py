@@ -221,6 +221,17 @@ class Screen:
         # rather than all at close: by id of its arrays, kept with them
         self._norms: dict[int, tuple[Arrays, float]] = {}
 
+    @property
+    def holding(self) -> bool:
+        """Whether ``admit`` holds updates until ``close`` (a relative bound is on and the
+        round has more than one task)."""
+        return self._holding
+
+    @property
+    def newest(self) -> FitResult:
+        """The update ``admit`` held last, as held (its claim capped to ``max_examples``)."""
+        return self._held[-1]
+
     def problem(self, reply: Message) -> str | None:
         """Why the update in ``reply`` is rejected at once (layers 1 and 2), or None."""
         if reply.num_examples <= 0:
