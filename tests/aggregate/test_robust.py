@@ -316,6 +316,18 @@ def test_results_are_the_same_bits_whatever_the_number_of_threads(
     assert robust.median_distances(updates).tobytes() == distances.tobytes()
 
 
+@pytest.mark.parametrize("rows", [10, 40])
+def test_float32_median_distances_are_those_of_float64_within_rounding(
+    rows: int, small_blocks: None
+) -> None:
+    rng = np.random.default_rng(rows)
+    center = rng.standard_normal(5000)
+    wide = [Arrays({"w": center + rng.standard_normal(5000) * (1 + k)}) for k in range(rows)]
+    narrow = [Arrays({"w": u["w"].astype(np.float32)}) for u in wide]
+    exact = robust.median_distances([Arrays({"w": u["w"].astype(np.float64)}) for u in narrow])
+    np.testing.assert_allclose(robust.median_distances(narrow), exact, rtol=1e-5)
+
+
 # --- the sorting network down the rows ------------------------------------------------------
 
 
