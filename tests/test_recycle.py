@@ -22,6 +22,13 @@ def decoded(values: np.ndarray, recycler: Recycler, chunk: int = 7) -> Message:
     return decoder.finish()
 
 
+def decoded_arrays(arrays: dict[str, np.ndarray], recycler: Recycler) -> Message:
+    decoder = wire.Decoder(recycler=recycler)
+    for piece in wire.iter_encode(Message("fit", arrays=Arrays(arrays)), 1000):
+        decoder.feed(piece)
+    return decoder.finish()
+
+
 def address(message: Message) -> int:
     return int(message.arrays["w"].ctypes.data)
 
@@ -87,3 +94,23 @@ def test_a_rejected_message_leaves_the_next_one_whole() -> None:
         decoder.finish()
     again = decoded(np.full(100, 2, np.float32), recycler)
     np.testing.assert_array_equal(again.arrays["w"], np.full(100, 2, np.float32))
+
+
+def test_an_array_made_read_only_and_let_go_is_not_decoded_into() -> None:
+    recycler = Recycler()
+    first = decoded(np.zeros(100, np.float32), recycler)
+    first.arrays["w"].flags.writeable = False
+    del first
+    second = decoded(np.ones(100, np.float32), recycler)  # no ValueError: a fresh array
+    np.testing.assert_array_equal(second.arrays["w"], np.ones(100, np.float32))
+
+
+def test_many_arrays_of_one_shape_are_each_reused_once() -> None:
+    recycler = Recycler()
+    arrays = {f"layer{i}": np.full(10, i, np.float32) for i in range(50)}
+    first = decoded_arrays(arrays, recycler)
+    where = {id(a) for a in first.arrays.values()}
+    del first
+    second = decoded_arrays({k: v + 1 for k, v in arrays.items()}, recycler)
+    assert {id(a) for a in second.arrays.values()} == where
+    assert [float(a[0]) for a in second.arrays.values()] == [i + 1.0 for i in range(50)]

@@ -21,14 +21,22 @@ from collections.abc import Iterable
 
 import numpy as np
 
-# the recycler's list, ``take``'s local name and getrefcount's own argument
-_ONLY_OURS = 3
+
+def _holders(kept: list[np.ndarray], index: int) -> int:
+    """The reference count of ``kept[index]`` as seen from here: the list's reference, this
+    frame's and getrefcount's own, in whatever way this Python counts them."""
+    return sys.getrefcount(kept[index])
+
+
+# measured, not assumed: an interpreter may borrow references it used to count (3.14 does)
+_ONLY_OURS = _holders([np.empty(0)], 0)
 
 
 class Recycler:
     """Hands out the kept arrays nobody else holds (their contents stale): a node's
     ``FleetClient`` decodes its tasks through one (``Decoder(recycler=...)``), and
-    ``WeightedMean`` takes its accumulator from one.
+    ``WeightedMean`` takes its accumulator from one. Only counted references protect an
+    array: a weak reference to it, or a raw pointer into its memory, sees it change.
 
     >>> recycler = Recycler()
     >>> recycler.keep([np.zeros(3)])
@@ -41,25 +49,26 @@ class Recycler:
     """
 
     def __init__(self) -> None:
-        self._kept: list[np.ndarray] = []
+        self._kept: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = {}
         self._lock = threading.Lock()  # two takers at once never get the same array
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """A kept array of ``shape`` and ``dtype`` that nobody else refers to (its contents
         are stale), or None."""
         with self._lock:
-            for index in range(len(self._kept)):  # not enumerate: its tuple holds a reference
-                array = self._kept[index]
-                if (
-                    array.shape == shape
-                    and array.dtype == dtype
-                    and sys.getrefcount(array) == _ONLY_OURS
-                ):
-                    return self._kept.pop(index)
+            alike = self._kept.get((shape, dtype), [])
+            for index in range(len(alike)):
+                # made read-only since it was kept: its taker could not fill it
+                if alike[index].flags.writeable and _holders(alike, index) == _ONLY_OURS:
+                    return alike.pop(index)
             return None
 
     def keep(self, arrays: Iterable[np.ndarray]) -> None:
-        """Keep ``arrays`` (those that own their memory) for the next ``take``, instead of
-        those kept so far."""
+        """Keep ``arrays`` (those that own their memory and may be written) for the next
+        ``take``, instead of those kept so far."""
+        kept: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = {}
+        for array in arrays:
+            if array.flags.owndata and array.flags.writeable:
+                kept.setdefault((array.shape, array.dtype), []).append(array)
         with self._lock:
-            self._kept = [a for a in arrays if a.flags.owndata]
+            self._kept = kept

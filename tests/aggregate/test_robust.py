@@ -3,6 +3,7 @@ Multi-Krum and Bulyan, on hand-computed cases and as properties."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -326,6 +327,15 @@ def test_float32_median_distances_are_those_of_float64_within_rounding(
     narrow = [Arrays({"w": u["w"].astype(np.float32)}) for u in wide]
     exact = robust.median_distances([Arrays({"w": u["w"].astype(np.float64)}) for u in narrow])
     np.testing.assert_allclose(robust.median_distances(narrow), exact, rtol=1e-5)
+
+
+def test_float32_median_distances_of_huge_finite_updates_are_finite() -> None:
+    spread = [Arrays({"w": np.full(100, 1e19 * (1 + k), np.float32)}) for k in range(7)]
+    wide = [Arrays({"w": u["w"].astype(np.float64)}) for u in spread]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distances = robust.median_distances(spread)
+    np.testing.assert_allclose(distances, robust.median_distances(wide), rtol=1e-6)
 
 
 # --- the sorting network down the rows ------------------------------------------------------

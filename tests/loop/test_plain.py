@@ -4,9 +4,11 @@ bounded updates are folded afresh. Either way each unusable update is rejected o
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from pollinate import Arrays, FedAvg
 from pollinate.loop.events import Event, UpdateRejected
@@ -28,6 +30,8 @@ class Listing:
     def add(self, result: FitResult) -> None:
         if result.metrics.get("unusable"):
             raise UnusableUpdate(f"node {result.node_id}'s update is of no use")
+        if result.metrics.get("broken"):
+            raise KeyError("the strategy cannot read this update")
         self.added.append(result.node_id)
 
     def finish(self) -> Arrays:
@@ -38,8 +42,8 @@ def round_of(events: list[Event]) -> RoundRecorder:
     return Recorder("run", events.append, lambda checkpoint: None).round(1)
 
 
-def update(node: int, value: float, unusable: bool = False) -> FitResult:
-    metrics: Metrics = {"unusable": 1} if unusable else {}
+def update(node: int, value: float, unusable: bool = False, broken: bool = False) -> FitResult:
+    metrics: Metrics = {"unusable": 1} if unusable else {"broken": 1} if broken else {}
     return FitResult(node, Arrays({"w": np.full(3, value, np.float32)}), 10 + node, metrics)
 
 
@@ -74,6 +78,38 @@ def test_a_bounded_or_left_out_update_makes_the_round_fold_afresh() -> None:
     assert settled is fresh and fresh.added == [1, 3]
     assert metrics == [(11, {}), (5, {})]
     assert [e.node_id for e in events if isinstance(e, UpdateRejected)] == [2]  # once
+
+
+def test_an_update_the_strategy_chokes_on_raises_only_if_the_bounds_keep_it() -> None:
+    rounds = round_of([])
+    early = Provisional(Listing())
+    held = [update(1, 1.0), update(2, 50.0, broken=True), update(3, 3.0)]
+    for result in held:
+        early.add(result, rounds)  # raises nothing while the round is open
+    fresh = Listing()
+    metrics, settled = early.settle([held[0], held[2]], rounds, lambda: fresh)  # 2 left out
+    assert settled is fresh and fresh.added == [1, 3] and len(metrics) == 2
+    kept = Provisional(Listing())
+    for result in held:
+        kept.add(result, rounds)
+    with pytest.raises(KeyError, match="cannot read"):
+        kept.settle(list(held), rounds, Listing)
+
+
+def test_the_dropped_aggregator_is_gone_before_a_fresh_one_is_made() -> None:
+    rounds, early = round_of([]), Provisional(Listing())
+    dropped = weakref.ref(early.aggregator)
+    held = [update(1, 1.0), update(2, 2.0)]
+    for result in held:
+        early.add(result, rounds)
+
+    def start() -> Listing:
+        assert dropped() is None  # its memory may be the fresh one's
+        return Listing()
+
+    early.settle([held[0]], rounds, start)
+    with pytest.raises(RuntimeError, match="settled"):
+        early.add(held[1], rounds)
 
 
 def test_a_mean_folded_as_updates_arrive_has_the_bits_of_one_folded_at_the_close() -> None:

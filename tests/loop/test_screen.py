@@ -59,6 +59,14 @@ def test_change_norm_is_exact_where_float32_would_overflow() -> None:
     assert norm == pytest.approx(math.sqrt(2) * 2 * float(big), rel=1e-12)
 
 
+def test_change_norm_of_finite_changes_whose_float32_squares_overflow_is_exact() -> None:
+    sent = Arrays({"w": np.array([1e20, -1e20, 3.0], np.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        norm = change_norm(sent, Arrays({"w": np.zeros(3, np.float32)}))
+    assert norm == pytest.approx(math.sqrt(2) * float(np.float32(1e20)), rel=1e-12)
+
+
 def test_a_non_finite_value_in_a_late_block_is_found() -> None:
     values = np.zeros(3 * BLOCK, np.float32)
     values[-1] = np.inf

@@ -55,19 +55,20 @@ class PlainRounds:
         if summing is not None and isinstance(aggregator, MergesSums):
             metrics = self._fit_summed(rounds, tasks, screen, summing, aggregator)
         else:
-            metrics, aggregator = self._fit_each(rounds, tasks, screen, aggregator)
+            early = Provisional(aggregator)
+            del aggregator  # held by ``early`` alone, so that a fresh one may reuse its memory
+            metrics, aggregator = self._fit_each(rounds, tasks, screen, early)
         rounds.count_fit(len(metrics))
         rounds.record.fit = strategy.aggregate_fit_metrics(metrics)
         return finish_fit(rounds, strategy, arrays, aggregator, len(nodes))
 
     def _fit_each(
-        self, rounds: RoundRecorder, tasks: Tasks, screen: Screen, aggregator: FitAggregator
+        self, rounds: RoundRecorder, tasks: Tasks, screen: Screen, early: Provisional
     ) -> tuple[list[tuple[int, Metrics]], FitAggregator]:
         """Each update comes here, is screened and folded (held ones provisionally, as they
         arrive): the (examples, metrics) of those folded (not the updates, which must go once
         folded), and the aggregator that holds them."""
         metrics: list[tuple[int, Metrics]] = []
-        early = Provisional(aggregator)
         for node, reply, problem in self.stages.collect(rounds, Stage.FIT, tasks):
             if problem is not None:
                 rounds.received(Stage.FIT, node, False)
@@ -82,7 +83,7 @@ class PlainRounds:
             result = FitResult(node, reply.arrays, reply.num_examples, reply.metrics)
             with rounds.aggregating():  # a held update's norm is taken here
                 ready = screen.admit(result)
-            metrics += fold(aggregator, ready, rounds)
+            metrics += fold(early.aggregator, ready, rounds)
             if screen.holding:
                 early.add(screen.newest, rounds)
         with rounds.aggregating():
@@ -92,8 +93,7 @@ class PlainRounds:
         for node, reason in left_out:
             rounds.reject(node, reason)
         if not screen.holding:
-            return metrics, aggregator
-        del aggregator  # the provisional one: it goes if the bounds moved an update
+            return metrics, early.aggregator
         return early.settle(
             held, rounds, lambda: self.strategy.start_fit(rounds.number, screen.current)
         )
@@ -155,23 +155,34 @@ class Provisional:
     """A round's held updates, folded as they arrive rather than all once the round closes:
     if the bounds then move none of them (``Screen.close`` returns the very updates held, in
     order), the aggregator stands as it is, the same bits as folding them at the close; else
-    it is dropped and the bounded updates are folded into a fresh one. A strategy's ``add``
-    changes only its aggregator (its state moves in ``finish``), so a dropped one leaves no
-    trace; why an update was unusable is recorded only once it is settled."""
+    it is dropped and the bounded updates are folded into a fresh one (``start_fit`` runs
+    again; the round's updates are folded twice). A strategy's ``add`` changes only its
+    aggregator (its state moves in ``finish``), so a dropped one leaves no trace. Why an
+    update was unusable is recorded only once the round settles, and an ``add`` that raised
+    anything else sends the round to a fresh fold, where it raises again only if the bounds
+    kept that update (a far outlier left out never reaches the strategy, as before)."""
 
     def __init__(self, aggregator: FitAggregator) -> None:
         self._aggregator: FitAggregator | None = aggregator  # None once settled
         self._folded: list[tuple[FitResult, str | None]] = []  # each, and why it was unusable
+        self._failed = False  # an add raised: only a fold at the close may raise
+
+    @property
+    def aggregator(self) -> FitAggregator:
+        """The aggregator the updates go into until the round settles."""
+        if self._aggregator is None:
+            raise RuntimeError("this round's fold is settled: its aggregator was handed on")
+        return self._aggregator
 
     def add(self, result: FitResult, rounds: RoundRecorder) -> None:
-        if self._aggregator is None:
-            raise RuntimeError("a Provisional fold takes no update once settled")
-        problem = None
+        aggregator, problem = self.aggregator, None
         try:
             with rounds.aggregating():
-                self._aggregator.add(result)
+                aggregator.add(result)
         except UnusableUpdate as exc:
             problem = str(exc)
+        except Exception:  # a strategy may raise anything: settled by a fresh fold
+            self._failed = True
         self._folded.append((result, problem))
 
     def settle(
@@ -187,7 +198,7 @@ class Provisional:
         same = len(held) == len(folded) and all(
             h is r for h, (r, _) in zip(held, folded, strict=True)
         )
-        if aggregator is not None and same:
+        if aggregator is not None and same and not self._failed:
             metrics = []
             for result, problem in folded:
                 if problem is None:

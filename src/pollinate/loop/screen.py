@@ -441,7 +441,7 @@ def change_norm(arrays: Arrays, current: Arrays) -> float:
             delta = buf[: min(BLOCK, base.size - i)]
             with np.errstate(over="ignore"):  # caught below
                 np.subtract(sent[i : i + BLOCK], base[i : i + BLOCK], out=delta, dtype=wide)
-            part = float(np.dot(delta, delta))
+                part = float(np.dot(delta, delta))
             if math.isinf(part) and wide != np.float64:
                 delta64 = sent[i : i + BLOCK].astype(np.float64) - base[i : i + BLOCK]
                 part = float(np.dot(delta64, delta64))
