@@ -2,7 +2,8 @@
 
 Invariant: ``WeightedMean`` holds one accumulator the size of the model, whatever the number
 of updates folded into it, so a hub's memory is O(model), not O(clients x model). (Each thread
-that folds also keeps one fixed-size scratch block per dtype, reused across rounds.)
+that folds also keeps one fixed-size scratch block per dtype, and the process the last mean's
+accumulator for the next one to fold into: ``scratch.py``, ``recycle.py``.)
 Strategies are thin policy on top of this module.
 
 A mean can also be summed in pieces: ``partial`` exports what a ``WeightedMean`` holds (its
@@ -26,9 +27,6 @@ from pollinate.records import Arrays, Metrics
 from pollinate.recycle import Recycler
 from pollinate.scratch import BLOCK, scratch
 
-# Fold in blocks that stay in cache (``scratch.py``): the scaled temporary never goes to main
-# memory, so each update byte is read once and the accumulator is read and written once per
-# update.
 # Updates of at least this many elements are folded half on the caller's thread and half on
 # a helper thread: numpy releases the GIL, so two cores stream memory at once. Below it the
 # hand-over (~0.1 ms) costs more than it saves.
@@ -217,6 +215,9 @@ def _fold_all(pairs: list[_Pair], weight: float) -> None:
 
 
 def _fold(acc: np.ndarray, update: np.ndarray, weight: float, buf: np.ndarray) -> None:
+    """``acc += weight * update`` a cache-sized block at a time through ``buf``: the scaled
+    temporary never goes to main memory, so each update byte is read once and the
+    accumulator read and written once."""
     for start in range(0, acc.size, BLOCK):
         a = acc[start : start + BLOCK]
         t = buf[: a.size]

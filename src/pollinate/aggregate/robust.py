@@ -176,11 +176,11 @@ def median_distances(updates: Sequence[Arrays]) -> np.ndarray:
         # distances are scores measured against thresholds, ~1e-6 relative error is nothing
         stack -= _median(stack.copy()).astype(stack.dtype, copy=False)
         with np.errstate(over="ignore"):  # a float32 sum of squares past 3.4e38: in float64
-            squares = np.einsum("ij,ij->i", stack, stack)
-        if stack.dtype != np.float64 and not np.isfinite(squares).all():
+            sums = np.einsum("ij,ij->i", stack, stack)
+        if stack.dtype != np.float64 and not np.isfinite(sums).all():
             wide = stack.astype(np.float64)
-            squares = np.einsum("ij,ij->i", wide, wide)
-        return squares
+            sums = np.einsum("ij,ij->i", wide, wide)
+        return sums
 
     squared = np.zeros(len(updates))
     for block in _each_block(updates, squares, _as_sent_if_float32):
