@@ -14,7 +14,7 @@ from typing import Any
 
 from pollinate.app import load_app
 from pollinate.loop.history import WALL_TIMES
-from pollinate.simulation import Adversaries, run_simulation
+from pollinate.simulation import Adversaries, RayEngine, run_simulation
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parents[1] / "examples" / "quickstart-numpy"
@@ -36,8 +36,9 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def history(case: dict[str, Any]) -> list[dict[str, Any]]:
-    """The case's history as JSON-ready records, without wall-clock times."""
+def history(case: dict[str, Any], engine: RayEngine | None = None) -> list[dict[str, Any]]:
+    """The case's history as JSON-ready records, without wall-clock times, on ``engine``
+    (in-process unless given)."""
     app = load_app(DEMO, case.get("config", {}))
     attack = case.get("adversaries")
     server_app = app.server_app()
@@ -50,6 +51,7 @@ def history(case: dict[str, Any]) -> list[dict[str, Any]]:
         seed=case.get("seed", 0),
         run_config=app.config,
         adversaries=Adversaries(attack[1], attack[0]) if attack else None,
+        engine=engine,
     )
     records = [r.to_dict() for r in result.history.rounds]
     for record in records:

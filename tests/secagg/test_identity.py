@@ -3,12 +3,13 @@ only a certificate the fleet's CA issued to the node id it claims (real certific
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from pollinate.secagg.crypto import sign, verify
-from pollinate.secagg.identity import certificate_identity
+from pollinate.secagg.identity import KeyRing, certificate_identity
 from pollinate.secagg.messages import SecAggError
 from pollinate.security import (
     CertificateAuthority,
@@ -54,3 +55,18 @@ def test_an_expired_certificate_is_refused(ca) -> None:  # type: ignore[no-untyp
     later = datetime.now(UTC) + timedelta(days=3)
     with pytest.raises(SecurityError, match="expired"):
         verify_peer_certificate(peer.cert_pem, ca.ca_pem, now=later)
+
+
+def test_a_key_ring_pickled_to_another_process_makes_the_same_keys() -> None:
+    """The Ray engine's workers each hold a copy of the run's ring: a client's signature
+    made on one checks on another; a ring with another secret refuses its credential."""
+    ring = KeyRing()
+    there = pickle.loads(pickle.dumps(ring))
+    signer, checker = ring.identity(3), there.identity(5)
+    key = checker.peer_key(3, signer.credential)
+    assert verify(key, sign(signer.signing_key, b"keys"), b"keys")
+    assert signer.credential != ring.identity(4).credential
+    with pytest.raises(SecAggError, match="not its own"):
+        KeyRing().identity(5).peer_key(3, signer.credential)
+    with pytest.raises(ValueError, match="32 bytes"):
+        KeyRing(b"short")

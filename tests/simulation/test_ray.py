@@ -29,8 +29,9 @@ from pollinate.app import load_app
 from pollinate.client import ClientFn
 from pollinate.loop import ReplyBounded, RoundFinished, run
 from pollinate.loop.history import WALL_TIMES
-from pollinate.simulation import Adversaries, RayEngine, RayGrid, SimulationGrid, run_simulation
+from pollinate.simulation import Adversaries, RayEngine, RayGrid, SimulationGrid
 from pollinate.simulation.ray_start import LOOPBACK
+from tests.golden import record as golden
 from tests.loop.grid_contract import Doubler, GridContract, fit_task
 from tests.loop.test_summing import Mixed
 
@@ -135,24 +136,12 @@ def test_clients_run_on_both_nodes_of_the_cluster(cluster: Any) -> None:
     assert len({r.metrics["ray-node"] for r in replies}) == 2
 
 
-@pytest.mark.parametrize("case", ["fedavg-scale-attack", "sampled-half"])
+@pytest.mark.parametrize("case", ["fedavg-scale-attack", "sampled-half", "secure", "dp"])
 def test_the_history_equals_the_in_process_engines(cluster: Any, case: str) -> None:
-    """The golden histories, which the in-process engine gives (tests/golden), exactly."""
-    config, seed, attack = {
-        "fedavg-scale-attack": ({"num-rounds": "4"}, 0, Adversaries(0.2, "scale")),
-        "sampled-half": ({"fraction-fit": "0.5", "num-rounds": "4"}, 3, None),
-    }[case]
-    app = load_app(DEMO, config)
-    result = run_simulation(
-        app.server_app(),
-        app.client_fn,
-        app.clients,
-        seed=seed,
-        run_config=app.config,
-        adversaries=attack,
-        engine=RayEngine(),
-    )
-    assert _records(result.history.rounds) == json.loads((GOLDEN / f"{case}.json").read_text())
+    """The golden histories, which the in-process engine gives (tests/golden), exactly;
+    secure aggregation's stages reach each client on the worker that holds its secrets."""
+    got = golden.history(golden.CASES[case], engine=RayEngine())
+    assert got == json.loads((GOLDEN / f"{case}.json").read_text())
 
 
 def test_pollinate_run_engine_ray_on_the_cluster_writes_the_in_process_history(
@@ -185,17 +174,6 @@ def test_a_client_fn_that_cannot_travel_says_so(cluster: Any) -> None:
     lock = threading.Lock()
     with pytest.raises(Exception, match="lock"):
         RayGrid(lambda ctx: Doubler(0) if lock else None, 2)
-
-
-def test_secure_aggregation_is_refused_with_a_hint(cluster: Any) -> None:
-    grid = RayGrid(lambda ctx: Doubler(ctx.node_id), 2, concurrency=1)
-    try:
-        task = fit_task(0)
-        secagg = type(task)("secagg", task_id="s", node_id=0, arrays=Arrays())
-        with pytest.raises(Exception, match="Hint: run it on the in-process engine"):
-            list(grid.dispatch([secagg], timeout=10))
-    finally:
-        grid.close()
 
 
 STREAMING = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)

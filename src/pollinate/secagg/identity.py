@@ -2,12 +2,16 @@
 
 - Deployment: the node's own mTLS key signs, its certificate is its credential, and a peer's
   certificate must be issued by the fleet's CA to the node id it claims (``CN=node-<id>``).
-- Simulation: virtual clients share one process, so a ``KeyRing`` plays the fleet: it makes an
-  Ed25519 key per client and knows every public key, as a CA knows the certificates it issued.
+- Simulation: a ``KeyRing`` plays the fleet: it derives an Ed25519 key per client from one
+  secret and so knows every public key, as a CA knows the certificates it issued. Processes
+  that answer for the same virtual clients (the Ray engine's workers) share the ring, and so
+  check each other's clients' signatures.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import threading
 
 from cryptography.hazmat.primitives import serialization
@@ -41,11 +45,20 @@ def certificate_identity(credentials: NodeCredentials) -> NodeIdentity:
 
 
 class KeyRing:
-    """The simulation's stand-in for a fleet CA: one Ed25519 key per virtual client."""
+    """The simulation's stand-in for a fleet CA: one Ed25519 key per virtual client, derived
+    from the ring's 32-byte ``secret`` (random unless given), so a ring pickled to another
+    process (a Ray worker) makes the same keys there. The secret is the whole fleet's keys:
+    it stays inside the simulation's own processes."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._secret = secrets.token_bytes(32) if secret is None else bytes(secret)
+        if len(self._secret) != 32:
+            raise ValueError(f"a KeyRing secret is 32 bytes, not {len(self._secret)}")
         self._keys: dict[int, ed25519.Ed25519PrivateKey] = {}
         self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[type[KeyRing], tuple[bytes]]:
+        return KeyRing, (self._secret,)  # the secret alone: keys are derived again there
 
     def identity(self, node_id: int) -> NodeIdentity:
         key = self._key(node_id)
@@ -55,7 +68,10 @@ class KeyRing:
         with self._lock:
             key = self._keys.get(node_id)
             if key is None:
-                key = self._keys[node_id] = ed25519.Ed25519PrivateKey.generate()
+                seed = hashlib.blake2b(
+                    node_id.to_bytes(8, "little", signed=True), key=self._secret, digest_size=32
+                ).digest()
+                key = self._keys[node_id] = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
             return key
 
     def _peer_key(self, node_id: int, credential: bytes) -> NodeVerifyingKey:

@@ -62,6 +62,8 @@ class SimulationGrid(Grid):
     clients whose node config matches it are offered to the run, each value read as a label
     (``{"region": "eu", "gpus": 1}`` matches ``gpus>=1,region in (eu)``). A virtual client's
     node config does not change, so they are chosen once, reading every client's config.
+    ``keys`` are the clients' identities for secure aggregation (a fresh ``KeyRing`` unless
+    given): grids that answer for the same clients in other processes share one.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class SimulationGrid(Grid):
         adversaries: Adversaries | None = None,
         client_speed: Stragglers | ClientSpeed | None = None,
         select: str = "",
+        keys: KeyRing | None = None,
     ) -> None:
         self.client_fn = client_fn
         self.num_clients = integer(
@@ -90,7 +93,7 @@ class SimulationGrid(Grid):
         self._closed = False
         self._waiting: set[threading.Event] = set()  # woken by close()
         self._lock = threading.Lock()
-        self._keys = KeyRing()  # the virtual fleet's identities, for secure aggregation
+        self._keys = keys or KeyRing()  # the virtual fleet's identities
         self._secagg_nodes: dict[int, SecAggNode] = {}
         self._handlers = secagg_handlers(self._client, self._secagg)
         self._placed = self._matching(parse_selector(select)) if select else None

@@ -48,7 +48,8 @@ from pollinate.client.client import ClientFn
 from pollinate.errors import RunError
 from pollinate.loop.grid import Grid, Timeout, ends_at
 from pollinate.loop.summing import Answered, Seen, Summing
-from pollinate.records import Arrays, Config, Message
+from pollinate.records import Arrays, Config, Message, MessageKind
+from pollinate.secagg.identity import KeyRing
 from pollinate.simulation.adversary import Adversaries
 from pollinate.simulation.grid import NodeConfigFn, SimulationGrid
 from pollinate.simulation.ray_start import app_packages, connect
@@ -108,6 +109,7 @@ class RayGrid(Grid):
             "node_config_fn": node_config_fn,
             "adversaries": adversaries,
             "client_speed": client_speed,
+            "keys": KeyRing(),  # one ring on every worker: each checks the others' clients
         }
         # nodes() here, and every argument checked before Ray starts
         self._here = SimulationGrid(client_fn, num_clients, concurrency=1, select=select, **options)
@@ -204,21 +206,25 @@ class RayGrid(Grid):
         now = time.monotonic()
         waiting = sum(not task.held(now) for task in window)
         while todo and waiting < 2 * len(self._workers.actors) and not self._closed:
-            worker = self._workers.idle()
+            worker = self._idle_worker_for(todo[0])
             if worker is None:
                 return
             window.append(self._send(todo.popleft(), worker, bodies))
             waiting += 1
 
+    def _idle_worker_for(self, instruction: Message) -> int | None:
+        """An idle worker to take ``instruction``: any, but a secure-aggregation stage goes
+        to the one worker that holds its client's secrets since the round's first stage
+        (``SecAggNode``), and waits for it (its node id modulo the workers: about as many
+        clients each)."""
+        if instruction.kind != MessageKind.SECAGG:
+            return self._workers.idle()
+        owner = instruction.node_id % len(self._workers.actors)
+        return owner if owner in self._workers.all_idle() else None
+
     def _send(
         self, instruction: Message, worker: int, bodies: dict[int, tuple[Arrays, Any]]
     ) -> _Task:
-        if instruction.kind == "secagg":
-            raise RunError(
-                "secure aggregation does not run on the Ray engine yet: each worker's "
-                "virtual clients sign with keys the other workers cannot check.\n"
-                "Hint: run it on the in-process engine (leave out --engine ray)"
-            )
         arrays = instruction.arrays
         if id(arrays) not in bodies:  # a round's tasks share one global model: put it once
             body = encode(Message(instruction.kind, arrays=arrays))
