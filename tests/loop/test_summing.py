@@ -15,6 +15,7 @@ import pytest
 
 from pollinate import Arrays, Client, FedAvg, FedMedian, ServerApp, Validation
 from pollinate.aggregate import PartialSum
+from pollinate.dp import AdaptiveClipping, DifferentialPrivacy
 from pollinate.loop import Event, ReplyBounded, RoundFinished, run
 from pollinate.loop.grid import Timeout
 from pollinate.loop.history import WALL_TIMES
@@ -127,6 +128,30 @@ def test_a_summed_round_with_a_sample_keeps_the_same_history() -> None:
     grid = SummingGrid(lambda ctx: Mixed(ctx.node_id), 20, workers=3)
     assert _history(grid, _app(STREAMING, fraction_fit=0.5)) == each
     assert grid.partials == 3 * 3
+
+
+def _dp(adaptive: bool) -> DifferentialPrivacy:
+    inner = FedAvg(sampling=Sampling(fraction_evaluate=0.0))
+    if adaptive:
+        clipping = AdaptiveClipping(initial_norm=0.05, count_stddev=0.5)
+        return DifferentialPrivacy(inner, noise_multiplier=0.3, adaptive=clipping, noise_seed=7)
+    return DifferentialPrivacy(inner, noise_multiplier=0.3, clipping_norm=0.05, noise_seed=7)
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed-bound", "adaptive-bound"])
+def test_dp_fedavg_summed_on_workers_records_the_per_reply_history(adaptive: bool) -> None:
+    """Each worker clips and sums its changes and counts those within the bound: the
+    noised model, the bound each round (it moves with that count) and every record as
+    when each update comes to the hub."""
+    each = _history(
+        SimulationGrid(lambda ctx: Mixed(ctx.node_id), 9), _app(STREAMING, _dp(adaptive))
+    )
+    grid = SummingGrid(lambda ctx: Mixed(ctx.node_id), 9, workers=2)
+    summed = _history(grid, _app(STREAMING, _dp(adaptive)))
+    assert summed == each
+    assert grid.partials == 2 * 3
+    bounds = [r["fit"]["dp_clipping_norm"] for r in summed[1:]]
+    assert (len(set(bounds)) > 1) == adaptive  # the bound moved: the tallies arrived
 
 
 @pytest.mark.parametrize(

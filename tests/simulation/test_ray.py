@@ -27,6 +27,7 @@ import pytest
 from pollinate import Arrays, Client, FedAvg, Grid, Sampling, ServerApp, Validation
 from pollinate.app import load_app
 from pollinate.client import ClientFn
+from pollinate.dp import AdaptiveClipping, DifferentialPrivacy
 from pollinate.loop import ReplyBounded, RoundFinished, run
 from pollinate.loop.history import WALL_TIMES
 from pollinate.simulation import Adversaries, RayEngine, RayGrid, SimulationGrid
@@ -179,28 +180,39 @@ def test_a_client_fn_that_cannot_travel_says_so(cluster: Any) -> None:
 STREAMING = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
 
 
-@pytest.mark.parametrize("screen", ["streaming", "relative"])
+@pytest.mark.parametrize("screen", ["streaming", "streaming-dp", "relative"])
 def test_a_streaming_run_sums_on_the_workers_with_the_in_process_history(
     cluster: Any, screen: str
 ) -> None:
     """One partial sum per worker per round comes back, and the history is the in-process
-    engine's; a screen relative to the round (the demo's) keeps every update (no sum)."""
+    engine's (DP-FedAvg's too: its noised model and adaptive bound); a screen relative to
+    the round (the demo's) keeps every update (no sum)."""
     app = load_app(DEMO, {"num-rounds": "3"})
-    server_app = app.server_app()
-    if screen == "streaming":
-        server_app = replace(server_app, validation=STREAMING)
+
+    def server_app() -> ServerApp:  # a fresh strategy for each run (DP's bound moves)
+        made = app.server_app()
+        if screen.startswith("streaming"):
+            made = replace(made, validation=STREAMING)
+        if screen == "streaming-dp":
+            clipping = AdaptiveClipping(initial_norm=0.5, count_stddev=0.5)
+            dp = DifferentialPrivacy(
+                made.strategy, noise_multiplier=0.3, adaptive=clipping, noise_seed=7
+            )
+            made = replace(made, strategy=dp)
+        return made
+
     attack = Adversaries(0.2, "scale")
     options: dict[str, Any] = {"run_config": app.config, "adversaries": attack}
     here = SimulationGrid(app.client_fn, app.clients, **options)
     ray = RayGrid(app.client_fn, app.clients, concurrency=2, **options)
     try:
-        expected = run(here, server_app, seed=1).history.rounds
-        got = run(ray, replace(server_app, strategy=app.server_app().strategy), seed=1)
+        expected = run(here, server_app(), seed=1).history.rounds
+        got = run(ray, server_app(), seed=1)
     finally:
         here.close()
         ray.close()
     assert _records(got.history.rounds) == _records(expected)
-    assert ray.sums_received == (2 * 3 if screen == "streaming" else 0)
+    assert ray.sums_received == (0 if screen == "relative" else 2 * 3)
 
 
 def test_failures_and_rejections_on_workers_are_recorded_as_in_process(cluster: Any) -> None:

@@ -10,14 +10,18 @@ from dataclasses import replace
 import numpy as np
 
 from pollinate import Arrays, Client, Validation
+from pollinate.aggregate import PartialSum
 from pollinate.loop.summing import Summing
 from pollinate.records import Message
 from pollinate.simulation import SimulationGrid
-from pollinate.simulation.ray_sums import WorkerBatch, decode_sum
+from pollinate.simulation.ray_sums import WorkerBatch, decode_sum, encode_sum
+from pollinate.strategy.base import ExamplesMean
 from pollinate.wire import decode, encode
 from tests.loop.grid_contract import fit_task
 
-SUMMING = Summing(Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None))
+SUMMING = Summing(
+    Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None), ExamplesMean()
+)
 RELEASE = threading.Event()
 
 
@@ -90,3 +94,11 @@ def test_a_stop_ends_a_batch_inside_a_hung_client_which_keeps_the_worker_busy() 
     RELEASE.set()
     settled.join(5)
     assert not settled.is_alive()
+
+
+def test_a_sums_tallies_cross_with_it() -> None:
+    """DP-FedAvg's count of changes within the bound travels beside its sums."""
+    partial = PartialSum(Arrays({"w": np.arange(3.0)}), 2.0, 2, {"dp/within_bound": 1})
+    back = decode_sum(encode_sum(partial))
+    assert back.tallies == {"dp/within_bound": 1} and back.count == 2
+    assert np.array_equal(back.sums["w"], partial.sums["w"])

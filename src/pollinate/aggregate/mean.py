@@ -16,9 +16,9 @@ to a float32 model, does not depend on how the updates were grouped.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,8 @@ class PartialSum:
     sums: Arrays
     total_weight: float
     count: int
+    tallies: Mapping[str, int] = field(default_factory=dict)
+    """Counts a sum keeps beside (DP-FedAvg's updates within its bound), merged by adding."""
 
 
 class WeightedMean:

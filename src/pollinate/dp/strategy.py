@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from pollinate.aggregate.mean import PartialSum
 from pollinate.dp.accountant import _check_delta, _check_noise, epsilon
 from pollinate.dp.clip import (
     CLIPPING_NORM_KEY,
@@ -54,6 +55,7 @@ log = logging.getLogger("pollinate.dp")
 _INNER = "inner/"
 _NORM = "dp/clipping_norm"
 _RATES = "dp/sampling_rates"
+_BELOW = "dp/within_bound"  # a partial sum's count of changes within the bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,54 +275,105 @@ class DifferentialPrivacy(Strategy):
             self.sampling_rates = [float(r) for r in state[_RATES]]
 
 
-class _ClippedNoisedMean:
-    """Sums clipped updates as they arrive (O(model)); finishing noises their mean."""
+@dataclass(frozen=True)
+class ClippedSum:
+    """How a worker sums DP-FedAvg's updates (``loop/summing.py``): each change clipped to
+    the round's ``bound``, summed, and the changes within it counted (``client_side``: the
+    count the clients report)."""
 
-    def __init__(self, dp: DifferentialPrivacy, current: Arrays, noise: GaussianNoise):
-        self._dp, self._current, self._noise = dp, current, noise
-        self._sum = {name: np.zeros(a.shape, np.float64) for name, a in current.items()}
-        self._count = 0
-        self._below = 0
+    bound: float
+    client_side: bool
+
+    def start(self, current: Arrays) -> _ClippedSum:
+        return _ClippedSum(current, self)
+
+
+class _ClippedSum:
+    """Clipped changes summed as they arrive (O(model)), with their count and how many of
+    them were within the bound."""
+
+    def __init__(self, current: Arrays, fold: ClippedSum) -> None:
+        self.current, self._fold = current, fold
+        self.sums = {name: np.zeros(a.shape, np.float64) for name, a in current.items()}
+        self.count = 0
+        self.below = 0
 
     def add(self, result: FitResult) -> None:
         if result.num_examples <= 0:
             return  # trained on nothing: it has no update to contribute
         delta = {
             name: np.asarray(result.arrays[name], np.float64) - np.asarray(old, np.float64)
-            for name, old in self._current.items()
+            for name, old in self.current.items()
         }
         norm = math.sqrt(sum(float(np.dot(d.ravel(), d.ravel())) for d in delta.values()))
-        bound = self._dp.clipping_norm
+        bound = self._fold.bound
         # a securely summed mean of `count` clipped updates is within the bound already
         factor = clip_factor(norm, bound) * result.count
         for name, d in delta.items():
-            self._sum[name] += factor * d
-        self._count += result.count
+            self.sums[name] += factor * d
+        self.count += result.count
         if result.count == 1:
-            self._below += self._within_bound(result, norm, bound)
+            self.below += self._within_bound(result, norm, bound)
 
     def _within_bound(self, result: FitResult, norm: float, bound: float) -> int:
         # client side: the hub sees clipped updates, so only the client knows the bit
         reported = result.metrics.get(NORM_BELOW_KEY)
-        if self._dp.side == "client" and isinstance(reported, int | float):
+        if self._fold.client_side and isinstance(reported, int | float):
             return int(reported >= 0.5)
         return int(norm <= bound)
 
+    def partial(self) -> PartialSum:
+        sums = Arrays(self.sums) if self.count else Arrays()
+        return PartialSum(sums, float(self.count), self.count, {_BELOW: self.below})
+
+    def merge(self, partial: PartialSum) -> None:
+        if partial.count == 0:
+            return
+        if list(partial.sums) != list(self.sums) or any(
+            partial.sums[name].shape != total.shape or partial.sums[name].dtype != np.float64
+            for name, total in self.sums.items()
+        ):
+            raise ValueError("a partial DP sum must hold float64 sums shaped as the model")
+        for name, total in self.sums.items():
+            total += partial.sums[name]
+        self.count += partial.count
+        self.below += int(partial.tallies.get(_BELOW, 0))
+
+
+class _ClippedNoisedMean:
+    """Sums clipped updates as they arrive, here or on workers (``ClippedSum``); finishing
+    noises their mean."""
+
+    def __init__(self, dp: DifferentialPrivacy, current: Arrays, noise: GaussianNoise):
+        self._dp, self._noise = dp, noise
+        self._fold = ClippedSum(dp.clipping_norm, dp.side == "client")
+        self._sum = self._fold.start(current)
+
+    def add(self, result: FitResult) -> None:
+        self._sum.add(result)
+
+    def merge(self, partial: PartialSum) -> None:
+        self._sum.merge(partial)
+
+    def worker_fold(self) -> ClippedSum:
+        return self._fold
+
     def finish(self) -> Arrays:
-        if self._count == 0:
+        total = self._sum
+        if total.count == 0:
             raise ValueError("no update with examples was added; the DP mean is undefined")
-        dp, n = self._dp, self._count
+        dp, n, current = self._dp, total.count, total.current
         std = dp.update_noise * dp.clipping_norm
         mean = {}
-        for name, total in self._sum.items():
-            noised = (total + self._noise.normal(std, total.shape)) / n
+        for name, summed in total.sums.items():
+            noised = (summed + self._noise.normal(std, summed.shape)) / n
             mean[name] = _as_dtype(
-                np.asarray(self._current[name], np.float64) + noised, self._current[name].dtype
+                np.asarray(current[name], np.float64) + noised, current[name].dtype
             )
-        result = dp.inner.server_update(self._current, Arrays(mean))
+        result = dp.inner.server_update(current, Arrays(mean))
         if dp.adaptive is not None:
             noise = float(self._noise.normal(dp.adaptive.count_stddev))
-            dp.clipping_norm = dp.adaptive.next_norm(dp.clipping_norm, self._below, n, noise)
+            dp.clipping_norm = dp.adaptive.next_norm(dp.clipping_norm, total.below, n, noise)
         return result
 
 

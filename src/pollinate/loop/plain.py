@@ -49,11 +49,11 @@ class PlainRounds:
             validation, arrays, len(nodes), strategy.updates_like_model, strategy.bounds_outliers
         )
         tasks = dict.fromkeys(nodes, (arrays, config))
-        summing = summing_for(
-            self.stages.grid.sums_updates, validation, strategy.updates_like_model
+        summed = summing_for(
+            self.stages.grid.sums_updates, validation, strategy.updates_like_model, aggregator
         )
-        if summing is not None and isinstance(aggregator, MergesSums):
-            metrics = self._fit_summed(rounds, tasks, screen, summing, aggregator)
+        if summed is not None:
+            metrics = self._fit_summed(rounds, tasks, screen, *summed)
         else:
             early = Provisional(aggregator)
             del aggregator  # held by ``early`` alone, so that a fresh one may reuse its memory

@@ -7,8 +7,9 @@ update per client. The round must come out exactly as if every update had come t
 so a stage is summed only where nothing can tell the difference (``summing_for``):
 
 - the grid offers it (``Grid.sums_updates``);
-- the strategy's aggregator is a weighted mean and says so by taking sums (``MergesSums``:
-  FedAvg, FedAvgM, FedProx, FedOpt; not DP-FedAvg, the robust strategies, q-FedAvg or
+- the strategy's aggregator is a sum of the updates and says so by taking sums and telling
+  the workers how to fold (``MergesSums``: FedAvg, FedAvgM, FedProx, FedOpt by a weighted
+  mean, DP-FedAvg by a sum of clipped changes; not the robust strategies, q-FedAvg or
   XGBoost, whose aggregators need each update);
 - every screen of an update looks at that update alone (``Validation.relative`` is False):
   names, shapes, dtypes, finite values, examples > 0, ``max_norm`` and the ``max_examples``
@@ -31,21 +32,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
-from pollinate.aggregate.mean import PartialSum, WeightedMean
+from pollinate.aggregate.mean import PartialSum
 from pollinate.loop.screen import Screen, Validation
 from pollinate.records import Arrays, Message
-from pollinate.strategy.base import FitResult
+from pollinate.strategy.base import FitAggregator, FitResult
 
 Seen = Callable[[], None]
 """Called by a summing grid as each task's end is seen (the stage's deadline counts it then)."""
 
 
+class Folding(Protocol):
+    """A worker's sum of a stage's accepted updates, as the round's aggregator would fold
+    them. ``add`` raises ValueError for an update it cannot take."""
+
+    def add(self, result: FitResult) -> None: ...
+    def partial(self) -> PartialSum: ...
+
+
+class WorkerFold(Protocol):
+    """How a worker folds a stage's updates: small, picklable (it travels to the workers)."""
+
+    def start(self, current: Arrays) -> Folding: ...
+
+
 @dataclass(frozen=True)
 class Summing:
-    """How a grid screens a summed stage's updates: the round's ``Validation`` (only its
-    per-update checks apply) and whether updates have the model's shapes."""
+    """How a grid screens and sums a summed stage's updates: the round's ``Validation``
+    (only its per-update checks apply), the aggregator's ``fold``, and whether updates have
+    the model's shapes."""
 
     validation: Validation
+    fold: WorkerFold
     like_model: bool = True
 
 
@@ -60,20 +77,23 @@ class Answered:
 
 @runtime_checkable
 class MergesSums(Protocol):
-    """An aggregator that is a weighted mean of the updates (and a server update on it):
-    a partial sum merged in counts as its updates added one by one."""
+    """An aggregator that is a sum of the updates (and a step on it): a partial sum its
+    ``worker_fold`` made, merged in, counts as its updates added one by one."""
 
     def add(self, result: FitResult) -> None: ...
     def finish(self) -> Arrays: ...
     def merge(self, partial: PartialSum) -> None: ...
+    def worker_fold(self) -> WorkerFold: ...
 
 
-def summing_for(grid_sums: bool, validation: Validation, like_model: bool) -> Summing | None:
-    """The ``Summing`` a stage of a grid that sums (``grid_sums``) runs with, or None when it
-    must keep the per-reply path; the aggregator must also be ``MergesSums``."""
-    if not grid_sums or validation.relative:
+def summing_for(
+    grid_sums: bool, validation: Validation, like_model: bool, aggregator: FitAggregator
+) -> tuple[Summing, MergesSums] | None:
+    """How a stage of a grid that sums (``grid_sums``) is summed, and the aggregator that
+    merges its sums; None when the stage must keep the per-reply path."""
+    if not grid_sums or validation.relative or not isinstance(aggregator, MergesSums):
         return None
-    return Summing(validation, like_model)
+    return Summing(validation, aggregator.worker_fold(), like_model), aggregator
 
 
 class WorkerSum:
@@ -82,7 +102,7 @@ class WorkerSum:
 
     def __init__(self, current: Arrays, summing: Summing) -> None:
         self._screen = Screen(summing.validation, current, 1, summing.like_model)
-        self._mean = WeightedMean(current)
+        self._sum = summing.fold.start(current)
 
     def take(self, reply: Message) -> Answered:
         """Screen ``reply`` and fold its update in if it passes; its facts for the round."""
@@ -95,10 +115,10 @@ class WorkerSum:
         result = FitResult(reply.node_id, reply.arrays, reply.num_examples, reply.metrics)
         for counted in self._screen.admit(result):  # capped to max_examples
             try:
-                self._mean.add(counted.arrays, counted.num_examples)
-            except ValueError as exc:  # an update the mean cannot take (its screen said so)
+                self._sum.add(counted)
+            except ValueError as exc:  # an update the sum cannot take (its screen said so)
                 return Answered(facts, str(exc))
         return Answered(facts)
 
     def partial(self) -> PartialSum:
-        return self._mean.partial()
+        return self._sum.partial()

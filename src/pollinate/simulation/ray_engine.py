@@ -20,11 +20,11 @@ through Ray's own store (``py_modules``; nothing is downloaded or installed), so
 pollinate and the app's libraries, not the app.
 
 Partial aggregation on the workers, as in Pollen: where a round's result cannot differ (a
-weighted-mean strategy, a screen that looks at each update alone, no secure aggregation;
-``loop/summing.py`` decides), ``dispatch_summed`` pushes each idle worker its share of the
-round's fit tasks in one call; the worker screens each reply as the hub would and sums the
-updates it accepts, and only one partial sum per worker per round travels back, with each
-task's small facts (``ray_sums.py``). ``summing=False`` turns it off; slow clients
+weighted-mean strategy or DP-FedAvg, a screen that looks at each update alone, no secure
+aggregation; ``loop/summing.py`` decides), ``dispatch_summed`` pushes each idle worker its
+share of the round's fit tasks in one call; the worker screens each reply as the hub would
+and sums the updates it accepts, and only one partial sum per worker per round travels back,
+with each task's small facts (``ray_sums.py``). ``summing=False`` turns it off; slow clients
 (``client_speed``) keep every reply.
 
 Invariant, as ``SimulationGrid``'s: replies (and a summed stage's facts) are yielded in the

@@ -5,10 +5,11 @@ idle worker its share of the stage's fit tasks in one actor call, as Pollen does
 2024): one call per worker per round instead of one per task hides Ray's ~3 ms round trip
 per call (benchmarks/README.md, "Engines"). The worker (``WorkerBatch``) runs the tasks one
 after another, screens each reply as the hub would and folds the updates it accepts into one
-float64 partial sum (``loop.summing.WorkerSum``). It streams back, as a Ray generator, the
-small facts of the tasks that ended (a reply's header as wire bytes, and the screen's
-reason for a rejected update), a few at a time, then its ``PartialSum`` as one wire message:
-float64 sums, the total weight and the count.
+float64 partial sum, as the round's aggregator folds them (``loop.summing.WorkerSum``). It
+streams back, as a Ray generator, the small facts of the tasks that ended (a reply's header
+as wire bytes, and the screen's reason for a rejected update), a few at a time, then its
+``PartialSum`` as one wire message: float64 sums, the total weight, the count and its
+tallies (DP-FedAvg's count of changes within the bound).
 
 Deadlines: the driver keeps the stage's clock, counting each task as its facts arrive
 (``seen``). When the deadline passes it tells every worker still running to stop
@@ -50,6 +51,8 @@ from pollinate.wire import decode, encode
 
 PROGRESS_SECONDS = 0.02  # a worker sends the facts of ended tasks at most this often
 STOP_GRACE = 10.0  # seconds a stopped worker has to send its sum before its share is lost
+
+_TALLY = "tally/"  # a PartialSum's tallies among its wire message's metrics
 
 Facts = tuple[bytes, "str | None"]
 """A task's facts as they cross: its reply's header (wire bytes), the screen's reason."""
@@ -147,13 +150,19 @@ class WorkerBatch:
 
 def encode_sum(partial: PartialSum) -> bytes:
     metrics: Metrics = {"total_weight": partial.total_weight, "count": partial.count}
+    metrics.update({_TALLY + name: count for name, count in partial.tallies.items()})
     return encode(Message(MessageKind.FIT, arrays=partial.sums, metrics=metrics))
 
 
 def decode_sum(data: bytes) -> PartialSum:
     message = decode(data)
     weight, count = message.metrics["total_weight"], message.metrics["count"]
-    return PartialSum(message.arrays, float(weight), int(count))
+    tallies = {
+        name[len(_TALLY) :]: int(value)
+        for name, value in message.metrics.items()
+        if name.startswith(_TALLY)
+    }
+    return PartialSum(message.arrays, float(weight), int(count), tallies)
 
 
 # --- the driver's side --------------------------------------------------------------------

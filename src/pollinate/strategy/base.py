@@ -373,8 +373,30 @@ class _MeanThenUpdate:
         """Updates summed elsewhere (a Ray worker's, ``loop/summing.py``), as if added here."""
         self._mean.merge(partial)
 
+    def worker_fold(self) -> ExamplesMean:
+        return ExamplesMean()
+
     def finish(self) -> Arrays:
         return self._strategy.server_update(self._current, self._mean.result())
+
+
+@dataclass(frozen=True)
+class ExamplesMean:
+    """How a worker sums updates for a weighted mean by examples (``loop/summing.py``)."""
+
+    def start(self, current: Arrays) -> _ExamplesSum:
+        return _ExamplesSum(current)
+
+
+class _ExamplesSum:
+    def __init__(self, current: Arrays) -> None:
+        self._mean = WeightedMean(current)
+
+    def add(self, result: FitResult) -> None:
+        self._mean.add(result.arrays, result.num_examples)
+
+    def partial(self) -> PartialSum:
+        return self._mean.partial()
 
 
 def _check_fraction(name: str, value: float) -> None:
