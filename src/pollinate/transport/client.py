@@ -134,28 +134,16 @@ class FleetClient:
     """A node's connection to the hub's fleet API (mutual TLS with ``credentials``)."""
 
     def __init__(self, address: str, credentials: NodeCredentials | None = None) -> None:
-        options = NODE_CHANNEL_OPTIONS
-        if credentials is None:
-            self.channel = grpc.insecure_channel(address, options)
-        else:
-            tls = grpc.ssl_channel_credentials(
-                credentials.ca_pem, credentials.key_pem, credentials.cert_pem
-            )
-            self.channel = grpc.secure_channel(address, tls, options)
-        self.address = address
+        self.address, self._credentials = address, credentials
+        self.channel = self._dial()
         self.stub = rpc.FleetStub(self.channel)
         # each task is decoded into the last one's arrays if the node let go of them
         self._recycler = Recycler()
+        self._push = _pusher(self.channel)
         # a task's chunks arrive as bytes: its data is read without a copy (chunk_data)
         self._pull = self.channel.unary_stream(
             f"/{FLEET_SERVICE}/PullTask",
             request_serializer=pb.PullTaskRequest.SerializeToString,
-            _registered_method=True,
-        )
-        # PushReply with chunks serialized by data_chunk (protobuf's serializer is slow)
-        self._push = self.channel.stream_stream(
-            f"/{FLEET_SERVICE}/PushReply",
-            response_deserializer=pb.PushReplyAck.FromString,
             _registered_method=True,
         )
         self.node_id: int | None = None
@@ -210,7 +198,23 @@ class FleetClient:
     def push_reply(self, message: Message) -> None:
         """Send a reply in chunks: its header, then its arrays once the hub has a place for
         them (it says ``send_arrays``: until then a waiting node costs the hub nothing but
-        the header); HubRefused with the hub's reason if it is not accepted."""
+        the header); HubRefused with the hub's reason if it is not accepted.
+
+        A reply of more than one chunk travels on a connection of its own, closed once it is
+        through: the hub's gRPC keeps the read buffers of a connection that carried an
+        upload (~1 MB of them after tens of MB) until it closes, so uploads on the nodes'
+        lasting connections grew the hub's memory with the number of nodes
+        (benchmarks/README.md, the tenth session)."""
+        if message.arrays.nbytes <= CHUNK_BYTES:
+            self._push_with(self._push, message)
+            return
+        channel = self._dial()
+        try:
+            self._push_with(_pusher(channel), message)
+        finally:
+            channel.close()
+
+    def _push_with(self, push: grpc.StreamStreamMultiCallable, message: Message) -> None:
         head, body = wire.encode_parts(message, CHUNK_BYTES)
         place, ended = threading.Event(), threading.Event()
 
@@ -224,7 +228,7 @@ class FleetClient:
             for piece in body:
                 yield data_chunk(piece)
 
-        answers = self._push(chunks(), metadata=self._metadata(), timeout=3600)
+        answers = push(chunks(), metadata=self._metadata(), timeout=3600)
         try:
             for answer in answers:
                 if answer.send_arrays:
@@ -243,8 +247,29 @@ class FleetClient:
     def close(self) -> None:
         self.channel.close()
 
+    def _dial(self) -> grpc.Channel:
+        """A channel with a connection of its own (not shared with the node's others)."""
+        options = [*NODE_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        credentials = self._credentials
+        if credentials is None:
+            return grpc.insecure_channel(self.address, options)
+        tls = grpc.ssl_channel_credentials(
+            credentials.ca_pem, credentials.key_pem, credentials.cert_pem
+        )
+        return grpc.secure_channel(self.address, tls, options)
+
     def _metadata(self) -> list[tuple[str, str]]:
         return [] if self.node_id is None else [(NODE_ID_HEADER, str(self.node_id))]
+
+
+def _pusher(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
+    """PushReply on ``channel``, its chunks serialized by ``data_chunk`` (protobuf's
+    serializer is slow)."""
+    return channel.stream_stream(
+        f"/{FLEET_SERVICE}/PushReply",
+        response_deserializer=pb.PushReplyAck.FromString,
+        _registered_method=True,
+    )
 
 
 def _assemble(stream: Iterator[bytes], recycler: Recycler) -> PulledTask | None:
