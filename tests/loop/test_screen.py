@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from pollinate import Arrays, Client, FedAvg, ServerApp, Validation, run_simulation
+from pollinate.loop import screen as screen_module
+from pollinate.loop import validate
 from pollinate.loop.events import Event, ReplyBounded, UpdateRejected
 from pollinate.loop.screen import Note, Screen, anomaly_scores, change_norm
 from pollinate.loop.validate import finite_problem
@@ -113,6 +115,31 @@ def test_a_misfit_or_weightless_update_is_rejected_with_the_reason() -> None:
     assert "non-finite" in (screen.problem(reply(nan)) or "")
     assert "num_examples=0" in (screen.problem(reply(update(1, 1, 1), examples=0)) or "")
     assert screen.problem(reply(update(1, 1, 1))) is None
+
+
+@pytest.mark.parametrize("max_norm", [None, 1e6], ids=["norm-bound", "and-max-norm"])
+def test_a_held_update_is_read_once_for_its_values_and_its_norm(
+    monkeypatch: pytest.MonkeyPatch, max_norm: float | None
+) -> None:
+    """A finite change norm means finite values: one pass checks both, and the norm is
+    kept for the bound; an update with NaN or inf is still rejected for its values."""
+    norms: list[int] = []
+    taken = screen_module.change_norm
+    monkeypatch.setattr(screen_module, "change_norm", lambda a, c: norms.append(1) or taken(a, c))
+    monkeypatch.setattr(validate, "_all_finite", _refuse_finite_check)
+    screen = Screen(Validation(max_norm=max_norm), ZERO, expected=3)
+    for node, arrays in enumerate([update(1, 0, 0), update(0, 2, 0), update(-90, 0, 0)]):
+        assert screen.problem(reply(arrays)) is None
+        screen.admit(result(node, arrays))
+    _, notes, _ = screen.close()
+    assert len(norms) == 3 and [node for node, _ in notes] == [2]
+    monkeypatch.undo()
+    for bad in (update(1.0, float("nan"), 0.0), update(float("inf"), 0.0, 0.0)):
+        assert "non-finite" in (Screen(Validation(), ZERO, expected=3).problem(reply(bad)) or "")
+
+
+def _refuse_finite_check(array: np.ndarray) -> bool:
+    raise AssertionError("an update with a finite norm was read again for its values")
 
 
 def test_an_update_beyond_max_norm_is_rejected() -> None:

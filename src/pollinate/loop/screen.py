@@ -62,7 +62,12 @@ from pollinate.loop.bounds import (
     pull_toward,
     scale_change,
 )
-from pollinate.loop.validate import arrays_problem, evaluate_reply_problem, finite_problem
+from pollinate.loop.validate import (
+    arrays_problem,
+    evaluate_reply_problem,
+    finite_problem,
+    shape_problem,
+)
 from pollinate.records import Arrays, Message
 from pollinate.scratch import BLOCK, scratch
 from pollinate.strategy.base import FitResult
@@ -215,6 +220,7 @@ class Screen:
         # Strategy.bounds_outliers: False leaves outliers out and norms as sent (robust ones)
         self.bound_outliers = bound_outliers
         self._holding = expected >= 2 and validation.relative
+        self._bounds_norms = like_model and bound_outliers and validation.norm_multiple is not None
         self._held: list[FitResult] = []
         self._notes: list[Note] = []
         # each held update's change norm, taken as it arrives (while others are on their way)
@@ -238,15 +244,23 @@ class Screen:
             return "reported num_examples=0, so its update has no weight"
         if not self.like_model:
             return finite_problem(reply.arrays)
-        problem = arrays_problem(reply.arrays, self.current)
-        if problem is not None or self.validation.max_norm is None:
+        keep_norm = self._holding and self._bounds_norms
+        if not keep_norm and self.validation.max_norm is None:
+            return arrays_problem(reply.arrays, self.current)
+        problem = shape_problem(reply.arrays, self.current)
+        if problem is not None:
             return problem
+        # one pass for both: a finite change norm means finite values
         norm = change_norm(reply.arrays, self.current)
-        if norm > self.validation.max_norm:
+        if not math.isfinite(norm) and (problem := finite_problem(reply.arrays)) is not None:
+            return problem
+        if self.validation.max_norm is not None and norm > self.validation.max_norm:
             return (
                 f"update norm {norm:.4g} exceeds max_norm={self.validation.max_norm:g}: the "
                 "node's training diverged or the update was boosted"
             )
+        if keep_norm:  # admit holds it next: its norm is kept with its arrays till close
+            self._norms[id(reply.arrays)] = (reply.arrays, norm)
         return None
 
     def admit(self, result: FitResult) -> list[FitResult]:
@@ -261,9 +275,8 @@ class Screen:
             result = replace(result, num_examples=cap)
         if not self._holding:
             return [result]
-        if self.like_model and self.bound_outliers and self.validation.norm_multiple is not None:
-            norm = change_norm(result.arrays, self.current)
-            self._norms[id(result.arrays)] = (result.arrays, norm)
+        if self._bounds_norms:  # taken by problem, or now
+            self._norms[id(result.arrays)] = (result.arrays, self._norm(result.arrays))
         self._held.append(result)
         return []
 

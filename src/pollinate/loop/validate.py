@@ -16,6 +16,11 @@ from pollinate.text import inert
 
 def arrays_problem(arrays: Arrays, reference: Arrays) -> str | None:
     """Why ``arrays`` do not fit ``reference`` (names, shapes, dtypes, finite values)."""
+    return shape_problem(arrays, reference) or finite_problem(arrays)
+
+
+def shape_problem(arrays: Arrays, reference: Arrays) -> str | None:
+    """Why ``arrays`` do not fit ``reference``'s names, shapes and dtypes."""
     if arrays.names != reference.names:
         missing = [n for n in reference.names if n not in arrays]
         extra = [n for n in arrays.names if n not in reference]
@@ -32,7 +37,7 @@ def arrays_problem(arrays: Arrays, reference: Arrays) -> str | None:
                 f"sent {a.dtype}{list(a.shape)} for {name!r}, expected {ref.dtype}"
                 f"{list(ref.shape)}: the node runs a different model version"
             )
-    return finite_problem(arrays)
+    return None
 
 
 def _few(names: list[str], most: int = 5) -> str:
