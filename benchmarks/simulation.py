@@ -25,7 +25,8 @@ process Ray started), sampled every 50 ms. The runs screen each update by itself
 (``Validation`` without bounds relative to the round), so Ray runs them two ways: ``ray
 each``, every update back on its own (``RayGrid(summing=False)``, one actor call per task),
 and ``ray sums``, each worker's share in one call and one partial sum back per worker per
-round (the default for such runs; ``loop/summing.py``).
+round (the default for such runs; ``loop/summing.py``). ``--dp`` wraps FedAvg in DP-FedAvg
+(noise multiplier 0.3, clipping norm 1.0), which sums on the workers too.
 
 Run ``python benchmarks/simulation.py`` (well under a minute; about 3 minutes with
 ``--engines`` on an idle machine) or ``--quick``.
@@ -44,7 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pollinate import Arrays, Client, FedAvg, Sampling, ServerApp, Validation, run_simulation
+from pollinate.dp import DifferentialPrivacy
 from pollinate.records import Config, Metrics
+from pollinate.strategy import Strategy
 
 PARAMETERS = 10_000
 ROUNDS = 5
@@ -237,7 +240,7 @@ ENGINES = ("in-process", "ray each", "ray sums")
 STREAMING = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
 
 
-def engine_row(engine: str, n: int, client: str, repeats: int) -> str:
+def engine_row(engine: str, n: int, client: str, repeats: int, dp: bool = False) -> str:
     """One engine's start-up, seconds per round and peak process-tree memory at N clients
     (in this process: Ray pickles this script's clients by value only from ``__main__``)."""
     from pollinate.loop.run import run
@@ -254,7 +257,11 @@ def engine_row(engine: str, n: int, client: str, repeats: int) -> str:
     try:
         rounds = []
         for _ in range(repeats):
-            strategy = FedAvg(sampling=Sampling(fraction_fit=1.0, fraction_evaluate=0.0))
+            strategy: Strategy = FedAvg(
+                sampling=Sampling(fraction_fit=1.0, fraction_evaluate=0.0)
+            )
+            if dp:
+                strategy = DifferentialPrivacy(strategy, noise_multiplier=0.3, clipping_norm=1.0)
             initial = Arrays({"w": np.zeros(PARAMETERS, np.float32)})
             app = ServerApp(
                 strategy, num_rounds=ROUNDS, initial_arrays=initial, validation=STREAMING
@@ -300,14 +307,14 @@ class TreeMemory:
         self._thread.join()
 
 
-def engines(quick: bool, repeats: int) -> None:
+def engines(quick: bool, repeats: int, dp: bool) -> None:
     print(f"{'engine':<10} {'client':<10} {'N':<7} {'startup s':>9} {'s/round':>9} "
           f"{'best':>9} {'tree MB':>12} {'processes':>9} {'sums':>5}")  # fmt: skip
     sizes = [10, 100] if quick else [10, 100, 1000]
     cases = [(n, "near-zero") for n in sizes] + [(sizes[-1], "1 ms numpy")]
     for n, client in cases:
         for engine in ENGINES:
-            print(engine_row(engine, n, client, repeats), flush=True)
+            print(engine_row(engine, n, client, repeats, dp), flush=True)
 
 
 def main() -> None:
@@ -315,10 +322,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N in {10, 100} only")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration")
     parser.add_argument("--engines", action="store_true", help="only the engines side by side")
+    parser.add_argument("--dp", action="store_true", help="with --engines: DP-FedAvg, not FedAvg")
     args = parser.parse_args()
     if args.engines:
-        print(f"{ROUNDS} rounds, {PARAMETERS} float32 parameters, fraction_fit=1, 2 CPUs")
-        engines(args.quick, args.repeat)
+        strategy = "DP-FedAvg" if args.dp else "FedAvg"
+        print(f"{ROUNDS} rounds of {strategy}, {PARAMETERS} float32 parameters, fraction_fit=1")
+        engines(args.quick, args.repeat, args.dp)
         return
     print(f"{ROUNDS} rounds, {PARAMETERS} float32 parameters, fraction_fit=1")
     print(HEADER)
