@@ -257,9 +257,7 @@ def engine_row(engine: str, n: int, client: str, repeats: int, dp: bool = False)
     try:
         rounds = []
         for _ in range(repeats):
-            strategy: Strategy = FedAvg(
-                sampling=Sampling(fraction_fit=1.0, fraction_evaluate=0.0)
-            )
+            strategy: Strategy = FedAvg(sampling=Sampling(fraction_fit=1.0, fraction_evaluate=0.0))
             if dp:
                 strategy = DifferentialPrivacy(strategy, noise_multiplier=0.3, clipping_norm=1.0)
             initial = Arrays({"w": np.zeros(PARAMETERS, np.float32)})
