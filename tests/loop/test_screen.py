@@ -138,6 +138,14 @@ def test_a_held_update_is_read_once_for_its_values_and_its_norm(
         assert "non-finite" in (Screen(Validation(), ZERO, expected=3).problem(reply(bad)) or "")
 
 
+def test_a_non_finite_complex_value_is_found_though_the_norm_leaves_complex_arrays_out() -> None:
+    current = Arrays({"w": np.zeros(3, np.float32), "c": np.zeros(2, np.complex64)})
+    bad = Arrays({"w": np.ones(3, np.float32), "c": np.array([np.nan + 0j, 1j], np.complex64)})
+    for validation in (Validation(max_norm=10.0), Validation()):
+        problem = Screen(validation, current, expected=3).problem(reply(bad)) or ""
+        assert "non-finite values (NaN/inf) in 'c'" in problem
+
+
 def _refuse_finite_check(array: np.ndarray) -> bool:
     raise AssertionError("an update with a finite norm was read again for its values")
 

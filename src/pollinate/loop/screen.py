@@ -250,9 +250,11 @@ class Screen:
         problem = shape_problem(reply.arrays, self.current)
         if problem is not None:
             return problem
-        # one pass for both: a finite change norm means finite values
+        # one pass for both: a finite change norm means finite float values (it leaves
+        # complex arrays out, which are then checked on their own)
         norm = change_norm(reply.arrays, self.current)
-        if not math.isfinite(norm) and (problem := finite_problem(reply.arrays)) is not None:
+        unchecked = reply.arrays if not math.isfinite(norm) else self._outside_norm(reply)
+        if (problem := finite_problem(unchecked)) is not None:
             return problem
         if self.validation.max_norm is not None and norm > self.validation.max_norm:
             return (
@@ -262,6 +264,10 @@ class Screen:
         if keep_norm:  # admit holds it next: its norm is kept with its arrays till close
             self._norms[id(reply.arrays)] = (reply.arrays, norm)
         return None
+
+    def _outside_norm(self, reply: Message) -> Arrays:
+        """The arrays of ``reply`` that ``change_norm`` leaves out (complex ones)."""
+        return Arrays({n: a for n, a in reply.arrays.items() if self.current[n].dtype.kind != "f"})
 
     def admit(self, result: FitResult) -> list[FitResult]:
         cap = self.validation.max_examples

@@ -51,9 +51,9 @@ class KeyRing:
     it stays inside the simulation's own processes."""
 
     def __init__(self, secret: bytes | None = None) -> None:
-        self._secret = secrets.token_bytes(32) if secret is None else bytes(secret)
-        if len(self._secret) != 32:
-            raise ValueError(f"a KeyRing secret is 32 bytes, not {len(self._secret)}")
+        self._secret = secrets.token_bytes(32) if secret is None else secret
+        if not isinstance(self._secret, bytes) or len(self._secret) != 32:
+            raise ValueError(f"a KeyRing secret is 32 bytes, not {self._secret!r:.40}")
         self._keys: dict[int, ed25519.Ed25519PrivateKey] = {}
         self._lock = threading.Lock()
 
@@ -68,9 +68,8 @@ class KeyRing:
         with self._lock:
             key = self._keys.get(node_id)
             if key is None:
-                seed = hashlib.blake2b(
-                    node_id.to_bytes(8, "little", signed=True), key=self._secret, digest_size=32
-                ).digest()
+                named = str(node_id).encode()  # any int
+                seed = hashlib.blake2b(named, key=self._secret, digest_size=32).digest()
                 key = self._keys[node_id] = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
             return key
 

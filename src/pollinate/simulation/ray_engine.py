@@ -33,12 +33,13 @@ order of the instructions, so a seeded run's history equals the in-process engin
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -71,12 +72,13 @@ class RayEngine:
 
 
 class _Task:
-    """An instruction on its way: its Ray reference, then its reply and when it may go."""
+    """An instruction on its way (the ``index``-th of its dispatch): its Ray reference,
+    then its reply and when it may go."""
 
-    __slots__ = ("instruction", "ready", "ref", "reply")
+    __slots__ = ("index", "instruction", "ready", "ref", "reply")
 
-    def __init__(self, instruction: Message, ref: Any) -> None:
-        self.instruction, self.ref = instruction, ref
+    def __init__(self, index: int, instruction: Message, ref: Any) -> None:
+        self.index, self.instruction, self.ref = index, instruction, ref
         self.reply: Message | None = None
         self.ready = 0.0  # time.monotonic() from which the reply may be yielded
 
@@ -148,8 +150,8 @@ class RayGrid(Grid):
 
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         ends = ends_at(timeout)
-        todo = deque(instructions)
-        window: deque[_Task] = deque()
+        todo = list(enumerate(instructions))  # not sent yet, in order
+        window: list[_Task] = []  # sent, not yielded yet, in order
         bodies: dict[int, tuple[Arrays, Any]] = {}  # id(arrays) -> (arrays, its bytes in Ray)
         try:
             while True:
@@ -158,14 +160,14 @@ class RayGrid(Grid):
                     return
                 self._collect(window)
                 head, now, deadline = window[0] if window else None, time.monotonic(), ends()
-                if head is not None and head.reply is not None and head.ready <= now:
-                    window.popleft()
+                if head is not None and head.reply is not None and _due(head, todo) <= now:
+                    window.pop(0)
                     yield head.reply
                     continue
                 if self._closed or (deadline is not None and deadline <= now):
                     yield from _ready(window, now)
                     return
-                self._wait(window, deadline, now)
+                self._wait(window, todo, deadline)
         finally:
             self._cancel(window)  # abandoned, or the caller stopped reading
 
@@ -199,40 +201,43 @@ class RayGrid(Grid):
         return _Workers(ray, actors)
 
     def _refill(
-        self, window: deque[_Task], todo: deque[Message], bodies: dict[int, tuple[Arrays, Any]]
+        self,
+        window: list[_Task],
+        todo: list[tuple[int, Message]],
+        bodies: dict[int, tuple[Arrays, Any]],
     ) -> None:
         """Push instructions to idle workers, keeping at most ``2 x workers`` replies that
-        wait for their turn (replies are yielded in instruction order)."""
+        wait for their turn (replies are yielded in instruction order), and beyond that only
+        the first unsent instruction, if replies after it wait for it."""
         now = time.monotonic()
         waiting = sum(not task.held(now) for task in window)
-        while todo and waiting < 2 * len(self._workers.actors) and not self._closed:
-            worker = self._idle_worker_for(todo[0])
-            if worker is None:
+        while todo and not self._closed:
+            if waiting < 2 * len(self._workers.actors):
+                candidates = todo
+            elif window and todo[0][0] < window[-1].index:
+                candidates = todo[:1]
+            else:
                 return
-            window.append(self._send(todo.popleft(), worker, bodies))
+            placed = placement(candidates, self._workers.all_idle(), len(self._workers.actors))
+            if placed is None:
+                return
+            position, worker = placed
+            index, instruction = todo.pop(position)
+            task = self._send(index, instruction, worker, bodies)
+            bisect.insort(window, task, key=lambda t: t.index)
             waiting += 1
 
-    def _idle_worker_for(self, instruction: Message) -> int | None:
-        """An idle worker to take ``instruction``: any, but a secure-aggregation stage goes
-        to the one worker that holds its client's secrets since the round's first stage
-        (``SecAggNode``), and waits for it (its node id modulo the workers: about as many
-        clients each)."""
-        if instruction.kind != MessageKind.SECAGG:
-            return self._workers.idle()
-        owner = instruction.node_id % len(self._workers.actors)
-        return owner if owner in self._workers.all_idle() else None
-
     def _send(
-        self, instruction: Message, worker: int, bodies: dict[int, tuple[Arrays, Any]]
+        self, index: int, instruction: Message, worker: int, bodies: dict[int, tuple[Arrays, Any]]
     ) -> _Task:
         arrays = instruction.arrays
         if id(arrays) not in bodies:  # a round's tasks share one global model: put it once
             body = encode(Message(instruction.kind, arrays=arrays))
             bodies[id(arrays)] = (arrays, self._ray.put(body))
         head = encode(replace(instruction, arrays=Arrays()))
-        return _Task(instruction, self._workers.send(worker, head, bodies[id(arrays)][1]))
+        return _Task(index, instruction, self._workers.send(worker, head, bodies[id(arrays)][1]))
 
-    def _collect(self, window: deque[_Task]) -> None:
+    def _collect(self, window: list[_Task]) -> None:
         """Take the replies of the tasks that finished since the last look."""
         running = {task.ref: task for task in window if task.reply is None}
         if not running:
@@ -247,22 +252,24 @@ class RayGrid(Grid):
                 continue
             task.reply, task.ready = decode(data), time.monotonic() + held
 
-    def _wait(self, window: deque[_Task], deadline: float | None, now: float) -> None:
-        """Until a task ends (its worker is then idle), the head's held-back reply may go,
-        or the deadline."""
+    def _wait(
+        self, window: list[_Task], todo: list[tuple[int, Message]], deadline: float | None
+    ) -> None:
+        """Until a worker is free (to take the next task) or a task of ours ends, the head's
+        held-back reply may go, or the deadline."""
         head = window[0] if window else None
-        ready = head.ready if head is not None and head.reply is not None else None
-        until = min((t for t in (deadline, ready) if t is not None), default=None)
-        wait = None if until is None else max(0.0, until - now)
+        ready = _due(head, todo) if head is not None and head.reply is not None else math.inf
+        until = min((t for t in (deadline, ready) if t is not None and t < math.inf), default=None)
+        wait = None if until is None else max(0.0, until - time.monotonic())
         running = [task.ref for task in window if task.reply is None]
-        if running:
-            self._ray.wait(running, num_returns=1, timeout=wait)
-        elif not window:  # every worker busy with other calls' tasks
+        if todo and self._workers.any_busy():  # every worker busy, or the ones needed
             self._workers.wait_idle(wait)
+        elif running:
+            self._ray.wait(running, num_returns=1, timeout=wait)
         elif wait:
             time.sleep(wait)
 
-    def _cancel(self, window: deque[_Task]) -> None:
+    def _cancel(self, window: list[_Task]) -> None:
         for task in window:
             if task.reply is None:
                 with contextlib.suppress(Exception):  # already done, or its worker gone
@@ -291,10 +298,6 @@ class _Workers:
         self._busy: dict[Any, int] = {}  # a running task's ref -> its worker's index
         self._lock = threading.Lock()
 
-    def idle(self) -> int | None:
-        """The first idle worker's index, or None while every worker is busy."""
-        return next(iter(self.all_idle()), None)
-
     def all_idle(self) -> list[int]:
         """The indices of the workers that run nothing now."""
         with self._lock:
@@ -315,6 +318,10 @@ class _Workers:
         """``worker`` is busy until ``ref`` is ready (a task, a batch, a hung client's end)."""
         with self._lock:
             self._busy[ref] = worker
+
+    def any_busy(self) -> bool:
+        with self._lock:
+            return bool(self._busy)
 
     def wait_idle(self, timeout: float | None) -> None:
         with self._lock:
@@ -353,7 +360,38 @@ class _Worker:
         return encode(reply), held
 
 
-def _ready(window: deque[_Task], now: float) -> Iterator[Message]:
+def placement(
+    todo: Sequence[tuple[int, Message]], idle: Sequence[int], workers: int
+) -> tuple[int, int] | None:
+    """Which of ``todo``'s instructions goes next (its position) and to which of the
+    ``idle`` workers (of ``workers``), or None. Any worker takes any task, but a
+    secure-aggregation stage goes to the one worker that holds its client's secrets since
+    the round's first stage (``SecAggNode``; its node id modulo the workers): a later
+    client whose worker is idle goes first meanwhile.
+
+    >>> fit, secagg = Message("fit", node_id=4), Message("secagg", node_id=4)
+    >>> placement([(0, fit)], [1], 2), placement([(0, secagg)], [1], 2)
+    ((0, 1), None)
+    >>> placement([(0, secagg), (1, Message("secagg", node_id=3))], [1], 2)
+    (1, 1)
+    """
+    if idle:
+        for position, (_, instruction) in enumerate(todo):
+            if instruction.kind != MessageKind.SECAGG:
+                return position, idle[0]
+            owner = instruction.node_id % workers
+            if owner in idle:
+                return position, owner
+    return None
+
+
+def _due(head: _Task, todo: list[tuple[int, Message]]) -> float:
+    """When ``head``'s reply may be yielded: when it is ready, unless an instruction before
+    it is not sent yet (that reply goes first: not before a worker takes it)."""
+    return math.inf if todo and todo[0][0] < head.index else head.ready
+
+
+def _ready(window: list[_Task], now: float) -> Iterator[Message]:
     """At the deadline: the replies already there and due, in order; the rest are dropped."""
     for task in window:
         if task.reply is not None and task.ready <= now:

@@ -200,10 +200,10 @@ class FleetClient:
         them (it says ``send_arrays``: until then a waiting node costs the hub nothing but
         the header); HubRefused with the hub's reason if it is not accepted.
 
-        A reply of more than one chunk travels on a connection of its own, closed once it is
-        through: the hub's gRPC keeps the read buffers of a connection that carried an
-        upload (~1 MB of them after tens of MB) until it closes, so uploads on the nodes'
-        lasting connections grew the hub's memory with the number of nodes
+        A reply with more than one chunk of arrays travels on a connection of its own,
+        closed once it is through: the hub's gRPC keeps the read buffers of a connection
+        that carried an upload (~1 MB of them after tens of MB) until it closes, so uploads
+        on the nodes' lasting connections grew the hub's memory with the number of nodes
         (benchmarks/README.md, the tenth session)."""
         if message.arrays.nbytes <= CHUNK_BYTES:
             self._push_with(self._push, message)

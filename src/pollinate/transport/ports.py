@@ -44,7 +44,8 @@ HEARTBEAT_THREADS = 4
 """Threads that run the heartbeats that write (an arrival, a restart, a new report), apart:
 a beat queued behind a round's journaled replies (an fsync each) waited seconds for a thread."""
 STREAMS_PER_CONNECTION = 32
-"""Calls one connection may have open at once; a node uses three."""
+"""Calls one connection may have open at once; a node uses two on its lasting connection
+(heartbeat, long-poll) and one on each connection of its own a large reply takes."""
 STOP_SECONDS = 8.0
 """``HubPorts.stop`` returns within about this long, whatever calls are open."""
 
