@@ -250,11 +250,11 @@ def main() -> None:
     parser.add_argument(
         "--robust", action="store_true", help="the robust statistics (K in {5, 10, 20, 50})"
     )
+    parser.add_argument("--k", type=int, nargs="+", help="with --robust: these values of K")
     args = parser.parse_args()
     if args.robust:
-        robust_rows(
-            [5, 10] if args.quick else [5, 10, 20, 50], 10**6 if args.quick else 10**7, args.repeat
-        )
+        ks = args.k or ([5, 10] if args.quick else [5, 10, 20, 50])
+        robust_rows(ks, 10**6 if args.quick else 10**7, args.repeat)
         return
     ks, ps = ([10, 50], [10**6]) if args.quick else ([10, 100], [10**6, 10**7])
     before = read_bandwidth(BANDWIDTH_BYTES)

@@ -351,6 +351,16 @@ def test_the_sorting_network_sorts_every_input_of_zeros_and_ones(rows: int) -> N
     assert (stack.sum(axis=0) == [bin(c).count("1") for c in columns]).all()
 
 
+@pytest.mark.parametrize("rows", [2, 9, 32, 33, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_median_of_a_stack_is_numpys_on_either_side_of_the_network(
+    rows: int, dtype: type
+) -> None:
+    stack = np.random.default_rng(rows).standard_normal((rows, 999)).astype(dtype)
+    expected = np.median(stack.astype(np.float64), axis=0)
+    np.testing.assert_array_equal(robust._median(stack.copy()), expected)
+
+
 @pytest.mark.parametrize("rows", [15, 16, 17, 24, 31, 32, 33])
 def test_columns_of_more_rows_are_sorted_as_numpy_sorts_them(rows: int) -> None:
     stack = np.random.default_rng(rows).integers(-5, 5, (rows, 500)).astype(np.float64)

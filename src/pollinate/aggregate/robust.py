@@ -174,7 +174,7 @@ def median_distances(updates: Sequence[Arrays]) -> np.ndarray:
             return None
         # a float32 model's blocks stay float32 (half the bytes to gather, sort and sum): the
         # distances are scores measured against thresholds, ~1e-6 relative error is nothing
-        stack -= _median(stack.copy()).astype(stack.dtype, copy=False)
+        stack -= _median(_copy(stack)).astype(stack.dtype, copy=False)
         with np.errstate(over="ignore"):  # a float32 sum of squares past 3.4e38: in float64
             sums = np.einsum("ij,ij->i", stack, stack)
         if stack.dtype != np.float64 and not np.isfinite(sums).all():
@@ -277,7 +277,7 @@ def _squared_distances(updates: Sequence[Arrays]) -> np.ndarray:
         # ||x - y||^2 = x.x + y.y - 2 x.y is a matrix product (fast), but it cancels badly
         # when the vectors are long and close. Centring on the median first leaves the honest
         # updates short, whatever an outlier sends, and distances do not change under a shift.
-        stack -= _median(stack.copy())
+        stack -= _median(_copy(stack))
         gram = stack @ stack.T
         sq = gram.diagonal()
         block = sq[:, None] + sq[None, :] - 2 * gram
@@ -383,7 +383,7 @@ def _each_block(
         dtype = stacked_as(like[name].dtype)
         buffers: dict[np.dtype, np.ndarray] = local.__dict__.setdefault("buffers", {})
         if dtype not in buffers:
-            buffers[dtype] = np.empty((len(updates), min(width, largest)), dtype)
+            buffers[dtype] = _padded(len(updates), min(width, largest), dtype)
         stack = buffers[dtype][:, : min(width, like[name].size - start)]
         for row, values in zip(stack, flat, strict=True):
             row[...] = values[start : start + stack.shape[1]]
@@ -398,6 +398,22 @@ def _each_block(
                 yield from (one(name, flat, start) for start in starts)
             else:
                 yield from pool.map(partial(one, name, flat), starts)
+
+
+def _padded(rows: int, columns: int, dtype: np.dtype) -> np.ndarray:
+    """An empty ``rows x columns`` stack whose rows are not a power of two bytes apart: such
+    rows share cache sets, and numpy's sort down the columns of a 64 x 16384 float32 stack
+    ran 8x slower than of 63 or 65 rows (benchmarks/README.md, the tenth session)."""
+    padding = 16 if columns & (columns - 1) == 0 else 0
+    return np.empty((rows, columns + padding), dtype)[:, :columns]
+
+
+def _copy(stack: np.ndarray) -> np.ndarray:
+    """A copy of ``stack`` in a ``_padded`` one (``ndarray.copy`` packs its rows)."""
+    rows, columns = stack.shape
+    out = _padded(rows, columns, stack.dtype)
+    out[...] = stack
+    return out
 
 
 def _checked(updates: Sequence[Arrays]) -> Arrays:
