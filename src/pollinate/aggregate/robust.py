@@ -401,11 +401,14 @@ def _each_block(
 
 
 def _padded(rows: int, columns: int, dtype: np.dtype) -> np.ndarray:
-    """An empty ``rows x columns`` stack whose rows are not a power of two bytes apart: such
-    rows share cache sets, and numpy's sort down the columns of a 64 x 16384 float32 stack
-    ran 8x slower than of 63 or 65 rows (benchmarks/README.md, the tenth session)."""
-    padding = 16 if columns & (columns - 1) == 0 else 0
-    return np.empty((rows, columns + padding), dtype)[:, :columns]
+    """An empty ``rows x columns`` stack whose rows are an odd number of 64-byte cache lines
+    apart: rows a multiple of 4 KiB apart share cache sets, and numpy's sort down the
+    columns of a 64 x 16384 float32 stack ran 8x slower than of 63 or 65 rows
+    (benchmarks/README.md, the tenth session)."""
+    itemsize = np.dtype(dtype).itemsize
+    lines = -(-columns * itemsize // 64)
+    lines += 1 - lines % 2
+    return np.empty((rows, lines * 64 // itemsize), dtype)[:, :columns]
 
 
 def _copy(stack: np.ndarray) -> np.ndarray:

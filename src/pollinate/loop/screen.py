@@ -266,7 +266,7 @@ class Screen:
         return None
 
     def _outside_norm(self, reply: Message) -> Arrays:
-        """The arrays of ``reply`` that ``change_norm`` leaves out (complex ones)."""
+        """The arrays of ``reply`` that ``change_norm`` leaves out (all but float ones)."""
         return Arrays({n: a for n, a in reply.arrays.items() if self.current[n].dtype.kind != "f"})
 
     def admit(self, result: FitResult) -> list[FitResult]:

@@ -53,7 +53,7 @@ class KeyRing:
     def __init__(self, secret: bytes | None = None) -> None:
         self._secret = secrets.token_bytes(32) if secret is None else secret
         if not isinstance(self._secret, bytes) or len(self._secret) != 32:
-            raise ValueError(f"a KeyRing secret is 32 bytes, not {self._secret!r:.40}")
+            raise ValueError("a KeyRing secret is 32 bytes (bytes, as secrets.token_bytes(32))")
         self._keys: dict[int, ed25519.Ed25519PrivateKey] = {}
         self._lock = threading.Lock()
 

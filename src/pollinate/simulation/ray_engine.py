@@ -262,7 +262,7 @@ class RayGrid(Grid):
         until = min((t for t in (deadline, ready) if t is not None and t < math.inf), default=None)
         wait = None if until is None else max(0.0, until - time.monotonic())
         running = [task.ref for task in window if task.reply is None]
-        if todo and self._workers.any_busy():  # every worker busy, or the ones needed
+        if todo and self._workers.any_busy():  # a worker that frees may take the next task
             self._workers.wait_idle(wait)
         elif running:
             self._ray.wait(running, num_returns=1, timeout=wait)
@@ -320,8 +320,9 @@ class _Workers:
             self._busy[ref] = worker
 
     def any_busy(self) -> bool:
-        with self._lock:
-            return bool(self._busy)
+        """Whether a worker runs something now (ended tasks are let go first: waiting on
+        one would return at once)."""
+        return len(self.all_idle()) < len(self.actors)
 
     def wait_idle(self, timeout: float | None) -> None:
         with self._lock:
