@@ -40,6 +40,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -150,7 +151,7 @@ class RayGrid(Grid):
 
     def dispatch(self, instructions: Sequence[Message], timeout: Timeout) -> Iterator[Message]:
         ends = ends_at(timeout)
-        todo = list(enumerate(instructions))  # not sent yet, in order
+        todo = deque(enumerate(instructions))  # not sent yet, in order
         window: list[_Task] = []  # sent, not yielded yet, in order
         bodies: dict[int, tuple[Arrays, Any]] = {}  # id(arrays) -> (arrays, its bytes in Ray)
         try:
@@ -203,7 +204,7 @@ class RayGrid(Grid):
     def _refill(
         self,
         window: list[_Task],
-        todo: list[tuple[int, Message]],
+        todo: deque[tuple[int, Message]],
         bodies: dict[int, tuple[Arrays, Any]],
     ) -> None:
         """Push instructions to idle workers, keeping at most ``2 x workers`` replies that
@@ -212,17 +213,17 @@ class RayGrid(Grid):
         now = time.monotonic()
         waiting = sum(not task.held(now) for task in window)
         while todo and not self._closed:
-            if waiting < 2 * len(self._workers.actors):
-                candidates = todo
-            elif window and todo[0][0] < window[-1].index:
-                candidates = todo[:1]
-            else:
-                return
+            candidates: Sequence[tuple[int, Message]] = todo
+            if waiting >= 2 * len(self._workers.actors):
+                if not window or todo[0][0] > window[-1].index:
+                    return
+                candidates = [todo[0]]
             placed = placement(candidates, self._workers.all_idle(), len(self._workers.actors))
             if placed is None:
                 return
             position, worker = placed
-            index, instruction = todo.pop(position)
+            index, instruction = todo[position]
+            del todo[position]  # the first, but for a secagg task whose worker is busy
             task = self._send(index, instruction, worker, bodies)
             bisect.insort(window, task, key=lambda t: t.index)
             waiting += 1
@@ -253,7 +254,7 @@ class RayGrid(Grid):
             task.reply, task.ready = decode(data), time.monotonic() + held
 
     def _wait(
-        self, window: list[_Task], todo: list[tuple[int, Message]], deadline: float | None
+        self, window: list[_Task], todo: deque[tuple[int, Message]], deadline: float | None
     ) -> None:
         """Until a worker is free (to take the next task) or a task of ours ends, the head's
         held-back reply may go, or the deadline."""
@@ -386,7 +387,7 @@ def placement(
     return None
 
 
-def _due(head: _Task, todo: list[tuple[int, Message]]) -> float:
+def _due(head: _Task, todo: deque[tuple[int, Message]]) -> float:
     """When ``head``'s reply may be yielded: when it is ready, unless an instruction before
     it is not sent yet (that reply goes first: not before a worker takes it)."""
     return math.inf if todo and todo[0][0] < head.index else head.ready
