@@ -5,10 +5,14 @@ What is measured, per configuration of K node processes and a model of P float32
 
 - seconds per round of a real deployment: ``pollinate hub`` (with its CA: mutual TLS) and K
   ``pollinate node`` processes enrolled with join tokens, as a user starts them, then
-  ``pollinate run --hub`` for 3 rounds of FedAvg whose client returns the arrays it received
-  plus one (no training), so what remains is the framework: the model down to K nodes, K
-  updates back, decoding, reply checks, folding. The figure is the hub's own timing of each
-  round (``history.jsonl``): best and median of the 3 rounds. The CPU seconds per round of
+  ``pollinate run --hub`` for 5 rounds of FedAvg whose client adds one to the arrays it
+  received, in place, and returns them (no training), so what remains is the framework: the
+  model down to K nodes, K updates back, decoding, reply checks, folding. (A client that
+  returns a fresh ``a + 1`` costs each node a model of fresh memory a round: at 40 nodes and
+  a 40 MB model, 2.6 CPU seconds a round here, more than the TLS floor's share of the
+  cores; see benchmarks/README.md.) The figure is the hub's own timing of each round
+  (``history.jsonl``): best and median of the 5 rounds (the first one is the slowest: every
+  process's first model-sized arrays are fresh memory). The CPU seconds per round of
   the hub and of all nodes together come with it: here they share 2 cores;
 - the time to move the same bytes, 2 x K x 4P (the model down to each node, each update back),
   from one Python process to another over a loopback TCP socket with large ``sendall`` /
@@ -70,7 +74,7 @@ from pollinate.security import CertificateAuthority
 from pollinate.transport import CHUNK_BYTES
 from pollinate.transport.guards import FLOOR_BYTES, UPLOADS_AT_ONCE
 
-ROUNDS = 3
+ROUNDS = 5
 REPEATS = 3  # of each floor
 RAW_BUFFER = 4 << 20  # bytes per sendall / recv_into
 MEMORY_CAP = 16e9
@@ -99,6 +103,7 @@ client = "bench_app.client:client_fn"
 parameters = 1000
 nodes = 2
 screen = "on"
+rounds = 3
 """
 
 SERVER = """\
@@ -116,16 +121,21 @@ def server_fn(run_config):
     validation = Validation()  # the default: updates screened side by side
     if run_config["screen"] == "off":  # streaming: O(model) memory, no relative bounds
         validation = Validation(anomaly_threshold=None, norm_multiple=None, examples_multiple=None)
-    return ServerApp(strategy, num_rounds=3, initial_arrays=model, validation=validation)
+    rounds = int(run_config["rounds"])
+    return ServerApp(strategy, num_rounds=rounds, initial_arrays=model, validation=validation)
 """
 
 CLIENT = """\
+import numpy as np
+
 from pollinate import Arrays, Client
 
 
 class Echo(Client):
     def fit(self, arrays, config):
-        return Arrays({name: a + 1 for name, a in arrays.items()}), 1, {}
+        # in place, as Client.fit allows: a fresh output would cost each node a model of
+        # fresh memory a round, the client's cost rather than the framework's
+        return Arrays({name: np.add(a, 1, out=a) for name, a in arrays.items()}), 1, {}
 
 
 def client_fn(context):
@@ -141,7 +151,7 @@ class Figures:
     p: int
     screen: str
     round_seconds: list[float]
-    hub_cpu: float  # CPU seconds over the whole run: 3 rounds, round 0, starting the run
+    hub_cpu: float  # CPU seconds over the whole run: its rounds, round 0, starting the run
     nodes_cpu: float
     hub_growth: int
     node_peak: int
@@ -303,7 +313,7 @@ def deployment(k: int, p: int, screen: str, directory: Path) -> Figures:
                 *("run", str(app), "--hub", fleet.control, "--out", str(out)),
                 *("--credentials", str(directory / "hub" / "admin")),
                 *("--config", f"parameters={p}", "--config", f"nodes={k}"),
-                *("--config", f"screen={screen!r}"),
+                *("--config", f"screen={screen!r}", "--config", f"rounds={ROUNDS}"),
             )
         cpu = [cpu_seconds(pid) - b for pid, b in zip((hub, *nodes), before, strict=True)]
         hub_growth = memory(hub, "VmHWM") - hub_idle
