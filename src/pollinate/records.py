@@ -95,6 +95,18 @@ class Arrays(Mapping[str, np.ndarray]):
     def to_list(self) -> list[np.ndarray]:
         return list(self._data.values())
 
+    def copy(self) -> Arrays:
+        """Arrays of their own, with the same names and values: for a client, which may
+        train the arrays it is given in place (``Client.fit``).
+
+        >>> a = Arrays({"w": np.zeros(2)})
+        >>> b = a.copy()
+        >>> b["w"][0] = 1.0
+        >>> a["w"].tolist(), b["w"].tolist()
+        ([0.0, 0.0], [1.0, 0.0])
+        """
+        return Arrays({name: array.copy() for name, array in self._data.items()})
+
     def save(self, path: str | Path) -> Path:
         """Write the arrays to ``path`` as NumPy's ``.npz`` (docs/artifacts.md), whole or
         not at all; returns the path."""

@@ -109,6 +109,24 @@ def test_the_secure_round_gives_the_weighted_mean_of_a_plain_round(bits: int) ->
     assert secure.arrays["w"].dtype == np.float32
 
 
+class DriftInPlace(Drift):
+    """Drift, training the arrays it was given in place (``Client.fit`` allows it)."""
+
+    def fit(self, arrays: Arrays, config: dict) -> tuple[Arrays, int, dict]:
+        trained, n, metrics = super().fit(arrays, config)
+        for name, array in trained.items():
+            arrays[name][...] = array
+        return arrays, n, metrics
+
+
+def test_a_client_that_trains_in_place_sends_its_change_not_zero() -> None:
+    config = SecAggConfig()
+    secure = run_simulation(app(config), lambda ctx: DriftInPlace(ctx.node_id), num_clients=10)
+    bound = 2 * rounding_bound(config, range(10)) + 1e-7
+    np.testing.assert_allclose(secure.arrays["w"], 2 * expected_mean(range(10)), atol=bound)
+    assert secure.arrays["steps"].tolist() == [2, 2]
+
+
 @pytest.mark.parametrize("dropped", [frozenset({3}), frozenset({0, 4, 7})])  # 10% and 30%
 def test_clients_that_drop_out_after_sharing_keys_leave_the_mean_of_the_others(
     dropped: frozenset[int],

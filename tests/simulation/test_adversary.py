@@ -209,6 +209,19 @@ def test_poisoned_replies_reach_aggregation() -> None:
     assert np.allclose(result.arrays["w"], np.mean(sent))
 
 
+def test_an_attacker_that_trains_in_place_is_poisoned_against_what_it_received() -> None:
+    class TowardInPlace(Toward):
+        def fit(self, arrays, config):
+            arrays["w"][...] = self.target
+            return arrays, 1, {}
+
+    adversaries = Adversaries(0.5, "sign-flip", seed=1)
+    result = run_simulation(_app(1), TowardInPlace, num_clients=4, adversaries=adversaries)
+    attackers = adversaries.clients(4)
+    sent = [-(i + 1.0) if i in attackers else i + 1.0 for i in range(4)]
+    assert np.allclose(result.arrays["w"], np.mean(sent))
+
+
 def test_an_attacker_that_fails_stays_a_failure() -> None:
     class Fails(Toward):
         def fit(self, arrays, config):

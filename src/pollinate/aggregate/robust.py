@@ -123,7 +123,7 @@ def multi_krum(updates: Sequence[Arrays], weights: Sequence[float], f: int, m: i
     _check_krum(len(updates), f)
     chosen = _ranking(_squared_distances(updates), f)[:m]
     if m == 1:  # Krum: the update itself, bit for bit (x * w / w can round)
-        return Arrays({name: a.copy() for name, a in updates[chosen[0]].items()})
+        return updates[chosen[0]].copy()
     mean = WeightedMean(updates[0])
     for i in sorted(chosen):  # in the updates' order, as a plain weighted mean would
         mean.add(updates[i], weights[i])

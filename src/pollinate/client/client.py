@@ -63,7 +63,8 @@ class Client:
         ``arrays`` are this client's own (a copy per virtual client in simulation, the task
         the node decoded in deployment): a client may train them in place and return them,
         which spares a model-sized allocation each round (on some virtual machines a fresh
-        40 MB array costs more than moving it: ``recycle.py``)."""
+        40 MB array costs more than moving it: ``recycle.py``). Copy first what you still
+        need as received (``arrays.copy()``), e.g. for ``pollinate.dp.clip_update``."""
         raise ClientError(f"{type(self).__name__} does not implement fit(arrays, config)")
 
     def evaluate(self, arrays: Arrays, config: Config) -> tuple[float, int, Metrics]:

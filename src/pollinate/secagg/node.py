@@ -213,7 +213,7 @@ class SecAggNode:
                 run_id=instruction.run_id,
                 round=instruction.round,
                 node_id=instruction.node_id,
-                arrays=model,
+                arrays=model.copy(),  # the client may train its own in place: ``model`` stays
                 config=config,
             )
         )

@@ -35,7 +35,7 @@ from pollinate.checks import integer
 from pollinate.client.client import ClientFn, Context, handle
 from pollinate.loop.grid import Grid, Timeout, ends_at
 from pollinate.placement import Selector, parse_selector
-from pollinate.records import Arrays, Config, Message
+from pollinate.records import Config, Message
 from pollinate.secagg.identity import KeyRing
 from pollinate.secagg.node import SecAggNode
 from pollinate.secagg.node import handlers as secagg_handlers
@@ -206,21 +206,21 @@ class SimulationGrid(Grid):
         )
         # Every virtual client gets its own copy, as a real node would: a client that
         # trains in place must not change the global model or its neighbours' inputs.
-        own = replace(
-            instruction, arrays=Arrays({k: np.array(v) for k, v in instruction.arrays.items()})
+        return self._handlers.answer(
+            context, replace(instruction, arrays=instruction.arrays.copy())
         )
-        return self._handlers.answer(context, own)
 
     def _client(self, context: Context, instruction: Message) -> Message:
         """The app's client's reply, poisoned if the client is an adversary."""
         node = instruction.node_id
+        if self.adversaries is None or node not in self.attackers or instruction.kind != "fit":
+            return handle(self.client_fn, context, instruction)
+        received = instruction.arrays.copy()  # the client may train its own in place
         reply = handle(self.client_fn, context, instruction)
-        if self.adversaries is None or node not in self.attackers:
-            return reply
-        if instruction.kind != "fit" or reply.error is not None:
+        if reply.error is not None:
             return reply  # only updates are poisoned; a client's failure stays its failure
         rng = np.random.default_rng([self.adversaries.seed, instruction.round, node])
-        return replace(reply, arrays=self.adversaries.poison(instruction.arrays, reply.arrays, rng))
+        return replace(reply, arrays=self.adversaries.poison(received, reply.arrays, rng))
 
     def _secagg(self, context: Context) -> SecAggNode:
         """The virtual client's side of secure aggregation, with a key from the grid's ring."""
