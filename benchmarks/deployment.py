@@ -9,10 +9,10 @@ What is measured, per configuration of K node processes and a model of P float32
   received, in place, and returns them (no training), so what remains is the framework: the
   model down to K nodes, K updates back, decoding, reply checks, folding. (A client that
   returns a fresh ``a + 1`` costs each node a model of fresh memory a round: at 40 nodes and
-  a 40 MB model, 2.6 CPU seconds a round here, more than the TLS floor's share of the
-  cores; see benchmarks/README.md.) The figure is the hub's own timing of each round
-  (``history.jsonl``): best and median of the 5 rounds (the first one is the slowest: every
-  process's first model-sized arrays are fresh memory). The CPU seconds per round of
+  a 40 MB model, the nodes' CPU 7.2 -> 4.6 s a round in place, benchmarks/README.md.) The
+  figure is the hub's own timing of each round (``history.jsonl``): best and median of the
+  5 rounds (the first is the slowest: every process's first model-sized arrays are fresh
+  memory). The CPU seconds per round of
   the hub and of all nodes together come with it: here they share 2 cores;
 - the time to move the same bytes, 2 x K x 4P (the model down to each node, each update back),
   from one Python process to another over a loopback TCP socket with large ``sendall`` /
@@ -33,8 +33,8 @@ What is measured, per configuration of K node processes and a model of P float32
   peak RSS of the run's own process (the hub's child that runs the strategy: with the screen
   on it keeps the round's updates side by side), sampled while the run goes on;
 - once per run, how fast this machine hands out fresh memory (a new process fills a new 1 GB
-  array): every round allocates several models' worth of it (decoded replies, the
-  accumulator, the result; at each node the decoded model and the client's output), and on
+  array): every round may allocate models' worth of it (the run's result; a client's output
+  unless it trains in place), and on
   some virtual machines that, not the network, is the bottleneck.
 
 Configurations: K in {2, 10}, P in {1e6, 1e7, 2.5e8}, skipping any whose estimated memory
@@ -83,7 +83,7 @@ MEMORY_CAP = 16e9
 # makes at once (UPLOADS_AT_ONCE, or FLOOR_BYTES of small ones: at most the model each);
 # the run process the model, the accumulator,
 # the result and, with the screen on, every update of the round; a node holds the model it
-# got and the client's output.
+# got, which the client trains in place.
 HUB_MODELS, NODE_MODELS, PROCESS_BYTES = 5, 3, 150e6
 TIMEOUT = 600.0
 POLLINATE = [sys.executable, "-m", "pollinate"]
@@ -103,7 +103,7 @@ client = "bench_app.client:client_fn"
 parameters = 1000
 nodes = 2
 screen = "on"
-rounds = 3
+rounds = 5
 """
 
 SERVER = """\

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -95,7 +95,7 @@ class Arrays(Mapping[str, np.ndarray]):
     def to_list(self) -> list[np.ndarray]:
         return list(self._data.values())
 
-    def copy(self) -> Arrays:
+    def copy(self) -> Self:
         """Arrays of their own, with the same names and values: for a client, which may
         train the arrays it is given in place (``Client.fit``).
 
@@ -105,7 +105,7 @@ class Arrays(Mapping[str, np.ndarray]):
         >>> a["w"].tolist(), b["w"].tolist()
         ([0.0, 0.0], [1.0, 0.0])
         """
-        return Arrays({name: array.copy() for name, array in self._data.items()})
+        return type(self)({name: array.copy() for name, array in self._data.items()})
 
     def save(self, path: str | Path) -> Path:
         """Write the arrays to ``path`` as NumPy's ``.npz`` (docs/artifacts.md), whole or
@@ -160,6 +160,20 @@ class Arrays(Mapping[str, np.ndarray]):
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def shared_array(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray]) -> str | None:
+    """The first name whose arrays in ``first`` and ``second`` share memory, or None: a
+    helper that compares arrays before and after training sees no change if the client
+    trained the very arrays it was given (``Client.fit`` allows it).
+
+    >>> a = Arrays({"w": np.zeros(2)})
+    >>> shared_array(a, a), shared_array(a, a.copy())
+    ('w', None)
+    """
+    return next(
+        (n for n, x in first.items() if n in second and np.shares_memory(x, second[n])), None
+    )
 
 
 def check_scalars(values: Mapping[str, Any], what: str) -> dict[str, Scalar]:

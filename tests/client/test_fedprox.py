@@ -113,3 +113,14 @@ def test_proximal_term_needs_as_many_global_tensors_as_parameters() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(ValueError):
         proximal_term([torch.zeros(2), torch.zeros(2)], [torch.zeros(2)], mu=1.0)
+
+
+def test_proximal_gradient_refuses_weights_trained_in_place() -> None:
+    # a client that trained the arrays it received has no global weights left: the term
+    # would be 0, FedProx silently off
+    arrays = {"w": np.array([1.0, 2.0])}
+    with pytest.raises(ValueError, match=r"(?s)'w'.*in place.*arrays.copy\(\)"):
+        proximal_gradient(arrays, arrays, mu=0.5)
+    view = {"w": arrays["w"][:]}  # a view of the same memory is the same weights
+    with pytest.raises(ValueError, match="in place"):
+        proximal_gradient(view, arrays, mu=0.5)

@@ -38,7 +38,7 @@ def test_an_update_exactly_at_the_bound_is_left_as_it_is() -> None:
 
 def test_a_zero_update_stays_zero() -> None:
     before = arrays(w=[1.0, 2.0])
-    clipped, metrics = clip_update(before, before, 0.1)
+    clipped, metrics = clip_update(before, before.copy(), 0.1)  # equal values, not one array
     np.testing.assert_array_equal(clipped["w"], before["w"])
     assert metrics == {NORM_BELOW_KEY: 1}
 
@@ -59,3 +59,13 @@ def test_a_bound_that_is_not_positive_and_finite_is_refused(norm: float) -> None
 def test_different_arrays_before_and_after_are_refused() -> None:
     with pytest.raises(ValueError, match="Hint: clip_update"):
         clip_update(arrays(w=[0.0]), arrays(v=[1.0]), 1.0)
+
+
+def test_an_update_trained_in_place_is_refused_not_passed_unclipped() -> None:
+    # before and after are one array: the norm would be 0 and the update, however large,
+    # would pass unclipped and report itself within the bound
+    arrays = Arrays({"w": np.array([30.0, 40.0])})
+    with pytest.raises(ValueError, match=r"(?s)'w'.*in place.*arrays.copy\(\)"):
+        clip_update(arrays, arrays, 1.0)
+    clipped, metrics = clip_update(Arrays({"w": np.zeros(2)}), arrays, 1.0)
+    assert metrics == {"dp_norm_below": 0} and np.allclose(clipped["w"], [0.6, 0.8])
