@@ -162,17 +162,18 @@ class Arrays(Mapping[str, np.ndarray]):
     __hash__ = None  # type: ignore[assignment]
 
 
-def shared_array(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray]) -> str | None:
-    """The first name whose arrays in ``first`` and ``second`` share memory, or None: a
-    helper that compares arrays before and after training sees no change if the client
-    trained the very arrays it was given (``Client.fit`` allows it).
+def same_arrays(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``after`` holds ``before``'s very arrays (each shares its memory with the one
+    of its name): a helper that compares arrays before and after training would see no
+    change from a client that trained the arrays it was given in place (``Client.fit``
+    allows it). Some shared is fine: a frozen layer returned as it came did not change.
 
-    >>> a = Arrays({"w": np.zeros(2)})
-    >>> shared_array(a, a), shared_array(a, a.copy())
-    ('w', None)
+    >>> a = Arrays({"w": np.zeros(2), "b": np.zeros(1)})
+    >>> same_arrays(a, a), same_arrays(a, a.copy()), same_arrays(a, {"w": a["w"], "b": 1})
+    (True, False, False)
     """
-    return next(
-        (n for n, x in first.items() if n in second and np.shares_memory(x, second[n])), None
+    return bool(after) and all(
+        name in before and np.shares_memory(before[name], array) for name, array in after.items()
     )
 
 

@@ -119,8 +119,12 @@ def test_proximal_gradient_refuses_weights_trained_in_place() -> None:
     # a client that trained the arrays it received has no global weights left: the term
     # would be 0, FedProx silently off
     arrays = {"w": np.array([1.0, 2.0])}
-    with pytest.raises(ValueError, match=r"(?s)'w'.*in place.*arrays.copy\(\)"):
+    with pytest.raises(ValueError, match=r"(?s)same arrays.*in place.*arrays.copy\(\)"):
         proximal_gradient(arrays, arrays, mu=0.5)
     view = {"w": arrays["w"][:]}  # a view of the same memory is the same weights
     with pytest.raises(ValueError, match="in place"):
         proximal_gradient(view, arrays, mu=0.5)
+    # a frozen layer passed as it came is no pull: only the trained one's counts
+    frozen = {"w": arrays["w"], "b": np.array([1.0])}
+    grad = proximal_gradient(frozen, {"w": arrays["w"], "b": np.array([0.0])}, mu=0.5)
+    assert grad["w"].tolist() == [0.0, 0.0] and grad["b"].tolist() == [0.5]

@@ -65,7 +65,15 @@ def test_an_update_trained_in_place_is_refused_not_passed_unclipped() -> None:
     # before and after are one array: the norm would be 0 and the update, however large,
     # would pass unclipped and report itself within the bound
     arrays = Arrays({"w": np.array([30.0, 40.0])})
-    with pytest.raises(ValueError, match=r"(?s)'w'.*in place.*arrays.copy\(\)"):
+    with pytest.raises(ValueError, match=r"(?s)same arrays.*in place.*arrays.copy\(\)"):
         clip_update(arrays, arrays, 1.0)
     clipped, metrics = clip_update(Arrays({"w": np.zeros(2)}), arrays, 1.0)
     assert metrics == {"dp_norm_below": 0} and np.allclose(clipped["w"], [0.6, 0.8])
+
+
+def test_a_frozen_layer_returned_as_it_came_is_no_change() -> None:
+    received = Arrays({"trunk": np.ones(2), "head": np.zeros(2)})
+    trained = Arrays({"trunk": received["trunk"], "head": np.array([3.0, 4.0])})
+    clipped, metrics = clip_update(received, trained, 1.0)
+    assert metrics == {"dp_norm_below": 0}
+    assert clipped["trunk"].tolist() == [1.0, 1.0] and np.allclose(clipped["head"], [0.6, 0.8])

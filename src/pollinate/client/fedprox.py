@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pollinate.records import Config, shared_array
+from pollinate.records import Config, same_arrays
 
 PROXIMAL_MU_KEY = "proximal_mu"
 
@@ -35,10 +35,10 @@ def proximal_gradient(
     >>> g["w"].tolist()
     [0.5, 1.0]
     """
-    if (name := shared_array(local, global_)) is not None:
+    if same_arrays(global_, local):
         raise ValueError(
-            f"proximal_gradient got the same {name!r} as the local and the global weights: "
-            "the client trains the arrays it received in place, so the term would be 0.\n"
+            "proximal_gradient got the same arrays as the local and the global weights: the "
+            "client trains the arrays it received in place, so the term would be 0.\n"
             "Hint: keep the global ones first: global_ = arrays.copy()"
         )
     return {name: mu * (w - global_[name]) for name, w in local.items()}

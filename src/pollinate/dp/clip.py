@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from pollinate.checks import positive
-from pollinate.records import Arrays, Metrics, shared_array
+from pollinate.records import Arrays, Metrics, same_arrays
 
 # the metric a client-side clipping client reports: 1 when its update was within the bound
 # (before clipping), else 0; adaptive clipping (Andrew et al. 2021) needs exactly this bit
@@ -57,9 +57,9 @@ def clip_update(before: Arrays, after: Arrays, norm: float) -> tuple[Arrays, Met
             f"{before.names!r} and {after.names!r}\nHint: clip_update(arrays_received, "
             "arrays_trained, float(config['dp_clipping_norm']))"
         )
-    if (name := shared_array(before, after)) is not None:
+    if same_arrays(before, after):
         raise ValueError(
-            f"clip_update got the same {name!r} before and after training: the client trained "
+            "clip_update got the same arrays before and after training: the client trained "
             "the arrays it received in place, so its update would pass unclipped.\nHint: "
             "keep them first, before = arrays.copy(), then clip_update(before, trained, norm)"
         )
